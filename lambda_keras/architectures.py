@@ -1,0 +1,115 @@
+"""LambdaResNet architectures as data: the paper's family 50..420 and timm-compatible variants.
+
+Paper (PAPER.md section 3): LambdaResNets are ResNet-RS backbones (ResNet-D stem, average-pool
+shortcut, squeeze-excitation 0.25, dropout and stochastic depth growing with depth, zero-initialised
+last BN gamma) with lambda layers in every c5 block and in a few c4 blocks: "a single lambda layer in c4
+for LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for LambdaResNet-152/200/270/350
+and 8 lambda layers for LambdaResNet-420".
+NOTE: the paper does not say which c4 blocks hold the lambdas; they are spread evenly through c4
+(`spread_evenly`), which never picks the strided first block.
+NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up to 152, 0.25/0.1 for
+200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
+270 @ 256, 350 and 420 @ 320) and 224 for 50/101/200 (the ablation size) — both UNCONFIRMED.
+
+timm variants (timm/models/byoanet.py): tiered stem 24-32-64 + max pool, strided 1x1 conv shortcut,
+no SE, lambda layers with r=9 convolution (or relative positions), 2x2 pooling for strides, and
+`timm`'s bias on the lambda convolution; their lambda blocks sit where timm's `interleave_blocks` puts
+them.
+"""
+
+import dataclasses
+
+STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths of c2..c5; block outputs are 4x these
+STAGE_STRIDES = (1, 2, 2, 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class LambdaSpec:
+    """Lambda layer settings shared by every lambda block of a model (see LambdaLayer)."""
+
+    key_dim: int = 16  # |k|
+    num_heads: int = 4  # |h|
+    intra_depth: int = 1  # |u|
+    position: str = "conv"  # "conv", "relative", "global" or None
+    receptive_field: int = 23  # scope r of the lambda convolution
+    pool_size: int = 3  # 3: paper's 3x3/2 pool for strides; 2: timm's 2x2/2
+    position_bias: bool = False  # timm's lambda convolution has a bias
+    implementation: str = "auto"  # formulation of the local position lambdas
+
+
+@dataclasses.dataclass(frozen=True)
+class Architecture:
+    """One LambdaResNet: a row of the table below."""
+
+    name: str  # registry key, also the default model name
+    blocks: tuple  # bottleneck blocks per stage c2..c5
+    lambda_blocks: tuple  # per stage, the 0-based indices of the blocks that hold a lambda layer
+    stem: str = "resnet_d"  # "classic", "resnet_d" or "tiered" (blocks.STEMS)
+    stem_width: int = 64  # output channels of the stem
+    shortcut: str = "avg"  # "avg" (ResNet-D) or "conv" (strided 1x1 conv)
+    activation: str = "relu"
+    se_ratio: float = 0.25  # 0 disables squeeze-excitation
+    drop_rate: float = 0.25  # dropout before the classifier
+    drop_path_rate: float = 0.0  # stochastic depth of the last stage
+    lambda_spec: LambdaSpec = LambdaSpec()
+    image_size: int = 224  # training/eval resolution of the paper or of the weights
+    paper_top1: float = None  # ImageNet top-1 reported by the source at image_size
+    weights_family: str = None  # preset name prefix in weights.py, if any
+
+
+def spread_evenly(count, depth):
+    """0-based indices of `count` of `depth` blocks, evenly spaced; all blocks when count == depth."""
+    if not 0 <= count <= depth:
+        raise ValueError(f"Cannot place {count} lambda blocks in a stage of {depth} blocks.")
+    if count == depth:
+        return tuple(range(depth))
+    return tuple(int((i + 1) * depth / (count + 1) + 0.5) - 1 for i in range(count))
+
+
+def lambda_blocks_from_counts(counts, blocks):
+    return tuple(spread_evenly(c, d) for c, d in zip(counts, blocks))
+
+
+# depth: (blocks per stage, lambda blocks in c4, drop_rate, drop_path_rate, image size, top-1)
+PAPER_FAMILY = {
+    50: ((3, 4, 6, 3), 1, 0.25, 0.0, 224, None),
+    101: ((3, 4, 23, 3), 3, 0.25, 0.0, 224, None),
+    152: ((3, 8, 36, 3), 6, 0.25, 0.0, 256, 83.75),
+    200: ((3, 24, 36, 3), 6, 0.25, 0.1, 224, None),
+    270: ((4, 29, 53, 4), 6, 0.25, 0.1, 256, 84.2),
+    350: ((4, 36, 72, 4), 6, 0.4, 0.1, 320, 84.7),
+    420: ((4, 44, 87, 4), 8, 0.4, 0.1, 320, 84.9),
+}
+
+ARCHITECTURES = {
+    f"lambda_resnet{depth}": Architecture(
+        name=f"lambda_resnet{depth}",
+        blocks=blocks,
+        lambda_blocks=lambda_blocks_from_counts((0, 0, c4, blocks[3]), blocks),
+        drop_rate=drop_rate,
+        drop_path_rate=drop_path_rate,
+        image_size=image_size,
+        paper_top1=top1,
+    )
+    for depth, (blocks, c4, drop_rate, drop_path_rate, image_size, top1) in PAPER_FAMILY.items()
+}
+
+_TIMM = dict(stem="tiered", shortcut="conv", se_ratio=0.0, drop_rate=0.0, image_size=256,
+             lambda_spec=LambdaSpec(receptive_field=9, pool_size=2, position_bias=True))
+ARCHITECTURES.update({
+    "lambda_resnet26t": Architecture(
+        name="lambda_resnet26t", blocks=(2, 2, 2, 2), lambda_blocks=((), (), (1,), (0, 1)),
+        paper_top1=79.1, weights_family="lambda_resnet26t", **_TIMM),
+    "lambda_resnet50ts": Architecture(
+        name="lambda_resnet50ts", blocks=(3, 4, 6, 3), lambda_blocks=((), (3,), (1, 3, 5), (1,)),
+        activation="silu", paper_top1=81.2, weights_family="lambda_resnet50ts", **_TIMM),
+    "lambda_resnet26rpt_256": Architecture(
+        name="lambda_resnet26rpt_256", blocks=(2, 2, 2, 2), lambda_blocks=((), (), (1,), (0, 1)),
+        paper_top1=79.0, weights_family="lambda_resnet26rpt_256",
+        **{**_TIMM, "lambda_spec": LambdaSpec(position="relative", pool_size=2)}),
+})
+
+# Overrides accepted by the builders: Architecture fields, LambdaSpec fields, and `layout`.
+ARCHITECTURE_OVERRIDES = ("stem", "stem_width", "shortcut", "activation", "se_ratio", "drop_rate",
+                          "drop_path_rate")
+LAMBDA_OVERRIDES = tuple(f.name for f in dataclasses.fields(LambdaSpec))

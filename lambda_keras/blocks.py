@@ -1,0 +1,152 @@
+"""Building blocks of LambdaResNets: stems, the bottleneck block (3x3 conv or lambda layer),
+squeeze-excitation and stochastic depth, all as functional Keras code with hierarchical names.
+
+- Stems: "classic" (7x7/2 conv + 3x3/2 max pool, He et al. 2016: the plain ResNet-50 of the paper's
+  Table 3), "resnet_d" (ResNet-RS: 3x3 convs 32-32-64, the first of stride 2, then a stride-2 3x3 conv
+  in place of the max pool) and "tiered" (timm: 3x3 convs 24-32-64 + 3x3/2 max pool).
+- Bottleneck: 1x1 -> (3x3 conv | lambda layer -> BN -> act) -> 1x1 -> BN (gamma zero-initialised) ->
+  squeeze-excitation -> stochastic depth -> + shortcut -> act. A strided lambda block downsamples
+  with the lambda layer's average pool (paper: 3x3/2 "after the lambda layers ... in place of the
+  strided convolution"; timm: 2x2/2).
+- Shortcut: "avg" (ResNet-D: 2x2/2 average pool, then 1x1 conv + BN) or "conv" (strided 1x1 conv + BN).
+
+Padding: stride-2 convolutions and the max pool use explicit symmetric padding (ZeroPadding2D /
+-inf padding) + "valid", as PyTorch does; TF's "same" pads asymmetrically and would shift ported
+weights by a pixel.
+NOTE: squeeze-excitation follows ResNet-RS: after the last BN, reducing the block's output width by
+se_ratio (0.25 -> the bottleneck width), ReLU, sigmoid; convs are initialised He-normal (fan_out).
+NOTE: stochastic depth scales with depth per stage, rate * (stage + 2) / 5 as in ResNet-RS.
+"""
+
+import keras
+from keras import ops
+
+from lambda_keras.layers import LambdaLayer
+
+BN_MOMENTUM = 0.9  # NOTE: ResNet-RS / timm; the paper does not give BN settings.
+BN_EPSILON = 1e-5
+CONV_INITIALIZER = "he_normal"
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class StochasticDepth(keras.layers.Layer):
+    """Drops the residual branch per example with probability `rate` in training (Huang 2016)."""
+
+    def __init__(self, rate, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"`rate` must be in [0, 1). Received: rate={rate!r}")
+        self.rate = float(rate)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def call(self, inputs, training=None):
+        if not training or self.rate == 0.0:
+            return inputs
+        batch = ops.shape(inputs)[0]
+        keep = 1.0 - self.rate
+        mask = keras.random.uniform((batch, 1, 1, 1), seed=self.seed_generator) < keep  # [b,1,1,1]
+        return inputs * ops.cast(mask, inputs.dtype) / keep  # [b, H, W, C]
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class MaxPoolSymmetric(keras.layers.Layer):
+    """3x3/2 max pool with one pixel of -inf padding on every side (PyTorch's MaxPool2d(3, 2, 1))."""
+
+    def call(self, inputs):
+        padded = ops.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)),
+                         constant_values=float("-inf"))  # [b, H+2, W+2, C]
+        return ops.max_pool(padded, 3, strides=2, padding="valid")  # [b, ceil(H/2), ceil(W/2), C]
+
+    def compute_output_shape(self, input_shape):
+        b, h, w, c = input_shape
+        return (b, None if h is None else (h + 1) // 2, None if w is None else (w + 1) // 2, c)
+
+
+def batch_norm(x, name, zero_gamma=False):
+    return keras.layers.BatchNormalization(
+        momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
+        gamma_initializer="zeros" if zero_gamma else "ones")(x)
+
+
+def conv_bn(x, filters, kernel_size, name, strides=1, activation=None, zero_gamma=False):
+    """Conv (no bias) -> BN -> optional activation; stride 2 pads symmetrically like PyTorch."""
+    padding = "same"
+    if strides > 1 and kernel_size > 1:
+        x = keras.layers.ZeroPadding2D(kernel_size // 2, name=f"{name}_pad")(x)
+        padding = "valid"
+    x = keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=False,
+                            kernel_initializer=CONV_INITIALIZER, name=name)(x)
+    x = batch_norm(x, f"{name}_bn", zero_gamma=zero_gamma)
+    if activation:
+        x = keras.layers.Activation(activation, name=f"{name}_act")(x)
+    return x
+
+
+STEMS = {
+    # name: (conv widths as fractions of stem_width, first stride, ending)
+    "classic": ((1.0,), 7, "maxpool"),
+    "resnet_d": ((0.5, 0.5, 1.0), 3, "conv"),
+    "tiered": ((3 / 8, 0.5, 1.0), 3, "maxpool"),
+}
+
+
+def stem(x, kind, width, activation):
+    """Stride-4 stem: [b, H, W, 3] -> [b, H/4, W/4, width]."""
+    fractions, kernel_size, ending = STEMS[kind]
+    for i, fraction in enumerate(fractions):
+        x = conv_bn(x, int(width * fraction), kernel_size, f"stem_conv{i + 1}",
+                    strides=2 if i == 0 else 1, activation=activation)
+    if ending == "maxpool":
+        return MaxPoolSymmetric(name="stem_pool")(x)
+    # ResNet-RS replaces the max pool by a stride-2 3x3 conv.
+    return conv_bn(x, width, 3, f"stem_conv{len(fractions) + 1}", strides=2, activation=activation)
+
+
+def squeeze_excite(x, ratio, name):
+    """Channel attention (Hu et al. 2018): [b, H, W, C] -> same, C reduced to C * ratio inside."""
+    channels = x.shape[-1]
+    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_squeeze")(x)  # [b,1,1,C]
+    s = keras.layers.Conv2D(max(1, int(channels * ratio)), 1, activation="relu",
+                            kernel_initializer=CONV_INITIALIZER, name=f"{name}_reduce")(s)
+    s = keras.layers.Conv2D(channels, 1, activation="sigmoid",
+                            kernel_initializer=CONV_INITIALIZER, name=f"{name}_expand")(s)
+    return keras.layers.Multiply(name=f"{name}_excite")([x, s])  # [b, H, W, C]
+
+
+def shortcut(x, filters, strides, kind, name):
+    if strides == 1 and x.shape[-1] == filters:
+        return x
+    if kind == "avg" and strides > 1:
+        x = keras.layers.AveragePooling2D(2, strides, padding="same", name=f"{name}_pool")(x)
+        strides = 1
+    x = keras.layers.Conv2D(filters, 1, strides=strides, use_bias=False,
+                            kernel_initializer=CONV_INITIALIZER, name=f"{name}_conv")(x)
+    return batch_norm(x, f"{name}_bn")
+
+
+def bottleneck(x, width, strides, name, *, use_lambda, lambda_kwargs, activation, shortcut_kind,
+               se_ratio, drop_path_rate):
+    """Bottleneck block: [b, H, W, C] -> [b, H/strides, W/strides, 4 * width]."""
+    filters = 4 * width
+    residual = shortcut(x, filters, strides, shortcut_kind, f"{name}_shortcut")
+    y = conv_bn(x, width, 1, f"{name}_conv1", activation=activation)
+    if use_lambda:
+        y = LambdaLayer(strides=strides, name=f"{name}_lambda", **lambda_kwargs)(y)
+        y = batch_norm(y, f"{name}_lambda_bn")
+        y = keras.layers.Activation(activation, name=f"{name}_lambda_act")(y)
+    else:
+        y = conv_bn(y, width, 3, f"{name}_conv2", strides=strides, activation=activation)
+    y = conv_bn(y, filters, 1, f"{name}_conv3", zero_gamma=True)
+    if se_ratio:
+        y = squeeze_excite(y, se_ratio, f"{name}_se")
+    if drop_path_rate:
+        y = StochasticDepth(drop_path_rate, name=f"{name}_drop_path")(y)
+    y = keras.layers.Add(name=f"{name}_add")([y, residual])
+    return keras.layers.Activation(activation, name=f"{name}_out")(y)
