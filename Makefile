@@ -2,21 +2,39 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat setup.cfg | sha256sum | cut -c1-12)
+CFG_HASH := $(shell cat setup.cfg pyproject.toml | sha256sum | cut -c1-12)
+BASE_STAMP := $(VENV)/.base-$(CFG_HASH)
+TEST_STAMP := $(VENV)/.test-$(CFG_HASH)
 PYTEST_WORKERS ?= 2
+QUICK ?=
 
 .PHONY: venv test demo bench notebooks clean
 
-$(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(BASE_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e ".[test]"
-	touch $(STAMP)
+	touch $@ $(BASE_STAMP)
 
-venv: $(STAMP)
+venv: $(TEST_STAMP)
 
-test: $(STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=15 tests
+test: $(TEST_STAMP)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 tests
+
+demo: $(BASE_STAMP)
+	$(VENV)/bin/lambda-keras demo
+
+bench: $(TEST_STAMP)
+	$(PY) -m benchmarks.run $(if $(QUICK),--quick)
+
+notebooks: $(TEST_STAMP)
+	SMOKE=0 $(PY) notebooks/run_notebooks.py --inplace notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -40,9 +40,9 @@ Deviations, each marked NOTE: below:
   ceil(H / 2), as TF's ResNet-RS pools do.
 - NOTE: timm's lambda convolution has a bias per key channel (`position_bias=True` reproduces it);
   the paper's has none, which is the default.
-- Under float16 the lambdas and the output contraction are accumulated in float32 and the key
-  softmax always runs in float32 (bfloat16 keeps its dtype for the einsums: same exponent range
-  as float32). Masked/causal contexts (Appendix B.2) are not implemented.
+- Under float16 the lambdas and the output contraction are accumulated in float32; the key
+  projection and softmax always run in float32 (bfloat16 keeps its dtype for the einsums: same
+  exponent range as float32). Masked/causal contexts (Appendix B.2) are not implemented.
 """
 
 import numpy as np
@@ -270,6 +270,9 @@ class LambdaLayer(keras.layers.Layer):
             )
         height, width = inputs.shape[1], inputs.shape[2]
         self._check_call_size(height, width)
+        if self._embedding_size is not None:
+            # "relative"/"global": the embeddings fix the size, also under a dynamic signature.
+            height, width = self._embedding_size
         k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
         dynamic = ops.shape(inputs)
         batch = dynamic[0]
@@ -281,14 +284,16 @@ class LambdaLayer(keras.layers.Layer):
 
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
         q = ops.matmul(x, ops.cast(self.query_kernel, compute_dtype))  # [b, n, h*k]
-        keys = ops.matmul(x, ops.cast(self.key_kernel, compute_dtype))  # [b, m, k*u]
+        # Keys are projected in float32 (k*u channels, cheap): rounded low-precision logits would
+        # make the softmax and its gradients inaccurate under mixed precision.
+        keys = ops.matmul(ops.cast(x, "float32"), ops.cast(self.key_kernel, "float32"))  # [b, m, k*u]
         values = ops.matmul(x, ops.cast(self.value_kernel, compute_dtype))  # [b, m, v*u]
         q = self.query_norm(q, training=training)  # [b, n, h*k], statistics in float32
         values = self.value_norm(values, training=training)  # [b, m, v*u]
 
         q = ops.reshape(ops.cast(q, lambda_dtype), (batch, -1, h, k))  # [b, n, h, k]
         values = ops.reshape(ops.cast(values, lambda_dtype), (batch, -1, v, u))  # [b, m, v, u]
-        keys = ops.reshape(ops.cast(keys, "float32"), (batch, -1, k, u))  # [b, m, k, u]
+        keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
         keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
 
         # Content lambda, shared by every query position.

@@ -1,0 +1,210 @@
+"""The `lambda-keras` command: train, evaluate, export, predict, convert, bench, demo.
+
+Each subcommand is a thin layer over the package's modules (training, data, export, weights,
+benchmarks); heavy imports happen inside the subcommand so `lambda-keras --help` is instant.
+A model is given by builder name (`lambda_resnet50`, `lambda_resnet26t`, ...) plus `--weights`,
+or by a `.keras` file (loaded with Keras' safe mode on).
+"""
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _model_names():
+    from lambda_keras.architectures import ARCHITECTURES
+
+    return sorted(ARCHITECTURES)
+
+
+def load_model(model, weights=None, image_size=None, classes=None):
+    """A builder name (+ weights) or a `.keras` file -> keras.Model."""
+    import keras
+
+    from lambda_keras import models
+
+    if model.endswith(".keras"):
+        if not os.path.exists(model):
+            raise SystemExit(f"error: --model file not found: {model}")
+        return keras.saving.load_model(model, safe_mode=True)
+    if model not in models.BUILDERS:
+        raise SystemExit(f"error: unknown --model {model!r}; valid: {', '.join(_model_names())} "
+                         "or a .keras file")
+    kwargs = {"weights": None if weights in (None, "none") else weights}
+    if image_size:
+        kwargs["input_shape"] = (image_size, image_size, 3)
+    if classes:
+        kwargs["classes"] = classes
+    return models.BUILDERS[model](**kwargs)
+
+
+def _cmd_predict(args):
+    import numpy as np
+
+    from lambda_keras import data, weights
+
+    model = load_model(args.model, args.weights, args.image_size)
+    preprocessing = weights.resolve_preprocessing(args.model if not args.model.endswith(".keras")
+                                                  else None)
+    size = model.input_shape[1] or preprocessing.input_size[0]
+    preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
+    for path in args.images:
+        image = data.load_image(path)  # [H, W, 3] uint8
+        batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
+        probabilities = np.asarray(model.predict(batch, verbose=0))
+        print(path)
+        for _, label, score in weights.decode_predictions(probabilities, top=args.top)[0]:
+            print(f"  {score:7.4f}  {label}")
+
+
+def _cmd_convert(args):
+    from lambda_keras import weights
+
+    path = weights.convert_timm(args.src, args.dst, arch_name=args.model)
+    print(f"wrote {path}")
+
+
+def _cmd_export(args):
+    from lambda_keras import data, export, weights
+
+    model = load_model(args.model, args.weights, args.image_size)
+    preprocessing = None
+    if not args.model.endswith(".keras"):
+        preprocessing = weights.resolve_preprocessing(args.model)
+    if args.format in ("saved_model", "all"):
+        path = export.saved_model(model, os.path.join(args.output, "saved_model"),
+                                  version=args.version, preprocessing=preprocessing,
+                                  overwrite=args.overwrite)
+        print(f"SavedModel: {path}")
+    if args.format in ("tflite", "all"):
+        representative = None
+        if args.quantization == "int8":
+            size = model.input_shape[1]
+            representative, _ = data.make_dataset(args.calibration_data, split="train",
+                                                  image_size=size, batch_size=1, training=False,
+                                                  preprocessing=preprocessing)
+            representative = representative.take(args.calibration_steps)
+        name = f"model_{args.quantization or 'float32'}.tflite"
+        path = export.tflite(model, os.path.join(args.output, name),
+                             quantization=args.quantization, representative_data=representative)
+        print(f"TFLite: {path}")
+
+
+def _cmd_train(args):
+    from lambda_keras import training
+
+    overrides = dict(json.loads(args.override)) if args.override else {}
+    result = training.train(
+        args.model, args.data, recipe=args.recipe, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, output_dir=args.output,
+        weights=args.weights, tpu=args.tpu, steps_per_epoch=args.steps_per_epoch,
+        validation_spec=args.validation_data, seed=args.seed, **overrides)
+    print(json.dumps(result.summary(), indent=2))
+
+
+def _cmd_evaluate(args):
+    from lambda_keras import training
+
+    model = load_model(args.model, args.weights, args.image_size)
+    metrics = training.evaluate(model, args.data, batch_size=args.batch_size,
+                                image_size=args.image_size)
+    print(json.dumps(metrics, indent=2))
+
+
+def _cmd_bench(args):
+    from lambda_keras import bench
+
+    return bench.main((["--quick"] if args.quick else []) + ["--out", args.output]
+                      + (["--only", args.only] if args.only else []))
+
+
+def _cmd_demo(args):
+    from lambda_keras import demo
+
+    demo.run(model_name=args.model, data_spec=args.data, epochs=args.epochs,
+             image_size=args.image_size, output_dir=args.output)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="lambda-keras", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def model_args(p, weights_default=None):
+        p.add_argument("--model", required=True, help="builder name or .keras file")
+        p.add_argument("--weights", default=weights_default,
+                       help="'imagenet', a .safetensors/.weights.h5 path, or 'none'")
+        p.add_argument("--image-size", type=int, default=None)
+
+    p = sub.add_parser("train", help="train or fine-tune a model on a dataset spec")
+    model_args(p)
+    p.add_argument("--data", default="digits", help="tfds:NAME[:split] | folder:PATH | digits")
+    p.add_argument("--validation-data", default=None)
+    p.add_argument("--recipe", default="finetune", help="paper-imagenet | finetune")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
+    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--tpu", default=None, help="TPU address, 'local' or 'auto'")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--override", default=None, help='JSON of recipe fields, e.g. \'{"lr": 0.01}\'')
+    p.add_argument("--output", default="runs/train")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="top-1/top-5 of a model on a dataset spec")
+    model_args(p)
+    p.add_argument("--data", required=True)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="SavedModel for TF Serving and/or TFLite")
+    model_args(p)
+    p.add_argument("--output", default="export")
+    p.add_argument("--format", choices=("saved_model", "tflite", "all"), default="all")
+    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None)
+    p.add_argument("--calibration-data", default="digits")
+    p.add_argument("--calibration-steps", type=int, default=64)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="print the top-5 labels of images")
+    p.add_argument("images", nargs="+")
+    model_args(p, weights_default="imagenet")
+    p.add_argument("--top", type=int, default=5)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")
+    p.add_argument("src")
+    p.add_argument("dst")
+    p.add_argument("--model", default=None, help="architecture (inferred from the file if omitted)")
+    p.set_defaults(func=_cmd_convert)
+
+    p = sub.add_parser("bench", help="benchmarks (benchmarks/README.md)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--only", default=None)
+    p.add_argument("--output", default="benchmarks/results")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the main job: train on the bundled digits, export, verify")
+    p.add_argument("--model", default="lambda_resnet26t")
+    p.add_argument("--data", default="digits")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--output", default="runs/demo")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, TypeError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

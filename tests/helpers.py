@@ -1,0 +1,165 @@
+"""Shared checks for Keras layers and models, used by the layer and model tests.
+
+Each helper asserts one contract against an independent expectation (a rebuilt copy, a reloaded
+file, eager execution) and works for a single layer as well as a whole `keras.Model`:
+
+- `assert_config_round_trip`: serialize -> deserialize, same weights -> identical outputs;
+- `assert_keras_save_reload`: `.keras` file save and safe-mode reload -> identical outputs;
+- `assert_all_weights_get_gradients`: every trainable variable gets a finite, non-zero gradient;
+- `assert_xla_matches_eager`: `tf.function(jit_compile=True)` outputs and gradients equal eager;
+- `assert_mixed_precision_dtypes`: every sublayer follows the policy and keeps float32 variables;
+- `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Softmax").
+
+Gradients use `tf.GradientTape`: TensorFlow is the tested backend (DESIGN.md). Losses are
+`sum(output * P)` with a fixed random P, so that no gradient vanishes by symmetry (the plain sum of
+a batch-normalised output has zero gradient).
+"""
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+
+def max_abs_diff(a, b):
+    """Largest absolute difference of two arrays (compared in float64)."""
+    a, b = np.asarray(a, "float64"), np.asarray(b, "float64")
+    if a.shape != b.shape:
+        raise AssertionError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _scale(expected):
+    return max(1.0, float(np.max(np.abs(np.asarray(expected, "float64")), initial=0.0)))
+
+
+def assert_close(actual, expected, atol, what="output"):
+    """max |actual - expected| <= atol * max(1, max |expected|): absolute for O(1) values,
+    relative for large ones (float32 round-off grows with the magnitude). Returns the error."""
+    error, scale = max_abs_diff(actual, expected), _scale(expected)
+    if not error <= atol * scale:
+        raise AssertionError(
+            f"{what}: max abs diff {error:.3g} > {atol:.1g} x scale {scale:.3g}")
+    return error
+
+
+def _outputs(model, x, **call_kwargs):
+    return keras.ops.convert_to_numpy(model(x, **call_kwargs))
+
+
+def _projection(shape, seed=1234):
+    return np.random.default_rng(seed).standard_normal(shape).astype("float32")
+
+
+def _build_like(clone, original, x):
+    if not clone.built or not clone.weights:
+        clone(x)
+    if len(clone.weights) != len(original.weights):
+        raise AssertionError(
+            f"rebuilt object has {len(clone.weights)} weights, original {len(original.weights)}")
+    clone.set_weights(original.get_weights())
+
+
+def assert_config_round_trip(layer_or_model, x, atol=0.0, **call_kwargs):
+    """Serialize -> deserialize: equal config; with the same weights, the same outputs on x.
+
+    Works for layers (registered serializable) and for Sequential/Functional models. Returns the
+    rebuilt object.
+    """
+    config = keras.saving.serialize_keras_object(layer_or_model)
+    clone = keras.saving.deserialize_keras_object(config)
+    if type(clone) is not type(layer_or_model):
+        raise AssertionError(f"rebuilt {type(clone).__name__}, not {type(layer_or_model).__name__}")
+    _build_like(clone, layer_or_model, x)
+    if keras.saving.serialize_keras_object(clone) != config:
+        raise AssertionError("get_config() of the rebuilt object differs from the original's")
+    assert_close(_outputs(clone, x, **call_kwargs), _outputs(layer_or_model, x, **call_kwargs),
+                 atol, "config round trip")
+    return clone
+
+
+def assert_keras_save_reload(model, x, tmp_path, atol=0.0):
+    """`model.save(*.keras)` then `keras.saving.load_model` (safe mode): same inference outputs.
+
+    Returns the reloaded model.
+    """
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)  # safe_mode=True is the default
+    if type(reloaded) is not type(model):
+        raise AssertionError(f"reloaded {type(reloaded).__name__}, not {type(model).__name__}")
+    assert_close(_outputs(reloaded, x, training=False), _outputs(model, x, training=False),
+                 atol, ".keras save/reload")
+    return reloaded
+
+
+def _loss_and_gradients(fn, x, variables):
+    """sum(fn(x) * P) and its gradients with respect to `variables` and x."""
+    x = tf.convert_to_tensor(x)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        out = fn(x)
+        loss = tf.reduce_sum(tf.cast(out, "float32") * _projection(out.shape))
+    grads = tape.gradient(loss, list(variables) + [x])
+    return out, grads
+
+
+def assert_all_weights_get_gradients(model, x, training=True, nonzero=True):
+    """Every trainable variable receives a finite gradient, not all zero (unless nonzero=False:
+    e.g. saturated softmaxes of huge inputs legitimately give zero key gradients)."""
+    if not model.built:
+        model(x)
+    variables = model.trainable_variables
+    if not variables:
+        raise AssertionError("the model has no trainable variables")
+    _, grads = _loss_and_gradients(lambda t: model(t, training=training), x, variables)
+    for variable, grad in zip(variables, grads):
+        if grad is None:
+            raise AssertionError(f"{variable.path}: no gradient (not connected to the output)")
+        grad = keras.ops.convert_to_numpy(tf.convert_to_tensor(grad))
+        if not np.all(np.isfinite(grad)):
+            raise AssertionError(f"{variable.path}: non-finite gradient")
+        if nonzero and not np.any(grad != 0):
+            raise AssertionError(f"{variable.path}: gradient is all zero")
+    return grads
+
+
+def assert_xla_matches_eager(fn_or_model, x, atol=1e-5, variables=None):
+    """XLA (`tf.function(jit_compile=True)`) equals eager: the output and the gradients of
+    sum(output * P) with respect to `variables` (default: the model's trainable variables) and x.
+
+    Tolerance: `atol` times max(1, max |eager value|) per tensor (see `assert_close`). Returns the
+    largest error seen in those units (error / max(1, max |eager value|)).
+    """
+    if variables is None:
+        variables = getattr(fn_or_model, "trainable_variables", [])
+
+    def step(t):
+        out, grads = _loss_and_gradients(fn_or_model, t, variables)
+        return [out] + [tf.convert_to_tensor(g) for g in grads]
+
+    eager = step(x)
+    compiled = tf.function(step, jit_compile=True)(tf.convert_to_tensor(x))
+    names = ["output"] + [v.path for v in variables] + ["d/dx"]
+    return max(assert_close(c.numpy(), e.numpy(), atol, f"XLA vs eager, {name}") / _scale(e)
+               for name, c, e in zip(names, compiled, eager))
+
+
+def assert_mixed_precision_dtypes(layer_or_model, policy):
+    """Every (sub)layer uses `policy` and every variable stays float32 (mixed precision keeps
+    float32 weights and BN statistics)."""
+    policy = keras.DTypePolicy(policy) if isinstance(policy, str) else policy
+    for layer in layer_or_model._flatten_layers(include_self=True, recursive=True):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if layer.dtype_policy.name != policy.name:
+            raise AssertionError(
+                f"{layer.name}: dtype policy {layer.dtype_policy.name}, expected {policy.name}")
+    for variable in layer_or_model.variables:
+        if variable.dtype != "float32":
+            raise AssertionError(f"{variable.path}: dtype {variable.dtype}, expected float32")
+
+
+def graph_op_dtypes(fn, x, op_type):
+    """dtypes of every `op_type` op (e.g. "Softmax") in the TF graph of fn traced on x."""
+    graph = tf.function(fn).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
+    return [op.get_attr("T").name for op in graph.get_operations() if op.type == op_type]

@@ -1,0 +1,560 @@
+"""Tests for lambda_keras.layers.LambdaLayer.
+
+The expectation for the forward pass is a NumPy reference written here from the paper's equations
+(PAPER.md section 1.1-1.5), independent of the layer's helpers: the position embeddings E[n, m]
+are built by explicit loops over query and context positions. The other tests check properties
+(shift equivariance, XLA == eager, non-zero gradients, finite mixed precision), round trips
+(config, `.keras`), shapes, and every error message.
+"""
+
+import re
+
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from helpers import (
+    assert_all_weights_get_gradients,
+    assert_close,
+    assert_config_round_trip,
+    assert_keras_save_reload,
+    assert_mixed_precision_dtypes,
+    assert_xla_matches_eager,
+    graph_op_dtypes,
+    max_abs_diff,
+)
+from lambda_keras.layers import LambdaLayer
+
+BATCH, ROWS, COLS, CHANNELS = 2, 6, 7, 6  # odd width: exercises the pools' padding
+# Small layer: d = 8 != 6 input channels, |k| = 4, |h| = 2, |v| = 4.
+SMALL = dict(output_dim=8, key_dim=4, num_heads=2)
+
+
+def make_layer(**kwargs):
+    # E ~ N(0, 0.2^2) instead of the paper's N(0, 1) keeps outputs small (max |y| 4-35 here).
+    # Float32 round-off grows with the output, so assert_close(atol=1e-5) allows
+    # 1e-5 * max(1, max |y|); the measured absolute errors are below 1e-5 (printed with -s).
+    kwargs = {**SMALL, "position_initializer": keras.initializers.RandomNormal(stddev=0.2),
+              **kwargs}
+    return LambdaLayer(**kwargs)
+
+
+def random_input(shape=(BATCH, ROWS, COLS, CHANNELS), scale=1.0, seed=0):
+    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype("float32")
+
+
+def randomize_statistics(layer, seed=1, norms=("query_norm", "value_norm")):
+    """Non-trivial BN gamma/beta/moving statistics and position bias, so that they are tested."""
+    rng = np.random.default_rng(seed)
+    for name in norms:
+        norm = getattr(layer, name)
+        size = norm.gamma.shape
+        norm.gamma.assign(rng.uniform(0.5, 1.5, size))
+        norm.beta.assign(rng.normal(0.0, 0.5, size))
+        norm.moving_mean.assign(rng.normal(0.0, 0.5, size))
+        norm.moving_variance.assign(rng.uniform(0.5, 2.0, size))
+    if layer.position is not None and layer.position_bias:
+        layer.position_bias_weight.assign(rng.normal(0.0, 0.5, layer.position_bias_weight.shape))
+
+
+# ------------------------------------------------------------------ NumPy reference (paper)
+def as_float64(tensor):
+    return np.asarray(keras.ops.convert_to_numpy(tensor), "float64")
+
+
+def reference_embeddings(position, table, rows, cols):
+    """E[n, m, u, k] of the paper, by explicit loops over query n and context m positions.
+
+    "conv": local r x r scope, E[n, m] = w[(m - n) + (r // 2, r // 2)] and zero outside the scope
+    (the lambda convolution with "same" zero padding; convolutions are cross-correlations).
+    "relative": E[n, m] = R[(m - n) + (H - 1, W - 1)] over a (2H - 1) x (2W - 1) table.
+    "global": the table is E itself.
+    """
+    table = as_float64(table)
+    if position == "global":
+        return table
+    centre = (table.shape[0] // 2, table.shape[1] // 2) if position == "conv" else (rows - 1,
+                                                                                    cols - 1)
+    n = rows * cols
+    embeddings = np.zeros((n, n) + table.shape[2:])
+    for qi in range(rows):
+        for qj in range(cols):
+            for ci in range(rows):
+                for cj in range(cols):
+                    di, dj = ci - qi + centre[0], cj - qj + centre[1]
+                    if 0 <= di < table.shape[0] and 0 <= dj < table.shape[1]:
+                        embeddings[qi * cols + qj, ci * cols + cj] = table[di, dj]
+    return embeddings
+
+
+def reference_batch_norm(x, norm, training):
+    """x: [b, n, c]. Inference: moving statistics; training: biased batch moments."""
+    if training:
+        mean, var = x.mean(axis=(0, 1)), x.var(axis=(0, 1))
+    else:
+        mean, var = as_float64(norm.moving_mean), as_float64(norm.moving_variance)
+    gamma, beta = as_float64(norm.gamma), as_float64(norm.beta)
+    return (x - mean) / np.sqrt(var + norm.epsilon) * gamma + beta
+
+
+def reference_average_pool(y, pool_size):
+    """Stride-2 average pool, [b, H, W, d]. 3x3: "same" padding as TF pads (ceil(H/2) outputs,
+    the smaller half of the padding first), averaging the valid pixels only; 2x2: "valid"."""
+    def windows(size):
+        if pool_size == 3:
+            out = -(-size // 2)
+            start = -(max((out - 1) * 2 + pool_size - size, 0) // 2)
+        else:
+            out, start = size // 2, 0
+        return [range(max(start + 2 * i, 0), min(start + 2 * i + pool_size, size))
+                for i in range(out)]
+
+    rows, cols = windows(y.shape[1]), windows(y.shape[2])
+    pooled = np.zeros((y.shape[0], len(rows), len(cols), y.shape[3]))
+    for i, rs in enumerate(rows):
+        for j, cs in enumerate(cols):
+            pooled[:, i, j] = y[:, list(rs)][:, :, list(cs)].mean(axis=(1, 2))
+    return pooled
+
+
+def reference_lambda_layer(layer, x, training=False):
+    """y_n = (lambda^c + lambda^p_n)^T q_n per head (PAPER.md 1.1-1.5), float64, from the
+    layer's weights. Weight column layouts: W_Q (h, k), W_K (k, u), W_V (v, u); the heads'
+    outputs are concatenated (h, v)."""
+    x = np.asarray(x, "float64")
+    b, rows, cols, c = x.shape
+    n = rows * cols
+    k, h, u, v = layer.key_dim, layer.num_heads, layer.intra_depth, layer.value_dim
+    w_q, w_k, w_v = (as_float64(w) for w in
+                     (layer.query_kernel, layer.key_kernel, layer.value_kernel))
+    inputs = x.reshape(b, n, c)  # X: [b, n, d]
+    queries = reference_batch_norm(inputs @ w_q, layer.query_norm, training).reshape(b, n, h, k)
+    keys = (inputs @ w_k).reshape(b, n, k, u)
+    keys = np.exp(keys - keys.max(axis=1, keepdims=True))
+    keys = keys / keys.sum(axis=1, keepdims=True)  # softmax over the context positions m
+    values = reference_batch_norm(inputs @ w_v, layer.value_norm, training).reshape(b, n, v, u)
+
+    lambdas = np.einsum("bmku,bmvu->bkv", keys, values)[:, None]  # content lambda [b, 1, k, v]
+    if layer.position is not None:
+        embeddings = reference_embeddings(layer.position, layer.position_embeddings, rows, cols)
+        position_lambdas = np.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+        if layer.position_bias:
+            position_lambdas += as_float64(layer.position_bias_weight)[:, None]
+        lambdas = lambdas + position_lambdas
+    lambdas = np.broadcast_to(lambdas, (b, n, k, v))
+    out = np.einsum("bnhk,bnkv->bnhv", queries, lambdas).reshape(b, rows, cols, h * v)
+    return reference_average_pool(out, layer.pool_size) if layer.strides == 2 else out
+
+
+# id: (layer arguments, training). Every mode, |u| 1 and 4, strides 1/2 x pools 3/2, bias, both
+# implementations of "conv" (also with the paper's 23 x 23 scope, larger than the map).
+REFERENCE_CASES = {
+    "conv-einsum": (dict(position="conv", implementation="einsum", receptive_field=5), False),
+    "conv-conv": (dict(position="conv", implementation="conv", receptive_field=5), False),
+    "conv-einsum-r23": (dict(position="conv", implementation="einsum"), False),
+    "conv-conv-r23": (dict(position="conv", implementation="conv"), False),
+    "conv-auto-bias": (dict(position="conv", receptive_field=3, position_bias=True), False),
+    "conv-einsum-u4-s2p3-bias": (dict(position="conv", implementation="einsum", intra_depth=4,
+                                      receptive_field=7, strides=2, position_bias=True), False),
+    "conv-conv-u4-s2p3-bias": (dict(position="conv", implementation="conv", intra_depth=4,
+                                    receptive_field=7, strides=2, position_bias=True), False),
+    "conv-einsum-u4-s2p2": (dict(position="conv", implementation="einsum", intra_depth=4,
+                                 receptive_field=3, strides=2, pool_size=2), False),
+    "conv-conv-u4-s2p2": (dict(position="conv", implementation="conv", intra_depth=4,
+                               receptive_field=3, strides=2, pool_size=2), False),
+    "conv-conv-training": (dict(position="conv", implementation="conv", receptive_field=5), True),
+    "relative": (dict(position="relative"), False),
+    "relative-u4-s2p3-bias": (dict(position="relative", intra_depth=4, strides=2,
+                                   position_bias=True), False),
+    "relative-s2p2": (dict(position="relative", strides=2, pool_size=2), False),
+    "relative-training": (dict(position="relative", intra_depth=4), True),
+    "global-bias": (dict(position="global", position_bias=True), False),
+    "global-u4-s2p2": (dict(position="global", intra_depth=4, strides=2, pool_size=2), False),
+    "none": (dict(position=None), False),
+    "none-u4-s2p3": (dict(position=None, intra_depth=4, strides=2), False),
+    "none-default-output-dim": (dict(position=None, output_dim=None, num_heads=3), False),
+}
+
+
+@pytest.mark.parametrize("case", REFERENCE_CASES)
+def test_matches_numpy_reference(case):
+    kwargs, training = REFERENCE_CASES[case]
+    layer = make_layer(**kwargs)
+    x = random_input()
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    expected = reference_lambda_layer(layer, x, training=training)
+    actual = keras.ops.convert_to_numpy(layer(x, training=training))
+    error = assert_close(actual, expected, atol=1e-5, what=f"reference {case}")
+    print(f"\n[reference] {case}: max abs diff {error:.2e}, max |y| {np.abs(expected).max():.2f}")
+
+
+def test_reference_detects_a_wrong_offset():
+    """The reference is sensitive: the conv kernel flipped (convolution instead of
+    cross-correlation) gives a different output."""
+    layer = make_layer(position="conv", receptive_field=3)
+    x = random_input()
+    layer.build(x.shape)
+    expected = reference_lambda_layer(layer, x)
+    layer.position_embeddings.assign(as_float64(layer.position_embeddings)[::-1, ::-1])
+    assert max_abs_diff(layer(x), expected) > 1e-2
+
+
+# -------------------------------------------------------------------- XLA, gradients
+XLA_CASES = {
+    "conv-einsum": (dict(position="conv", implementation="einsum", receptive_field=5), True),
+    "conv-conv-u4-s2p3": (dict(position="conv", implementation="conv", intra_depth=4,
+                               receptive_field=3, strides=2, position_bias=True), True),
+    "relative-s2p2": (dict(position="relative", strides=2, pool_size=2), False),
+    "global-u4": (dict(position="global", intra_depth=4, position_bias=True), True),
+    "none": (dict(position=None), False),
+}
+
+
+@pytest.mark.parametrize("case", XLA_CASES)
+def test_xla_matches_eager(case):
+    kwargs, training = XLA_CASES[case]
+    layer = make_layer(**kwargs)
+    x = random_input()
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    error = assert_xla_matches_eager(lambda t: layer(t, training=training), x,
+                                     variables=layer.trainable_variables)
+    print(f"\n[xla] {case}: max diff / max(1, max |eager|) over output and gradients {error:.2e}")
+
+
+GRADIENT_CASES = {
+    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=3,
+                        position_bias=True),
+    "conv-conv-u4": dict(position="conv", implementation="conv", intra_depth=4,
+                         receptive_field=3, position_bias=True),
+    "relative-s2": dict(position="relative", strides=2, position_bias=True),
+    "global": dict(position="global", position_bias=True),
+    "none": dict(position=None),
+}
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["training", "inference"])
+@pytest.mark.parametrize("case", GRADIENT_CASES)
+def test_every_weight_gets_a_gradient(case, training):
+    layer = make_layer(**GRADIENT_CASES[case])
+    x = random_input()
+    layer.build(x.shape)
+    expected = {"query_kernel", "key_kernel", "value_kernel", "gamma", "beta"}
+    if layer.position is not None:
+        expected |= {"position_embeddings", "position_bias"}
+    assert {w.name for w in layer.trainable_weights} == expected
+    assert_all_weights_get_gradients(layer, x, training=training)
+
+
+# ------------------------------------------------------------------- shift equivariance
+def _shift_equivariance_error(layer, shift, margin, size=12):
+    """Input supported in the middle of a size x size map, and the same input shifted; the
+    largest difference between the shifted output and the output, over the interior positions
+    (at least `margin` from the borders in both maps)."""
+    x = np.zeros((1, size, size, CHANNELS), "float32")
+    x[:, 4:8, 3:7] = random_input((1, 4, 4, CHANNELS))
+    shifted = np.roll(x, shift, axis=(1, 2))  # support stays inside: nothing wraps around
+    out, out_shifted = (keras.ops.convert_to_numpy(layer(t)) for t in (x, shifted))
+    rows = slice(margin, size - margin - shift[0])
+    cols = slice(margin, size - margin - shift[1])
+    moved = out_shifted[:, margin + shift[0]:size - margin, margin + shift[1]:size - margin]
+    return max_abs_diff(moved, out[:, rows, cols])
+
+
+@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+def test_conv_mode_is_shift_equivariant(implementation):
+    layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
+    layer.build((1, 12, 12, CHANNELS))
+    # Non-zero BN shifts: V(0) != 0 and q(0) != 0, so the zero padding breaks equivariance
+    # within r // 2 of the border, and only there.
+    randomize_statistics(layer)
+    assert _shift_equivariance_error(layer, (2, 1), margin=1) <= 1e-5
+    assert _shift_equivariance_error(layer, (2, 1), margin=0) > 1e-3  # the borders do differ
+
+
+def test_relative_mode_is_shift_equivariant():
+    layer = make_layer(position="relative")
+    layer.build((1, 12, 12, CHANNELS))
+    # Values keep the fresh BN (V(0) = 0: the zero context adds nothing wherever it sits);
+    # queries get a non-zero shift so the background outputs are non-trivial too.
+    randomize_statistics(layer, norms=("query_norm",))
+    assert _shift_equivariance_error(layer, (2, 1), margin=0) <= 1e-5
+
+
+def test_global_mode_is_not_shift_equivariant():
+    """Control for the two tests above: free per-(n, m) embeddings are not equivariant."""
+    layer = make_layer(position="global")
+    layer.build((1, 12, 12, CHANNELS))
+    randomize_statistics(layer, norms=("query_norm",))
+    assert _shift_equivariance_error(layer, (2, 1), margin=1) > 1e-2
+
+
+# ---------------------------------------------------------------------- mixed precision
+MIXED_CASES = {
+    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=5),
+    "conv-conv-u4-s2": dict(position="conv", implementation="conv", intra_depth=4,
+                            receptive_field=3, strides=2, position_bias=True),
+    "relative": dict(position="relative", position_bias=True),
+    "global-s2p2": dict(position="global", strides=2, pool_size=2),
+    "none": dict(position=None),
+}
+POLICIES = ["mixed_float16", "mixed_bfloat16"]
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+@pytest.mark.parametrize("case", MIXED_CASES)
+def test_mixed_precision_training_is_finite_for_large_inputs(case, policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    layer = make_layer(**MIXED_CASES[case])
+    x = random_input(scale=1e3)
+    out = layer(x, training=True)  # BN batch statistics: normalised queries and values
+    assert keras.backend.standardize_dtype(out.dtype) == layer.compute_dtype
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(keras.ops.cast(out, "float32"))))
+    assert_mixed_precision_dtypes(layer, policy)  # BN sublayers included: float32 variables
+    # Finite gradients; keys of ~1e3 saturate the softmax, so some may legitimately be zero.
+    assert_all_weights_get_gradients(layer, x, training=True, nonzero=False)
+
+
+@pytest.mark.parametrize("case", MIXED_CASES)
+def test_mixed_bfloat16_inference_is_finite_for_large_inputs(case):
+    # Fresh moving statistics: q and V are not normalised and outputs reach ~1e7 for inputs of
+    # 1e3. bfloat16 has float32's exponent range and represents them. NOTE: mixed_float16 cannot
+    # (max 65504): such an un-normalised float16 inference gives inf, a limit of the format, not
+    # of the layer (whose lambdas accumulate in float32); trained statistics keep values O(1).
+    keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+    layer = make_layer(**MIXED_CASES[case])
+    out = keras.ops.cast(layer(random_input(scale=1e3), training=False), "float32")
+    assert np.all(np.isfinite(keras.ops.convert_to_numpy(out)))
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_key_softmax_runs_in_float32(policy):
+    keras.mixed_precision.set_dtype_policy(policy)
+    layer = make_layer(position="conv", receptive_field=3)
+    x = random_input(scale=1e3)
+    layer.build(x.shape)
+    assert graph_op_dtypes(lambda t: layer(t, training=True), x, "Softmax") == ["float32"]
+    # Keys of magnitude ~1e3 would overflow exp() in float16; the keys' softmax stays a
+    # distribution over the context positions.
+    keys = keras.ops.matmul(keras.ops.reshape(x, (BATCH, -1, CHANNELS)), layer.key_kernel)
+    assert float(keras.ops.max(keras.ops.abs(keys))) > 11.1  # exp(11.1) > 65504
+
+
+@pytest.mark.parametrize("policy,rtol", [("mixed_float16", 1e-2), ("mixed_bfloat16", 5e-2)])
+def test_mixed_precision_matches_float32(policy, rtol):
+    kwargs = dict(position="conv", receptive_field=3, intra_depth=4, position_bias=True)
+    x = random_input()
+    reference = make_layer(**kwargs)
+    reference.build(x.shape)
+    randomize_statistics(reference)
+    keras.mixed_precision.set_dtype_policy(policy)
+    layer = make_layer(**kwargs)
+    layer.build(x.shape)
+    layer.set_weights(reference.get_weights())
+    expected = keras.ops.convert_to_numpy(reference(x))
+    actual = keras.ops.convert_to_numpy(keras.ops.cast(layer(x), "float32"))
+    error = max_abs_diff(actual, expected) / np.abs(expected).max()
+    print(f"\n[mixed] {policy}: max abs diff / max |y| = {error:.2e}")
+    assert error <= rtol
+
+
+# ------------------------------------------------------------- config, saving, Sequential
+CONFIG_CASES = {
+    "conv-u4-s2-bias": dict(position="conv", intra_depth=4, receptive_field=3, strides=2,
+                            pool_size=2, implementation="conv", position_bias=True),
+    "relative-feature-size-initializers": dict(
+        position="relative", feature_size=(ROWS, COLS), query_initializer="he_normal",
+        key_initializer=keras.initializers.RandomNormal(stddev=0.3),
+        norm_momentum=0.99, norm_epsilon=1e-3),
+    "global-s2": dict(position="global", strides=2),
+    "none": dict(position=None, output_dim=None, num_heads=3),
+}
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_config_round_trip(case):
+    layer = make_layer(**CONFIG_CASES[case])
+    x = random_input()
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    clone = assert_config_round_trip(layer, x)
+    for name, value in CONFIG_CASES[case].items():
+        if "initializer" not in name:
+            assert clone.get_config()[name] == value, name
+
+
+@pytest.mark.parametrize("case", CONFIG_CASES)
+def test_keras_save_and_reload(case, tmp_path):
+    inputs = keras.Input((ROWS, COLS, CHANNELS))
+    model = keras.Model(inputs, make_layer(**CONFIG_CASES[case])(inputs))
+    randomize_statistics(model.layers[-1])
+    assert_keras_save_reload(model, random_input(), tmp_path)
+
+
+def test_dynamic_size_model_saves_and_reloads(tmp_path):
+    inputs = keras.Input((None, None, CHANNELS))
+    model = keras.Model(inputs, make_layer(position="conv", receptive_field=3, strides=2)(inputs))
+    reloaded = assert_keras_save_reload(model, random_input(), tmp_path)
+    other = random_input((1, 9, 5, CHANNELS))
+    assert max_abs_diff(reloaded(other), model(other)) == 0.0
+    assert reloaded(other).shape == (1, 5, 3, 8)
+
+
+def test_inside_sequential_trains_and_round_trips(tmp_path):
+    model = keras.Sequential([
+        keras.Input((ROWS, COLS, CHANNELS)),
+        make_layer(position="relative", strides=2, pool_size=2, position_bias=True),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = random_input((8, ROWS, COLS, CHANNELS)), np.arange(8) % 3
+    lambda_layer = model.layers[0]
+    before = [keras.ops.convert_to_numpy(w) for w in lambda_layer.weights]
+    history = model.fit(x, y, batch_size=4, epochs=2, verbose=0)
+    assert np.all(np.isfinite(history.history["loss"]))
+    # Every weight moves: trainable ones by Adam, BN moving statistics by the training calls.
+    for weight, old in zip(lambda_layer.weights, before):
+        assert max_abs_diff(weight, old) > 0, weight.path
+    assert_config_round_trip(model, x)
+    assert_keras_save_reload(model, x, tmp_path)
+
+
+# ------------------------------------------------------------------------------- shapes
+SHAPE_MODES = {
+    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=3),
+    "conv-conv": dict(position="conv", implementation="conv", receptive_field=3),
+    "relative": dict(position="relative"),
+    "global": dict(position="global"),
+    "none": dict(position=None),
+}
+STRIDES = {"s1": dict(strides=1), "s2p3": dict(strides=2, pool_size=3),
+           "s2p2": dict(strides=2, pool_size=2)}
+
+
+@pytest.mark.parametrize("stride", STRIDES)
+@pytest.mark.parametrize("mode", SHAPE_MODES)
+@pytest.mark.parametrize("size", [(ROWS, COLS), (5, 5)], ids=["6x7", "5x5"])
+def test_compute_output_shape_matches_output(mode, stride, size):
+    layer = make_layer(**SHAPE_MODES[mode], **STRIDES[stride])
+    x = random_input((BATCH,) + size + (CHANNELS,))
+    expected = (BATCH, -(-size[0] // 2), -(-size[1] // 2)) if stride == "s2p3" else (
+        (BATCH, size[0] // 2, size[1] // 2) if stride == "s2p2" else (BATCH,) + size)
+    assert layer(x).shape == layer.compute_output_shape(x.shape) == expected + (8,)
+
+
+@pytest.mark.parametrize("stride", STRIDES)
+@pytest.mark.parametrize("implementation", ["auto", "conv"])
+def test_conv_mode_runs_with_dynamic_spatial_size(implementation, stride):
+    layer = make_layer(position="conv", receptive_field=3, implementation=implementation,
+                       **STRIDES[stride])
+    symbolic = layer(keras.Input((None, None, CHANNELS)))
+    assert symbolic.shape == layer.compute_output_shape((None, None, None, CHANNELS))
+    assert symbolic.shape == (None, None, None, 8)
+    traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
+    for size in [(ROWS, COLS), (9, 5)]:
+        x = random_input((1,) + size + (CHANNELS,))
+        out = traced(x)
+        assert tuple(out.shape) == layer.compute_output_shape(x.shape)
+        assert_close(out.numpy(), keras.ops.convert_to_numpy(layer(x)), 1e-5)
+
+
+@pytest.mark.parametrize("position", ["relative", "global"])
+def test_static_size_modes_run_under_a_dynamic_signature(position):
+    """With `feature_size`, "relative"/"global" layers trace with unknown spatial dims (e.g. a
+    SavedModel signature) and give the static-shape output."""
+    layer = make_layer(position=position, feature_size=(ROWS, COLS))
+    x = random_input()
+    traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
+    assert_close(traced(x).numpy(), keras.ops.convert_to_numpy(layer(x)), 1e-5)
+
+
+# ------------------------------------------------------------------------------- errors
+CONSTRUCTOR_ERRORS = {
+    "key_dim-zero": (dict(key_dim=0), "`key_dim` must be a positive integer. Received: key_dim=0"),
+    "key_dim-negative": (dict(key_dim=-4), "Received: key_dim=-4"),
+    "num_heads-not-dividing-output_dim": (
+        dict(output_dim=10, num_heads=4),
+        "`output_dim` must be divisible by `num_heads` (4). Received: output_dim=10"),
+    "receptive_field-even": (dict(receptive_field=4),
+                             "`receptive_field` must be odd. Received: receptive_field=4"),
+    "receptive_field-zero": (
+        dict(receptive_field=0),
+        "`receptive_field` must be a positive integer. Received: receptive_field=0"),
+    "receptive_field-negative": (dict(receptive_field=-3), "Received: receptive_field=-3"),
+    "strides": (dict(strides=3), "`strides` must be 1 or 2. Received: strides=3"),
+    "position": (dict(position="local"), "`position` must be one of ('conv', 'relative', "
+                                         "'global', None). Received: position='local'"),
+    "pool_size": (dict(pool_size=4), "`pool_size` must be 3 (paper) or 2 (timm). "
+                                     "Received: pool_size=4"),
+    "implementation": (dict(implementation="fft"),
+                       "`implementation` must be one of ('auto', 'einsum', 'conv'). "
+                       "Received: implementation='fft'"),
+    "feature_size": (dict(position="relative", feature_size=(6, 0)),
+                     "Received: feature_size=(6, 0)"),
+}
+
+
+@pytest.mark.parametrize("case", CONSTRUCTOR_ERRORS)
+def test_bad_argument_raises(case):
+    kwargs, message = CONSTRUCTOR_ERRORS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        LambdaLayer(**kwargs)
+
+
+# id: (layer arguments, input shape given to keras.Input (no batch), message).
+BUILD_ERRORS = {
+    "num_heads-not-dividing-input-channels": (
+        dict(output_dim=None, num_heads=4), (ROWS, COLS, CHANNELS),
+        "`output_dim` must be divisible by `num_heads` (4). Received: output_dim=6"),
+    "rank-3-input": (dict(), (ROWS, CHANNELS),
+                     "rank 4 (batch, height, width, channels). Received: input_shape=(None, 6, 6)"),
+    "relative-unknown-size": (
+        dict(position="relative"), (None, None, 8),
+        '`position="relative"` needs a static spatial size: give `feature_size=(H, W)` or a '
+        "fully defined input shape. Received: input_shape=(None, None, None, 8)"),
+    "global-unknown-size": (
+        dict(position="global"), (ROWS, None, 8),
+        '`position="global"` needs a static spatial size: give `feature_size=(H, W)` or a '
+        "fully defined input shape. Received: input_shape=(None, 6, None, 8)"),
+    "relative-mismatched-feature_size": (
+        dict(position="relative", feature_size=(5, 5)), (ROWS, COLS, CHANNELS),
+        '`position="relative"` embeddings are made for feature_size=(5, 5); the input\'s '
+        "spatial size differs. Received: input_shape=(None, 6, 7, 6)"),
+    "global-mismatched-feature_size": (
+        dict(position="global", feature_size=(ROWS, 8)), (ROWS, COLS, CHANNELS),
+        "feature_size=(6, 8); the input's spatial size differs. "
+        "Received: input_shape=(None, 6, 7, 6)"),
+}
+
+
+@pytest.mark.parametrize("case", BUILD_ERRORS)
+def test_bad_input_shape_raises_at_build(case):
+    kwargs, shape, message = BUILD_ERRORS[case]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        make_layer(**kwargs)(keras.Input(shape))
+
+
+def test_built_relative_layer_rejects_another_size():
+    layer = make_layer(position="relative")
+    layer(random_input())
+    with pytest.raises(ValueError, match=re.escape(
+            '`position="relative"` embeddings are made for feature_size=(6, 7). '
+            "Received: input spatial size (5, 5)")):
+        layer(random_input((BATCH, 5, 5, CHANNELS)))
+
+
+def test_einsum_implementation_rejects_dynamic_size():
+    layer = make_layer(position="conv", receptive_field=3, implementation="einsum")
+    traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
+    with pytest.raises(ValueError, match=re.escape(
+            '`implementation="einsum"` needs a static spatial size. Received: input spatial size')):
+        traced(random_input())
+
+
+def test_compute_output_shape_rejects_rank_3():
+    with pytest.raises(ValueError, match=re.escape("Received: input_shape=(None, 6, 8)")):
+        make_layer().compute_output_shape((None, 6, 8))
