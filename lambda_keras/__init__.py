@@ -21,6 +21,12 @@ from lambda_keras.models import (  # noqa: E402
     LambdaResNet420,
     build_lambda_resnet,
 )
+from lambda_keras.weights import (  # noqa: E402
+    convert_timm,
+    decode_predictions,
+    preprocess_input,
+    resolve_preprocessing,
+)
 
 __all__ = [
     "LambdaLayer",
@@ -35,5 +41,9 @@ __all__ = [
     "LambdaResNet50TS",
     "LambdaResNet26RPT256",
     "build_lambda_resnet",
+    "convert_timm",
+    "decode_predictions",
+    "preprocess_input",
+    "resolve_preprocessing",
     "__version__",
 ]

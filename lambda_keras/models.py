@@ -149,7 +149,10 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
         outputs = x
 
     if input_tensor is not None:
-        inputs = keras.utils.get_source_inputs(input_tensor)
+        # A single source input is passed bare: a one-element list would make Keras warn that
+        # the structure of the inputs differs on every call with a plain tensor.
+        sources = keras.utils.get_source_inputs(input_tensor)
+        inputs = sources[0] if len(sources) == 1 else sources
     model = keras.Model(inputs, outputs, name=name or arch.name)
     if weights is not None:
         weights_lib.load_weights(model, weights, arch.name)

@@ -1,9 +1,59 @@
 """Pretrained weights: preset registry, preprocessing metadata, download/cache, timm conversion.
 
-(Skeleton: the preprocessing contract below is shared by data.py and export.py.)
+The paper (Bello, ICLR 2021) published no checkpoints. The only public ImageNet weights of lambda
+networks are timm's (PyTorch, safetensors on the Hugging Face hub), for three timm architectures
+that models.py reproduces exactly: `lambda_resnet26t`, `lambda_resnet50ts`,
+`lambda_resnet26rpt_256`.
+
+Implemented:
+- `PRESETS`: the registry as data (source URL, sha256, preprocessing, classes, published top-1,
+  licence); `weights="imagenet"` picks the architecture's preset.
+- `validate_weights` (called by the builders before any layer is built) and `load_weights` (after):
+  `weights` is None, "imagenet", a preset name, or a path to a timm `.safetensors` file (converted
+  on load, read with safetensors' NumPy API: no torch at run time) or a Keras `.weights.h5` file.
+  Pickle checkpoints (.pth .pt .bin .ckpt .pkl) are refused: no pickle ever runs.
+- Strict loading: every checkpoint tensor is used and every model weight is set, otherwise a
+  ValueError names the missing / unexpected / mis-shaped tensors and the model is left untouched
+  (values are assigned only after everything was checked). The classifier ("predictions") is
+  skipped when the model has none (include_top=False) or a different number of classes, as
+  keras.applications does; timm's `num_batches_tracked` counters are ignored (Keras BN has none).
+- Downloads go through `keras.utils.get_file` into the Keras cache (`cache_subdir="models"`,
+  `KERAS_HOME` honoured at call time); a hash mismatch, a truncated download or a file that is not
+  a valid safetensors file leaves nothing in the cache and raises.
+- `convert_timm(src, dst)` writes a Keras `.weights.h5` (the `lambda-keras convert` command).
+- `resolve_preprocessing`, `replace_input_size`, `preprocess_input` and `decode_predictions`
+  with the 1000 ImageNet class names bundled in assets/imagenet_classes.txt (WordNet ids in the
+  standard sorted order, torchvision's human-readable names).
+
+timm -> Keras mapping (layer names from models.py / blocks.py):
+  stem.conv{i}.conv.weight [O,I,H,W]          -> stem_conv{i}/kernel [H,W,I,O]
+  *.bn.{weight,bias,running_mean,running_var} -> *_bn/{gamma,beta,moving_mean,moving_variance}
+  stages.{s}.{b}.{conv1_1x1,conv2_kxk,conv3_1x1,shortcut} -> stage{s+1}_block{b+1}_{conv1,conv2,
+                                                 conv3,shortcut_conv} (+ _bn / shortcut_bn)
+  stages.{s}.{b}.post_attn.*                  -> stage{s+1}_block{b+1}_lambda_bn/*
+  stages.{s}.{b}.self_attn.qkv.weight [h*k+k+v, d, 1, 1] -> lambda/{query,key,value}_kernel
+                                                 [d, h*k], [d, k], [d, v] (split in that order)
+  self_attn.norm_q / norm_v                   -> lambda/query_norm / value_norm
+  self_attn.conv_lambda.weight [k, 1, r, r, 1] -> lambda/position_embeddings [r, r, 1, k]
+  self_attn.conv_lambda.bias [k]              -> lambda/position_bias [k]
+  self_attn.pos_emb [2H-1, 2W-1, k]           -> lambda/position_embeddings [2H-1, 2W-1, 1, k]
+  head.fc.weight [C, D], head.fc.bias         -> predictions/kernel [D, C], predictions/bias
+NOTE: the Hugging Face files' sha256 digests are not recorded here (this project was built without
+access to the hub), so `sha256=None` for every preset: the download is then verified by parsing the
+safetensors file and by the strict load (every tensor name and shape must match), not by a digest.
+The eval resize + center crop of a Preprocessing is `lambda_keras.data.eval_transform`.
 """
 
 import dataclasses
+import functools
+import importlib.resources
+import os
+import re
+import tempfile
+import warnings
+
+import numpy as np
+import keras
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,3 +76,520 @@ class Preprocessing:
 
 
 DEFAULT_PREPROCESSING = Preprocessing()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One set of published weights."""
+
+    name: str  # timm's "architecture.tag"; also accepted as `weights=`
+    arch: str  # architectures.ARCHITECTURES key
+    builder: str  # public lambda_keras builder
+    url: str  # the safetensors file
+    sha256: str  # hex digest of that file, None where unknown (see module NOTE)
+    preprocessing: Preprocessing  # timm's pretrained_cfg
+    num_classes: int
+    top1: float  # ImageNet-1k top-1 (%) reported by the source
+    top1_size: int  # image size of that top-1
+    license: str
+    source: str  # where the weights come from
+
+
+HF_URL = "https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
+_TIMM_SOURCE = "timm (Ross Wightman), trained on ImageNet-1k; Hugging Face hub"
+
+
+def _timm_preset(name, builder, crop_pct, top1):
+    return Preset(
+        name=name, arch=name.split(".")[0], builder=builder, url=HF_URL.format(name=name),
+        sha256=None, num_classes=1000, top1=top1, top1_size=256, license="apache-2.0",
+        source=_TIMM_SOURCE,
+        preprocessing=Preprocessing(input_size=(256, 256), crop_pct=crop_pct,
+                                    interpolation="bicubic"))
+
+
+# timm 1.0 pretrained_cfg of each (byoanet.py default_cfgs); top-1 from timm's results tables.
+PRESETS = {p.name: p for p in (
+    _timm_preset("lambda_resnet26t.c1_in1k", "LambdaResNet26T", crop_pct=0.94, top1=79.1),
+    _timm_preset("lambda_resnet50ts.a1h_in1k", "LambdaResNet50TS", crop_pct=0.95, top1=81.2),
+    _timm_preset("lambda_resnet26rpt_256.c1_in1k", "LambdaResNet26RPT256", crop_pct=0.94,
+                 top1=79.0),
+)}
+# weights="imagenet" for an architecture -> its preset.
+IMAGENET_PRESETS = {p.arch: p.name for p in PRESETS.values()}
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
+SAFETENSORS_SUFFIX = ".safetensors"
+KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+CLASSIFIER = "predictions"  # name of the classifier layer in models.py
+MAX_LISTED = 12  # names listed per category in a strict-loading error
+
+
+# ----------------------------------------------------------------------------- validation
+def _arch_for(name):
+    """Architecture key for an architecture, builder or preset name (case/underscore-blind)."""
+    key = str(name).split(".")[0].lower().replace("_", "")
+    for preset in PRESETS.values():
+        if key in (preset.arch.replace("_", ""), preset.builder.lower()):
+            return preset.arch
+    return None
+
+
+def _builders_with_weights():
+    return tuple(p.builder for p in PRESETS.values())
+
+
+def _preset_for(weights, arch_name):
+    """The Preset `weights` ("imagenet" or a preset name) means for `arch_name`."""
+    arch = _arch_for(arch_name)
+    name = IMAGENET_PRESETS.get(arch) if weights == "imagenet" else weights
+    if name is None or PRESETS[name].arch != arch:
+        raise ValueError(
+            f"No pretrained weights {weights!r} for architecture {arch_name!r}. Builders with "
+            f"ImageNet weights: {_builders_with_weights()}; the paper's LambdaResNet-50..420 have "
+            f"no published weights. Received: weights={weights!r}")
+    return PRESETS[name]
+
+
+def _check_file_kind(path):
+    """Raise ValueError unless `path` names a safetensors or Keras weights file that exists."""
+    lowered = path.lower()
+    if lowered.endswith(PICKLE_SUFFIXES):
+        raise ValueError(
+            "Pickle checkpoints are refused (loading one can run arbitrary code). Use the "
+            "checkpoint's .safetensors file instead (timm models on the Hugging Face hub ship "
+            "model.safetensors), or convert it where you trust it: `safetensors.torch.save_file("
+            "torch.load(path, weights_only=True), 'model.safetensors')`. "
+            f"Received: weights={path!r}")
+    if not lowered.endswith((SAFETENSORS_SUFFIX, KERAS_WEIGHTS_SUFFIX)):
+        raise ValueError(
+            "`weights` must be None, 'imagenet', a preset name "
+            f"{tuple(PRESETS)}, or the path to a {SAFETENSORS_SUFFIX} (timm) or "
+            f"{KERAS_WEIGHTS_SUFFIX} (Keras) file. Received: weights={path!r}")
+    if not os.path.isfile(path):
+        raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
+
+
+def validate_weights(weights, arch_name, include_top=True, classes=1000):
+    """Check `weights` for the builder of `arch_name` before any layer is built.
+
+    `include_top=False` or `classes != 1000` are valid with pretrained weights: everything but
+    the classifier is loaded.
+    """
+    del include_top, classes  # every combination loads (the classifier is skipped if it differs)
+    if weights is None:
+        return
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise TypeError(f"`weights` must be None, 'imagenet' or a file path. "
+                        f"Received: weights={weights!r} of type {type(weights).__name__}")
+    if weights == "imagenet" or weights in PRESETS:
+        _preset_for(weights, arch_name)
+        return
+    _check_file_kind(weights)
+
+
+# ------------------------------------------------------------------------------- download
+def _cache_dir():
+    # KERAS_HOME is read at call time (keras reads it once at import).
+    return os.environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+
+
+def _download_target(cache_dir, fname):
+    """Where keras.utils.get_file puts `fname` (same fallback for an unwritable cache_dir)."""
+    base = os.path.expanduser(cache_dir)
+    if not os.access(base, os.W_OK):
+        base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
+    return os.path.join(base, "models", fname)
+
+
+def cached_weights(name, cache_dir=None):
+    """Local path of the ImageNet weights of `name` (architecture, builder or preset) when they
+    are already in the Keras cache, else None. Never downloads."""
+    preset_name = IMAGENET_PRESETS.get(_arch_for(name))
+    if preset_name is None:
+        return None
+    path = _download_target(cache_dir or _cache_dir(), f"{preset_name}{SAFETENSORS_SUFFIX}")
+    return path if os.path.isfile(path) else None
+
+
+def download_preset(name, cache_dir=None):
+    """Download (or find in the cache) the file of preset `name`; returns its local path.
+
+    A hash mismatch, a truncated download or an unreadable file leaves no file in the cache.
+    """
+    preset = name if isinstance(name, Preset) else PRESETS[name]
+    cache_dir = cache_dir or _cache_dir()
+    try:  # get_file falls back to /tmp/.keras for a cache_dir that does not exist yet
+        os.makedirs(os.path.expanduser(cache_dir), exist_ok=True)
+    except OSError:
+        pass  # unwritable: get_file's fallback applies, and _download_target mirrors it
+    fname = f"{preset.name}{SAFETENSORS_SUFFIX}"
+    target = _download_target(cache_dir, fname)
+    try:
+        path = keras.utils.get_file(
+            fname=fname, origin=preset.url, cache_dir=cache_dir, cache_subdir="models",
+            file_hash=preset.sha256, hash_algorithm="sha256")
+        _read_safetensors(path)  # a truncated file fails here when no hash is known
+    except Exception as error:
+        # get_file removes partial downloads but keeps a file whose hash does not match.
+        if os.path.exists(target):
+            os.remove(target)
+        raise ValueError(
+            f"Downloading the weights of {preset.name!r} from {preset.url} failed; nothing was "
+            f"kept in the cache ({target}). Cause: {error}") from error
+    return path
+
+
+# ------------------------------------------------------------------------- reading files
+def _read_safetensors(path):
+    """{name: np.ndarray} of a safetensors file; ValueError naming the file if it is not one."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as error:  # SafetensorError, OSError, or a dtype NumPy lacks
+        raise ValueError(
+            f"Could not read {path!r} as a safetensors file ({type(error).__name__}: {error}). "
+            "Pass the model.safetensors file of a timm checkpoint or a Keras .weights.h5 file."
+        ) from error
+
+
+# ------------------------------------------------------------------ timm -> Keras mapping
+_BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
+       "running_var": "moving_variance"}
+_CONV = {"conv1_1x1": "conv1", "conv2_kxk": "conv2", "conv3_1x1": "conv3", "shortcut": "shortcut"}
+_BLOCK = r"stages\.(?P<s>\d+)\.(?P<b>\d+)\."
+_BN_PARAM = r"(?P<p>weight|bias|running_mean|running_var)"
+
+
+def _block(m):
+    return f"stage{int(m['s']) + 1}_block{int(m['b']) + 1}_"
+
+
+def _oihw_to_hwio(w):
+    return np.transpose(w, (2, 3, 1, 0))  # [O, I, H, W] -> [H, W, I, O]
+
+
+def _conv_name(m):
+    part = _CONV[m["part"]]
+    return f"{_block(m)}{part}_conv" if part == "shortcut" else f"{_block(m)}{part}"
+
+
+def _lambda_kernel(w):
+    return w[:, 0, :, :, 0].transpose(1, 2, 0)[:, :, None, :]  # [k, 1, r, r, 1] -> [r, r, 1, k]
+
+
+# (pattern, Keras weight path from the match, conversion of the tensor)
+_RULES = (
+    (rf"stem\.conv(?P<i>\d+)\.conv\.weight", lambda m: f"stem_conv{m['i']}/kernel", _oihw_to_hwio),
+    (rf"stem\.conv(?P<i>\d+)\.bn\.{_BN_PARAM}",
+     lambda m: f"stem_conv{m['i']}_bn/{_BN[m['p']]}", None),
+    (rf"{_BLOCK}(?P<part>conv1_1x1|conv2_kxk|conv3_1x1|shortcut)\.conv\.weight",
+     lambda m: f"{_conv_name(m)}/kernel", _oihw_to_hwio),
+    (rf"{_BLOCK}(?P<part>conv1_1x1|conv2_kxk|conv3_1x1|shortcut)\.bn\.{_BN_PARAM}",
+     lambda m: f"{_block(m)}{_CONV[m['part']]}_bn/{_BN[m['p']]}", None),
+    (rf"{_BLOCK}post_attn\.{_BN_PARAM}", lambda m: f"{_block(m)}lambda_bn/{_BN[m['p']]}", None),
+    (rf"{_BLOCK}self_attn\.norm_q\.{_BN_PARAM}",
+     lambda m: f"{_block(m)}lambda/query_norm/{_BN[m['p']]}", None),
+    (rf"{_BLOCK}self_attn\.norm_v\.{_BN_PARAM}",
+     lambda m: f"{_block(m)}lambda/value_norm/{_BN[m['p']]}", None),
+    (rf"{_BLOCK}self_attn\.conv_lambda\.weight",
+     lambda m: f"{_block(m)}lambda/position_embeddings", _lambda_kernel),
+    (rf"{_BLOCK}self_attn\.conv_lambda\.bias", lambda m: f"{_block(m)}lambda/position_bias", None),
+    (rf"{_BLOCK}self_attn\.pos_emb",
+     lambda m: f"{_block(m)}lambda/position_embeddings", lambda w: w[:, :, None, :]),
+    (r"head\.fc\.weight", lambda m: f"{CLASSIFIER}/kernel", np.transpose),
+    (r"head\.fc\.bias", lambda m: f"{CLASSIFIER}/bias", None),
+)
+_QKV = re.compile(rf"{_BLOCK}self_attn\.qkv\.weight")
+IGNORED_SUFFIX = "num_batches_tracked"  # PyTorch BN step counters: no Keras counterpart
+
+
+def _split_qkv(key, w, state):
+    """timm's fused qkv 1x1 conv [h*k + k + v, d, 1, 1] -> {query,key,value}_kernel [d, *]."""
+    prefix = key[: -len("qkv.weight")]
+    q_dim = state.get(f"{prefix}norm_q.weight", np.empty(0)).shape[0]
+    v_dim = state.get(f"{prefix}norm_v.weight", np.empty(0)).shape[0]
+    if w.ndim != 4 or not q_dim or not v_dim or w.shape[0] <= q_dim + v_dim:
+        raise ValueError("cannot split qkv without norm_q/norm_v of matching sizes")
+    w = w[:, :, 0, 0].T  # [d, h*k + k + v]; channel order q = (head, k), then k, then v
+    k_dim = w.shape[1] - q_dim - v_dim
+    return np.split(w, [q_dim, q_dim + k_dim], axis=1)  # [d, h*k], [d, k], [d, v]
+
+
+def timm_to_keras(state):
+    """Map a timm state dict onto Keras weight paths.
+
+    Returns ({keras_path: (array, timm_key, timm_shape)}, [timm keys no rule converts]).
+    """
+    converted, unconverted = {}, []
+    for key, tensor in state.items():
+        if key.endswith(IGNORED_SUFFIX):
+            continue
+        qkv = _QKV.fullmatch(key)
+        try:
+            if qkv:
+                layer = f"{_block(qkv)}lambda"
+                for part, array in zip(("query", "key", "value"), _split_qkv(key, tensor, state)):
+                    converted[f"{layer}/{part}_kernel"] = (array, key, tuple(tensor.shape))
+                continue
+            for pattern, path, convert in _RULES:
+                m = re.fullmatch(pattern, key)
+                if m:
+                    array = tensor if convert is None else convert(tensor)
+                    converted[path(m)] = (array, key, tuple(tensor.shape))
+                    break
+            else:
+                unconverted.append(key)
+        except (ValueError, IndexError):  # wrong rank or size: reported as unexpected
+            unconverted.append(f"{key} {tuple(tensor.shape)}")
+    return converted, unconverted
+
+
+# --------------------------------------------------------------------------- strict load
+def _listed(names):
+    names = sorted(names)
+    more = f" ... and {len(names) - MAX_LISTED} more" if len(names) > MAX_LISTED else ""
+    return ", ".join(names[:MAX_LISTED]) + more
+
+
+def _classifier_mismatch(converted, targets):
+    """True when the model has no classifier or one shaped differently from the checkpoint's."""
+    model_keys = [k for k in targets if k.startswith(f"{CLASSIFIER}/")]
+    if not model_keys:
+        return True
+    return any(k in converted and tuple(converted[k][0].shape) != tuple(targets[k].shape)
+               for k in model_keys)
+
+
+def assign_strict(model, converted, source, unconverted=()):
+    """Assign {weight path: (array, source name, source shape)} to `model`, all or nothing.
+
+    The classifier is skipped when the model has none or a different number of classes.
+    Raises ValueError naming every missing, unexpected and mis-shaped tensor; the model is then
+    unchanged.
+    """
+    targets = {v.path: v for v in model.weights}
+    if _classifier_mismatch(converted, targets):
+        converted = {k: v for k, v in converted.items() if not k.startswith(f"{CLASSIFIER}/")}
+        targets = {k: v for k, v in targets.items() if not k.startswith(f"{CLASSIFIER}/")}
+    missing = [k for k in targets if k not in converted]
+    unexpected = list(unconverted) + [
+        f"{name} (-> {k})" for k, (_, name, _) in converted.items() if k not in targets]
+    mis_shaped = [
+        f"{name} {shape} -> {k}: converted {tuple(a.shape)}, model {tuple(targets[k].shape)}"
+        for k, (a, name, shape) in converted.items()
+        if k in targets and tuple(a.shape) != tuple(targets[k].shape)]
+    if missing or unexpected or mis_shaped:
+        problems = [
+            f"{len(items)} {label}: {_listed(items)}"
+            for label, items in (("model weights missing from the checkpoint", missing),
+                                 ("unexpected checkpoint tensors", unexpected),
+                                 ("mis-shaped tensors", mis_shaped)) if items]
+        raise ValueError(
+            f"Cannot load {source!r} into model {model.name!r}: " + "; ".join(problems)
+            + ". The model was left unchanged.")
+    for key, variable in targets.items():
+        variable.assign(converted[key][0].astype(variable.dtype))
+
+
+def _load_timm(model, path):
+    converted, unconverted = timm_to_keras(_read_safetensors(path))
+    assign_strict(model, converted, path, unconverted)
+
+
+def _keras_load(model, path):
+    """model.load_weights, with Keras' "retain freshly-initialised weights" warnings as errors."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.load_weights(path)
+    skipped = [str(w.message) for w in caught
+               if f"{os.sep}saving{os.sep}" in (w.filename or "")]
+    if skipped:
+        raise ValueError(f"Keras skipped part of the file: {skipped[0]}")
+
+
+def _load_keras_weights(model, path):
+    """Keras .weights.h5 via model.load_weights, restored on failure (no partial model).
+
+    A file whose classifier does not fit (or a headless file) loads into the backbone only when
+    the model's classifier cannot take it, with a warning; the classifier then keeps its values.
+    """
+    snapshot = [v.numpy() for v in model.weights]
+
+    def restore():
+        for variable, value in zip(model.weights, snapshot):
+            variable.assign(value)
+
+    try:
+        _keras_load(model, path)
+        return
+    except Exception as error:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError
+        restore()
+        first_error = error
+    try:
+        classifier = model.get_layer(CLASSIFIER)
+    except ValueError:
+        classifier = None
+    if classifier is not None:
+        backbone = keras.Model(model.inputs, classifier.input)
+        try:
+            _keras_load(backbone, path)
+            warnings.warn(
+                f"{path!r}: the classifier did not fit the model's {CLASSIFIER!r} layer; every "
+                "other weight was loaded and the classifier kept its initial values.",
+                stacklevel=3)
+            return
+        except Exception:  # noqa: BLE001
+            restore()
+    raise ValueError(f"Cannot load {path!r} into model {model.name!r}: {first_error} "
+                     "The model was left unchanged.") from first_error
+
+
+def load_weights(model, weights, arch_name):
+    """Load `weights` (see validate_weights) into `model`, built for `arch_name`; returns model."""
+    if weights is None:
+        return model
+    validate_weights(weights, arch_name)
+    weights = os.fspath(weights)
+    if weights == "imagenet" or weights in PRESETS:
+        _load_timm(model, download_preset(_preset_for(weights, arch_name)))
+    elif weights.lower().endswith(SAFETENSORS_SUFFIX):
+        _load_timm(model, weights)
+    else:
+        _load_keras_weights(model, weights)
+    return model
+
+
+# ------------------------------------------------------------------------------ convert
+def infer_timm_arch(state):
+    """Architecture of a timm lambda-network state dict, from the tensors it holds."""
+    keys = set(state)
+    if any(k.endswith("self_attn.pos_emb") for k in keys):
+        return "lambda_resnet26rpt_256"
+    if "stages.1.3.self_attn.qkv.weight" in keys:
+        return "lambda_resnet50ts"
+    if "stages.3.1.self_attn.qkv.weight" in keys:
+        return "lambda_resnet26t"
+    raise ValueError("Cannot tell which timm lambda network this checkpoint is; pass `arch_name` "
+                     f"(one of {tuple(IMAGENET_PRESETS)}).")
+
+
+def convert_timm(src, dst, arch_name=None):
+    """Convert a timm `.safetensors` checkpoint to a Keras `.weights.h5` file; returns `dst`.
+
+    Builds the matching lambda_keras model (classes from the checkpoint, headless if it has no
+    classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal.
+    """
+    from lambda_keras import models  # models imports this module
+
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
+        raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
+    _check_file_kind(src)
+    if not src.lower().endswith(SAFETENSORS_SUFFIX):
+        raise ValueError(f"`src` must be a timm {SAFETENSORS_SUFFIX} file. Received: src={src!r}")
+    state = _read_safetensors(src)
+    if arch_name is None:
+        arch = infer_timm_arch(state)
+    else:
+        arch = _arch_for(arch_name)
+        if arch is None:
+            raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)}. "
+                             f"Received: arch_name={arch_name!r}")
+    head = state.get("head.fc.weight")
+    model = models.build_lambda_resnet(
+        arch, include_top=head is not None, weights=None,
+        classes=1000 if head is None else int(head.shape[0]))
+    converted, unconverted = timm_to_keras(state)
+    assign_strict(model, converted, src, unconverted)
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    model.save_weights(dst)
+    return dst
+
+
+# ------------------------------------------------------------------------ preprocessing
+def _paper_preprocessing(name):
+    """Preprocessing of an architecture without weights: ImageNet defaults at its image size."""
+    from lambda_keras import architectures  # plain data, no import cycle
+
+    key = str(name).lower().replace("_", "")
+    for arch in architectures.ARCHITECTURES.values():
+        if key == arch.name.replace("_", ""):
+            return dataclasses.replace(DEFAULT_PREPROCESSING,
+                                       input_size=(arch.image_size, arch.image_size))
+    return None
+
+
+def resolve_preprocessing(name):
+    """Preprocessing for a preset, architecture or builder name (e.g. "LambdaResNet26T").
+
+    Architectures with weights get their preset's; the paper family (no weights) gets the ImageNet
+    defaults (crop 0.875, bicubic, ImageNet mean/std) at its image size; None gives
+    DEFAULT_PREPROCESSING.
+    """
+    if name is None:
+        return DEFAULT_PREPROCESSING
+    if isinstance(name, Preprocessing):
+        return name
+    if name in PRESETS:
+        return PRESETS[name].preprocessing
+    arch = _arch_for(name) if isinstance(name, str) else None
+    if arch is not None:
+        return PRESETS[IMAGENET_PRESETS[arch]].preprocessing
+    paper = _paper_preprocessing(name) if isinstance(name, str) else None
+    if paper is None:
+        raise ValueError(
+            f"No preprocessing is known for {name!r}; valid: presets {tuple(PRESETS)}, "
+            "architecture names (lambda_resnet50, ...) or builder names (LambdaResNet50, ...). "
+            f"Received: name={name!r}")
+    return paper
+
+
+def replace_input_size(preprocessing, input_size):
+    """`preprocessing` evaluated at another (height, width), e.g. a model's static input size."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0
+                             for s in size):
+        raise ValueError("`input_size` must be a positive int or (height, width). "
+                         f"Received: input_size={input_size!r}")
+    return dataclasses.replace(resolve_preprocessing(preprocessing), input_size=size)
+
+
+def preprocess_input(x, preprocessing=None):
+    """Float RGB pixels in [0, 255], channels last -> ((x / 255) - mean) / std.
+
+    `preprocessing` is a Preprocessing, a preset/architecture/builder name, or None (ImageNet
+    mean/std). NumPy in -> NumPy float32 out; tensors in -> tensors out.
+    """
+    prep = DEFAULT_PREPROCESSING if preprocessing is None else resolve_preprocessing(preprocessing)
+    if isinstance(x, (np.ndarray, list, tuple)):
+        x = np.asarray(x, dtype="float32")
+        return ((x / 255.0 - np.float32(prep.mean)) / np.float32(prep.std)).astype("float32")
+    x = keras.ops.cast(x, "float32")
+    mean = keras.ops.convert_to_tensor(prep.mean, "float32")
+    std = keras.ops.convert_to_tensor(prep.std, "float32")
+    return (x / 255.0 - mean) / std  # [..., 3]
+
+
+@functools.lru_cache(maxsize=1)
+def imagenet_classes():
+    """The 1000 ImageNet-1k classes in model output order: ((wordnet_id, name), ...)."""
+    text = importlib.resources.files("lambda_keras").joinpath(
+        "assets/imagenet_classes.txt").read_text(encoding="utf-8")
+    return tuple(tuple(line.split("\t")) for line in text.splitlines() if line)
+
+
+def decode_predictions(preds, top=5):
+    """[B, 1000] scores -> per example a list of `top` (wordnet_id, name, score), best first."""
+    preds = np.asarray(keras.ops.convert_to_numpy(preds))
+    classes = imagenet_classes()
+    if preds.ndim != 2 or preds.shape[1] != len(classes):
+        raise ValueError("`decode_predictions` expects a batch of predictions of shape "
+                         f"(samples, {len(classes)}). Received: preds.shape={preds.shape}")
+    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(classes):
+        raise ValueError(f"`top` must be an integer in [1, {len(classes)}]. Received: top={top!r}")
+    order = np.argsort(-preds, axis=1, kind="stable")[:, :top]  # [B, top]
+    return [[(*classes[i], float(row[i])) for i in idx] for row, idx in zip(preds, order)]

@@ -1,0 +1,608 @@
+"""Tests of lambda_keras.weights: timm parity, strict loading, downloads, conversion, preprocessing.
+
+Parity: for each timm architecture the real timm model (torch, CPU) is created with a fixed seed,
+its batch-norm affine parameters are randomised and its running statistics set from a random
+calibration batch (so every BN tensor is non-trivial and activations stay O(1)), its state_dict is
+saved as safetensors, loaded with `weights=that_file`, and logits and include_top=False features are
+compared on the same random batch at the native 256 x 256 size.
+
+torch runs in a subprocess (`timm_reference`): importing torch after TensorFlow in one process
+crashes (triton's LLVM clashes with TensorFlow's), and the package itself must not need torch.
+
+Loading tests use small models (64 x 64 inputs) and a timm lambda_resnet26t checkpoint with 10
+classes made by that subprocess; downloads go through keras.utils.get_file with file:// URLs and a
+local HTTP server (no network).
+"""
+
+import dataclasses
+import hashlib
+import http.server
+import inspect
+import json
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+import keras
+import safetensors.numpy
+
+import lambda_keras
+from lambda_keras import models
+from lambda_keras import weights as W
+
+from helpers import assert_close, max_abs_diff
+
+PARITY_ATOL = 1e-4
+PARITY_SIZE = 256  # native size of the three presets
+SIZE = 64  # input size of the small models
+CLASSES = 10
+ARCHS = ("lambda_resnet26t", "lambda_resnet50ts", "lambda_resnet26rpt_256")
+
+
+# ----------------------------------------------------------------- timm, in a subprocess
+def _make_timm_reference(out_dir, archs, presets, size, classes):
+    """Writes timm checkpoints, reference outputs and metadata to out_dir (runs with torch)."""
+    import json
+    import os
+
+    import numpy as np
+    import timm
+    import timm.data
+    import torch
+    from safetensors.torch import save_file
+
+    def randomised(arch, seed=0):
+        # Fixed seed; random BN affine; running stats = statistics of a random calibration batch.
+        torch.manual_seed(seed)
+        model = timm.create_model(arch, pretrained=False)
+        generator = torch.Generator().manual_seed(seed + 1)
+        norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        with torch.no_grad():
+            for norm in norms:
+                norm.weight.copy_(torch.rand(norm.num_features, generator=generator) * 0.5 + 0.5)
+                norm.bias.copy_(torch.randn(norm.num_features, generator=generator) * 0.1)
+                norm.reset_running_stats()
+                norm.momentum = None  # cumulative average over the one calibration batch
+            model.train()
+            model(torch.randn(4, 3, size, size, generator=generator))
+        return model.eval()
+
+    def save(model, name):
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                  os.path.join(out_dir, name))
+
+    x = np.random.default_rng(1).standard_normal((2, size, size, 3)).astype("float32")
+    np.save(os.path.join(out_dir, "x.npy"), x)
+    meta = {"params": {}, "keys": {}, "cfg": {}}
+    for arch in archs:
+        model = randomised(arch)
+        save(model, f"{arch}.safetensors")
+        meta["params"][arch] = sum(p.numel() for p in model.parameters())
+        meta["keys"][arch] = list(model.state_dict())
+        nchw = torch.from_numpy(x).permute(0, 3, 1, 2)
+        # float32 (the reference) and float64 (to measure timm's own float32 round-off).
+        for dtype, tag in ((torch.float32, ""), (torch.float64, "64")):
+            model = model.to(dtype)
+            with torch.no_grad():
+                features = model.forward_features(nchw.to(dtype))
+                logits = model.forward_head(features)
+            np.save(os.path.join(out_dir, f"{arch}_logits{tag}.npy"), logits.numpy())
+            np.save(os.path.join(out_dir, f"{arch}_features{tag}.npy"),
+                    features.permute(0, 2, 3, 1).numpy())  # NHWC
+    for name in presets:
+        meta["cfg"][name] = timm.models.get_pretrained_cfg(name).to_dict()
+    torch.manual_seed(0)
+    save(timm.create_model(archs[0], pretrained=False, num_classes=classes), "small.safetensors")
+    info = timm.data.ImageNetInfo()
+    meta["labels"] = [info.index_to_label_name(i) for i in range(1000)]
+    with open(os.path.join(out_dir, "meta.json"), "w") as f:
+        json.dump(meta, f)
+
+
+@pytest.fixture(scope="module")
+def timm_reference(tmp_path_factory):
+    out_dir = str(tmp_path_factory.mktemp("timm"))
+    args = (out_dir, ARCHS, tuple(W.PRESETS), PARITY_SIZE, CLASSES)
+    code = inspect.getsource(_make_timm_reference) + f"\n_make_timm_reference(*{args!r})\n"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(os.path.join(out_dir, "meta.json")) as f:
+        return out_dir, json.load(f)
+
+
+def save_state(state, path):
+    safetensors.numpy.save_file({k: np.ascontiguousarray(v) for k, v in state.items()}, str(path))
+    return str(path)
+
+
+def small_26t(**kwargs):
+    kwargs = {"weights": None, "input_shape": (SIZE, SIZE, 3), "classes": CLASSES, **kwargs}
+    return lambda_keras.LambdaResNet26T(**kwargs)
+
+
+def weights_of(model):
+    return {v.path: v.numpy().copy() for v in model.weights}
+
+
+# ------------------------------------------------------------------------------- parity
+@pytest.fixture(scope="module", params=ARCHS)
+def parity_case(request, timm_reference):
+    out_dir, meta = timm_reference
+    arch = request.param
+    load = lambda suffix: np.load(os.path.join(out_dir, f"{arch}_{suffix}.npy"))  # noqa: E731
+    return dict(arch=arch, path=os.path.join(out_dir, f"{arch}.safetensors"),
+                x=np.load(os.path.join(out_dir, "x.npy")), params=meta["params"][arch],
+                **{name: load(name) for name in ("logits", "logits64", "features", "features64")})
+
+
+def _check_parity(case, output, name):
+    """output vs timm float32 (the criterion) and vs timm float64 (against timm's round-off)."""
+    error = max_abs_diff(output, case[name])
+    timm_round_off = max_abs_diff(case[name], case[f"{name}64"])
+    error64 = max_abs_diff(output, case[f"{name}64"])
+    print(f"\n{case['arch']} {name}: max |diff| vs timm {error:.3g}; vs timm float64 "
+          f"{error64:.3g} (timm float32 itself: {timm_round_off:.3g}); "
+          f"max |{name}| {np.abs(case[name]).max():.3g}")
+    # As exact as timm's own float32 computation, measured against float64.
+    assert error64 <= 3 * timm_round_off + 1e-6, (error64, timm_round_off)
+    return error
+
+
+@pytest.mark.slow
+def test_logits_match_timm(parity_case):
+    case = parity_case
+    model = models.build_lambda_resnet(case["arch"], weights=case["path"],
+                                       classifier_activation=None)
+    logits = keras.ops.convert_to_numpy(model(case["x"], training=False))
+    assert _check_parity(case, logits, "logits") <= PARITY_ATOL
+    top5 = np.argsort(-logits, axis=1)[:, :5]
+    np.testing.assert_array_equal(top5, np.argsort(-case["logits"], axis=1)[:, :5])
+    # Parameters as timm counts them (trainable: BN moving statistics excluded).
+    trainable = sum(int(np.prod(v.shape)) for v in model.trainable_weights)
+    assert trainable == case["params"]
+
+
+@pytest.mark.slow
+def test_features_match_timm(parity_case):
+    case = parity_case
+    model = models.build_lambda_resnet(case["arch"], weights=case["path"], include_top=False,
+                                       input_shape=(PARITY_SIZE, PARITY_SIZE, 3))
+    features = keras.ops.convert_to_numpy(model(case["x"], training=False))
+    # Features reach |x| ~ 10-40: the 1e-4 criterion is relative to their scale there.
+    assert_close(features, case["features"], PARITY_ATOL, what=f"{case['arch']} features")
+    _check_parity(case, features, "features")
+
+
+def test_relative_positions_need_the_checkpoint_size(timm_reference):
+    # lambda_resnet26rpt_256's relative tables are made for 256 px: another size is mis-shaped.
+    path = os.path.join(timm_reference[0], "lambda_resnet26rpt_256.safetensors")
+    with pytest.raises(ValueError) as info:
+        lambda_keras.LambdaResNet26RPT256(weights=path, include_top=False,
+                                          input_shape=(128, 128, 3))
+    message = str(info.value)
+    assert ("stages.3.1.self_attn.pos_emb (15, 15, 16) -> stage4_block2_lambda/position_embeddings"
+            in message), message
+    assert "model (7, 7, 1, 16)" in message, message
+
+
+# --------------------------------------------------------------- checkpoint of the tests
+@pytest.fixture(scope="module")
+def timm_state(timm_reference):
+    """A timm lambda_resnet26t state dict with 10 classes and random BN tensors (NumPy)."""
+    state = safetensors.numpy.load_file(os.path.join(timm_reference[0], "small.safetensors"))
+    rng = np.random.default_rng(0)
+    norms = [k[: -len("running_mean")] for k in state if k.endswith("running_mean")]
+    for prefix in norms:
+        shape = state[f"{prefix}running_mean"].shape
+        for name, draw in (("weight", rng.uniform(0.5, 1.5, shape)),
+                           ("bias", rng.normal(0.0, 0.1, shape)),
+                           ("running_mean", rng.normal(0.0, 0.1, shape)),
+                           ("running_var", rng.uniform(0.5, 1.5, shape))):
+            state[f"{prefix}{name}"] = draw.astype("float32")
+    return state
+
+
+@pytest.fixture(scope="module")
+def checkpoint(timm_state, tmp_path_factory):
+    return save_state(timm_state, tmp_path_factory.mktemp("ckpt") / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    """Weights of the small model loaded from `checkpoint` (the reference for other tests)."""
+    return weights_of(small_26t(weights=checkpoint))
+
+
+def test_loaded_values_follow_the_mapping(timm_state, loaded):
+    # Independent spot checks of the layout conversions against the raw timm tensors.
+    qkv = timm_state["stages.3.0.self_attn.qkv.weight"][:, :, 0, 0]  # [64 + 16 + 128, 512]
+    expected = {
+        "stem_conv1/kernel": timm_state["stem.conv1.conv.weight"].transpose(2, 3, 1, 0),
+        "stage2_block1_shortcut_conv/kernel":
+            timm_state["stages.1.0.shortcut.conv.weight"].transpose(2, 3, 1, 0),
+        "stage2_block1_shortcut_bn/moving_variance":
+            timm_state["stages.1.0.shortcut.bn.running_var"],
+        "stage4_block1_lambda/query_kernel": qkv[:64].T,
+        "stage4_block1_lambda/key_kernel": qkv[64:80].T,
+        "stage4_block1_lambda/value_kernel": qkv[80:].T,
+        "stage4_block1_lambda/query_norm/moving_mean":
+            timm_state["stages.3.0.self_attn.norm_q.running_mean"],
+        "stage4_block1_lambda_bn/gamma": timm_state["stages.3.0.post_attn.weight"],
+        "stage4_block1_lambda/position_bias":
+            timm_state["stages.3.0.self_attn.conv_lambda.bias"],
+        "predictions/kernel": timm_state["head.fc.weight"].T,
+    }
+    for path, value in expected.items():
+        np.testing.assert_array_equal(loaded[path], value, err_msg=path)
+    lam = timm_state["stages.2.1.self_attn.conv_lambda.weight"]  # [k, 1, r, r, 1]
+    for k, i, j in [(0, 0, 8), (5, 3, 1), (15, 8, 0)]:
+        assert loaded["stage3_block2_lambda/position_embeddings"][i, j, 0, k] == lam[k, 0, i, j, 0]
+
+
+def test_num_batches_tracked_is_ignored(timm_state, loaded):
+    counters = [k for k in timm_state if k.endswith("num_batches_tracked")]
+    assert counters  # present in the checkpoint, no Keras counterpart, and the load succeeded
+    assert not any("num_batches" in path for path in loaded)
+
+
+# ------------------------------------------------------------------------- strictness
+def _strict_error(state, tmp_path, **model_kwargs):
+    """Load a modified checkpoint; returns the error message after checking nothing changed."""
+    path = save_state(state, tmp_path / "bad.safetensors")
+    model = small_26t(**model_kwargs)
+    before = weights_of(model)
+    with pytest.raises(ValueError) as info:
+        W.load_weights(model, path, "lambda_resnet26t")
+    after = weights_of(model)
+    for key, value in before.items():
+        np.testing.assert_array_equal(after[key], value, err_msg=f"{key} changed")
+    message = str(info.value)
+    assert path in message and "left unchanged" in message, message
+    return message
+
+
+def test_missing_tensor_is_named(timm_state, tmp_path):
+    state = dict(timm_state)
+    del state["stages.0.1.conv2_kxk.conv.weight"]
+    message = _strict_error(state, tmp_path)
+    assert "missing" in message and "stage1_block2_conv2/kernel" in message, message
+
+
+def test_unexpected_tensor_is_named(timm_state, tmp_path):
+    state = {**timm_state, "stages.0.1.extra.weight": np.zeros((3,), "float32")}
+    message = _strict_error(state, tmp_path)
+    assert "unexpected" in message and "stages.0.1.extra.weight" in message, message
+
+
+def test_mis_shaped_tensor_is_named(timm_state, tmp_path):
+    state = dict(timm_state)
+    state["stages.1.1.conv1_1x1.conv.weight"] = np.zeros((128, 512, 3, 3), "float32")
+    message = _strict_error(state, tmp_path)
+    assert ("stages.1.1.conv1_1x1.conv.weight (128, 512, 3, 3) -> stage2_block2_conv1/kernel: "
+            "converted (3, 3, 512, 128), model (1, 1, 512, 128)") in message, message
+
+
+def test_every_problem_is_reported_at_once(timm_state, tmp_path):
+    state = {k: v for k, v in timm_state.items() if not k.startswith("stages.3.1.self_attn")}
+    state["head.extra"] = np.zeros((1,), "float32")
+    message = _strict_error(state, tmp_path)
+    for name in ("stage4_block2_lambda/query_kernel", "stage4_block2_lambda/position_bias",
+                 "head.extra"):
+        assert name in message, message
+
+
+def test_architecture_mismatch_is_refused(checkpoint):
+    # A lambda_resnet26t checkpoint into a lambda_resnet50ts: missing and unexpected tensors.
+    with pytest.raises(ValueError, match="missing.*unexpected"):
+        models.build_lambda_resnet("lambda_resnet50ts", weights=checkpoint, include_top=False,
+                                   input_shape=(SIZE, SIZE, 3))
+
+
+def test_headless_checkpoint_needs_a_headless_model(timm_state, tmp_path):
+    state = {k: v for k, v in timm_state.items() if not k.startswith("head.")}
+    message = _strict_error(state, tmp_path)
+    assert "predictions/kernel" in message and "predictions/bias" in message, message
+    # ... and loads into include_top=False.
+    model = small_26t(weights=save_state(state, tmp_path / "headless.safetensors"),
+                      include_top=False)
+    assert model.weights
+
+
+def test_include_top_false_loads_all_but_the_classifier(checkpoint, loaded):
+    model = small_26t(weights=checkpoint, include_top=False, pooling="avg")
+    got = weights_of(model)
+    assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
+    for key, value in got.items():
+        np.testing.assert_array_equal(value, loaded[key], err_msg=key)
+
+
+def test_other_classes_load_all_but_the_classifier(checkpoint, loaded):
+    keras.utils.set_random_seed(3)
+    model = small_26t(weights=checkpoint, classes=7)
+    keras.utils.set_random_seed(3)
+    fresh = weights_of(small_26t(classes=7))
+    got = weights_of(model)
+    for key, value in got.items():
+        if key.startswith("predictions/"):
+            np.testing.assert_array_equal(value, fresh[key], err_msg=key)  # initial values
+        else:
+            np.testing.assert_array_equal(value, loaded[key], err_msg=key)
+
+
+# ------------------------------------------------------------------ refused inputs
+class _Payload:
+    """Unpickling this creates a file: the proof that a pickle ran."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".bin", ".pt", ".ckpt"])
+def test_pickle_checkpoints_are_refused_without_unpickling(suffix, tmp_path):
+    marker = tmp_path / "pickle_ran"
+    path = tmp_path / f"model{suffix}"
+    path.write_bytes(pickle.dumps(_Payload(str(marker))))
+    with pytest.raises(ValueError, match=r"\.safetensors.*Received: weights="):
+        lambda_keras.LambdaResNet26T(weights=str(path), input_shape=(SIZE, SIZE, 3))
+    with pytest.raises(ValueError, match=r"\.safetensors"):
+        W.load_weights(keras.Sequential(), path, "lambda_resnet26t")  # a pathlib.Path
+    assert not marker.exists()
+
+
+def test_corrupt_file_is_named(tmp_path):
+    path = tmp_path / "broken.safetensors"
+    path.write_bytes(b"this is not a safetensors file at all")
+    with pytest.raises(ValueError, match="Could not read .*broken.safetensors"):
+        small_26t(weights=str(path))
+
+
+def test_truncated_file_is_named(checkpoint, tmp_path):
+    path = tmp_path / "cut.safetensors"
+    with open(checkpoint, "rb") as f:
+        path.write_bytes(f.read(1 << 20))
+    with pytest.raises(ValueError, match="Could not read .*cut.safetensors"):
+        small_26t(weights=str(path))
+
+
+@pytest.mark.parametrize("weights,message", [
+    ("imagenet21k", "`weights` must be"),
+    ("no/such/file.safetensors", "does not exist"),
+    ("lambda_resnet50ts.a1h_in1k", "No pretrained weights"),  # preset of another architecture
+])
+def test_bad_weights_strings(weights, message):
+    with pytest.raises(ValueError, match=message) as info:
+        W.validate_weights(weights, "lambda_resnet26t")
+    assert f"Received: weights={weights!r}" in str(info.value)
+
+
+def test_imagenet_without_a_preset_lists_the_builders():
+    with pytest.raises(ValueError) as info:
+        W.validate_weights("imagenet", "lambda_resnet152")
+    for builder in ("LambdaResNet26T", "LambdaResNet50TS", "LambdaResNet26RPT256"):
+        assert builder in str(info.value)
+
+
+def test_weights_of_a_wrong_type():
+    with pytest.raises(TypeError, match="Received: weights=3"):
+        W.validate_weights(3, "lambda_resnet26t")
+
+
+# ---------------------------------------------------------------------- downloads
+def _sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+@pytest.fixture
+def preset_from(monkeypatch, tmp_path):
+    """Point the lambda_resnet26t preset at `url` (with `sha256`) and the cache into tmp_path."""
+    cache = tmp_path / "keras_home"
+    monkeypatch.setenv("KERAS_HOME", str(cache))
+    name = "lambda_resnet26t.c1_in1k"
+
+    def point(url, sha256):
+        monkeypatch.setitem(W.PRESETS, name,
+                            dataclasses.replace(W.PRESETS[name], url=url, sha256=sha256))
+        return cache / "models" / f"{name}.safetensors"
+
+    return point
+
+
+def test_imagenet_downloads_verifies_and_caches(checkpoint, loaded, preset_from, tmp_path):
+    source = tmp_path / "hub.safetensors"
+    source.write_bytes(open(checkpoint, "rb").read())
+    cached = preset_from(source.as_uri(), _sha256(source))
+    model = small_26t(weights="imagenet")
+    assert cached.is_file() and _sha256(cached) == _sha256(source)
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, loaded[key], err_msg=key)
+    # Second use: from the cache, the source is gone.
+    source.unlink()
+    model = small_26t(weights="lambda_resnet26t.c1_in1k")
+    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+                                  loaded["stem_conv1/kernel"])
+
+
+def test_hash_mismatch_leaves_no_file(checkpoint, preset_from):
+    cached = preset_from(f"file://{checkpoint}", "0" * 64)
+    with pytest.raises(ValueError, match="hash"):
+        small_26t(weights="imagenet")
+    assert not cached.exists()
+
+
+def test_unreadable_download_leaves_no_file(preset_from, tmp_path):
+    # No hash known: the file is checked by parsing it.
+    source = tmp_path / "hub.safetensors"
+    source.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{truncated")
+    cached = preset_from(source.as_uri(), None)
+    with pytest.raises(ValueError, match="nothing was kept"):
+        small_26t(weights="imagenet")
+    assert not cached.exists()
+
+
+class _TruncatingHandler(http.server.BaseHTTPRequestHandler):
+    """Announces 1 MB and closes the connection after 1000 bytes."""
+
+    def do_GET(self):  # noqa: N802 - http.server API
+        self.send_response(200)
+        self.send_header("Content-Length", str(1 << 20))
+        self.end_headers()
+        self.wfile.write(b"x" * 1000)
+        self.wfile.flush()
+        self.close_connection = True
+
+    def log_message(self, *args):
+        pass
+
+
+def test_truncated_download_leaves_no_file(preset_from):
+    server = http.server.HTTPServer(("127.0.0.1", 0), _TruncatingHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        cached = preset_from(f"http://127.0.0.1:{server.server_port}/model.safetensors", None)
+        with pytest.raises(ValueError, match="nothing was kept"):
+            small_26t(weights="imagenet")
+        assert not cached.exists()
+        assert not any(cached.parent.iterdir())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+# ------------------------------------------------------------------------ conversion
+def test_convert_timm_round_trip(checkpoint, loaded, tmp_path):
+    dst = W.convert_timm(checkpoint, tmp_path / "out" / "model.weights.h5")  # arch inferred
+    assert dst.endswith(".weights.h5") and os.path.isfile(dst)
+    model = small_26t(weights=dst)
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, loaded[key], err_msg=key)
+    # Keras files follow the same classifier rule.
+    headless = small_26t(weights=dst, include_top=False)
+    np.testing.assert_array_equal(weights_of(headless)["stage4_block2_conv3/kernel"],
+                                  loaded["stage4_block2_conv3/kernel"])
+    with pytest.warns(UserWarning, match="classifier"):
+        other = small_26t(weights=dst, classes=7)
+    np.testing.assert_array_equal(weights_of(other)["stem_conv1_bn/beta"],
+                                  loaded["stem_conv1_bn/beta"])
+
+
+def test_keras_file_of_another_architecture_leaves_the_model_unchanged(checkpoint, tmp_path):
+    dst = W.convert_timm(checkpoint, tmp_path / "model.weights.h5", arch_name="LambdaResNet26T")
+    model = models.build_lambda_resnet("lambda_resnet50ts", weights=None, classes=CLASSES,
+                                       input_shape=(SIZE, SIZE, 3))
+    before = weights_of(model)
+    with pytest.raises(ValueError, match="left unchanged"):
+        W.load_weights(model, dst, "lambda_resnet50ts")
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(dst="model.h5"), "`dst` must end with .weights.h5"),
+    (dict(arch_name="resnet50"), "`arch_name` must be one of"),
+])
+def test_convert_timm_arguments(checkpoint, tmp_path, kwargs, message):
+    kwargs = {"dst": "model.weights.h5", **kwargs}
+    kwargs["dst"] = str(tmp_path / kwargs["dst"])
+    with pytest.raises(ValueError, match=message):
+        W.convert_timm(checkpoint, **kwargs)
+
+
+def test_infer_timm_arch_from_keys(timm_reference):
+    for arch, keys in timm_reference[1]["keys"].items():
+        assert W.infer_timm_arch(dict.fromkeys(keys)) == arch
+    with pytest.raises(ValueError, match="pass `arch_name`"):
+        W.infer_timm_arch({"stem.conv1.conv.weight": None})
+
+
+# ---------------------------------------------------------------------- preprocessing
+def test_presets_carry_timm_pretrained_cfg(timm_reference):
+    for preset in W.PRESETS.values():
+        cfg = timm_reference[1]["cfg"][preset.name]
+        prep = preset.preprocessing
+        assert prep.input_size == tuple(cfg["input_size"][1:])
+        assert prep.crop_pct == cfg["crop_pct"] and prep.interpolation == cfg["interpolation"]
+        assert prep.mean == tuple(cfg["mean"]) and prep.std == tuple(cfg["std"])
+        assert cfg["hf_hub_id"] == f"timm/{preset.name}"
+        assert preset.num_classes == cfg["num_classes"] and preset.license == cfg["license"]
+        assert preset.url.endswith(f"/timm/{preset.name}/resolve/main/model.safetensors")
+        assert preset.arch in models.BUILDERS and hasattr(lambda_keras, preset.builder)
+
+
+@pytest.mark.parametrize("name", ["lambda_resnet50ts.a1h_in1k", "lambda_resnet50ts",
+                                  "LambdaResNet50TS"])
+def test_resolve_preprocessing(name):
+    assert W.resolve_preprocessing(name).crop_pct == 0.95
+
+
+def test_resolve_preprocessing_unknown():
+    with pytest.raises(ValueError, match="No preprocessing is known for 'resnet50'"):
+        W.resolve_preprocessing("resnet50")
+
+
+@pytest.mark.parametrize("name,size", [("lambda_resnet50", 224), ("LambdaResNet350", 320),
+                                       (None, 224)])
+def test_paper_models_get_imagenet_defaults(name, size):
+    # No weights: ImageNet mean/std, crop 0.875, bicubic, at the architecture's image size.
+    expected = W.Preprocessing(input_size=(size, size))
+    assert W.resolve_preprocessing(name) == expected
+
+
+def test_replace_input_size():
+    prep = W.replace_input_size("lambda_resnet26t", (320, 288))
+    assert prep.input_size == (320, 288) and prep.crop_pct == 0.94
+    assert W.replace_input_size(prep, 224).input_size == (224, 224)
+    with pytest.raises(ValueError, match=r"Received: input_size=\(0, 3\)"):
+        W.replace_input_size(prep, (0, 3))
+
+
+def test_preprocess_input_normalises():
+    pixels = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
+    expected = (pixels / 255.0 - np.array(W.IMAGENET_MEAN)) / np.array(W.IMAGENET_STD)
+    out = W.preprocess_input(pixels, "LambdaResNet26T")
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    tensor_out = W.preprocess_input(keras.ops.convert_to_tensor(pixels))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(tensor_out), expected, rtol=1e-6,
+                               atol=1e-6)
+
+
+def test_decode_predictions(timm_reference):
+    classes = W.imagenet_classes()
+    assert len(classes) == 1000 and len({wnid for wnid, _ in classes}) == 1000
+    assert [wnid for wnid, _ in classes] == sorted(wnid for wnid, _ in classes)
+    # Independent source: timm's own ImageNet synset list.
+    assert [wnid for wnid, _ in classes] == timm_reference[1]["labels"]
+    preds = np.zeros((2, 1000), "float32")
+    preds[0, [1, 2, 3]] = [0.2, 0.5, 0.3]
+    preds[1, 999] = 1.0
+    decoded = W.decode_predictions(preds, top=3)
+    assert [d[1] for d in decoded[0]] == ["great white shark", "tiger shark", "goldfish"]
+    assert decoded[0][0] == ("n01484850", "great white shark", 0.5)
+    assert decoded[1][0][:2] == ("n15075141", "toilet tissue")
+    with pytest.raises(ValueError, match=r"Received: preds.shape=\(2, 10\)"):
+        W.decode_predictions(np.zeros((2, 10)))
+    with pytest.raises(ValueError, match="Received: top=0"):
+        W.decode_predictions(preds, top=0)
+
+
+def test_module_import_is_torch_free():
+    # No torch at run time: the weights module (and the package) never import it.
+    import subprocess
+    import sys
+
+    code = ("import sys, lambda_keras, lambda_keras.weights; "
+            "sys.exit(1 if 'torch' in sys.modules else 0)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert result.returncode == 0, result.stderr[-2000:]
