@@ -1,7 +1,7 @@
 """The `lambda-keras` command: train, evaluate, export, predict, convert, bench, demo.
 
 Each subcommand is a thin layer over the package's modules (training, data, export, weights,
-benchmarks); heavy imports happen inside the subcommand so `lambda-keras --help` is instant.
+benchmarks); heavy modules (export, training, benchmarks) are imported inside their subcommand.
 A model is given by builder name (`lambda_resnet50`, `lambda_resnet26t`, ...) plus `--weights`,
 or by a `.keras` file (loaded with Keras' safe mode on).
 """
@@ -96,22 +96,26 @@ def _cmd_export(args):
 def _cmd_train(args):
     from lambda_keras import training
 
-    overrides = dict(json.loads(args.override)) if args.override else {}
+    overrides = training.parse_recipe_overrides(args.set or [])
+    validation = None if args.validation_data == "none" else args.validation_data
     result = training.train(
-        args.model, args.data, recipe=args.recipe, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size, output_dir=args.output,
-        weights=args.weights, tpu=args.tpu, steps_per_epoch=args.steps_per_epoch,
-        validation_spec=args.validation_data, seed=args.seed, **overrides)
-    print(json.dumps(result.summary(), indent=2))
+        args.model, args.data, recipe=args.recipe, output_dir=args.output, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size,
+        weights=None if args.weights in (None, "none") else args.weights,
+        validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
+        mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
+        seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir, **overrides)
+    print(json.dumps(result.summary(), indent=2, default=str))
 
 
 def _cmd_evaluate(args):
     from lambda_keras import training
 
-    model = load_model(args.model, args.weights, args.image_size)
-    metrics = training.evaluate(model, args.data, batch_size=args.batch_size,
-                                image_size=args.image_size)
-    print(json.dumps(metrics, indent=2))
+    model = args.model if args.model.endswith(".keras") else load_model(
+        args.model, args.weights, args.image_size)
+    metrics = training.evaluate(model, args.data, split=args.split, batch_size=args.batch_size,
+                                image_size=args.image_size, tpu=args.tpu, data_dir=args.data_dir)
+    print(json.dumps(metrics, indent=2, default=str))
 
 
 def _cmd_bench(args):
@@ -124,8 +128,16 @@ def _cmd_bench(args):
 def _cmd_demo(args):
     from lambda_keras import demo
 
-    demo.run(model_name=args.model, data_spec=args.data, epochs=args.epochs,
-             image_size=args.image_size, output_dir=args.output)
+    summary = demo.run(model_name=args.model, data_spec=args.data, epochs=args.epochs,
+                       image_size=args.image_size, output_dir=args.output)
+    return 0 if summary["meets_target"] else 1
+
+
+def _jit_flag(text):
+    value = {"auto": "auto", "true": True, "false": False}.get(text.lower())
+    if value is None:
+        raise argparse.ArgumentTypeError(f"expected auto, true or false, got {text!r}")
+    return value
 
 
 def build_parser():
@@ -141,21 +153,30 @@ def build_parser():
     p = sub.add_parser("train", help="train or fine-tune a model on a dataset spec")
     model_args(p)
     p.add_argument("--data", default="digits", help="tfds:NAME[:split] | folder:PATH | digits")
-    p.add_argument("--validation-data", default=None)
-    p.add_argument("--recipe", default="finetune", help="paper-imagenet | finetune")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--validation-data", default="auto", help="a spec, 'auto' or 'none'")
+    p.add_argument("--recipe", default="finetune", help="paper-imagenet | finetune | scratch")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--steps-per-epoch", type=int, default=None)
-    p.add_argument("--tpu", default=None, help="TPU address, 'local' or 'auto'")
+    p.add_argument("--tpu", default=None, help="TPU name/address, 'local' or 'auto'")
+    p.add_argument("--mixed-precision", default=None,
+                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
+    p.add_argument("--jit-compile", default="auto", type=_jit_flag, help="auto | true | false")
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--override", default=None, help='JSON of recipe fields, e.g. \'{"lr": 0.01}\'')
+    p.add_argument("--deterministic", action="store_true")
+    p.add_argument("--set", action="append", metavar="FIELD=VALUE",
+                   help="override a recipe field (repeatable), e.g. --set drop_path_rate=0.1")
     p.add_argument("--output", default="runs/train")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a model on a dataset spec")
     model_args(p)
     p.add_argument("--data", required=True)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--split", default="validation")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--tpu", default=None)
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="SavedModel for TF Serving and/or TFLite")
@@ -201,7 +222,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
 

@@ -1,0 +1,561 @@
+"""Tests for lambda_keras.training: recipes, strategies, the fit glue, resume, precision.
+
+Independent expectations: the closed-form warm-up + cosine schedule; NumPy top-1 of the model's
+own predictions (for `evaluate`); the same run on one device (for MirroredStrategy over two
+logical CPUs) and on the other worker (MultiWorkerMirroredStrategy over two processes); an
+uninterrupted run (for a run SIGKILLed while writing a backup and restarted); a NumPy float16
+softmax (for the float16 overflow the lambda layer avoids); recording fakes of the TPU API
+(no TPU here).
+
+The model is a tiny network around a real LambdaLayer (a few thousand weights) on the bundled
+digits at 32x32, so each training run takes seconds on two cores.
+"""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import keras
+import tensorflow as tf
+
+from lambda_keras import LambdaLayer, data, training
+
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS_DIR)
+SUBPROCESS_TIMEOUT = 420  # seconds; a hung collective must not hang the suite
+TINY = dict(image_size=32, seed=0, verbose=0)
+
+
+def tiny_lambda_net(input_shape, classes, **unused):
+    """Conv stem (32 -> 8 px) -> LambdaLayer (r=5) -> BN -> pool -> classifier "predictions"."""
+    bn = dict(momentum=0.9, epsilon=1e-5)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="conv1_bn", **bn)(x))
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="conv2_bn", **bn)(x))
+    x = LambdaLayer(output_dim=32, key_dim=8, num_heads=4, receptive_field=5, name="lambda")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="lambda_bn", **bn)(x))
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32",
+                                 name="predictions")(x)
+    return keras.Model(inputs, outputs, name="tiny_lambda_net")
+
+
+def _weights(model):
+    return {v.path: keras.ops.convert_to_numpy(v) for v in model.weights}
+
+
+def _max_diff(a, b):
+    """Largest difference over same-named arrays, relative to max(1, max |b|) per array
+    (absolute for O(1) weights; float32 round-off grows with magnitude, e.g. BN variances)."""
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype("float64") - b[k]))
+                     / max(1.0, float(np.max(np.abs(b[k]), initial=0.0)))) for k in a)
+
+
+def _run_script(tmp_path, body, *args, env=None, expect_rc=0, name="script.py"):
+    """Run `body` (after a prelude that imports this module) in a fresh Python; kill it on
+    timeout. Returns the completed process."""
+    script = tmp_path / name
+    script.write_text(textwrap.dedent(f"""\
+        import os, sys
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        sys.path[:0] = [{TESTS_DIR!r}, {ROOT!r}]
+        """) + textwrap.dedent(body))
+    process = subprocess.run([sys.executable, str(script), *map(str, args)], cwd=ROOT,
+                             env={**os.environ, **(env or {})}, capture_output=True, text=True,
+                             timeout=SUBPROCESS_TIMEOUT)
+    if expect_rc is not None and process.returncode != expect_rc:
+        raise AssertionError(f"{name} exited {process.returncode}, expected {expect_rc}:\n"
+                             f"{process.stdout[-3000:]}\n{process.stderr[-6000:]}")
+    return process
+
+
+# ------------------------------------------------------------------------------- recipes
+def test_paper_recipe_values_and_schedule():
+    recipe = training.get_recipe("paper-imagenet")
+    # PAPER.md section 4: lr 0.1 x 4096 / 256 = 1.6, 5 warm-up epochs, cosine, 350 epochs.
+    assert training.peak_learning_rate(recipe) == pytest.approx(1.6)
+    assert (recipe.epochs, recipe.batch_size, recipe.weight_decay) == (350, 4096, 4e-5)
+    assert (recipe.label_smoothing, recipe.ema_momentum) == (0.1, 0.9999)
+    assert (recipe.augment, recipe.randaugment_layers, recipe.randaugment_magnitude) == (
+        "randaugment", 2, 10)
+    assert recipe.precision == "auto"
+    steps, warmup = 1000, 50
+    schedule = training.learning_rate_schedule(recipe, steps, warmup)
+    for step in (0, 10, 25, 50, 300, 700, 1000):
+        if step < warmup:
+            expected = 1.6 * step / warmup
+        else:
+            expected = 1.6 * 0.5 * (1 + np.cos(np.pi * (step - warmup) / (steps - warmup)))
+        assert float(schedule(step)) == pytest.approx(expected, abs=1e-5), step
+    optimizer = training.make_optimizer(recipe, steps, warmup)
+    assert isinstance(optimizer, keras.optimizers.SGD)
+    assert optimizer.nesterov and optimizer.momentum == 0.9
+    assert optimizer.use_ema and optimizer.ema_momentum == 0.9999
+    # Weight decay skips BN gamma/beta and biases, and applies to kernels.
+    model = tiny_lambda_net((32, 32, 3), 10)
+    optimizer.build(model.trainable_variables)
+    decayed = {v.path for v in model.trainable_variables if optimizer._use_weight_decay(v)}
+    assert "conv1/kernel" in decayed and "predictions/kernel" in decayed
+    assert not {"conv1_bn/gamma", "conv1_bn/beta", "predictions/bias"} & decayed
+
+
+def test_recipe_overrides_and_errors():
+    recipe = training.get_recipe("finetune", epochs=3, freeze_batch_norm=True, learning_rate=0.01)
+    assert (recipe.epochs, recipe.freeze_batch_norm) == (3, True)
+    assert training.peak_learning_rate(recipe) == 0.01  # given: not scaled
+    assert isinstance(training.make_optimizer(recipe, 10), keras.optimizers.AdamW)
+    with pytest.raises(ValueError, match=r"Unknown recipe; valid: \['finetune', "
+                                         r"'paper-imagenet', 'scratch'\]. Received: recipe='x'"):
+        training.get_recipe("x")
+    with pytest.raises(ValueError, match=r"Unknown recipe field\(s\) \['epoch'\]; valid "
+                                         r"fields: \['epochs', .*Received: epoch=3"):
+        training.get_recipe("finetune", epoch=3)
+    with pytest.raises(ValueError, match=r"`epochs` must be an int >= 1. Received: epochs=0"):
+        training.get_recipe("finetune", epochs=0)
+    with pytest.raises(ValueError, match=r"`optimizer` must be one of \('sgd', 'adamw'\). "
+                                         r"Received: optimizer='lamb'"):
+        training.get_recipe("finetune", optimizer="lamb")
+    with pytest.raises(ValueError, match=r"`freeze_backbone_epochs` must be smaller than "
+                                         r"`epochs` \(2\). Received: freeze_backbone_epochs=2"):
+        training.get_recipe("finetune", epochs=2, freeze_backbone_epochs=2)
+    with pytest.raises(ValueError, match=r"`precision` must be one of"):
+        training.get_recipe("scratch", precision="fp8")
+    # The command line's --set FIELD=VALUE form.
+    assert training.parse_recipe_overrides(
+        ["epochs=3", "ema_momentum=None", "freeze_batch_norm=true", "augment=randaugment",
+         "learning_rate=1e-3"]) == {"epochs": 3, "ema_momentum": None, "freeze_batch_norm": True,
+                                    "augment": "randaugment", "learning_rate": 1e-3}
+    with pytest.raises(ValueError, match=r"must look like field=value. Received: 'epochs'"):
+        training.parse_recipe_overrides(["epochs"])
+
+
+def test_train_argument_errors(tmp_path, fake_tpu):
+    with pytest.raises(ValueError, match=r"Unknown recipe field\(s\) \['lr'\]"):
+        training.train(tiny_lambda_net, output_dir=tmp_path, lr=0.1)
+    with pytest.raises(ValueError, match=r"`jit_compile` must be True, False or 'auto'"):
+        training.train(tiny_lambda_net, output_dir=tmp_path, jit_compile="yes")
+    with pytest.raises(ValueError, match=r"`model` must be a builder name .* "
+                                         r"Received: model='resnet50'"):
+        training.train("resnet50", output_dir=tmp_path, **TINY)
+    with pytest.raises(ValueError, match=r"`mixed_precision` must be one of"):
+        training.train(tiny_lambda_net, output_dir=tmp_path, mixed_precision="half")
+    outside = tiny_lambda_net((32, 32, 3), 10)  # made outside the strategy's scope
+    with pytest.raises(ValueError, match=r"must be created inside `strategy.scope\(\)`"):
+        training.train(outside, output_dir=tmp_path, **TINY,
+                       strategy=training.resolve_strategy(devices=["/cpu:0"]))
+    with pytest.raises(ValueError, match=r"`model` has 3 outputs; the data has 10 classes"):
+        training.train(tiny_lambda_net((32, 32, 3), 3), output_dir=tmp_path, **TINY)
+    with pytest.raises(ValueError, match=r"divisible by the 8 replicas of TPUStrategy. "
+                                         r"Received: batch_size=12"):
+        training.train(tiny_lambda_net, output_dir=tmp_path, batch_size=12,
+                       strategy=training.resolve_strategy(cluster_resolver=object()), **TINY)
+
+
+# ---------------------------------------------------------------------------- strategies
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+    """The TPU API replaced by recording fakes; `TPUStrategy` is a class of that name."""
+    calls = _Recorder().calls
+
+    class TPUStrategy:
+        def __init__(self, resolver):
+            calls.append(("TPUStrategy", resolver))
+            self.num_replicas_in_sync = 8
+
+    class TPUClusterResolver:
+        def __init__(self, tpu=None):
+            calls.append(("TPUClusterResolver", tpu))
+            if tpu is None:  # what "auto" meets on a machine without a TPU
+                raise ValueError("Please provide a TPU Name to connect to.")
+
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", TPUStrategy)
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", TPUClusterResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster",
+                        lambda r: calls.append(("connect", r)))
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system",
+                        lambda r: calls.append(("initialize", r)))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    return calls
+
+
+def test_resolve_strategy_tpu_paths(fake_tpu):
+    injected = object()
+    strategy = training.resolve_strategy(cluster_resolver=injected)
+    assert fake_tpu == [("connect", injected), ("initialize", injected),
+                        ("TPUStrategy", injected)]
+    assert training.is_tpu_strategy(strategy)
+    # TPU settings: bfloat16 activations, XLA through TPUStrategy rather than Keras' jit.
+    assert training.resolve_precision("auto", strategy) == "mixed_bfloat16"
+    assert training.resolve_jit_compile("auto", strategy) is False
+
+    fake_tpu.clear()
+    training.resolve_strategy(tpu="local")  # a TPU VM: no remote cluster to connect to
+    assert [c[0] for c in fake_tpu] == ["TPUClusterResolver", "initialize", "TPUStrategy"]
+    assert fake_tpu[0] == ("TPUClusterResolver", "local")
+
+    fake_tpu.clear()
+    training.resolve_strategy(tpu="grpc://10.0.0.2:8470")
+    assert [c[0] for c in fake_tpu] == ["TPUClusterResolver", "connect", "initialize",
+                                        "TPUStrategy"]
+
+    fake_tpu.clear()  # "auto" without a TPU goes on to the other strategies
+    assert training.resolve_strategy(tpu="auto") is tf.distribute.get_strategy()
+    assert fake_tpu == [("TPUClusterResolver", None)]
+    assert training.resolve_precision("auto", tf.distribute.get_strategy()) == "float32"
+    assert training.resolve_jit_compile("auto", tf.distribute.get_strategy()) is False  # CPU
+
+    with pytest.raises(TypeError, match=r"`tpu` must be None, 'local', 'auto' or a TPU "
+                                        r"name/address string. Received: tpu=1"):
+        training.resolve_strategy(tpu=1)
+
+
+def test_resolve_strategy_cluster_and_devices(monkeypatch, fake_tpu):
+    created = []
+
+    class MultiWorkerMirroredStrategy:
+        def __init__(self):
+            created.append(json.loads(os.environ["TF_CONFIG"]))
+
+    monkeypatch.setattr(tf.distribute, "MultiWorkerMirroredStrategy", MultiWorkerMirroredStrategy)
+    cluster = {"cluster": {"worker": ["localhost:1", "localhost:2"]},
+               "task": {"type": "worker", "index": 1}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    assert isinstance(training.resolve_strategy(), MultiWorkerMirroredStrategy)
+    assert created == [cluster]
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1"]},
+                                                "task": {"type": "worker", "index": 0}}))
+    assert training.resolve_strategy() is tf.distribute.get_strategy()  # one worker: no cluster
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(ValueError, match=r"TF_CONFIG is not valid JSON"):
+        training.resolve_strategy()
+    monkeypatch.delenv("TF_CONFIG")
+    strategy = training.resolve_strategy(devices=["/cpu:0"])
+    assert isinstance(strategy, tf.distribute.MirroredStrategy)
+    assert strategy.extended.worker_devices == ("/job:localhost/replica:0/task:0/device:CPU:0",)
+
+
+def test_tpu_train_step_compiles_with_xla_bfloat16_static_shapes(tmp_path, fake_tpu):
+    """The step a TPU runs: train's own model/optimizer/loss/metrics under the precision the
+    TPU path resolves (mixed_bfloat16), compiled with XLA (jit_compile=True on CPU stands in
+    for TPUStrategy's compilation), on train's datasets with TPU (static) shapes."""
+    tpu = training.resolve_strategy(cluster_resolver=object())
+    precision = training.resolve_precision("auto", tpu)
+    recipe = training.get_recipe("paper-imagenet", batch_size=16, epochs=1, warmup_epochs=0)
+    train_ds, val_ds, _ = training.training_data(
+        "digits", recipe, image_size=32, seed=0, static_shapes=training.is_tpu_strategy(tpu),
+        preprocessing=data.DEFAULT_PREPROCESSING)
+    for dataset in (train_ds, val_ds):
+        for spec in dataset.element_spec:
+            assert spec.shape.is_fully_defined(), spec  # XLA on TPU needs static shapes
+    # (the fake TPUStrategy has no scope: the step itself runs on the default strategy)
+    result = training.train(
+        tiny_lambda_net, "digits", "paper-imagenet", output_dir=tmp_path, epochs=1,
+        batch_size=16, steps_per_epoch=3, warmup_epochs=0, validation_spec=None,
+        mixed_precision=precision, jit_compile=True, strategy=tf.distribute.get_strategy(),
+        **TINY)
+    model = result.model
+    assert result.jit_compile is True and model.jit_compile is True  # Keras kept XLA on
+    assert model.dtype_policy.name == "mixed_bfloat16"
+    assert model.get_layer("lambda").compute_dtype == "bfloat16"
+    assert all(v.dtype == "float32" for v in model.weights)
+    assert np.isfinite(result.history["loss"]).all()
+    assert model.optimizer.use_ema  # the paper recipe's EMA runs inside the compiled step
+
+
+# --------------------------------------------------------------------------- training
+def _event_tags(directory):
+    tags = set()
+    for root, _, names in os.walk(directory):
+        for name in names:
+            if name.startswith("events.out.tfevents"):
+                for record in tf.data.TFRecordDataset(os.path.join(root, name)):
+                    event = tf.compat.v1.Event.FromString(record.numpy())
+                    tags.update(value.tag for value in event.summary.value)
+    return tags
+
+
+def test_short_training_run_learns_digits(tmp_path):
+    result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=tmp_path,
+                            epochs=4, learning_rate=3e-3, **TINY)
+    history = result.history
+    print("short run: loss", history["loss"][0], "->", history["loss"][-1], result.metrics)
+    # Thresholds: chance is 10% top-1 and a loss of ln(10) = 2.30 (label smoothing 0.1 keeps the
+    # minimum near 0.5). This network reaches about 0.80 / 1.62 after 4 epochs (88 steps); the
+    # bounds leave room for run-to-run noise yet fail for a run that does not learn.
+    assert history["epoch"] == [1, 2, 3, 4]
+    assert history["loss"][-1] < history["loss"][0] - 0.4
+    assert history["loss"][-1] < 0.8 * np.log(10)
+    assert result.metrics["top1"] >= 0.6  # held-out split, 6x chance
+    assert result.metrics["top5"] >= 0.9
+    assert history["val_accuracy"][-1] == pytest.approx(result.metrics["top1"], abs=1e-6)
+
+    # evaluate() on the saved checkpoint = NumPy top-1 of the checkpoint's own predictions.
+    reloaded = keras.saving.load_model(result.last_checkpoint)
+    metrics = training.evaluate(result.last_checkpoint, "digits", image_size=32)
+    dataset, info = data.make_dataset("digits", "validation", image_size=32, batch_size=64)
+    predictions, labels = [], []
+    for images, batch_labels in dataset:
+        predictions.append(reloaded.predict_on_batch(images))
+        labels.append(batch_labels.numpy())
+    top1 = np.mean(np.argmax(np.concatenate(predictions), -1) == np.concatenate(labels))
+    assert metrics["num_examples"] == info.num_examples == 360
+    assert metrics["top1"] == pytest.approx(top1, abs=1e-6)
+    assert metrics["top1"] == pytest.approx(result.metrics["top1"], abs=1e-6)
+
+    # Files: checkpoints, curves, history, TensorBoard scalars + learning rate + batch images.
+    assert os.path.exists(result.best_checkpoint)
+    checkpoints = os.listdir(os.path.dirname(result.best_checkpoint))
+    assert sorted(checkpoints) == ["best.keras", "last.keras"]  # no temporary left
+    with open(result.plot, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with open(result.history_json) as f:
+        assert json.load(f) == history
+    with open(os.path.join(tmp_path, "result.json")) as f:
+        assert json.load(f) == json.loads(json.dumps(result.summary()))
+    assert not os.path.exists(os.path.join(tmp_path, "backup"))  # deleted when done
+    tags = _event_tags(result.tensorboard_dir)
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate", "training batch"} <= tags
+
+
+def test_freeze_backbone_and_batch_norm_options(tmp_path):
+    snapshots = []
+
+    class Snapshot(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            snapshots.append(_weights(self.model))
+
+    model_start = {}
+
+    class Start(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if not model_start:
+                model_start.update(_weights(self.model))
+
+    training.train(tiny_lambda_net, "digits", "finetune", output_dir=tmp_path, epochs=2,
+                   freeze_backbone_epochs=1, freeze_batch_norm=True, steps_per_epoch=3,
+                   validation_spec=None, callbacks=[Start(), Snapshot()], **TINY)
+    start, after_frozen, after_all = model_start, *snapshots
+    changed = {k for k in start if not np.array_equal(start[k], after_frozen[k])}
+    assert changed == {"predictions/kernel", "predictions/bias"}  # epoch 1: classifier only
+    changed = {k for k in start if not np.array_equal(after_frozen[k], after_all[k])}
+    assert "conv1/kernel" in changed and "lambda/query_kernel" in changed  # epoch 2: everything
+    frozen_bn = {k for k in start if "moving_" in k or "/gamma" in k or "/beta" in k}
+    assert frozen_bn and not frozen_bn & changed  # BN (incl. the lambda's q/v BN) stays frozen
+
+
+def test_mixed_float16_training_stays_finite(tmp_path):
+    # The failure being avoided: a lambda layer computing its key softmax in float16. exp()
+    # overflows float16 (max 65504) once keys exceed ~11.1, and exp/sum is then inf/inf = NaN.
+    keys = np.array([[2.0, 8.0, 12.0, 20.0]], "float16")  # one query's keys over 4 positions
+    with np.errstate(over="ignore", invalid="ignore"):
+        naive = np.exp(keys) / np.sum(np.exp(keys), axis=-1, keepdims=True)
+    assert np.isnan(naive).any()
+    # LambdaLayer under mixed_float16 on inputs that make such keys: finite (softmax in float32).
+    layer = LambdaLayer(output_dim=8, key_dim=4, num_heads=2, receptive_field=3,
+                        key_initializer=keras.initializers.Constant(1.0), dtype="mixed_float16")
+    x = np.full((1, 4, 4, 8), 3.0, "float32")
+    x[0, 0, 0] = 0.0  # keys = 8 * x per position: 24 (exp overflows float16) and 0
+    y = keras.ops.convert_to_numpy(layer(x))
+    assert y.dtype == np.float16 and np.isfinite(y).all()
+
+    result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=tmp_path, epochs=1,
+                            steps_per_epoch=6, mixed_precision="mixed_float16", **TINY)
+    model = result.model
+    assert model.dtype_policy.name == "mixed_float16"
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)  # Keras adds it
+    assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.metrics["loss"])
+    assert all(np.isfinite(w).all() for w in _weights(model).values())
+    assert keras.config.dtype_policy().name == "float32"  # train() restored the global policy
+
+
+def test_atomic_save_never_leaves_a_half_written_file(tmp_path):
+    path = str(tmp_path / "best.keras")
+    with open(path, "w") as f:
+        f.write("previous checkpoint")
+
+    def crash_mid_write(target):
+        with open(target, "w") as f:
+            f.write("half")
+        raise KeyboardInterrupt  # what a kill would do halfway
+
+    with pytest.raises(KeyboardInterrupt):
+        training.atomic_save(path, crash_mid_write)
+    with open(path) as f:
+        assert f.read() == "previous checkpoint"
+    assert os.listdir(tmp_path) == ["best.keras"]
+    assert training.temp_path(path).endswith(".keras")  # Keras checks the suffix
+
+
+# ----------------------------------------------------------------- multi-device / process
+MIRRORED = """
+import json
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from lambda_keras import training
+from test_training import tiny_lambda_net, _weights, _max_diff
+
+def run(name, strategy, sync):
+    result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=sys.argv[1] + name,
+                            epochs=1, batch_size=32, steps_per_epoch=8, image_size=32,
+                            validation_spec=None, seed=0, verbose=0, strategy=strategy,
+                            sync_batch_norm=sync)
+    return result.model, _weights(result.model)
+
+two = training.resolve_strategy(devices=["/cpu:0", "/cpu:1"])
+model, mirrored = run("two", two, sync=True)
+_, single = run("one", tf.distribute.get_strategy(), sync=True)
+_, plain = run("plain", two, sync=False)
+keras_init = _weights(tiny_lambda_net((32, 32, 3), 10))
+print(json.dumps({
+    "replicas": two.num_replicas_in_sync,
+    "diff": _max_diff(mirrored, single),
+    "plain_bn_diff": _max_diff(plain, single),
+    "moved": float(np.abs(single["conv1/kernel"] - keras_init["conv1/kernel"]).max()),
+}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_two_logical_cpus_equals_one_device(tmp_path):
+    out = _run_script(tmp_path, MIRRORED, tmp_path / "run-").stdout
+    numbers = json.loads(out.strip().splitlines()[-1])
+    print("mirrored vs one device:", numbers)
+    assert numbers["replicas"] == 2
+    assert numbers["moved"] > 1e-2  # 8 steps changed the weights
+    # Same global batch of 32 split 16 + 16, summed gradients: equal up to float32 round-off.
+    # BN: with per-replica statistics (plain BN) each half-batch is normalised by its own mean
+    # and variance, a different function from the full batch's; sync_batch_norm all-reduces the
+    # statistics, so two replicas compute exactly the one-device batch statistics.
+    assert numbers["diff"] <= 1e-4
+    assert numbers["plain_bn_diff"] > 10 * max(numbers["diff"], 1e-5)
+
+
+MULTI_WORKER = """
+import numpy as np
+from lambda_keras import training
+from test_training import tiny_lambda_net, _weights
+index = int(sys.argv[2])
+result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=sys.argv[1], epochs=1,
+                        batch_size=32, steps_per_epoch=6, image_size=32, seed=0, verbose=0,
+                        sync_batch_norm=True)
+assert result.strategy == "MultiWorkerMirroredStrategy", result.strategy
+np.savez(os.path.join(sys.argv[1], f"weights-{index}.npz"), **_weights(result.model))
+print("TOP1", result.metrics["top1"], result.best_checkpoint)
+"""
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("localhost", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_multi_worker_two_processes_end_with_identical_weights(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(textwrap.dedent(f"""\
+        import os, sys
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+        sys.path[:0] = [{TESTS_DIR!r}, {ROOT!r}]
+        """) + textwrap.dedent(MULTI_WORKER))
+    workers = [f"localhost:{port}" for port in _free_ports(2)]
+    processes = []
+    try:
+        for index in range(2):
+            config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+            processes.append(subprocess.Popen(
+                [sys.executable, str(script), str(tmp_path), str(index)], cwd=ROOT,
+                env={**os.environ, "TF_CONFIG": json.dumps(config)},
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        outputs = [p.communicate(timeout=SUBPROCESS_TIMEOUT) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    for p, (out, err) in zip(processes, outputs):
+        assert p.returncode == 0, f"{out[-2000:]}\n{err[-6000:]}"
+    chief, other = (dict(np.load(tmp_path / f"weights-{i}.npz")) for i in range(2))
+    # Every variable, BN moving statistics included (sync_batch_norm: statistics all-reduced).
+    assert _max_diff(chief, other) == 0.0
+    assert "TOP1" in outputs[0][0] and "None" in outputs[1][0].split("TOP1")[1]  # chief writes
+    assert os.path.exists(tmp_path / "checkpoints" / "last.keras")
+
+
+RESUMABLE = """
+import signal
+import numpy as np
+import keras
+from lambda_keras import training
+from test_training import tiny_lambda_net, _weights
+
+out, kill_at, weights_out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+marker = os.path.join(out, "killed-once")
+save_weights = keras.Model.save_weights
+
+def dying_save_weights(self, filepath, *args, **kwargs):
+    # The first run is killed while writing the backup of global step `kill_at`: half a file.
+    step = int(keras.ops.convert_to_numpy(self.optimizer.iterations))
+    if kill_at and step == kill_at and not os.path.exists(marker):
+        save_weights(self, filepath, *args, **kwargs)
+        with open(filepath, "r+b") as f:
+            f.truncate(os.path.getsize(filepath) // 2)
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return save_weights(self, filepath, *args, **kwargs)
+
+keras.Model.save_weights = dying_save_weights
+result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=out, epochs=3,
+                        batch_size=32, steps_per_epoch=10, backup_every=4, image_size=32,
+                        seed=0, deterministic=True, verbose=2)
+np.savez(weights_out, **_weights(result.model))
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path):
+    resumed, reference = tmp_path / "resumed", tmp_path / "reference"
+    # Backups every 4 steps (10 steps per epoch): 4, 8, 10 (epoch end), 12, 16, ... The first run
+    # dies writing the step-16 backup, mid-epoch 2, leaving half a file: the restart must ignore
+    # it, resume at epoch 2 step 2 (global step 12) and skip that epoch's first 2 steps.
+    first = _run_script(tmp_path, RESUMABLE, resumed, 16, tmp_path / "unused.npz",
+                        expect_rc=-signal.SIGKILL)
+    assert "Epoch 2/3" in first.stdout and "Epoch 3/3" not in first.stdout
+    with open(resumed / "backup" / "state.json") as f:
+        state = json.load(f)
+    assert (state["epoch"], state["step"], state["phase"]) == (1, 2, 0)
+    assert any(training.TEMP_MARK in name for name in os.listdir(resumed / "backup"))
+    for name in os.listdir(resumed / "checkpoints"):  # every checkpoint there is whole
+        keras.saving.load_model(resumed / "checkpoints" / name)
+
+    second = _run_script(tmp_path, RESUMABLE, resumed, 16, tmp_path / "resumed.npz")
+    assert "Epoch 1/3" not in second.stdout and "Epoch 2/3" in second.stdout
+    _run_script(tmp_path, RESUMABLE, reference, 0, tmp_path / "reference.npz")
+    a, b = (dict(np.load(tmp_path / f"{n}.npz")) for n in ("resumed", "reference"))
+    # Tolerance 0: the backup restores weights, optimizer slots and step count bit for bit, the
+    # data stream is a function of the global step, and op determinism fixes the reduction
+    # order; any skipped or replayed step would move the weights by about the learning rate.
+    assert _max_diff(a, b) == 0.0
+    with open(resumed / "history.json") as f:
+        assert json.load(f)["epoch"] == [1, 2, 3]
+    assert not os.path.exists(resumed / "backup")
