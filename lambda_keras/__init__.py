@@ -7,6 +7,7 @@ modules.
 
 __version__ = "0.1.0"
 
+from lambda_keras import data, export, training  # noqa: E402
 from lambda_keras.layers import LambdaLayer  # noqa: E402
 from lambda_keras.models import (  # noqa: E402
     LambdaResNet26RPT256,

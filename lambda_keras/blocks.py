@@ -11,7 +11,7 @@ squeeze-excitation and stochastic depth, all as functional Keras code with hiera
 - Shortcut: "avg" (ResNet-D: 2x2/2 average pool, then 1x1 conv + BN) or "conv" (strided 1x1 conv + BN).
 
 Padding: stride-2 convolutions and the max pool use explicit symmetric padding (ZeroPadding2D /
--inf padding) + "valid", as PyTorch does; TF's "same" pads asymmetrically and would shift ported
+edge padding) + "valid", as PyTorch does; TF's "same" pads asymmetrically and would shift ported
 weights by a pixel.
 NOTE: squeeze-excitation follows ResNet-RS: after the last BN, reducing the block's output width by
 se_ratio (0.25 -> the bottleneck width), ReLU, sigmoid; convs are initialised He-normal (fan_out).
@@ -57,11 +57,16 @@ class StochasticDepth(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="lambda_keras")
 class MaxPoolSymmetric(keras.layers.Layer):
-    """3x3/2 max pool with one pixel of -inf padding on every side (PyTorch's MaxPool2d(3, 2, 1))."""
+    """3x3/2 max pool padded by one pixel on every side, as PyTorch's MaxPool2d(3, 2, 1).
+
+    PyTorch pads with -inf; padding with a copy of the edge ("symmetric") gives the same maxima,
+    since every window that touches the padding also holds that edge pixel, and keeps int8
+    calibration finite (a -inf pad makes TFLite's int8 scales explode).
+    """
 
     def call(self, inputs):
         padded = ops.pad(inputs, ((0, 0), (1, 1), (1, 1), (0, 0)),
-                         constant_values=float("-inf"))  # [b, H+2, W+2, C]
+                         mode="symmetric")  # [b, H+2, W+2, C]
         return ops.max_pool(padded, 3, strides=2, padding="valid")  # [b, ceil(H/2), ceil(W/2), C]
 
     def compute_output_shape(self, input_shape):

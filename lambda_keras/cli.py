@@ -71,24 +71,27 @@ def _cmd_export(args):
     from lambda_keras import data, export, weights
 
     model = load_model(args.model, args.weights, args.image_size)
-    preprocessing = None
-    if not args.model.endswith(".keras"):
-        preprocessing = weights.resolve_preprocessing(args.model)
+    name = None if args.model.endswith(".keras") else args.model
+    preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
+                                               tuple(model.input_shape[1:3]))
+    labels = args.labels
+    if labels is None and model.output_shape[-1] == 1000:
+        labels = [name for _, name in weights.imagenet_classes()]
     if args.format in ("saved_model", "all"):
         path = export.saved_model(model, os.path.join(args.output, "saved_model"),
                                   version=args.version, preprocessing=preprocessing,
-                                  overwrite=args.overwrite)
+                                  labels=labels, overwrite=args.overwrite,
+                                  warmup=not args.no_warmup)
         print(f"SavedModel: {path}")
     if args.format in ("tflite", "all"):
         representative = None
         if args.quantization == "int8":
-            size = model.input_shape[1]
-            representative, _ = data.make_dataset(args.calibration_data, split="train",
-                                                  image_size=size, batch_size=1, training=False,
-                                                  preprocessing=preprocessing)
+            representative, _ = data.make_dataset(
+                args.calibration_data, split="train", image_size=model.input_shape[1],
+                batch_size=1, training=False, preprocessing=preprocessing)
             representative = representative.take(args.calibration_steps)
-        name = f"model_{args.quantization or 'float32'}.tflite"
-        path = export.tflite(model, os.path.join(args.output, name),
+        filename = f"model_{args.quantization or 'float32'}.tflite"
+        path = export.tflite(model, os.path.join(args.output, filename),
                              quantization=args.quantization, representative_data=representative)
         print(f"TFLite: {path}")
 
@@ -187,7 +190,10 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None)
     p.add_argument("--calibration-data", default="digits")
-    p.add_argument("--calibration-steps", type=int, default=64)
+    p.add_argument("--calibration-steps", type=int, default=256)
+    p.add_argument("--labels", default=None,
+                   help="labels.txt, one name per line (default: ImageNet names for 1000 classes)")
+    p.add_argument("--no-warmup", action="store_true", help="skip the TF Serving warmup requests")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="print the top-5 labels of images")
@@ -211,7 +217,7 @@ def build_parser():
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, export, verify")
     p.add_argument("--model", default="lambda_resnet26t")
     p.add_argument("--data", default="digits")
-    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--output", default="runs/demo")
     p.set_defaults(func=_cmd_demo)
