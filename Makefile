@@ -24,8 +24,10 @@ $(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
 
 venv: $(TEST_STAMP)
 
+# loadfile: each test file runs on one worker (the timm parity subprocess and the exported
+# models are module fixtures, built once). Notebooks run in SMOKE mode through nbmake.
 test: $(TEST_STAMP)
-	$(PY) -m pytest -n $(PYTEST_WORKERS) --durations=25 tests
+	SMOKE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 tests --nbmake notebooks
 
 demo: $(BASE_STAMP)
 	$(VENV)/bin/lambda-keras demo
