@@ -143,6 +143,6 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     _step(f"done in {summary['duration_s']:.0f} s")
     for name, path in summary["paths"].items():
         print(f"  {name:16s} {path}")
-    print(f"  {'tensorboard':16s} tensorboard --logdir {result.tensorboard_dir}")
+    print(f"  view the logs:   tensorboard --logdir {result.tensorboard_dir}")
     print(f"  serve it: see export/README.md (model base path {os.path.dirname(saved)})")
     return summary
