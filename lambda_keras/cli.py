@@ -43,6 +43,7 @@ def load_model(model, weights=None, image_size=None, classes=None):
 
 def _cmd_predict(args):
     import numpy as np
+    import tensorflow as tf
 
     from lambda_keras import data, weights
 
@@ -52,7 +53,10 @@ def _cmd_predict(args):
     size = model.input_shape[1] or preprocessing.input_size[0]
     preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
     for path in args.images:
-        image = data.load_image(path)  # [H, W, 3] uint8
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path}")
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                   expand_animations=False)  # [H, W, 3] uint8
         batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
         probabilities = np.asarray(model.predict(batch, verbose=0))
         print(path)
@@ -122,10 +126,13 @@ def _cmd_evaluate(args):
 
 
 def _cmd_bench(args):
-    from lambda_keras import bench
-
-    return bench.main((["--quick"] if args.quick else []) + ["--out", args.output]
-                      + (["--only", args.only] if args.only else []))
+    try:  # benchmarks/ lives beside the package in a source checkout (make bench)
+        from benchmarks import run as bench_run
+    except ImportError:
+        raise SystemExit("error: `lambda-keras bench` runs from a source checkout of lambda_keras "
+                         "(it needs the benchmarks/ folder); run it from the repository root.")
+    argv = ["--out", args.output] + (["--quick"] if args.quick else [])
+    return bench_run.main(argv + (["--only", args.only] if args.only else []))
 
 
 def _cmd_demo(args):
