@@ -24,14 +24,25 @@ Implemented (paper section in brackets):
 - the paper's initialisation (Appendix C): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2),
   E ~ N(0, 1); every initializer can be overridden.
 
-Two formulations compute the same local position lambdas ("conv" mode), chosen by `implementation`:
-- "einsum": the r x r kernel is gathered into a banded E[n, m, k, u] (zeros outside the window,
-  exactly the zero-padded convolution) and contracted with V first, 'nmku,bmvu->bnkv' — the paper's
-  own global-einsum implementation. Memory Theta(knm) shared across the batch, no b x n x m map.
+The position term sum_k q_n^h[k] lambda^p_n[k, v] has four formulations, all the same function
+(benchmarks/README.md has the measurements that set the thresholds):
+- "queries_first": q . E first, an h x m x u map per query, then . V. Used whenever that map is
+  no larger than the k x v lambda it replaces (h m u <= k v: maps up to 16 x 16 with the paper's
+  defaults and |v| = 64, e.g. c4/c5 of LambdaResNets at 224 px): fewer FLOPs and less memory.
+- "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
+  Theta(knm + bnkv) with no batch-dependent n x m map; "relative"/"global" above that size.
+- "row_windows" (local "conv" mode, static maps): the r x r scope as one einsum over row windows
+  of V and banded column matrices of the kernel, memory Theta(bnrv), linear in the positions.
 - "conv": a 2-D convolution over V with the value depth folded into the batch, the paper's lambda
-  convolution; memory Theta(bnkv), no n x m term; works for dynamic sizes.
-"auto" picks "einsum" when the map is static and small (at most `EINSUM_MAX_POSITIONS` positions,
-the c4/c5 maps of LambdaResNets) and "conv" otherwise; benchmarks/README.md has the measurements.
+  convolution; memory Theta(bnkv); any (dynamic) input size. Its backward pass is slow on CPU
+  (TF's 1-input-channel filter gradient), its forward pass the fastest for maps >= 20 x 20.
+`implementation` (local "conv" mode): "einsum" uses the first applicable of queries_first, then
+lambdas_first up to `WHOLE_E_MAX_POSITIONS` positions and row_windows above (static size needed);
+"conv" always convolves; "auto" is "einsum" on static maps except for inference (training falsy)
+on maps of at least `CONV_INFERENCE_MIN_POSITIONS`, and "conv" on dynamic sizes.
+NOTE: the paper chooses between its einsum and the lambda convolution by map size only; here the
+choice also depends on training vs inference, from CPU measurements (under XLA on CPU the
+convolution is slow: run such inference without XLA, as Keras' jit_compile="auto" does on CPU).
 
 Deviations, each marked NOTE: below:
 - NOTE: the paper gives no BN hyper-parameters; momentum 0.9 and epsilon 1e-5 follow ResNet-RS and
@@ -52,9 +63,13 @@ from keras import ops
 POSITION_MODES = ("conv", "relative", "global", None)
 IMPLEMENTATIONS = ("auto", "einsum", "conv")
 POOL_SIZES = (2, 3)
-# NOTE: the paper switches from its einsum to the lambda convolution only for large maps; here the
-# banded einsum is used up to 24 x 24 positions (c4 at 384 px), see benchmarks/README.md.
-EINSUM_MAX_POSITIONS = 24 * 24
+# Formulation thresholds of the "conv" position lambdas, from benchmarks/README.md (CPU, TF 2.21):
+# the whole banded E up to WHOLE_E_MAX_POSITIONS positions, row windows above; "auto" computes
+# inference (training falsy) on maps of CONV_INFERENCE_MIN_POSITIONS or more with the convolution.
+WHOLE_E_MAX_POSITIONS = 24 * 24
+CONV_INFERENCE_MIN_POSITIONS = 20 * 20
+# Row windows cut wide maps into tiles of this many scopes (r columns each); see benchmarks/README.md.
+WINDOW_TILE_SCOPES = 3
 
 
 def _positive_int(name, value):
@@ -296,14 +311,11 @@ class LambdaLayer(keras.layers.Layer):
         keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
         keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
 
-        # Content lambda, shared by every query position.
-        lambdas = ops.einsum("bmku,bmvu->bkv", keys, values)[:, None]  # [b, 1, k, v]
+        # Content lambda, shared by every query position, applied to every query.
+        content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
+        out = ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
         if self.position is not None:
-            position_lambdas = self._position_lambdas(values, rows, cols, lambda_dtype)
-            lambdas = lambdas + position_lambdas  # [b, n, k, v]
-            out = ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
-        else:
-            out = ops.einsum("bnhk,bokv->bnhv", q, lambdas)  # [b, n, h, v] (o = 1)
+            out = out + self._position_output(q, values, rows, cols, lambda_dtype, training)
 
         out = ops.cast(out, compute_dtype)
         out = ops.reshape(out, (batch, rows, cols, h * v))  # [b, H, W, d]
@@ -321,20 +333,30 @@ class LambdaLayer(keras.layers.Layer):
                 f"{tuple(self._embedding_size)}. Received: input spatial size {(height, width)}"
             )
 
-    def _uses_einsum(self, rows, cols):
-        if self.position != "conv":
-            return True
+    def _formulation(self, rows, cols, training=None):
+        """How the position term is computed for a rows x cols map (module docstring):
+        "queries_first" or "lambdas_first" (whole E), "row_windows" or "conv"."""
         static = isinstance(rows, int) and isinstance(cols, int)
-        if self.implementation == "einsum":
-            if not static:
+        if self.position == "conv":
+            if self.implementation == "einsum" and not static:
                 raise ValueError(
                     '`implementation="einsum"` needs a static spatial size. '
                     f"Received: input spatial size {(rows, cols)}"
                 )
-            return True
-        if self.implementation == "conv":
-            return False
-        return static and rows * cols <= EINSUM_MAX_POSITIONS
+            if self.implementation == "conv" or not static:
+                return "conv"
+        positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
+        # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored.
+        if self.num_heads * positions * self.intra_depth <= self.key_dim * self.value_dim:
+            return "queries_first"
+        if self.position != "conv":
+            return "lambdas_first"
+        # A symbolic `training` counts as training; None/False (predict, serving) does not.
+        inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
+        if self.implementation == "auto" and inference and (
+                positions >= CONV_INFERENCE_MIN_POSITIONS):
+            return "conv"
+        return "lambdas_first" if positions <= WHOLE_E_MAX_POSITIONS else "row_windows"
 
     def _position_embeddings(self, rows, cols, dtype):
         """E for every (query, context) pair of a static rows x cols map: [n, m, u, k]."""
@@ -347,27 +369,88 @@ class LambdaLayer(keras.layers.Layer):
         flat = ops.pad(flat, ((0, 1), (0, 0), (0, 0)))  # [t + 1, u, k], last row: outside scope
         return ops.take(flat, index, axis=0)  # [n, m, u, k]
 
-    def _position_lambdas(self, values, rows, cols, dtype):
-        """lambda^p_n for every query position: [b, n, k, v]."""
-        k, u, v = self.key_dim, self.intra_depth, self.value_dim
-        if self._uses_einsum(rows, cols):
+    def _position_output(self, q, values, rows, cols, dtype, training):
+        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
+        formulation = self._formulation(rows, cols, training)
+        if formulation == "queries_first":
             embeddings = self._position_embeddings(rows, cols, dtype)  # [n, m, u, k]
-            # E first with V: memory Theta(knm + bnkv), no batch-dependent n x m map.
-            lambdas = ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+            scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
+            out = ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
         else:
-            batch = ops.shape(values)[0]
-            grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
-            grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, v, H, W, u]
-            grid = ops.reshape(grid, (-1, rows, cols, u))  # [b*v, H, W, u]
-            kernel = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
-            lambdas = ops.conv(grid, kernel, padding="same")  # [b*v, H, W, k]
-            lambdas = ops.reshape(lambdas, (batch, v, -1, k))  # [b, v, n, k]
-            lambdas = ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+            if formulation == "lambdas_first":
+                embeddings = self._position_embeddings(rows, cols, dtype)  # [n, m, u, k]
+                # Memory Theta(knm + bnkv), no batch-dependent n x m map.
+                lambdas = ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+            elif formulation == "row_windows":
+                lambdas = self._row_window_lambdas(values, rows, cols, dtype)  # [b, n, k, v]
+            else:
+                lambdas = self._conv_lambdas(values, rows, cols, dtype)  # [b, n, k, v]
+            out = ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
         if self.position_bias:
             bias = ops.cast(self.position_bias_weight, dtype)  # [k]
-            # timm's conv bias is added to every output of the convolution (per v and n).
-            lambdas = lambdas + bias[:, None]  # [b, n, k, v]
-        return lambdas
+            # timm's conv bias is added to every lambda^p entry (per n, k and v): q . bias.
+            # expand_dims, not [..., None]: a new-axis strided slice has no TFLite builtin.
+            out = out + ops.expand_dims(ops.einsum("bnhk,k->bnh", q, bias), -1)  # [b, n, h, v]
+        return out
+
+    def _row_window_lambdas(self, values, rows, cols, dtype):
+        """The lambda convolution of a static map as one einsum over windows of V: [b, n, k, v].
+
+        Query columns are cut into balanced tiles of at most WINDOW_TILE_SCOPES * r columns (one
+        tile: whole rows, the cheapest in memory; narrower tiles: fewer FLOPs). For query row
+        y, row offset d and a tile, the context is the row y + d over the tile's columns widened
+        by r // 2 on both sides (zero padded), and contributes B_d V_window with
+        B_d[x, z] = w[d, z - x] the banded column matrix of kernel row d, the same for every
+        tile. Only row offsets that can reach inside the map are kept. Memory Theta(b n r v),
+        linear in the positions; time Theta(b n r k v (tile + r)).
+        """
+        k, u, v, r = self.key_dim, self.intra_depth, self.value_dim, self.receptive_field
+        centre = r // 2
+        reach = min(centre, rows - 1)  # row offsets -reach..reach can land inside the map
+        offsets = 2 * reach + 1
+        tiles = -(-cols // int(WINDOW_TILE_SCOPES * r))  # tiles of at most that many columns
+        if tiles == 1:  # the context is the whole row, no column padding
+            tile, context, left = cols, cols, 0
+        else:
+            tile = -(-cols // tiles)  # balanced tiles: the last one is at most tiles - 1 short
+            context, left = tile + 2 * centre, centre
+        right = (tiles - 1) * tile + context - cols - left
+        # Kernel index of (query column x, context column z) within a tile; r: outside the scope.
+        shift = np.arange(context)[None, :] - np.arange(tile)[:, None] + centre - left  # [x, z]
+        band_index = np.where((shift >= 0) & (shift < r), shift, r).astype("int32")
+        table = ops.cast(self.position_embeddings, dtype)[centre - reach:centre + reach + 1]
+        table = ops.reshape(table, (offsets, r, u * k))  # [d, r, u*k]
+        table = ops.pad(table, ((0, 0), (0, 1), (0, 0)))  # [d, r + 1, u*k], last: outside
+        band = ops.take(table, band_index, axis=1)  # [d, x, z, u*k]
+        band = ops.reshape(band, (offsets, tile, context, u, k))  # [d, x, z, u, k]
+        band = ops.transpose(band, (0, 2, 3, 1, 4))  # [d, z, u, x, k]
+
+        batch = ops.shape(values)[0]
+        grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
+        grid = ops.pad(grid, ((0, 0), (reach, reach), (left, right), (0, 0), (0, 0)))
+        padded_cols = cols + left + right
+        # v before the positions: the windows come out in matmul layout (no copy in the einsum).
+        grid = ops.reshape(ops.transpose(grid, (0, 3, 1, 2, 4)), (batch, v, -1, u))  # [b, v, H'W', u]
+        # Flat index of context (y + d, t * tile + z) for query row y, tile t, offset d: [y, t, d, z].
+        window_index = ((np.arange(rows)[:, None, None, None] + np.arange(offsets)[:, None])
+                        * padded_cols + np.arange(tiles)[:, None, None] * tile + np.arange(context))
+        windows = ops.take(grid, window_index.astype("int32"), axis=2)  # [b, v, y, t, d, z, u]
+        lambdas = ops.einsum("bvytdzu,dzuxk->bvytxk", windows, band)  # [b, v, y, t, x, k]
+        lambdas = ops.reshape(lambdas, (batch, v, rows, tiles * tile, k))[:, :, :, :cols]
+        lambdas = ops.reshape(lambdas, (batch, v, rows * cols, k))  # [b, v, n, k]
+        return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+
+    def _conv_lambdas(self, values, rows, cols, dtype):
+        """The lambda convolution over V, value depth folded into the batch: [b, n, k, v]."""
+        k, u, v = self.key_dim, self.intra_depth, self.value_dim
+        batch = ops.shape(values)[0]
+        grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
+        grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, v, H, W, u]
+        grid = ops.reshape(grid, (-1, rows, cols, u))  # [b*v, H, W, u]
+        kernel = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
+        lambdas = ops.conv(grid, kernel, padding="same")  # [b*v, H, W, k]
+        lambdas = ops.reshape(lambdas, (batch, v, -1, k))  # [b, v, n, k]
+        return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
     # --------------------------------------------------------------- config
     def compute_output_shape(self, input_shape):

@@ -1,0 +1,128 @@
+"""PNG plots of one run's results (matplotlib, Agg backend); each returns the file names written.
+
+- layer_memory.png: fwd+bwd peak memory vs number of positions, log-log, one line per layer
+  variant with its fitted slope (lambda ~1: linear; attention ~2: quadratic); timm dashed (RSS).
+- layer_time.png: fwd+bwd median time vs positions, log-log, timm included.
+- model_throughput.png: inference and training images/s per model and batch size.
+- export_latency.png: per-image latency of each export format.
+"""
+
+import os
+
+from benchmarks import report
+
+LAYER_STYLE = {
+    "lambda_conv": dict(color="tab:blue", marker="o", linewidth=2.5),
+    "lambda_conv_xla": dict(color="tab:cyan", marker="o", linestyle=":"),
+    "lambda_conv_einsum": dict(color="tab:green", marker="o", linestyle="--"),
+    "lambda_conv_conv": dict(color="tab:purple", marker="o", linestyle="--"),
+    "lambda_relative": dict(color="tab:brown", marker="D"),
+    "lambda_global": dict(color="tab:pink", marker="D"),
+    "lambda_content": dict(color="tab:olive", marker="v"),
+    "attention": dict(color="tab:red", marker="s", linewidth=2.5),
+    "conv3x3": dict(color="tab:gray", marker="^"),
+    "timm_lambda": dict(color="black", marker="x", linestyle="--"),
+}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _series(suite, variant, phase, value):
+    points = sorted((r["positions"], value(r[phase])) for r in report._ok(suite).values()  # noqa: SLF001
+                    if r.get("variant") == variant and value(r[phase]))
+    return [p[0] for p in points], [p[1] for p in points]
+
+
+def _layer_plot(plt, layer_suite, peer_suite, value, ylabel, title, path, slopes):
+    """One line per variant; timm's from `peer_suite` when given (its isolated RSS peaks)."""
+    figure, axis = plt.subplots(figsize=(8, 5.5))
+    variants = sorted({r["variant"] for r in report._ok(layer_suite).values()  # noqa: SLF001
+                       if not (peer_suite and r["variant"] == "timm_lambda")})
+    for suite, names in ((layer_suite, variants), (peer_suite, ["timm_lambda"])):
+        for variant in names:
+            xs, ys = _series(suite, variant, "train", value) if suite else ([], [])
+            if not xs:
+                continue
+            label = variant
+            if slopes:
+                slope = report.fit_slope(list(zip(xs, ys)))
+                label += f" (slope {slope:.2f})" if slope is not None else ""
+            axis.plot(xs, ys, label=label, **LAYER_STYLE.get(variant, dict(marker="o")))
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("positions n = height x width")
+    axis.set_ylabel(ylabel)
+    axis.set_title(title, fontsize=10)
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _model_plot(plt, model_suite, path):
+    table = report.model_table(model_suite)
+    rows, batches = table["rows"], table["batches"]
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.8 / max(1, len(rows))
+    for axis, mode in zip(axes, ("infer", "train")):
+        for i, row in enumerate(rows):
+            values = [row[f"{mode}_b{b}_images_per_s"] or 0 for b in batches]
+            axis.bar([j + i * width for j in range(len(batches))], values, width, label=row["model"])
+        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))])
+        axis.set_xticklabels([f"batch {b}" for b in batches])
+        axis.set_ylabel("images / s")
+        axis.set_title(f"{'inference' if mode == 'infer' else 'training'} at "
+                       f"{table['image_size']} px", fontsize=10)
+        axis.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def _export_plot(plt, export_suite, path):
+    rows = [r for r in report.export_table(export_suite)["rows"] if "median_s" in r]
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.bar([r["format"] for r in rows], [r["median_s"] * 1000 for r in rows], color="tab:blue")
+    for i, row in enumerate(rows):
+        if row["file_bytes"]:
+            axis.text(i, row["median_s"] * 1000, f"{row['file_bytes'] / 1e6:.0f} MB",
+                      ha="center", va="bottom", fontsize=7)
+    axis.set_ylabel("latency per image, ms (median)")
+    axis.tick_params(axis="x", labelrotation=30, labelsize=8)
+    axis.set_title("LambdaResNet-50 exports, batch 1 (labels: file size)", fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def make_all(suites, out_dir):
+    plt = _pyplot()
+    written = []
+    layer_suite, peer_suite = suites.get("layer"), suites.get("peer")
+    if layer_suite:
+        settings = layer_suite["settings"]
+        shape = f"batch {settings['batch']}, d={settings['width']}"
+        _layer_plot(plt, layer_suite, peer_suite, lambda s: s.get("peak_bytes"),
+                    "fwd+bwd peak memory, bytes",
+                    f"Peak memory vs positions ({shape}; TF: allocator peak, timm: RSS growth)",
+                    os.path.join(out_dir, "layer_memory.png"), slopes=True)
+        _layer_plot(plt, layer_suite, None, lambda s: s.get("median_s"),
+                    "fwd+bwd time, s (median)", f"Forward+backward time vs positions ({shape})",
+                    os.path.join(out_dir, "layer_time.png"), slopes=False)
+        written += ["layer_memory.png", "layer_time.png"]
+    if suites.get("model"):
+        _model_plot(plt, suites["model"], os.path.join(out_dir, "model_throughput.png"))
+        written.append("model_throughput.png")
+    if suites.get("export"):
+        _export_plot(plt, suites["export"], os.path.join(out_dir, "export_latency.png"))
+        written.append("export_latency.png")
+    return written

@@ -1,0 +1,115 @@
+"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,model,export,peer] [--out DIR]`.
+
+Runs the selected suites (layer, peer, model, export; all by default) in worker processes, then
+writes to DIR (default benchmarks/results, or a temporary directory with --quick):
+  <suite>.json   every configuration: settings, timings (median, min, max, quartiles), peak memory
+  summary.json   machine, load averages, durations and the targets with their measured ratios
+  summary.md     the same as Markdown tables (the README's Performance section is pasted from it)
+  *.png          plots (peak memory and time vs positions, model throughput, export latency)
+Every ratio in summary.json compares numbers measured in this run only.
+
+--quick shrinks every suite (tiny maps and models, few repeats) to check that the benchmark code
+works in a few minutes; its numbers say nothing about speed.
+"""
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+from benchmarks import common, export, layer, model, peer, plots, report
+
+SUITES = {"layer": layer, "peer": peer, "model": model, "export": export}
+# Suites whose jobs each get their own process in a full run: a layer map size (its variants
+# timed round-robin), a timm size (clean RSS peak). Model and export jobs are one process each.
+ISOLATED = ("layer", "peer")
+TIMEOUT_S = {"layer": 1800, "peer": 900, "model": 3000, "export": 2400}
+DEFAULT_OUT = os.path.join(common.REPO_ROOT, "benchmarks", "results")
+DEFAULT_BUDGET_GB = 12.0
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny sizes and repeats: checks that the code works (minutes)")
+    parser.add_argument("--only", default=",".join(SUITES),
+                        help=f"comma-separated suites out of {','.join(SUITES)} (default: all)")
+    parser.add_argument("--out", default=None,
+                        help="results directory (default: benchmarks/results; --quick: a temp dir)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads for TensorFlow, PyTorch and LiteRT (default: usable cores)")
+    parser.add_argument("--memory-budget-gb", type=float, default=DEFAULT_BUDGET_GB,
+                        help="skip (and kill) configurations above this RSS (default: %(default)s)")
+    parser.add_argument("--timeout-s", type=float, default=None,
+                        help="limit per worker process (default: per suite, 900-3000 s)")
+    args = parser.parse_args(argv)
+    suites = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(suites) - set(SUITES))
+    if unknown or not suites:
+        parser.error(f"`--only` must name suites out of {tuple(SUITES)}. Received: --only={args.only!r}")
+    args.suites = [s for s in SUITES if s in suites]
+    if args.threads is None:
+        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if args.threads <= 0:
+        parser.error(f"`--threads` must be positive. Received: --threads={args.threads}")
+    if args.out is None:
+        args.out = (os.path.join(tempfile.gettempdir(), "lambda_keras_bench_quick") if args.quick
+                    else DEFAULT_OUT)
+    return args
+
+
+def run_suite(name, args, log):
+    module = SUITES[name]
+    settings = module.QUICK if args.quick else module.FULL
+    budget = int(args.memory_budget_gb * common.GIB)
+    groups = (module.plan(settings, budget, quick=args.quick) if name == "model"
+              else module.plan(settings, budget))
+    log(f"[{name}] {sum(len(g) for g in groups)} configurations; load {common.load_average()}")
+    load_before, started = common.load_average(), time.perf_counter()
+    if args.quick:  # one process per suite: start-up time dominates tiny configurations
+        groups = [[job for group in groups for job in group]]
+    results = common.run_groups(
+        groups, args.threads, args.timeout_s or TIMEOUT_S[name], budget,
+        isolate=name in ISOLATED and not args.quick, log=log)
+    if hasattr(module, "expand"):  # per-process jobs -> one record per configuration
+        results = module.expand(results)
+    return {"suite": name, "quick": args.quick, "settings": settings,
+            "load_average_before": load_before, "load_average_after": common.load_average(),
+            "duration_s": time.perf_counter() - started, "results": results}
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+
+    def log(message):
+        print(message, flush=True)
+
+    started = time.perf_counter()
+    machine = common.machine_description(args.threads)
+    machine["load_average_at_start"] = common.load_average()
+    log(f"lambda_keras benchmarks -> {args.out}\n  {machine['cpu_model']}, "
+        f"{machine['usable_cores']} usable cores, {args.threads} threads, GPUs: "
+        f"{machine['gpus'] or 'none'}, load {machine['load_average_at_start']}")
+    suites = {}
+    for name in args.suites:
+        suites[name] = run_suite(name, args, log)
+        suites[name]["machine"] = machine
+        common.write_json(os.path.join(args.out, f"{name}.json"), suites[name])
+    summary = report.summarize(suites, machine, quick=args.quick,
+                               duration_s=time.perf_counter() - started,
+                               options={"threads": args.threads,
+                                        "memory_budget_gb": args.memory_budget_gb,
+                                        "suites": args.suites})
+    summary["plots"] = plots.make_all(suites, args.out)
+    common.write_json(os.path.join(args.out, "summary.json"), summary)
+    markdown = report.markdown(summary)
+    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
+        f.write(markdown)
+    log("\n" + markdown)
+    log(f"done in {summary['duration_s'] / 60:.1f} min; results in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
