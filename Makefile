@@ -15,7 +15,7 @@ $(VENV)/bin/python:
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(BASE_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e ".[serving]"
 	touch $@
 
 $(TEST_STAMP): setup.cfg pyproject.toml | $(VENV)/bin/python
