@@ -1,0 +1,132 @@
+"""The few helpers shared by the package's modules, one home each.
+
+- Argument validation: `check_int`, `check_number`, `check_bool`, `check_choice`. Every message
+  names the argument and the received value (`` `key_dim` must be a positive int. Received:
+  key_dim=0 ``). Booleans are never accepted as numbers, nor strings as booleans.
+- Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
+  appears under its final name only once it is complete; a failure leaves the previous file as it
+  was and removes the half-written one.
+
+This module imports nothing heavy (no TensorFlow, no Keras).
+"""
+
+import numbers
+import os
+
+# Half-written files carry this in their name until `os.replace` renames them.
+TEMP_MARK = ".tmp-"
+
+
+# ------------------------------------------------------------------------- argument checks
+def check_int(name, value, *, low=1, high=None, optional=False):
+    """`value` as an int in [low, high] (high None: unbounded); None passes when `optional`.
+
+    Raises:
+        TypeError: `value` is not an integer (bools and floats are refused).
+        ValueError: `value` is out of range.
+    """
+    if optional and value is None:
+        return None
+    bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+    kind = f"an int {bounds}" + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    return int(value)
+
+
+def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False,
+                 optional=False):
+    """`value` as a finite float within the bounds (None: unbounded; `*_open`: bound excluded).
+
+    Raises:
+        TypeError: `value` is not a real number (bools are refused).
+        ValueError: `value` is not finite or out of range.
+    """
+    if optional and value is None:
+        return None
+    lower = "" if low is None else f"{'>' if low_open else '>='} {low}"
+    upper = "" if high is None else f"{'<' if high_open else '<='} {high}"
+    bounds = " and ".join(part for part in (lower, upper) if part)
+    kind = "a finite number" + (f" {bounds}" if bounds else "") + (" or None" if optional else "")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    value = float(value)
+    bad = value != value or value in (float("inf"), float("-inf"))
+    if low is not None:
+        bad = bad or value < low or (low_open and value == low)
+    if high is not None:
+        bad = bad or value > high or (high_open and value == high)
+    if bad:
+        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    return value
+
+
+def check_bool(name, value, *, optional=False):
+    """`value` must be a real bool (not 0/1, not "false"); None passes when `optional`."""
+    if optional and value is None:
+        return None
+    if not isinstance(value, bool):
+        kind = "a bool or None" if optional else "a bool"
+        raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    return value
+
+
+def check_choice(name, value, choices):
+    """`value` must be one of `choices`, of the same type (True is not accepted for 1)."""
+    if not any(value is c or (type(value) is type(c) and value == c) for c in choices):
+        raise ValueError(f"`{name}` must be one of {tuple(choices)}. Received: {name}={value!r}")
+    return value
+
+
+# ---------------------------------------------------------------------------- atomic files
+def temp_path(path):
+    """A sibling of `path` for writing before `os.replace`.
+
+    It keeps the full suffix (Keras checks `.weights.h5`, `.keras`) and carries `TEMP_MARK` and the
+    process id, so concurrent writers never share one and leftovers are recognisable.
+    """
+    directory, name = os.path.split(os.fspath(path))
+    stem, dot, rest = name.partition(".")
+    return os.path.join(directory, f"{stem}{TEMP_MARK}{os.getpid()}{dot}{rest}")
+
+
+def atomic_write(path, write):
+    """Calls `write(temporary_path)`, then renames the result onto `path`.
+
+    `path` is never half-written: if `write` raises, the temporary file is removed and `path` keeps
+    its previous content. The parent directory is created if missing.
+
+    Args:
+        path: the final file name.
+        write: a function that writes the whole file to the path it is given; it may write nothing
+            (a checkpoint callback that decides not to save).
+
+    Returns:
+        Whether `write` wrote a file (and `path` was replaced).
+    """
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    temporary = temp_path(path)
+    try:
+        write(temporary)
+        if not os.path.exists(temporary):
+            return False
+        os.replace(temporary, path)
+        return True
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def atomic_write_bytes(path, data):
+    """Writes `data` (bytes) to `path` atomically (see `atomic_write`)."""
+
+    def write(target):
+        with open(target, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+    atomic_write(path, write)
