@@ -130,3 +130,15 @@ def atomic_write_bytes(path, data):
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+def remove_temporaries(directory):
+    """Removes the leftovers (`TEMP_MARK` in the name) of writes a kill interrupted in `directory`.
+
+    Such files are never read: their names say they are incomplete. A missing directory is fine.
+    """
+    directory = os.fspath(directory)
+    if os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if TEMP_MARK in name:
+                os.remove(os.path.join(directory, name))
