@@ -12,7 +12,7 @@ import tensorflow as tf
 from lambda_keras import utils
 from lambda_keras.data.augment import make_randaugment, mix_batches
 from lambda_keras.data.folders import folder_source
-from lambda_keras.data.sources import SCHEMES, digits_source, parse_spec
+from lambda_keras.data.sources import digits_source, parse_spec
 from lambda_keras.data.tfds_source import tfds_source
 from lambda_keras.data.transforms import (
     RANDOM_RESIZED_CROP_SCALE, check_preprocessing, eval_transform, image_size_of,

@@ -1,0 +1,159 @@
+"""Resuming a killed run: `ResumableBackup` writes and restores `backup/`, and checks it first.
+
+NOTE: Keras' `BackupAndRestore` records the batch but restores only the epoch, so a run killed
+mid-epoch replays that epoch from mid-epoch weights; it also writes its files in place.
+`ResumableBackup` saves every `save_freq` global steps (and at every epoch end) a weights file
+(model + optimizer state, hence the schedule position and the EMA) under a new name, then
+`state.json` pointing at it, both renamed into place. `restore(model, state)` loads them; `train`
+feeds the data stream from the saved global step, and the first `step` steps of the resumed epoch
+are skipped by this callback (see `on_train_begin`).
+
+A backup that cannot belong to the run being resumed (unreadable or foreign `state.json`, an epoch
+or step past the run's end, another model, a weights file that does not load) stops `train` with
+a ValueError that names the file and says to delete the backup folder (or use another
+`output_dir`): resuming from it would train something else, or nothing, and then delete it.
+"""
+
+import json
+import os
+import shutil
+
+import keras
+
+from lambda_keras import utils
+from lambda_keras.training.callbacks import write_json
+
+STATE = "state.json"
+# state.json: key -> (type, description); "model" and "num_weights" are absent in older backups.
+STATE_FIELDS = {"epoch": int, "step": int, "phase": int, "seed": int, "weights": str}
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` that resumes at the saved step, with atomic files (module docstring).
+
+    Args:
+        backup_dir: the folder of this worker's backup (created on the first save).
+        save_freq: global steps between backups; every epoch end is saved too.
+    """
+
+    STATE = STATE
+
+    def __init__(self, backup_dir, save_freq=200):
+        super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
+        self.phase = 0
+        self.seed = None
+        self._skip = 0
+
+    @property
+    def state_path(self):
+        return os.path.join(self.backup_dir, self.STATE)
+
+    def _refuse(self, problem):
+        raise ValueError(
+            f"Cannot resume from the training backup {self.state_path}: {problem}. Delete the "
+            f"folder {self.backup_dir} to start this run from scratch, or pass another "
+            "`output_dir`.")
+
+    def saved_state(self):
+        """The parsed, schema-checked `state.json`, or None when there is no backup."""
+        if not os.path.exists(self.state_path):
+            return None
+        try:
+            with open(self.state_path) as f:
+                state = json.load(f)
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+            self._refuse(f"it is not readable JSON ({error})")
+        if not isinstance(state, dict):
+            self._refuse(f"it holds a {type(state).__name__}, not a JSON object")
+        for key, kind in STATE_FIELDS.items():
+            value = state.get(key)
+            if not isinstance(value, kind) or isinstance(value, bool) or (
+                    kind is int and value < 0):
+                self._refuse(f"field {key!r} must be a{' non-negative' if kind is int else ''} "
+                             f"{kind.__name__}; it is {value!r}")
+        name = state["weights"]
+        if os.path.basename(name) != name or not os.path.isfile(
+                os.path.join(self.backup_dir, name)):
+            self._refuse(f"its weights file {name!r} is not a file in {self.backup_dir}")
+        return state
+
+    def check(self, state, *, epochs, phases, steps_per_epoch, model):
+        """Refuses a `state` that does not fit this run (epoch/step/phase range, model)."""
+        epoch, step, phase = state["epoch"], state["step"], state["phase"]
+        if epoch > epochs or (epoch == epochs and step) or step >= steps_per_epoch:
+            self._refuse(f"it is at epoch {epoch} step {step}, past the end of this run "
+                         f"({epochs} epochs of {steps_per_epoch} steps)")
+        if phase >= phases:
+            self._refuse(f"it is in training phase {phase}; this run has {phases}")
+        for key, value in (("model", model.name), ("num_weights", len(model.weights))):
+            if key in state and state[key] != value:
+                self._refuse(f"it was written for {key} {state[key]!r}; this run has {value!r}")
+
+    def restore(self, model, state):
+        """Load the backup into `model` (compiled); returns (epoch, step) to resume at."""
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        path = os.path.join(self.backup_dir, state["weights"])
+        try:
+            model.load_weights(path)
+        except Exception as error:  # Keras/h5py raise many kinds; all mean "not this model"
+            first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            self._refuse(f"its weights file {path} does not load into this model "
+                         f"({type(error).__name__}: {first[:300]})")
+        self._skip = state["step"] // model.steps_per_execution
+        return state["epoch"], state["step"]
+
+    def delete(self):
+        shutil.rmtree(self.backup_dir, ignore_errors=True)
+
+    def on_train_begin(self, logs=None):
+        # The data stream already starts after the saved step; the resumed epoch's first
+        # `step` calls return at once so that Keras' epoch ends where it ended before.
+        skip, self._skip = self._skip, 0
+        self._inner = self.model.train_function
+        if not skip:
+            return
+        remaining = [skip]
+
+        def train_function(iterator):
+            if remaining[0]:
+                remaining[0] -= 1
+                return {}  # no step, no data consumed
+            return self._inner(iterator)
+
+        self.model.train_function = train_function
+
+    def on_train_end(self, logs=None):
+        self.model.train_function = self._inner
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._current_epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not logs:
+            return  # a skipped step (see on_train_begin): nothing new to save
+        step = batch + 1
+        global_step = self._current_epoch * self.params["steps"] + step
+        if global_step % self.save_freq == 0 and step < self.params["steps"]:
+            self._save(self._current_epoch, step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._save(epoch + 1, 0)
+
+    def _save(self, epoch, step):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        name = f"backup-e{epoch:05d}-s{step:07d}.weights.h5"
+        path = os.path.join(self.backup_dir, name)
+        utils.atomic_write(path, self.model.save_weights)
+        previous_name = None
+        if os.path.exists(self.state_path):
+            with open(self.state_path) as f:
+                previous_name = json.load(f).get("weights")
+        write_json(self.state_path, {
+            "epoch": epoch, "step": step, "phase": self.phase, "seed": self.seed,
+            "weights": name, "model": self.model.name, "num_weights": len(self.model.weights)})
+        if previous_name and previous_name != name and os.path.basename(previous_name) == \
+                previous_name:
+            old = os.path.join(self.backup_dir, previous_name)
+            if os.path.exists(old):
+                os.remove(old)

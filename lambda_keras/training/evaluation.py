@@ -1,0 +1,57 @@
+"""Evaluation: loss, top-1 and top-5 accuracy of a model on a dataset spec or a dataset."""
+
+import keras
+import numpy as np
+
+from lambda_keras import data as data_lib
+from lambda_keras.training import keras_patches
+from lambda_keras.training import model_setup
+from lambda_keras.training.model_setup import TOP_K
+from lambda_keras.training.strategy import (
+    is_tpu_strategy, resolve_jit_compile, resolve_strategy)
+
+
+def evaluate_dataset(model, dataset, verbose=0):
+    """Loss, top-1 and top-5 accuracy of a compiled `model` (train's metrics) on `dataset`."""
+    logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
+    return {"loss": float(np.mean(logs["loss"])), "top1": float(np.mean(logs["accuracy"])),
+            f"top{TOP_K}": float(np.mean(logs[f"top{TOP_K}_accuracy"]))}
+
+
+def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, image_size=None,
+             weights=None, preprocessing=None, tpu=None, strategy=None, jit_compile="auto",
+             data_dir=None, verbose="auto"):
+    """Top-1, top-5 and loss (cross-entropy, no smoothing) of `model` on a split of `data_spec`.
+
+    `model` is a keras.Model, a `.keras` file or a builder name (with `weights`, default
+    "imagenet"). The model is compiled here for evaluation (a model passed in keeps its
+    weights, not its compile settings). Returns {"loss", "top1", "top5", "num_examples"}.
+    """
+    strategy = resolve_strategy(tpu) if strategy is None else strategy
+    if isinstance(model, str) and not model.endswith(".keras") and weights is None:
+        weights = "imagenet"
+    if isinstance(model, str) and model.endswith(".keras"):
+        with strategy.scope():
+            model = model_setup.build_model(model, image_size=None, classes=None)
+    size = image_size or model_setup.default_image_size(model, weights)
+    if preprocessing is None:
+        preprocessing = model_setup.preprocessing_for(model, weights, size)
+    dataset, info = data_lib.make_dataset(
+        data_spec, split, image_size=size, batch_size=batch_size, training=False,
+        preprocessing=preprocessing, one_hot=True, drop_remainder=is_tpu_strategy(strategy),
+        data_dir=data_dir)
+    if not isinstance(model, keras.Model):
+        with strategy.scope():
+            model = model_setup.build_model(model, image_size=size,
+                                            classes=info.num_classes, weights=weights)
+    if model.output_shape[-1] != info.num_classes:
+        raise ValueError(f"`model` has {model.output_shape[-1]} outputs; {data_spec!r} has "
+                         f"{info.num_classes} classes. Received: data_spec={data_spec!r}")
+    with strategy.scope():
+        model_setup.compile_model(model, None, label_smoothing=0.0,
+                                  jit_compile=resolve_jit_compile(jit_compile, strategy),
+                                  steps_per_execution=1)
+    keras_patches.symbolic_build_from_spec(model, strategy, dataset.element_spec)
+    keras_patches.fix_multi_worker(model, strategy)
+    metrics = evaluate_dataset(model, dataset, verbose=verbose)
+    return {**metrics, "num_examples": info.num_examples}

@@ -1,0 +1,155 @@
+"""The model side of a run: build or check it, choose trainable parts, compile it.
+
+- `build_model`: a zoo builder name, a `.keras` file or a callable -> keras.Model (call it in the
+  strategy's scope and dtype policy, `dtype_policy`).
+- `default_image_size`, `preprocessing_for`: from the model, its weights preset or its
+  architecture.
+- `check_model`: a keras.Model passed in fits the data, the strategy and the precision.
+- `set_trainable`: classifier-only phases, frozen BN, synchronized BN.
+- `compile_model`: loss (label smoothing), top-1/top-5 metrics, XLA, steps per execution.
+
+Model names are resolved in one place, `zoo_builder` (models.BUILDERS).
+"""
+
+import contextlib
+import dataclasses
+import os
+
+import keras
+import tensorflow as tf
+
+from lambda_keras import weights as weights_lib
+
+CLASSIFIER = "predictions"  # the classifier layer of models.py
+TOP_K = 5
+
+
+@contextlib.contextmanager
+def dtype_policy(name):
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def zoo_builder(name):
+    from lambda_keras import models
+
+    if name in models.BUILDERS:
+        return name, models.BUILDERS[name]
+    for arch, builder in models.BUILDERS.items():
+        if builder is getattr(models, name, None):
+            return arch, builder
+    return None, None
+
+
+def default_image_size(model, weights):
+    """Image size when neither the recipe nor the caller gives one: the model's input, the
+    weights' preset, or the architecture's (architectures.py)."""
+    from lambda_keras import architectures
+
+    if isinstance(model, keras.Model):
+        size = model.input_shape[1]
+        return size or weights_lib.DEFAULT_PREPROCESSING.input_size[0]
+    arch, _ = zoo_builder(model) if isinstance(model, str) else (None, None)
+    if arch is None:
+        return weights_lib.DEFAULT_PREPROCESSING.input_size[0]
+    if weights is not None and (weights == "imagenet" or weights in weights_lib.PRESETS):
+        return weights_lib.resolve_preprocessing(
+            arch if weights == "imagenet" else weights).input_size[0]
+    return architectures.ARCHITECTURES[arch].image_size
+
+
+def preprocessing_for(model, weights, image_size):
+    prep = weights_lib.DEFAULT_PREPROCESSING
+    if isinstance(weights, str) and (weights == "imagenet" or weights in weights_lib.PRESETS):
+        arch = zoo_builder(model)[0] if isinstance(model, str) else None
+        prep = weights_lib.resolve_preprocessing(weights if weights != "imagenet" else arch)
+    return dataclasses.replace(prep, input_size=(image_size, image_size))
+
+
+def build_model(model, *, image_size, classes, weights=None, recipe=None):
+    """A builder name ("lambda_resnet50" or "LambdaResNet50"), a `.keras` file, or a callable
+    `f(input_shape=, classes=, [weights=], [drop_rate=], [drop_path_rate=])` -> keras.Model.
+    Call it inside the strategy's scope and dtype policy."""
+    if isinstance(model, str) and model.endswith(".keras"):
+        if not os.path.exists(model):
+            raise ValueError(f"`model` file does not exist. Received: model={model!r}")
+        return keras.saving.load_model(model)  # safe_mode=True by default
+    if isinstance(model, str):
+        arch, builder = zoo_builder(model)
+        if builder is None:
+            from lambda_keras import models
+
+            raise ValueError(f"`model` must be a builder name ({sorted(models.BUILDERS)}), a "
+                             f".keras file, a callable or a keras.Model. Received: model={model!r}")
+        kwargs = {"weights": weights}
+    elif callable(model):
+        builder, kwargs = model, ({"weights": weights} if weights is not None else {})
+    else:
+        raise TypeError("`model` must be a builder name, a .keras path, a callable or a "
+                        f"keras.Model. Received: model={model!r}")
+    for rate in ("drop_rate", "drop_path_rate"):
+        if recipe is not None and getattr(recipe, rate) is not None:
+            kwargs[rate] = getattr(recipe, rate)
+    return builder(input_shape=(image_size, image_size, 3), classes=classes, **kwargs)
+
+
+def check_model(model, strategy, classes, precision):
+    if model.output_shape[-1] != classes:
+        raise ValueError(f"`model` has {model.output_shape[-1]} outputs; the data has {classes} "
+                         f"classes. Received: model={model.name!r}")
+    if strategy is not tf.distribute.get_strategy() and getattr(
+            model, "_distribute_strategy", None) is not strategy:
+        raise ValueError("A keras.Model passed to train() under a distribution strategy must be "
+                         "created inside `strategy.scope()`; pass a builder name or callable "
+                         f"instead. Received: model={model.name!r}")
+    if precision is not None and model.dtype_policy.name != precision:
+        raise ValueError(f"`mixed_precision` applies when train() builds the model; this model "
+                         f"uses {model.dtype_policy.name!r}. "
+                         f"Received: mixed_precision={precision!r}")
+
+
+def set_trainable(model, freeze_backbone, freeze_batch_norm, sync_batch_norm):
+    """Backbone (everything but the classifier) and BN trainability, and SyncBN."""
+    if freeze_backbone and CLASSIFIER not in [layer.name for layer in model.layers]:
+        raise ValueError(f"`freeze_backbone_epochs` needs a classifier layer named {CLASSIFIER!r} "
+                         f"(models.py). Received: model={model.name!r}")
+    for layer in model.layers:
+        layer.trainable = not freeze_backbone or layer.name == CLASSIFIER
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.synchronized = sync_batch_norm
+            if freeze_batch_norm:
+                layer.trainable = False  # Keras runs frozen BN in inference mode
+
+
+def from_logits(model):
+    try:
+        classifier = model.get_layer(CLASSIFIER)
+    except ValueError:
+        return False
+    return getattr(classifier, "activation", None) is keras.activations.linear
+
+
+def compile_model(model, optimizer, *, label_smoothing, jit_compile, steps_per_execution):
+    output_dtype = keras.backend.standardize_dtype(model.outputs[0].dtype)
+    if output_dtype != "float32":
+        raise ValueError("The model's output must be float32 (a float32 classifier, "
+                         "`Dense(..., dtype='float32')` as in models.py) so that the softmax, loss "
+                         f"and top-k run in full precision. Received: output dtype {output_dtype}")
+    classes = model.output_shape[-1]
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
+                                                  from_logits=from_logits(model)),
+        metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
+                 keras.metrics.TopKCategoricalAccuracy(k=min(TOP_K, classes),
+                                                       name=f"top{TOP_K}_accuracy")],
+        jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
+    )
+
+

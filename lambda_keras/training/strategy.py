@@ -1,0 +1,142 @@
+"""Where training runs: the distribution strategy, the precision and XLA for it.
+
+- `resolve_strategy(tpu=None, devices=None, cluster_resolver=None)`: `TPUStrategy` for `tpu=`
+  (a TPU name or grpc:// address, "local" on a TPU VM, "auto" to probe `TPUClusterResolver`);
+  `MultiWorkerMirroredStrategy` when `TF_CONFIG` names more than one worker; `MirroredStrategy`
+  over several GPUs (or the given `devices`); else TF's default strategy.
+- `resolve_precision`, `resolve_jit_compile`: "auto" settings for that strategy.
+- `worker_index`, `strategy_name`, `is_tpu_strategy`: facts about it.
+"""
+
+import json
+import os
+
+import tensorflow as tf
+
+from lambda_keras.training.recipes import PRECISIONS
+
+
+def _tf_config_cluster():
+    """The TF_CONFIG dict when it describes more than one worker, else None."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        return None
+    try:
+        config = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"TF_CONFIG is not valid JSON ({error}). "
+                         f"Received: TF_CONFIG={raw!r}") from None
+    cluster = config.get("cluster", {}) if isinstance(config, dict) else {}
+    tasks = len(cluster.get("worker", ())) + len(cluster.get("chief", ()))
+    return config if tasks > 1 else None
+
+
+def _tpu_resolver(tpu):
+    if tpu == "local":
+        return tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+    # "auto": TPU_NAME / the GCE metadata server; otherwise a TPU name or grpc:// address.
+    return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=None if tpu == "auto" else tpu)
+
+
+def _tpu_strategy(resolver, connect):
+    if connect:
+        tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    return tf.distribute.TPUStrategy(resolver)
+
+
+def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None):
+    """The `tf.distribute.Strategy` for this machine or cluster.
+
+    Args:
+        tpu: None (no TPU), "local" (the TPUs of a TPU VM), "auto" (use a TPU when
+            `TPUClusterResolver` finds one, else go on) or a TPU name / "grpc://host:port".
+        devices: explicit devices for a `MirroredStrategy` (e.g. ["/cpu:0", "/cpu:1"]).
+        cluster_resolver: a ready TPU cluster resolver (used instead of building one).
+
+    Order: TPU (`tpu` or `cluster_resolver`) -> `MultiWorkerMirroredStrategy` when TF_CONFIG has
+    several workers -> `MirroredStrategy` over `devices` or over several GPUs -> the default
+    strategy.
+    """
+    if tpu is not None and not isinstance(tpu, str):
+        raise TypeError(f"`tpu` must be None, 'local', 'auto' or a TPU name/address string. "
+                        f"Received: tpu={tpu!r}")
+    if tpu is not None and not tpu:
+        raise ValueError("`tpu` must not be empty. Received: tpu=''")
+    if cluster_resolver is not None:
+        return _tpu_strategy(cluster_resolver, connect=tpu != "local")
+    if tpu is not None:
+        try:
+            resolver = _tpu_resolver(tpu)
+        except (ValueError, RuntimeError) as error:
+            if tpu != "auto":
+                raise ValueError(f"No TPU found ({error}). Received: tpu={tpu!r}") from error
+        else:
+            return _tpu_strategy(resolver, connect=tpu != "local")
+    if _tf_config_cluster() is not None:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if devices is not None:
+        return tf.distribute.MirroredStrategy(list(devices))
+    if len(tf.config.list_logical_devices("GPU")) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def is_tpu_strategy(strategy):
+    return any(cls.__name__.startswith("TPUStrategy") for cls in type(strategy).__mro__)
+
+
+def strategy_name(strategy):
+    if is_tpu_strategy(strategy):
+        return "TPUStrategy"
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return "MultiWorkerMirroredStrategy"  # its class is CollectiveAllReduceStrategy
+    return type(strategy).__name__.lstrip("_")  # "DefaultDistributionStrategy"
+
+
+def is_multi_worker(strategy):
+    return (isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+            and strategy.extended._in_multi_worker_mode())
+
+
+def worker_index(strategy):
+    """0 on the chief (the "chief" task, or worker 0 without one), else a positive index."""
+    if not is_multi_worker(strategy):
+        return 0
+    resolver = strategy.cluster_resolver
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    if resolver.task_type == "chief":
+        return 0
+    return resolver.task_id + (1 if has_chief else 0)
+
+
+def resolve_precision(precision, strategy):
+    """Keras dtype policy name: "auto" -> mixed_bfloat16 on TPU, float32 elsewhere."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"`mixed_precision` must be one of {PRECISIONS}. "
+                         f"Received: mixed_precision={precision!r}")
+    if precision == "auto":
+        return "mixed_bfloat16" if is_tpu_strategy(strategy) else "float32"
+    return precision
+
+
+def resolve_jit_compile(jit_compile, strategy):
+    """`jit_compile` for `Model.compile`: True/False as given; "auto" as below.
+
+    "auto" -> XLA on a single GPU only:
+    - TPU: False here, because TPUStrategy compiles every step with XLA anyway;
+    - CPU: False. Measured on the 2-core development machine (TF 2.21), LambdaResNet26T at 32 px,
+      batch 32: 541 ms per training step and 26 s to the first step without XLA, 888 ms and
+      63 s with it (the lambda convolution compiles poorly on CPU, PERF_NOTES.md);
+    - several GPUs / workers: False, as Keras' own "auto" (XLA and tf.distribute collectives).
+    """
+    if jit_compile not in (True, False, "auto"):
+        raise ValueError("`jit_compile` must be True, False or 'auto'. "
+                         f"Received: jit_compile={jit_compile!r}")
+    if jit_compile != "auto":
+        return jit_compile
+    if is_tpu_strategy(strategy) or strategy is not tf.distribute.get_strategy():
+        return False
+    return bool(tf.config.list_logical_devices("GPU"))
+
+
