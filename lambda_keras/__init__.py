@@ -1,50 +1,56 @@
 """lambda_keras: LambdaNetworks (Bello, ICLR 2021) for Keras 3 and TensorFlow.
 
 Public API: the `LambdaLayer`, the LambdaResNet builders (paper family 50..420 and timm-compatible
-variants with ImageNet weights), preprocessing helpers, and the `export`, `data`, `training`
-modules.
+variants with ImageNet weights), model names (`get_model`, `resolve_model`), preprocessing
+helpers, and the `export`, `data`, `training` modules.
+
+`import lambda_keras` is light: it imports neither Keras nor TensorFlow. Each public name loads
+its submodule on first use (PEP 562 module `__getattr__`), so a program (or the `lambda-keras`
+command) can configure TensorFlow (logging, oneDNN) after importing the package.
 """
+
+import importlib
 
 __version__ = "0.1.0"
 
-from lambda_keras import data, export, training  # noqa: E402
-from lambda_keras.layers import LambdaLayer  # noqa: E402
-from lambda_keras.models import (  # noqa: E402
-    LambdaResNet26RPT256,
-    LambdaResNet26T,
-    LambdaResNet50,
-    LambdaResNet50TS,
-    LambdaResNet101,
-    LambdaResNet152,
-    LambdaResNet200,
-    LambdaResNet270,
-    LambdaResNet350,
-    LambdaResNet420,
-    build_lambda_resnet,
-)
-from lambda_keras.weights import (  # noqa: E402
-    convert_timm,
-    decode_predictions,
-    preprocess_input,
-    resolve_preprocessing,
-)
+# public name -> submodule that defines it
+_ATTRIBUTES = {
+    "LambdaLayer": "layers",
+    "LambdaResNet50": "models",
+    "LambdaResNet101": "models",
+    "LambdaResNet152": "models",
+    "LambdaResNet200": "models",
+    "LambdaResNet270": "models",
+    "LambdaResNet350": "models",
+    "LambdaResNet420": "models",
+    "LambdaResNet26T": "models",
+    "LambdaResNet50TS": "models",
+    "LambdaResNet26RPT256": "models",
+    "build_lambda_resnet": "models",
+    "get_model": "models",
+    "resolve_model": "models",
+    "convert_timm": "weights",
+    "decode_predictions": "weights",
+    "preprocess_input": "weights",
+    "resolve_preprocessing": "presets",
+}
+_SUBMODULES = ("architectures", "blocks", "cli", "data", "demo", "export", "layers", "models",
+               "presets",
+               "runtime", "training", "utils", "weights")
 
-__all__ = [
-    "LambdaLayer",
-    "LambdaResNet50",
-    "LambdaResNet101",
-    "LambdaResNet152",
-    "LambdaResNet200",
-    "LambdaResNet270",
-    "LambdaResNet350",
-    "LambdaResNet420",
-    "LambdaResNet26T",
-    "LambdaResNet50TS",
-    "LambdaResNet26RPT256",
-    "build_lambda_resnet",
-    "convert_timm",
-    "decode_predictions",
-    "preprocess_input",
-    "resolve_preprocessing",
-    "__version__",
-]
+__all__ = [*_ATTRIBUTES, "data", "export", "training", "__version__"]
+
+
+def __getattr__(name):
+    if name in _ATTRIBUTES:
+        value = getattr(importlib.import_module(f"{__name__}.{_ATTRIBUTES[name]}"), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"{__name__}.{name}")
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_ATTRIBUTES) | set(_SUBMODULES))

@@ -11,6 +11,15 @@ NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up
 200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
 270 @ 256, 350 and 420 @ 320) and 224 for 50/101/200 (the ablation size) — both UNCONFIRMED.
 
+NOTE: squeeze-excitation in lambda blocks (`se_in_lambda_blocks`, default False). Known: ResNet-RS
+has SE 0.25 in every block. Recalled, not read: a sentence of the paper's appendix saying the lambda
+blocks have no SE, and 51M parameters for LambdaResNet-152 in the paper's pseudo-label table.
+Measured (trainable, 1000 classes): LambdaResNet-152 with SE everywhere 76.62M, SE in conv blocks
+only (the default) 67.17M, no SE at all (se_ratio=0) 50.25M. The default follows the recalled
+sentence; the recalled 51M fits only the model without any SE, so one recollection may be wrong.
+NOTE: `paper_top1` is the paper's Figure 4 value read off the plot; the table's only reader is the
+builders' docstrings. timm's published top-1 of its weights is preset metadata (presets.py).
+
 timm variants (timm/models/byoanet.py): tiered stem 24-32-64 + max pool, strided 1x1 conv shortcut,
 no SE, lambda layers with r=9 convolution (or relative positions), 2x2 pooling for strides, and
 `timm`'s bias on the lambda convolution; their lambda blocks sit where timm's `interleave_blocks` puts
@@ -42,6 +51,7 @@ class Architecture:
     """One LambdaResNet: a row of the table below."""
 
     name: str  # registry key, also the default model name
+    builder: str  # public builder function in models.py (e.g. "LambdaResNet50")
     blocks: tuple  # bottleneck blocks per stage c2..c5
     lambda_blocks: tuple  # per stage, the 0-based indices of the blocks that hold a lambda layer
     stem: str = "resnet_d"  # "classic", "resnet_d" or "tiered" (blocks.STEMS)
@@ -49,12 +59,12 @@ class Architecture:
     shortcut: str = "avg"  # "avg" (ResNet-D) or "conv" (strided 1x1 conv)
     activation: str = "relu"
     se_ratio: float = 0.25  # 0 disables squeeze-excitation
+    se_in_lambda_blocks: bool = False  # squeeze-excitation also in lambda blocks (module NOTE)
     drop_rate: float = 0.25  # dropout before the classifier
     drop_path_rate: float = 0.0  # stochastic depth of the last stage
     lambda_spec: LambdaSpec = LambdaSpec()
     image_size: int = 224  # training/eval resolution of the paper or of the weights
-    paper_top1: float = None  # ImageNet top-1 reported by the source at image_size
-    weights_family: str = None  # preset name prefix in weights.py, if any
+    paper_top1: str = None  # the paper's ImageNet top-1 at image_size, with how it is known
 
 
 def spread_evenly(count, depth):
@@ -70,7 +80,51 @@ def lambda_blocks_from_counts(counts, blocks):
     return tuple(spread_evenly(c, d) for c, d in zip(counts, blocks))
 
 
+LAYOUT_HELP = (
+    "`layout` must be 4 letters over {C, L} (one per stage c2..c5, L: every block is a lambda "
+    "block) or 4 per-stage entries, each a lambda-block count (spread evenly), a tuple of "
+    "0-based block indices, or \"all\"")
+
+
+def lambda_blocks_from_layout(layout, blocks):
+    """`layout` -> the 0-based lambda block indices of each stage (see `LAYOUT_HELP`).
+
+    Forms: "CCLL" (paper Table 5 notation); (0, 0, 6, 3) (counts, spread evenly as for the paper
+    family); ((), (), (5, 11, 17), "all") (explicit indices); the per-stage forms mix freely.
+    """
+    received = f"Received: layout={layout!r}"
+    if isinstance(layout, str):
+        if len(layout) != 4 or set(layout.upper()) - set("CL"):
+            raise ValueError(f"{LAYOUT_HELP}. {received}")
+        return tuple(tuple(range(d)) if c == "L" else () for c, d in zip(layout.upper(), blocks))
+    if not isinstance(layout, (tuple, list)) or len(layout) != 4:
+        raise ValueError(f"{LAYOUT_HELP}. {received}")
+    stages = []
+    for stage, (entry, depth) in enumerate(zip(layout, blocks)):
+        where = f"stage c{stage + 2} has {depth} blocks (0..{depth - 1})"
+        if isinstance(entry, str):
+            if entry.lower() != "all":
+                raise ValueError(f"{LAYOUT_HELP}; {where}. {received}")
+            stages.append(tuple(range(depth)))
+        elif isinstance(entry, int) and not isinstance(entry, bool):
+            if not 0 <= entry <= depth:
+                raise ValueError(f"{LAYOUT_HELP}; a count must be between 0 and the stage depth "
+                                 f"{tuple(blocks)}. {received}")
+            stages.append(spread_evenly(entry, depth))
+        elif isinstance(entry, (tuple, list)):
+            bad = [i for i in entry if isinstance(i, bool) or not isinstance(i, int)
+                   or not 0 <= i < depth]
+            if bad or len(set(entry)) != len(entry):
+                problem = f"invalid indices {bad}" if bad else "repeated indices"
+                raise ValueError(f"{LAYOUT_HELP}; {problem}: {where}. {received}")
+            stages.append(tuple(sorted(entry)))
+        else:
+            raise ValueError(f"{LAYOUT_HELP}. {received}")
+    return tuple(stages)
+
+
 # depth: (blocks per stage, lambda blocks in c4, drop_rate, drop_path_rate, image size, top-1)
+# top-1: the paper's Figure 4 labelled points, read off the plot (PAPER.md section 3.4, +-0.05).
 PAPER_FAMILY = {
     50: ((3, 4, 6, 3), 1, 0.25, 0.0, 224, None),
     101: ((3, 4, 23, 3), 3, 0.25, 0.0, 224, None),
@@ -84,32 +138,34 @@ PAPER_FAMILY = {
 ARCHITECTURES = {
     f"lambda_resnet{depth}": Architecture(
         name=f"lambda_resnet{depth}",
+        builder=f"LambdaResNet{depth}",
         blocks=blocks,
         lambda_blocks=lambda_blocks_from_counts((0, 0, c4, blocks[3]), blocks),
         drop_rate=drop_rate,
         drop_path_rate=drop_path_rate,
         image_size=image_size,
-        paper_top1=top1,
+        paper_top1=None if top1 is None else f"~{top1} (Figure 4, read off the plot)",
     )
     for depth, (blocks, c4, drop_rate, drop_path_rate, image_size, top1) in PAPER_FAMILY.items()
 }
 
+# timm's top-1 of these is preset metadata (presets.py), not the paper's.
 _TIMM = dict(stem="tiered", shortcut="conv", se_ratio=0.0, drop_rate=0.0, image_size=256,
              lambda_spec=LambdaSpec(receptive_field=9, pool_size=2, position_bias=True))
 ARCHITECTURES.update({
     "lambda_resnet26t": Architecture(
-        name="lambda_resnet26t", blocks=(2, 2, 2, 2), lambda_blocks=((), (), (1,), (0, 1)),
-        paper_top1=79.1, weights_family="lambda_resnet26t", **_TIMM),
+        name="lambda_resnet26t", builder="LambdaResNet26T", blocks=(2, 2, 2, 2),
+        lambda_blocks=((), (), (1,), (0, 1)), **_TIMM),
     "lambda_resnet50ts": Architecture(
-        name="lambda_resnet50ts", blocks=(3, 4, 6, 3), lambda_blocks=((), (3,), (1, 3, 5), (1,)),
-        activation="silu", paper_top1=81.2, weights_family="lambda_resnet50ts", **_TIMM),
+        name="lambda_resnet50ts", builder="LambdaResNet50TS", blocks=(3, 4, 6, 3),
+        lambda_blocks=((), (3,), (1, 3, 5), (1,)), activation="silu", **_TIMM),
     "lambda_resnet26rpt_256": Architecture(
-        name="lambda_resnet26rpt_256", blocks=(2, 2, 2, 2), lambda_blocks=((), (), (1,), (0, 1)),
-        paper_top1=79.0, weights_family="lambda_resnet26rpt_256",
+        name="lambda_resnet26rpt_256", builder="LambdaResNet26RPT256", blocks=(2, 2, 2, 2),
+        lambda_blocks=((), (), (1,), (0, 1)),
         **{**_TIMM, "lambda_spec": LambdaSpec(position="relative", pool_size=2)}),
 })
 
 # Overrides accepted by the builders: Architecture fields, LambdaSpec fields, and `layout`.
-ARCHITECTURE_OVERRIDES = ("stem", "stem_width", "shortcut", "activation", "se_ratio", "drop_rate",
-                          "drop_path_rate")
+ARCHITECTURE_OVERRIDES = ("stem", "stem_width", "shortcut", "activation", "se_ratio",
+                          "se_in_lambda_blocks", "drop_rate", "drop_path_rate")
 LAMBDA_OVERRIDES = tuple(f.name for f in dataclasses.fields(LambdaSpec))

@@ -6,15 +6,30 @@ squeeze-excitation and stochastic depth, all as functional Keras code with hiera
   in place of the max pool) and "tiered" (timm: 3x3 convs 24-32-64 + 3x3/2 max pool).
 - Bottleneck: 1x1 -> (3x3 conv | lambda layer -> BN -> act) -> 1x1 -> BN (gamma zero-initialised) ->
   squeeze-excitation -> stochastic depth -> + shortcut -> act. A strided lambda block downsamples
-  with the lambda layer's average pool (paper: 3x3/2 "after the lambda layers ... in place of the
-  strided convolution"; timm: 2x2/2).
+  with an average pool after the lambda layer (paper: 3x3/2 "after the lambda layers ... in place of
+  the strided convolution"; timm: 2x2/2).
 - Shortcut: "avg" (ResNet-D: 2x2/2 average pool, then 1x1 conv + BN) or "conv" (strided 1x1 conv + BN).
+- Residual additions never broadcast (`ResidualAdd`): the two branches must have the same shape,
+  checked when the model is built and on every call whose shapes are known.
 
 Padding: stride-2 convolutions and the max pool use explicit symmetric padding (ZeroPadding2D /
 edge padding) + "valid", as PyTorch does; TF's "same" pads asymmetrically and would shift ported
-weights by a pixel.
+weights by a pixel. Every stride-2 step maps a side of n pixels to ceil(n / 2), so a model's c2..c5
+maps are ceil(size / 4 ... 32) at every input size.
+NOTE: the strided lambda block pools in "ceil mode": the lambda layer runs at stride 1 and an
+average pool with "same" padding follows, which averages the valid pixels of a partial window at
+the bottom/right edge (PyTorch's AvgPool2d(ceil_mode=True, count_include_pad=False)). On an even
+map this is exactly timm's 2x2/2 pool (timm parity at 256 holds); on an odd map timm's "valid"
+2x2 pool floors the size while its strided 1x1 shortcut ceils it, and timm itself fails (e.g.
+lambda_resnet26t at 100, 200 or 240 px) or, with a 1-pixel result, broadcasts. Our choice keeps
+both branches at ceil(n / 2) and uses every pixel. The paper's 3x3/2 pool has no stated padding;
+"same" is what TF's ResNet-RS pools use.
 NOTE: squeeze-excitation follows ResNet-RS: after the last BN, reducing the block's output width by
-se_ratio (0.25 -> the bottleneck width), ReLU, sigmoid; convs are initialised He-normal (fan_out).
+se_ratio (0.25 -> the bottleneck width), ReLU, sigmoid. Whether lambda blocks have it is the
+builder's `se_in_lambda_blocks` (architectures.py).
+NOTE: convolutions are initialised with Keras' "he_normal" (truncated normal, stddev
+sqrt(2 / fan_in)); torchvision and timm ResNets use Kaiming normal with fan_out. This only changes
+the initial values, never loaded weights.
 NOTE: stochastic depth scales with depth per stage, rate * (stage + 2) / 5 as in ResNet-RS.
 """
 
@@ -74,6 +89,46 @@ class MaxPoolSymmetric(keras.layers.Layer):
         return (b, None if h is None else (h + 1) // 2, None if w is None else (w + 1) // 2, c)
 
 
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class ResidualAdd(keras.layers.Add):
+    """`Add` of a residual block's two branches that refuses to broadcast.
+
+    Keras' `Add` broadcasts a size-1 axis: a 1x1 main branch would silently be added to every
+    pixel of a 2x2 shortcut. This layer raises a ValueError naming both shapes instead, when the
+    model is built and on every call whose shapes are known.
+
+    Call arguments:
+        inputs: [main branch, shortcut], tensors of the same shape [b, H, W, C].
+
+    Returns:
+        Their sum, [b, H, W, C].
+    """
+
+    def _check(self, shapes):
+        shapes = [tuple(shape) for shape in shapes]
+        main = shapes[0]
+        for other in shapes[1:]:
+            if len(other) != len(main) or any(
+                    a is not None and b is not None and a != b
+                    for a, b in zip(main[1:], other[1:])):
+                raise ValueError(
+                    f"Residual addition {self.name!r} would broadcast: the main branch has shape "
+                    f"{main} and the shortcut {other} (batch axis first). Both branches of a "
+                    "block must downsample to the same size.")
+
+    def build(self, input_shape):
+        self._check(input_shape)
+        super().build(input_shape)
+
+    def compute_output_shape(self, input_shape):
+        self._check(input_shape)
+        return super().compute_output_shape(input_shape)
+
+    def call(self, inputs):
+        self._check([x.shape for x in inputs])
+        return super().call(inputs)
+
+
 def batch_norm(x, name, zero_gamma=False):
     return keras.layers.BatchNormalization(
         momentum=BN_MOMENTUM, epsilon=BN_EPSILON, name=name,
@@ -95,7 +150,8 @@ def conv_bn(x, filters, kernel_size, name, strides=1, activation=None, zero_gamm
 
 
 STEMS = {
-    # name: (conv widths as fractions of stem_width, first stride, ending)
+    # name: (conv widths as fractions of stem_width, kernel size of the first (stride-2)
+    #        conv, ending: "maxpool" 3x3/2 or a stride-2 3x3 "conv")
     "classic": ((1.0,), 7, "maxpool"),
     "resnet_d": ((0.5, 0.5, 1.0), 3, "conv"),
     "tiered": ((3 / 8, 0.5, 1.0), 3, "maxpool"),
@@ -143,7 +199,11 @@ def bottleneck(x, width, strides, name, *, use_lambda, lambda_kwargs, activation
     residual = shortcut(x, filters, strides, shortcut_kind, f"{name}_shortcut")
     y = conv_bn(x, width, 1, f"{name}_conv1", activation=activation)
     if use_lambda:
-        y = LambdaLayer(strides=strides, name=f"{name}_lambda", **lambda_kwargs)(y)
+        pool_size = lambda_kwargs["pool_size"]
+        y = LambdaLayer(strides=1, name=f"{name}_lambda", **lambda_kwargs)(y)  # [b, H, W, width]
+        if strides > 1:  # ceil mode (module NOTE): [b, ceil(H/2), ceil(W/2), width]
+            y = keras.layers.AveragePooling2D(pool_size, strides, padding="same",
+                                              name=f"{name}_lambda_pool")(y)
         y = batch_norm(y, f"{name}_lambda_bn")
         y = keras.layers.Activation(activation, name=f"{name}_lambda_act")(y)
     else:
@@ -153,5 +213,5 @@ def bottleneck(x, width, strides, name, *, use_lambda, lambda_kwargs, activation
         y = squeeze_excite(y, se_ratio, f"{name}_se")
     if drop_path_rate:
         y = StochasticDepth(drop_path_rate, name=f"{name}_drop_path")(y)
-    y = keras.layers.Add(name=f"{name}_add")([y, residual])
+    y = ResidualAdd(name=f"{name}_add")([y, residual])  # [b, H', W', 4 * width]
     return keras.layers.Activation(activation, name=f"{name}_out")(y)

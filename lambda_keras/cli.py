@@ -1,44 +1,98 @@
 """The `lambda-keras` command: train, evaluate, export, predict, convert, bench, demo.
 
 Each subcommand is a thin layer over the package's modules (training, data, export, weights,
-benchmarks); heavy modules (export, training, benchmarks) are imported inside their subcommand.
-A model is given by builder name (`lambda_resnet50`, `lambda_resnet26t`, ...) plus `--weights`,
-or by a `.keras` file (loaded with Keras' safe mode on).
+benchmarks); heavy modules are imported inside their subcommand, after the command line was
+parsed and TensorFlow's logging set.
+
+Models: `--model` takes any model name (registry key `lambda_resnet26t`, builder `LambdaResNet26T`
+or preset `lambda_resnet26t.c1_in1k`; resolved by lambda_keras.presets.resolve_model_name, the
+resolver of the Python API) or a `.keras` file (loaded with Keras' safe mode on). `--weights`
+defaults to what the name means everywhere: a preset's weights, "imagenet" for the timm variants,
+none for the paper family; `--weights none` starts from random weights.
+
+Logging: unless `--verbose`, TensorFlow's C++ log lines are silenced: `TF_CPP_MIN_LOG_LEVEL=3`
+(unless the user set it) for what TensorFlow logs after its import, and the native stderr
+redirected to /dev/null while TensorFlow is imported (TF 2.21 writes its import-time lines, e.g.
+the oneDNN and CUDA notices, through absl before reading TF_CPP_MIN_LOG_LEVEL).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from lambda_keras import presets, runtime
+
+QUIET_LOG_LEVEL = "3"  # TF_CPP_MIN_LOG_LEVEL: 3 drops INFO, WARNING and ERROR (e.g. cuInit)
+NO_WEIGHTS = "none"
 
 
-def _model_names():
-    from lambda_keras.architectures import ARCHITECTURES
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """Points file descriptor 2 at /dev/null (C/C++ writes); Python's sys.stderr is flushed
+    first and is back to normal afterwards."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
 
-    return sorted(ARCHITECTURES)
+
+def quiet_tensorflow(verbose=False):
+    """Silences TensorFlow's C++ logging for this process unless `verbose`; imports TensorFlow.
+
+    Must run before anything imports TensorFlow (it has no effect on the import-time lines of a
+    TensorFlow already imported).
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
+    if "tensorflow" not in sys.modules:
+        with _native_stderr_silenced():
+            import tensorflow  # noqa: F401
+
+
+def resolve_model_arg(model, weights=None):
+    """`--model` and `--weights` -> (registry key or .keras path, weights to load).
+
+    Names go through the package's resolver; `weights` None means the name's default weights,
+    "none" means random initialisation.
+    """
+    if model.endswith(".keras"):
+        if not os.path.exists(model):
+            raise SystemExit(f"error: --model file not found: {model}")
+        return model, None
+    try:
+        resolved = presets.resolve_model_name(model)
+    except ValueError:
+        raise SystemExit(f"error: unknown --model {model!r}; valid: "
+                         f"{', '.join(presets.model_names())} or a .keras file") from None
+    if weights is None:
+        return resolved.arch, resolved.default_weights
+    return resolved.arch, None if weights.lower() == NO_WEIGHTS else weights
 
 
 def load_model(model, weights=None, image_size=None, classes=None):
-    """A builder name (+ weights) or a `.keras` file -> keras.Model."""
+    """A model name (+ weights, see `resolve_model_arg`) or a `.keras` file -> keras.Model."""
     import keras
 
     from lambda_keras import models
 
-    if model.endswith(".keras"):
-        if not os.path.exists(model):
-            raise SystemExit(f"error: --model file not found: {model}")
-        return keras.saving.load_model(model, safe_mode=True)
-    if model not in models.BUILDERS:
-        raise SystemExit(f"error: unknown --model {model!r}; valid: {', '.join(_model_names())} "
-                         "or a .keras file")
-    kwargs = {"weights": None if weights in (None, "none") else weights}
+    name, weights = resolve_model_arg(model, weights)
+    if name.endswith(".keras"):
+        return keras.saving.load_model(name, safe_mode=True)
+    kwargs = {"weights": weights}
     if image_size:
         kwargs["input_shape"] = (image_size, image_size, 3)
     if classes:
         kwargs["classes"] = classes
-    return models.BUILDERS[model](**kwargs)
+    return models.get_model(name, **kwargs)
 
 
 def _cmd_predict(args):
@@ -47,9 +101,12 @@ def _cmd_predict(args):
 
     from lambda_keras import data, weights
 
+    name, weights_arg = resolve_model_arg(args.model, args.weights)
+    if weights_arg is None and not name.endswith(".keras"):
+        print(f"note: {args.model} has no pretrained weights here: these are the predictions of "
+              "a randomly initialised model (pass --weights FILE)", file=sys.stderr)
     model = load_model(args.model, args.weights, args.image_size)
-    preprocessing = weights.resolve_preprocessing(args.model if not args.model.endswith(".keras")
-                                                  else None)
+    preprocessing = weights.resolve_preprocessing(None if name.endswith(".keras") else args.model)
     size = model.input_shape[1] or preprocessing.input_size[0]
     preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
     for path in args.images:
@@ -75,7 +132,7 @@ def _cmd_export(args):
     from lambda_keras import data, export, weights
 
     model = load_model(args.model, args.weights, args.image_size)
-    name = None if args.model.endswith(".keras") else args.model
+    name = None if args.model.endswith(".keras") else args.model  # any model name
     preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
                                                tuple(model.input_shape[1:3]))
     labels = args.labels
@@ -103,12 +160,12 @@ def _cmd_export(args):
 def _cmd_train(args):
     from lambda_keras import training
 
+    model, weights = resolve_model_arg(args.model, args.weights)
     overrides = training.parse_recipe_overrides(args.set or [])
     validation = None if args.validation_data == "none" else args.validation_data
     result = training.train(
-        args.model, args.data, recipe=args.recipe, output_dir=args.output, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size,
-        weights=None if args.weights in (None, "none") else args.weights,
+        model, args.data, recipe=args.recipe, output_dir=args.output, epochs=args.epochs,
+        batch_size=args.batch_size, image_size=args.image_size, weights=weights,
         validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir, **overrides)
@@ -118,10 +175,17 @@ def _cmd_train(args):
 def _cmd_evaluate(args):
     from lambda_keras import training
 
-    model = args.model if args.model.endswith(".keras") else load_model(
-        args.model, args.weights, args.image_size)
+    preprocessing = None  # a .keras file: training.evaluate's default
+    if args.model.endswith(".keras"):
+        model = resolve_model_arg(args.model)[0]
+    else:  # the name's default weights and preprocessing, as everywhere
+        model = load_model(args.model, args.weights, args.image_size)
+        size = args.image_size or model.input_shape[1]
+        preprocessing = presets.replace_input_size(presets.resolve_preprocessing(args.model),
+                                                   (size, model.input_shape[2] or size))
     metrics = training.evaluate(model, args.data, split=args.split, batch_size=args.batch_size,
-                                image_size=args.image_size, tpu=args.tpu, data_dir=args.data_dir)
+                                image_size=args.image_size, preprocessing=preprocessing,
+                                tpu=args.tpu, data_dir=args.data_dir)
     print(json.dumps(metrics, indent=2, default=str))
 
 
@@ -138,7 +202,10 @@ def _cmd_bench(args):
 def _cmd_demo(args):
     from lambda_keras import demo
 
-    summary = demo.run(model_name=args.model, data_spec=args.data, epochs=args.epochs,
+    model, _ = resolve_model_arg(args.model)
+    if model.endswith(".keras"):
+        raise SystemExit("error: demo --model takes a model name, not a .keras file")
+    summary = demo.run(model_name=model, data_spec=args.data, epochs=args.epochs,
                        image_size=args.image_size, output_dir=args.output)
     return 0 if summary["meets_target"] else 1
 
@@ -152,12 +219,18 @@ def _jit_flag(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="lambda-keras", description=__doc__.splitlines()[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="keep TensorFlow's C++ log lines (silenced by default)")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def model_args(p, weights_default=None):
-        p.add_argument("--model", required=True, help="builder name or .keras file")
-        p.add_argument("--weights", default=weights_default,
-                       help="'imagenet', a .safetensors/.weights.h5 path, or 'none'")
+    def model_args(p):
+        p.add_argument("--model", required=True,
+                       help="model name (lambda_resnet26t, LambdaResNet26T, "
+                            "lambda_resnet26t.c1_in1k, ...) or a .keras file")
+        p.add_argument("--weights", default=None,
+                       help="'imagenet', a preset, a .safetensors/.weights.h5 path or 'none' "
+                            "(default: the model name's: its preset / 'imagenet' for the timm "
+                            "variants, none for the paper family)")
         p.add_argument("--image-size", type=int, default=None)
 
     p = sub.add_parser("train", help="train or fine-tune a model on a dataset spec")
@@ -205,14 +278,15 @@ def build_parser():
 
     p = sub.add_parser("predict", help="print the top-5 labels of images")
     p.add_argument("images", nargs="+")
-    model_args(p, weights_default="imagenet")
+    model_args(p)
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")
     p.add_argument("src")
     p.add_argument("dst")
-    p.add_argument("--model", default=None, help="architecture (inferred from the file if omitted)")
+    p.add_argument("--model", default=None,
+                   help="model name (inferred from the file if omitted)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("bench", help="benchmarks (benchmarks/README.md)")
@@ -222,17 +296,22 @@ def build_parser():
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, export, verify")
-    p.add_argument("--model", default="lambda_resnet26t")
+    p.add_argument("--model", default="lambda_resnet26t", help="model name")
     p.add_argument("--data", default="digits")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--output", default="runs/demo")
     p.set_defaults(func=_cmd_demo)
+    for p in sub.choices.values():  # --verbose before or after the subcommand
+        p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                       help="keep TensorFlow's C++ log lines (silenced by default)")
     return parser
 
 
 def main(argv=None):
+    runtime.prefer_onednn()  # before TensorFlow is imported; see lambda_keras/runtime.py
     args = build_parser().parse_args(argv)
+    quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
     try:
         return args.func(args) or 0
     except (ValueError, FileNotFoundError) as error:

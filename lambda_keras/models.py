@@ -1,15 +1,28 @@
 """LambdaResNet builders with the keras.applications signature, over the table in architectures.py.
 
 One generic builder (`build_lambda_resnet`) reads an `Architecture` row, applies overrides and builds
-a functional `keras.Model`; the public `LambdaResNet*` functions are thin wrappers. Every layer has a
+a functional `keras.Model`; the public `LambdaResNet*` functions are thin wrappers, one per row,
+with their own names and docstrings (like keras.applications.ResNet50). Every layer has a
 deterministic hierarchical name (`stage3_block2_lambda`, `stage3_block2_conv1_bn`), which is what
 weights.py maps foreign checkpoints onto.
 
-`layout` (paper Table 5 notation) picks lambda placement without new code: "CCLL" (one letter per
-stage c2..c5; L = every block of the stage is a lambda block) or a tuple of per-stage lambda counts,
-spread evenly as for the paper family (architectures.spread_evenly).
+Model names: `resolve_model` (presets.resolve_model_name, the one resolver of the package and the
+CLI) accepts registry keys, builder names and preset names; `get_model(name)` builds what a name
+means with that name's default weights.
+
+`layout` picks lambda placement without new code (architectures.lambda_blocks_from_layout):
+"CCLL" (paper Table 5 notation: one letter per stage c2..c5, L = every block is a lambda block),
+per-stage lambda-block counts spread evenly as for the paper family ((0, 0, 6, 3)), or explicit
+0-based block indices per stage (((), (), (5, 11, 17), "all")).
 `features=True` (with include_top=False) returns the c2..c5 maps (strides 4, 8, 16, 32) as a dict,
 e.g. for a Mask R-CNN / FPN backbone as in the paper's COCO experiments.
+
+Input sizes: every size >= 32 builds, static or dynamic; each stride-2 step keeps ceil(n / 2)
+(blocks.py), so the c5 map is ceil(size / 32) and the classifier's output is (batch, classes).
+Residual additions never broadcast (blocks.ResidualAdd). Only "channels_last" is supported.
+
+Weights: this module imports lambda_keras.weights (download, conversion, strict loading) only when
+a builder is given `weights`; weights.py sits above models.py.
 """
 
 import dataclasses
@@ -17,56 +30,59 @@ import sys
 
 import keras
 
-from lambda_keras import architectures, blocks
-from lambda_keras import weights as weights_lib
+from lambda_keras import architectures, blocks, utils
+from lambda_keras.presets import IMAGENET_PRESETS, PRESETS, model_names
+from lambda_keras.presets import resolve_model_name as resolve_model
 
 MIN_INPUT_SIZE = 32  # the network downsamples by 32
 POOLINGS = (None, "avg", "max")
+SHORTCUTS = ("avg", "conv")
 # Keras walks functional graphs recursively; LambdaResNet-420 is ~2000 layers deep.
 RECURSION_LIMIT = 20000
 
-
-def _check_layout(layout, arch):
-    """Layout string/tuple -> lambda block indices per stage."""
-    if isinstance(layout, str):
-        if len(layout) != 4 or set(layout.upper()) - set("CL"):
-            raise ValueError(
-                "`layout` must be 4 letters over {C, L} (one per stage c2..c5) or 4 lambda-block "
-                f"counts. Received: layout={layout!r}")
-        counts = tuple(d if c == "L" else 0 for c, d in zip(layout.upper(), arch.blocks))
-    else:
-        counts = tuple(layout) if isinstance(layout, (tuple, list)) else None
-        if (counts is None or len(counts) != 4
-                or any(not isinstance(c, int) or not 0 <= c <= d for c, d in zip(counts, arch.blocks))):
-            raise ValueError(
-                "`layout` must be 4 letters over {C, L} or a tuple of 4 lambda-block counts, each "
-                f"between 0 and the stage depth {arch.blocks}. Received: layout={layout!r}")
-    return architectures.lambda_blocks_from_counts(counts, arch.blocks)
+__all__ = ["build_lambda_resnet", "get_model", "resolve_model", "resolve_architecture",
+           "model_names", "BUILDERS"]
 
 
 def resolve_architecture(arch_name, **overrides):
-    """The table row `arch_name` with overrides applied (see architectures.*_OVERRIDES)."""
-    if arch_name not in architectures.ARCHITECTURES:
-        raise ValueError(f"Unknown architecture. Received: arch_name={arch_name!r}; valid: "
-                         f"{sorted(architectures.ARCHITECTURES)}")
-    arch = architectures.ARCHITECTURES[arch_name]
+    """The table row of the model `arch_name` (any model name) with overrides applied.
+
+    Overrides: `layout` (architectures.lambda_blocks_from_layout), the Architecture fields of
+    architectures.ARCHITECTURE_OVERRIDES and the LambdaSpec fields (architectures.LAMBDA_OVERRIDES).
+    """
+    arch = architectures.ARCHITECTURES[resolve_model(arch_name).arch]
     valid = ("layout",) + architectures.ARCHITECTURE_OVERRIDES + architectures.LAMBDA_OVERRIDES
     unknown = sorted(set(overrides) - set(valid))
     if unknown:
         raise ValueError(f"Unknown architecture override(s) {unknown}. Valid overrides: {valid}")
-    if "stem" in overrides and overrides["stem"] not in blocks.STEMS:
-        raise ValueError(f"`stem` must be one of {tuple(blocks.STEMS)}. "
-                         f"Received: stem={overrides['stem']!r}")
-    if "shortcut" in overrides and overrides["shortcut"] not in ("avg", "conv"):
-        raise ValueError(f"`shortcut` must be 'avg' or 'conv'. Received: shortcut={overrides['shortcut']!r}")
+    if "stem" in overrides:
+        utils.check_choice("stem", overrides["stem"], tuple(blocks.STEMS))
+    if "shortcut" in overrides:
+        utils.check_choice("shortcut", overrides["shortcut"], SHORTCUTS)
+    if "stem_width" in overrides:
+        utils.check_int("stem_width", overrides["stem_width"], low=8)
+    if "se_in_lambda_blocks" in overrides:
+        utils.check_bool("se_in_lambda_blocks", overrides["se_in_lambda_blocks"])
     for rate in ("se_ratio", "drop_rate", "drop_path_rate"):
-        if rate in overrides and not 0.0 <= overrides[rate] < 1.0:
-            raise ValueError(f"`{rate}` must be in [0, 1). Received: {rate}={overrides[rate]!r}")
+        if rate in overrides:
+            overrides[rate] = utils.check_number(rate, overrides[rate], low=0.0, high=1.0,
+                                                 high_open=True)
     lambda_overrides = {k: overrides.pop(k) for k in architectures.LAMBDA_OVERRIDES if k in overrides}
     if "layout" in overrides:
-        overrides["lambda_blocks"] = _check_layout(overrides.pop("layout"), arch)
+        overrides["lambda_blocks"] = architectures.lambda_blocks_from_layout(
+            overrides.pop("layout"), arch.blocks)
     spec = dataclasses.replace(arch.lambda_spec, **lambda_overrides)
     return dataclasses.replace(arch, lambda_spec=spec, **overrides)
+
+
+def _check_data_format(builder):
+    if keras.config.image_data_format() != "channels_last":
+        raise ValueError(
+            f"{builder} does not support the `channels_first` image data format (the lambda "
+            "layer, the ported timm weights and the export paths are channels-last). Switch to "
+            "`channels_last` with keras.config.set_image_data_format('channels_last') or in "
+            "~/.keras/keras.json. Received: "
+            f"keras.config.image_data_format()={keras.config.image_data_format()!r}")
 
 
 def _input_shape(input_shape, arch, include_top, weights):
@@ -75,8 +91,13 @@ def _input_shape(input_shape, arch, include_top, weights):
         size = arch.image_size if (include_top or static_needed) else None
         return (size, size, 3)
     input_shape = tuple(input_shape)
-    if len(input_shape) != 3:
-        raise ValueError(f"`input_shape` must be (height, width, channels). "
+    if len(input_shape) != 3 or any(
+            s is not None and (isinstance(s, bool) or not isinstance(s, int))
+            for s in input_shape):
+        raise ValueError(f"`input_shape` must be (height, width, channels) of ints or None. "
+                         f"Received: input_shape={input_shape}")
+    if input_shape[-1] is None or input_shape[-1] < 1:
+        raise ValueError("`input_shape` must give a positive number of channels (channels last). "
                          f"Received: input_shape={input_shape}")
     if weights is not None and input_shape[-1] != 3:
         raise ValueError("Pretrained weights need 3 input channels. "
@@ -94,22 +115,36 @@ def _input_shape(input_shape, arch, include_top, weights):
 def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=None,
                         input_shape=None, pooling=None, classes=1000,
                         classifier_activation="softmax", name=None, features=False, **overrides):
-    """Builds the LambdaResNet `arch_name` of architectures.ARCHITECTURES (keras.applications API)."""
+    """Builds the LambdaResNet `arch_name` (keras.applications API); see `LambdaResNet50`.
+
+    The generic builder behind every public `LambdaResNet*` function: `arch_name` is any model
+    name (registry key, builder or preset name; see `resolve_model`) and `weights` defaults to
+    None whatever the name (use `get_model` for a name's default weights).
+
+    Returns:
+        A `keras.Model` named `name` (default: the registry key).
+    """
     arch = resolve_architecture(arch_name, **overrides)
+    _check_data_format(arch.builder)
     sys.setrecursionlimit(max(sys.getrecursionlimit(), RECURSION_LIMIT))
+    include_top = utils.check_bool("include_top", include_top)
+    features = utils.check_bool("features", features)
     if pooling not in POOLINGS:
         raise ValueError(f"`pooling` must be one of {POOLINGS}. Received: pooling={pooling!r}")
-    if not isinstance(classes, int) or classes <= 0:
-        raise ValueError(f"`classes` must be a positive integer. Received: classes={classes!r}")
+    classes = utils.check_int("classes", classes, low=1)
     if features and include_top:
         raise ValueError("`features=True` returns the c2..c5 maps and needs include_top=False. "
                          f"Received: include_top={include_top!r}")
     if weights is not None:
+        from lambda_keras import weights as weights_lib  # above this module; loaded on demand
+
         weights_lib.validate_weights(weights, arch.name, include_top=include_top, classes=classes)
     if input_tensor is not None:
         if len(input_tensor.shape) != 4:
             raise ValueError("`input_tensor` must be a batch of images (rank 4). "
                              f"Received: input_tensor.shape={tuple(input_tensor.shape)}")
+        if not keras.backend.is_keras_tensor(input_tensor):
+            input_tensor = keras.Input(tensor=input_tensor, name="images")
         shape = _input_shape(tuple(input_tensor.shape[1:]), arch, include_top, weights)
         inputs = input_tensor
     else:
@@ -117,7 +152,7 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
         inputs = keras.Input(shape, name="images")
 
     lambda_kwargs = dataclasses.asdict(arch.lambda_spec)
-    x = blocks.stem(inputs, arch.stem, arch.stem_width, arch.activation)
+    x = blocks.stem(inputs, arch.stem, arch.stem_width, arch.activation)  # [b, H/4, W/4, stem]
     stage_outputs = {}
     for stage, (depth, width, stride, lambda_idx) in enumerate(zip(
             arch.blocks, architectures.STAGE_WIDTHS, architectures.STAGE_STRIDES,
@@ -125,28 +160,30 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
         # NOTE: stochastic depth grows per stage, rate * (stage + 2) / 5, as in ResNet-RS.
         drop_path = arch.drop_path_rate * (stage + 2) / 5
         for block in range(depth):
+            use_lambda = block in lambda_idx
             x = blocks.bottleneck(
                 x, width, stride if block == 0 else 1, f"stage{stage + 1}_block{block + 1}",
-                use_lambda=block in lambda_idx, lambda_kwargs=lambda_kwargs,
+                use_lambda=use_lambda, lambda_kwargs=lambda_kwargs,
                 activation=arch.activation, shortcut_kind=arch.shortcut,
-                se_ratio=arch.se_ratio, drop_path_rate=drop_path)
-        stage_outputs[f"c{stage + 2}"] = x
+                se_ratio=0.0 if use_lambda and not arch.se_in_lambda_blocks else arch.se_ratio,
+                drop_path_rate=drop_path)
+        stage_outputs[f"c{stage + 2}"] = x  # [b, H / 2^(stage+2), W / 2^(stage+2), 4 * width]
 
     if features:
         outputs = stage_outputs
     elif include_top:
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)  # [b, 2048]
         if arch.drop_rate:
             x = keras.layers.Dropout(arch.drop_rate, name="head_dropout")(x)
         # The classifier runs in float32 under mixed precision (stable softmax / logits).
         outputs = keras.layers.Dense(classes, activation=classifier_activation, dtype="float32",
-                                     name="predictions")(x)
+                                     name="predictions")(x)  # [b, classes]
     elif pooling == "avg":
-        outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+        outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)  # [b, 2048]
     elif pooling == "max":
-        outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+        outputs = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)  # [b, 2048]
     else:
-        outputs = x
+        outputs = x  # [b, ceil(H/32), ceil(W/32), 2048]
 
     if input_tensor is not None:
         # A single source input is passed bare: a one-element list would make Keras warn that
@@ -159,44 +196,187 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
     return model
 
 
-def _builder(arch_name, default_weights=None):
-    arch = architectures.ARCHITECTURES[arch_name]
+def get_model(name, **kwargs):
+    """The model a name means, with that name's default weights unless `weights` is given.
 
-    def builder(include_top=True, weights=default_weights, input_tensor=None, input_shape=None,
-                pooling=None, classes=1000, classifier_activation="softmax", name=None, **overrides):
-        return build_lambda_resnet(arch_name, include_top=include_top, weights=weights,
-                                   input_tensor=input_tensor, input_shape=input_shape,
-                                   pooling=pooling, classes=classes,
-                                   classifier_activation=classifier_activation, name=name,
-                                   **overrides)
+    Args:
+        name: a registry key ("lambda_resnet26t"), builder name ("LambdaResNet26T") or preset
+            name ("lambda_resnet26t.c1_in1k"); see `resolve_model`.
+        **kwargs: the builder's arguments (include_top, weights, input_shape, classes, ...).
 
-    lambda_count = [len(idx) for idx in arch.lambda_blocks]
-    builder.__doc__ = (
-        f"Instantiates {arch_name}: blocks per stage {arch.blocks}, lambda blocks per stage "
-        f"{tuple(lambda_count)}, {arch.stem} stem, default image size {arch.image_size}.\n\n"
-        "Args follow keras.applications: include_top, weights (None, 'imagenet' or a file path), "
-        "input_tensor, input_shape, pooling (None/'avg'/'max'), classes, classifier_activation, "
-        "name. `features=True` (with include_top=False) returns {'c2'..'c5'}. Architecture "
-        "overrides: layout, stem, se_ratio, drop_rate, drop_path_rate, key_dim, num_heads, "
-        "intra_depth, receptive_field, position, ... (see architectures.py).")
+    Returns:
+        A `keras.Model`. Default weights: a preset name loads that preset, a builder or registry
+        key uses the builder's default ("imagenet" for the timm variants, None for the paper
+        family).
+
+    Example:
+    >>> model = get_model("lambda_resnet50", input_shape=(64, 64, 3), classes=10)
+    """
+    resolved = resolve_model(name)
+    kwargs.setdefault("weights", resolved.default_weights)
+    return BUILDERS[resolved.arch](**kwargs)
+
+
+# --------------------------------------------------------------------------- public builders
+_DOC = """Instantiates the {title} architecture{source}.
+
+{description}
+
+Reference:
+- [LambdaNetworks: Modeling Long-Range Interactions Without Attention](
+    https://arxiv.org/abs/2102.08602) (Bello, ICLR 2021){timm_reference}
+
+Args:
+    include_top: whether to include the classifier head (global average pooling, {dropout}a
+        dense layer). Defaults to `True`.
+    weights: `None` (random initialization), `"imagenet"`{imagenet}, a preset name, or the path
+        to a timm `.safetensors` or Keras `.weights.h5` file. Defaults to `{default_weights!r}`.
+    input_tensor: optional Keras tensor (output of `keras.Input()`) to use as the image input.
+    input_shape: optional `(height, width, channels)`, channels last, each side at least 32 or
+        `None`. Defaults to `({size}, {size}, 3)` with `include_top=True`{dynamic}.
+    pooling: with `include_top=False`: `None` (the 4D c5 map), `"avg"` or `"max"` (2D output).
+    classes: number of classes of the classifier. Defaults to 1000.
+    classifier_activation: activation of the classifier (`"softmax"`, `None` for logits, ...).
+    name: name of the model. Defaults to `"{arch}"`.
+    **overrides: `features=True` (with `include_top=False`: a dict of the c2..c5 maps) and
+        architecture overrides: `layout` (e.g. `"CCLL"`, `(0, 0, 6, 3)` or
+        `((), (), (5, 11, 17), "all")`), `stem`, `stem_width`, `shortcut`, `activation`,
+        `se_ratio`, `se_in_lambda_blocks`, `drop_rate`, `drop_path_rate`, and the lambda layer's
+        `key_dim`, `num_heads`, `intra_depth`, `position`, `receptive_field`, `pool_size`,
+        `position_bias`, `implementation` (architectures.py).
+
+Returns:
+    A `keras.Model` taking float32 RGB images normalised with the preprocessing of
+    `lambda_keras.preprocess_input(x, "{builder}")`.
+
+Example:
+>>> model = lambda_keras.{builder}(weights=None, input_shape=(64, 64, 3), classes=10)
+>>> model.output_shape
+(None, 10)
+"""
+
+
+def _document(builder):
+    """Sets `builder.__doc__` from its architecture row (as keras.applications does)."""
+    arch = next(a for a in architectures.ARCHITECTURES.values() if a.builder == builder.__name__)
+    lambdas = tuple(len(idx) for idx in arch.lambda_blocks)
+    preset = IMAGENET_PRESETS.get(arch.name)
+    if preset is None:
+        source = " of the LambdaNetworks paper"
+        top1 = f" Paper top-1 at {arch.image_size}: {arch.paper_top1}." if arch.paper_top1 else ""
+        description = (
+            f"ResNet-RS backbone with blocks {arch.blocks} per stage c2..c5 and lambda layers "
+            f"in {lambdas} of them (every c5 block, the paper's count in c4). No published "
+            f"weights.{top1}")
+        imagenet, dynamic, timm_reference = "", " (`(None, None, 3)` otherwise)", ""
+    else:
+        p = PRESETS[preset]
+        source = ", timm-compatible"
+        description = (
+            f"timm's `{arch.name}`: {arch.stem} stem, blocks {arch.blocks} per stage c2..c5, "
+            f"lambda layers in {lambdas} of them ({arch.lambda_spec.position} positions). "
+            f"ImageNet weights: preset `{preset}` ({p.top1}% top-1 at {p.top1_size} px "
+            "as reported by timm), ported exactly.")
+        imagenet = f" (the preset `{preset}`)"
+        static = arch.lambda_spec.position in ("relative", "global")
+        dynamic = "" if static else " (`(None, None, 3)` otherwise)"
+        timm_reference = "\n- timm, `timm/models/byoanet.py` (architecture and weights)"
+    builder.__doc__ = _DOC.format(
+        title=arch.builder, source=source, description=description, timm_reference=timm_reference,
+        dropout="dropout, " if arch.drop_rate else "", imagenet=imagenet,
+        default_weights="imagenet" if preset else None, size=arch.image_size, dynamic=dynamic,
+        arch=arch.name, builder=arch.builder)
     return builder
 
 
-LambdaResNet50 = _builder("lambda_resnet50")
-LambdaResNet101 = _builder("lambda_resnet101")
-LambdaResNet152 = _builder("lambda_resnet152")
-LambdaResNet200 = _builder("lambda_resnet200")
-LambdaResNet270 = _builder("lambda_resnet270")
-LambdaResNet350 = _builder("lambda_resnet350")
-LambdaResNet420 = _builder("lambda_resnet420")
-LambdaResNet26T = _builder("lambda_resnet26t", default_weights="imagenet")
-LambdaResNet50TS = _builder("lambda_resnet50ts", default_weights="imagenet")
-LambdaResNet26RPT256 = _builder("lambda_resnet26rpt_256", default_weights="imagenet")
+@_document
+def LambdaResNet50(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                   pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                   **overrides):
+    return build_lambda_resnet("lambda_resnet50", include_top, weights, input_tensor, input_shape,
+                               pooling, classes, classifier_activation, name, **overrides)
 
-BUILDERS = {
-    "lambda_resnet50": LambdaResNet50, "lambda_resnet101": LambdaResNet101,
-    "lambda_resnet152": LambdaResNet152, "lambda_resnet200": LambdaResNet200,
-    "lambda_resnet270": LambdaResNet270, "lambda_resnet350": LambdaResNet350,
-    "lambda_resnet420": LambdaResNet420, "lambda_resnet26t": LambdaResNet26T,
-    "lambda_resnet50ts": LambdaResNet50TS, "lambda_resnet26rpt_256": LambdaResNet26RPT256,
-}
+
+@_document
+def LambdaResNet101(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet101", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet152(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet152", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet200(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet200", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet270(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet270", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet350(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet350", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet420(include_top=True, weights=None, input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet420", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet26T(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
+                    pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                    **overrides):
+    return build_lambda_resnet("lambda_resnet26t", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet50TS(include_top=True, weights="imagenet", input_tensor=None, input_shape=None,
+                     pooling=None, classes=1000, classifier_activation="softmax", name=None,
+                     **overrides):
+    return build_lambda_resnet("lambda_resnet50ts", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+@_document
+def LambdaResNet26RPT256(include_top=True, weights="imagenet", input_tensor=None,
+                         input_shape=None, pooling=None, classes=1000,
+                         classifier_activation="softmax", name=None, **overrides):
+    return build_lambda_resnet("lambda_resnet26rpt_256", include_top, weights, input_tensor,
+                               input_shape, pooling, classes, classifier_activation, name,
+                               **overrides)
+
+
+# Registry key -> public builder (every row of architectures.ARCHITECTURES has one).
+BUILDERS = {arch.name: globals()[arch.builder] for arch in architectures.ARCHITECTURES.values()}

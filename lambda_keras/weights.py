@@ -1,13 +1,10 @@
-"""Pretrained weights: preset registry, preprocessing metadata, download/cache, timm conversion.
+"""Pretrained weights: download/cache, strict loading, timm conversion; ImageNet labels.
 
-The paper (Bello, ICLR 2021) published no checkpoints. The only public ImageNet weights of lambda
-networks are timm's (PyTorch, safetensors on the Hugging Face hub), for three timm architectures
-that models.py reproduces exactly: `lambda_resnet26t`, `lambda_resnet50ts`,
-`lambda_resnet26rpt_256`.
+Sits above models.py: `convert_timm` builds models; models.py imports this module only when a
+builder is asked for weights (`python -c "import lambda_keras.models"` does not load it). The
+presets, model names and preprocessing metadata are data in presets.py (re-exported here).
 
 Implemented:
-- `PRESETS`: the registry as data (source URL, sha256, preprocessing, classes, published top-1,
-  licence); `weights="imagenet"` picks the architecture's preset.
 - `validate_weights` (called by the builders before any layer is built) and `load_weights` (after):
   `weights` is None, "imagenet", a preset name, or a path to a timm `.safetensors` file (converted
   on load, read with safetensors' NumPy API: no torch at run time) or a Keras `.weights.h5` file.
@@ -21,9 +18,8 @@ Implemented:
   `KERAS_HOME` honoured at call time); a hash mismatch, a truncated download or a file that is not
   a valid safetensors file leaves nothing in the cache and raises.
 - `convert_timm(src, dst)` writes a Keras `.weights.h5` (the `lambda-keras convert` command).
-- `resolve_preprocessing`, `replace_input_size`, `preprocess_input` and `decode_predictions`
-  with the 1000 ImageNet class names bundled in assets/imagenet_classes.txt (WordNet ids in the
-  standard sorted order, torchvision's human-readable names).
+- `preprocess_input` and `decode_predictions` with the 1000 ImageNet class names bundled in
+  assets/imagenet_classes.txt (WordNet ids in the standard sorted order, torchvision's names).
 
 timm -> Keras mapping (layer names from models.py / blocks.py):
   stem.conv{i}.conv.weight [O,I,H,W]          -> stem_conv{i}/kernel [H,W,I,O]
@@ -38,13 +34,9 @@ timm -> Keras mapping (layer names from models.py / blocks.py):
   self_attn.conv_lambda.bias [k]              -> lambda/position_bias [k]
   self_attn.pos_emb [2H-1, 2W-1, k]           -> lambda/position_embeddings [2H-1, 2W-1, 1, k]
   head.fc.weight [C, D], head.fc.bias         -> predictions/kernel [D, C], predictions/bias
-NOTE: the Hugging Face files' sha256 digests are not recorded here (this project was built without
-access to the hub), so `sha256=None` for every preset: the download is then verified by parsing the
-safetensors file and by the strict load (every tensor name and shape must match), not by a digest.
 The eval resize + center crop of a Preprocessing is `lambda_keras.data.eval_transform`.
 """
 
-import dataclasses
 import functools
 import importlib.resources
 import os
@@ -55,68 +47,20 @@ import warnings
 import numpy as np
 import keras
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclasses.dataclass(frozen=True)
-class Preprocessing:
-    """How images are prepared for a model: eval resize + center crop, then normalisation.
-
-    Models take float32 RGB images normalised as ((pixels / 255) - mean) / std.
-    Evaluation: resize the shorter side to input_size / crop_pct with `interpolation`, then
-    center-crop input_size (timm's eval transform).
-    """
-
-    input_size: tuple = (224, 224)  # (height, width) the model is evaluated at
-    crop_pct: float = 0.875  # fraction of the resized image kept by the center crop
-    interpolation: str = "bicubic"  # resize method ("bilinear" or "bicubic")
-    mean: tuple = IMAGENET_MEAN  # per-channel mean of pixels / 255
-    std: tuple = IMAGENET_STD  # per-channel std of pixels / 255
-
-
-DEFAULT_PREPROCESSING = Preprocessing()
-
-
-@dataclasses.dataclass(frozen=True)
-class Preset:
-    """One set of published weights."""
-
-    name: str  # timm's "architecture.tag"; also accepted as `weights=`
-    arch: str  # architectures.ARCHITECTURES key
-    builder: str  # public lambda_keras builder
-    url: str  # the safetensors file
-    sha256: str  # hex digest of that file, None where unknown (see module NOTE)
-    preprocessing: Preprocessing  # timm's pretrained_cfg
-    num_classes: int
-    top1: float  # ImageNet-1k top-1 (%) reported by the source
-    top1_size: int  # image size of that top-1
-    license: str
-    source: str  # where the weights come from
-
-
-HF_URL = "https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
-_TIMM_SOURCE = "timm (Ross Wightman), trained on ImageNet-1k; Hugging Face hub"
-
-
-def _timm_preset(name, builder, crop_pct, top1):
-    return Preset(
-        name=name, arch=name.split(".")[0], builder=builder, url=HF_URL.format(name=name),
-        sha256=None, num_classes=1000, top1=top1, top1_size=256, license="apache-2.0",
-        source=_TIMM_SOURCE,
-        preprocessing=Preprocessing(input_size=(256, 256), crop_pct=crop_pct,
-                                    interpolation="bicubic"))
-
-
-# timm 1.0 pretrained_cfg of each (byoanet.py default_cfgs); top-1 from timm's results tables.
-PRESETS = {p.name: p for p in (
-    _timm_preset("lambda_resnet26t.c1_in1k", "LambdaResNet26T", crop_pct=0.94, top1=79.1),
-    _timm_preset("lambda_resnet50ts.a1h_in1k", "LambdaResNet50TS", crop_pct=0.95, top1=81.2),
-    _timm_preset("lambda_resnet26rpt_256.c1_in1k", "LambdaResNet26RPT256", crop_pct=0.94,
-                 top1=79.0),
-)}
-# weights="imagenet" for an architecture -> its preset.
-IMAGENET_PRESETS = {p.arch: p.name for p in PRESETS.values()}
+from lambda_keras import models, utils
+from lambda_keras.presets import (  # noqa: F401 - re-exported: the public names of this module
+    DEFAULT_PREPROCESSING,
+    IMAGENET_MEAN,
+    IMAGENET_PRESETS,
+    IMAGENET_STD,
+    PRESETS,
+    Preprocessing,
+    Preset,
+    preset_for,
+    replace_input_size,
+    resolve_model_name,
+    resolve_preprocessing,
+)
 
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
@@ -126,31 +70,6 @@ MAX_LISTED = 12  # names listed per category in a strict-loading error
 
 
 # ----------------------------------------------------------------------------- validation
-def _arch_for(name):
-    """Architecture key for an architecture, builder or preset name (case/underscore-blind)."""
-    key = str(name).split(".")[0].lower().replace("_", "")
-    for preset in PRESETS.values():
-        if key in (preset.arch.replace("_", ""), preset.builder.lower()):
-            return preset.arch
-    return None
-
-
-def _builders_with_weights():
-    return tuple(p.builder for p in PRESETS.values())
-
-
-def _preset_for(weights, arch_name):
-    """The Preset `weights` ("imagenet" or a preset name) means for `arch_name`."""
-    arch = _arch_for(arch_name)
-    name = IMAGENET_PRESETS.get(arch) if weights == "imagenet" else weights
-    if name is None or PRESETS[name].arch != arch:
-        raise ValueError(
-            f"No pretrained weights {weights!r} for architecture {arch_name!r}. Builders with "
-            f"ImageNet weights: {_builders_with_weights()}; the paper's LambdaResNet-50..420 have "
-            f"no published weights. Received: weights={weights!r}")
-    return PRESETS[name]
-
-
 def _check_file_kind(path):
     """Raise ValueError unless `path` names a safetensors or Keras weights file that exists."""
     lowered = path.lower()
@@ -185,7 +104,7 @@ def validate_weights(weights, arch_name, include_top=True, classes=1000):
         raise TypeError(f"`weights` must be None, 'imagenet' or a file path. "
                         f"Received: weights={weights!r} of type {type(weights).__name__}")
     if weights == "imagenet" or weights in PRESETS:
-        _preset_for(weights, arch_name)
+        preset_for(weights, arch_name)
         return
     _check_file_kind(weights)
 
@@ -205,9 +124,11 @@ def _download_target(cache_dir, fname):
 
 
 def cached_weights(name, cache_dir=None):
-    """Local path of the ImageNet weights of `name` (architecture, builder or preset) when they
-    are already in the Keras cache, else None. Never downloads."""
-    preset_name = IMAGENET_PRESETS.get(_arch_for(name))
+    """Local path of the ImageNet weights of the model `name` (any model name, see
+    presets.resolve_model_name) when they are already in the Keras cache, else None. Never
+    downloads."""
+    resolved = resolve_model_name(name)
+    preset_name = resolved.preset or IMAGENET_PRESETS.get(resolved.arch)
     if preset_name is None:
         return None
     path = _download_target(cache_dir or _cache_dir(), f"{preset_name}{SAFETENSORS_SUFFIX}")
@@ -455,7 +376,7 @@ def load_weights(model, weights, arch_name):
     validate_weights(weights, arch_name)
     weights = os.fspath(weights)
     if weights == "imagenet" or weights in PRESETS:
-        _load_timm(model, download_preset(_preset_for(weights, arch_name)))
+        _load_timm(model, download_preset(preset_for(weights, arch_name)))
     elif weights.lower().endswith(SAFETENSORS_SUFFIX):
         _load_timm(model, weights)
     else:
@@ -483,8 +404,6 @@ def convert_timm(src, dst, arch_name=None):
     Builds the matching lambda_keras model (classes from the checkpoint, headless if it has no
     classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal.
     """
-    from lambda_keras import models  # models imports this module
-
     src, dst = os.fspath(src), os.fspath(dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
         raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
@@ -495,69 +414,24 @@ def convert_timm(src, dst, arch_name=None):
     if arch_name is None:
         arch = infer_timm_arch(state)
     else:
-        arch = _arch_for(arch_name)
-        if arch is None:
-            raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)}. "
-                             f"Received: arch_name={arch_name!r}")
+        try:
+            arch = resolve_model_name(arch_name).arch
+        except (TypeError, ValueError):
+            arch = None
+        if arch not in IMAGENET_PRESETS:
+            raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)} (or their "
+                             f"builder or preset names). Received: arch_name={arch_name!r}")
     head = state.get("head.fc.weight")
     model = models.build_lambda_resnet(
         arch, include_top=head is not None, weights=None,
         classes=1000 if head is None else int(head.shape[0]))
     converted, unconverted = timm_to_keras(state)
     assign_strict(model, converted, src, unconverted)
-    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
-    model.save_weights(dst)
+    utils.atomic_write(dst, model.save_weights)  # never a half-written dst
     return dst
 
 
 # ------------------------------------------------------------------------ preprocessing
-def _paper_preprocessing(name):
-    """Preprocessing of an architecture without weights: ImageNet defaults at its image size."""
-    from lambda_keras import architectures  # plain data, no import cycle
-
-    key = str(name).lower().replace("_", "")
-    for arch in architectures.ARCHITECTURES.values():
-        if key == arch.name.replace("_", ""):
-            return dataclasses.replace(DEFAULT_PREPROCESSING,
-                                       input_size=(arch.image_size, arch.image_size))
-    return None
-
-
-def resolve_preprocessing(name):
-    """Preprocessing for a preset, architecture or builder name (e.g. "LambdaResNet26T").
-
-    Architectures with weights get their preset's; the paper family (no weights) gets the ImageNet
-    defaults (crop 0.875, bicubic, ImageNet mean/std) at its image size; None gives
-    DEFAULT_PREPROCESSING.
-    """
-    if name is None:
-        return DEFAULT_PREPROCESSING
-    if isinstance(name, Preprocessing):
-        return name
-    if name in PRESETS:
-        return PRESETS[name].preprocessing
-    arch = _arch_for(name) if isinstance(name, str) else None
-    if arch is not None:
-        return PRESETS[IMAGENET_PRESETS[arch]].preprocessing
-    paper = _paper_preprocessing(name) if isinstance(name, str) else None
-    if paper is None:
-        raise ValueError(
-            f"No preprocessing is known for {name!r}; valid: presets {tuple(PRESETS)}, "
-            "architecture names (lambda_resnet50, ...) or builder names (LambdaResNet50, ...). "
-            f"Received: name={name!r}")
-    return paper
-
-
-def replace_input_size(preprocessing, input_size):
-    """`preprocessing` evaluated at another (height, width), e.g. a model's static input size."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0
-                             for s in size):
-        raise ValueError("`input_size` must be a positive int or (height, width). "
-                         f"Received: input_size={input_size!r}")
-    return dataclasses.replace(resolve_preprocessing(preprocessing), input_size=size)
-
-
 def preprocess_input(x, preprocessing=None):
     """Float RGB pixels in [0, 255], channels last -> ((x / 255) - mean) / std.
 

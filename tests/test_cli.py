@@ -104,3 +104,158 @@ def test_bad_model_arguments_exit_with_a_message(argv, message):
 def test_unknown_data_spec_is_reported_not_raised(tiny_model_path, capsys):
     assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "ftp:nowhere"]) == 2
     assert "spec" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ model names
+# Every kind of model name, the architecture it means and its default weights (the same in every
+# subcommand and in lambda_keras.get_model): a preset means its weights, the timm variants'
+# builders and registry keys "imagenet", the paper family none.
+NAMES = [
+    ("lambda_resnet26t", "lambda_resnet26t", "imagenet"),
+    ("LambdaResNet26T", "lambda_resnet26t", "imagenet"),
+    ("lambda_resnet26t.c1_in1k", "lambda_resnet26t", "lambda_resnet26t.c1_in1k"),
+    ("LambdaResNet50", "lambda_resnet50", None),
+    ("lambda_resnet50", "lambda_resnet50", None),
+]
+
+
+@pytest.fixture
+def recorded_builds(monkeypatch):
+    """Replaces models.get_model (what the CLI builds named models with) by a tiny model; records
+    (name, kwargs) of every call. `classes` defaults to 1000 as the real builders."""
+    from lambda_keras import models
+
+    calls = []
+
+    def fake_get_model(name, **kwargs):
+        calls.append((name, kwargs))
+        keras.utils.set_random_seed(2)
+        size = (kwargs.get("input_shape") or (SIZE, SIZE, 3))[0]
+        return keras.Sequential([
+            keras.Input((size, size, 3)),
+            keras.layers.Conv2D(8, 3, strides=4, padding="same", activation="relu"),
+            keras.layers.GlobalAveragePooling2D(),
+            keras.layers.Dense(kwargs.get("classes", 1000), activation="softmax",
+                               name="predictions"),
+        ])
+
+    monkeypatch.setattr(models, "get_model", fake_get_model)
+    return calls
+
+
+def _expected_weights(default, flag):
+    return {None: default, "none": None}.get(flag, flag)
+
+
+@pytest.mark.parametrize("name,arch,default", NAMES)
+@pytest.mark.parametrize("flag", [None, "none"])
+def test_predict_resolves_every_name(name, arch, default, flag, recorded_builds, tmp_path,
+                                     capsys):
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_path)
+    argv = ["predict", str(image_path), "--model", name, "--image-size", str(SIZE)]
+    assert cli.main(argv + ([] if flag is None else ["--weights", flag])) == 0
+    assert recorded_builds == [(arch, {"weights": _expected_weights(default, flag),
+                                       "input_shape": (SIZE, SIZE, 3)})]
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 6  # the image, then its top 5
+    assert ("randomly initialised" in err) == (_expected_weights(default, flag) is None)
+
+
+@pytest.mark.parametrize("name,arch,default", NAMES)
+def test_export_resolves_every_name(name, arch, default, recorded_builds, tmp_path, monkeypatch,
+                                    capsys):
+    from lambda_keras import export, presets
+
+    seen = {}
+    monkeypatch.setattr(export, "saved_model",
+                        lambda model, path, **kwargs: seen.update(kwargs) or path)
+    assert cli.main(["export", "--model", name, "--format", "saved_model",
+                     "--output", str(tmp_path)]) == 0
+    assert recorded_builds == [(arch, {"weights": default})]
+    # The served preprocessing is the name's (crop 0.94 for lambda_resnet26t, 0.875 for the paper
+    # family), at the model's input size.
+    expected = presets.replace_input_size(presets.resolve_preprocessing(arch), (SIZE, SIZE))
+    assert seen["preprocessing"] == expected
+    assert "SavedModel:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name,arch,default", NAMES)
+def test_evaluate_resolves_every_name(name, arch, default, recorded_builds, monkeypatch, capsys):
+    from lambda_keras import presets, training
+
+    seen = {}
+
+    def fake_evaluate(model, data_spec, **kwargs):
+        seen.update(kwargs, model=model, data_spec=data_spec)
+        return {"top1": 0.5}
+
+    monkeypatch.setattr(training, "evaluate", fake_evaluate)
+    assert cli.main(["evaluate", "--model", name, "--data", "digits",
+                     "--image-size", str(SIZE)]) == 0
+    assert recorded_builds == [(arch, {"weights": default, "input_shape": (SIZE, SIZE, 3)})]
+    assert seen["preprocessing"] == presets.replace_input_size(
+        presets.resolve_preprocessing(arch), SIZE)
+    assert _last_json(capsys) == {"top1": 0.5}
+
+
+@pytest.mark.parametrize("name,arch,default", NAMES)
+@pytest.mark.parametrize("flag", [None, "none", "my.weights.h5"])
+def test_train_resolves_every_name(name, arch, default, flag, monkeypatch, capsys):
+    from lambda_keras import training
+
+    seen = {}
+
+    class Result:
+        def summary(self):
+            return {"done": True}
+
+    def fake_train(model, data_spec, **kwargs):
+        seen.update(kwargs, model=model)
+        return Result()
+
+    monkeypatch.setattr(training, "train", fake_train)
+    argv = ["train", "--model", name, "--data", "digits", "--recipe", "scratch"]
+    assert cli.main(argv + ([] if flag is None else ["--weights", flag])) == 0
+    # training.train gets the registry key, which it accepts (tests/test_training.py).
+    assert seen["model"] == arch and seen["weights"] == _expected_weights(default, flag)
+    assert _last_json(capsys) == {"done": True}
+
+
+def test_python_api_uses_the_same_defaults():
+    from lambda_keras import models
+
+    for name, arch, default in NAMES:
+        resolved = models.resolve_model(name)
+        assert (resolved.arch, resolved.default_weights) == (arch, default)
+
+
+def test_cli_output_has_no_tensorflow_cpp_log_lines(tiny_model_path, tmp_path):
+    """A fresh process (TensorFlow not yet imported): no C++ log lines (I0000 ..., E0000 ...,
+    absl's "WARNING: All log messages before absl::InitializeLog()") on stderr."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_path)
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run(
+        [sys.executable, "-m", "lambda_keras.cli", "predict", str(image_path), "--model",
+         tiny_model_path], capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(result.stdout.splitlines()) == 6
+    cpp_line = re.compile(r"^([IWEF]\d{4} \d\d:\d\d:\d\d\.\d+|WARNING: All log messages before)",
+                          re.MULTILINE)
+    assert not cpp_line.search(result.stderr), result.stderr[-3000:]
+
+
+def test_verbose_keeps_tensorflow_logging(monkeypatch, tiny_model_path, tmp_path):
+    monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(image_path)
+    assert cli.main(["--verbose", "predict", str(image_path), "--model", tiny_model_path]) == 0
+    assert "TF_CPP_MIN_LOG_LEVEL" not in __import__("os").environ
+    assert cli.main(["predict", str(image_path), "--model", tiny_model_path]) == 0
+    assert __import__("os").environ["TF_CPP_MIN_LOG_LEVEL"] == cli.QUIET_LOG_LEVEL

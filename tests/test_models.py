@@ -194,13 +194,34 @@ FAMILY = {
 SLOW_DEPTHS = (270, 350, 420)
 
 
+def _parity_sizes():
+    """The smallest input size >= 32 for each parity combination of the c2, c3 and c4 maps (the
+    inputs of the three strided blocks; each stride-2 step maps n to ceil(n / 2))."""
+    found = {}
+    for size in range(32, 1024):
+        c2 = -(-size // 4)
+        c3 = -(-c2 // 2)
+        c4 = -(-c3 // 2)
+        found.setdefault((c2 % 2, c3 % 2, c4 % 2), size)
+    assert len(found) == 8
+    return sorted(found.values())
+
+
+PARITY_SIZES = _parity_sizes()
+
+
 @pytest.mark.parametrize("depth", [
     pytest.param(d, marks=pytest.mark.slow) if d in SLOW_DEPTHS else d for d in FAMILY])
 def test_family_builds_runs_and_places_lambdas(depth):
     blocks, c4_lambdas = FAMILY[depth]
     start = time.perf_counter()
-    model = getattr(lambda_keras, f"LambdaResNet{depth}")(input_shape=(SIZE, SIZE, 3))
+    model = getattr(lambda_keras, f"LambdaResNet{depth}")(input_shape=(None, None, 3))
     build_s = time.perf_counter() - start
+    # Every parity of the maps entering the three strided blocks builds (blocks.ResidualAdd
+    # refuses a broadcast residual during shape inference); tests/test_applications.py sweeps
+    # LambdaResNet-50 and -101 over every residue mod 32.
+    for height, width in zip(PARITY_SIZES, PARITY_SIZES[1:] + PARITY_SIZES[:1]):
+        assert model.compute_output_spec(keras.KerasTensor((1, height, width, 3))).shape == (1, 1000)
     start = time.perf_counter()
     probs = keras.ops.convert_to_numpy(model(images(), training=False))
     forward_s = time.perf_counter() - start
@@ -387,6 +408,26 @@ def test_layout(layout, expected):
     assert blocks_per_stage(model) == (3, 4, 6, 3)
 
 
+def lambda_block_indices(model):
+    """0-based lambda block indices per stage, read off the layer names."""
+    stages = [[], [], [], []]
+    for layer in lambda_layers(model):
+        stage, block = re.fullmatch(r"stage(\d)_block(\d+)_lambda", layer.name).groups()
+        stages[int(stage) - 1].append(int(block) - 1)
+    return tuple(tuple(sorted(s)) for s in stages)
+
+
+@pytest.mark.parametrize("layout,expected", [
+    (((), (), (5, 1), "all"), ((), (), (1, 5), (0, 1, 2))),
+    (((), [3], (0,), ()), ((), (3,), (0,), ())),  # a strided first block may be a lambda block
+    ((0, 0, (2, 4), "ALL"), ((), (), (2, 4), (0, 1, 2))),  # counts and indices mix
+])
+def test_layout_explicit_indices(layout, expected):
+    model = small_model(layout=layout, include_top=False)
+    assert lambda_block_indices(model) == expected
+    assert blocks_per_stage(model) == (3, 4, 6, 3)
+
+
 def test_default_layout_is_the_paper_placement(default_model):
     model = default_model
     assert lambda_blocks_per_stage(model) == (0, 0, 1, 3)
@@ -441,8 +482,39 @@ def test_se_ratio_override(se_ratio, reduced, default_model):
     # Block outputs are 4x the bottleneck width: stage 1 has 256 channels.
     assert model.get_layer("stage1_block1_se_reduce").filters == reduced
     assert model.get_layer("stage1_block1_se_expand").filters == 256
-    assert model.get_layer("stage4_block3_se_reduce").filters == int(2048 * (se_ratio or 0.25))
-    assert len([layer for layer in se if layer.name.endswith("_se_reduce")]) == 16
+    assert model.get_layer("stage3_block1_se_reduce").filters == int(1024 * (se_ratio or 0.25))
+    # 16 blocks, 4 of them lambda blocks without SE (se_in_lambda_blocks=False by default).
+    assert len([layer for layer in se if layer.name.endswith("_se_reduce")]) == 12
+
+
+def _se_blocks(model):
+    return {layer.name[: -len("_se_reduce")] for layer in model.layers
+            if layer.name.endswith("_se_reduce")}
+
+
+@pytest.mark.parametrize("se_in_lambda_blocks", [False, True])
+def test_se_in_lambda_blocks(se_in_lambda_blocks, default_model):
+    model = (default_model if not se_in_lambda_blocks
+             else small_model(se_in_lambda_blocks=True))
+    lambda_blocks = {layer.name[: -len("_lambda")] for layer in lambda_layers(model)}
+    all_blocks = {layer.name[: -len("_out")] for layer in model.layers
+                  if re.fullmatch(r"stage\d_block\d+_out", layer.name)}
+    assert len(lambda_blocks) == 4 and len(all_blocks) == 16
+    expected = all_blocks if se_in_lambda_blocks else all_blocks - lambda_blocks
+    assert _se_blocks(model) == expected
+
+
+def test_se_in_lambda_blocks_parameter_difference(default_model):
+    # Independent count: SE of a block with C = 4 * width output channels and ratio 0.25 has
+    # C*C/4 + C/4 (reduce, with bias) + C/4*C + C (expand) parameters; the lambda blocks of the
+    # default LambdaResNet-50 are c4 block 3 (C = 1024) and the three c5 blocks (C = 2048).
+    def se_params(c):
+        r = c // 4
+        return c * r + r + r * c + c
+
+    with_se = small_model(se_in_lambda_blocks=True)
+    assert (with_se.count_params() - default_model.count_params()
+            == se_params(1024) + 3 * se_params(2048))
 
 
 @pytest.mark.parametrize("drop_rate", [0.0, 0.4])
@@ -507,6 +579,11 @@ def _raises(argument, builder=lambda_keras.LambdaResNet50, received=None, **kwar
     (dict(layout=(1, 2, 3)), "layout", "(1, 2, 3)"),
     (dict(layout=(0, 0, 7, 3)), "layout", "(0, 0, 7, 3)"),  # c4 of ResNet-50 has 6 blocks
     (dict(layout=(0, 0, -1, 3)), "layout", "(0, 0, -1, 3)"),
+    (dict(layout=((), (), (6,), ())), "stage c4 has 6 blocks (0..5)", "(6,)"),
+    (dict(layout=((), (), (1, 1), ())), "repeated indices", "(1, 1)"),
+    (dict(layout=((), (), (True,), ())), "layout", "(True,)"),
+    (dict(layout=((), (), (), "some")), "layout", "'some'"),
+    (dict(layout=((), (), 2.5, ())), "layout", "2.5"),
     (dict(input_shape=(31, 64, 3)), "input_shape", "(31, 64, 3)"),
     (dict(input_shape=(64, 16, 3), include_top=False), "input_shape", "(64, 16, 3)"),
     (dict(input_shape=(64, 64)), "input_shape", "(64, 64)"),
@@ -523,6 +600,11 @@ def _raises(argument, builder=lambda_keras.LambdaResNet50, received=None, **kwar
 ])
 def test_bad_arguments_raise(kwargs, argument, received):
     _raises(argument, received=received, **kwargs)
+
+
+def test_non_bool_flag_is_a_type_error():
+    with pytest.raises(TypeError, match=r"`se_in_lambda_blocks` must be a bool.*'yes'"):
+        small_model(se_in_lambda_blocks="yes")
 
 
 def test_relative_position_accepts_a_static_size():
@@ -558,3 +640,36 @@ def test_imagenet_weights_for_a_depth_without_them(depth):
                       weights="imagenet", received="imagenet")
     for builder in ("LambdaResNet26T", "LambdaResNet50TS", "LambdaResNet26RPT256"):
         assert builder in message, message
+
+
+# ------------------------------------------------------------------------ package imports
+def _fresh_python(code):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+def test_package_import_is_light_and_public_names_load_on_use():
+    out = _fresh_python(
+        "import sys, lambda_keras\n"
+        "print(sorted(m for m in ('tensorflow', 'keras', 'lambda_keras.weights', "
+        "'lambda_keras.models') if m in sys.modules))\n"
+        "import lambda_keras.models\n"
+        "print('lambda_keras.weights' in sys.modules)\n"  # models needs no weights code
+        "from lambda_keras import (LambdaLayer, LambdaResNet50, export, data, training,\n"
+        "    convert_timm, preprocess_input, decode_predictions, resolve_preprocessing)\n"
+        "print(LambdaLayer.__name__, LambdaResNet50.__name__, convert_timm.__module__)\n")
+    assert out.splitlines() == ["[]", "False", "LambdaLayer LambdaResNet50 lambda_keras.weights"]
+
+
+def test_get_model_uses_the_names_default_weights():
+    # A paper name: no weights (a timm name would download "imagenet": test_weights.py).
+    model = lambda_keras.get_model("LambdaResNet50", **SMALL)
+    assert model.name == "lambda_resnet50" and model.output_shape == (None, CLASSES)
+    with pytest.raises(ValueError, match=r"Unknown model name.*LambdaResNet26T.*resnet9"):
+        lambda_keras.get_model("resnet9")

@@ -1,0 +1,197 @@
+"""Weight presets and model names, as data: what a name means and how its images are prepared.
+
+This module is pure data plus small lookups; it imports nothing heavy (no Keras, no TensorFlow),
+so the CLI, data pipelines and export code can read it cheaply.
+
+- `Preprocessing`: eval resize + center crop and normalisation of a model's inputs.
+- `PRESETS`: the published weights (source URL, sha256, preprocessing, classes, top-1, licence).
+  The paper (Bello, ICLR 2021) published no checkpoints; the only public ImageNet weights of
+  lambda networks are timm's, for three timm architectures that models.py reproduces exactly.
+- `resolve_model_name`: THE model-name resolver. A model is named by its registry key
+  (`lambda_resnet26t`), its builder (`LambdaResNet26T`) or a preset (`lambda_resnet26t.c1_in1k`);
+  every kind is accepted by the Python API and by every CLI subcommand, and every kind has one
+  default for `weights`: a preset name means its weights, a builder or registry key means the
+  builder's default (keras.applications: "imagenet" where weights exist, else None).
+- `resolve_preprocessing` / `replace_input_size`: the Preprocessing of any model name.
+
+NOTE: the Hugging Face files' sha256 digests are not recorded here (this project was built without
+access to the hub), so `sha256=None` for every preset: the download is then verified by parsing the
+safetensors file and by the strict load (every tensor name and shape must match), not by a digest.
+"""
+
+import dataclasses
+
+from lambda_keras import architectures
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocessing:
+    """How images are prepared for a model: eval resize + center crop, then normalisation.
+
+    Models take float32 RGB images normalised as ((pixels / 255) - mean) / std.
+    Evaluation: resize the shorter side to input_size / crop_pct with `interpolation`, then
+    center-crop input_size (timm's eval transform, `lambda_keras.data.eval_transform`).
+    """
+
+    input_size: tuple = (224, 224)  # (height, width) the model is evaluated at
+    crop_pct: float = 0.875  # fraction of the resized image kept by the center crop
+    interpolation: str = "bicubic"  # resize method ("bilinear" or "bicubic")
+    mean: tuple = IMAGENET_MEAN  # per-channel mean of pixels / 255
+    std: tuple = IMAGENET_STD  # per-channel std of pixels / 255
+
+
+DEFAULT_PREPROCESSING = Preprocessing()
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """One set of published weights."""
+
+    name: str  # timm's "architecture.tag"; also accepted as `weights=` and as a model name
+    arch: str  # architectures.ARCHITECTURES key
+    builder: str  # public lambda_keras builder
+    url: str  # the safetensors file
+    sha256: str  # hex digest of that file, None where unknown (see module NOTE)
+    preprocessing: Preprocessing  # timm's pretrained_cfg
+    num_classes: int
+    top1: float  # ImageNet-1k top-1 (%) reported by the source (timm's results tables)
+    top1_size: int  # image size of that top-1
+    license: str
+    source: str  # where the weights come from
+
+
+HF_URL = "https://huggingface.co/timm/{name}/resolve/main/model.safetensors"
+_TIMM_SOURCE = "timm (Ross Wightman), trained on ImageNet-1k; Hugging Face hub"
+
+
+def _timm_preset(name, crop_pct, top1):
+    arch = name.split(".")[0]
+    return Preset(
+        name=name, arch=arch, builder=architectures.ARCHITECTURES[arch].builder,
+        url=HF_URL.format(name=name), sha256=None, num_classes=1000, top1=top1, top1_size=256,
+        license="apache-2.0", source=_TIMM_SOURCE,
+        preprocessing=Preprocessing(input_size=(256, 256), crop_pct=crop_pct,
+                                    interpolation="bicubic"))
+
+
+# timm 1.0 pretrained_cfg of each (byoanet.py default_cfgs); top-1 from timm's results tables.
+PRESETS = {p.name: p for p in (
+    _timm_preset("lambda_resnet26t.c1_in1k", crop_pct=0.94, top1=79.1),
+    _timm_preset("lambda_resnet50ts.a1h_in1k", crop_pct=0.95, top1=81.2),
+    _timm_preset("lambda_resnet26rpt_256.c1_in1k", crop_pct=0.94, top1=79.0),
+)}
+# weights="imagenet" for an architecture -> its preset.
+IMAGENET_PRESETS = {p.arch: p.name for p in PRESETS.values()}
+
+
+# --------------------------------------------------------------------------- model names
+@dataclasses.dataclass(frozen=True)
+class ModelName:
+    """What a model name resolves to (`resolve_model_name`)."""
+
+    name: str  # as given
+    arch: str  # architectures.ARCHITECTURES key
+    builder: str  # public builder function name, e.g. "LambdaResNet26T"
+    preset: str = None  # the preset the name names, if it names one
+    default_weights: str = None  # `weights` when the caller gives none: a preset, "imagenet" or None
+
+
+def _key(name):
+    """Case-, underscore- and hyphen-blind form of a name."""
+    return name.lower().replace("_", "").replace("-", "")
+
+
+def model_names():
+    """Every accepted model name: registry keys, builder names and preset names, sorted."""
+    names = set(PRESETS)
+    for arch in architectures.ARCHITECTURES.values():
+        names.update((arch.name, arch.builder))
+    return sorted(names)
+
+
+def resolve_model_name(name):
+    """The architecture, builder and default weights a model name means.
+
+    Args:
+        name: a registry key ("lambda_resnet50"), a builder name ("LambdaResNet50") or a preset
+            name ("lambda_resnet26t.c1_in1k"); case, underscores and hyphens are ignored.
+
+    Returns:
+        A `ModelName`. `default_weights` is the preset for a preset name, "imagenet" for an
+        architecture with a preset, else None.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+        TypeError: `name` is not a string.
+
+    Example:
+    >>> resolve_model_name("LambdaResNet26T").default_weights
+    'imagenet'
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"A model name must be a string. Received: name={name!r}")
+    key = _key(name)
+    for preset in PRESETS.values():
+        if key == _key(preset.name):
+            return ModelName(name, preset.arch, preset.builder, preset.name, preset.name)
+    for arch in architectures.ARCHITECTURES.values():
+        if key in (_key(arch.name), _key(arch.builder)):
+            return ModelName(name, arch.name, arch.builder, None,
+                             "imagenet" if arch.name in IMAGENET_PRESETS else None)
+    raise ValueError(f"Unknown model name. Valid: {', '.join(model_names())}. "
+                     f"Received: name={name!r}")
+
+
+def preset_for(weights, arch_name):
+    """The Preset that `weights` ("imagenet" or a preset name) means for the model `arch_name`."""
+    arch = resolve_model_name(arch_name).arch
+    name = IMAGENET_PRESETS.get(arch) if weights == "imagenet" else weights
+    if name is None or name not in PRESETS or PRESETS[name].arch != arch:
+        with_weights = tuple(p.builder for p in PRESETS.values())
+        raise ValueError(
+            f"No pretrained weights {weights!r} for architecture {arch_name!r}. Builders with "
+            f"ImageNet weights: {with_weights}; the paper's LambdaResNet-50..420 have no "
+            f"published weights. Received: weights={weights!r}")
+    return PRESETS[name]
+
+
+# ------------------------------------------------------------------------ preprocessing
+def resolve_preprocessing(name):
+    """Preprocessing for a model name (see `resolve_model_name`) or a Preprocessing.
+
+    A preset name gets that preset's; an architecture with weights gets its ImageNet preset's; the
+    paper family (no weights) gets the ImageNet defaults (crop 0.875, bicubic, ImageNet mean/std)
+    at its image size; None gives DEFAULT_PREPROCESSING.
+
+    Example:
+    >>> resolve_preprocessing("LambdaResNet50TS").crop_pct
+    0.95
+    """
+    if name is None:
+        return DEFAULT_PREPROCESSING
+    if isinstance(name, Preprocessing):
+        return name
+    try:
+        resolved = resolve_model_name(name)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"No preprocessing is known for {name!r}; valid: a Preprocessing, None or a model "
+            f"name ({', '.join(model_names())}). Received: name={name!r}") from None
+    preset = resolved.preset or IMAGENET_PRESETS.get(resolved.arch)
+    if preset is not None:
+        return PRESETS[preset].preprocessing
+    size = architectures.ARCHITECTURES[resolved.arch].image_size
+    return dataclasses.replace(DEFAULT_PREPROCESSING, input_size=(size, size))
+
+
+def replace_input_size(preprocessing, input_size):
+    """`preprocessing` (a Preprocessing or model name) evaluated at another (height, width)."""
+    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
+    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0
+                             for s in size):
+        raise ValueError("`input_size` must be a positive int or (height, width). "
+                         f"Received: input_size={input_size!r}")
+    return dataclasses.replace(resolve_preprocessing(preprocessing), input_size=size)
