@@ -1,0 +1,408 @@
+"""LiteRT (TFLite) flatbuffers: conversion, checks of the written file, and the one runner.
+
+`tflite(model, path, quantization=...)` converts the model's inference call with the TFLite
+converter restricted to the built-in op set (no Select TF / Flex ops; the written file is checked
+op by op): None (float32), "float16" (float16 weights), "dynamic" (int8 weights, float
+activations) or "int8" (full integer quantization calibrated on `representative_data`, float32
+input and output tensors). For "int8":
+- the calibration data is checked *before* converting (not empty, finite, the model's input
+  shape and channels), since the converter silently writes a mostly-float model otherwise;
+- the result is checked to be full-integer: every operator between the input QUANTIZE and the
+  output DEQUANTIZE computes on integer tensors, and no calibrated range is unbounded.
+A refused conversion writes nothing; files are written atomically (`utils.atomic_write_bytes`),
+so a failure leaves a previous file intact.
+
+`LiteRTRunner` is the one place that runs a .tflite file (tests, benchmarks, demo, notebooks):
+float32 arrays in, float32 arrays out, any batch size, (de)quantizing integer input/output
+tensors when a file has them.
+"""
+
+import os
+import warnings
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from lambda_keras import utils
+
+QUANTIZATIONS = (None, "float16", "dynamic", "int8")
+# Operators that quantization="int8" keeps in float32 by default (see `tflite`): XNNPACK has no
+# int8 kernel for the activation x activation BATCH_MATMULs of the lambda layers nor for the
+# broadcast MULs of the squeeze-excitation gates, and LiteRT's own int8 kernels for them cost more
+# than the whole rest of the network (benchmarks/README.md, "int8 LiteRT").
+INT8_FLOAT_OPS = ("BATCH_MATMUL", "MUL")
+# Float operators an int8 model may hold besides `float_ops`: the (de)quantization around them and
+# SHAPE (its int32 output is the same whatever the input type).
+_FLOAT_INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE", "SHAPE")
+# int8 tensors with a larger scale (a range of +-1e12) come from infinite calibration ranges.
+MAX_QUANTIZATION_SCALE = 1e10
+_INTEGER_TYPES = ("INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL")
+
+
+# ------------------------------------------------------------------------------ calibration
+def _check_calibration_batch(batch, input_shape, where):
+    """One batch of calibration images as float32 [n, H, W, C], checked against the model."""
+    try:
+        batch = np.asarray(batch, dtype="float32")
+    except (TypeError, ValueError) as error:
+        raise TypeError(
+            "`representative_data` must hold numeric images (normalised model inputs). "
+            f"Received: {where} that is not numeric ({error})") from None
+    received = batch.shape
+    batch = batch[None] if batch.ndim == len(input_shape) - 1 else batch  # one image
+    expected = "[samples, " + ", ".join(str(s) if s else "?" for s in input_shape[1:]) + "]"
+    if batch.ndim != len(input_shape) or any(
+            s is not None and s != b for s, b in zip(input_shape[1:], batch.shape[1:])):
+        raise ValueError(
+            f"`representative_data` must be normalised model inputs {expected} (the model's "
+            f"input shape and channels). Received: {where} of shape {received}")
+    if not np.isfinite(batch).all():
+        bad = int(np.sum(~np.isfinite(batch)))
+        raise ValueError(
+            "`representative_data` must be finite: calibration ranges computed from NaN or "
+            f"infinity make the int8 model compute garbage. Received: {where} with {bad} "
+            "non-finite values")
+    return batch
+
+
+def calibration_samples(representative_data, input_shape):
+    """The checked calibration samples, a list of float32 [1, H, W, C] arrays.
+
+    Args:
+        representative_data: an array [samples, H, W, C] or a tf.data.Dataset of images or
+            (images, labels), batched or not.
+        input_shape: the model's input shape (batch first; None for dynamic dimensions).
+    Raises:
+        TypeError: not an array or a tf.data.Dataset.
+        ValueError: empty, non-finite, or not the model's input shape/channels.
+    """
+    if isinstance(representative_data, tf.data.Dataset):
+        batches = []
+        for i, element in enumerate(representative_data):
+            images = element[0] if isinstance(element, (tuple, list)) else element
+            if isinstance(images, dict):
+                raise TypeError(
+                    "`representative_data` must yield images or (images, labels), not dicts. "
+                    f"Received: element {i} with keys {sorted(images)}")
+            batches.append(_check_calibration_batch(images, input_shape, f"dataset element {i}"))
+    elif isinstance(representative_data, (np.ndarray, list, tuple)) or hasattr(
+            representative_data, "__array__"):
+        batches = [_check_calibration_batch(representative_data, input_shape, "an array")]
+    else:
+        raise TypeError(
+            "`representative_data` must be an array [samples, H, W, C] or a tf.data.Dataset. "
+            f"Received: representative_data of type {type(representative_data).__name__}")
+    samples = [sample[None] for batch in batches for sample in batch]
+    if not samples:
+        raise ValueError(
+            "`representative_data` must hold at least one image (a few hundred is typical) to "
+            "calibrate the int8 activation ranges. Received: no images")
+    return samples
+
+
+# ------------------------------------------------------------------------------- conversion
+def _check_float_ops(float_ops):
+    if not isinstance(float_ops, (list, tuple)) or not all(isinstance(op, str) for op in float_ops):
+        raise TypeError("`float_ops` must be a sequence of TFLite operator names such as "
+                        f"('BATCH_MATMUL',). Received: float_ops={float_ops!r}")
+    names = set(vars(_schema().BuiltinOperator))
+    unknown = [op for op in float_ops if op not in names]
+    if unknown:
+        raise ValueError(f"`float_ops` must name TFLite builtin operators. Received: unknown "
+                         f"{unknown} in float_ops={tuple(float_ops)!r}")
+    return tuple(float_ops)
+
+
+def _converter(model, quantization, samples, float_ops=()):
+    """A TFLiteConverter over the model's inference call, set up for one quantization mode."""
+    specs = [tf.TensorSpec(t.shape, t.dtype, name=t.name) for t in model.inputs]
+
+    @tf.function(input_signature=specs, autograph=False)
+    def serve(*inputs):
+        return model(inputs[0] if len(inputs) == 1 else list(inputs), training=False)
+
+    # NOTE: converting the concrete function directly skips the SavedModel round trip of
+    # `model.export(format="litert")` (about 15 s for a LambdaResNet-50) for the same graph. The
+    # converter freezes the variables it finds on `trackable`: it must hold the tf.Variables the
+    # function captures (as keras.export.ExportArchive does); given the Keras model itself, the
+    # variables stay mutable READ_VARIABLE ops and the converted model computes garbage.
+    concrete = serve.get_concrete_function()
+    trackable = tf.Module()
+    trackable.captured_variables = list(concrete.variables)
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if quantization is not None:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantization == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    elif quantization == "int8":
+        converter.representative_dataset = lambda: ([sample] for sample in samples)
+        if not float_ops:
+            # Integer kernels for every op (conversion fails otherwise); float32 input/output.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    return converter
+
+
+def _convert(model, quantization, samples, float_ops):
+    """The flatbuffer bytes; int8 with `float_ops` quantizes all other operators."""
+    converter = _converter(model, quantization, samples, float_ops)
+    if quantization != "int8" or not float_ops:
+        return converter.convert()
+    # NOTE: selective quantization through TFLite's public (experimental) QuantizationDebugger:
+    # calibrate once, then quantize every operator except the denylisted types, which get
+    # DEQUANTIZE/QUANTIZE around them. float32 input and output as in the full-integer mode.
+    options = tf.lite.experimental.QuantizationDebugOptions(
+        denylisted_ops=list(float_ops), fully_quantize=False)
+    with warnings.catch_warnings():  # it loads its debug model with the deprecated tf.lite one
+        warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=lambda: ([sample] for sample in samples),
+            debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def _schema():
+    from ai_edge_litert import schema_py_generated as schema
+
+    return schema
+
+
+def _op_name(schema, model, operator):
+    code = model.OperatorCodes(operator.OpcodeIndex())
+    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+    if builtin == schema.BuiltinOperator.CUSTOM:
+        return (code.CustomCode() or b"?").decode()
+    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
+    return names.get(builtin, str(builtin))
+
+
+def tflite_custom_ops(flatbuffer):
+    """Names of the non-builtin (custom, Flex/Select TF) operators in a .tflite flatbuffer."""
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    custom = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            custom.append((code.CustomCode() or b"?").decode())
+    return custom
+
+
+def float_operators(flatbuffer):
+    """The operators of an integer-quantized .tflite that compute on float tensors.
+
+    The QUANTIZE ops of the float32 input and the DEQUANTIZE ops of the float32 outputs are the
+    interface of a full-integer model and are not listed. Returns a list of (operator index,
+    op name, output tensor name).
+    """
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    found = []
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        interface = set(graph.InputsAsNumpy().tolist()) | set(graph.OutputsAsNumpy().tolist())
+        for o in range(graph.OperatorsLength()):
+            operator = graph.Operators(o)
+            name = _op_name(schema, model, operator)
+            tensors = [t for t in [*operator.InputsAsNumpy(), *operator.OutputsAsNumpy()] if t >= 0]
+            floats = [t for t in tensors
+                      if types.get(graph.Tensors(t).Type()) not in _INTEGER_TYPES]
+            if name in ("QUANTIZE", "DEQUANTIZE") and set(floats) <= interface:
+                continue
+            if floats:
+                outputs = operator.OutputsAsNumpy()
+                out_name = graph.Tensors(outputs[0]).Name().decode() if len(outputs) else "?"
+                found.append((o, name, out_name))
+    return found
+
+
+def _check_integer(flatbuffer, float_ops):
+    """Refuses an int8 model with float operators other than `float_ops` and their interface."""
+    allowed = set(float_ops) | (set(_FLOAT_INTERFACE_OPS) if float_ops else set())
+    floats = [item for item in float_operators(flatbuffer) if item[1] not in allowed]
+    if floats:
+        listed = ", ".join(f"{name} ({tensor!r})" for _, name, tensor in floats[:4])
+        kept = f" besides float_ops={tuple(float_ops)}" if float_ops else ""
+        raise ValueError(
+            f"The int8 conversion left {len(floats)} operators computing in float{kept}, e.g. "
+            f"{listed}: the file would not be an integer model (it was not written). Check "
+            "`representative_data` (normalised images like the model's inputs).")
+
+
+def _check_quantization_scales(flatbuffer):
+    """Refuses int8 models whose calibration produced unusable scales (e.g. from -inf values)."""
+    schema = _schema()
+    model = schema.Model.GetRootAsModel(flatbuffer, 0)
+    unbounded = []  # (name, largest scale)
+    for s in range(model.SubgraphsLength()):
+        graph = model.Subgraphs(s)
+        for t in range(graph.TensorsLength()):
+            tensor = graph.Tensors(t)
+            params = tensor.Quantization()
+            if params is None or not params.ScaleLength():
+                continue
+            scales = params.ScaleAsNumpy()
+            if not np.all(np.isfinite(scales) & (scales < MAX_QUANTIZATION_SCALE)):
+                unbounded.append((tensor.Name().decode(), float(np.max(scales))))
+    if unbounded:
+        # Activations first: constants (biases) only inherit the scale of their input.
+        unbounded.sort(key=lambda item: item[0].startswith("arith.constant"))
+        names = ", ".join(f"{name!r} (scale {scale:.3g})" for name, scale in unbounded[:3])
+        raise ValueError(
+            f"int8 calibration gave {len(unbounded)} tensors an unbounded range, e.g. {names}: "
+            "an infinite value in the graph (such as -inf padding before a max pool) makes the "
+            "quantized model compute garbage. Remove the infinite constant from the model.")
+
+
+def tflite(model, path, quantization=None, representative_data=None, float_ops=INT8_FLOAT_OPS):
+    """Converts `model` to a LiteRT (TFLite) flatbuffer at `path` with built-in ops only.
+
+    The file computes the model's call only: inputs are normalised images, as for Keras (the
+    served SavedModel signatures are what add decoding and preprocessing).
+
+    Args:
+        model: a Keras model (any outputs; the converted signature is the model's call).
+        path: destination `.tflite` file, written atomically.
+        quantization: None (float32), "float16", "dynamic" (int8 weights) or "int8" (full
+            integer quantization of weights and activations, float32 input/output tensors).
+        representative_data: for "int8" only: normalised model inputs for calibration, as an
+            array [samples, H, W, 3] or a tf.data.Dataset of images or (images, labels); checked
+            (not empty, finite, the model's input shape) before converting.
+        float_ops: for "int8" only: TFLite operator types kept in float32 (with DEQUANTIZE and
+            QUANTIZE around them), every other operator is integer. The default keeps the lambda
+            layers' activation x activation BATCH_MATMULs and the squeeze-excitation MULs in
+            float, which LiteRT's CPU kernels run faster than int8 (2x-20x, see
+            benchmarks/README.md). `()` gives a full-integer model (integer-only accelerators,
+            microcontrollers). The written file is checked: no other operator computes in float.
+
+    Returns:
+        `path`.
+
+    Example:
+
+    ```python
+    export.tflite(model, "model_int8.tflite", quantization="int8",
+                  representative_data=calibration_images)  # [n, H, W, 3], normalised
+    probabilities = export.LiteRTRunner("model_int8.tflite")(images)
+    ```
+    """
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
+    utils.check_choice("quantization", quantization, QUANTIZATIONS)
+    if quantization == "int8" and representative_data is None:
+        raise ValueError(
+            '`quantization="int8"` calibrates activation ranges and needs `representative_data` '
+            "(a few hundred normalised images). Received: representative_data=None")
+    if quantization != "int8" and representative_data is not None:
+        raise ValueError(
+            '`representative_data` is only used with quantization="int8". '
+            f"Received: quantization={quantization!r}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`path` must be a file path. Received: path={path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"`path` must be a file path, not a directory. Received: path={path!r}")
+    samples = None
+    if quantization == "int8":
+        if len(model.inputs) != 1:
+            raise ValueError("int8 calibration supports models with one input. Received: "
+                             f"{len(model.inputs)} inputs")
+        samples = calibration_samples(representative_data, tuple(model.inputs[0].shape))
+        float_ops = _check_float_ops(float_ops)
+    else:
+        float_ops = ()
+    flatbuffer = _convert(model, quantization, samples, float_ops)
+    custom = tflite_custom_ops(flatbuffer)
+    if custom:  # unreachable with the built-in op sets above; guards converter changes
+        raise RuntimeError(f"The converted model uses non-builtin (Flex/custom) ops {custom}.")
+    if quantization == "int8":
+        _check_quantization_scales(flatbuffer)
+        _check_integer(flatbuffer, float_ops)
+    utils.atomic_write_bytes(path, flatbuffer)
+    return path
+
+
+# ----------------------------------------------------------------------------------- runner
+class LiteRTRunner:
+    """Runs a LiteRT (.tflite) model: float32 arrays in, float32 arrays out.
+
+    The one interpreter loop of the package (tests, benchmarks, demo and notebooks use it). The
+    input tensor is resized to each batch's shape when it differs from the last one; integer
+    input/output tensors (a model converted with integer I/O) are (de)quantized with their
+    scale and zero point. XNNPACK is applied as LiteRT does by default.
+
+    Args:
+        model: a .tflite file path or the flatbuffer bytes.
+        num_threads: CPU threads of the interpreter (None: LiteRT's default).
+
+    Call arguments:
+        inputs: float32 array [batch, ...] (the model's only input).
+
+    Returns:
+        The model's first output as float32 [batch, ...].
+
+    Example:
+
+    ```python
+    runner = LiteRTRunner("model_int8.tflite", num_threads=2)
+    probabilities = runner(images)                  # one invoke for the whole batch
+    probabilities = runner.predict(images, batch_size=1)  # image by image
+    ```
+    """
+
+    def __init__(self, model, num_threads=None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        num_threads = utils.check_int("num_threads", num_threads, optional=True)
+        if isinstance(model, (bytes, bytearray)):
+            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+        elif isinstance(model, (str, os.PathLike)):
+            self.interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+        else:
+            raise TypeError("`model` must be a .tflite path or flatbuffer bytes. "
+                            f"Received: model of type {type(model).__name__}")
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1:
+            raise ValueError(f"LiteRTRunner runs models with one input. Received: {len(inputs)}")
+        self._input, self._output = inputs[0], outputs[0]
+        self._shape = None
+
+    @property
+    def ops(self):
+        """The set of operator names in the model (builtin names, e.g. "CONV_2D")."""
+        return {op["op_name"] for op in self.interpreter._get_ops_details()}
+
+    @property
+    def input_details(self):
+        return self._input
+
+    def __call__(self, inputs):
+        inputs = np.asarray(inputs, dtype="float32")
+        if inputs.shape != self._shape:
+            self.interpreter.resize_tensor_input(self._input["index"], list(inputs.shape))
+            self.interpreter.allocate_tensors()
+            self._shape = inputs.shape
+        if self._input["dtype"] != np.float32:  # integer input: quantise
+            scale, zero = self._input["quantization"]
+            info = np.iinfo(self._input["dtype"])
+            inputs = np.clip(np.round(inputs / scale + zero), info.min, info.max).astype(
+                self._input["dtype"])
+        self.interpreter.set_tensor(self._input["index"], inputs)
+        self.interpreter.invoke()
+        outputs = self.interpreter.get_tensor(self._output["index"])
+        if self._output["dtype"] != np.float32:
+            scale, zero = self._output["quantization"]
+            outputs = (outputs.astype("float32") - zero) * scale
+        return np.array(outputs, dtype="float32")  # a copy: the next invoke reuses the buffer
+
+    def predict(self, inputs, batch_size=None):
+        """Runs `inputs` [n, ...] in batches of `batch_size` (None: one batch); [n, ...]."""
+        inputs = np.asarray(inputs, dtype="float32")
+        batch_size = utils.check_int("batch_size", batch_size, optional=True)
+        if batch_size is None or len(inputs) <= batch_size:
+            return self(inputs)
+        return np.concatenate([self(inputs[i:i + batch_size])
+                               for i in range(0, len(inputs), batch_size)])

@@ -1,0 +1,403 @@
+"""TF Serving SavedModels: two signatures, labels, warmup records, atomic versions.
+
+`saved_model(model, export_dir)` writes a TF Serving *model base path*: `export_dir/<version>/`
+holding `saved_model.pb`, `variables/`, `assets/labels.txt` and
+`assets.extra/tf_serving_warmup_requests`. Two signatures, both returning
+
+    probabilities   float32 [batch, classes]
+    top_k_scores    float32 [batch, k]
+    top_k_indices   int32   [batch, k]
+    top_k_labels    string  [batch, k]   (from assets/labels.txt through a lookup table)
+
+- `serving_default`: `images` float32 [batch, height, width, 3], RGB pixels in 0..255, any size;
+  a model with a fixed input size gets the images resized to it in-graph, then
+  `data.normalize` ((pixels / 255) - mean) / std. NaN or infinite pixels fail the request.
+- `serving_bytes`: `image_bytes` string [batch] of JPEG or PNG files (what TF Serving's REST API
+  delivers for `{"b64": ...}`): checked, decoded, then `data.eval_transform` with the preset's
+  `Preprocessing` (shorter side to input_size / crop_pct, center crop, normalise: timm's eval).
+  The signature declares an unknown rank so that a tensor of any other rank reaches the graph
+  and is refused there with a clear message (TF Serving does not check fed shapes).
+
+The SavedModel is written with Keras' `ExportArchive` over the serving functions only: each
+variable is stored once, as the tf.Variable the functions capture (see `_build_archive`), so the
+`variables/` directory is the size of the weights. Serving needs neither lambda_keras nor Keras.
+It is written to a hidden staging directory next to the target and renamed into place only when
+complete (TF Serving ignores non-integer directory names), so a failed export leaves no version
+directory behind; staging directories of exports that were killed are removed by the next export.
+
+NOTE: JPEGs are decoded with `dct_method="INTEGER_ACCURATE"` (libjpeg's ISLOW, what PIL uses);
+resizing is `tf.image.resize(antialias=True)`, close to but not bit-identical with PIL's.
+"""
+
+import contextlib
+import os
+import re
+import shutil
+import socket
+import tempfile
+
+import numpy as np
+import keras
+import tensorflow as tf
+
+from lambda_keras import data
+from lambda_keras import utils
+from lambda_keras import weights
+from lambda_keras.export import images as image_ops
+
+SIGNATURE_IMAGES = "serving_default"
+SIGNATURE_BYTES = "serving_bytes"
+LABELS_FILE = "labels.txt"
+WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+_VERSION_NAME = re.compile(r"^\d+$")
+# Staging and retired version directories: .tmp-<version>-<host>-<pid>-<random> (and .old-...).
+_STAGING_NAME = re.compile(r"^\.(?:tmp|old)-\d+-(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+$")
+
+
+# ---------------------------------------------------------------------------- model inspection
+def _check_classifier(model):
+    """(static input size (H, W) or None, number of classes, whether the output is logits)."""
+    if not isinstance(model, keras.Model):
+        raise TypeError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
+    if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4 or model.inputs[0].shape[-1] != 3:
+        raise ValueError(
+            "`model` must take one batch of RGB images [batch, height, width, 3]. Received: "
+            f"input shapes {[tuple(t.shape) for t in model.inputs]}")
+    if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
+        raise ValueError(
+            "`model` must be a classifier with one output [batch, classes] (include_top=True). "
+            f"Received: output shapes {[tuple(t.shape) for t in model.outputs]}")
+    height, width = model.inputs[0].shape[1:3]
+    size = None if height is None or width is None else (int(height), int(width))
+    return size, int(model.outputs[0].shape[-1]), _outputs_logits(model)
+
+
+def _outputs_logits(model):
+    """False when the last layer applies softmax, True when it is linear (logits)."""
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return False
+    name = getattr(getattr(last, "activation", None), "__name__", None)
+    if name in ("softmax", "linear"):
+        return name == "linear"
+    raise ValueError(
+        "The served `probabilities` need a model whose last layer applies softmax or no "
+        "activation (logits, softmax is then applied in-graph). Received: last layer "
+        f"{last.name!r} with activation={name!r}")
+
+
+def _resolve_preprocessing(preprocessing, model_size):
+    """The Preprocessing for the served signatures; its input_size must match a static model."""
+    if preprocessing is None:
+        preprocessing = weights.DEFAULT_PREPROCESSING
+        if model_size is not None:
+            preprocessing = weights.replace_input_size(preprocessing, model_size)
+    if not isinstance(preprocessing, weights.Preprocessing):
+        raise TypeError(
+            "`preprocessing` must be a lambda_keras.weights.Preprocessing. Received: "
+            f"preprocessing={preprocessing!r}")
+    size = tuple(int(s) for s in preprocessing.input_size)
+    if model_size is not None and size != model_size:
+        raise ValueError(
+            f"`preprocessing.input_size` must match the model's input size {model_size}. "
+            f"Received: preprocessing.input_size={preprocessing.input_size!r}")
+    if not 0.0 < preprocessing.crop_pct <= 1.0:
+        raise ValueError(
+            "`preprocessing.crop_pct` must be in (0, 1]. "
+            f"Received: crop_pct={preprocessing.crop_pct!r}")
+    if preprocessing.interpolation not in data.RESIZE_METHODS:
+        raise ValueError(
+            f"`preprocessing.interpolation` must be one of {data.RESIZE_METHODS}. "
+            f"Received: interpolation={preprocessing.interpolation!r}")
+    return preprocessing
+
+
+def _resolve_labels(labels, num_classes):
+    """Class names, one per class; a path reads one name per line."""
+    if labels is None:
+        return [str(i) for i in range(num_classes)]
+    if isinstance(labels, (str, os.PathLike)):
+        with open(labels, encoding="utf-8") as f:
+            labels = f.read().splitlines()
+    labels = list(labels)
+    if len(labels) != num_classes or not all(isinstance(name, str) for name in labels):
+        raise ValueError(
+            f"`labels` must be {num_classes} strings, one per class. "
+            f"Received: {len(labels)} labels starting {labels[:3]!r}")
+    if any("\n" in name or "\r" in name for name in labels):
+        raise ValueError("`labels` must not contain line breaks (labels.txt has one per line).")
+    return labels
+
+
+# ------------------------------------------------------------------------------- SavedModel
+class _Server:
+    """The two serving functions over one model; everything here is traced into the SavedModel."""
+
+    def __init__(self, model, preprocessing, labels_path, top_k, model_size, logits):
+        self.model = model
+        self.preprocessing = preprocessing
+        self.top_k = top_k
+        self.model_size = model_size
+        self.logits = logits
+        initializer = tf.lookup.TextFileInitializer(
+            labels_path, tf.int64, tf.lookup.TextFileIndex.LINE_NUMBER,
+            tf.string, tf.lookup.TextFileIndex.WHOLE_LINE)
+        self.labels = tf.lookup.StaticHashTable(initializer, default_value="")
+
+    def _classify(self, pixels):
+        """Float32 RGB pixels 0..255 at the model size [b, H, W, 3] -> the output dict."""
+        return self._classify_normalized(data.normalize(pixels, self.preprocessing))
+
+    def _classify_normalized(self, images):
+        """Normalised images at the model size [b, H, W, 3] -> the output dict."""
+        outputs = self.model(images, training=False)  # [b, classes]
+        outputs = tf.cast(outputs, tf.float32)
+        probabilities = tf.nn.softmax(outputs, axis=-1) if self.logits else outputs
+        scores, indices = tf.math.top_k(probabilities, k=self.top_k)  # [b, k], [b, k]
+        return {
+            "probabilities": probabilities,
+            "top_k_scores": scores,
+            "top_k_indices": indices,
+            "top_k_labels": self.labels.lookup(tf.cast(indices, tf.int64)),  # [b, k]
+        }
+
+    def serve_images(self, images):
+        with tf.control_dependencies([image_ops.check_finite(images, "images")]):
+            images = tf.identity(images)  # [b, h, w, 3]
+        if self.model_size is not None:
+            size = tf.constant(self.model_size, tf.int32)
+            same = tf.reduce_all(tf.equal(tf.shape(images)[1:3], size))
+            images = tf.cond(
+                same, lambda: tf.identity(images),
+                lambda: image_ops.resize_to_model(images, size, self.preprocessing.interpolation))
+            images = tf.ensure_shape(images, (None, *self.model_size, 3))  # [b, H, W, 3]
+        return self._classify(images)
+
+    def serve_bytes(self, image_bytes):
+        with tf.control_dependencies([
+                image_ops.check_rank(image_bytes, 1, "image_bytes", "[batch]")]):
+            image_bytes = tf.reshape(image_bytes, [-1])  # [b]
+        size = tuple(self.preprocessing.input_size)
+        images = tf.map_fn(
+            lambda item: data.eval_transform(image_ops.decode(item, self.preprocessing),
+                                             self.preprocessing),
+            image_bytes, fn_output_signature=tf.TensorSpec((*size, 3), tf.float32))  # [b, H, W, 3]
+        return self._classify_normalized(images)
+
+
+def _build_archive(server):
+    """The ExportArchive of the two serving functions.
+
+    NOTE: the model is deliberately not `track()`ed. Keras' ExportArchive stores what `track()`
+    registers (the keras.Variable wrappers, under `variables/`) *and* the tf.Variables the
+    endpoints capture (under `_all_variables/`); being different Python objects over the same
+    buffers, TensorFlow's checkpoint cannot deduplicate them and every weight was written (and
+    restored by TF Serving) twice (keras-team/keras#23553). The captured variables alone are what
+    the signatures need. The labels table is not a variable: it is tracked explicitly.
+    """
+    archive = keras.export.ExportArchive()
+    archive.track(server.labels)  # the lookup table and, through it, assets/labels.txt
+    archive.add_endpoint(
+        SIGNATURE_IMAGES, server.serve_images,
+        input_signature=[tf.TensorSpec((None, None, None, 3), tf.float32, name="images")])
+    archive.add_endpoint(
+        SIGNATURE_BYTES, server.serve_bytes,
+        input_signature=[tf.TensorSpec(None, tf.string, name="image_bytes")])
+    return archive
+
+
+def _serving_apis():
+    try:
+        from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+    except ImportError as error:
+        raise ImportError(
+            "Writing TF Serving warmup requests needs the `tensorflow-serving-api` package: "
+            "`pip install 'lambda-keras[serving]'`, or pass `warmup=False`.") from error
+    return predict_pb2, prediction_log_pb2
+
+
+def _sample_image(height, width):
+    """A deterministic, smooth RGB test image, uint8 [height, width, 3] (warmup and docs)."""
+    rows, cols = np.meshgrid(np.linspace(0.0, 1.0, height), np.linspace(0.0, 1.0, width),
+                             indexing="ij")
+    channels = [rows, cols, 0.5 + 0.5 * np.sin(6.0 * (rows + cols))]
+    return np.round(255.0 * np.stack(channels, axis=-1)).astype("uint8")
+
+
+def warmup_requests(image_size, model_name="model"):
+    """Serialized PredictionLog records exercising both signatures: a float batch, a JPEG, and a
+    JPEG + PNG batch. TF Serving replays them against the version it is loading."""
+    predict_pb2, prediction_log_pb2 = _serving_apis()
+    image = _sample_image(*image_size)
+    jpeg = tf.io.encode_jpeg(image, quality=90).numpy()
+    png = tf.io.encode_png(_sample_image(image_size[0] + 17, image_size[1] + 5)).numpy()
+    inputs = [
+        (SIGNATURE_IMAGES, "images", image[None].astype("float32")),
+        (SIGNATURE_BYTES, "image_bytes", np.array([jpeg], dtype=object)),
+        (SIGNATURE_BYTES, "image_bytes", np.array([jpeg, png], dtype=object)),
+    ]
+    records = []
+    for signature, key, value in inputs:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+        log = prediction_log_pb2.PredictionLog(
+            predict_log=prediction_log_pb2.PredictLog(request=request))
+        records.append(log.SerializeToString())
+    return records
+
+
+# ---------------------------------------------------------------------- versions and staging
+def _check_export_dir(export_dir):
+    if not isinstance(export_dir, (str, os.PathLike)):
+        raise TypeError(
+            "`export_dir` must be a path (the TF Serving model base path). "
+            f"Received: export_dir={export_dir!r}")
+    export_dir = os.fspath(export_dir)
+    if os.path.exists(export_dir) and not os.path.isdir(export_dir):
+        raise ValueError(
+            "`export_dir` must be a directory (the TF Serving model base path, which holds one "
+            f"directory per version). Received: export_dir={export_dir!r}, an existing file")
+    return export_dir
+
+
+def _version_directory(export_dir, version, overwrite):
+    """The target export_dir/<version>, checked; `version` None picks the next integer."""
+    if version is None:
+        existing = os.listdir(export_dir) if os.path.isdir(export_dir) else []
+        numbers = [int(name) for name in existing
+                   if _VERSION_NAME.match(name) and os.path.isdir(os.path.join(export_dir, name))]
+        version = max(numbers, default=0) + 1
+    version = utils.check_int("version", version, low=0)
+    target = os.path.join(export_dir, str(version))
+    if os.path.isdir(target) and os.listdir(target) and not overwrite:
+        raise FileExistsError(
+            f"The version directory {target!r} exists and is not empty; pass overwrite=True to "
+            "replace it or choose another `version`.")
+    if os.path.exists(target) and not os.path.isdir(target):
+        raise FileExistsError(f"{target!r} exists and is not a directory.")
+    return target
+
+
+def _process_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_staging(export_dir):
+    """Removes the hidden staging directories that killed exports left in `export_dir`.
+
+    A staging directory names its host and process; it is stale when that process no longer
+    runs on this host (one on another host sharing the directory is left alone). Returns the
+    removed names.
+    """
+    if not os.path.isdir(export_dir):
+        return []
+    host, removed = socket.gethostname(), []
+    for name in sorted(os.listdir(export_dir)):
+        match = _STAGING_NAME.match(name)
+        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
+            continue
+        shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _hidden_directory(kind, target):
+    """An empty hidden directory next to `target`: .<kind>-<version>-<host>-<pid>-<random>."""
+    prefix = f".{kind}-{os.path.basename(target)}-{socket.gethostname()}-{os.getpid()}-"
+    return tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(target))
+
+
+@contextlib.contextmanager
+def _staging_directory(target):
+    """Yields a hidden temporary directory next to `target`, renamed onto it on success."""
+    parent = os.path.dirname(target)
+    created_parent = not os.path.isdir(parent)
+    os.makedirs(parent, exist_ok=True)
+    staging = _hidden_directory("tmp", target)
+    try:
+        yield staging
+        _move_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        if created_parent and not os.listdir(parent):
+            os.rmdir(parent)
+        raise
+
+
+def _move_into_place(staging, target):
+    if not os.path.isdir(target) or not os.listdir(target):
+        os.replace(staging, target)  # an empty directory is replaced atomically
+        return
+    retired = _hidden_directory("old", target)
+    os.rmdir(retired)
+    os.replace(target, retired)
+    try:
+        os.replace(staging, target)
+    except BaseException:
+        os.replace(retired, target)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def saved_model(model, export_dir, version=None, preprocessing=None, labels=None, top_k=5,
+                warmup=True, overwrite=False):
+    """Writes `model` as a TF Serving servable `export_dir/<version>/`; returns that path.
+
+    Args:
+        model: a Keras classifier taking normalised RGB images [batch, H, W, 3] (static or dynamic
+            H, W) and returning softmax probabilities or logits [batch, classes].
+        export_dir: the TF Serving model base path, a directory (created if missing).
+        version: integer version directory; defaults to one more than the largest present (or 1).
+        preprocessing: `lambda_keras.weights.Preprocessing` of the weights (input size, crop,
+            interpolation, mean/std); defaults to ImageNet statistics at the model's input size.
+        labels: class names (a sequence or a text file with one per line); defaults to "0", "1", ...
+        top_k: number of top classes returned (at most the number of classes).
+        warmup: write `assets.extra/tf_serving_warmup_requests` (needs tensorflow-serving-api).
+        overwrite: replace a non-empty existing version directory.
+
+    Returns:
+        The version directory written, `export_dir/<version>`.
+
+    Example:
+
+    ```python
+    model = lambda_keras.LambdaResNet26T(weights=None, input_shape=(64, 64, 3), classes=10)
+    export.saved_model(model, "models/lambda_resnet", labels=[str(i) for i in range(10)])
+    # -> "models/lambda_resnet/1"; serve with TF Serving, or check with
+    # `saved_model_cli show --dir models/lambda_resnet/1 --all`
+    ```
+    """
+    model_size, num_classes, logits = _check_classifier(model)
+    preprocessing = _resolve_preprocessing(preprocessing, model_size)
+    labels = _resolve_labels(labels, num_classes)
+    top_k = min(utils.check_int("top_k", top_k), num_classes)
+    warmup = utils.check_bool("warmup", warmup)
+    overwrite = utils.check_bool("overwrite", overwrite)
+    if warmup:
+        _serving_apis()  # fail before writing anything
+    export_dir = _check_export_dir(export_dir)
+    target = _version_directory(export_dir, version, overwrite)
+    remove_stale_staging(export_dir)
+
+    with _staging_directory(target) as staging, tempfile.TemporaryDirectory() as scratch:
+        labels_path = os.path.join(scratch, LABELS_FILE)
+        with open(labels_path, "w", encoding="utf-8") as f:
+            f.write("\n".join(labels) + "\n")
+        server = _Server(model, preprocessing, labels_path, top_k, model_size, logits)
+        _build_archive(server).write_out(staging, verbose=False)
+        if warmup:
+            os.makedirs(os.path.join(staging, "assets.extra"))
+            records = warmup_requests(tuple(preprocessing.input_size),
+                                      os.path.basename(os.path.normpath(export_dir)))
+            with tf.io.TFRecordWriter(os.path.join(staging, WARMUP_FILE)) as writer:
+                for record in records:
+                    writer.write(record)
+    return target
