@@ -10,10 +10,12 @@ this way every configuration of a comparison sees the same load.
 
 Peak memory, two methods (benchmarks/README.md discusses them):
 - "allocator": TensorFlow's CPU allocator statistics, `tf.config.experimental.get_memory_info`.
-  With oneDNN on (TF's default on x86) the CPU allocator is a pooling BFC allocator that keeps
-  statistics; the peak of bytes in use during the timed calls minus the bytes in use before them
-  is the call's working memory (activations, temporaries, gradients), exact to the byte and
-  independent of what other configurations left in the pool.
+  TensorFlow keeps them only with a BFC allocator, which it uses by default only where oneDNN is
+  on (by default only on CPUs with AVX-512/VNNI/AMX); the workers therefore set
+  TF_CPU_ALLOCATOR_USE_BFC=true, so the ruler is the same with oneDNN on and off. The peak of
+  bytes in use during the timed calls minus the bytes in use before them is the call's working
+  memory (activations, temporaries, gradients), exact to the byte and independent of what other
+  configurations left in the pool.
 - "rss": growth of the process' peak resident set size (VmHWM in /proc/self/status) over the RSS
   just before the configuration's first call, in a process that runs only that configuration.
   Used for PyTorch (no CPU allocator statistics) and reported beside "allocator" for TensorFlow,
@@ -46,16 +48,15 @@ PACKAGES = ("tensorflow", "keras", "torch", "timm", "ai-edge-litert", "numpy")
 
 
 # ------------------------------------------------------------------------------- machine
-def _cpuinfo():
-    fields = {}
+def _cpu_model():
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                fields.setdefault(key.strip(), value.strip())
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return fields
+    return platform.processor() or platform.machine()
 
 
 def _meminfo_gib(key="MemTotal"):
@@ -91,14 +92,36 @@ def _gpus():
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
-def machine_description(threads):
-    """CPU, cores, memory, GPUs, package versions and load: the context of every number."""
-    cpu = _cpuinfo()
-    flags = set(cpu.get("flags", "").split())
+def tensorflow_runtime(env):
+    """`lambda_keras.runtime.describe()` as a worker started with `env` sees it: whether oneDNN is
+    active (TensorFlow says, not the environment variable) and whether the CPU allocator keeps
+    statistics (the "allocator" memory ruler). Runs in a subprocess: this process has no TF."""
+    probe = ("import json, tensorflow as tf\n"
+             "from lambda_keras import runtime\n"
+             "info = runtime.describe()\n"
+             "try:\n"
+             "    tf.config.experimental.reset_memory_stats('CPU:0')\n"
+             "    info['allocator_statistics'] = True\n"
+             "except (ValueError, RuntimeError):\n"
+             "    info['allocator_statistics'] = False\n"
+             "print(json.dumps(info))\n")
+    try:
+        out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, timeout=300,
+                             capture_output=True, text=True, check=True).stdout
+        return json.loads(out.strip().splitlines()[-1])
+    except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
+def machine_description(threads, onednn=None):
+    """CPU (model, SIMD flags), cores, memory, GPUs, package versions, TensorFlow's oneDNN state
+    and allocator in the benchmark workers: the context of every number."""
+    from lambda_keras import runtime  # not at module level: a worker loads PyTorch before TF
+
+    env = worker_env(threads, onednn)
     return {
-        "cpu_model": cpu.get("model name") or platform.processor() or platform.machine(),
-        "cpu_flags": sorted(flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile",
-                                     "amx_bf16", "fma"}),
+        "cpu_model": _cpu_model(),
+        "cpu_flags": runtime.cpu_flags(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "threads_used": threads,
@@ -108,7 +131,8 @@ def machine_description(threads):
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": _package_versions(),
-        "tf_onednn_opts": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "default (on)"),
+        "tf_cpu_allocator_use_bfc": env.get("TF_CPU_ALLOCATOR_USE_BFC"),
+        "tensorflow_runtime": tensorflow_runtime(env),
     }
 
 
@@ -194,7 +218,7 @@ def measure_interleaved(fns, warmup=1, min_repeats=3, max_repeats=10, budget_s=5
         if rounds >= min_repeats and time.perf_counter() - start > budget_s * len(fns):
             break
     return {name: {**summarize(times[name], cpu_times[name]), "peak_bytes": peaks[name],
-                   "memory_method": "allocator" if name in tf_memory else None}
+                   "memory_method": "allocator" if peaks[name] is not None else None}
             for name in fns}
 
 
@@ -272,16 +296,27 @@ def setup_torch(threads):
 
 
 # --------------------------------------------------------------------------- processes
-def worker_env(threads):
+def worker_env(threads, onednn=None):
+    """Environment of a benchmark worker.
+
+    `onednn`: None keeps TensorFlow's default (or the user's TF_ENABLE_ONEDNN_OPTS); "0"/"1"
+    sets it.
+    TF_CPU_ALLOCATOR_USE_BFC=true gives TensorFlow's CPU allocator statistics (the "allocator"
+    memory ruler) whether oneDNN is on or off; without it they exist only with oneDNN on (where
+    TF's oneDNN allocator is also a BFC allocator).
+    """
     env = dict(os.environ)
     env.update({
         "PYTHONPATH": os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p]),
         "TF_CPP_MIN_LOG_LEVEL": "3",
+        "TF_CPU_ALLOCATOR_USE_BFC": "true",
         "KERAS_BACKEND": "tensorflow",
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "BENCH_THREADS": str(threads),
     })
+    if onednn is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = str(onednn)
     return env
 
 
@@ -311,7 +346,7 @@ def _watch(process, timeout_s, memory_budget_bytes):
     return None
 
 
-def _run_process(jobs, threads, timeout_s, memory_budget_bytes, log):
+def _run_process(jobs, threads, timeout_s, memory_budget_bytes, log, onednn=None):
     """Runs `jobs` in order in one worker process; returns one result per job."""
     with tempfile.TemporaryDirectory(prefix="lk-bench-") as scratch:
         jobs_path = os.path.join(scratch, "jobs.json")
@@ -322,7 +357,8 @@ def _run_process(jobs, threads, timeout_s, memory_budget_bytes, log):
         with open(log_path, "w", encoding="utf-8") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.worker", jobs_path, results_path],
-                cwd=REPO_ROOT, env=worker_env(threads), stdout=log_file, stderr=subprocess.STDOUT)
+                cwd=REPO_ROOT, env=worker_env(threads, onednn), stdout=log_file,
+                stderr=subprocess.STDOUT)
             try:
                 reason = _watch(process, timeout_s, memory_budget_bytes)
             except BaseException:  # Ctrl-C or an error here: never leave the worker running
@@ -369,12 +405,14 @@ def _describe(result):
     return _describe_stats(result["id"], result)
 
 
-def run_groups(groups, threads, timeout_s, memory_budget_bytes, isolate, log=print):
+def run_groups(groups, threads, timeout_s, memory_budget_bytes, isolate, log=print,
+               onednn=None):
     """Runs job groups; a group's jobs run in order (typically increasing size).
 
     Jobs with a "skip_reason" (planned as too large) are recorded as skipped without running.
     isolate=True runs each job in its own process (clean RSS numbers); a job that is skipped for
     memory or time then skips the rest of its group. isolate=False runs each group in one process.
+    `onednn`: TF_ENABLE_ONEDNN_OPTS of the workers (see `worker_env`).
     """
     results = []
     for group in groups:
@@ -383,9 +421,10 @@ def run_groups(groups, threads, timeout_s, memory_budget_bytes, isolate, log=pri
         for result in planned:
             log(_describe(result))
         if not isolate and runnable:
-            results.extend(_run_process(runnable, threads, timeout_s, memory_budget_bytes, log))
+            results.extend(_run_process(runnable, threads, timeout_s, memory_budget_bytes, log,
+                                        onednn))
         for i, job in enumerate(runnable if isolate else []):
-            (result,) = _run_process([job], threads, timeout_s, memory_budget_bytes, log)
+            (result,) = _run_process([job], threads, timeout_s, memory_budget_bytes, log, onednn)
             results.append(result)
             if result["status"] == "skipped":
                 for later in runnable[i + 1:]:

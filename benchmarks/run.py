@@ -1,4 +1,5 @@
-"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,model,export,peer] [--out DIR]`.
+"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,model,export,peer] [--out DIR]
+[--onednn default|0|1]`.
 
 Runs the selected suites (layer, peer, model, export; all by default) in worker processes, then
 writes to DIR (default benchmarks/results, or a temporary directory with --quick):
@@ -41,6 +42,10 @@ def parse_args(argv):
                         help="threads for TensorFlow, PyTorch and LiteRT (default: usable cores)")
     parser.add_argument("--memory-budget-gb", type=float, default=DEFAULT_BUDGET_GB,
                         help="skip (and kill) configurations above this RSS (default: %(default)s)")
+    parser.add_argument("--onednn", choices=("default", "0", "1"), default="default",
+                        help="TF_ENABLE_ONEDNN_OPTS for the workers: TensorFlow's default for this "
+                             "CPU (or your environment's), off (0) or on (1); the summary records "
+                             "what TensorFlow actually ran with")
     parser.add_argument("--timeout-s", type=float, default=None,
                         help="limit per worker process (default: per suite, 900-3000 s)")
     args = parser.parse_args(argv)
@@ -53,6 +58,7 @@ def parse_args(argv):
         args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     if args.threads <= 0:
         parser.error(f"`--threads` must be positive. Received: --threads={args.threads}")
+    args.onednn = None if args.onednn == "default" else args.onednn
     if args.out is None:
         args.out = (os.path.join(tempfile.gettempdir(), "lambda_keras_bench_quick") if args.quick
                     else DEFAULT_OUT)
@@ -71,7 +77,7 @@ def run_suite(name, args, log):
         groups = [[job for group in groups for job in group]]
     results = common.run_groups(
         groups, args.threads, args.timeout_s or TIMEOUT_S[name], budget,
-        isolate=name in ISOLATED and not args.quick, log=log)
+        isolate=name in ISOLATED and not args.quick, log=log, onednn=args.onednn)
     if hasattr(module, "expand"):  # per-process jobs -> one record per configuration
         results = module.expand(results)
     return {"suite": name, "quick": args.quick, "settings": settings,
@@ -86,11 +92,12 @@ def main(argv=None):
         print(message, flush=True)
 
     started = time.perf_counter()
-    machine = common.machine_description(args.threads)
+    machine = common.machine_description(args.threads, args.onednn)
     machine["load_average_at_start"] = common.load_average()
     log(f"lambda_keras benchmarks -> {args.out}\n  {machine['cpu_model']}, "
         f"{machine['usable_cores']} usable cores, {args.threads} threads, GPUs: "
-        f"{machine['gpus'] or 'none'}, load {machine['load_average_at_start']}")
+        f"{machine['gpus'] or 'none'}, load {machine['load_average_at_start']}\n"
+        f"  CPU flags {machine['cpu_flags']}; {report.describe_onednn(machine)}")
     suites = {}
     for name in args.suites:
         suites[name] = run_suite(name, args, log)
@@ -100,6 +107,7 @@ def main(argv=None):
                                duration_s=time.perf_counter() - started,
                                options={"threads": args.threads,
                                         "memory_budget_gb": args.memory_budget_gb,
+                                        "onednn": args.onednn or "default",
                                         "suites": args.suites})
     summary["plots"] = plots.make_all(suites, args.out)
     common.write_json(os.path.join(args.out, "summary.json"), summary)

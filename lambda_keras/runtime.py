@@ -1,0 +1,70 @@
+"""What this process computes with: CPU features, TensorFlow's oneDNN state, and the CLI's default.
+
+TensorFlow (2.18 and later, x86) turns its oneDNN kernels on by default only on CPUs with AVX-512,
+VNNI or AMX; elsewhere they are off unless `TF_ENABLE_ONEDNN_OPTS=1` is set before TensorFlow is
+imported. The state decides speed (convolutions, matmuls) and whether the CPU allocator keeps
+statistics, so benchmarks and the formulation choice of the lambda layer ask TensorFlow rather
+than reading the environment variable:
+
+- `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on.
+- `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
+- `describe()`: both, with the environment variable as the user set it, for result records.
+- `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
+  `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
+
+NOTE: why the command line turns oneDNN on where TensorFlow leaves it off. Measured on a 2-core
+AMD EPYC without AVX-512 (TF 2.21, the demo's LambdaResNet-26T, batch 64 at 64 px, one
+`train_on_batch`, medians of 5): 2.90 s with TensorFlow's default (oneDNN off) and 1.22 s with
+`TF_ENABLE_ONEDNN_OPTS=1`; keras' ResNet50 6.23 s vs 2.14 s. `make demo` took 752 s with the
+default there (over its 10-minute target). The outputs of both settings agree to float32 round-off
+(tests/test_runtime.py checks LambdaResNet-26T's logits in two processes). The library itself
+(`import lambda_keras`) never changes the setting: a program that imports it decides for itself.
+
+This module imports nothing heavy at import time.
+"""
+
+import os
+
+ENV = "TF_ENABLE_ONEDNN_OPTS"
+# CPU flags (from /proc/cpuinfo) worth recording beside a measurement: TensorFlow's oneDNN default
+# follows the AVX-512 / VNNI / AMX ones.
+RECORDED_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+ONEDNN_DEFAULT_FLAGS = ("avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_flags():
+    """The `RECORDED_FLAGS` this CPU has (empty where /proc/cpuinfo is missing), sorted."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return sorted(set(line.split(":", 1)[1].split()) & set(RECORDED_FLAGS))
+    except OSError:
+        pass
+    return []
+
+
+def onednn_active():
+    """Whether TensorFlow's oneDNN kernels are on in this process (imports TensorFlow)."""
+    from tensorflow.python.util import _pywrap_util_port
+
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def describe():
+    """{"cpu_flags", "onednn_active", "tf_enable_onednn_opts"}: the context of a measurement.
+
+    `tf_enable_onednn_opts` is the environment variable as set (None: TensorFlow's default, which
+    is on only with one of `ONEDNN_DEFAULT_FLAGS`); `onednn_active` is what TensorFlow reports.
+    """
+    return {"cpu_flags": cpu_flags(), "onednn_active": onednn_active(),
+            "tf_enable_onednn_opts": os.environ.get(ENV)}
+
+
+def prefer_onednn(environ=None):
+    """Sets `TF_ENABLE_ONEDNN_OPTS=1` unless already set; call before TensorFlow is imported.
+
+    Returns the value in effect. Has no effect on a TensorFlow already imported.
+    """
+    environ = os.environ if environ is None else environ
+    return environ.setdefault(ENV, "1")

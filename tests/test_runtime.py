@@ -1,0 +1,95 @@
+"""Tests for lambda_keras/runtime.py: CPU flags, TensorFlow's oneDNN state, the CLI's default.
+
+Independent expectations: TensorFlow's own answer (`IsMklEnabled`) in processes started with
+TF_ENABLE_ONEDNN_OPTS=0 and =1, and the logits of one LambdaResNet-26T computed with oneDNN off
+and on from the same weights, which must agree to float32 round-off (the command line turns
+oneDNN on where TensorFlow leaves it off; that must not change what the model computes).
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from lambda_keras import runtime
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Builds LambdaResNet-26T, loads or saves its weights, prints its logits on fixed images and what
+# TensorFlow reports about oneDNN; argv: weights path, "save" | "load", output .npy path.
+LOGITS_SCRIPT = """
+import json, sys
+import numpy as np
+import keras
+from lambda_keras import models, runtime
+
+weights, mode, out = sys.argv[1:]
+keras.utils.set_random_seed(0)
+model = models.LambdaResNet26T(weights=None, input_shape=(64, 64, 3), classes=10)
+if mode == "save":
+    model.save_weights(weights)
+else:
+    model.load_weights(weights)
+images = np.random.default_rng(1).standard_normal((4, 64, 64, 3)).astype("float32")
+np.save(out, keras.ops.convert_to_numpy(model(images, training=False)))
+print(json.dumps(runtime.describe()))
+"""
+
+
+def _python(code, *args, onednn=None, timeout=600):
+    env = {k: v for k, v in os.environ.items() if k != runtime.ENV}
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT, KERAS_BACKEND="tensorflow")
+    if onednn is not None:
+        env[runtime.ENV] = onednn
+    result = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout.strip().splitlines()
+
+
+def test_cpu_flags_are_read_from_the_cpu():
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = set(next(line for line in f if line.startswith("flags")).split(":", 1)[1].split())
+    assert runtime.cpu_flags() == sorted(flags & set(runtime.RECORDED_FLAGS))
+
+
+def test_prefer_onednn_sets_the_default_and_never_overrides_the_user():
+    environ = {}
+    assert runtime.prefer_onednn(environ) == "1" and environ == {runtime.ENV: "1"}
+    environ = {runtime.ENV: "0"}
+    assert runtime.prefer_onednn(environ) == "0" and environ == {runtime.ENV: "0"}
+
+
+def test_cli_turns_onednn_on_before_tensorflow_is_imported_unless_the_user_chose():
+    code = ("import os, sys\n"
+            "from lambda_keras import cli\n"
+            "assert 'tensorflow' not in sys.modules, 'lambda_keras.cli imported TensorFlow'\n"
+            "try:\n"
+            "    cli.main(['--help'])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "from lambda_keras import runtime\n"
+            "print(os.environ.get(runtime.ENV), runtime.onednn_active())\n")
+    assert _python(code)[-1] == "1 True"
+    assert _python(code, onednn="0")[-1] == "0 False"
+
+
+@pytest.mark.slow
+def test_onednn_on_and_off_give_the_same_logits(tmp_path):
+    """What TensorFlow reports follows the variable, and the model's outputs agree to float32
+    round-off either way (different kernels, different summation orders)."""
+    weights = str(tmp_path / "model.weights.h5")
+    logits, states = {}, {}
+    for onednn, mode in (("0", "save"), ("1", "load")):
+        out = str(tmp_path / f"logits{onednn}.npy")
+        states[onednn] = json.loads(_python(LOGITS_SCRIPT, weights, mode, out, onednn=onednn)[-1])
+        logits[onednn] = np.load(out)
+    assert states["0"]["onednn_active"] is False and states["1"]["onednn_active"] is True
+    assert states["1"]["tf_enable_onednn_opts"] == "1"
+    scale = np.abs(logits["0"]).max()
+    assert scale > 0 and np.all(np.isfinite(logits["0"]))
+    assert np.abs(logits["1"] - logits["0"]).max() <= 1e-4 * scale
+    assert (logits["1"].argmax(-1) == logits["0"].argmax(-1)).all()
