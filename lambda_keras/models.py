@@ -37,6 +37,7 @@ from lambda_keras.presets import resolve_model_name as resolve_model
 MIN_INPUT_SIZE = 32  # the network downsamples by 32
 POOLINGS = (None, "avg", "max")
 SHORTCUTS = ("avg", "conv")
+CLASSIFIER = "predictions"  # name of the classifier layer: weights, training and export find it so
 # Keras walks functional graphs recursively; LambdaResNet-420 is ~2000 layers deep.
 RECURSION_LIMIT = 20000
 
@@ -177,7 +178,7 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
             x = keras.layers.Dropout(arch.drop_rate, name="head_dropout")(x)
         # The classifier runs in float32 under mixed precision (stable softmax / logits).
         outputs = keras.layers.Dense(classes, activation=classifier_activation, dtype="float32",
-                                     name="predictions")(x)  # [b, classes]
+                                     name=CLASSIFIER)(x)  # [b, classes]
     elif pooling == "avg":
         outputs = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)  # [b, 2048]
     elif pooling == "max":

@@ -65,7 +65,7 @@ from lambda_keras.presets import (  # noqa: F401 - re-exported: the public names
 PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 SAFETENSORS_SUFFIX = ".safetensors"
 KERAS_WEIGHTS_SUFFIX = ".weights.h5"
-CLASSIFIER = "predictions"  # name of the classifier layer in models.py
+CLASSIFIER = models.CLASSIFIER  # name of the classifier layer
 MAX_LISTED = 12  # names listed per category in a strict-loading error
 
 

@@ -56,18 +56,14 @@ def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
 
 
 def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
-    from ai_edge_litert.interpreter import Interpreter
+    from lambda_keras.export import LiteRTRunner
 
     out = tmp_path / "export"
     assert cli.main(["export", "--model", tiny_model_path, "--format", "tflite",
                      "--output", str(out)]) == 0
     assert "TFLite:" in capsys.readouterr().out
-    interpreter = Interpreter(model_path=str(out / "model_float32.tflite"))
-    interpreter.allocate_tensors()
     x = np.random.default_rng(1).normal(size=(1, SIZE, SIZE, 3)).astype("float32")
-    interpreter.set_tensor(interpreter.get_input_details()[0]["index"], x)
-    interpreter.invoke()
-    got = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    got = LiteRTRunner(out / "model_float32.tflite")(x)
     expected = keras.saving.load_model(tiny_model_path).predict(x, verbose=0)
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
@@ -224,10 +220,14 @@ def test_train_resolves_every_name(name, arch, default, flag, monkeypatch, capsy
 
 def test_python_api_uses_the_same_defaults():
     from lambda_keras import models
+    from lambda_keras.training import model_setup
 
     for name, arch, default in NAMES:
         resolved = models.resolve_model(name)
         assert (resolved.arch, resolved.default_weights) == (arch, default)
+        # training.train / evaluate resolve model names through the same resolver.
+        assert model_setup.zoo_builder(name) == (arch, models.BUILDERS[arch])
+    assert model_setup.zoo_builder("resnet50") == (None, None)
 
 
 def test_cli_output_has_no_tensorflow_cpp_log_lines(tiny_model_path, tmp_path):
