@@ -56,25 +56,9 @@ def _held_out(data_spec, image_size, preprocessing):
 
 
 def _tflite_predict(path, images):
-    from ai_edge_litert.interpreter import Interpreter
+    from lambda_keras.export import LiteRTRunner
 
-    interpreter = Interpreter(model_path=path)
-    interpreter.allocate_tensors()
-    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
-    results = []
-    for image in images:
-        x = image[None]
-        if inp["dtype"] != np.float32:  # int8 model: quantise the input
-            scale, zero = inp["quantization"]
-            x = np.clip(np.round(x / scale + zero), -128, 127).astype(inp["dtype"])
-        interpreter.set_tensor(inp["index"], x)
-        interpreter.invoke()
-        y = interpreter.get_tensor(out["index"]).astype("float32")
-        if out["dtype"] != np.float32:
-            scale, zero = out["quantization"]
-            y = (y - zero) * scale
-        results.append(y[0])
-    return np.stack(results)  # [N, classes]
+    return LiteRTRunner(path).predict(images, batch_size=1)  # [N, classes], image by image
 
 
 def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size=64,

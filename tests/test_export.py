@@ -210,10 +210,11 @@ for record in tf.data.TFRecordDataset(spec["warmup"]):
                              "batch": int(outputs["probabilities"].shape[0]),
                              "finite": bool(np.isfinite(outputs["probabilities"]).all())})
 
+nan = np.full((1, 64, 64, 3), np.nan, "float32")
+inf = np.where(inputs["images"][:1] > 100, np.inf, 0).astype("float32")
 for name, run_bad in {
-        "nan_pixels": lambda: run("serving_default", images=np.full((1, 64, 64, 3), np.nan, "float32")),
-        "inf_pixels": lambda: run("serving_default",
-                                  images=np.where(inputs["images"][:1] > 100, np.inf, 0).astype("float32")),
+        "nan_pixels": lambda: run("serving_default", images=nan),
+        "inf_pixels": lambda: run("serving_default", images=inf),
         "bytes_2d": lambda: run("serving_bytes", image_bytes=jpegs[:1].reshape(1, 1)),
         "bytes_scalar": lambda: run("serving_bytes", image_bytes=jpegs[0]),
 }.items():
@@ -711,9 +712,9 @@ def test_saved_model_cli_show_lists_both_signatures(cli_export):
     shown = _saved_model_cli("show", "--dir", path, "--all", cwd=work)
     assert shown.returncode == 0, shown.stderr[-2000:]
     text = shown.stdout
-    for signature, key, dtype, shape in [("serving_default", "images", "DT_FLOAT", "(-1, -1, -1, 3)"),
-                                         ("serving_bytes", "image_bytes", "DT_STRING",
-                                          "unknown_rank")]:
+    for signature, key, dtype, shape in [
+            ("serving_default", "images", "DT_FLOAT", "(-1, -1, -1, 3)"),
+            ("serving_bytes", "image_bytes", "DT_STRING", "unknown_rank")]:
         block = text.split(f"signature_def['{signature}']:")[1].split("signature_def[")[0]
         assert re.search(rf"inputs\['{key}'\] tensor_info:\s+dtype: {dtype}\s+shape: "
                          rf"{re.escape(shape)}", block), block

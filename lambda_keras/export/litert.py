@@ -364,7 +364,8 @@ class LiteRTRunner:
         else:
             raise TypeError("`model` must be a .tflite path or flatbuffer bytes. "
                             f"Received: model of type {type(model).__name__}")
-        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        inputs = self.interpreter.get_input_details()
+        outputs = self.interpreter.get_output_details()
         if len(inputs) != 1:
             raise ValueError(f"LiteRTRunner runs models with one input. Received: {len(inputs)}")
         self._input, self._output = inputs[0], outputs[0]
