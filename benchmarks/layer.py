@@ -3,8 +3,9 @@
 Every layer maps a [batch, s, s, d] feature map to [batch, s, s, d] (d = 256, the c4 width of a
 ResNet-50 bottleneck, in the full run):
 - LambdaLayer with the paper's defaults (|k| = 16, |h| = 4, |u| = 1, so |v| = 64) and position
-  lambdas "conv" (r = 23; implementation "auto", "einsum", "conv"; "auto" also under XLA),
-  "relative", "global", and None (content only);
+  lambdas "conv" (r = 23; implementation "auto", "row_windows", "conv"; "auto" also under XLA),
+  "relative", "global", and None (content only); every formulation on every backend and
+  compiler is in the formulation suite (benchmarks/formulations.py);
 - `keras.layers.MultiHeadAttention` over the flattened s*s positions, 8 heads of depth d / 8
   (global self-attention as in the paper's footnote);
 - `keras.layers.Conv2D(d, 3, padding="same")`.
@@ -34,7 +35,8 @@ FLOAT_BYTES = 4
 VARIANTS = {
     "lambda_conv": ("lambda", dict(position="conv"), False),
     "lambda_conv_xla": ("lambda", dict(position="conv"), True),
-    "lambda_conv_einsum": ("lambda", dict(position="conv", implementation="einsum"), False),
+    "lambda_conv_row_windows": ("lambda", dict(position="conv", implementation="row_windows"),
+                                False),
     "lambda_conv_conv": ("lambda", dict(position="conv", implementation="conv"), False),
     "lambda_relative": ("lambda", dict(position="relative"), False),
     "lambda_global": ("lambda", dict(position="global"), False),
@@ -153,13 +155,16 @@ def step_functions(model, jit_compile):
     return forward, forward_backward
 
 
-def lambda_formulations(model, size):
-    """The position-term formulation the layer picks for inference and for training (layers.py)."""
+def lambda_formulations(model, steps, x):
+    """The position-term formulation the layer traced for inference and for training."""
     layer = model.get_layer("lambda")
     if layer.position is None:
         return None
-    return {phase: layer._formulation(size, size, training)  # noqa: SLF001 (own package)
-            for phase, training in (("fwd", False), ("train", True))}
+    picks = {}
+    for phase, fn in zip(("fwd", "train"), steps):
+        fn.get_concrete_function(x)  # traces (under XLA too) without running
+        picks[phase] = layer._last_formulation  # noqa: SLF001 (own package)
+    return picks
 
 
 def _timm_steps(size, width, batch, threads):
@@ -185,7 +190,8 @@ def run_job(job, threads, isolated):
         measured[variant] = {"params": int(model.count_params()),
                              "jit_compile": VARIANTS[variant][2]}
         if VARIANTS[variant][0] == "lambda":
-            measured[variant]["formulation"] = lambda_formulations(model, size)
+            measured[variant]["formulation"] = lambda_formulations(
+                model, (forward, forward_backward), x)
     if job.get("peer"):
         fwd_fns["timm_lambda"], train_fns["timm_lambda"] = _timm_steps(size, width, batch, threads)
         measured["timm_lambda"] = {"framework": "torch"}

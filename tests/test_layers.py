@@ -1,10 +1,12 @@
 """Tests for lambda_keras.layers.LambdaLayer.
 
-The expectation for the forward pass is a NumPy reference written here from the paper's equations
-(PAPER.md section 1.1-1.5), independent of the layer's helpers: the position embeddings E[n, m]
-are built by explicit loops over query and context positions. The other tests check properties
-(shift equivariance, XLA == eager, non-zero gradients, finite mixed precision), round trips
-(config, `.keras`), shapes, and every error message.
+The expectation for the forward pass is the NumPy reference of the paper's equations in
+tests/reference.py (PAPER.md section 1.1-1.5), independent of the layer's helpers: the position
+embeddings E[n, m] are built by explicit loops over query and context positions. Each
+formulation of the position term, forced through `implementation`, is checked against the same
+reference in tests/test_formulations.py; tests/test_backends.py repeats both on JAX and PyTorch.
+The other tests check properties (shift equivariance, XLA == eager, non-zero gradients, finite
+mixed precision), round trips (config, `.keras`), shapes, and every error message.
 """
 
 import re
@@ -25,142 +27,36 @@ from helpers import (
     max_abs_diff,
 )
 from lambda_keras.layers import LambdaLayer
+from reference import (
+    BATCH,
+    CHANNELS,
+    COLS,
+    ROWS,
+    as_float64,
+    make_layer,
+    random_input,
+    randomize_statistics,
+    reference_lambda_layer,
+)
 
-BATCH, ROWS, COLS, CHANNELS = 2, 6, 7, 6  # odd width: exercises the pools' padding
-# Small layer: d = 8 != 6 input channels, |k| = 4, |h| = 2, |v| = 4.
-SMALL = dict(output_dim=8, key_dim=4, num_heads=2)
-
-
-def make_layer(**kwargs):
-    # E ~ N(0, 0.2^2) instead of the paper's N(0, 1) keeps outputs small (max |y| 4-35 here).
-    # Float32 round-off grows with the output, so assert_close(atol=1e-5) allows
-    # 1e-5 * max(1, max |y|); the measured absolute errors are below 1e-5 (printed with -s).
-    kwargs = {**SMALL, "position_initializer": keras.initializers.RandomNormal(stddev=0.2),
-              **kwargs}
-    return LambdaLayer(**kwargs)
-
-
-def random_input(shape=(BATCH, ROWS, COLS, CHANNELS), scale=1.0, seed=0):
-    return (scale * np.random.default_rng(seed).standard_normal(shape)).astype("float32")
-
-
-def randomize_statistics(layer, seed=1, norms=("query_norm", "value_norm")):
-    """Non-trivial BN gamma/beta/moving statistics and position bias, so that they are tested."""
-    rng = np.random.default_rng(seed)
-    for name in norms:
-        norm = getattr(layer, name)
-        size = norm.gamma.shape
-        norm.gamma.assign(rng.uniform(0.5, 1.5, size))
-        norm.beta.assign(rng.normal(0.0, 0.5, size))
-        norm.moving_mean.assign(rng.normal(0.0, 0.5, size))
-        norm.moving_variance.assign(rng.uniform(0.5, 2.0, size))
-    if layer.position is not None and layer.position_bias:
-        layer.position_bias_weight.assign(rng.normal(0.0, 0.5, layer.position_bias_weight.shape))
-
-
-# ------------------------------------------------------------------ NumPy reference (paper)
-def as_float64(tensor):
-    return np.asarray(keras.ops.convert_to_numpy(tensor), "float64")
-
-
-def reference_embeddings(position, table, rows, cols):
-    """E[n, m, u, k] of the paper, by explicit loops over query n and context m positions.
-
-    "conv": local r x r scope, E[n, m] = w[(m - n) + (r // 2, r // 2)] and zero outside the scope
-    (the lambda convolution with "same" zero padding; convolutions are cross-correlations).
-    "relative": E[n, m] = R[(m - n) + (H - 1, W - 1)] over a (2H - 1) x (2W - 1) table.
-    "global": the table is E itself.
-    """
-    table = as_float64(table)
-    if position == "global":
-        return table
-    centre = (table.shape[0] // 2, table.shape[1] // 2) if position == "conv" else (rows - 1,
-                                                                                    cols - 1)
-    n = rows * cols
-    embeddings = np.zeros((n, n) + table.shape[2:])
-    for qi in range(rows):
-        for qj in range(cols):
-            for ci in range(rows):
-                for cj in range(cols):
-                    di, dj = ci - qi + centre[0], cj - qj + centre[1]
-                    if 0 <= di < table.shape[0] and 0 <= dj < table.shape[1]:
-                        embeddings[qi * cols + qj, ci * cols + cj] = table[di, dj]
-    return embeddings
-
-
-def reference_batch_norm(x, norm, training):
-    """x: [b, n, c]. Inference: moving statistics; training: biased batch moments."""
-    if training:
-        mean, var = x.mean(axis=(0, 1)), x.var(axis=(0, 1))
-    else:
-        mean, var = as_float64(norm.moving_mean), as_float64(norm.moving_variance)
-    gamma, beta = as_float64(norm.gamma), as_float64(norm.beta)
-    return (x - mean) / np.sqrt(var + norm.epsilon) * gamma + beta
-
-
-def reference_average_pool(y, pool_size):
-    """Stride-2 average pool, [b, H, W, d]. 3x3: "same" padding as TF pads (ceil(H/2) outputs,
-    the smaller half of the padding first), averaging the valid pixels only; 2x2: "valid"."""
-    def windows(size):
-        if pool_size == 3:
-            out = -(-size // 2)
-            start = -(max((out - 1) * 2 + pool_size - size, 0) // 2)
-        else:
-            out, start = size // 2, 0
-        return [range(max(start + 2 * i, 0), min(start + 2 * i + pool_size, size))
-                for i in range(out)]
-
-    rows, cols = windows(y.shape[1]), windows(y.shape[2])
-    pooled = np.zeros((y.shape[0], len(rows), len(cols), y.shape[3]))
-    for i, rs in enumerate(rows):
-        for j, cs in enumerate(cols):
-            pooled[:, i, j] = y[:, list(rs)][:, :, list(cs)].mean(axis=(1, 2))
-    return pooled
-
-
-def reference_lambda_layer(layer, x, training=False):
-    """y_n = (lambda^c + lambda^p_n)^T q_n per head (PAPER.md 1.1-1.5), float64, from the
-    layer's weights. Weight column layouts: W_Q (h, k), W_K (k, u), W_V (v, u); the heads'
-    outputs are concatenated (h, v)."""
-    x = np.asarray(x, "float64")
-    b, rows, cols, c = x.shape
-    n = rows * cols
-    k, h, u, v = layer.key_dim, layer.num_heads, layer.intra_depth, layer.value_dim
-    w_q, w_k, w_v = (as_float64(w) for w in
-                     (layer.query_kernel, layer.key_kernel, layer.value_kernel))
-    inputs = x.reshape(b, n, c)  # X: [b, n, d]
-    queries = reference_batch_norm(inputs @ w_q, layer.query_norm, training).reshape(b, n, h, k)
-    keys = (inputs @ w_k).reshape(b, n, k, u)
-    keys = np.exp(keys - keys.max(axis=1, keepdims=True))
-    keys = keys / keys.sum(axis=1, keepdims=True)  # softmax over the context positions m
-    values = reference_batch_norm(inputs @ w_v, layer.value_norm, training).reshape(b, n, v, u)
-
-    lambdas = np.einsum("bmku,bmvu->bkv", keys, values)[:, None]  # content lambda [b, 1, k, v]
-    if layer.position is not None:
-        embeddings = reference_embeddings(layer.position, layer.position_embeddings, rows, cols)
-        position_lambdas = np.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
-        if layer.position_bias:
-            position_lambdas += as_float64(layer.position_bias_weight)[:, None]
-        lambdas = lambdas + position_lambdas
-    lambdas = np.broadcast_to(lambdas, (b, n, k, v))
-    out = np.einsum("bnhk,bnkv->bnhv", queries, lambdas).reshape(b, rows, cols, h * v)
-    return reference_average_pool(out, layer.pool_size) if layer.strides == 2 else out
-
-
-# id: (layer arguments, training). Every mode, |u| 1 and 4, strides 1/2 x pools 3/2, bias, both
-# implementations of "conv" (also with the paper's 23 x 23 scope, larger than the map).
+# id: (layer arguments, training). Every mode, |u| 1 and 4, strides 1/2 x pools 3/2, bias, and
+# formulations of "conv" (also with the paper's 23 x 23 scope, larger than the map);
+# tests/test_formulations.py forces every formulation in every mode.
 REFERENCE_CASES = {
-    "conv-einsum": (dict(position="conv", implementation="einsum", receptive_field=5), False),
+    "conv-lambdas_first": (dict(position="conv", implementation="lambdas_first",
+                                receptive_field=5), False),
     "conv-conv": (dict(position="conv", implementation="conv", receptive_field=5), False),
-    "conv-einsum-r23": (dict(position="conv", implementation="einsum"), False),
+    "conv-row_windows-r23": (dict(position="conv", implementation="row_windows"), False),
     "conv-conv-r23": (dict(position="conv", implementation="conv"), False),
     "conv-auto-bias": (dict(position="conv", receptive_field=3, position_bias=True), False),
-    "conv-einsum-u4-s2p3-bias": (dict(position="conv", implementation="einsum", intra_depth=4,
-                                      receptive_field=7, strides=2, position_bias=True), False),
+    "conv-row_windows-u4-s2p3-bias": (dict(position="conv", implementation="row_windows",
+                                           intra_depth=4, receptive_field=7, strides=2,
+                                           position_bias=True), False),
     "conv-conv-u4-s2p3-bias": (dict(position="conv", implementation="conv", intra_depth=4,
                                     receptive_field=7, strides=2, position_bias=True), False),
-    "conv-einsum-u4-s2p2": (dict(position="conv", implementation="einsum", intra_depth=4,
-                                 receptive_field=3, strides=2, pool_size=2), False),
+    "conv-lambdas_first-u4-s2p2": (dict(position="conv", implementation="lambdas_first",
+                                        intra_depth=4, receptive_field=3, strides=2,
+                                        pool_size=2), False),
     "conv-conv-u4-s2p2": (dict(position="conv", implementation="conv", intra_depth=4,
                                receptive_field=3, strides=2, pool_size=2), False),
     "conv-conv-training": (dict(position="conv", implementation="conv", receptive_field=5), True),
@@ -203,7 +99,9 @@ def test_reference_detects_a_wrong_offset():
 
 # -------------------------------------------------------------------- XLA, gradients
 XLA_CASES = {
-    "conv-einsum": (dict(position="conv", implementation="einsum", receptive_field=5), True),
+    "conv-row_windows": (dict(position="conv", implementation="row_windows", receptive_field=5),
+                         True),
+    "conv-auto": (dict(position="conv", receptive_field=5), False),
     "conv-conv-u4-s2p3": (dict(position="conv", implementation="conv", intra_depth=4,
                                receptive_field=3, strides=2, position_bias=True), True),
     "relative-s2p2": (dict(position="relative", strides=2, pool_size=2), False),
@@ -225,8 +123,10 @@ def test_xla_matches_eager(case):
 
 
 GRADIENT_CASES = {
-    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=3,
-                        position_bias=True),
+    "conv-lambdas_first": dict(position="conv", implementation="lambdas_first",
+                               receptive_field=3, position_bias=True),
+    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=3,
+                             position_bias=True),
     "conv-conv-u4": dict(position="conv", implementation="conv", intra_depth=4,
                          receptive_field=3, position_bias=True),
     "relative-s2": dict(position="relative", strides=2, position_bias=True),
@@ -263,7 +163,8 @@ def _shift_equivariance_error(layer, shift, margin, size=12):
     return max_abs_diff(moved, out[:, rows, cols])
 
 
-@pytest.mark.parametrize("implementation", ["einsum", "conv"])
+@pytest.mark.parametrize("implementation", ["queries_first", "lambdas_first", "row_windows",
+                                            "conv"])
 def test_conv_mode_is_shift_equivariant(implementation):
     layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
     layer.build((1, 12, 12, CHANNELS))
@@ -293,7 +194,7 @@ def test_global_mode_is_not_shift_equivariant():
 
 # ---------------------------------------------------------------------- mixed precision
 MIXED_CASES = {
-    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=5),
+    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=5),
     "conv-conv-u4-s2": dict(position="conv", implementation="conv", intra_depth=4,
                             receptive_field=3, strides=2, position_bias=True),
     "relative": dict(position="relative", position_bias=True),
@@ -369,6 +270,8 @@ CONFIG_CASES = {
         key_initializer=keras.initializers.RandomNormal(stddev=0.3),
         norm_momentum=0.99, norm_epsilon=1e-3),
     "global-s2": dict(position="global", strides=2),
+    "conv-row_windows": dict(position="conv", receptive_field=5, implementation="row_windows"),
+    "relative-queries_first": dict(position="relative", implementation="queries_first"),
     "none": dict(position=None, output_dim=None, num_heads=3),
 }
 
@@ -425,7 +328,7 @@ def test_inside_sequential_trains_and_round_trips(tmp_path):
 
 # ------------------------------------------------------------------------------- shapes
 SHAPE_MODES = {
-    "conv-einsum": dict(position="conv", implementation="einsum", receptive_field=3),
+    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=3),
     "conv-conv": dict(position="conv", implementation="conv", receptive_field=3),
     "relative": dict(position="relative"),
     "global": dict(position="global"),
@@ -491,8 +394,14 @@ CONSTRUCTOR_ERRORS = {
     "pool_size": (dict(pool_size=4), "`pool_size` must be 3 (paper) or 2 (timm). "
                                      "Received: pool_size=4"),
     "implementation": (dict(implementation="fft"),
-                       "`implementation` must be one of ('auto', 'einsum', 'conv'). "
-                       "Received: implementation='fft'"),
+                       "`implementation` must be one of ('auto', 'queries_first', "
+                       "'lambdas_first', 'row_windows', 'conv'). Received: implementation='fft'"),
+    "implementation-local-only": (
+        dict(position="relative", implementation="row_windows"),
+        '`implementation="row_windows"` computes the local lambda convolution and needs '
+        "`position=\"conv\"`. Received: position='relative'"),
+    "implementation-conv-global": (dict(position="global", implementation="conv"),
+                                   "needs `position=\"conv\"`. Received: position='global'"),
     "feature_size": (dict(position="relative", feature_size=(6, 0)),
                      "Received: feature_size=(6, 0)"),
 }
@@ -547,12 +456,28 @@ def test_built_relative_layer_rejects_another_size():
         layer(random_input((BATCH, 5, 5, CHANNELS)))
 
 
-def test_einsum_implementation_rejects_dynamic_size():
-    layer = make_layer(position="conv", receptive_field=3, implementation="einsum")
+@pytest.mark.parametrize("implementation", ["queries_first", "lambdas_first", "row_windows"])
+def test_static_formulations_reject_dynamic_size(implementation):
+    layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
     traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
     with pytest.raises(ValueError, match=re.escape(
-            '`implementation="einsum"` needs a static spatial size. Received: input spatial size')):
+            f'`implementation="{implementation}"` needs a static spatial size (use "conv" or '
+            '"auto" for inputs of any size). Received: input spatial size')):
         traced(random_input())
+
+
+def test_legacy_einsum_implementation_loads_as_auto():
+    """Configs saved before the formulation names existed keep loading: "einsum" is "auto"."""
+    layer = make_layer(position="conv", receptive_field=3)
+    x = random_input()
+    layer.build(x.shape)
+    old_config = {**layer.get_config(), "implementation": "einsum"}
+    restored = LambdaLayer.from_config(old_config)
+    assert restored.implementation == "auto"
+    assert restored.get_config() == layer.get_config()
+    restored.build(x.shape)
+    restored.set_weights(layer.get_weights())
+    assert max_abs_diff(restored(x), layer(x)) == 0.0
 
 
 def test_compute_output_shape_rejects_rank_3():

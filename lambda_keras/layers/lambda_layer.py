@@ -25,24 +25,16 @@ Implemented (paper section in brackets):
   E ~ N(0, 1); every initializer can be overridden.
 
 The position term sum_k q_n^h[k] lambda^p_n[k, v] has four formulations, all the same function
-(benchmarks/README.md has the measurements that set the thresholds):
-- "queries_first": q . E first, an h x m x u map per query, then . V. Used whenever that map is
-  no larger than the k x v lambda it replaces (h m u <= k v: maps up to 16 x 16 with the paper's
-  defaults and |v| = 64, e.g. c4/c5 of LambdaResNets at 224 px): fewer FLOPs and less memory.
-- "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
-  Theta(knm + bnkv) with no batch-dependent n x m map; "relative"/"global" above that size.
-- "row_windows" (local "conv" mode, static maps): the r x r scope as one einsum over row windows
-  of V and banded column matrices of the kernel, memory Theta(bnrv), linear in the positions.
-- "conv": a 2-D convolution over V with the value depth folded into the batch, the paper's lambda
-  convolution; memory Theta(bnkv); any (dynamic) input size. Its backward pass is slow on CPU
-  (TF's 1-input-channel filter gradient), its forward pass the fastest for maps >= 20 x 20.
-`implementation` (local "conv" mode): "einsum" uses the first applicable of queries_first, then
-lambdas_first up to `WHOLE_E_MAX_POSITIONS` positions and row_windows above (static size needed);
-"conv" always convolves; "auto" is "einsum" on static maps except for inference (training falsy)
-on maps of at least `CONV_INFERENCE_MIN_POSITIONS`, and "conv" on dynamic sizes.
-NOTE: the paper chooses between its einsum and the lambda convolution by map size only; here the
-choice also depends on training vs inference, from CPU measurements (under XLA on CPU the
-convolution is slow: run such inference without XLA, as Keras' jit_compile="auto" does on CPU).
+(`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps), "lambdas_first"
+(E . V first, the paper's global einsum), "row_windows" (the local scope as one einsum over row
+windows of V; static maps, memory linear in the positions) and "conv" (the paper's lambda
+convolution; any input size). `implementation="auto"` (the default) picks, per call, the one
+measured fastest for the map size, forward vs training, and what runs the layer: the Keras
+backend, XLA or not (TF `jit_compile=True`; JAX always) and TensorFlow's oneDNN state
+(`formulations.choose`, with the table it came from). A formulation name forces that one.
+NOTE: the paper chooses between its einsum and the lambda convolution by map size only; the
+convolution of a 1-channel map with an r x r kernel is fast only with TF's oneDNN kernels (7x
+slower without them, 10x slower under XLA on CPU), so the choice also depends on the runtime.
 
 Deviations, each marked NOTE: below:
 - NOTE: the paper gives no BN hyper-parameters; momentum 0.9 and epsilon 1e-5 follow ResNet-RS and
@@ -60,16 +52,14 @@ import numpy as np
 import keras
 from keras import ops
 
+from lambda_keras.layers import formulations
+from lambda_keras.layers.formulations import (  # noqa: F401 (re-exported, public since 0.1)
+    IMPLEMENTATIONS,
+    relative_offsets,
+)
+
 POSITION_MODES = ("conv", "relative", "global", None)
-IMPLEMENTATIONS = ("auto", "einsum", "conv")
 POOL_SIZES = (2, 3)
-# Formulation thresholds of the "conv" position lambdas, from benchmarks/README.md (CPU, TF 2.21):
-# the whole banded E up to WHOLE_E_MAX_POSITIONS positions, row windows above; "auto" computes
-# inference (training falsy) on maps of CONV_INFERENCE_MIN_POSITIONS or more with the convolution.
-WHOLE_E_MAX_POSITIONS = 24 * 24
-CONV_INFERENCE_MIN_POSITIONS = 20 * 20
-# Row windows cut wide maps into tiles of this many scopes (r columns each); see benchmarks/README.md.
-WINDOW_TILE_SCOPES = 3
 
 
 def _positive_int(name, value):
@@ -91,22 +81,6 @@ def _spatial_pair(name, value):
     return tuple(int(s) for s in value)
 
 
-def relative_offsets(height, width, table_height, table_width):
-    """Flat index of the relative offset (m - n) of every (query n, context m) pair, row-major.
-
-    The table of shape (table_height, table_width) is centred: offset 0 sits at
-    (table_height // 2, table_width // 2). Pairs outside the table get index table_height *
-    table_width, one past the end (the zero row the caller appends). Returns int32 [n, m].
-    """
-    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    rows, cols = rows.reshape(-1), cols.reshape(-1)  # [n]
-    d_row = rows[None, :] - rows[:, None] + table_height // 2  # [n, m]
-    d_col = cols[None, :] - cols[:, None] + table_width // 2  # [n, m]
-    inside = (d_row >= 0) & (d_row < table_height) & (d_col >= 0) & (d_col < table_width)
-    index = np.where(inside, d_row * table_width + d_col, table_height * table_width)
-    return index.astype("int32")
-
-
 @keras.saving.register_keras_serializable(package="lambda_keras")
 class LambdaLayer(keras.layers.Layer):
     """Lambda layer with content and position lambdas, for channels-last images (B, H, W, C).
@@ -122,7 +96,12 @@ class LambdaLayer(keras.layers.Layer):
             static input size seen in `build`.
         strides: 1, or 2 to average-pool the output.
         pool_size: 3 (paper: 3x3 stride-2 pool, "same" padding) or 2 (timm: 2x2 stride-2 pool).
-        implementation: "auto", "einsum" or "conv" for the "conv" mode (see module docstring).
+        implementation: how the position term is computed: "auto" (default: the formulation
+            measured fastest where the layer runs, see module docstring) or one of
+            "queries_first", "lambdas_first" (any position mode, static map size),
+            "row_windows" (position "conv", static size) and "conv" (position "conv", any
+            size). All give the same outputs. The value "einsum" of earlier releases is read
+            as "auto".
         position_bias: add a learned bias per key channel to the position lambdas (timm's layer).
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
         query_initializer, key_initializer, value_initializer, position_initializer: override the
@@ -174,12 +153,7 @@ class LambdaLayer(keras.layers.Layer):
                 f"`pool_size` must be 3 (paper) or 2 (timm). Received: pool_size={pool_size!r}"
             )
         self.pool_size = int(pool_size)
-        if implementation not in IMPLEMENTATIONS:
-            raise ValueError(
-                f"`implementation` must be one of {IMPLEMENTATIONS}. "
-                f"Received: implementation={implementation!r}"
-            )
-        self.implementation = implementation
+        self.implementation = _implementation(implementation, position)
         self.position_bias = bool(position_bias)
         self.norm_momentum = float(norm_momentum)
         self.norm_epsilon = float(norm_epsilon)
@@ -320,8 +294,11 @@ class LambdaLayer(keras.layers.Layer):
         out = ops.cast(out, compute_dtype)
         out = ops.reshape(out, (batch, rows, cols, h * v))  # [b, H, W, d]
         if self.strides == 2:
-            padding = "same" if self.pool_size == 3 else "valid"
-            out = ops.average_pool(out, self.pool_size, strides=2, padding=padding)  # [b, H', W', d]
+            if self.pool_size == 3 and keras.backend.backend() == "torch":
+                out = _same_average_pool(out, rows, cols)  # [b, H', W', d]
+            else:
+                padding = "same" if self.pool_size == 3 else "valid"
+                out = ops.average_pool(out, self.pool_size, strides=2, padding=padding)
         return out
 
     def _check_call_size(self, height, width):
@@ -333,58 +310,39 @@ class LambdaLayer(keras.layers.Layer):
                 f"{tuple(self._embedding_size)}. Received: input spatial size {(height, width)}"
             )
 
-    def _formulation(self, rows, cols, training=None):
-        """How the position term is computed for a rows x cols map (module docstring):
-        "queries_first" or "lambdas_first" (whole E), "row_windows" or "conv"."""
+    def _formulation(self, rows, cols, training=None, runtime=None):
+        """The formulation of the position term for a rows x cols map (ints, or tensors/None
+        when dynamic): `implementation`, or `formulations.choose` for "auto"."""
         static = isinstance(rows, int) and isinstance(cols, int)
-        if self.position == "conv":
-            if self.implementation == "einsum" and not static:
+        if self.implementation != "auto":
+            if not static and self.implementation in formulations.STATIC_ONLY:
                 raise ValueError(
-                    '`implementation="einsum"` needs a static spatial size. '
+                    f'`implementation="{self.implementation}"` needs a static spatial size '
+                    '(use "conv" or "auto" for inputs of any size). '
                     f"Received: input spatial size {(rows, cols)}"
                 )
-            if self.implementation == "conv" or not static:
-                return "conv"
-        positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
-        # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored.
-        if self.num_heads * positions * self.intra_depth <= self.key_dim * self.value_dim:
-            return "queries_first"
-        if self.position != "conv":
-            return "lambdas_first"
-        # A symbolic `training` counts as training; None/False (predict, serving) does not.
-        inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
-        if self.implementation == "auto" and inference and (
-                positions >= CONV_INFERENCE_MIN_POSITIONS):
-            return "conv"
-        return "lambdas_first" if positions <= WHOLE_E_MAX_POSITIONS else "row_windows"
-
-    def _position_embeddings(self, rows, cols, dtype):
-        """E for every (query, context) pair of a static rows x cols map: [n, m, u, k]."""
-        table = ops.cast(self.position_embeddings, dtype)
-        if self.position == "global":
-            return table  # [n, m, u, k]
-        t_rows, t_cols = table.shape[0], table.shape[1]  # r x r, or (2H-1) x (2W-1): all inside
-        index = relative_offsets(rows, cols, t_rows, t_cols)  # [n, m], numpy constant
-        flat = ops.reshape(table, (t_rows * t_cols, self.intra_depth, self.key_dim))  # [t, u, k]
-        flat = ops.pad(flat, ((0, 1), (0, 0), (0, 0)))  # [t + 1, u, k], last row: outside scope
-        return ops.take(flat, index, axis=0)  # [n, m, u, k]
+            return self.implementation
+        return formulations.choose(
+            self.position, rows if static else None, cols if static else None, training,
+            num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
+            intra_depth=self.intra_depth, runtime=runtime or formulations.current_runtime())
 
     def _position_output(self, q, values, rows, cols, dtype, training):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
         formulation = self._formulation(rows, cols, training)
+        self._last_formulation = formulation  # what this call traced (benchmarks read it)
+        table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         if formulation == "queries_first":
-            embeddings = self._position_embeddings(rows, cols, dtype)  # [n, m, u, k]
-            scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
-            out = ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
+            embeddings = formulations.position_embeddings(table, self.position, rows, cols)
+            out = formulations.queries_first(q, values, embeddings)  # [b, n, h, v]
         else:
             if formulation == "lambdas_first":
-                embeddings = self._position_embeddings(rows, cols, dtype)  # [n, m, u, k]
-                # Memory Theta(knm + bnkv), no batch-dependent n x m map.
-                lambdas = ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+                embeddings = formulations.position_embeddings(table, self.position, rows, cols)
+                lambdas = formulations.lambdas_first(values, embeddings)  # [b, n, k, v]
             elif formulation == "row_windows":
-                lambdas = self._row_window_lambdas(values, rows, cols, dtype)  # [b, n, k, v]
+                lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:
-                lambdas = self._conv_lambdas(values, rows, cols, dtype)  # [b, n, k, v]
+                lambdas = formulations.conv(values, table, rows, cols)  # [b, n, k, v]
             out = ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
         if self.position_bias:
             bias = ops.cast(self.position_bias_weight, dtype)  # [k]
@@ -392,65 +350,6 @@ class LambdaLayer(keras.layers.Layer):
             # expand_dims, not [..., None]: a new-axis strided slice has no TFLite builtin.
             out = out + ops.expand_dims(ops.einsum("bnhk,k->bnh", q, bias), -1)  # [b, n, h, v]
         return out
-
-    def _row_window_lambdas(self, values, rows, cols, dtype):
-        """The lambda convolution of a static map as one einsum over windows of V: [b, n, k, v].
-
-        Query columns are cut into balanced tiles of at most WINDOW_TILE_SCOPES * r columns (one
-        tile: whole rows, the cheapest in memory; narrower tiles: fewer FLOPs). For query row
-        y, row offset d and a tile, the context is the row y + d over the tile's columns widened
-        by r // 2 on both sides (zero padded), and contributes B_d V_window with
-        B_d[x, z] = w[d, z - x] the banded column matrix of kernel row d, the same for every
-        tile. Only row offsets that can reach inside the map are kept. Memory Theta(b n r v),
-        linear in the positions; time Theta(b n r k v (tile + r)).
-        """
-        k, u, v, r = self.key_dim, self.intra_depth, self.value_dim, self.receptive_field
-        centre = r // 2
-        reach = min(centre, rows - 1)  # row offsets -reach..reach can land inside the map
-        offsets = 2 * reach + 1
-        tiles = -(-cols // int(WINDOW_TILE_SCOPES * r))  # tiles of at most that many columns
-        if tiles == 1:  # the context is the whole row, no column padding
-            tile, context, left = cols, cols, 0
-        else:
-            tile = -(-cols // tiles)  # balanced tiles: the last one is at most tiles - 1 short
-            context, left = tile + 2 * centre, centre
-        right = (tiles - 1) * tile + context - cols - left
-        # Kernel index of (query column x, context column z) within a tile; r: outside the scope.
-        shift = np.arange(context)[None, :] - np.arange(tile)[:, None] + centre - left  # [x, z]
-        band_index = np.where((shift >= 0) & (shift < r), shift, r).astype("int32")
-        table = ops.cast(self.position_embeddings, dtype)[centre - reach:centre + reach + 1]
-        table = ops.reshape(table, (offsets, r, u * k))  # [d, r, u*k]
-        table = ops.pad(table, ((0, 0), (0, 1), (0, 0)))  # [d, r + 1, u*k], last: outside
-        band = ops.take(table, band_index, axis=1)  # [d, x, z, u*k]
-        band = ops.reshape(band, (offsets, tile, context, u, k))  # [d, x, z, u, k]
-        band = ops.transpose(band, (0, 2, 3, 1, 4))  # [d, z, u, x, k]
-
-        batch = ops.shape(values)[0]
-        grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
-        grid = ops.pad(grid, ((0, 0), (reach, reach), (left, right), (0, 0), (0, 0)))
-        padded_cols = cols + left + right
-        # v before the positions: the windows come out in matmul layout (no copy in the einsum).
-        grid = ops.reshape(ops.transpose(grid, (0, 3, 1, 2, 4)), (batch, v, -1, u))  # [b, v, H'W', u]
-        # Flat index of context (y + d, t * tile + z) for query row y, tile t, offset d: [y, t, d, z].
-        window_index = ((np.arange(rows)[:, None, None, None] + np.arange(offsets)[:, None])
-                        * padded_cols + np.arange(tiles)[:, None, None] * tile + np.arange(context))
-        windows = ops.take(grid, window_index.astype("int32"), axis=2)  # [b, v, y, t, d, z, u]
-        lambdas = ops.einsum("bvytdzu,dzuxk->bvytxk", windows, band)  # [b, v, y, t, x, k]
-        lambdas = ops.reshape(lambdas, (batch, v, rows, tiles * tile, k))[:, :, :, :cols]
-        lambdas = ops.reshape(lambdas, (batch, v, rows * cols, k))  # [b, v, n, k]
-        return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
-
-    def _conv_lambdas(self, values, rows, cols, dtype):
-        """The lambda convolution over V, value depth folded into the batch: [b, n, k, v]."""
-        k, u, v = self.key_dim, self.intra_depth, self.value_dim
-        batch = ops.shape(values)[0]
-        grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
-        grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, v, H, W, u]
-        grid = ops.reshape(grid, (-1, rows, cols, u))  # [b*v, H, W, u]
-        kernel = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
-        lambdas = ops.conv(grid, kernel, padding="same")  # [b*v, H, W, k]
-        lambdas = ops.reshape(lambdas, (batch, v, -1, k))  # [b, v, n, k]
-        return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
     # --------------------------------------------------------------- config
     def compute_output_shape(self, input_shape):
@@ -489,6 +388,43 @@ class LambdaLayer(keras.layers.Layer):
             config[f"{name}_initializer"] = (
                 None if initializer is None else keras.initializers.serialize(initializer))
         return config
+
+
+def _same_average_pool(x, rows, cols, pool_size=3):
+    """Stride-2 average pool with TF's "same" padding, averaging the pixels inside the map only.
+
+    NOTE: Keras' PyTorch backend (3.15) pads "same" pools with zeros explicitly, so the border
+    windows count the padding; TensorFlow and JAX do not. Here: a "valid" pool over the map padded
+    as TF pads it (the smaller half first), rescaled by the number of pixels inside each window.
+    x: [b, H, W, d] with static H, W (always static on PyTorch). Returns [b, ceil(H/2), ceil(W/2), d].
+    """
+    pads, inside = [], []
+    for size in (rows, cols):
+        total = max((-(-size // 2) - 1) * 2 + pool_size - size, 0)
+        pads.append((total // 2, total - total // 2))
+        mask = np.pad(np.ones(size), pads[-1])  # 1 inside the map, 0 on the padding
+        windows = np.lib.stride_tricks.sliding_window_view(mask, pool_size)[::2]
+        inside.append(windows.sum(axis=1))  # pixels inside each window along this axis
+    scale = (pool_size * pool_size) / np.outer(inside[0], inside[1])  # [H', W']
+    x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))  # [b, H + pad, W + pad, d]
+    pooled = ops.average_pool(x, pool_size, strides=2, padding="valid")  # [b, H', W', d]
+    return pooled * ops.cast(scale[None, :, :, None], pooled.dtype)
+
+
+def _implementation(implementation, position):
+    """Validated `implementation`; the legacy "einsum" maps to "auto" (module docstring)."""
+    implementation = formulations.LEGACY_IMPLEMENTATIONS.get(implementation, implementation)
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`implementation` must be one of {IMPLEMENTATIONS}. "
+            f"Received: implementation={implementation!r}"
+        )
+    if implementation in formulations.LOCAL_ONLY and position in ("relative", "global"):
+        raise ValueError(
+            f'`implementation="{implementation}"` computes the local lambda convolution and '
+            f'needs `position="conv"`. Received: position={position!r}'
+        )
+    return implementation
 
 
 def _optional_initializer(initializer):

@@ -1,0 +1,404 @@
+"""Formulation suite: every position-term formulation of LambdaLayer on every engine.
+
+    python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
+                                      [--sizes 14,28] [--out benchmarks/results]
+
+Measures "queries_first", "lambdas_first", "row_windows" and "conv" (selected through
+`LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
+backward (gradient of mean(y^2) with respect to the input and every trainable weight), on:
+
+- "tf_onednn" / "tf": TensorFlow graph mode (`tf.function`), TF_ENABLE_ONEDNN_OPTS=1 / 0;
+- "tf_xla": TensorFlow `tf.function(jit_compile=True)` (oneDNN setting left at its default);
+- "jax": the JAX backend, `jax.jit` of `stateless_call` (and of its `jax.value_and_grad`);
+- "torch": the PyTorch backend, eager (plus timm's PyTorch `LambdaLayer` at the r 23 shapes,
+  benchmarks/peer.py, as the peer).
+
+Each engine runs in its own process (KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS are per process;
+TensorFlow and PyTorch cannot share one). Shapes: batch 8, d 256, |k| 16, |h| 4 (|v| 64), with
+r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2.
+
+Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
+compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not
+timed further ("hopeless", its probe time is kept); the others are then timed round-robin
+(common.measure_interleaved), 1-2 more calls, and the median of the probe and those calls is
+reported. An n x m formulation (queries_first, lambdas_first) > 3x the cell's fastest, or any
+> 10x, is not run at larger sizes of that shape and phase (recorded as skipped, with the reason).
+Formulations whose n x m tensors would pass `MEMORY_LIMIT_BYTES` are skipped before they start.
+The formulation "auto" picks in that runtime is recorded per cell (found by tracing the layer
+there: the XLA context, the oneDNN state and the backend are the real ones); its time is the
+time of that formulation. Results: `formulations.json` (per engine: machine, oneDNN state,
+package versions; per cell: every formulation's statistics, the fastest, auto's pick and ratio).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import common
+
+FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first")  # probe order
+# name: (KERAS_BACKEND, environment, jit_compile, rule engine of formulations.LOCAL_RULE)
+ENGINES = {
+    "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
+    "tf": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, False, "tf"),
+    "tf_xla": ("tensorflow", {}, True, "xla"),
+    "jax": ("jax", {}, True, "xla"),
+    "torch": ("torch", {}, False, "torch"),
+}
+SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
+                                                                      intra_depth=4)}
+LAYER = dict(key_dim=16, num_heads=4, position="conv")
+# rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
+FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
+QUICK = dict(batch=2, width=32, sizes=(8, 16), rounds=(1, 1), budget_s=0.05)
+HOPELESS = 10.0  # probe slower than this many times the cell's best probe: not timed further
+# An n x m formulation slower than this many times the best at one size is not run at the larger
+# sizes of that shape and phase (it only falls further behind as the map grows); the linear ones
+# (row_windows, conv) only when hopeless.
+DROP_AFTER = 3.0
+QUADRATIC = ("queries_first", "lambdas_first")
+MEMORY_LIMIT_BYTES = 3 * 1024 ** 3
+PHASES = ("fwd", "train")
+
+
+def estimate_bytes(formulation, positions, batch, shape):
+    """Forward + backward bytes of the n x m tensors a formulation stores (3 copies)."""
+    u, k, h = shape["intra_depth"], LAYER["key_dim"], LAYER["num_heads"]
+    per_pair = {"queries_first": batch * h * u, "lambdas_first": u * k}.get(formulation, 0)
+    return 3 * positions * positions * per_pair * 4
+
+
+# ---------------------------------------------------------------------------- worker side
+def _steps_tensorflow(layer, x, jit_compile):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+
+    @tf.function(jit_compile=jit_compile)
+    def forward(inputs):
+        return tf.reduce_sum(layer(inputs, training=False))
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(inputs):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_mean(tf.square(layer(inputs, training=True)))
+        grads = tape.gradient(loss, [inputs] + layer.trainable_variables)
+        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    def trace(phase):  # trace only: the formulation "auto" picks under this compiler
+        (forward if phase == "fwd" else forward_backward).get_concrete_function(x)
+
+    return {"fwd": lambda: float(forward(x)), "train": lambda: float(forward_backward(x))}, trace
+
+
+def _steps_jax(layer, x, jit_compile):
+    import jax
+    import jax.numpy as jnp
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    x = jnp.asarray(x)
+
+    def forward(trainable, non_trainable, inputs):
+        y, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
+        return jnp.sum(y)
+
+    def loss(trainable, inputs, non_trainable):
+        y, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
+        return jnp.mean(jnp.square(y)), updated
+
+    def forward_backward(trainable, non_trainable, inputs):
+        (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            trainable, inputs, non_trainable)
+        return value + sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
+
+    forward, forward_backward = jax.jit(forward), jax.jit(forward_backward)
+
+    def trace(phase):
+        (forward if phase == "fwd" else forward_backward).trace(trainable, non_trainable, x)
+
+    return {"fwd": lambda: float(forward(trainable, non_trainable, x)),
+            "train": lambda: float(forward_backward(trainable, non_trainable, x))}, trace
+
+
+def _steps_torch(layer, x, jit_compile):
+    import torch
+
+    x = torch.from_numpy(x)
+
+    def forward():
+        with torch.no_grad():
+            return float(layer(x, training=False).sum())
+
+    def forward_backward():
+        inputs = x.clone().requires_grad_(True)
+        for variable in layer.trainable_variables:
+            variable.value.grad = None
+        loss = layer(inputs, training=True).square().mean()
+        loss.backward()
+        return float(loss.detach())
+
+    def trace(phase):  # eager: one call of a tiny batch records the pick
+        with torch.no_grad():
+            layer(x[:1], training=phase == "train")
+
+    return {"fwd": forward, "train": forward_backward}, trace
+
+
+STEPS = {"tensorflow": _steps_tensorflow, "jax": _steps_jax, "torch": _steps_torch}
+
+
+def _runtime_description(backend):
+    description = {"backend": backend}
+    if backend == "tensorflow":
+        import tensorflow as tf
+        from tensorflow.python.util import _pywrap_util_port
+
+        description.update(onednn=bool(_pywrap_util_port.IsMklEnabled()), version=tf.__version__)
+    elif backend == "jax":
+        import jax
+
+        description.update(version=jax.__version__, device=jax.default_backend())
+    else:
+        import torch
+
+        description.update(version=torch.__version__, mkldnn=torch.backends.mkldnn.is_available())
+    return description
+
+
+def _make_layer(shape, formulation, size, width, seed=0):
+    import keras
+    from lambda_keras.layers import LambdaLayer
+
+    keras.utils.set_random_seed(seed)
+    layer = LambdaLayer(**LAYER, **shape, implementation=formulation)
+    layer.build((None, size, size, width))
+    return layer
+
+
+def run_engine(engine, settings, threads, out_path, log=print):
+    """All cells of one engine, in this process (KERAS_BACKEND and oneDNN already set)."""
+    backend, _, jit_compile, _ = ENGINES[engine]
+    if backend == "torch":
+        common.setup_torch(threads)
+    elif backend == "tensorflow":
+        common.setup_tensorflow(threads).get_logger().setLevel("ERROR")  # no retracing notes
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
+    steps_for = STEPS[backend]
+    batch, width = settings["batch"], settings["width"]
+    hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
+    for shape_name, shape in SHAPES.items():
+        for size in settings["sizes"]:
+            x = np.random.default_rng(0).standard_normal(
+                (batch, size, size, width)).astype("float32")
+            steps = {f: steps_for(_make_layer(shape, f, size, width), x, jit_compile)
+                     for f in FORMULATIONS}
+            auto_layer = _make_layer(shape, "auto", size, width)
+            _, auto_trace = steps_for(auto_layer, x, jit_compile)
+            for phase in PHASES:
+                cell = dict(engine=engine, shape=shape_name, size=size, phase=phase,
+                            batch=batch, width=width, results={},
+                            auto=_auto_pick(auto_layer, auto_trace, phase))
+                skipped = hopeless_before.setdefault((shape_name, phase), {})
+                probes = {}
+                for formulation in FORMULATIONS:
+                    estimate = estimate_bytes(formulation, size * size, batch, shape)
+                    if estimate > MEMORY_LIMIT_BYTES:
+                        cell["results"][formulation] = dict(
+                            status="skipped", reason=f"estimated {common.gib(estimate):.1f} GiB "
+                            f"of n x m tensors > {common.gib(MEMORY_LIMIT_BYTES):.0f} GiB")
+                        continue
+                    if formulation in skipped:
+                        cell["results"][formulation] = dict(
+                            status="skipped", reason=f"too slow at {skipped[formulation]}^2 "
+                            "(> 3x the fastest, n x m formulations; > 10x, others)")
+                        continue
+                    fn = steps[formulation][0][phase]
+                    fn()  # warm-up: tracing, compilation
+                    t0 = time.perf_counter()
+                    fn()
+                    probes[formulation] = time.perf_counter() - t0
+                best = min(probes.values())
+                timed = {}
+                for formulation, probe in probes.items():
+                    if probe > HOPELESS * best:
+                        skipped[formulation] = size
+                        cell["results"][formulation] = dict(
+                            status="hopeless", median_s=probe, repeats=1,
+                            reason=f"probe {probe / best:.0f}x the best")
+                    else:
+                        timed[formulation] = steps[formulation][0][phase]
+                slow = best > settings["budget_s"]
+                rounds = settings["rounds"][0] if slow else settings["rounds"][1]
+                stats = common.measure_interleaved(
+                    timed, warmup=0, min_repeats=rounds, max_repeats=rounds,
+                    budget_s=settings["budget_s"])
+                for formulation, entry in stats.items():
+                    # Rounds are 1 or 2 calls: their min and max are the calls' times.
+                    rounds = [entry["min_s"], entry["max_s"]][:entry["repeats"]]
+                    samples = [probes[formulation]] + rounds
+                    entry = {**entry, "median_s": float(np.median(samples)),
+                             "rounds_median_s": entry["median_s"],
+                             "probe_s": probes[formulation], "status": "ok"}
+                    entry.pop("peak_bytes", None), entry.pop("memory_method", None)
+                    cell["results"][formulation] = entry
+                _finish_cell(cell)
+                fastest_s = cell["results"][cell["fastest"]]["median_s"]
+                for formulation, result in cell["results"].items():
+                    limit = DROP_AFTER if formulation in QUADRATIC else HOPELESS
+                    if result.get("median_s", 0) > limit * fastest_s:
+                        skipped.setdefault(formulation, size)
+                log(_describe(cell))
+                with open(out_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(cell) + "\n")
+            del steps, auto_layer
+            if backend == "torch" and shape_name == "r23":
+                _time_timm(size, width, batch, threads, settings, out_path, log)
+
+
+def _auto_pick(layer, trace, phase):
+    """The formulation the "auto" layer uses in this phase, recorded while tracing it."""
+    layer._last_formulation = None  # noqa: SLF001 (own package: set by _position_output)
+    trace(phase)
+    return layer._last_formulation  # noqa: SLF001
+
+
+def _finish_cell(cell):
+    timed = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
+    fastest = min(timed, key=timed.get)
+    cell["fastest"] = fastest
+    auto = cell["auto"]
+    cell["auto_vs_fastest"] = (cell["results"][auto]["median_s"] / timed[fastest]
+                               if auto in cell["results"] and "median_s" in cell["results"][auto]
+                               else None)
+
+
+def _time_timm(size, width, batch, threads, settings, out_path, log):
+    from benchmarks import peer
+
+    forward, forward_backward = peer.step_functions(size, width, batch, threads)
+    for phase, fn in (("fwd", forward), ("train", forward_backward)):
+        fn()
+        stats = common.measure_interleaved({"timm": fn}, warmup=0,
+                                           min_repeats=settings["rounds"][1],
+                                           max_repeats=settings["rounds"][1],
+                                           budget_s=settings["budget_s"])["timm"]
+        stats.pop("peak_bytes", None), stats.pop("memory_method", None)
+        record = dict(engine="timm", shape="r23", size=size, phase=phase, batch=batch,
+                      width=width, results={"timm": {**stats, "status": "ok"}})
+        log(f"  timm r23 {size}x{size} {phase}: {1e3 * stats['median_s']:.1f} ms")
+        with open(out_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def _describe(cell):
+    parts = []
+    for formulation in FORMULATIONS:
+        result = cell["results"].get(formulation, {})
+        if "median_s" in result:
+            mark = "!" if result["status"] == "hopeless" else ""
+            parts.append(f"{formulation} {1e3 * result['median_s']:.1f}{mark}")
+        else:
+            parts.append(f"{formulation} -")
+    ratio = cell["auto_vs_fastest"]
+    return (f"  {cell['engine']} {cell['shape']} {cell['size']}x{cell['size']} {cell['phase']}: "
+            + ", ".join(parts) + f" ms | auto={cell['auto']} "
+            + (f"{ratio:.2f}x best" if ratio else "(not timed)"))
+
+
+# ---------------------------------------------------------------------------- driver side
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code only")
+    parser.add_argument("--engines", default=",".join(ENGINES))
+    parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="directory for formulations.json")
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    unknown = sorted(set(args.engines.split(",")) - set(ENGINES))
+    if unknown:
+        parser.error(f"unknown engines {unknown}: choose from {list(ENGINES)}. "
+                     f"Received: --engines={args.engines!r}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count())
+    if args.worker:
+        settings = json.loads(args.settings)
+        run_engine(args.worker, settings, threads, args.jsonl)
+        with open(args.jsonl + ".runtime", "w", encoding="utf-8") as f:
+            json.dump(_runtime_description(ENGINES[args.worker][0]), f)
+        return 0
+
+    settings = dict(QUICK if args.quick else FULL)
+    if args.sizes:
+        settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
+                           os.path.join(common.REPO_ROOT, "benchmarks", "results"))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "formulations.json")
+    # Engines run in one invocation or several: the cells of the engines run now replace theirs.
+    data = dict(suite="formulations", quick=args.quick, settings=settings, layer=LAYER,
+                shapes=SHAPES, machine=common.machine_description(threads), engines={}, cells=[])
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            previous = json.load(f)
+        same = ("batch", "width")
+        if all(previous["settings"][k] == settings[k] for k in same):
+            data.update(engines=previous["engines"], cells=previous["cells"])
+    for engine in args.engines.split(","):
+        backend, env_update, jit_compile, rule = ENGINES[engine]
+        jsonl = os.path.join(out_dir, f".formulations-{engine}.jsonl")
+        if os.path.exists(jsonl):
+            os.remove(jsonl)
+        env = {**common.worker_env(threads), "KERAS_BACKEND": backend, **env_update}
+        command = [sys.executable, "-m", "benchmarks.formulations", "--worker", engine,
+                   "--settings", json.dumps(settings), "--jsonl", jsonl,
+                   "--threads", str(threads)]
+        print(f"[formulations] {engine} (KERAS_BACKEND={backend}, "
+              f"{' '.join(f'{k}={v}' for k, v in env_update.items()) or 'defaults'})", flush=True)
+        t0, load_before = time.time(), common.load_average()
+        process = subprocess.run(command, env=env, cwd=common.REPO_ROOT)
+        runtime = {}
+        if os.path.exists(jsonl + ".runtime"):
+            with open(jsonl + ".runtime", encoding="utf-8") as f:
+                runtime = json.load(f)
+            os.remove(jsonl + ".runtime")
+        cells = []
+        if os.path.exists(jsonl):
+            with open(jsonl, encoding="utf-8") as f:
+                cells = [json.loads(line) for line in f]
+            os.remove(jsonl)
+        engines = {engine} | ({"timm"} if engine == "torch" else set())
+        data["cells"] = [c for c in data["cells"] if c["engine"] not in engines] + cells
+        data["engines"][engine] = dict(
+            runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
+            sizes=list(settings["sizes"]),
+            returncode=process.returncode, wall_s=round(time.time() - t0, 1),
+            load_before=load_before, load_after=common.load_average(),
+            finished=time.strftime("%Y-%m-%d %H:%M"))
+        common.write_json(path, data)
+        print(f"[formulations] {engine}: {len(cells)} cells, "
+              f"{data['engines'][engine]['wall_s']:.0f} s -> {path}", flush=True)
+    failed = [e for e, d in data["engines"].items() if d["returncode"] != 0]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,13 @@
+"""Lambda layers (keras.ops only: TensorFlow, JAX and PyTorch backends).
+
+- `lambda_layer`: `LambdaLayer`, the paper's equations for channels-last images;
+- `formulations`: the four formulations of its position term as pure functions, and the rule
+  (`formulations.choose`) that picks one for the shape and the runtime.
+"""
+
+from lambda_keras.layers import formulations
+from lambda_keras.layers.formulations import IMPLEMENTATIONS, relative_offsets
+from lambda_keras.layers.lambda_layer import POOL_SIZES, POSITION_MODES, LambdaLayer
+
+__all__ = ["LambdaLayer", "IMPLEMENTATIONS", "POSITION_MODES", "POOL_SIZES", "formulations",
+           "relative_offsets"]

@@ -1,0 +1,285 @@
+"""The position-term formulations of the lambda layer, and the rule that picks one.
+
+The position term of a lambda layer, sum_k q_n^h[k] lambda^p_n[k, v] with
+lambda^p_n = sum_{m,u} E[n, m, k, u] V[m, v, u], is one function with four formulations
+(same outputs up to float round-off; tests/test_formulations.py checks each against the NumPy
+reference of the paper):
+
+- "queries_first": q . E first, an h x m x u map per query, then . V. Fewest FLOPs and least
+  memory while that map is no larger than the k x v lambda it replaces (h m u <= k v).
+- "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
+  Theta(k n m + b n k v) with no batch-dependent n x m map; static sizes.
+- "row_windows" (local "conv" mode): the r x r scope as one einsum over row windows of V and
+  banded column matrices of the kernel; memory Theta(b n r v), linear in the positions; static
+  sizes.
+- "conv" (local "conv" mode): a 2-D convolution over V with the value depth folded into the
+  batch, the paper's lambda convolution; memory Theta(b n k v); any (dynamic) input size.
+
+Which one is fastest depends on the map size, on forward vs training, and on what runs it: the
+same r x r convolution with one input channel is fast with TensorFlow's oneDNN kernels, 7-8x
+slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
+under XLA (TF `jit_compile=True`, JAX). `choose` is the rule: a pure function of the shapes and of
+the `Runtime` (backend, XLA or not, oneDNN state, device) the layer traces under. Its thresholds
+come from `benchmarks/formulations.py` (results in benchmarks/results/formulations.json; the
+table is in benchmarks/README.md), and tests/test_formulations.py checks that, in every measured
+cell of that file, the rule's pick is within 1.2x of the fastest formulation.
+NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (JAX, TPU) or the
+no-oneDNN TensorFlow rows, a guess documented as such.
+"""
+
+import dataclasses
+import functools
+
+import numpy as np
+from keras import ops
+
+FORMULATIONS = ("queries_first", "lambdas_first", "row_windows", "conv")
+IMPLEMENTATIONS = ("auto",) + FORMULATIONS
+# Values of `implementation` from earlier releases, mapped when a layer (or an old config) is
+# created. "einsum" meant "never the convolution" (for XLA); "auto" now knows about XLA itself.
+LEGACY_IMPLEMENTATIONS = {"einsum": "auto"}
+# Formulations that need the "conv" (local) position mode, and those that need a static size.
+LOCAL_ONLY = ("row_windows", "conv")
+STATIC_ONLY = ("queries_first", "lambdas_first", "row_windows")
+
+# Row windows cut wide maps into tiles of this many scopes (r columns each); benchmarks/README.md.
+WINDOW_TILE_SCOPES = 3
+
+# ------------------------------------------------------------------------------- the rule
+# Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
+# without XLA, oneDNN on / off; "xla": TF jit_compile=True and the JAX backend; "torch": the
+# PyTorch backend (eager).
+ENGINES = ("tf_onednn", "tf", "xla", "torch")
+
+# For the local "conv" mode on maps where queries_first does not apply: per (engine, phase), the
+# formulation by number of positions n = H x W. Each row is (largest n, formulation), in
+# increasing order; the last row holds for every larger map. From benchmarks/results/
+# formulations.json (batch 8, d 256, |k| 16, |h| 4; r 23 |u| 1 and r 7 |u| 4; 14^2-112^2).
+LOCAL_RULE = {
+    ("tf_onednn", "fwd"): ((399, "lambdas_first"), (None, "conv")),
+    ("tf_onednn", "train"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("tf", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("tf", "train"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("xla", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("xla", "train"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("torch", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
+    ("torch", "train"): ((576, "lambdas_first"), (None, "row_windows")),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state, device kind."""
+
+    backend: str = "tensorflow"  # keras.backend.backend()
+    xla: bool = False  # compiled by XLA: TF jit_compile=True, or the JAX backend
+    onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
+    device: str = "cpu"  # "cpu", "gpu" or "tpu"
+
+    @property
+    def engine(self):
+        """The row of LOCAL_RULE that applies (see ENGINES)."""
+        if self.xla or self.device == "tpu":
+            return "xla"
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "tensorflow" and self.onednn and self.device == "cpu":
+            return "tf_onednn"
+        return "tf"
+
+
+def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
+           runtime):
+    """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
+
+    Args:
+        position: the layer's position mode, "conv", "relative" or "global".
+        rows, cols: the static map size, or None (dynamic: only "conv" applies).
+        training: the call's `training`; a symbolic or truthy value counts as training.
+        num_heads, key_dim, value_dim, intra_depth: |h|, |k|, |v|, |u|.
+        runtime: a `Runtime`.
+
+    Returns:
+        One of FORMULATIONS.
+    """
+    if not (isinstance(rows, int) and isinstance(cols, int)):
+        return "conv"  # dynamic size: only the convolution applies ("relative"/"global" fix it)
+    positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
+    # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored.
+    if num_heads * positions * intra_depth <= key_dim * value_dim:
+        return "queries_first"
+    if position != "conv":
+        return "lambdas_first"
+    # A symbolic `training` counts as training; None/False (predict, serving) does not.
+    inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
+    for largest, formulation in LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]:
+        if largest is None or positions <= largest:
+            return formulation
+    raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
+
+
+def current_runtime():
+    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
+                       device=_tf_device())
+    if backend == "jax":
+        return Runtime("jax", xla=True, device=_jax_device())
+    if backend == "torch":
+        return Runtime("torch", device=_torch_device())
+    return Runtime(backend)
+
+
+def _tf_in_xla_context():
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if tf.executing_eagerly():
+        return False
+    # tf.function(jit_compile=True) traces its body inside an XLA control-flow context.
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_onednn():
+    from lambda_keras import runtime  # what TensorFlow reports (IsMklEnabled), not the env
+
+    return runtime.onednn_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_device():
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_device():
+    import jax
+
+    return jax.default_backend()  # "cpu", "gpu", "tpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_device():
+    from keras.src.backend.torch.core import get_device
+
+    return "gpu" if str(get_device()).startswith("cuda") else "cpu"
+
+
+# ------------------------------------------------------------------------ the formulations
+def relative_offsets(height, width, table_height, table_width):
+    """Flat index of the relative offset (m - n) of every (query n, context m) pair, row-major.
+
+    The table of shape (table_height, table_width) is centred: offset 0 sits at
+    (table_height // 2, table_width // 2). Pairs outside the table get index table_height *
+    table_width, one past the end (the zero row the caller appends). Returns int32 [n, m].
+    """
+    rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    rows, cols = rows.reshape(-1), cols.reshape(-1)  # [n]
+    d_row = rows[None, :] - rows[:, None] + table_height // 2  # [n, m]
+    d_col = cols[None, :] - cols[:, None] + table_width // 2  # [n, m]
+    inside = (d_row >= 0) & (d_row < table_height) & (d_col >= 0) & (d_col < table_width)
+    index = np.where(inside, d_row * table_width + d_col, table_height * table_width)
+    return index.astype("int32")
+
+
+def position_embeddings(table, position, rows, cols):
+    """E for every (query, context) pair of a static rows x cols map: [n, m, u, k].
+
+    Args:
+        table: "conv": the r x r kernel [r, r, u, k]; "relative": the (2H-1) x (2W-1) table
+            [2H-1, 2W-1, u, k]; "global": E itself [n, m, u, k].
+        position: "conv", "relative" or "global".
+    """
+    if position == "global":
+        return table  # [n, m, u, k]
+    t_rows, t_cols, u, k = table.shape
+    index = relative_offsets(rows, cols, t_rows, t_cols)  # [n, m], numpy constant
+    flat = ops.reshape(table, (t_rows * t_cols, u, k))  # [t, u, k]
+    flat = ops.pad(flat, ((0, 1), (0, 0), (0, 0)))  # [t + 1, u, k], last row: outside scope
+    return ops.take(flat, index, axis=0)  # [n, m, u, k]
+
+
+def queries_first(q, values, embeddings):
+    """Position term q . E first: q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] -> [b, n, h, v]."""
+    scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
+    return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
+
+
+def lambdas_first(values, embeddings):
+    """Position lambdas E . V: V [b, m, v, u], E [n, m, u, k] -> [b, n, k, v].
+
+    Memory Theta(k n m + b n k v), no batch-dependent n x m map."""
+    return ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+
+
+def row_windows(values, kernel, rows, cols):
+    """The lambda convolution of a static map as one einsum over windows of V: [b, n, k, v].
+
+    V [b, m, v, u] (m = rows x cols), kernel [r, r, u, k]. Query columns are cut into balanced
+    tiles of at most WINDOW_TILE_SCOPES * r columns (one tile: whole rows, the cheapest in
+    memory; narrower tiles: fewer FLOPs). For query row y, row offset d and a tile, the context
+    is the row y + d over the tile's columns widened by r // 2 on both sides (zero padded), and
+    contributes B_d V_window with B_d[x, z] = w[d, z - x] the banded column matrix of kernel row
+    d, the same for every tile. Only row offsets that can reach inside the map are kept. Memory
+    Theta(b n r v), linear in the positions; time Theta(b n r k v (tile + r)).
+    """
+    r, _, u, k = kernel.shape
+    v = values.shape[2]
+    centre = r // 2
+    reach = min(centre, rows - 1)  # row offsets -reach..reach can land inside the map
+    offsets = 2 * reach + 1
+    tiles = -(-cols // int(WINDOW_TILE_SCOPES * r))  # tiles of at most that many columns
+    if tiles == 1:  # the context is the whole row, no column padding
+        tile, context, left = cols, cols, 0
+    else:
+        tile = -(-cols // tiles)  # balanced tiles: the last one is at most tiles - 1 short
+        context, left = tile + 2 * centre, centre
+    right = (tiles - 1) * tile + context - cols - left
+    # Kernel index of (query column x, context column z) within a tile; r: outside the scope.
+    shift = np.arange(context)[None, :] - np.arange(tile)[:, None] + centre - left  # [x, z]
+    band_index = np.where((shift >= 0) & (shift < r), shift, r).astype("int32")
+    table = kernel[centre - reach:centre + reach + 1]  # [d, r, u, k]
+    table = ops.reshape(table, (offsets, r, u * k))  # [d, r, u*k]
+    table = ops.pad(table, ((0, 0), (0, 1), (0, 0)))  # [d, r + 1, u*k], last: outside
+    band = ops.take(table, band_index, axis=1)  # [d, x, z, u*k]
+    band = ops.reshape(band, (offsets, tile, context, u, k))  # [d, x, z, u, k]
+    band = ops.transpose(band, (0, 2, 3, 1, 4))  # [d, z, u, x, k]
+
+    batch = ops.shape(values)[0]
+    grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
+    grid = ops.pad(grid, ((0, 0), (reach, reach), (left, right), (0, 0), (0, 0)))
+    padded_cols = cols + left + right
+    # v before the positions: the windows come out in matmul layout (no copy in the einsum).
+    grid = ops.reshape(ops.transpose(grid, (0, 3, 1, 2, 4)), (batch, v, -1, u))  # [b, v, H'W', u]
+    # Flat index of context (y + d, t * tile + z) for query row y, tile t, offset d: [y, t, d, z].
+    window_index = ((np.arange(rows)[:, None, None, None] + np.arange(offsets)[:, None])
+                    * padded_cols + np.arange(tiles)[:, None, None] * tile + np.arange(context))
+    windows = ops.take(grid, window_index.astype("int32"), axis=2)  # [b, v, y, t, d, z, u]
+    lambdas = ops.einsum("bvytdzu,dzuxk->bvytxk", windows, band)  # [b, v, y, t, x, k]
+    lambdas = ops.reshape(lambdas, (batch, v, rows, tiles * tile, k))[:, :, :, :cols]
+    lambdas = ops.reshape(lambdas, (batch, v, rows * cols, k))  # [b, v, n, k]
+    return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+
+
+def conv(values, kernel, rows, cols):
+    """The lambda convolution over V, value depth folded into the batch: [b, n, k, v].
+
+    V [b, m, v, u], kernel [r, r, u, k] (HWIO, cross-correlation, "same" zero padding); rows and
+    cols may be dynamic (tensors)."""
+    r, _, u, k = kernel.shape
+    v = values.shape[2]
+    batch = ops.shape(values)[0]
+    grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
+    grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, v, H, W, u]
+    grid = ops.reshape(grid, (-1, rows, cols, u))  # [b*v, H, W, u]
+    lambdas = ops.conv(grid, kernel, padding="same")  # [b*v, H, W, k]
+    lambdas = ops.reshape(lambdas, (batch, v, -1, k))  # [b, v, n, k]
+    return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]

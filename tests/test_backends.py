@@ -1,0 +1,289 @@
+"""The layer and the models on Keras 3's JAX and PyTorch backends.
+
+A Keras backend is fixed per process (and TensorFlow and PyTorch cannot share one), so each
+backend runs all its checks in one subprocess (`python tests/test_backends.py BACKEND DIR`, with
+KERAS_BACKEND set), which writes one JSON record per check; the tests below read them. Checks,
+each against an independent expectation:
+
+- the NumPy reference of the paper (tests/reference.py) for every position mode and every
+  formulation, forced through `implementation` (tests/test_formulations.FORMULATION_CASES),
+  inference and training;
+- TensorFlow parity: a LambdaResNet26T whose weights TensorFlow wrote to a `.weights.h5` file
+  gives TensorFlow's logits (<= 1e-4 relative), called directly and through `predict` (compiled:
+  jax.jit on JAX, where "auto" follows the XLA rule);
+- timm parity: the same architecture loaded from a timm `lambda_resnet26t` safetensors file gives
+  timm's logits (<= 1e-4 relative);
+- the other timm-compatible builders (LambdaResNet50TS, LambdaResNet26RPT256 with "relative"
+  positions) build and run; the paper family shares their generic builder (tests/test_models.py);
+- `.keras` and `.weights.h5` round trips of that LambdaResNet26T on that backend: identical
+  outputs;
+- a fit step of a small model with "conv" and "relative" lambda layers: finite losses, every
+  weight moves (Adam; BN statistics), finite outputs after it.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import traceback
+
+import numpy as np
+import pytest
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+BACKENDS = ("jax", "torch")
+SIZE, CLASSES, BATCH = 64, 10, 2
+RELATIVE_TOLERANCE = 1e-4
+GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving")
+
+
+def relative_error(actual, expected):
+    actual, expected = np.asarray(actual, "float64"), np.asarray(expected, "float64")
+    if actual.shape != expected.shape:
+        raise AssertionError(f"shapes differ: {actual.shape} vs {expected.shape}")
+    return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
+
+
+def small_26t(**kwargs):
+    import lambda_keras
+
+    return lambda_keras.LambdaResNet26T(**{"weights": None, "input_shape": (SIZE, SIZE, 3),
+                                           "classes": CLASSES, "classifier_activation": None,
+                                           **kwargs})
+
+
+def randomize_batch_norms(model, seed=0):
+    """Non-trivial BN affine and moving statistics (fresh ones are the identity)."""
+    import keras
+
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers():
+        if isinstance(layer, keras.layers.BatchNormalization):
+            size = layer.gamma.shape
+            layer.gamma.assign(rng.uniform(0.5, 1.5, size))
+            layer.beta.assign(rng.normal(0.0, 0.1, size))
+            layer.moving_mean.assign(rng.normal(0.0, 0.1, size))
+            layer.moving_variance.assign(rng.uniform(0.5, 1.5, size))
+
+
+def to_numpy(x):
+    import keras
+
+    return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+# ---------------------------------------------------------------- subprocess (one backend)
+def _reference_checks(check):
+    import keras
+    from test_formulations import FORMULATION_CASES, TRAINING, check_against_reference
+
+    for case in FORMULATION_CASES:
+        for phase, training in TRAINING.items():
+            def run(case=case, training=training):
+                keras.utils.set_random_seed(0)
+                return f"max abs error {check_against_reference(case, training):.2e}"
+
+            check(f"reference/{case}/{phase}", run)
+
+
+def _tf_parity_and_saving(workdir, backend):
+    """TF's weights -> TF's logits; then .keras / .weights.h5 round trips of that model."""
+    import keras
+
+    model = small_26t()
+    model.load_weights(os.path.join(workdir, "tf.weights.h5"))
+    x = np.load(os.path.join(workdir, "x.npy"))
+    expected = np.load(os.path.join(workdir, "tf_logits.npy"))
+    outputs = to_numpy(model(x, training=False))
+    direct = relative_error(outputs, expected)
+    compiled = relative_error(model.predict(x, verbose=0), expected)
+    assert max(direct, compiled) <= RELATIVE_TOLERANCE, (direct, compiled)
+    parity = f"relative error direct {direct:.2e}, predict {compiled:.2e}"
+
+    keras_path = os.path.join(workdir, f"{backend}.keras")
+    model.save(keras_path)
+    reloaded = keras.saving.load_model(keras_path)  # safe mode on
+    keras_error = relative_error(to_numpy(reloaded(x, training=False)), outputs)
+    weights_path = os.path.join(workdir, f"{backend}.weights.h5")
+    model.save_weights(weights_path)
+    fresh = small_26t()
+    fresh.load_weights(weights_path)
+    h5_error = relative_error(to_numpy(fresh(x, training=False)), outputs)
+    assert keras_error == 0.0 and h5_error == 0.0, (keras_error, h5_error)
+    return parity, ".keras and .weights.h5 reloads: identical outputs"
+
+
+def _timm_parity(workdir):
+    import torch
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    reference = timm.create_model("lambda_resnet26t", pretrained=False, num_classes=CLASSES)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-trivial BN statistics, as tests/test_weights.py does
+        for norm in (m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+            norm.weight.copy_(torch.rand(norm.num_features, generator=generator) * 0.5 + 0.5)
+            norm.running_mean.copy_(torch.randn(norm.num_features, generator=generator) * 0.1)
+            norm.running_var.copy_(torch.rand(norm.num_features, generator=generator) + 0.5)
+    reference.eval()
+    path = os.path.join(workdir, "timm_26t.safetensors")
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, path)
+    x = np.load(os.path.join(workdir, "x.npy"))
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
+    model = small_26t(weights=path)
+    error = relative_error(to_numpy(model(x, training=False)), expected)
+    assert error <= RELATIVE_TOLERANCE, error
+    return f"relative error {error:.2e}"
+
+
+def _builder_check(name):
+    import lambda_keras
+
+    builder = getattr(lambda_keras, name)
+    # LambdaResNet26RPT256's relative embeddings are made for its 256 px input (16 x 16 maps).
+    size = 256 if name == "LambdaResNet26RPT256" else SIZE
+    model = builder(weights=None, input_shape=(size, size, 3), classes=CLASSES)
+    x = np.random.default_rng(0).uniform(0, 1, (1, size, size, 3)).astype("float32")
+    probabilities = to_numpy(model(x, training=False))
+    assert probabilities.shape == (1, CLASSES)
+    assert abs(float(probabilities.sum()) - 1.0) < 1e-4 and np.isfinite(probabilities).all()
+    return f"{model.count_params()} parameters"
+
+
+def _fit():
+    """A fit step of a small model with local ("conv") and "relative" lambda layers."""
+    import keras
+    from lambda_keras.layers import LambdaLayer
+
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([
+        keras.Input((8, 8, 6)),
+        LambdaLayer(16, key_dim=4, num_heads=2, receptive_field=5, position_bias=True),
+        keras.layers.BatchNormalization(),
+        keras.layers.ReLU(),
+        LambdaLayer(16, key_dim=4, num_heads=2, position="relative", strides=2),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3),
+    ])
+    x = np.random.default_rng(2).standard_normal((8, 8, 8, 6)).astype("float32")
+    y = np.arange(8) % 3
+    before = [to_numpy(w).copy() for w in model.weights]
+    model.compile(optimizer=keras.optimizers.Adam(1e-2),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    losses = model.fit(x, y, batch_size=4, epochs=2, verbose=0).history["loss"]
+    assert np.all(np.isfinite(losses)), losses
+    # Trainable weights move by Adam, BN moving statistics by the training calls.
+    unchanged = [w.path for w, old in zip(model.weights, before)
+                 if np.array_equal(to_numpy(w), old)]
+    assert not unchanged, unchanged
+    assert np.isfinite(to_numpy(model(x, training=False))).all()
+    return f"losses {', '.join(f'{v:.3f}' for v in losses)}; {len(before)} weights moved"
+
+
+def run_checks(backend, workdir):
+    """All checks of one backend, in this process; returns {name: {ok, detail, seconds}}."""
+    sys.path.insert(0, TESTS)
+    import keras
+
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"KERAS_BACKEND={keras.backend.backend()}, expected {backend}")
+    results = {}
+
+    def check(name, fn):
+        started = time.perf_counter()
+        try:
+            ok, detail = True, fn()
+        except Exception as error:  # noqa: BLE001 - recorded; the parent test fails with it
+            ok, detail = False, f"{type(error).__name__}: {error}\n{traceback.format_exc()[-2000:]}"
+        results[name] = dict(ok=ok, detail=str(detail),
+                             seconds=round(time.perf_counter() - started, 2))
+        print(f"[{backend}] {name}: {'ok' if ok else 'FAILED'} {results[name]['seconds']} s",
+              flush=True)
+        with open(os.path.join(workdir, f"{backend}.json"), "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1)  # after every check: a crash keeps what ran
+        return detail
+
+    _reference_checks(check)
+    outcome = {}
+
+    def tf_parity():
+        outcome["tf_parity"], outcome["saving"] = _tf_parity_and_saving(workdir, backend)
+        return outcome["tf_parity"]
+
+    check("tf_parity/LambdaResNet26T", tf_parity)
+    check("saving/LambdaResNet26T", lambda: outcome["saving"])
+    check("timm_parity/lambda_resnet26t", lambda: _timm_parity(workdir))
+    # LambdaResNet26T is built above; the other timm variants (relative positions in 26RPT256).
+    for name in ("LambdaResNet50TS", "LambdaResNet26RPT256"):
+        check(f"builders/{name}", lambda name=name: _builder_check(name))
+    check("fit/lambda_layers", _fit)
+    results["_modules"] = dict(ok=True, detail=json.dumps(
+        {"tensorflow_imported": "tensorflow" in sys.modules, "keras": keras.__version__}),
+        seconds=0.0)
+    return results
+
+
+# -------------------------------------------------------------------- the tests (parent)
+@pytest.fixture(scope="module")
+def tf_reference(tmp_path_factory):
+    """LambdaResNet26T (random weights, non-trivial BN) written by TensorFlow, its logits."""
+    workdir = tmp_path_factory.mktemp("backends")
+    model = small_26t()
+    randomize_batch_norms(model)
+    x = np.random.default_rng(1).uniform(-1, 1, (BATCH, SIZE, SIZE, 3)).astype("float32")
+    np.save(workdir / "x.npy", x)
+    np.save(workdir / "tf_logits.npy", to_numpy(model(x, training=False)))
+    model.save_weights(str(workdir / "tf.weights.h5"))
+    return workdir
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def backend_results(request, tf_reference):
+    backend = request.param
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(TESTS), TESTS]
+                                         + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    started = time.perf_counter()
+    process = subprocess.run([sys.executable, __file__, backend, str(tf_reference)], env=env,
+                             capture_output=True, text=True, timeout=900)
+    path = tf_reference / f"{backend}.json"
+    assert process.returncode == 0 and path.exists(), process.stderr[-4000:]
+    with open(path, encoding="utf-8") as f:
+        results = json.load(f)
+    print(f"\n[{backend}] {len(results)} checks in {time.perf_counter() - started:.0f} s")
+    return backend, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("group", GROUPS)
+def test_backend(backend_results, group):
+    backend, results = backend_results
+    checks = {name: r for name, r in results.items() if name.split("/")[0] == group}
+    assert checks, f"{backend}: no {group} checks ran"
+    for name, result in checks.items():
+        print(f"[{backend}] {name}: {result['detail'].splitlines()[0]} ({result['seconds']} s)")
+    failed = {name: r["detail"] for name, r in checks.items() if not r["ok"]}
+    assert not failed, f"{backend}: " + "\n".join(f"{n}: {d}" for n, d in failed.items())
+
+
+def test_reference_covers_every_mode_and_formulation():
+    """The cases the backends run reach every formulation and every position mode."""
+    sys.path.insert(0, TESTS)
+    from test_formulations import FORMULATION_CASES
+
+    from lambda_keras.layers import IMPLEMENTATIONS, POSITION_MODES
+
+    assert {c["implementation"] for c in FORMULATION_CASES.values()} == set(IMPLEMENTATIONS)
+    assert {c["position"] for c in FORMULATION_CASES.values()} == set(POSITION_MODES)
+
+
+if __name__ == "__main__":
+    # PyTorch (timm parity) before anything that may load TensorFlow: Keras' data adapters import
+    # it when installed, and PyTorch imported after TensorFlow crashes the process.
+    import torch  # noqa: F401
+    import timm  # noqa: F401
+
+    run_checks(*sys.argv[1:])

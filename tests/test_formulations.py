@@ -1,0 +1,225 @@
+"""Tests for lambda_keras.layers.formulations: the four formulations of the position term and
+the rule that picks one.
+
+- Every formulation, forced through `LambdaLayer(implementation=...)`, matches the NumPy
+  reference of the paper (tests/reference.py) in every position mode it applies to, inference
+  and training; row windows equal the convolution on a 28 x 28 map with the paper's r = 23.
+- The rule (`formulations.choose`) against its own measurements: in every cell of
+  benchmarks/results/formulations.json its pick is within 1.2x of the fastest formulation.
+- The runtime the rule sees is the real one: XLA inside `tf.function(jit_compile=True)`, not
+  outside; TensorFlow's oneDNN state as TF reports it.
+
+`FORMULATION_CASES` is pure data: tests/test_backends.py runs the same cases on JAX and PyTorch.
+"""
+
+import json
+import os
+
+import numpy as np
+import keras
+import pytest
+
+from lambda_keras.layers import LambdaLayer, formulations
+from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
+
+RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                       "benchmarks", "results", "formulations.json")
+
+# id: LambdaLayer arguments. Every formulation in every position mode it applies to, |u| 1 and 2,
+# strides, bias, r smaller and larger (23) than the 6 x 7 map.
+FORMULATION_CASES = {
+    "queries_first-conv-u2-bias": dict(implementation="queries_first", position="conv",
+                                       receptive_field=5, intra_depth=2, position_bias=True),
+    "queries_first-relative-s2": dict(implementation="queries_first", position="relative",
+                                      strides=2),
+    "queries_first-global-u2": dict(implementation="queries_first", position="global",
+                                    intra_depth=2),
+    "lambdas_first-conv-r23": dict(implementation="lambdas_first", position="conv"),
+    "lambdas_first-relative-u2-bias": dict(implementation="lambdas_first", position="relative",
+                                           intra_depth=2, position_bias=True),
+    "lambdas_first-global-s2p2": dict(implementation="lambdas_first", position="global",
+                                      strides=2, pool_size=2),
+    "row_windows-conv-u2-bias": dict(implementation="row_windows", position="conv",
+                                     receptive_field=5, intra_depth=2, position_bias=True),
+    "row_windows-conv-r23-s2": dict(implementation="row_windows", position="conv", strides=2),
+    "row_windows-conv-r3": dict(implementation="row_windows", position="conv", receptive_field=3),
+    "conv-conv-u2": dict(implementation="conv", position="conv", receptive_field=5,
+                         intra_depth=2),
+    "conv-conv-r23-s2p2-bias": dict(implementation="conv", position="conv", strides=2,
+                                    pool_size=2, position_bias=True),
+    "auto-conv": dict(implementation="auto", position="conv", receptive_field=5),
+    "auto-relative": dict(implementation="auto", position="relative", intra_depth=2),
+    "auto-none-u2-s2p3": dict(implementation="auto", position=None, intra_depth=2, strides=2),
+}
+TRAINING = {"inference": False, "training": True}
+
+
+def check_against_reference(case, training):
+    """Max abs error of the forced formulation vs the NumPy reference (asserts <= 1e-5 scale)."""
+    layer = make_layer(**FORMULATION_CASES[case])
+    x = random_input()
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    expected = reference_lambda_layer(layer, x, training=training)
+    actual = keras.ops.convert_to_numpy(layer(x, training=training))
+    forced = FORMULATION_CASES[case]["implementation"]
+    if forced != "auto" and layer.position is not None:  # the forced formulation ran
+        assert layer._last_formulation == forced
+    error = float(np.max(np.abs(actual - expected)))
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    assert error <= 1e-5 * scale, f"{case} training={training}: {error:.3g} > 1e-5 x {scale:.3g}"
+    return error
+
+
+@pytest.mark.parametrize("training", TRAINING)
+@pytest.mark.parametrize("case", FORMULATION_CASES)
+def test_each_formulation_matches_numpy_reference(case, training):
+    check_against_reference(case, TRAINING[training])
+
+
+PAPER = dict(key_dim=16, num_heads=4, output_dim=256)  # |v| = 64: k v = 1024 = h m at 16 x 16
+
+
+def test_row_windows_equal_the_convolution_on_a_large_map():
+    """row_windows on a 28 x 28 map with r = 23 (query tiles, clipped row offsets) gives the
+    outputs of the lambda convolution, in inference and training."""
+    layer = LambdaLayer(**PAPER, implementation="row_windows",
+                        position_initializer=keras.initializers.RandomNormal(stddev=0.1))
+    x = np.random.default_rng(3).standard_normal((2, 28, 28, 32)).astype("float32")
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    reference = LambdaLayer.from_config({**layer.get_config(), "implementation": "conv"})
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    for training in (False, True):
+        expected = keras.ops.convert_to_numpy(reference(x, training=training))
+        actual = keras.ops.convert_to_numpy(layer(x, training=training))
+        scale = max(1.0, float(np.abs(expected).max()))
+        assert np.abs(actual - expected).max() <= 1e-4 * scale, f"training={training}"
+
+
+# ------------------------------------------------------------------------------ the rule
+ONEDNN = formulations.Runtime("tensorflow", onednn=True)
+NO_ONEDNN = formulations.Runtime("tensorflow", onednn=False)
+XLA = formulations.Runtime("tensorflow", xla=True, onednn=True)
+JAX = formulations.Runtime("jax", xla=True)
+TORCH = formulations.Runtime("torch")
+
+
+def choose(size, training, runtime, position="conv", intra_depth=1, heads=4, key_dim=16,
+           value_dim=64):
+    rows, cols = size
+    return formulations.choose(position, rows, cols, training, num_heads=heads, key_dim=key_dim,
+                               value_dim=value_dim, intra_depth=intra_depth, runtime=runtime)
+
+
+def test_runtime_engines():
+    assert ONEDNN.engine == "tf_onednn" and NO_ONEDNN.engine == "tf"
+    assert XLA.engine == JAX.engine == "xla"
+    assert TORCH.engine == "torch"
+    assert formulations.Runtime("tensorflow", onednn=True, device="tpu").engine == "xla"
+    assert formulations.Runtime("tensorflow", onednn=True, device="gpu").engine == "tf"
+
+
+def test_rule_structural_choices():
+    """What does not depend on measurements: dynamic sizes convolve, small maps (h m u <= k v)
+    contract q . E first, "relative"/"global" maps above that use lambdas_first."""
+    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
+        assert choose((None, 28), True, runtime) == "conv"
+        assert choose((16, 16), False, runtime) == "queries_first"  # h m = 1024 = k v
+        assert choose((16, 16), True, runtime, position="relative") == "queries_first"
+        assert choose((20, 20), False, runtime, position="global") == "lambdas_first"
+        assert choose((56, 56), True, runtime, position="relative") == "lambdas_first"
+    # A symbolic training flag (e.g. a Keras learning-phase tensor) counts as training.
+    symbolic = keras.ops.convert_to_tensor(True)
+    assert choose((56, 56), symbolic, ONEDNN) == choose((56, 56), True, ONEDNN)
+
+
+def test_rule_rows_are_ordered_and_closed():
+    for (engine, phase), rows in formulations.LOCAL_RULE.items():
+        assert engine in formulations.ENGINES and phase in ("fwd", "train")
+        limits = [largest for largest, _ in rows[:-1]]
+        assert limits == sorted(limits) and rows[-1][0] is None, (engine, phase)
+        assert {f for _, f in rows} <= set(formulations.FORMULATIONS)
+
+
+def _measured_cells():
+    if not os.path.exists(RESULTS):
+        pytest.fail(f"{RESULTS} is missing: run python -m benchmarks.formulations")
+    with open(RESULTS, encoding="utf-8") as f:
+        data = json.load(f)
+    return data, [c for c in data["cells"] if c["engine"] in data["engines"]
+                  and c["engine"] != "timm"]
+
+
+def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
+    """The table the rule came from (benchmarks/results/formulations.json): for every engine,
+    shape, map size and phase, the rule's pick was measured and is <= 1.2x the fastest."""
+    data, cells = _measured_cells()
+    assert {c["engine"] for c in cells} >= {"tf_onednn", "tf", "tf_xla", "jax", "torch"}
+    misses = []
+    for cell in cells:
+        engine = data["engines"][cell["engine"]]
+        shape = data["shapes"][cell["shape"]]
+        runtime = formulations.Runtime(
+            engine["backend"], xla=engine["jit_compile"], onednn=bool(engine.get("onednn")))
+        assert runtime.engine == engine["rule_engine"]
+        value_dim = data["settings"]["width"] // data["layer"]["num_heads"]
+        pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
+                      intra_depth=shape["intra_depth"], heads=data["layer"]["num_heads"],
+                      key_dim=data["layer"]["key_dim"], value_dim=value_dim)
+        times = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
+        measured = cell["results"].get(pick, {})
+        ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
+                 else float("inf"))
+        if ratio > 1.2:
+            misses.append(f"{cell['engine']} {cell['shape']} {cell['size']}^2 {cell['phase']}: "
+                          f"{pick} {ratio:.2f}x the fastest ({min(times, key=times.get)})")
+    assert not misses, "\n".join(misses)
+
+
+def test_benchmark_recorded_the_rules_pick_in_its_real_runtime():
+    """The suite records what the "auto" layer traced in each engine's process (real XLA
+    context, oneDNN state, backend): the same as the rule's pick from the recorded runtime."""
+    data, cells = _measured_cells()
+    for cell in cells:
+        engine = data["engines"][cell["engine"]]
+        runtime = formulations.Runtime(
+            engine["backend"], xla=engine["jit_compile"], onednn=bool(engine.get("onednn")))
+        shape = data["shapes"][cell["shape"]]
+        pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
+                      intra_depth=shape["intra_depth"])
+        assert cell["auto"] == pick, cell
+
+
+# ------------------------------------------------------------------- runtime detection
+def test_runtime_sees_xla_only_inside_jit_compile():
+    import tensorflow as tf
+    from tensorflow.python.util import _pywrap_util_port
+
+    assert formulations.current_runtime() == formulations.Runtime(
+        "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu")
+    seen = {}
+    for jit_compile in (False, True):
+        @tf.function(jit_compile=jit_compile)
+        def probe(t):
+            seen[jit_compile] = formulations.current_runtime().xla
+            return t + 1.0
+
+        probe(tf.constant(1.0))
+    assert seen == {False: False, True: True}
+
+
+def test_auto_layer_follows_the_runtime_it_is_traced_in():
+    """The same layer, inference on a 56 x 56 map: graph mode uses the rule of TF with this
+    process' oneDNN state, jit_compile=True the XLA rule."""
+    import tensorflow as tf
+
+    layer = LambdaLayer(**PAPER, receptive_field=7)
+    x = tf.zeros((1, 56, 56, 8))
+    layer.build(x.shape)
+    runtime = formulations.current_runtime()
+    for jit_compile, engine_runtime in ((False, runtime), (True, XLA)):
+        tf.function(lambda t: layer(t, training=False), jit_compile=jit_compile) \
+            .get_concrete_function(x)
+        assert layer._last_formulation == choose((56, 56), False, engine_runtime)
