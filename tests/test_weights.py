@@ -37,6 +37,7 @@ from lambda_keras import weights as W
 from helpers import assert_close, max_abs_diff
 
 PARITY_ATOL = 1e-4
+FEATURES_RTOL = 2e-4  # of max |features| (test_features_match_timm)
 PARITY_SIZE = 256  # native size of the three presets
 SIZE = 64  # input size of the small models
 CLASSES = 10
@@ -173,8 +174,12 @@ def test_features_match_timm(parity_case):
     model = models.build_lambda_resnet(case["arch"], weights=case["path"], include_top=False,
                                        input_shape=(PARITY_SIZE, PARITY_SIZE, 3))
     features = keras.ops.convert_to_numpy(model(case["x"], training=False))
-    # Features reach |x| ~ 10-40: the 1e-4 criterion is relative to their scale there.
-    assert_close(features, case["features"], PARITY_ATOL, what=f"{case['arch']} features")
+    # Features reach |x| ~ 10-40, where float32 round-off is ~1e-3 (timm's own float32 vs float64
+    # error: 2.2e-3 for lambda_resnet50ts). The criterion is _check_parity's (as exact as timm's
+    # own float32, measured against float64), plus a bound relative to the features' scale:
+    # FEATURES_RTOL, because TensorFlow's oneDNN kernels (on by default on AVX-512 CPUs) sum in
+    # another order: 50ts differs by 1.15e-4 x scale with oneDNN, 0.69e-4 without (measured).
+    assert_close(features, case["features"], FEATURES_RTOL, what=f"{case['arch']} features")
     _check_parity(case, features, "features")
 
 
