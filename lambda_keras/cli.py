@@ -17,31 +17,14 @@ the oneDNN and CUDA notices, through absl before reading TF_CPP_MIN_LOG_LEVEL).
 """
 
 import argparse
-import contextlib
 import json
 import os
 import sys
 
-from lambda_keras import presets, runtime
+from lambda_keras import presets, runtime, utils
 
 QUIET_LOG_LEVEL = "3"  # TF_CPP_MIN_LOG_LEVEL: 3 drops INFO, WARNING and ERROR (e.g. cuInit)
 NO_WEIGHTS = "none"
-
-
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """Points file descriptor 2 at /dev/null (C/C++ writes); Python's sys.stderr is flushed
-    first and is back to normal afterwards."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 def quiet_tensorflow(verbose=False):
@@ -54,7 +37,7 @@ def quiet_tensorflow(verbose=False):
         return
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
     if "tensorflow" not in sys.modules:
-        with _native_stderr_silenced():
+        with utils.native_stderr_silenced():
             import tensorflow  # noqa: F401
 
 

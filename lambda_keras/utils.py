@@ -3,6 +3,7 @@
 - Argument validation: `check_int`, `check_number`, `check_bool`, `check_choice`. Every message
   names the argument and the received value (`` `key_dim` must be a positive int. Received:
   key_dim=0 ``). Booleans are never accepted as numbers, nor strings as booleans.
+- Native stderr: `native_stderr_silenced`, for C++ log lines that no setting turns off.
 - Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
   appears under its final name only once it is complete; a failure leaves the previous file as it
   was and removes the half-written one.
@@ -10,8 +11,10 @@
 This module imports nothing heavy (no TensorFlow, no Keras).
 """
 
+import contextlib
 import numbers
 import os
+import sys
 
 # Half-written files carry this in their name until `os.replace` renames them.
 TEMP_MARK = ".tmp-"
@@ -142,3 +145,22 @@ def remove_temporaries(directory):
         for name in os.listdir(directory):
             if TEMP_MARK in name:
                 os.remove(os.path.join(directory, name))
+
+
+# --------------------------------------------------------------------------- native stderr
+@contextlib.contextmanager
+def native_stderr_silenced():
+    """Points file descriptor 2 at /dev/null inside the block: silences what C/C++ code writes
+    there (TensorFlow's import-time absl lines, LiteRT's "Created TensorFlow Lite XNNPACK
+    delegate"). Python's `sys.stderr` is flushed first and writes normally again afterwards;
+    an exception raised inside the block still propagates (and prints) as usual."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)

@@ -259,3 +259,16 @@ def test_verbose_keeps_tensorflow_logging(monkeypatch, tiny_model_path, tmp_path
     assert "TF_CPP_MIN_LOG_LEVEL" not in __import__("os").environ
     assert cli.main(["predict", str(image_path), "--model", tiny_model_path]) == 0
     assert __import__("os").environ["TF_CPP_MIN_LOG_LEVEL"] == cli.QUIET_LOG_LEVEL
+
+
+def test_native_stderr_silenced_restores_stderr(capfd):
+    import os
+
+    from lambda_keras import utils
+
+    with pytest.raises(RuntimeError):
+        with utils.native_stderr_silenced():
+            os.write(2, b"I0000 native log line\n")
+            raise RuntimeError("propagates")
+    os.write(2, b"after\n")
+    assert capfd.readouterr().err == "after\n"
