@@ -230,8 +230,7 @@ Reference:
 Args:
     include_top: whether to include the classifier head (global average pooling, {dropout}a
         dense layer). Defaults to `True`.
-    weights: `None` (random initialization), `"imagenet"`{imagenet}, a preset name, or the path
-        to a timm `.safetensors` or Keras `.weights.h5` file. Defaults to `{default_weights!r}`.
+    weights: {weights_doc} Defaults to `{default_weights!r}`.
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as the image input.
     input_shape: optional `(height, width, channels)`, channels last, each side at least 32 or
         `None`. Defaults to `({size}, {size}, 3)` with `include_top=True`{dynamic}.
@@ -269,7 +268,9 @@ def _document(builder):
             f"ResNet-RS backbone with blocks {arch.blocks} per stage c2..c5 and lambda layers "
             f"in {lambdas} of them (every c5 block, the paper's count in c4). No published "
             f"weights.{top1}")
-        imagenet, dynamic, timm_reference = "", " (`(None, None, 3)` otherwise)", ""
+        weights_doc = ("`None` (random initialization) or the path to a Keras `.weights.h5` "
+                       "file\n        (the paper published no weights).")
+        dynamic, timm_reference = " (`(None, None, 3)` otherwise)", ""
     else:
         p = PRESETS[preset]
         source = ", timm-compatible"
@@ -278,13 +279,15 @@ def _document(builder):
             f"lambda layers in {lambdas} of them ({arch.lambda_spec.position} positions). "
             f"ImageNet weights: preset `{preset}` ({p.top1}% top-1 at {p.top1_size} px "
             "as reported by timm), ported exactly.")
-        imagenet = f" (the preset `{preset}`)"
+        weights_doc = (f"`None` (random initialization), `\"imagenet\"` (the preset\n        "
+                       f"`{preset}`), a preset name, or the path to a timm `.safetensors` or "
+                       "Keras\n        `.weights.h5` file.")
         static = arch.lambda_spec.position in ("relative", "global")
         dynamic = "" if static else " (`(None, None, 3)` otherwise)"
         timm_reference = "\n- timm, `timm/models/byoanet.py` (architecture and weights)"
     builder.__doc__ = _DOC.format(
         title=arch.builder, source=source, description=description, timm_reference=timm_reference,
-        dropout="dropout, " if arch.drop_rate else "", imagenet=imagenet,
+        dropout="dropout, " if arch.drop_rate else "", weights_doc=weights_doc,
         default_weights="imagenet" if preset else None, size=arch.image_size, dynamic=dynamic,
         arch=arch.name, builder=arch.builder)
     return builder
