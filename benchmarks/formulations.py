@@ -196,6 +196,8 @@ def run_engine(engine, settings, threads, out_path, log=print):
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
     steps_for = STEPS[backend]
     batch, width = settings["batch"], settings["width"]
+    if settings.get("picks_only"):
+        return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
     for shape_name, shape in SHAPES.items():
         for size in settings["sizes"]:
@@ -266,6 +268,20 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 _time_timm(size, width, batch, threads, settings, out_path, log)
 
 
+def _record_picks(engine, settings, steps_for, jit_compile, out_path):
+    """Only what "auto" picks in every cell (traced, not timed): after a change of the rule."""
+    for shape_name, shape in SHAPES.items():
+        for size in settings["sizes"]:
+            x = np.zeros((settings["batch"], size, size, settings["width"]), "float32")
+            layer = _make_layer(shape, "auto", size, settings["width"])
+            _, trace = steps_for(layer, x, jit_compile)
+            for phase in PHASES:
+                cell = dict(engine=engine, shape=shape_name, size=size, phase=phase,
+                            auto=_auto_pick(layer, trace, phase))
+                with open(out_path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(cell) + "\n")
+
+
 def _auto_pick(layer, trace, phase):
     """The formulation the "auto" layer uses in this phase, recorded while tracing it."""
     layer._last_formulation = None  # noqa: SLF001 (own package: set by _position_output)
@@ -324,6 +340,10 @@ def parse_args(argv):
     parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="directory for formulations.json")
+    parser.add_argument("--picks-only", action="store_true",
+                        help="re-record only the formulation auto picks in each stored cell")
+    parser.add_argument("--table", action="store_true",
+                        help="print the Markdown tables of the stored results and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
@@ -353,6 +373,12 @@ def main(argv=None):
                            os.path.join(common.REPO_ROOT, "benchmarks", "results"))
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, "formulations.json")
+    if args.table:
+        with open(path, encoding="utf-8") as f:
+            print(markdown_tables(json.load(f)))
+        return 0
+    if args.picks_only:
+        return _update_picks(path, args.engines.split(","), threads)
     # Engines run in one invocation or several: the cells of the engines run now replace theirs.
     data = dict(suite="formulations", quick=args.quick, settings=settings, layer=LAYER,
                 shapes=SHAPES, machine=common.machine_description(threads), engines={}, cells=[])
@@ -398,6 +424,68 @@ def main(argv=None):
               f"{data['engines'][engine]['wall_s']:.0f} s -> {path}", flush=True)
     failed = [e for e, d in data["engines"].items() if d["returncode"] != 0]
     return 1 if failed else 0
+
+
+def _update_picks(path, engines, threads):
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    for engine in engines:
+        backend, env_update, _, _ = ENGINES[engine]
+        measured = data["engines"].get(engine)
+        if not measured:
+            continue
+        settings = dict(data["settings"], sizes=measured.get("sizes", data["settings"]["sizes"]),
+                        picks_only=True)
+        jsonl = path + f".{engine}.picks"
+        env = {**common.worker_env(threads), "KERAS_BACKEND": backend, **env_update}
+        subprocess.run([sys.executable, "-m", "benchmarks.formulations", "--worker", engine,
+                        "--settings", json.dumps(settings), "--jsonl", jsonl,
+                        "--threads", str(threads)], env=env, cwd=common.REPO_ROOT, check=True)
+        with open(jsonl, encoding="utf-8") as f:
+            picks = {(c["shape"], c["size"], c["phase"]): c["auto"] for c in map(json.loads, f)}
+        os.remove(jsonl)
+        for name in (jsonl + ".runtime",):
+            if os.path.exists(name):
+                os.remove(name)
+        for cell in data["cells"]:
+            key = (cell["shape"], cell["size"], cell["phase"])
+            if cell["engine"] == engine and key in picks:
+                cell["auto"] = picks[key]
+                _finish_cell(cell)
+        print(f"[formulations] {engine}: picks re-recorded", flush=True)
+    common.write_json(path, data)
+    return 0
+
+
+def _ms(result):
+    if result.get("status") in ("ok", "hopeless"):
+        return f"{1e3 * result['median_s']:.0f}" + ("!" if result["status"] == "hopeless" else "")
+    return "-"
+
+
+def markdown_tables(data):
+    """Per engine: each formulation's median (ms), auto's pick and its ratio to the fastest,
+    and the ratio of auto's time to timm's PyTorch layer (r 23 shape)."""
+    timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
+            for c in data["cells"] if c["engine"] == "timm"}
+    lines = ["| engine | shape | map | phase | " + " | ".join(FORMULATIONS)
+             + " | auto picks | auto / fastest | timm / auto |",
+             "|---" * (len(FORMULATIONS) + 7) + "|"]
+    order = {name: i for i, name in enumerate(ENGINES)}
+    cells = sorted((c for c in data["cells"] if c["engine"] in ENGINES),
+                   key=lambda c: (order[c["engine"]], c["shape"], c["size"], c["phase"]))
+    for cell in cells:
+        results = cell["results"]
+        auto = results.get(cell["auto"], {})
+        ratio = cell.get("auto_vs_fastest")
+        peer = timm.get((cell["size"], cell["phase"])) if cell["shape"] == "r23" else None
+        speedup = (f"{peer / auto['median_s']:.1f}x" if peer and auto.get("status") == "ok"
+                   else "")
+        lines.append(
+            f"| {cell['engine']} | {cell['shape']} | {cell['size']}² | {cell['phase']} | "
+            + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)
+            + f" | {cell['auto']} | {f'{ratio:.2f}x' if ratio else '-'} | {speedup} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -107,10 +107,11 @@ TORCH = formulations.Runtime("torch")
 
 
 def choose(size, training, runtime, position="conv", intra_depth=1, heads=4, key_dim=16,
-           value_dim=64):
+           value_dim=64, receptive_field=23):
     rows, cols = size
     return formulations.choose(position, rows, cols, training, num_heads=heads, key_dim=key_dim,
-                               value_dim=value_dim, intra_depth=intra_depth, runtime=runtime)
+                               value_dim=value_dim, intra_depth=intra_depth,
+                               receptive_field=receptive_field, runtime=runtime)
 
 
 def test_runtime_engines():
@@ -130,17 +131,25 @@ def test_rule_structural_choices():
         assert choose((16, 16), True, runtime, position="relative") == "queries_first"
         assert choose((20, 20), False, runtime, position="global") == "lambdas_first"
         assert choose((56, 56), True, runtime, position="relative") == "lambdas_first"
+        # Maps much larger than the r x r scope: a local formulation (E would be mostly zeros).
+        assert choose((24, 24), False, runtime, receptive_field=7) in formulations.LOCAL_ONLY
+        assert choose((72, 72), True, runtime) in formulations.LOCAL_ONLY
+    # The scope covers the map and q.E is not allowed more memory than the lambdas: E . V.
+    assert choose((20, 20), False, ONEDNN) == "lambdas_first"
     # A symbolic training flag (e.g. a Keras learning-phase tensor) counts as training.
     symbolic = keras.ops.convert_to_tensor(True)
     assert choose((56, 56), symbolic, ONEDNN) == choose((56, 56), True, ONEDNN)
 
 
 def test_rule_rows_are_ordered_and_closed():
-    for (engine, phase), rows in formulations.LOCAL_RULE.items():
-        assert engine in formulations.ENGINES and phase in ("fwd", "train")
-        limits = [largest for largest, _ in rows[:-1]]
-        assert limits == sorted(limits) and rows[-1][0] is None, (engine, phase)
-        assert {f for _, f in rows} <= set(formulations.FORMULATIONS)
+    assert set(formulations.LOCAL_RULE) == {(e, p) for e in formulations.ENGINES
+                                            for p in ("fwd", "train")}
+    for key, rule in formulations.LOCAL_RULE.items():
+        assert rule["queries_first"] >= 1, key  # never below the memory-neutral criterion
+        rows = rule["local"]
+        limits = [largest for largest, _ in rows[:-1]]  # receptive fields
+        assert limits == sorted(limits) and rows[-1][0] is None, key
+        assert {f for _, f in rows} <= set(formulations.LOCAL_ONLY), key
 
 
 def _measured_cells():
@@ -167,7 +176,8 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
         value_dim = data["settings"]["width"] // data["layer"]["num_heads"]
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
                       intra_depth=shape["intra_depth"], heads=data["layer"]["num_heads"],
-                      key_dim=data["layer"]["key_dim"], value_dim=value_dim)
+                      key_dim=data["layer"]["key_dim"], value_dim=value_dim,
+                      receptive_field=shape["receptive_field"])
         times = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
         measured = cell["results"].get(pick, {})
         ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
@@ -188,7 +198,7 @@ def test_benchmark_recorded_the_rules_pick_in_its_real_runtime():
             engine["backend"], xla=engine["jit_compile"], onednn=bool(engine.get("onednn")))
         shape = data["shapes"][cell["shape"]]
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
-                      intra_depth=shape["intra_depth"])
+                      intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"])
         assert cell["auto"] == pick, cell
 
 
@@ -222,4 +232,5 @@ def test_auto_layer_follows_the_runtime_it_is_traced_in():
     for jit_compile, engine_runtime in ((False, runtime), (True, XLA)):
         tf.function(lambda t: layer(t, training=False), jit_compile=jit_compile) \
             .get_concrete_function(x)
-        assert layer._last_formulation == choose((56, 56), False, engine_runtime)
+        assert layer._last_formulation == choose((56, 56), False, engine_runtime,
+                                                 receptive_field=7)

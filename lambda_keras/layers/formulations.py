@@ -51,20 +51,32 @@ WINDOW_TILE_SCOPES = 3
 # PyTorch backend (eager).
 ENGINES = ("tf_onednn", "tf", "xla", "torch")
 
-# For the local "conv" mode on maps where queries_first does not apply: per (engine, phase), the
-# formulation by number of positions n = H x W. Each row is (largest n, formulation), in
-# increasing order; the last row holds for every larger map. From benchmarks/results/
-# formulations.json (batch 8, d 256, |k| 16, |h| 4; r 23 |u| 1 and r 7 |u| 4; 14^2-112^2).
+# The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
+# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (benchmarks/results/formulations.json, summarised
+# in benchmarks/README.md "Formulations per backend"):
+# - "queries_first": where the scope covers at least half the map (n <= 2 r^2: E is dense
+#   enough) and q.E's h x m x u map per query is at most this many times the k x v lambda it
+#   replaces (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where
+#   it was measured fastest, e.g. 28^2 under XLA: 1.8x faster than row windows);
+# - "local": the formulation where the scope does not cover the map (n > r^2), by receptive
+#   field: rows (largest r, formulation) in increasing order, the last (None) for any larger r.
+#   The boundary r <= 11 lies between the two measured fields (convolution work grows as r^2,
+#   row windows' as r). Maps the scope covers (n <= r^2) where queries_first does not apply:
+#   "lambdas_first" (E is dense: no FLOP wasted).
 LOCAL_RULE = {
-    ("tf_onednn", "fwd"): ((399, "lambdas_first"), (None, "conv")),
-    ("tf_onednn", "train"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("tf", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("tf", "train"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("xla", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("xla", "train"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("torch", "fwd"): ((576, "lambdas_first"), (None, "row_windows")),
-    ("torch", "train"): ((576, "lambdas_first"), (None, "row_windows")),
+    # oneDNN's r x r convolution: the fastest forward from 28^2 on (and at 14^2 for r = 7); its
+    # filter gradient is slow for r = 23 (row windows 1.1-2.6x faster), fast for r = 7 (2-4x).
+    ("tf_onednn", "fwd"): dict(queries_first=1, local=((None, "conv"),)),
+    ("tf_onednn", "train"): dict(queries_first=4, local=((11, "conv"), (None, "row_windows"))),
+    # Without oneDNN, TF's own kernel of this convolution is 15x slower: row windows.
+    ("tf", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("tf", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("xla", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("xla", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("torch", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("torch", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
 }
+DENSE_SCOPE = 2  # n <= DENSE_SCOPE r^2: queries_first may apply (see LOCAL_RULE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +101,7 @@ class Runtime:
 
 
 def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
-           runtime):
+           receptive_field, runtime):
     """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
 
     Args:
@@ -97,6 +109,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         rows, cols: the static map size, or None (dynamic: only "conv" applies).
         training: the call's `training`; a symbolic or truthy value counts as training.
         num_heads, key_dim, value_dim, intra_depth: |h|, |k|, |v|, |u|.
+        receptive_field: r of the "conv" mode (ignored by the other modes).
         runtime: a `Runtime`.
 
     Returns:
@@ -112,8 +125,15 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         return "lambdas_first"
     # A symbolic `training` counts as training; None/False (predict, serving) does not.
     inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
-    for largest, formulation in LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]:
-        if largest is None or positions <= largest:
+    rule = LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]
+    scope = receptive_field * receptive_field
+    if positions <= DENSE_SCOPE * scope and (
+            num_heads * positions * intra_depth <= rule["queries_first"] * key_dim * value_dim):
+        return "queries_first"
+    if positions <= scope:
+        return "lambdas_first"  # the scope covers the map: E is dense
+    for largest, formulation in rule["local"]:
+        if largest is None or receptive_field <= largest:
             return formulation
     raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
 

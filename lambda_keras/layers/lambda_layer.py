@@ -325,7 +325,8 @@ class LambdaLayer(keras.layers.Layer):
         return formulations.choose(
             self.position, rows if static else None, cols if static else None, training,
             num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
-            intra_depth=self.intra_depth, runtime=runtime or formulations.current_runtime())
+            intra_depth=self.intra_depth, receptive_field=self.receptive_field,
+            runtime=runtime or formulations.current_runtime())
 
     def _position_output(self, q, values, rows, cols, dtype, training):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
