@@ -489,7 +489,8 @@ def test_tflite_quantized_agreement(case, quantization):
     size = os.path.getsize(path)
     METRICS[f"{case.name} tflite {quantization} top-1 agreement"] = agreement
     METRICS[f"{case.name} tflite {quantization} MB"] = round(size / 2 ** 20, 1)
-    assert agreement >= 0.95
+    # Measured: int8 99.0% (26T) / 98.5% (50), dynamic 100% / 97.5% of 200 held-out digits.
+    assert agreement >= 0.975
     assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops_used), ops_used
     if quantization == "int8":
         assert size <= 0.3 * os.path.getsize(_tflite_file(case, None))
@@ -667,12 +668,14 @@ def _directory_bytes(path):
 
 def test_saved_model_stores_each_weight_once(case):
     root = Path(case.export_path)
+    # The weights (a dropout's seed-generator state is a variable, not a weight, and serving
+    # does not use it).
     weight_bytes = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize
-                       for v in case.model.variables)
+                       for v in case.model.weights)
     stored = tf.train.load_checkpoint(str(root / "variables" / "variables"))
     shapes = stored.get_variable_to_shape_map()
     values = {k: v for k, v in shapes.items() if k.endswith("VARIABLE_VALUE")}
-    assert len(values) == len(case.model.variables)  # one entry per model variable
+    assert len(values) == len(case.model.weights)  # one entry per weight
     assert sum(int(np.prod(s)) for s in values.values()) == case.model.count_params()
     variables_bytes = _directory_bytes(root / "variables")
     graph_bytes = (root / "saved_model.pb").stat().st_size
