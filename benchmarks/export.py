@@ -12,10 +12,10 @@ get_tensor), all timed round-robin in one process (the same load for every ratio
 is compared with the Keras model's probabilities on the same image (max absolute difference,
 top-1 agreement) so that a fast but broken conversion shows.
 
-Per-op profile (`op_profile`, the LiteRT formats of `PROFILED`): LiteRT's Python API has no op
-profiler, so every operator is cut out into a single-op model fed with the real activations of
-the image and timed alone; the result says which op types take the time and whether XNNPACK
-delegated them (an int8 op that XNNPACK does not take runs on LiteRT's reference-class kernels).
+Per-op profile (`op_profile`, the LiteRT formats in the settings' `profiled`): LiteRT's Python
+API has no op profiler, so every operator is cut out into a single-op model fed with the real
+activations of the image and timed alone; the result says which op types take the time and
+whether XNNPACK delegated them (an int8 op that XNNPACK does not take runs on LiteRT's reference-class kernels).
 """
 
 import os
@@ -27,8 +27,10 @@ import numpy as np
 from benchmarks import common
 
 FULL = dict(image_size=224, classes=1000, calibration_images=8, profile_repeats=7,
+            profiled=["tflite_float32", "tflite_int8", "tflite_int8_full_integer"],
             timing=dict(warmup=2, min_repeats=5, max_repeats=30, budget_s=3.0))
 QUICK = dict(image_size=64, classes=10, calibration_images=2, profile_repeats=2,
+             profiled=["tflite_int8"],  # the smoke run exercises the profiler once
              timing=dict(warmup=1, min_repeats=2, max_repeats=3, budget_s=0.1))
 # (format key, quantization, float_ops or None for the default)
 TFLITE_FORMATS = (
@@ -38,7 +40,6 @@ TFLITE_FORMATS = (
     ("tflite_int8", "int8", None),
     ("tflite_int8_full_integer", "int8", ()),
 )
-PROFILED = ("tflite_float32", "tflite_int8", "tflite_int8_full_integer")
 MEAN = np.float32([0.485, 0.456, 0.406])
 STD = np.float32([0.229, 0.224, 0.225])
 
@@ -120,7 +121,7 @@ def run_job(job, threads, isolated):
         # All formats timed round-robin: the same machine load for every ratio.
         for key, stats in common.measure_interleaved(runs, **job["timing"]).items():
             formats[key]["latency"] = stats
-        for key in PROFILED:
+        for key in job["profiled"]:
             if key in runs:
                 with open(paths[key], "rb") as f:
                     rows = op_profile(f.read(), image, threads, job["profile_repeats"])
