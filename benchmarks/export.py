@@ -1,4 +1,4 @@
-"""Export suite: SavedModel (TF Serving) and LiteRT/TFLite latency per image, file size, per-op profile.
+"""Export suite: SavedModel and LiteRT latency per image, file size, per-op LiteRT profile.
 
 The model is LambdaResNet-50 (paper layout, random weights) at `image_size`, exported with
 lambda_keras.export: `saved_model(...)` (served signature `serving_default`, raw 0..255 pixels,
@@ -15,7 +15,8 @@ top-1 agreement) so that a fast but broken conversion shows.
 Per-op profile (`op_profile`, the LiteRT formats in the settings' `profiled`): LiteRT's Python
 API has no op profiler, so every operator is cut out into a single-op model fed with the real
 activations of the image and timed alone; the result says which op types take the time and
-whether XNNPACK delegated them (an int8 op that XNNPACK does not take runs on LiteRT's reference-class kernels).
+whether XNNPACK delegated them (an int8 op that XNNPACK does not take runs on LiteRT's own
+kernels).
 """
 
 import os
