@@ -30,7 +30,7 @@ translations +-100 px; ResNet-RS trains with M = 10 or 15), with its 16 ops.
 Every name importable from the former `data.py` module is importable from this package.
 """
 
-from lambda_keras.weights import DEFAULT_PREPROCESSING, Preprocessing
+from lambda_keras.presets import DEFAULT_PREPROCESSING, Preprocessing
 from lambda_keras.data.transforms import (
     RANDOM_RESIZED_CROP_RATIO, RANDOM_RESIZED_CROP_SCALE, RESIZE_METHODS, eval_transform,
     normalize, train_transform)

@@ -17,7 +17,7 @@ from lambda_keras.data.tfds_source import tfds_source
 from lambda_keras.data.transforms import (
     RANDOM_RESIZED_CROP_SCALE, check_preprocessing, eval_transform, image_size_of,
     train_transform)
-from lambda_keras.weights import DEFAULT_PREPROCESSING
+from lambda_keras.presets import DEFAULT_PREPROCESSING
 
 AUGMENTS = (None, "imagenet", "randaugment")
 _SOURCES = {"tfds": tfds_source, "folder": folder_source, "digits": digits_source}

@@ -16,7 +16,7 @@ import math
 
 import tensorflow as tf
 
-from lambda_keras.weights import DEFAULT_PREPROCESSING, Preprocessing
+from lambda_keras.presets import DEFAULT_PREPROCESSING, Preprocessing
 
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest")
 RANDOM_RESIZED_CROP_SCALE = (0.08, 1.0)

@@ -23,13 +23,16 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
              data_dir=None, verbose="auto"):
     """Top-1, top-5 and loss (cross-entropy, no smoothing) of `model` on a split of `data_spec`.
 
-    `model` is a keras.Model, a `.keras` file or a builder name (with `weights`, default
-    "imagenet"). The model is compiled here for evaluation (a model passed in keeps its
-    weights, not its compile settings). Returns {"loss", "top1", "top5", "num_examples"}.
+    `model` is a keras.Model, a `.keras` file or a model name (with `weights`, default: the
+    name's default weights, models.resolve_model). The model is compiled here for evaluation
+    (a model passed in keeps its weights, not its compile settings). Returns {"loss", "top1",
+    "top5", "num_examples"}.
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
     if isinstance(model, str) and not model.endswith(".keras") and weights is None:
-        weights = "imagenet"
+        from lambda_keras import models
+
+        weights = models.resolve_model(model).default_weights  # the name's, as everywhere
     if isinstance(model, str) and model.endswith(".keras"):
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)

@@ -19,8 +19,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import weights as weights_lib
-
-CLASSIFIER = "predictions"  # the classifier layer of models.py
+from lambda_keras.models import CLASSIFIER  # noqa: F401 - re-exported by lambda_keras.training
 TOP_K = 5
 
 
@@ -35,14 +34,15 @@ def dtype_policy(name):
 
 
 def zoo_builder(name):
+    """(registry key, builder) of any model name (models.resolve_model: registry key, builder or
+    preset name), or (None, None)."""
     from lambda_keras import models
 
-    if name in models.BUILDERS:
-        return name, models.BUILDERS[name]
-    for arch, builder in models.BUILDERS.items():
-        if builder is getattr(models, name, None):
-            return arch, builder
-    return None, None
+    try:
+        arch = models.resolve_model(name).arch
+    except (TypeError, ValueError):
+        return None, None
+    return arch, models.BUILDERS[arch]
 
 
 def default_image_size(model, weights):
