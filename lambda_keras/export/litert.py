@@ -384,7 +384,10 @@ class LiteRTRunner:
         inputs = np.asarray(inputs, dtype="float32")
         if inputs.shape != self._shape:
             self.interpreter.resize_tensor_input(self._input["index"], list(inputs.shape))
-            self.interpreter.allocate_tensors()
+            # The first allocation applies XNNPACK, whose C++ "Created ... delegate" line would
+            # land in the caller's output (the CLI's, the demo's).
+            with utils.native_stderr_silenced():
+                self.interpreter.allocate_tensors()
             self._shape = inputs.shape
         if self._input["dtype"] != np.float32:  # integer input: quantise
             scale, zero = self._input["quantization"]
