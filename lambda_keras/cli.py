@@ -200,6 +200,19 @@ def _jit_flag(text):
     return value
 
 
+class _RecipeOrHelp(argparse.Action):
+    """`--recipe NAME`; `--recipe help` prints the recipe table and exits, like --help."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if values == "help":
+            quiet_tensorflow(getattr(namespace, "verbose", False))
+            from lambda_keras import training
+
+            print(training.describe_recipes())
+            parser.exit()
+        setattr(namespace, self.dest, values)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="lambda-keras", description=__doc__.splitlines()[0])
     parser.add_argument("--verbose", action="store_true",
@@ -221,7 +234,8 @@ def build_parser():
     p.add_argument("--data", default="digits", help="tfds:NAME[:split] | folder:PATH | digits")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     p.add_argument("--validation-data", default="auto", help="a spec, 'auto' or 'none'")
-    p.add_argument("--recipe", default="finetune", help="paper-imagenet | finetune | scratch")
+    p.add_argument("--recipe", default="finetune", action=_RecipeOrHelp,
+                   help="a recipe name (default: %(default)s); `--recipe help` lists them all")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None, help="global batch size")
     p.add_argument("--steps-per-epoch", type=int, default=None)

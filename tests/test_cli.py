@@ -272,3 +272,16 @@ def test_native_stderr_silenced_restores_stderr(capfd):
             raise RuntimeError("propagates")
     os.write(2, b"after\n")
     assert capfd.readouterr().err == "after\n"
+
+
+def test_train_recipe_help_lists_every_recipe_without_a_model(capsys):
+    """`lambda-keras train --recipe help` prints the recipe table (training.describe_recipes) and
+    exits 0, like --help, before `--model` is required."""
+    from lambda_keras import training
+
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--recipe", "help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.strip() == training.describe_recipes().strip()
+    assert all(name in out for name in training.RECIPES)
