@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 # public name -> submodule that defines it
 _ATTRIBUTES = {
     "LambdaLayer": "layers",
+    "SequenceLambdaLayer": "layers",
     "LambdaResNet50": "models",
     "LambdaResNet101": "models",
     "LambdaResNet152": "models",

@@ -1,0 +1,441 @@
+"""Lambda layers for sequences and separate contexts, with causal and padding masks.
+
+The paper (Bello, ICLR 2021, section 3) defines the lambda layer for any input X (n x d) and
+context C (m x d); `LambdaLayer` is the image case (C = X, a 2-D map). `SequenceLambdaLayer` is the
+1-D case, with the same equations and conventions (multi-query heads, intra-depth |u|, batch norm
+on queries and values, softmax over m for the keys, projections without bias, the paper's
+initialisation; see `lambda_keras.layers.lambda_layer`):
+
+    Q = BN(X W_Q) (n, h, k)    K = softmax_m(C W_K) (m, k, u)    V = BN(C W_V) (m, v, u)
+    lambda^c   = sum_{m,u} K[m,k,u] V[m,v,u]                       (k, v)
+    lambda^p_n = sum_{m,u} E[n,m,k,u] V[m,v,u]                     (k, v)
+    y_n^h      = (lambda^c + lambda^p_n)^T q_n^h                   (v,)   heads concatenated -> d
+
+Inputs: X [batch, n, d]; the context C [batch, m, d_c] is X itself (default) or a separate tensor
+(`context=`), so m may differ from n (queries from one stream, keys/values from another).
+
+Position lambdas (`position=`), relative offset m - n of context position m to query n:
+  "local"    a learned embedding per offset in a window of r = `receptive_field` (odd) positions,
+             offsets in [-(r//2), r//2], zero outside (the 1-D lambda convolution); any length;
+  "relative" one embedding per offset over static lengths: offsets in [-(n-1), m-1], a learned
+             (n + m - 1) table (`sequence_length`, `context_length`);
+  "global"   one free embedding per (n, m) pair, static lengths;
+  None       content lambda only.
+
+Masks:
+- `causal=True`: query n sees only context positions m <= n (the context is X itself, or a
+  separate context of the same length). NOTE: the paper's Appendix B.2 (recalled, UNCONFIRMED in
+  detail) says a causal mask rules out the one shared content lambda: each query needs a prefix
+  sum of K^T V over m <= n (like causal linear attention, Theta(b n k v) memory), and the position
+  part masks E[n, m] to zero where m > n. Implemented so: the content lambda is
+  `ops.cumsum` over m of the outer products K[m] V[m]^T (memory Theta(b n k v u), linear in n, no
+  n x m map), and the keys' softmax over m is causal too: the running normalisation
+  exp(k_m - c) / sum_{m' <= n} exp(k_m' - c), computed in float32. NOTE: the paper does not say how
+  its causal softmax is stabilised; c is the max over all (unmasked) m, a per-key constant that
+  cancels in the ratio. Where a prefix's logits all lie ~87 below that max (float32 underflow) its
+  lambda is zero instead of its softmax; keys are normalised projections, far from that range.
+  Position lambdas: "local" keeps only the offsets <= 0 (linear memory); "relative"/"global" zero
+  E[n, m] for m > n.
+- Padding (`mask` [batch, n] for the queries, `context_mask` [batch, m] for a separate context;
+  Keras masking, e.g. `Embedding(mask_zero=True)`, fills `mask`): padded context positions are
+  excluded from the key softmax, from the batch-norm statistics and from every sum; padded queries
+  output zeros. With no separate context, `mask` masks both.
+
+Memory: "local" and no position term are linear in n (causal or not, self context); "relative",
+"global" and "local" with a separate context build the n x m embedding map (Theta(n m k u)).
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+from lambda_keras.layers.lambda_layer import _optional_initializer, _positive_int
+
+SEQUENCE_POSITION_MODES = ("local", "relative", "global", None)
+
+
+@keras.saving.register_keras_serializable(package="lambda_keras")
+class SequenceLambdaLayer(keras.layers.Layer):
+    """Lambda layer for sequences (batch, n, d), optionally with a separate context and masks.
+
+    Args:
+        output_dim: output depth d; must be divisible by `num_heads`. Defaults to the input's.
+        key_dim: query/key depth |k| (paper default 16).
+        num_heads: number of queries |h| per position (paper default 4); value depth = d / |h|.
+        intra_depth: intra-depth |u| (paper default 1).
+        position: "local" (window of `receptive_field` offsets), "relative" (offsets over static
+            lengths), "global" (one embedding per (n, m) pair, static lengths) or None.
+        receptive_field: odd window r of `position="local"`: offsets m - n in [-(r//2), r//2].
+        causal: if True, query n sees only context positions m <= n.
+        sequence_length: static query length n the "relative"/"global" embeddings are made for;
+            defaults to the input's static length seen in `build`.
+        context_length: static context length m for "relative"/"global"; defaults to the
+            context's static length (the query length without a separate context).
+        norm_momentum, norm_epsilon: batch-norm settings for queries and values.
+        query_initializer, key_initializer, value_initializer, position_initializer: override the
+            paper's initialisation (W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1)).
+
+    Call arguments:
+        inputs: queries' input X [batch, n, d].
+        context: optional separate context C [batch, m, d_c]; defaults to `inputs`.
+        mask: optional boolean [batch, n]: False marks padded query positions (their outputs are
+            zeros); also the context mask when there is no separate context.
+        context_mask: optional boolean [batch, m] for a separate context.
+        training: True for batch statistics in the query/value batch norms.
+
+    Returns:
+        [batch, n, output_dim].
+
+    Example:
+
+    >>> layer = SequenceLambdaLayer(output_dim=32, key_dim=8, num_heads=4, causal=True,
+    ...                             receptive_field=5)
+    >>> tuple(layer(np.zeros((2, 10, 16), "float32")).shape)
+    (2, 10, 32)
+    """
+
+    def __init__(
+        self,
+        output_dim=None,
+        key_dim=16,
+        num_heads=4,
+        intra_depth=1,
+        position="local",
+        receptive_field=23,
+        causal=False,
+        sequence_length=None,
+        context_length=None,
+        norm_momentum=0.9,
+        norm_epsilon=1e-5,
+        query_initializer=None,
+        key_initializer=None,
+        value_initializer=None,
+        position_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
+        self.key_dim = _positive_int("key_dim", key_dim)
+        self.num_heads = _positive_int("num_heads", num_heads)
+        self.intra_depth = _positive_int("intra_depth", intra_depth)
+        if position not in SEQUENCE_POSITION_MODES:
+            raise ValueError(
+                f"`position` must be one of {SEQUENCE_POSITION_MODES}. "
+                f"Received: position={position!r}"
+            )
+        self.position = position
+        self.receptive_field = _positive_int("receptive_field", receptive_field)
+        if self.receptive_field % 2 == 0:
+            raise ValueError(
+                f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}"
+            )
+        if not isinstance(causal, (bool, np.bool_)):
+            raise TypeError(f"`causal` must be a bool. Received: causal={causal!r}")
+        self.causal = bool(causal)
+        self.sequence_length = (None if sequence_length is None
+                                else _positive_int("sequence_length", sequence_length))
+        self.context_length = (None if context_length is None
+                               else _positive_int("context_length", context_length))
+        self.norm_momentum = float(norm_momentum)
+        self.norm_epsilon = float(norm_epsilon)
+        self.query_initializer = _optional_initializer(query_initializer)
+        self.key_initializer = _optional_initializer(key_initializer)
+        self.value_initializer = _optional_initializer(value_initializer)
+        self.position_initializer = _optional_initializer(position_initializer)
+        if self.output_dim is not None and self.output_dim % self.num_heads:
+            raise ValueError(
+                f"`output_dim` must be divisible by `num_heads` ({self.num_heads}). "
+                f"Received: output_dim={self.output_dim}"
+            )
+        self.supports_masking = True
+
+    # ---------------------------------------------------------------- build
+    def build(self, inputs_shape, context_shape=None):
+        inputs_shape = _rank3("inputs", inputs_shape)
+        separate = context_shape is not None
+        context_shape = _rank3("context", context_shape) if separate else inputs_shape
+        depth, context_depth = inputs_shape[-1], context_shape[-1]
+        if depth is None or context_depth is None:
+            raise ValueError(
+                "The last (depth) axis of `inputs` and `context` must be defined. "
+                f"Received: inputs_shape={inputs_shape}, context_shape={context_shape}"
+            )
+        self._check_lengths(inputs_shape[1], context_shape[1])
+        self._output_dim = self.output_dim or depth
+        if self._output_dim % self.num_heads:
+            raise ValueError(
+                f"`output_dim` must be divisible by `num_heads` ({self.num_heads}). "
+                f"Received: output_dim={self._output_dim}"
+            )
+        self.value_dim = self._output_dim // self.num_heads
+        self._separate_context = separate
+        self._context_depth = context_depth
+        self._lengths = self._resolve_lengths(inputs_shape, context_shape)
+        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
+
+        def init(override, stddev):
+            return override or keras.initializers.RandomNormal(stddev=stddev)
+
+        self.query_kernel = self.add_weight(
+            name="query_kernel", shape=(depth, h * k),
+            initializer=init(self.query_initializer, (k * depth) ** -0.5))
+        self.key_kernel = self.add_weight(
+            name="key_kernel", shape=(context_depth, k * u),
+            initializer=init(self.key_initializer, context_depth ** -0.5))
+        self.value_kernel = self.add_weight(
+            name="value_kernel", shape=(context_depth, v * u),
+            initializer=init(self.value_initializer, context_depth ** -0.5))
+        norm_kwargs = dict(momentum=self.norm_momentum, epsilon=self.norm_epsilon,
+                           dtype=self.dtype_policy)
+        self.query_norm = keras.layers.BatchNormalization(name="query_norm", **norm_kwargs)
+        self.query_norm.build((None, None, h * k))
+        self.value_norm = keras.layers.BatchNormalization(name="value_norm", **norm_kwargs)
+        self.value_norm.build((None, None, v * u))
+
+        position_init = init(self.position_initializer, 1.0)
+        if self.position == "local":
+            # One embedding per offset m - n + r // 2: [r, u, k].
+            shape = (self.receptive_field, u, k)
+        elif self.position == "relative":
+            n, m = self._lengths
+            # One embedding per offset m - n + (n - 1), offsets in [-(n-1), m-1]: [n + m - 1, u, k].
+            shape = (n + m - 1, u, k)
+        elif self.position == "global":
+            shape = (*self._lengths, u, k)  # one per (query n, context m) pair: [n, m, u, k]
+        if self.position is not None:
+            self.position_embeddings = self.add_weight(
+                name="position_embeddings", shape=shape, initializer=position_init)
+
+    def _check_lengths(self, n, m):
+        if self.causal and None not in (n, m) and n != m:
+            raise ValueError(
+                "`causal=True` with a separate context needs a context as long as the inputs "
+                f"(query n sees context m <= n). Received: input length {n}, context length {m}"
+            )
+
+    def _resolve_lengths(self, inputs_shape, context_shape):
+        """Static (n, m) the "relative"/"global" embeddings are made for; None otherwise."""
+        if self.position not in ("relative", "global"):
+            return None
+        lengths = []
+        for name, given, static in (("sequence_length", self.sequence_length, inputs_shape[1]),
+                                    ("context_length", self.context_length, context_shape[1])):
+            if given is None and name == "context_length" and not self._separate_context:
+                given = lengths[0]
+            if static is None and given is None:
+                raise ValueError(
+                    f'`position="{self.position}"` needs static lengths: give `{name}` or a '
+                    f"fully defined shape. Received: inputs_shape={tuple(inputs_shape)}, "
+                    f"context_shape={tuple(context_shape)}"
+                )
+            if static is not None and given is not None and static != given:
+                raise ValueError(
+                    f'`position="{self.position}"` embeddings are made for {name}={given}. '
+                    f"Received: length {static}"
+                )
+            lengths.append(given or static)
+        return tuple(lengths)
+
+    # ----------------------------------------------------------------- call
+    def call(self, inputs, context=None, mask=None, context_mask=None, training=None):
+        separate = context is not None
+        if separate != self._separate_context:
+            raise ValueError(
+                "The layer was built " + ("with" if self._separate_context else "without")
+                + " a separate `context`; call it the same way. "
+                f"Received: context={'a tensor' if separate else None}"
+            )
+        inputs = _check_rank3("inputs", inputs)
+        context = _check_rank3("context", context) if separate else inputs
+        if context.shape[-1] != self._context_depth:
+            raise ValueError(
+                f"`context` depth must be {self._context_depth} (as built). "
+                f"Received: context shape {tuple(context.shape)}"
+            )
+        n_static, m_static = inputs.shape[1], context.shape[1]
+        self._check_lengths(n_static, m_static)
+        if self._lengths is not None and (n_static, m_static) != self._lengths:
+            raise ValueError(
+                f'`position="{self.position}"` embeddings are made for (sequence_length, '
+                f"context_length)={self._lengths}. Received: {(n_static, m_static)}"
+            )
+        if not separate:
+            context_mask = mask if context_mask is None else context_mask
+        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
+        compute_dtype = self.compute_dtype
+        # float16 overflows past 65504: accumulate lambdas in float32 there (as LambdaLayer).
+        lambda_dtype = "float32" if compute_dtype == "float16" else compute_dtype
+        batch = ops.shape(inputs)[0]
+
+        q = ops.matmul(inputs, ops.cast(self.query_kernel, compute_dtype))  # [b, n, h*k]
+        # Keys in float32 (as LambdaLayer): the softmax and its prefix sums need the range.
+        keys = ops.matmul(ops.cast(context, "float32"),
+                          ops.cast(self.key_kernel, "float32"))  # [b, m, k*u]
+        values = ops.matmul(context, ops.cast(self.value_kernel, compute_dtype))  # [b, m, v*u]
+        q = self.query_norm(q, training=training, mask=mask)  # [b, n, h*k]
+        values = self.value_norm(values, training=training, mask=context_mask)  # [b, m, v*u]
+
+        q = ops.reshape(ops.cast(q, lambda_dtype), (batch, -1, h, k))  # [b, n, h, k]
+        values = ops.reshape(ops.cast(values, lambda_dtype), (batch, -1, v, u))  # [b, m, v, u]
+        keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
+        if context_mask is not None:
+            cmask = ops.cast(context_mask, "float32")  # [b, m]
+            # Padded context positions: zero values, so every sum over m leaves them out.
+            values = values * ops.cast(cmask, lambda_dtype)[:, :, None, None]  # [b, m, v, u]
+        else:
+            cmask = None
+
+        if self.causal:
+            out = _causal_content_output(q, keys, values, cmask, lambda_dtype)  # [b, n, h, v]
+        else:
+            weights = _masked_softmax(keys, cmask)  # [b, m, k, u], float32
+            content = ops.einsum("bmku,bmvu->bkv", ops.cast(weights, lambda_dtype),
+                                 values)  # [b, k, v]
+            out = ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
+        if self.position is not None:
+            out = out + self._position_output(q, values, separate, lambda_dtype)  # [b, n, h, v]
+
+        out = ops.reshape(ops.cast(out, compute_dtype), (batch, -1, h * v))  # [b, n, d]
+        if mask is not None:
+            out = out * ops.cast(mask, compute_dtype)[:, :, None]  # padded queries -> 0
+        return out
+
+    def _position_output(self, q, values, separate, dtype):
+        """Position term sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
+        table = ops.cast(self.position_embeddings, dtype)  # [r|n+m-1, u, k] or [n, m, u, k]
+        if self.position == "local" and not separate:
+            return _local_position_output(q, values, table, self.causal)
+        n, m = ops.shape(q)[1], ops.shape(values)[1]
+        embeddings = _dense_embeddings(table, self.position, n, m, self.receptive_field,
+                                       self.causal)  # [n, m, u, k]
+        lambdas = ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
+        return ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
+
+    # --------------------------------------------------------------- config
+    def compute_output_shape(self, inputs_shape, context_shape=None):
+        inputs_shape = _rank3("inputs", inputs_shape)
+        if context_shape is not None:
+            _rank3("context", context_shape)
+        return (inputs_shape[0], inputs_shape[1], self.output_dim or inputs_shape[-1])
+
+    def compute_mask(self, inputs, mask=None):
+        return mask  # padded query positions stay padded
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            output_dim=self.output_dim,
+            key_dim=self.key_dim,
+            num_heads=self.num_heads,
+            intra_depth=self.intra_depth,
+            position=self.position,
+            receptive_field=self.receptive_field,
+            causal=self.causal,
+            sequence_length=self.sequence_length,
+            context_length=self.context_length,
+            norm_momentum=self.norm_momentum,
+            norm_epsilon=self.norm_epsilon,
+        )
+        for name in ("query", "key", "value", "position"):
+            initializer = getattr(self, f"{name}_initializer")
+            config[f"{name}_initializer"] = (
+                None if initializer is None else keras.initializers.serialize(initializer))
+        return config
+
+
+# ------------------------------------------------------------------- helpers
+def _rank3(name, shape):
+    shape = tuple(shape)
+    if len(shape) != 3:
+        raise ValueError(
+            f"SequenceLambdaLayer expects `{name}` of rank 3 (batch, length, depth). "
+            f"Received: {name}_shape={shape}"
+        )
+    return shape
+
+
+def _check_rank3(name, tensor):
+    _rank3(name, tensor.shape)
+    return tensor
+
+
+def _masked_softmax(keys, cmask):
+    """Softmax over m (axis 1) of keys [b, m, k, u] in float32, padded positions excluded.
+
+    cmask: None or float32 [b, m]. A fully padded context gives all-zero weights.
+    """
+    keys = ops.cast(keys, "float32")  # [b, m, k, u]
+    if cmask is None:
+        return ops.softmax(keys, axis=1)  # [b, m, k, u]
+    cmask = cmask[:, :, None, None]  # [b, m, 1, 1]
+    shifted = keys - ops.max(ops.where(cmask > 0, keys, -1e30), axis=1, keepdims=True)
+    weights = ops.exp(ops.minimum(shifted, 0.0)) * cmask  # [b, m, k, u]
+    total = ops.sum(weights, axis=1, keepdims=True)  # [b, 1, k, u]
+    return weights / ops.maximum(total, 1e-30)  # [b, m, k, u]
+
+
+def _causal_content_output(q, keys, values, cmask, dtype):
+    """Causal content term: y[b,n,h,v] = sum_k q[b,n,h,k] lambda^c_n[b,k,v], with
+    lambda^c_n = sum_u sum_{m<=n} exp(K[m]) V[m] / sum_{m<=n} exp(K[m]) (prefix sums over m).
+
+    q [b, n, h, k], keys [b, m, k, u] (float32), values [b, m, v, u] (padded rows zero),
+    cmask None or float32 [b, m]; n == m. Memory Theta(b n k v u): no n x m map.
+    """
+    keys = ops.cast(keys, "float32")  # [b, m, k, u]
+    if cmask is None:
+        peak = ops.max(keys, axis=1, keepdims=True)  # [b, 1, k, u]
+        weights = ops.exp(keys - peak)  # [b, m, k, u]
+    else:
+        mask4 = cmask[:, :, None, None]  # [b, m, 1, 1]
+        peak = ops.max(ops.where(mask4 > 0, keys, -1e30), axis=1, keepdims=True)  # [b, 1, k, u]
+        weights = ops.exp(ops.minimum(keys - peak, 0.0)) * mask4  # [b, m, k, u]
+    # Running normalisation: the softmax over m' <= n, per query position n (= m).
+    normaliser = ops.cumsum(weights, axis=1)  # [b, n, k, u]
+    outer = ops.einsum("bmku,bmvu->bmkvu", ops.cast(weights, dtype), values)  # [b, m, k, v, u]
+    prefix = ops.cumsum(outer, axis=1)  # [b, n, k, v, u]: sum over m <= n
+    scale = ops.cast(1.0 / ops.maximum(normaliser, 1e-30), dtype)  # [b, n, k, u]
+    content = ops.einsum("bnkvu,bnku->bnkv", prefix, scale)  # [b, n, k, v]
+    return ops.einsum("bnhk,bnkv->bnhv", q, content)  # [b, n, h, v]
+
+
+def _local_position_output(q, values, table, causal):
+    """Local position term over the self context (m == n), linear memory in n.
+
+    y[b,n,h,v] = sum_{j,u,k} q[b,n,h,k] w[j,u,k] V[b, n + j - r//2, v, u] (zero outside [0, n)),
+    offsets j - r//2 > 0 dropped when causal. q [b, n, h, k], values [b, n, v, u], table [r, u, k].
+    """
+    r = table.shape[0]
+    half = r // 2
+    taps = half + 1 if causal else r  # causal: offsets -half..0 only
+    length = ops.shape(values)[1]
+    padded = ops.pad(values, ((0, 0), (half, half), (0, 0), (0, 0)))  # [b, n + r - 1, v, u]
+    windows = ops.stack(
+        [ops.slice(padded, (0, j, 0, 0), (ops.shape(values)[0], length, values.shape[2],
+                                          values.shape[3])) for j in range(taps)],
+        axis=2)  # [b, n, j, v, u]: V[n + j - half]
+    qe = ops.einsum("bnhk,juk->bnhju", q, table[:taps])  # [b, n, h, j, u]
+    return ops.einsum("bnhju,bnjvu->bnhv", qe, windows)  # [b, n, h, v]
+
+
+def _dense_embeddings(table, position, n, m, receptive_field, causal):
+    """E[n, m, u, k] for query length n and context length m (offsets m - n), zero outside the
+    "local" window and, when causal, for m > n."""
+    offsets = (ops.arange(m, dtype="int32")[None, :]
+               - ops.arange(n, dtype="int32")[:, None])  # [n, m]: m - n
+    if position == "global":
+        embeddings = table  # [n, m, u, k]
+        allowed = None
+    elif position == "relative":
+        embeddings = ops.take(table, offsets + (n - 1), axis=0)  # [n, m, u, k]
+        allowed = None
+    else:  # "local"
+        half = receptive_field // 2
+        index = ops.clip(offsets + half, 0, receptive_field - 1)  # [n, m]
+        embeddings = ops.take(table, index, axis=0)  # [n, m, u, k]
+        allowed = ops.abs(offsets) <= half  # [n, m]
+    if causal:
+        past = offsets <= 0  # [n, m]
+        allowed = past if allowed is None else ops.logical_and(allowed, past)
+    if allowed is not None:
+        embeddings = embeddings * ops.cast(allowed, embeddings.dtype)[:, :, None, None]
+    return embeddings  # [n, m, u, k]

@@ -1,0 +1,268 @@
+"""SequenceLambdaLayer: sequences, separate contexts, causal and padding masks.
+
+Every mode is checked against `_reference`, an explicit loop over query positions n and context
+positions m written from the paper's equations (section 3, Appendix B.2) in NumPy float64,
+independent of the layer's einsums, cumulative sums and window slicing.
+"""
+
+import numpy as np
+import keras
+import pytest
+import tensorflow as tf
+
+from lambda_keras import SequenceLambdaLayer
+from tests.helpers import (
+    assert_all_weights_get_gradients,
+    assert_close,
+    assert_config_round_trip,
+    assert_keras_save_reload,
+    assert_xla_matches_eager,
+)
+
+EPS = 1e-5
+
+
+def _randomise_norms(layer, rng):
+    """Non-trivial batch-norm statistics, so the reference checks where BN is applied."""
+    for norm in (layer.query_norm, layer.value_norm):
+        size = norm.gamma.shape[0]
+        norm.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.1, size),
+                          rng.normal(0, 0.1, size), rng.uniform(0.5, 1.5, size)])
+
+
+def _bn(x, norm):
+    gamma, beta, mean, var = (np.asarray(w, "float64") for w in norm.get_weights())
+    return (x - mean) / np.sqrt(var + EPS) * gamma + beta
+
+
+def _reference(layer, x, context=None, mask=None, context_mask=None):
+    """y[b, n, h*v] by explicit loops over n and m (float64, BN in inference mode)."""
+    x = np.asarray(x, "float64")
+    c = x if context is None else np.asarray(context, "float64")
+    if context is None and context_mask is None:
+        context_mask = mask
+    batch, n_len, _ = x.shape
+    m_len = c.shape[1]
+    k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
+    wq, wk, wv = (np.asarray(w, "float64") for w in
+                  (layer.query_kernel.numpy(), layer.key_kernel.numpy(),
+                   layer.value_kernel.numpy()))
+    table = (None if layer.position is None
+             else np.asarray(layer.position_embeddings.numpy(), "float64"))
+    half = layer.receptive_field // 2
+    out = np.zeros((batch, n_len, h * v))
+    for b in range(batch):
+        q = _bn(x[b] @ wq, layer.query_norm).reshape(n_len, h, k)
+        keys = (c[b] @ wk).reshape(m_len, k, u)
+        values = _bn(c[b] @ wv, layer.value_norm).reshape(m_len, v, u)
+        for n in range(n_len):
+            if mask is not None and not mask[b, n]:
+                continue  # padded query: zeros
+            seen = [m for m in range(m_len)
+                    if (context_mask is None or context_mask[b, m])
+                    and (not layer.causal or m <= n)]
+            lam = np.zeros((k, v))
+            if seen:
+                logits = np.stack([keys[m] for m in seen])  # [m', k, u]
+                weights = np.exp(logits - logits.max(axis=0))
+                weights /= weights.sum(axis=0)  # softmax over the seen m
+                for i, m in enumerate(seen):
+                    lam += weights[i] @ values[m].T  # content: sum_u K[m,k,u] V[m,v,u]
+            for m in seen:
+                offset = m - n
+                if layer.position == "local":
+                    if abs(offset) > half:
+                        continue
+                    emb = table[offset + half]  # [u, k]
+                elif layer.position == "relative":
+                    emb = table[offset + n_len - 1]
+                elif layer.position == "global":
+                    emb = table[n, m]
+                else:
+                    continue
+                lam += emb.T @ values[m].T  # position: sum_u E[n,m,k,u] V[m,v,u]
+            for head in range(h):
+                out[b, n, head * v:(head + 1) * v] = lam.T @ q[n, head]
+    return out
+
+
+def _layer(x, context=None, seed=0, **kwargs):
+    kwargs = {"output_dim": 12, "key_dim": 4, "num_heads": 3, "receptive_field": 5, **kwargs}
+    layer = SequenceLambdaLayer(**kwargs)
+    layer(x) if context is None else layer(x, context=context)
+    _randomise_norms(layer, np.random.default_rng(seed))
+    return layer
+
+
+def _data(batch=2, n=9, d=6, seed=0):
+    return np.random.default_rng(seed).standard_normal((batch, n, d)).astype("float32")
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("position", ["local", "relative", "global", None])
+@pytest.mark.parametrize("intra_depth", [1, 2])
+def test_self_context_matches_loop_reference(position, causal, intra_depth):
+    x = _data()
+    layer = _layer(x, position=position, causal=causal, intra_depth=intra_depth)
+    assert_close(layer(x, training=False), _reference(layer, x), 2e-5)
+
+
+@pytest.mark.parametrize("position", ["local", "relative", "global", None])
+def test_separate_context_matches_loop_reference(position):
+    x, context = _data(n=6), _data(n=11, d=5, seed=1)  # m != n, different depths
+    layer = _layer(x, context, position=position, intra_depth=2)
+    out = layer(x, context=context, training=False)
+    assert tuple(out.shape) == layer.compute_output_shape(x.shape, context.shape) == (2, 6, 12)
+    assert_close(out, _reference(layer, x, context), 2e-5)
+
+
+def test_causal_separate_context_of_the_same_length_matches_reference():
+    x, context = _data(n=7), _data(n=7, d=5, seed=1)
+    layer = _layer(x, context, position="local", causal=True)
+    assert_close(layer(x, context=context, training=False),
+                 _reference(layer, x, context), 2e-5)
+
+
+def _padding(batch, length, lengths):
+    return np.arange(length)[None, :] < np.asarray(lengths)[:, None]  # [b, n] True = valid
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("position", ["local", "relative", None])
+def test_padded_self_context_matches_reference(position, causal):
+    x = _data()
+    mask = _padding(2, 9, [5, 9])
+    layer = _layer(x, position=position, causal=causal)
+    out = keras.ops.convert_to_numpy(layer(x, mask=mask, training=False))
+    assert_close(out, _reference(layer, x, mask=mask), 2e-5)
+    assert not out[0, 5:].any()  # padded queries output zeros
+
+
+@pytest.mark.parametrize("position", ["local", "global"])
+def test_padded_separate_context_matches_reference(position):
+    x, context = _data(n=6), _data(n=8, d=5, seed=1)
+    mask, context_mask = _padding(2, 6, [6, 4]), _padding(2, 8, [3, 8])
+    layer = _layer(x, context, position=position)
+    out = layer(x, context=context, mask=mask, context_mask=context_mask, training=False)
+    assert_close(out, _reference(layer, x, context, mask, context_mask), 2e-5)
+
+
+@pytest.mark.parametrize("position", ["local", "relative", "global", None])
+def test_causal_output_ignores_the_future(position):
+    x = _data(n=12)
+    layer = _layer(x, position=position, causal=True)
+    before = keras.ops.convert_to_numpy(layer(x, training=False))
+    for t in (0, 4, 10):
+        changed = x.copy()
+        changed[:, t + 1:] = np.random.default_rng(t).standard_normal(changed[:, t + 1:].shape)
+        after = keras.ops.convert_to_numpy(layer(changed, training=False))
+        np.testing.assert_allclose(after[:, :t + 1], before[:, :t + 1], rtol=1e-5, atol=1e-6)
+        assert np.abs(after[:, t + 1:] - before[:, t + 1:]).max() > 1e-3  # the future matters
+
+
+def test_padded_positions_change_nothing_in_training():
+    """Padded content is excluded from the softmax, the sums and the batch-norm statistics."""
+    x = _data()
+    mask = _padding(2, 9, [5, 9])
+    layer = _layer(x, causal=True)
+    noisy = x.copy()
+    noisy[0, 5:] = 100.0
+    for training in (False, True):
+        a = keras.ops.convert_to_numpy(layer(x, mask=mask, training=training))
+        b = keras.ops.convert_to_numpy(layer(noisy, mask=mask, training=training))
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_keras_masking_propagates_from_embedding(tmp_path):
+    tokens = keras.Input((None,), dtype="int32")
+    embedded = keras.layers.Embedding(20, 8, mask_zero=True)(tokens)
+    hidden = SequenceLambdaLayer(8, key_dim=4, num_heads=2, receptive_field=3,
+                                 causal=True)(embedded)
+    model = keras.Model(tokens, keras.layers.GlobalAveragePooling1D()(hidden))
+    ids = np.array([[3, 4, 5, 0, 0], [1, 2, 3, 4, 5]], "int32")
+    out = model(ids, training=False)
+    # The padded tail of row 0 changes nothing: same as the unpadded row of length 3.
+    assert_close(out[:1], model(ids[:1, :3], training=False), 1e-5)
+    assert_keras_save_reload(model, ids, tmp_path, atol=1e-6)
+
+
+def test_gradients_reach_every_weight():
+    x = _data()
+    layer = _layer(x, causal=True, intra_depth=2)
+    assert_all_weights_get_gradients(layer, x)
+
+
+@pytest.mark.parametrize("kwargs", [dict(causal=True), dict(position="relative", causal=True),
+                                    dict(position="global")])
+def test_xla_matches_eager(kwargs):
+    x = _data()
+    layer = _layer(x, **kwargs)
+    assert_xla_matches_eager(lambda t: layer(t, training=True), x, atol=1e-4,
+                             variables=layer.trainable_variables)
+
+
+def test_xla_matches_eager_with_a_separate_context():
+    x, context = _data(n=6), _data(n=8, d=5, seed=1)
+    layer = _layer(x, context, position="local")
+    assert_xla_matches_eager(lambda t: layer(t, context=context, training=True), x, atol=1e-4,
+                             variables=layer.trainable_variables)
+
+
+def test_config_round_trip_and_save_reload(tmp_path):
+    x = _data()
+    layer = _layer(x, position="relative", causal=True, intra_depth=2,
+                   query_initializer=keras.initializers.RandomNormal(stddev=0.3))
+    assert_config_round_trip(layer, x, training=False)
+    queries, context = keras.Input((6, 6)), keras.Input((8, 5))
+    out = SequenceLambdaLayer(12, key_dim=4, num_heads=3, position="global")(
+        queries, context=context)
+    model = keras.Model([queries, context], out)
+    path = str(tmp_path / "cross.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    inputs = [_data(n=6), _data(n=8, d=5, seed=1)]
+    np.testing.assert_array_equal(reloaded(inputs), model(inputs))
+
+
+def test_dynamic_length_with_local_position():
+    layer = SequenceLambdaLayer(8, key_dim=4, num_heads=2, receptive_field=3, causal=True)
+    fn = tf.function(lambda t: layer(t, training=False),
+                     input_signature=[tf.TensorSpec((None, None, 6), "float32")])
+    x = _data(n=7)
+    np.testing.assert_allclose(fn(x), layer(x, training=False), rtol=1e-5, atol=1e-6)
+    assert tuple(fn(_data(n=4)).shape) == (2, 4, 8)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(output_dim=10, num_heads=4), "output_dim"),
+    (dict(position="conv"), "position"),
+    (dict(receptive_field=4), "receptive_field"),
+    (dict(key_dim=0), "key_dim"),
+    (dict(sequence_length=-3), "sequence_length"),
+])
+def test_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SequenceLambdaLayer(**kwargs)
+
+
+def test_bad_causal_type():
+    with pytest.raises(TypeError, match="causal"):
+        SequenceLambdaLayer(causal="yes")
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="rank 3.*Received: inputs_shape"):
+        SequenceLambdaLayer(8, num_heads=2)(np.zeros((1, 4, 4, 8), "float32"))
+    with pytest.raises(ValueError, match="causal=True.*context length 5"):
+        SequenceLambdaLayer(8, num_heads=2, causal=True)(
+            _data(n=4), context=_data(n=5))
+    with pytest.raises(ValueError, match="static lengths.*sequence_length"):
+        SequenceLambdaLayer(8, num_heads=2, position="relative").build((None, None, 6))
+    layer = _layer(_data(), position="global")
+    with pytest.raises(ValueError, match=r"made for .*\(9, 9\)"):
+        layer(_data(n=8))
+    cross = _layer(_data(n=6), _data(n=8, d=5), position="local")
+    with pytest.raises(ValueError, match="`context` depth must be 5"):
+        cross(_data(n=6), context=_data(n=8, d=7))
+    with pytest.raises(ValueError, match="separate `context`"):
+        cross(_data(n=6))
