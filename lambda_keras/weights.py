@@ -14,9 +14,15 @@ Implemented:
   (values are assigned only after everything was checked). The classifier ("predictions") is
   skipped when the model has none (include_top=False) or a different number of classes, as
   keras.applications does; timm's `num_batches_tracked` counters are ignored (Keras BN has none).
-- Downloads go through `keras.utils.get_file` into the Keras cache (`cache_subdir="models"`,
-  `KERAS_HOME` honoured at call time); a hash mismatch, a truncated download or a file that is not
-  a valid safetensors file leaves nothing in the cache and raises.
+- Downloads (urllib, `DOWNLOAD_TIMEOUT` seconds for the connection and for each read) go into the
+  Keras cache (`models/` under `KERAS_HOME`, honoured at call time) under a temporary name
+  (utils.temp_path) that becomes the cache name only once the sha256 (when known) and the strict
+  load into the model passed: a stalled, truncated, hash-mismatched, unreadable or non-fitting
+  download leaves nothing in the cache and raises. A cached file that fails the strict load
+  because of the file (unreadable, non-finite tensors, or tensors that do not fit the preset's own
+  architecture) is quarantined (renamed `*.rejected`, the reason in the error): the next call
+  downloads again. Leftovers of killed downloads are removed.
+- Non-finite tensors (NaN/inf) are refused at load, naming them; the model is left unchanged.
 - `convert_timm(src, dst)` writes a Keras `.weights.h5` (the `lambda-keras convert` command).
 - `preprocess_input` and `decode_predictions` with the 1000 ImageNet class names bundled in
   assets/imagenet_classes.txt (WordNet ids in the standard sorted order, torchvision's names).
@@ -38,10 +44,13 @@ The eval resize + center crop of a Preprocessing is `lambda_keras.data.eval_tran
 """
 
 import functools
+import hashlib
 import importlib.resources
 import os
 import re
 import tempfile
+import urllib.error
+import urllib.request
 import warnings
 
 import numpy as np
@@ -67,6 +76,9 @@ SAFETENSORS_SUFFIX = ".safetensors"
 KERAS_WEIGHTS_SUFFIX = ".weights.h5"
 CLASSIFIER = models.CLASSIFIER  # name of the classifier layer
 MAX_LISTED = 12  # names listed per category in a strict-loading error
+DOWNLOAD_TIMEOUT = 60.0  # seconds: connecting, and each read (a stalled download fails)
+DOWNLOAD_CHUNK = 1 << 20  # bytes per read
+REJECTED_SUFFIX = ".rejected"  # a cached file that failed verification is renamed to this
 
 
 # ----------------------------------------------------------------------------- validation
@@ -85,8 +97,13 @@ def _check_file_kind(path):
             "`weights` must be None, 'imagenet', a preset name "
             f"{tuple(PRESETS)}, or the path to a {SAFETENSORS_SUFFIX} (timm) or "
             f"{KERAS_WEIGHTS_SUFFIX} (Keras) file. Received: weights={path!r}")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"`weights` is a directory, not a weights file. Received: weights={path!r}")
+    if not os.path.isfile(path):
+        raise ValueError("`weights` is not a regular file (a device, pipe or socket); pass a "
+                         f"weights file. Received: weights={path!r}")
 
 
 def validate_weights(weights, arch_name, include_top=True, classes=1000):
@@ -116,7 +133,7 @@ def _cache_dir():
 
 
 def _download_target(cache_dir, fname):
-    """Where keras.utils.get_file puts `fname` (same fallback for an unwritable cache_dir)."""
+    """Where the download of `fname` goes (get_file's fallback for an unwritable cache_dir)."""
     base = os.path.expanduser(cache_dir)
     if not os.access(base, os.W_OK):
         base = os.path.join("/tmp" if os.path.isdir("/tmp") else tempfile.gettempdir(), ".keras")
@@ -135,32 +152,166 @@ def cached_weights(name, cache_dir=None):
     return path if os.path.isfile(path) else None
 
 
-def download_preset(name, cache_dir=None):
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def _remove_stale_partials(target):
+    """Removes partial downloads of `target` left by processes that no longer run (killed)."""
+    directory, name = os.path.split(target)
+    stem = name.partition(".")[0] + utils.TEMP_MARK
+    for leftover in os.listdir(directory):
+        pid = leftover[len(stem):].partition(".")[0]
+        if leftover.startswith(stem) and pid.isdigit() and not _pid_alive(int(pid)):
+            try:
+                os.remove(os.path.join(directory, leftover))
+            except OSError:
+                pass
+
+
+def _fetch(url, destination, timeout):
+    """Writes the bytes at `url` to `destination`; returns their sha256 hex digest.
+
+    `timeout` bounds the connection and every read: a server that stops answering raises
+    TimeoutError instead of hanging. A body shorter than its Content-Length raises ValueError.
+    """
+    digest = hashlib.sha256()
+    received = 0
+    with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - preset URLs
+        expected = response.headers.get("Content-Length")
+        with open(destination, "wb") as f:
+            while True:
+                chunk = response.read(DOWNLOAD_CHUNK)
+                if not chunk:
+                    break
+                f.write(chunk)
+                digest.update(chunk)
+                received += len(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+    if expected is not None and expected.isdigit() and received != int(expected):
+        raise ValueError(f"truncated download: {received} of {expected} bytes received")
+    return digest.hexdigest()
+
+
+def _sha256_of(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(DOWNLOAD_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_fault(preset, path):
+    """Why the file `path` cannot be the weights of `preset`, or None when it can.
+
+    The file is at fault when it is not a readable safetensors file, holds non-finite tensors, or
+    does not fit the preset's own architecture (headless, so the classifier's size is free). A
+    model built with other overrides that cannot take a good file is not the file's fault.
+    """
+    try:
+        state = _read_safetensors(path)
+        _check_finite(state, path)
+    except ValueError as error:
+        return str(error)
+    height, width = preset.preprocessing.input_size
+    reference = models.build_lambda_resnet(preset.arch, include_top=False, weights=None,
+                                           input_shape=(height, width, 3))
+    converted, unconverted = timm_to_keras(state)
+    return _strict_problems(reference, converted, path, unconverted)
+
+
+def _quarantine(path):
+    rejected = path + REJECTED_SUFFIX
+    os.replace(path, rejected)
+    return rejected
+
+
+def download_preset(name, cache_dir=None, timeout=None, verify=None):
     """Download (or find in the cache) the file of preset `name`; returns its local path.
 
-    A hash mismatch, a truncated download or an unreadable file leaves no file in the cache.
+    Args:
+        name: a preset name or `Preset`.
+        cache_dir: the Keras home (default: `KERAS_HOME` or ~/.keras); files go to its models/.
+        timeout: seconds allowed for connecting and for each read (default `DOWNLOAD_TIMEOUT`).
+        verify: called with the downloaded file's temporary path before it is kept (the strict
+            load into the model); a file it refuses for the file's own fault is not kept.
+
+    The download is written under a temporary name and renamed to the cache name only after the
+    sha256 (when known) and `verify` (or, without `verify`, parsing the file) passed: a stalled,
+    truncated, mismatched or unreadable download leaves no file in the cache and raises
+    ValueError. A cached file whose sha256 does not match is quarantined and downloaded again.
     """
     preset = name if isinstance(name, Preset) else PRESETS[name]
     cache_dir = cache_dir or _cache_dir()
-    try:  # get_file falls back to /tmp/.keras for a cache_dir that does not exist yet
+    timeout = DOWNLOAD_TIMEOUT if timeout is None else utils.check_number(
+        "timeout", timeout, low=0, low_open=True)
+    try:  # an unwritable cache_dir falls back to /tmp/.keras (as keras.utils.get_file does)
         os.makedirs(os.path.expanduser(cache_dir), exist_ok=True)
     except OSError:
-        pass  # unwritable: get_file's fallback applies, and _download_target mirrors it
-    fname = f"{preset.name}{SAFETENSORS_SUFFIX}"
-    target = _download_target(cache_dir, fname)
+        pass
+    target = _download_target(cache_dir, f"{preset.name}{SAFETENSORS_SUFFIX}")
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.isfile(target):
+        if preset.sha256 is None or _sha256_of(target) == preset.sha256:
+            if verify is not None:
+                verify(target)
+            return target
+        _quarantine(target)
+    _remove_stale_partials(target)
+    partial = utils.temp_path(target)
     try:
-        path = keras.utils.get_file(
-            fname=fname, origin=preset.url, cache_dir=cache_dir, cache_subdir="models",
-            file_hash=preset.sha256, hash_algorithm="sha256")
-        _read_safetensors(path)  # a truncated file fails here when no hash is known
+        try:
+            digest = _fetch(preset.url, partial, timeout)
+        except TimeoutError as error:
+            raise ValueError(f"no data for {timeout:g} s (timed out; DOWNLOAD_TIMEOUT)") from error
+        except (urllib.error.URLError, OSError) as error:
+            raise ValueError(f"{type(error).__name__}: {error}") from error
+        if preset.sha256 is not None and digest != preset.sha256:
+            raise ValueError(f"sha256 hash mismatch: expected {preset.sha256}, got {digest}")
+        if verify is None:
+            _read_safetensors(partial)  # a truncated file fails here when no hash is known
+        else:
+            try:
+                verify(partial)
+            except ValueError:
+                if file_fault(preset, partial) is None:
+                    os.replace(partial, target)  # a good file the model cannot take: kept
+                raise
     except Exception as error:
-        # get_file removes partial downloads but keeps a file whose hash does not match.
-        if os.path.exists(target):
-            os.remove(target)
+        if os.path.exists(partial):
+            os.remove(partial)
+        if os.path.exists(target):  # downloaded and kept; the model refused it
+            raise
         raise ValueError(
             f"Downloading the weights of {preset.name!r} from {preset.url} failed; nothing was "
             f"kept in the cache ({target}). Cause: {error}") from error
-    return path
+    os.replace(partial, target)
+    return target
+
+
+def _load_preset(model, preset, cache_dir=None, timeout=None):
+    """Loads the weights of `preset` into `model`, from the cache or downloaded (see module)."""
+    target = _download_target(cache_dir or _cache_dir(), f"{preset.name}{SAFETENSORS_SUFFIX}")
+    if not os.path.isfile(target) or preset.sha256 is not None:
+        download_preset(preset, cache_dir, timeout, verify=lambda path: _load_timm(model, path))
+        return
+    try:
+        _load_timm(model, target)
+    except ValueError as error:
+        fault = file_fault(preset, target)
+        if fault is None:
+            raise  # a good file the model cannot take (e.g. other architecture overrides)
+        rejected = _quarantine(target)
+        raise ValueError(
+            f"The cached weights of {preset.name!r} ({target}) are unusable and were moved to "
+            f"{rejected}; the next use downloads them again. Cause: {fault}") from error
 
 
 # ------------------------------------------------------------------------- reading files
@@ -285,13 +436,8 @@ def _classifier_mismatch(converted, targets):
                for k in model_keys)
 
 
-def assign_strict(model, converted, source, unconverted=()):
-    """Assign {weight path: (array, source name, source shape)} to `model`, all or nothing.
-
-    The classifier is skipped when the model has none or a different number of classes.
-    Raises ValueError naming every missing, unexpected and mis-shaped tensor; the model is then
-    unchanged.
-    """
+def _strict_problems(model, converted, source, unconverted=()):
+    """The strict-loading error message for `model` (see `assign_strict`), or None if it fits."""
     targets = {v.path: v for v in model.weights}
     if _classifier_mismatch(converted, targets):
         converted = {k: v for k, v in converted.items() if not k.startswith(f"{CLASSIFIER}/")}
@@ -303,21 +449,47 @@ def assign_strict(model, converted, source, unconverted=()):
         f"{name} {shape} -> {k}: converted {tuple(a.shape)}, model {tuple(targets[k].shape)}"
         for k, (a, name, shape) in converted.items()
         if k in targets and tuple(a.shape) != tuple(targets[k].shape)]
-    if missing or unexpected or mis_shaped:
-        problems = [
-            f"{len(items)} {label}: {_listed(items)}"
-            for label, items in (("model weights missing from the checkpoint", missing),
-                                 ("unexpected checkpoint tensors", unexpected),
-                                 ("mis-shaped tensors", mis_shaped)) if items]
-        raise ValueError(
-            f"Cannot load {source!r} into model {model.name!r}: " + "; ".join(problems)
-            + ". The model was left unchanged.")
+    if not (missing or unexpected or mis_shaped):
+        return None
+    problems = [
+        f"{len(items)} {label}: {_listed(items)}"
+        for label, items in (("model weights missing from the checkpoint", missing),
+                             ("unexpected checkpoint tensors", unexpected),
+                             ("mis-shaped tensors", mis_shaped)) if items]
+    return f"Cannot load {source!r} into model {model.name!r}: " + "; ".join(problems) + "."
+
+
+def assign_strict(model, converted, source, unconverted=()):
+    """Assign {weight path: (array, source name, source shape)} to `model`, all or nothing.
+
+    The classifier is skipped when the model has none or a different number of classes.
+    Raises ValueError naming every missing, unexpected and mis-shaped tensor; the model is then
+    unchanged.
+    """
+    problems = _strict_problems(model, converted, source, unconverted)
+    if problems:
+        raise ValueError(problems + " The model was left unchanged.")
+    targets = {v.path: v for v in model.weights}
+    if _classifier_mismatch(converted, targets):
+        targets = {k: v for k, v in targets.items() if not k.startswith(f"{CLASSIFIER}/")}
     for key, variable in targets.items():
         variable.assign(converted[key][0].astype(variable.dtype))
 
 
+def _check_finite(state, source):
+    """ValueError naming the tensors of {name: array} that hold NaN or infinity."""
+    bad = [name for name, array in state.items()
+           if np.issubdtype(np.asarray(array).dtype, np.inexact)
+           and not np.isfinite(array).all()]
+    if bad:
+        raise ValueError(f"{source!r} holds non-finite values (NaN or infinity) in {len(bad)} "
+                         f"tensors: {_listed(bad)}. The model was left unchanged.")
+
+
 def _load_timm(model, path):
-    converted, unconverted = timm_to_keras(_read_safetensors(path))
+    state = _read_safetensors(path)
+    _check_finite(state, path)
+    converted, unconverted = timm_to_keras(state)
     assign_strict(model, converted, path, unconverted)
 
 
@@ -330,6 +502,28 @@ def _keras_load(model, path):
                if f"{os.sep}saving{os.sep}" in (w.filename or "")]
     if skipped:
         raise ValueError(f"Keras skipped part of the file: {skipped[0]}")
+    _check_finite({v.path: v.numpy() for v in model.weights}, path)  # caller restores on error
+
+
+def _check_h5_dtypes(path):
+    """ValueError naming the datasets of a .weights.h5 file that are not floating point.
+
+    Every weight of a lambda_keras model is a float; Keras would silently cast integers.
+    A file h5py cannot open is left to Keras' own error.
+    """
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        return
+    bad = []
+    with f:
+        f.visititems(lambda name, obj: bad.append(f"{name} ({obj.dtype})")
+                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind != "f" else None)
+    if bad:
+        raise ValueError(f"{path!r} holds {len(bad)} non-floating-point weight tensors: "
+                         f"{_listed(bad)}. The model was left unchanged.")
 
 
 def _load_keras_weights(model, path):
@@ -338,6 +532,7 @@ def _load_keras_weights(model, path):
     A file whose classifier does not fit (or a headless file) loads into the backbone only when
     the model's classifier cannot take it, with a warning; the classifier then keeps its values.
     """
+    _check_h5_dtypes(path)
     snapshot = [v.numpy() for v in model.weights]
 
     def restore():
@@ -376,7 +571,7 @@ def load_weights(model, weights, arch_name):
     validate_weights(weights, arch_name)
     weights = os.fspath(weights)
     if weights == "imagenet" or weights in PRESETS:
-        _load_timm(model, download_preset(preset_for(weights, arch_name)))
+        _load_preset(model, preset_for(weights, arch_name))
     elif weights.lower().endswith(SAFETENSORS_SUFFIX):
         _load_timm(model, weights)
     else:

@@ -10,7 +10,7 @@ torch runs in a subprocess (`timm_reference`): importing torch after TensorFlow 
 crashes (triton's LLVM clashes with TensorFlow's), and the package itself must not need torch.
 
 Loading tests use small models (64 x 64 inputs) and a timm lambda_resnet26t checkpoint with 10
-classes made by that subprocess; downloads go through keras.utils.get_file with file:// URLs and a
+classes made by that subprocess; downloads (urllib, weights.DOWNLOAD_TIMEOUT) use file:// URLs and a
 local HTTP server (no network).
 """
 
@@ -611,3 +611,243 @@ def test_module_import_is_torch_free():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# --- issue 19: reliability ------------------------------------------------------------------
+# Downloads that stall, killed downloads, cached files that do not fit, non-finite and
+# non-float weights, hostile safetensors headers, weights= paths that are not files.
+import socket  # noqa: E402
+import time  # noqa: E402
+
+
+class _SilentServer:
+    """A local TCP server that accepts connections and never answers (a stalled download)."""
+
+    def __init__(self):
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(4)
+        self.stop = threading.Event()
+        self.accepted = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        self.socket.settimeout(0.1)
+        while not self.stop.is_set():
+            try:
+                self.accepted.append(self.socket.accept()[0])  # held open, never answered
+            except OSError:
+                pass
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self.socket.getsockname()[1]}/model.safetensors"
+
+    def close(self):
+        self.stop.set()
+        self.thread.join()
+        for connection in self.accepted:
+            connection.close()
+        self.socket.close()
+
+
+def test_stalled_download_times_out_and_leaves_no_file(preset_from, monkeypatch):
+    monkeypatch.setattr(W, "DOWNLOAD_TIMEOUT", 0.5)
+    server = _SilentServer()
+    try:
+        cached = preset_from(server.url, None)
+        start = time.monotonic()
+        with pytest.raises(ValueError, match="timed out") as info:
+            small_26t(weights="imagenet")
+        assert time.monotonic() - start < 10  # would hang forever without a timeout
+        assert "nothing was kept" in str(info.value)
+        assert not any(cached.parent.iterdir())  # no partial file under any name
+    finally:
+        server.close()
+
+
+def test_download_timeout_argument(preset_from, tmp_path):
+    server = _SilentServer()
+    try:
+        preset_from(server.url, None)
+        with pytest.raises(ValueError, match="no data for 0.2 s"):
+            W.download_preset("lambda_resnet26t.c1_in1k", timeout=0.2)
+        with pytest.raises(ValueError, match="Received: timeout=0"):
+            W.download_preset("lambda_resnet26t.c1_in1k", timeout=0)
+    finally:
+        server.close()
+
+
+def test_killed_download_leftover_is_removed(checkpoint, loaded, preset_from):
+    cached = preset_from(f"file://{checkpoint}", None)
+    cached.parent.mkdir(parents=True)
+    dead_pid = 2**22 + 17  # above Linux's pid_max: no such process
+    leftover = cached.parent / f"lambda_resnet26t.tmp-{dead_pid}.c1_in1k.safetensors"
+    leftover.write_bytes(b"partial")
+    unrelated = cached.parent / "other_model.safetensors"
+    unrelated.write_bytes(b"kept")
+    model = small_26t(weights="imagenet")
+    assert sorted(p.name for p in cached.parent.iterdir()) == sorted([cached.name, unrelated.name])
+    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+                                  loaded["stem_conv1/kernel"])
+
+
+def _without(state, key):
+    return {k: v for k, v in state.items() if k != key}
+
+
+MISSING = "stages.0.0.conv1_1x1.conv.weight"
+
+
+def test_cached_file_that_does_not_fit_is_quarantined(timm_state, checkpoint, loaded,
+                                                      preset_from):
+    cached = preset_from(f"file://{checkpoint}", None)
+    cached.parent.mkdir(parents=True)
+    save_state(_without(timm_state, MISSING), cached)  # valid safetensors, one tensor missing
+    model = small_26t()
+    before = weights_of(model)
+    with pytest.raises(ValueError) as info:
+        W.load_weights(model, "imagenet", "lambda_resnet26t")
+    message = str(info.value)
+    assert "stage1_block1_conv1/kernel" in message and "downloads them again" in message
+    assert not cached.exists() and (cached.parent / (cached.name + ".rejected")).is_file()
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    # The next call downloads the good file again.
+    model = small_26t(weights="imagenet")
+    assert cached.is_file()
+    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+                                  loaded["stem_conv1/kernel"])
+
+
+def test_cached_file_with_a_wrong_hash_is_downloaded_again(checkpoint, preset_from):
+    cached = preset_from(f"file://{checkpoint}", _sha256(checkpoint))
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"stale")
+    small_26t(weights="imagenet")
+    assert _sha256(cached) == _sha256(checkpoint)
+
+
+def test_download_that_does_not_fit_leaves_no_file(timm_state, preset_from, tmp_path):
+    source = save_state(_without(timm_state, MISSING), tmp_path / "hub.safetensors")
+    cached = preset_from(f"file://{source}", None)
+    with pytest.raises(ValueError, match="nothing was kept") as info:
+        small_26t(weights="imagenet")
+    assert "stage1_block1_conv1/kernel" in str(info.value)
+    assert not any(cached.parent.iterdir())
+
+
+def test_good_cached_file_is_kept_when_the_model_cannot_take_it(checkpoint, preset_from):
+    # A model built with other overrides: the model's fault, not the file's.
+    cached = preset_from(f"file://{checkpoint}", None)
+    small_26t(weights="imagenet")
+    assert cached.is_file()
+    with pytest.raises(ValueError, match="unexpected checkpoint tensors"):
+        small_26t(weights="imagenet", layout="CCCC")
+    assert cached.is_file() and _sha256(cached) == _sha256(checkpoint)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_non_finite_safetensors_are_refused_naming_the_tensor(timm_state, tmp_path, value):
+    state = dict(timm_state)
+    bad = "stages.1.0.conv2_kxk.bn.running_var"
+    state[bad] = state[bad].copy()
+    state[bad][3] = value
+    path = save_state(state, tmp_path / "nan.safetensors")
+    model = small_26t()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match="non-finite") as info:
+        W.load_weights(model, path, "lambda_resnet26t")
+    assert bad in str(info.value) and "left unchanged" in str(info.value)
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_non_finite_download_is_not_cached(timm_state, preset_from, tmp_path):
+    state = dict(timm_state)
+    state["head.fc.bias"] = np.full_like(state["head.fc.bias"], np.nan)
+    cached = preset_from(f"file://{save_state(state, tmp_path / 'hub.safetensors')}", None)
+    with pytest.raises(ValueError, match="head.fc.bias"):
+        small_26t(weights="imagenet")
+    assert not any(cached.parent.iterdir())
+
+
+def _tiny_model():
+    return lambda_keras.LambdaResNet50(weights=None, input_shape=(32, 32, 3), classes=3,
+                                       layout="CCCL")
+
+
+def test_non_finite_keras_weights_are_refused_naming_the_weight(tmp_path):
+    source = _tiny_model()
+    variable = source.get_layer("stem_conv1").kernel
+    variable.assign(np.full(variable.shape, np.nan, "float32"))
+    path = str(tmp_path / "nan.weights.h5")
+    source.save_weights(path)
+    model = _tiny_model()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match="non-finite") as info:
+        W.load_weights(model, path, "lambda_resnet50")
+    assert "stem_conv1/kernel" in str(info.value) and "left unchanged" in str(info.value)
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_keras_weights_of_a_wrong_dtype_are_refused(tmp_path):
+    import h5py
+
+    path = str(tmp_path / "int.weights.h5")
+    _tiny_model().save_weights(path)
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        shape = f[names[0]].shape
+        del f[names[0]]
+        f.create_dataset(names[0], data=np.full(shape, 7, "int64"))  # Keras would cast it
+    model = _tiny_model()
+    before = weights_of(model)
+    with pytest.raises(ValueError, match="non-floating-point") as info:
+        W.load_weights(model, path, "lambda_resnet50")
+    assert f"{names[0]} (int64)" in str(info.value)
+    for key, value in weights_of(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def _header_file(path, header, declared_length=None, payload=b""):
+    raw = json.dumps(header).encode()
+    length = len(raw) if declared_length is None else declared_length
+    path.write_bytes(length.to_bytes(8, "little") + raw + payload)
+    return str(path)
+
+
+@pytest.mark.parametrize("case", ["huge-header-length", "tensor-beyond-file", "huge-shape"])
+def test_hostile_safetensors_headers_are_refused(case, tmp_path):
+    header = {"stem.conv1.conv.weight": {"dtype": "F32", "shape": [24, 3, 3, 3],
+                                         "data_offsets": [0, 24 * 27 * 4]}}
+    path = tmp_path / f"{case}.safetensors"
+    if case == "huge-header-length":
+        _header_file(path, header, declared_length=2**62)
+    elif case == "tensor-beyond-file":
+        _header_file(path, header, payload=b"\0" * 16)  # header claims 2592 bytes
+    else:
+        header["stem.conv1.conv.weight"] = {"dtype": "F32", "shape": [2**31, 2**31],
+                                            "data_offsets": [0, 16]}
+        _header_file(path, header, payload=b"\0" * 16)
+    model = small_26t()
+    with pytest.raises(ValueError, match=f"Could not read .*{case}.safetensors"):
+        W.load_weights(model, str(path), "lambda_resnet26t")
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_weights_path_that_is_not_a_regular_file(kind, tmp_path):
+    path = tmp_path / "model.safetensors"
+    if kind == "directory":
+        path.mkdir()
+        expected = "is a directory"
+    else:
+        os.mkfifo(path)  # reading it would block forever
+        expected = "not a regular file"
+    with pytest.raises(ValueError, match=expected) as info:
+        W.validate_weights(str(path), "lambda_resnet26t")
+    assert "does not exist" not in str(info.value)
+    assert f"Received: weights={str(path)!r}" in str(info.value)
