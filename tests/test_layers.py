@@ -483,3 +483,36 @@ def test_legacy_einsum_implementation_loads_as_auto():
 def test_compute_output_shape_rejects_rank_3():
     with pytest.raises(ValueError, match=re.escape("Received: input_shape=(None, 6, 8)")):
         make_layer().compute_output_shape((None, 6, 8))
+
+
+# --- issue 19: reliability ------------------------------------------------------------------
+# No string-as-bool, batch-norm settings in their range, sizes bounded (a typo or a hostile config
+# must not try to allocate terabytes).
+@pytest.mark.parametrize("kwargs,error,received", [
+    (dict(position_bias="false"), TypeError, "position_bias='false'"),  # was True
+    (dict(position_bias=1), TypeError, "position_bias=1"),
+    (dict(norm_momentum=5.0), ValueError, "norm_momentum=5.0"),
+    (dict(norm_momentum=1.0), ValueError, "norm_momentum=1.0"),  # statistics never update
+    (dict(norm_momentum=-0.1), ValueError, "norm_momentum=-0.1"),
+    (dict(norm_momentum="0.9"), TypeError, "norm_momentum='0.9'"),
+    (dict(norm_epsilon=0.0), ValueError, "norm_epsilon=0.0"),
+    (dict(norm_epsilon=float("nan")), ValueError, "norm_epsilon=nan"),
+    (dict(key_dim=2**40), ValueError, "key_dim=1099511627776"),
+    (dict(output_dim=2**20, num_heads=4), ValueError, "output_dim=1048576"),
+    (dict(receptive_field=2**20 + 1), ValueError, "receptive_field=1048577"),
+    (dict(key_dim=2**10, num_heads=2**7), ValueError, "key_dim=1024, num_heads=128"),
+    (dict(key_dim=True), ValueError, "key_dim=True"),
+])
+def test_unchecked_arguments_are_refused(kwargs, error, received):
+    with pytest.raises(error) as info:
+        LambdaLayer(**kwargs)
+    assert received in str(info.value), str(info.value)
+    name = next(iter(kwargs))
+    assert f"`{name}`" in str(info.value), str(info.value)
+
+
+def test_argument_bounds_accept_their_edges():
+    # The refusals above are bounds, not bans: the edge values still build a layer.
+    layer = LambdaLayer(norm_momentum=0.0, norm_epsilon=1e-12, position_bias=True,
+                        key_dim=256, num_heads=256, receptive_field=1025)
+    assert (layer.norm_momentum, layer.position_bias, layer.key_dim) == (0.0, True, 256)

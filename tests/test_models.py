@@ -673,3 +673,24 @@ def test_get_model_uses_the_names_default_weights():
     assert model.name == "lambda_resnet50" and model.output_shape == (None, CLASSES)
     with pytest.raises(ValueError, match=r"Unknown model name.*LambdaResNet26T.*resnet9"):
         lambda_keras.get_model("resnet9")
+
+
+# --- issue 19: reliability ------------------------------------------------------------------
+# Arguments of the wrong type are refused (no bool-as-int, no string-as-bool), before any layer
+# is built; the message names the argument and the received value.
+@pytest.mark.parametrize("kwargs,error,received", [
+    (dict(classes=True), TypeError, "classes=True"),  # was a 1-class model
+    (dict(classes=3.0), TypeError, "classes=3.0"),
+    (dict(layout=(True, 0, 0, 0)), ValueError, "layout=(True, 0, 0, 0)"),
+    (dict(input_shape=(32, 32, 0)), ValueError, "input_shape=(32, 32, 0)"),
+    (dict(input_shape=(32, 32, True)), ValueError, "input_shape=(32, 32, True)"),
+    (dict(input_shape=(32.0, 32, 3)), ValueError, "input_shape=(32.0, 32, 3)"),
+    (dict(include_top="false"), TypeError, "include_top='false'"),
+    (dict(weights=True), TypeError, "weights=True"),
+    (dict(drop_rate=float("nan")), ValueError, "drop_rate=nan"),
+])
+def test_wrongly_typed_builder_arguments_are_refused(kwargs, error, received):
+    kwargs = {"weights": None, "input_shape": (32, 32, 3), "classes": 3, **kwargs}
+    with pytest.raises(error) as info:
+        lambda_keras.LambdaResNet50(**kwargs)
+    assert received in str(info.value), str(info.value)

@@ -52,6 +52,7 @@ import numpy as np
 import keras
 from keras import ops
 
+from lambda_keras import utils
 from lambda_keras.layers import formulations
 from lambda_keras.layers.formulations import (  # noqa: F401 (re-exported, public since 0.1)
     IMPLEMENTATIONS,
@@ -66,6 +67,29 @@ def _positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
         raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
     return int(value)
+
+
+# A bound on what one layer's arguments may ask for: every size below is far above any lambda
+# network (paper: |k| = 16, |h| = 4, |u| <= 4, r <= 23, d <= 2048), far below what would try to
+# allocate terabytes (key_dim=2**40 would ask for 2**40 * channels floats).
+MAX_DIM = 2**16  # output_dim, key_dim, num_heads, intra_depth
+MAX_RECEPTIVE_FIELD = 2**10 + 1  # r: the scope of a 1024 x 1024 map
+
+
+def _check_weight_size(output_dim, key_dim, num_heads, intra_depth, receptive_field):
+    """ValueError for sizes beyond MAX_DIM / MAX_RECEPTIVE_FIELD (typos, hostile configs)."""
+    for name, value, bound in (("output_dim", output_dim, MAX_DIM), ("key_dim", key_dim, MAX_DIM),
+                               ("num_heads", num_heads, MAX_DIM),
+                               ("intra_depth", intra_depth, MAX_DIM),
+                               ("receptive_field", receptive_field, MAX_RECEPTIVE_FIELD)):
+        if value is not None and value > bound:
+            raise ValueError(
+                f"`{name}` must be at most {bound} (a sane bound: lambda networks use far smaller "
+                "sizes, and the layer's weights grow with it). "
+                f"Received: {name}={value!r}")
+    if key_dim * num_heads > MAX_DIM:  # the query projection's width |h| |k|
+        raise ValueError(f"`key_dim` * `num_heads` must be at most {MAX_DIM}. "
+                         f"Received: key_dim={key_dim}, num_heads={num_heads}")
 
 
 def _spatial_pair(name, value):
@@ -154,9 +178,12 @@ class LambdaLayer(keras.layers.Layer):
             )
         self.pool_size = int(pool_size)
         self.implementation = _implementation(implementation, position)
-        self.position_bias = bool(position_bias)
-        self.norm_momentum = float(norm_momentum)
-        self.norm_epsilon = float(norm_epsilon)
+        self.position_bias = utils.check_bool("position_bias", position_bias)
+        self.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
+                                                high_open=True)
+        self.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
+        _check_weight_size(self.output_dim, self.key_dim, self.num_heads, self.intra_depth,
+                           self.receptive_field)
         self.query_initializer = _optional_initializer(query_initializer)
         self.key_initializer = _optional_initializer(key_initializer)
         self.value_initializer = _optional_initializer(value_initializer)
