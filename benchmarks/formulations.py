@@ -48,7 +48,7 @@ ENGINES = {
     "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
     "tf": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, False, "tf"),
     "tf_xla": ("tensorflow", {}, True, "xla"),
-    "jax": ("jax", {}, True, "xla"),
+    "jax": ("jax", {}, True, "jax"),
     "torch": ("torch", {}, False, "torch"),
 }
 SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
@@ -452,6 +452,7 @@ def _update_picks(path, engines, threads):
             if cell["engine"] == engine and key in picks:
                 cell["auto"] = picks[key]
                 _finish_cell(cell)
+        measured["rule_engine"] = ENGINES[engine][3]  # the rule row it follows now
         print(f"[formulations] {engine}: picks re-recorded", flush=True)
     common.write_json(path, data)
     return 0

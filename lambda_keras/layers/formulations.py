@@ -23,7 +23,7 @@ the `Runtime` (backend, XLA or not, oneDNN state, device) the layer traces under
 come from `benchmarks/formulations.py` (results in benchmarks/results/formulations.json; the
 table is in benchmarks/README.md), and tests/test_formulations.py checks that, in every measured
 cell of that file, the rule's pick is within 1.2x of the fastest formulation.
-NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (JAX, TPU) or the
+NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
 no-oneDNN TensorFlow rows, a guess documented as such.
 """
 
@@ -47,36 +47,53 @@ WINDOW_TILE_SCOPES = 3
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
-# without XLA, oneDNN on / off; "xla": TF jit_compile=True and the JAX backend; "torch": the
-# PyTorch backend (eager).
-ENGINES = ("tf_onednn", "tf", "xla", "torch")
+# without XLA, oneDNN on / off; "xla": TF jit_compile=True; "jax": the JAX backend (XLA too, but
+# measured to differ from TF's XLA); "torch": the PyTorch backend (eager).
+ENGINES = ("tf_onednn", "tf", "xla", "jax", "torch")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (benchmarks/results/formulations.json, summarised
 # in benchmarks/README.md "Formulations per backend"):
-# - "queries_first": where the scope covers at least half the map (n <= 2 r^2: E is dense
-#   enough) and q.E's h x m x u map per query is at most this many times the k x v lambda it
-#   replaces (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where
-#   it was measured fastest, e.g. 28^2 under XLA: 1.8x faster than row windows);
-# - "local": the formulation where the scope does not cover the map (n > r^2), by receptive
-#   field: rows (largest r, formulation) in increasing order, the last (None) for any larger r.
-#   The boundary r <= 11 lies between the two measured fields (convolution work grows as r^2,
-#   row windows' as r). Maps the scope covers (n <= r^2) where queries_first does not apply:
-#   "lambdas_first" (E is dense: no FLOP wasted).
+# - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
+#   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
+#   (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where it was
+#   measured fastest, e.g. 28^2 under XLA: 1.8x faster than row windows);
+# - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) where queries_first does not
+#   apply (E is dense: few FLOPs wasted);
+# - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
+#   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
+#   (the convolution's work grows as r^2, row windows' as r).
+def _rule(queries_first, dense_scope, whole_e_scope, *local):
+    return dict(queries_first=queries_first, dense_scope=dense_scope,
+                whole_e_scope=whole_e_scope, local=local)
+
+
+ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
+SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
+SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
 LOCAL_RULE = {
+    # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows)
     # oneDNN's r x r convolution: the fastest forward from 28^2 on (and at 14^2 for r = 7); its
     # filter gradient is slow for r = 23 (row windows 1.1-2.6x faster), fast for r = 7 (2-4x).
-    ("tf_onednn", "fwd"): dict(queries_first=1, local=((None, "conv"),)),
-    ("tf_onednn", "train"): dict(queries_first=4, local=((11, "conv"), (None, "row_windows"))),
+    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV),
+    ("tf_onednn", "train"): _rule(4, 2, 1, SMALL_R_CONV, ROW_WINDOWS),
     # Without oneDNN, TF's own kernel of this convolution is 15x slower: row windows.
-    ("tf", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
-    ("tf", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
-    ("xla", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
-    ("xla", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
-    ("torch", "fwd"): dict(queries_first=4, local=((None, "row_windows"),)),
-    ("torch", "train"): dict(queries_first=4, local=((None, "row_windows"),)),
+    ("tf", "fwd"): _rule(4, 2, 1, ROW_WINDOWS),
+    ("tf", "train"): _rule(4, 2, 1, ROW_WINDOWS),
+    # XLA compiles the 1-channel 23 x 23 convolution poorly (10-30x slower), a 7 x 7 one with
+    # |u| = 4 input channels well: the fastest forward from 28^2 on.
+    ("xla", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    ("xla", "train"): _rule(4, 4, 1, ROW_WINDOWS),
+    # JAX: like TF's XLA forward; in training E . V beats q . E at 28^2 (r 23) and the 7 x 7
+    # convolution trains fastest (1.2-1.3x faster than row windows).
+    ("jax", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    ("jax", "train"): _rule(1, 4, 2, SMALL_R_CONV, ROW_WINDOWS),
+    # PyTorch (eager; its oneDNN convolution): the convolution forward, E . V at 28^2 (r 23)
+    # and the 7 x 7 convolution in training. NOTE: one measured miss, r 7 |u| 4 at 14^2 forward
+    # (q . E 1.6x faster than the convolution there; the eager timings are noisy).
+    ("torch", "fwd"): _rule(1, 2, 1, CONV),
+    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS),
 }
-DENSE_SCOPE = 2  # n <= DENSE_SCOPE r^2: queries_first may apply (see LOCAL_RULE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,6 +108,8 @@ class Runtime:
     @property
     def engine(self):
         """The row of LOCAL_RULE that applies (see ENGINES)."""
+        if self.backend == "jax":
+            return "jax"
         if self.xla or self.device == "tpu":
             return "xla"
         if self.backend == "torch":
@@ -127,13 +146,13 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
     rule = LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]
     scope = receptive_field * receptive_field
-    if positions <= DENSE_SCOPE * scope and (
+    if positions <= rule["dense_scope"] * scope and (
             num_heads * positions * intra_depth <= rule["queries_first"] * key_dim * value_dim):
         return "queries_first"
-    if positions <= scope:
-        return "lambdas_first"  # the scope covers the map: E is dense
-    for largest, formulation in rule["local"]:
-        if largest is None or receptive_field <= largest:
+    if positions <= rule["whole_e_scope"] * scope:
+        return "lambdas_first"  # the scope covers (most of) the map: E is dense
+    for largest, smallest_map, formulation in rule["local"]:
+        if (largest is None or receptive_field <= largest) and positions >= smallest_map:
             return formulation
     raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
 

@@ -130,6 +130,21 @@ class LambdaLayer(keras.layers.Layer):
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
         query_initializer, key_initializer, value_initializer, position_initializer: override the
             paper's initialisation.
+
+    Call arguments:
+        inputs: images [batch, height, width, channels] (channels-last).
+        training: True for batch statistics in the query/value batch norms (and the training
+            row of the formulation rule); False/None for inference.
+
+    Returns:
+        [batch, height, width, output_dim], or [batch, ceil(height / 2), ceil(width / 2),
+        output_dim] with `strides=2` (`pool_size=2`: floor).
+
+    Example:
+
+    >>> layer = LambdaLayer(output_dim=64, key_dim=16, num_heads=4, receptive_field=7)
+    >>> tuple(layer(np.zeros((2, 14, 14, 32), "float32")).shape)
+    (2, 14, 14, 64)
     """
 
     def __init__(
