@@ -10,6 +10,10 @@ resolver of the Python API) or a `.keras` file (loaded with Keras' safe mode on)
 defaults to what the name means everywhere: a preset's weights, "imagenet" for the timm variants,
 none for the paper family; `--weights none` starts from random weights.
 
+Errors: every expected failure (a bad argument, a file that is missing, unreadable or not what it
+should be) prints one `error:` line naming the file or argument and exits with status 2; the
+traceback is printed only with `--verbose`.
+
 Logging: unless `--verbose`, TensorFlow's C++ log lines are silenced: `TF_CPP_MIN_LOG_LEVEL=3`
 (unless the user set it) for what TensorFlow logs after its import, and the native stderr
 redirected to /dev/null while TensorFlow is imported (TF 2.21 writes its import-time lines, e.g.
@@ -20,6 +24,7 @@ import argparse
 import json
 import os
 import sys
+import zipfile
 
 from lambda_keras import presets, runtime, utils
 
@@ -50,6 +55,8 @@ def resolve_model_arg(model, weights=None):
     if model.endswith(".keras"):
         if not os.path.exists(model):
             raise SystemExit(f"error: --model file not found: {model}")
+        if not os.path.isfile(model):
+            raise SystemExit(f"error: --model is not a regular file: {model}")
         return model, None
     try:
         resolved = presets.resolve_model_name(model)
@@ -69,7 +76,14 @@ def load_model(model, weights=None, image_size=None, classes=None):
 
     name, weights = resolve_model_arg(model, weights)
     if name.endswith(".keras"):
-        return keras.saving.load_model(name, safe_mode=True)
+        if not zipfile.is_zipfile(name):  # Keras would say "File not found"
+            raise ValueError(f"--model {name} is not a Keras .keras file (not a zip archive); "
+                             "it may be truncated or corrupted")
+        try:
+            return keras.saving.load_model(name, safe_mode=True)
+        except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
+            raise ValueError(f"--model {name} could not be loaded as a Keras model: "
+                             f"{type(error).__name__}: {error}") from error
     kwargs = {"weights": weights}
     if image_size:
         kwargs["input_shape"] = (image_size, image_size, 3)
@@ -95,8 +109,12 @@ def _cmd_predict(args):
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                   expand_animations=False)  # [H, W, 3] uint8
+        try:
+            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
+                                       expand_animations=False)  # [H, W, 3] uint8
+        except tf.errors.OpError as error:
+            raise ValueError(f"{path} is not a readable image (PNG, JPEG, GIF, BMP, WebP): "
+                             f"{error.message}") from None
         batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
         probabilities = np.asarray(model.predict(batch, verbose=0))
         print(path)
@@ -113,6 +131,10 @@ def _cmd_convert(args):
 
 def _cmd_export(args):
     from lambda_keras import data, export, weights
+
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise ValueError(f"--output {args.output} exists and is not a directory (export writes "
+                         "a folder there)")
 
     model = load_model(args.model, args.weights, args.image_size)
     name = None if args.model.endswith(".keras") else args.model  # any model name
@@ -311,9 +333,23 @@ def main(argv=None):
     quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
     try:
         return args.func(args) or 0
-    except (ValueError, FileNotFoundError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except EXPECTED_ERRORS as error:
+        if args.verbose:
+            raise
+        print(error_line(error), file=sys.stderr)
         return 2
+
+
+# Failures of the user's input or files (OSError: missing, unreadable, looping, full disk).
+EXPECTED_ERRORS = (ValueError, TypeError, OSError)
+
+
+def error_line(error):
+    """One `error:` line: the message with its line breaks folded (Keras' messages span lines)."""
+    message = " ".join(str(error).split()) or type(error).__name__
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
+        message += f": {error.filename}"
+    return f"error: {message}"
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def _check_file_kind(path):
     if not os.path.exists(path):
         raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
     if os.path.isdir(path):
-        raise ValueError(f"`weights` is a directory, not a weights file. Received: weights={path!r}")
+        raise ValueError("`weights` is a directory, not a weights file. "
+                         f"Received: weights={path!r}")
     if not os.path.isfile(path):
         raise ValueError("`weights` is not a regular file (a device, pipe or socket); pass a "
                          f"weights file. Received: weights={path!r}")

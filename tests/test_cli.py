@@ -4,6 +4,7 @@ that reproduces the model, evaluate reports the accuracy the model really has, a
 exit with a message instead of a traceback."""
 
 import json
+import os
 
 import numpy as np
 import keras
@@ -285,3 +286,84 @@ def test_train_recipe_help_lists_every_recipe_without_a_model(capsys):
     out = capsys.readouterr().out
     assert out.strip() == training.describe_recipes().strip()
     assert all(name in out for name in training.RECIPES)
+
+
+# --- issue 19: reliability ------------------------------------------------------------------
+# Every expected failure: exit status 2 and one `error:` line naming the file or argument on
+# stderr, no traceback; `--verbose` raises (the traceback) instead.
+def _one_error_line(capsys, argv, *names):
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
+    for name in names:
+        assert str(name) in lines[0], lines[0]
+    return lines[0]
+
+
+def test_predict_on_a_non_image_file(tiny_model_path, tmp_path, capsys):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    line = _one_error_line(capsys, ["predict", str(text), "--model", tiny_model_path], text)
+    assert "not a readable image" in line
+
+
+def test_export_output_at_an_existing_file(tiny_model_path, tmp_path, capsys):
+    existing = tmp_path / "export"
+    existing.write_bytes(b"precious")
+    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--format", "tflite",
+                                    "--output", str(existing)], existing, "--output")
+    assert "not a directory" in line
+    assert existing.read_bytes() == b"precious"  # nothing lost
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_weights_that_is_not_a_file(kind, tmp_path, capsys):
+    path = tmp_path / "model.weights.h5"
+    if kind == "directory":
+        path.mkdir()
+    else:
+        os.mkfifo(path)
+    line = _one_error_line(capsys, ["predict", "x.png", "--model", "lambda_resnet50",
+                                    "--image-size", "32", "--weights", str(path)], path)
+    assert "does not exist" not in line
+    assert ("is a directory" if kind == "directory" else "not a regular file") in line
+
+
+def test_keras_file_of_random_bytes(tmp_path, capsys):
+    path = tmp_path / "model.keras"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    image = tmp_path / "x.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    line = _one_error_line(capsys, ["predict", str(image), "--model", str(path)], path)
+    assert "not a Keras .keras file" in line and "File not found" not in line
+
+
+def test_verbose_keeps_the_traceback(tiny_model_path, tmp_path):
+    text = tmp_path / "notes.png"
+    text.write_text("not an image\n")
+    with pytest.raises(ValueError, match="not a readable image"):
+        cli.main(["predict", str(text), "--model", tiny_model_path, "--verbose"])
+
+
+def test_corrupted_backup_is_one_line_naming_state_json(tmp_path, capsys):
+    backup = tmp_path / "run" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "state.json").write_text('{"epoch": 3, "step": ')  # cut mid-write
+    line = _one_error_line(capsys, ["train", "--model", "lambda_resnet50", "--weights", "none",
+                                    "--image-size", "32", "--epochs", "1", "--batch-size", "4",
+                                    "--steps-per-epoch", "1", "--output", str(tmp_path / "run")],
+                           "state.json")
+    assert "from scratch" in line
+
+
+def test_symlink_loop_in_a_data_folder(tiny_model_path, tmp_path, capsys):
+    root = tmp_path / "images"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name / "x.png")
+    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
+    line = _one_error_line(capsys, ["evaluate", "--model", tiny_model_path,
+                                    "--data", f"folder:{root}"], "loop")
+    assert "symlink loop" in line and "not images" not in line

@@ -52,10 +52,22 @@ def _subfolders(path):
 
 
 def _class_files(class_dir):
-    """All non-hidden files under `class_dir` (recursive, sorted)."""
+    """All non-hidden files under `class_dir` (recursive, sorted).
+
+    A folder reached twice (a symlink loop, or a second link to one folder: its files would be
+    read again and again) raises ValueError naming the link.
+    """
     files = []
+    visited = {os.path.realpath(class_dir)}
     for root, dirs, names in os.walk(class_dir, followlinks=True):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for d in dirs:
+            real = os.path.realpath(os.path.join(root, d))
+            if real in visited:
+                raise ValueError(
+                    f"{os.path.join(root, d)} leads to {real}, a folder already read (a symlink "
+                    "loop or a second link to one folder): remove the link from the image folder")
+            visited.add(real)
         files.extend(os.path.join(root, n) for n in sorted(names) if not n.startswith("."))
     return files
 
