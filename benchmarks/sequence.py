@@ -103,7 +103,8 @@ def main(argv=None):
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sequence.json").write_text(json.dumps(results, indent=1) + "\n")
-    print(f"oneDNN active: {results['machine'].get('onednn_active')}; wrote {out / 'sequence.json'}")
+    print(f"oneDNN active: {results['machine'].get('onednn_active')}; "
+          f"wrote {out / 'sequence.json'}")
 
 
 if __name__ == "__main__":
