@@ -1,7 +1,7 @@
-"""The `lambda-keras` command: train, evaluate, export, predict, convert, bench, demo.
+"""The `lambda-keras` command: train, evaluate, export, predict, convert, demo.
 
-Each subcommand is a thin layer over the package's modules (training, data, export, weights,
-benchmarks); heavy modules are imported inside their subcommand, after the command line was
+Each subcommand is a thin layer over the package's modules (training, data, export, weights);
+heavy modules are imported inside their subcommand, after the command line was
 parsed and TensorFlow's logging set.
 
 Models: `--model` takes any model name (registry key `lambda_resnet26t`, builder `LambdaResNet26T`
@@ -194,16 +194,6 @@ def _cmd_evaluate(args):
     print(json.dumps(metrics, indent=2, default=str))
 
 
-def _cmd_bench(args):
-    try:  # benchmarks/ lives beside the package in a source checkout (make bench)
-        from benchmarks import run as bench_run
-    except ImportError:
-        raise SystemExit("error: `lambda-keras bench` runs from a source checkout of lambda_keras "
-                         "(it needs the benchmarks/ folder); run it from the repository root.")
-    argv = ["--out", args.output] + (["--quick"] if args.quick else [])
-    return bench_run.main(argv + (["--only", args.only] if args.only else []))
-
-
 def _cmd_demo(args):
     from lambda_keras import demo
 
@@ -307,12 +297,6 @@ def build_parser():
     p.add_argument("--model", default=None,
                    help="model name (inferred from the file if omitted)")
     p.set_defaults(func=_cmd_convert)
-
-    p = sub.add_parser("bench", help="benchmarks (benchmarks/README.md)")
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default=None)
-    p.add_argument("--output", default="benchmarks/results")
-    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, export, verify")
     p.add_argument("--model", default="lambda_resnet26t", help="model name")
