@@ -237,6 +237,9 @@ def test_dynamic_length_with_local_position():
     (dict(receptive_field=4), "receptive_field"),
     (dict(key_dim=0), "key_dim"),
     (dict(sequence_length=-3), "sequence_length"),
+    (dict(norm_momentum=1.0), "norm_momentum"),
+    (dict(norm_epsilon=0.0), "norm_epsilon"),
+    (dict(key_dim=2**17), "key_dim"),
 ])
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -45,7 +45,9 @@ Deviations, each marked NOTE: below:
   the paper's has none, which is the default.
 - Under float16 the lambdas and the output contraction are accumulated in float32; the key
   projection and softmax always run in float32 (bfloat16 keeps its dtype for the einsums: same
-  exponent range as float32). Masked/causal contexts (Appendix B.2) are not implemented.
+  exponent range as float32). Masked/causal contexts (Appendix B.2)
+  and sequences: `SequenceLambdaLayer` (sequence.py), which shares `build_projections`,
+  `project` and `content_output` with this layer.
 """
 
 import numpy as np
@@ -230,29 +232,10 @@ class LambdaLayer(keras.layers.Layer):
             )
         self.value_dim = self._output_dim // self.num_heads
         self._embedding_size = self._resolve_feature_size(input_shape)
-        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
+        k, u = self.key_dim, self.intra_depth
 
-        # Paper init (Appendix C): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1).
-        def init(override, stddev):
-            return override or keras.initializers.RandomNormal(stddev=stddev)
-
-        self.query_kernel = self.add_weight(
-            name="query_kernel", shape=(channels, h * k),
-            initializer=init(self.query_initializer, (k * channels) ** -0.5))
-        self.key_kernel = self.add_weight(
-            name="key_kernel", shape=(channels, k * u),
-            initializer=init(self.key_initializer, channels ** -0.5))
-        self.value_kernel = self.add_weight(
-            name="value_kernel", shape=(channels, v * u),
-            initializer=init(self.value_initializer, channels ** -0.5))
-        norm_kwargs = dict(momentum=self.norm_momentum, epsilon=self.norm_epsilon,
-                           dtype=self.dtype_policy)
-        self.query_norm = keras.layers.BatchNormalization(name="query_norm", **norm_kwargs)
-        self.query_norm.build((None, None, h * k))
-        self.value_norm = keras.layers.BatchNormalization(name="value_norm", **norm_kwargs)
-        self.value_norm.build((None, None, v * u))
-
-        position_init = init(self.position_initializer, 1.0)
+        build_projections(self, channels, channels)
+        position_init = self.position_initializer or keras.initializers.RandomNormal(stddev=1.0)
         if self.position == "conv":
             r = self.receptive_field
             # Kernel of the lambda convolution, HWIO: [r, r, u, k].
@@ -304,7 +287,7 @@ class LambdaLayer(keras.layers.Layer):
         if self._embedding_size is not None:
             # "relative"/"global": the embeddings fix the size, also under a dynamic signature.
             height, width = self._embedding_size
-        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
+        h, v = self.num_heads, self.value_dim
         dynamic = ops.shape(inputs)
         batch = dynamic[0]
         rows = height if height is not None else dynamic[1]
@@ -314,22 +297,9 @@ class LambdaLayer(keras.layers.Layer):
         lambda_dtype = "float32" if compute_dtype == "float16" else compute_dtype
 
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
-        q = ops.matmul(x, ops.cast(self.query_kernel, compute_dtype))  # [b, n, h*k]
-        # Keys are projected in float32 (k*u channels, cheap): rounded low-precision logits would
-        # make the softmax and its gradients inaccurate under mixed precision.
-        keys = ops.matmul(ops.cast(x, "float32"), ops.cast(self.key_kernel, "float32"))  # [b, m, k*u]
-        values = ops.matmul(x, ops.cast(self.value_kernel, compute_dtype))  # [b, m, v*u]
-        q = self.query_norm(q, training=training)  # [b, n, h*k], statistics in float32
-        values = self.value_norm(values, training=training)  # [b, m, v*u]
-
-        q = ops.reshape(ops.cast(q, lambda_dtype), (batch, -1, h, k))  # [b, n, h, k]
-        values = ops.reshape(ops.cast(values, lambda_dtype), (batch, -1, v, u))  # [b, m, v, u]
-        keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
+        q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
         keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
-
-        # Content lambda, shared by every query position, applied to every query.
-        content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
-        out = ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
+        out = content_output(q, keys, values)  # [b, n, h, v]
         if self.position is not None:
             out = out + self._position_output(q, values, rows, cols, lambda_dtype, training)
 
@@ -431,6 +401,72 @@ class LambdaLayer(keras.layers.Layer):
             config[f"{name}_initializer"] = (
                 None if initializer is None else keras.initializers.serialize(initializer))
         return config
+
+
+# ------------------------------------------------ shared with SequenceLambdaLayer (sequence.py)
+def build_projections(layer, depth, context_depth):
+    """Create the projections and batch norms of a lambda layer on `layer`.
+
+    W_Q [depth, h*k], W_K [context_depth, k*u], W_V [context_depth, v*u] (no bias), in this
+    order, with the paper's initialisation (Appendix C): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~
+    N(0, d^-1/2) unless `layer.<query|key|value>_initializer` overrides it; batch norms
+    `query_norm` (h*k channels) and `value_norm` (v*u channels). `layer` provides key_dim,
+    num_heads, intra_depth, value_dim, the initializers, norm_momentum, norm_epsilon and its
+    dtype policy.
+    """
+    k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
+
+    def init(override, stddev):
+        return override or keras.initializers.RandomNormal(stddev=stddev)
+
+    layer.query_kernel = layer.add_weight(
+        name="query_kernel", shape=(depth, h * k),
+        initializer=init(layer.query_initializer, (k * depth) ** -0.5))
+    layer.key_kernel = layer.add_weight(
+        name="key_kernel", shape=(context_depth, k * u),
+        initializer=init(layer.key_initializer, context_depth ** -0.5))
+    layer.value_kernel = layer.add_weight(
+        name="value_kernel", shape=(context_depth, v * u),
+        initializer=init(layer.value_initializer, context_depth ** -0.5))
+    norm_kwargs = dict(momentum=layer.norm_momentum, epsilon=layer.norm_epsilon,
+                       dtype=layer.dtype_policy)
+    layer.query_norm = keras.layers.BatchNormalization(name="query_norm", **norm_kwargs)
+    layer.query_norm.build((None, None, h * k))
+    layer.value_norm = keras.layers.BatchNormalization(name="value_norm", **norm_kwargs)
+    layer.value_norm.build((None, None, v * u))
+
+
+def project(layer, x, context, dtype, training=None, mask=None, context_mask=None):
+    """Queries, key logits and values of `layer` (made by `build_projections`).
+
+    x [b, n, d], context [b, m, d_c]; mask / context_mask: None or [b, n] / [b, m] positions
+    that count in the batch-norm statistics. Returns q [b, n, h, k] and values [b, m, v, u] in
+    `dtype`, key logits [b, m, k, u] in float32 (before the softmax over m).
+    """
+    k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
+    compute_dtype = layer.compute_dtype
+    batch = ops.shape(x)[0]
+    q = ops.matmul(x, ops.cast(layer.query_kernel, compute_dtype))  # [b, n, h*k]
+    # Keys are projected in float32 (k*u channels, cheap): rounded low-precision logits would
+    # make the softmax and its gradients inaccurate under mixed precision.
+    keys = ops.matmul(ops.cast(context, "float32"),
+                      ops.cast(layer.key_kernel, "float32"))  # [b, m, k*u]
+    values = ops.matmul(context, ops.cast(layer.value_kernel, compute_dtype))  # [b, m, v*u]
+    q = layer.query_norm(q, training=training, mask=mask)  # [b, n, h*k], statistics in float32
+    values = layer.value_norm(values, training=training, mask=context_mask)  # [b, m, v*u]
+    q = ops.reshape(ops.cast(q, dtype), (batch, -1, h, k))  # [b, n, h, k]
+    values = ops.reshape(ops.cast(values, dtype), (batch, -1, v, u))  # [b, m, v, u]
+    keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
+    return q, keys, values
+
+
+def content_output(q, keys, values):
+    """Content term: the lambda shared by every query, applied to every query.
+
+    q [b, n, h, k], normalised keys [b, m, k, u], values [b, m, v, u]. Returns [b, n, h, v].
+    """
+    content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
+    return ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
 
 
 def _same_average_pool(x, rows, cols, pool_size=3):

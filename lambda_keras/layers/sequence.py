@@ -45,11 +45,18 @@ Memory: "local" and no position term are linear in n (causal or not, self contex
 "global" and "local" with a separate context build the n x m embedding map (Theta(n m k u)).
 """
 
-import numpy as np
 import keras
 from keras import ops
 
-from lambda_keras.layers.lambda_layer import _optional_initializer, _positive_int
+from lambda_keras import utils
+from lambda_keras.layers.lambda_layer import (
+    _check_weight_size,
+    _optional_initializer,
+    _positive_int,
+    build_projections,
+    content_output,
+    project,
+)
 
 SEQUENCE_POSITION_MODES = ("local", "relative", "global", None)
 
@@ -129,15 +136,16 @@ class SequenceLambdaLayer(keras.layers.Layer):
             raise ValueError(
                 f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}"
             )
-        if not isinstance(causal, (bool, np.bool_)):
-            raise TypeError(f"`causal` must be a bool. Received: causal={causal!r}")
-        self.causal = bool(causal)
+        self.causal = utils.check_bool("causal", causal)
         self.sequence_length = (None if sequence_length is None
                                 else _positive_int("sequence_length", sequence_length))
         self.context_length = (None if context_length is None
                                else _positive_int("context_length", context_length))
-        self.norm_momentum = float(norm_momentum)
-        self.norm_epsilon = float(norm_epsilon)
+        self.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
+                                                high_open=True)
+        self.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
+        _check_weight_size(self.output_dim, self.key_dim, self.num_heads, self.intra_depth,
+                           self.receptive_field)
         self.query_initializer = _optional_initializer(query_initializer)
         self.key_initializer = _optional_initializer(key_initializer)
         self.value_initializer = _optional_initializer(value_initializer)
@@ -171,28 +179,10 @@ class SequenceLambdaLayer(keras.layers.Layer):
         self._separate_context = separate
         self._context_depth = context_depth
         self._lengths = self._resolve_lengths(inputs_shape, context_shape)
-        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
-
-        def init(override, stddev):
-            return override or keras.initializers.RandomNormal(stddev=stddev)
-
-        self.query_kernel = self.add_weight(
-            name="query_kernel", shape=(depth, h * k),
-            initializer=init(self.query_initializer, (k * depth) ** -0.5))
-        self.key_kernel = self.add_weight(
-            name="key_kernel", shape=(context_depth, k * u),
-            initializer=init(self.key_initializer, context_depth ** -0.5))
-        self.value_kernel = self.add_weight(
-            name="value_kernel", shape=(context_depth, v * u),
-            initializer=init(self.value_initializer, context_depth ** -0.5))
-        norm_kwargs = dict(momentum=self.norm_momentum, epsilon=self.norm_epsilon,
-                           dtype=self.dtype_policy)
-        self.query_norm = keras.layers.BatchNormalization(name="query_norm", **norm_kwargs)
-        self.query_norm.build((None, None, h * k))
-        self.value_norm = keras.layers.BatchNormalization(name="value_norm", **norm_kwargs)
-        self.value_norm.build((None, None, v * u))
-
-        position_init = init(self.position_initializer, 1.0)
+        k, u = self.key_dim, self.intra_depth
+        # W_Q, W_K, W_V and the query/value batch norms, as LambdaLayer makes them.
+        build_projections(self, depth, context_depth)
+        position_init = self.position_initializer or keras.initializers.RandomNormal(stddev=1.0)
         if self.position == "local":
             # One embedding per offset m - n + r // 2: [r, u, k].
             shape = (self.receptive_field, u, k)
@@ -261,23 +251,16 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         if not separate:
             context_mask = mask if context_mask is None else context_mask
-        k, u, h, v = self.key_dim, self.intra_depth, self.num_heads, self.value_dim
+        h, v = self.num_heads, self.value_dim
         compute_dtype = self.compute_dtype
         # float16 overflows past 65504: accumulate lambdas in float32 there (as LambdaLayer).
         lambda_dtype = "float32" if compute_dtype == "float16" else compute_dtype
         batch = ops.shape(inputs)[0]
 
-        q = ops.matmul(inputs, ops.cast(self.query_kernel, compute_dtype))  # [b, n, h*k]
-        # Keys in float32 (as LambdaLayer): the softmax and its prefix sums need the range.
-        keys = ops.matmul(ops.cast(context, "float32"),
-                          ops.cast(self.key_kernel, "float32"))  # [b, m, k*u]
-        values = ops.matmul(context, ops.cast(self.value_kernel, compute_dtype))  # [b, m, v*u]
-        q = self.query_norm(q, training=training, mask=mask)  # [b, n, h*k]
-        values = self.value_norm(values, training=training, mask=context_mask)  # [b, m, v*u]
-
-        q = ops.reshape(ops.cast(q, lambda_dtype), (batch, -1, h, k))  # [b, n, h, k]
-        values = ops.reshape(ops.cast(values, lambda_dtype), (batch, -1, v, u))  # [b, m, v, u]
-        keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
+        # Keys in float32 (the softmax and its prefix sums need the range); the batch-norm
+        # statistics leave the padded positions out.
+        q, keys, values = project(self, inputs, context, lambda_dtype, training, mask,
+                                  context_mask)  # [b, n, h, k], [b, m, k, u], [b, m, v, u]
         if context_mask is not None:
             cmask = ops.cast(context_mask, "float32")  # [b, m]
             # Padded context positions: zero values, so every sum over m leaves them out.
@@ -289,9 +272,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
             out = _causal_content_output(q, keys, values, cmask, lambda_dtype)  # [b, n, h, v]
         else:
             weights = _masked_softmax(keys, cmask)  # [b, m, k, u], float32
-            content = ops.einsum("bmku,bmvu->bkv", ops.cast(weights, lambda_dtype),
-                                 values)  # [b, k, v]
-            out = ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
+            out = content_output(q, ops.cast(weights, lambda_dtype), values)  # [b, n, h, v]
         if self.position is not None:
             out = out + self._position_output(q, values, separate, lambda_dtype)  # [b, n, h, v]
 
