@@ -5,12 +5,18 @@ positions m written from the paper's equations (section 3, Appendix B.2) in NumP
 independent of the layer's einsums, cumulative sums and window slicing.
 """
 
+import os
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import keras
 import pytest
 import tensorflow as tf
 
 from lambda_keras import SequenceLambdaLayer
+from tests import sequence_cases
 from tests.helpers import (
     assert_all_weights_get_gradients,
     assert_close,
@@ -267,3 +273,25 @@ def test_bad_inputs():
         cross(_data(n=6), context=_data(n=8, d=7))
     with pytest.raises(ValueError, match="separate `context`"):
         cross(_data(n=6))
+
+
+# ------------------------------------------------------------------- JAX and PyTorch backends
+@pytest.mark.parametrize("backend", ["jax", "torch"])
+def test_backends_match_tensorflow(backend, tmp_path):
+    """Fixed weights give TensorFlow's outputs (checked above against the loop reference).
+
+    The backend runs `tests/sequence_cases.py` in a subprocess (a Keras backend is per process;
+    that module imports neither TensorFlow nor PyTorch itself)."""
+    root = pathlib.Path(__file__).resolve().parents[1]
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(root),
+           "CUDA_VISIBLE_DEVICES": ""}
+    out = tmp_path / f"{backend}.npz"
+    process = subprocess.run([sys.executable, "-m", "tests.sequence_cases", str(out)], env=env,
+                             cwd=root, capture_output=True, text=True, timeout=300)
+    assert process.returncode == 0, process.stderr[-3000:]
+    assert process.stdout.split()[-1] == backend  # the subprocess ran on that backend
+    results = np.load(out)
+    assert sorted(results.files) == sorted(sequence_cases.CASES)
+    for name in sequence_cases.CASES:
+        assert_close(results[name], sequence_cases.output(name), 2e-5,
+                     f"{backend} vs TensorFlow, {name}")
