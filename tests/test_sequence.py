@@ -22,6 +22,7 @@ from tests.helpers import (
     assert_close,
     assert_config_round_trip,
     assert_keras_save_reload,
+    assert_mixed_precision_dtypes,
     assert_xla_matches_eager,
 )
 
@@ -295,3 +296,17 @@ def test_backends_match_tensorflow(backend, tmp_path):
     for name in sequence_cases.CASES:
         assert_close(results[name], sequence_cases.output(name), 2e-5,
                      f"{backend} vs TensorFlow, {name}")
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_follows_float32(policy):
+    x = _data()
+    reference = _layer(x, causal=True, intra_depth=2)
+    layer = SequenceLambdaLayer(**{**reference.get_config(), "dtype": policy})
+    layer(x)
+    layer.set_weights(reference.get_weights())
+    assert_mixed_precision_dtypes(layer, policy)
+    out = layer(x, mask=_padding(2, 9, [5, 9]), training=False)
+    assert out.dtype == policy.split("_")[1]
+    expected = reference(x, mask=_padding(2, 9, [5, 9]), training=False)
+    assert_close(keras.ops.cast(out, "float32"), expected, 5e-2 if "bfloat" in policy else 1e-2)
