@@ -45,6 +45,26 @@ __all__ = ["build_lambda_resnet", "get_model", "resolve_model", "resolve_archite
            "model_names", "BUILDERS"]
 
 
+def outputs_logits(model):
+    """Whether `model` outputs logits (True) or probabilities (False), from its last layer.
+
+    The one rule of the package (training picks `from_logits`, export applies softmax in-graph):
+    a softmax layer or activation gives probabilities, a linear one (no activation) logits.
+
+    Raises:
+        ValueError: the last layer applies another activation (sigmoid, relu, ...).
+    """
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return False
+    name = getattr(getattr(last, "activation", None), "__name__", None)
+    if name in ("softmax", "linear"):
+        return name == "linear"
+    raise ValueError(
+        "A classifier's last layer must apply softmax or no activation (logits). Received: last "
+        f"layer {last.name!r} with activation={name!r}")
+
+
 def resolve_architecture(arch_name, **overrides):
     """The table row of the model `arch_name` (any model name) with overrides applied.
 

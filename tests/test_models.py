@@ -31,7 +31,7 @@ from helpers import (
     assert_config_round_trip,
     assert_keras_save_reload,
 )
-from lambda_keras import LambdaLayer
+from lambda_keras import LambdaLayer, models
 from lambda_keras.blocks import MaxPoolSymmetric, StochasticDepth
 
 SIZE, CLASSES = 64, 10
@@ -694,3 +694,39 @@ def test_wrongly_typed_builder_arguments_are_refused(kwargs, error, received):
     with pytest.raises(error) as info:
         lambda_keras.LambdaResNet50(**kwargs)
     assert received in str(info.value), str(info.value)
+
+
+def test_stochastic_depth_drops_whole_examples_and_keeps_the_expectation():
+    """Training branch (Huang et al. 2016, as timm's DropPath): each example's residual branch is
+    zeroed with probability `rate`, the kept ones scaled by 1 / (1 - rate), so the expectation is
+    the identity; inference returns the input unchanged."""
+    rate, batch = 0.25, 4000
+    layer = StochasticDepth(rate, seed=3)
+    x = np.random.default_rng(0).uniform(0.5, 1.5, (batch, 2, 3, 4)).astype("float32")
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    dropped = np.all(y == 0.0, axis=(1, 2, 3))
+    kept = ~dropped
+    np.testing.assert_allclose(y[kept], x[kept] / (1 - rate), rtol=1e-6)
+    # Binomial(4000, 0.25): standard deviation 0.0068 of the fraction; 5 sigma.
+    assert abs(dropped.mean() - rate) < 0.035
+    assert abs(y.sum() / x.sum() - 1.0) < 0.05
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(layer(x, training=False)), x)
+    with pytest.raises(ValueError, match="rate"):
+        StochasticDepth(1.0)
+
+
+def test_outputs_logits_is_the_one_rule_for_training_and_export():
+    """models.outputs_logits decides from the last layer; training (from_logits) and export
+    (softmax in-graph) both call it."""
+    from lambda_keras.export import serving
+    from lambda_keras.training import model_setup
+
+    def head(*last):
+        return keras.Sequential([keras.Input((4,)), *last])
+
+    assert models.outputs_logits(head(keras.layers.Dense(3))) is True
+    assert models.outputs_logits(head(keras.layers.Dense(3, activation="softmax"))) is False
+    assert models.outputs_logits(head(keras.layers.Dense(3), keras.layers.Softmax())) is False
+    with pytest.raises(ValueError, match="activation='sigmoid'"):
+        models.outputs_logits(head(keras.layers.Dense(3, activation="sigmoid")))
+    assert serving.models.outputs_logits is model_setup.outputs_logits is models.outputs_logits

@@ -40,7 +40,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from lambda_keras import data
+from lambda_keras import data, models
 from lambda_keras import utils
 from lambda_keras import weights
 from lambda_keras.export import images as image_ops
@@ -69,21 +69,7 @@ def _check_classifier(model):
             f"Received: output shapes {[tuple(t.shape) for t in model.outputs]}")
     height, width = model.inputs[0].shape[1:3]
     size = None if height is None or width is None else (int(height), int(width))
-    return size, int(model.outputs[0].shape[-1]), _outputs_logits(model)
-
-
-def _outputs_logits(model):
-    """False when the last layer applies softmax, True when it is linear (logits)."""
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
-        return False
-    name = getattr(getattr(last, "activation", None), "__name__", None)
-    if name in ("softmax", "linear"):
-        return name == "linear"
-    raise ValueError(
-        "The served `probabilities` need a model whose last layer applies softmax or no "
-        "activation (logits, softmax is then applied in-graph). Received: last layer "
-        f"{last.name!r} with activation={name!r}")
+    return size, int(model.outputs[0].shape[-1]), models.outputs_logits(model)
 
 
 def _resolve_preprocessing(preprocessing, model_size):

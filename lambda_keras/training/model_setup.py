@@ -19,7 +19,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import weights as weights_lib
-from lambda_keras.models import CLASSIFIER  # noqa: F401 - re-exported by lambda_keras.training
+from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
 TOP_K = 5
 
 
@@ -126,14 +126,6 @@ def set_trainable(model, freeze_backbone, freeze_batch_norm, sync_batch_norm):
                 layer.trainable = False  # Keras runs frozen BN in inference mode
 
 
-def from_logits(model):
-    try:
-        classifier = model.get_layer(CLASSIFIER)
-    except ValueError:
-        return False
-    return getattr(classifier, "activation", None) is keras.activations.linear
-
-
 def compile_model(model, optimizer, *, label_smoothing, jit_compile, steps_per_execution):
     output_dtype = keras.backend.standardize_dtype(model.outputs[0].dtype)
     if output_dtype != "float32":
@@ -144,7 +136,7 @@ def compile_model(model, optimizer, *, label_smoothing, jit_compile, steps_per_e
     model.compile(
         optimizer=optimizer,
         loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing,
-                                                  from_logits=from_logits(model)),
+                                                  from_logits=outputs_logits(model)),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"),
                  keras.metrics.TopKCategoricalAccuracy(k=min(TOP_K, classes),
                                                        name=f"top{TOP_K}_accuracy")],
