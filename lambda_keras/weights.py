@@ -1,5 +1,9 @@
 """Pretrained weights: download/cache, strict loading, timm conversion; ImageNet labels.
 
+One module of ~660 lines on purpose: its sections (validation, download, reading, the timm ->
+Keras mapping, strict load, convert, preprocessing) share the strict-load contract and are read
+together when a checkpoint does not load; a split into a package is the next step if it grows.
+
 Sits above models.py: `convert_timm` builds models; models.py imports this module only when a
 builder is asked for weights (`python -c "import lambda_keras.models"` does not load it). The
 presets, model names and preprocessing metadata are data in presets.py (re-exported here).
