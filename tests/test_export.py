@@ -969,3 +969,27 @@ def test_litert_runner_batches_and_integer_io(tiny_model, tmp_path):
     assert probs.dtype == np.float32 and np.abs(probs - expected).max() < 0.1
     with pytest.raises(TypeError, match="`model` must be a .tflite path or flatbuffer bytes"):
         export.LiteRTRunner(np.zeros(3))
+
+
+QUANTIZE_SCRIPT = """
+import sys
+import numpy as np, keras
+from lambda_keras import export
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
+                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
+data = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype("float32")
+export.tflite(model, sys.argv[1], quantization="int8", representative_data=data)
+"""
+
+
+@pytest.mark.parametrize("level, printed", [("3", False), ("1", True)])
+def test_int8_conversion_prints_no_cpp_lines_when_tensorflow_logging_is_silenced(
+        tmp_path, level, printed):
+    """The quantizer's C++ "fully_quantize: ..." lines ignore TF_CPP_MIN_LOG_LEVEL; export
+    silences them where that variable is 3 (the CLI's default) and keeps them otherwise."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": level, "KERAS_BACKEND": "tensorflow"}
+    result = subprocess.run([sys.executable, "-c", QUANTIZE_SCRIPT, str(tmp_path / "m.tflite")],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("fully_quantize" in result.stderr) is printed
+    assert (tmp_path / "m.tflite").stat().st_size > 0

@@ -17,6 +17,7 @@ float32 arrays in, float32 arrays out, any batch size, (de)quantizing integer in
 tensors when a file has them.
 """
 
+import contextlib
 import os
 import warnings
 
@@ -145,7 +146,18 @@ def _converter(model, quantization, samples, float_ops=()):
 
 
 def _convert(model, quantization, samples, float_ops):
-    """The flatbuffer bytes; int8 with `float_ops` quantizes all other operators."""
+    """The flatbuffer bytes; int8 with `float_ops` quantizes all other operators.
+
+    The quantizer prints "fully_quantize: ..." lines from C++ whatever TF_CPP_MIN_LOG_LEVEL says;
+    where that variable asks for silence (3, as the `lambda-keras` command sets it unless
+    --verbose), the conversion runs with native stderr silenced (errors still raise).
+    """
+    quiet = os.environ.get("TF_CPP_MIN_LOG_LEVEL") == "3"
+    with utils.native_stderr_silenced() if quiet else contextlib.nullcontext():
+        return _convert_loud(model, quantization, samples, float_ops)
+
+
+def _convert_loud(model, quantization, samples, float_ops):
     converter = _converter(model, quantization, samples, float_ops)
     if quantization != "int8" or not float_ops:
         return converter.convert()
