@@ -29,8 +29,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # The quick run under both oneDNN settings, whatever TensorFlow's default on this CPU: with oneDNN
 # off TensorFlow's CPU allocator keeps no statistics unless the workers ask for its BFC allocator,
 # and the formulation choice of the lambda layer depends on the state. Every suite runs with oneDNN
-# off; the TensorFlow suites whose numbers depend on the kernels (layer, model) also with it on.
-QUICK_RUNS = {"0": SUITES, "1": ("layer", "model")}
+# off; the layer suite, whose formulation choice depends on the state, also with it on.
+QUICK_RUNS = {"0": SUITES, "1": ("layer",)}
 
 
 @pytest.fixture(scope="module", params=sorted(QUICK_RUNS), ids=lambda v: f"onednn{v}")
@@ -83,7 +83,7 @@ def test_quick_run_measures_every_configuration(quick_results):
             assert stats["repeats"] >= layer_suite.QUICK["timing"]["min_repeats"]
             if result["variant"] != "timm_lambda":  # TensorFlow: allocator statistics
                 assert stats["memory_method"] == "allocator" and stats["peak_bytes"] >= 0
-    for record in _load(out, "model.json")["results"]:
+    for record in _load(out, "model.json")["results"] if "model" in suites else ():
         if record.get("mode") == "train":  # a train_on_batch allocates activations and gradients
             stats = record["train"]
             assert stats["memory_method"] == "allocator" and stats["peak_bytes"] > 0, record["id"]
@@ -102,7 +102,7 @@ def test_quick_run_summary_has_every_target_and_finite_ratios(quick_results):
     assert all(_positive(row["ratio"]) for row in memory["rows"])
     assert all(_positive(row["train_speedup"]) and _positive(row["fwd_speedup"])
                for row in summary["targets"]["lambda_vs_timm"]["rows"])
-    for row in summary["targets"]["lambda_resnet50_vs_resnet50"]["rows"]:
+    for row in (summary["targets"]["lambda_resnet50_vs_resnet50"] or {}).get("rows", ()):
         assert all(_positive(r) for r in row["inference_ratio"].values())
         assert row["params"] > 1e7
     assert all(_positive(row["speedup"]) for row in summary["targets"]["xla"]["rows"])
