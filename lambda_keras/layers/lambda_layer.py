@@ -171,20 +171,16 @@ class LambdaLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
-        self.key_dim = _positive_int("key_dim", key_dim)
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.intra_depth = _positive_int("intra_depth", intra_depth)
+        init_shared_config(self, output_dim=output_dim, key_dim=key_dim, num_heads=num_heads,
+                           intra_depth=intra_depth, receptive_field=receptive_field,
+                           norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+                           initializers=(query_initializer, key_initializer, value_initializer,
+                                         position_initializer))
         if position not in POSITION_MODES:
             raise ValueError(
                 f"`position` must be one of {POSITION_MODES}. Received: position={position!r}"
             )
         self.position = position
-        self.receptive_field = _positive_int("receptive_field", receptive_field)
-        if self.receptive_field % 2 == 0:
-            raise ValueError(
-                f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}"
-            )
         self.feature_size = _spatial_pair("feature_size", feature_size)
         if strides not in (1, 2) or isinstance(strides, bool):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
@@ -196,20 +192,6 @@ class LambdaLayer(keras.layers.Layer):
         self.pool_size = int(pool_size)
         self.implementation = _implementation(implementation, position)
         self.position_bias = utils.check_bool("position_bias", position_bias)
-        self.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
-                                                high_open=True)
-        self.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
-        _check_weight_size(self.output_dim, self.key_dim, self.num_heads, self.intra_depth,
-                           self.receptive_field)
-        self.query_initializer = _optional_initializer(query_initializer)
-        self.key_initializer = _optional_initializer(key_initializer)
-        self.value_initializer = _optional_initializer(value_initializer)
-        self.position_initializer = _optional_initializer(position_initializer)
-        if self.output_dim is not None and self.output_dim % self.num_heads:
-            raise ValueError(
-                f"`output_dim` must be divisible by `num_heads` ({self.num_heads}). "
-                f"Received: output_dim={self.output_dim}"
-            )
 
     # ---------------------------------------------------------------- build
     def build(self, input_shape):
@@ -504,6 +486,35 @@ def _implementation(implementation, position):
             f'needs `position="conv"`. Received: position={position!r}'
         )
     return implementation
+
+
+def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, receptive_field,
+                       norm_momentum, norm_epsilon, initializers):
+    """Validates and stores on `layer` the hyper-parameters every lambda layer shares.
+
+    The paper's d (`output_dim`, None: the input depth), |k|, |h|, |u| and r, the batch-norm
+    settings and the (query, key, value, position) initializers; each bad value raises naming its
+    argument. Used by `LambdaLayer` and `SequenceLambdaLayer`.
+    """
+    layer.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
+    layer.key_dim = _positive_int("key_dim", key_dim)
+    layer.num_heads = _positive_int("num_heads", num_heads)
+    layer.intra_depth = _positive_int("intra_depth", intra_depth)
+    layer.receptive_field = _positive_int("receptive_field", receptive_field)
+    if layer.receptive_field % 2 == 0:
+        raise ValueError(
+            f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}")
+    layer.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
+                                             high_open=True)
+    layer.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
+    _check_weight_size(layer.output_dim, layer.key_dim, layer.num_heads, layer.intra_depth,
+                       layer.receptive_field)
+    (layer.query_initializer, layer.key_initializer, layer.value_initializer,
+     layer.position_initializer) = (_optional_initializer(i) for i in initializers)
+    if layer.output_dim is not None and layer.output_dim % layer.num_heads:
+        raise ValueError(
+            f"`output_dim` must be divisible by `num_heads` ({layer.num_heads}). "
+            f"Received: output_dim={layer.output_dim}")
 
 
 def _optional_initializer(initializer):

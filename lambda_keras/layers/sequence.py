@@ -50,11 +50,10 @@ from keras import ops
 
 from lambda_keras import utils
 from lambda_keras.layers.lambda_layer import (
-    _check_weight_size,
-    _optional_initializer,
     _positive_int,
     build_projections,
     content_output,
+    init_shared_config,
     project,
 )
 
@@ -121,40 +120,22 @@ class SequenceLambdaLayer(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
-        self.key_dim = _positive_int("key_dim", key_dim)
-        self.num_heads = _positive_int("num_heads", num_heads)
-        self.intra_depth = _positive_int("intra_depth", intra_depth)
+        init_shared_config(self, output_dim=output_dim, key_dim=key_dim, num_heads=num_heads,
+                           intra_depth=intra_depth, receptive_field=receptive_field,
+                           norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
+                           initializers=(query_initializer, key_initializer, value_initializer,
+                                         position_initializer))
         if position not in SEQUENCE_POSITION_MODES:
             raise ValueError(
                 f"`position` must be one of {SEQUENCE_POSITION_MODES}. "
                 f"Received: position={position!r}"
             )
         self.position = position
-        self.receptive_field = _positive_int("receptive_field", receptive_field)
-        if self.receptive_field % 2 == 0:
-            raise ValueError(
-                f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}"
-            )
         self.causal = utils.check_bool("causal", causal)
         self.sequence_length = (None if sequence_length is None
                                 else _positive_int("sequence_length", sequence_length))
         self.context_length = (None if context_length is None
                                else _positive_int("context_length", context_length))
-        self.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
-                                                high_open=True)
-        self.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
-        _check_weight_size(self.output_dim, self.key_dim, self.num_heads, self.intra_depth,
-                           self.receptive_field)
-        self.query_initializer = _optional_initializer(query_initializer)
-        self.key_initializer = _optional_initializer(key_initializer)
-        self.value_initializer = _optional_initializer(value_initializer)
-        self.position_initializer = _optional_initializer(position_initializer)
-        if self.output_dim is not None and self.output_dim % self.num_heads:
-            raise ValueError(
-                f"`output_dim` must be divisible by `num_heads` ({self.num_heads}). "
-                f"Received: output_dim={self.output_dim}"
-            )
         self.supports_masking = True
 
     # ---------------------------------------------------------------- build
