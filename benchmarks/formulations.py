@@ -41,6 +41,7 @@ import time
 import numpy as np
 
 from benchmarks import common
+from benchmarks import layer as layer_suite
 
 FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first")  # probe order
 # name: (KERAS_BACKEND, environment, jit_compile, rule engine of formulations.LOCAL_RULE)
@@ -79,18 +80,7 @@ def _steps_tensorflow(layer, x, jit_compile):
     import tensorflow as tf
 
     x = tf.constant(x)
-
-    @tf.function(jit_compile=jit_compile)
-    def forward(inputs):
-        return tf.reduce_sum(layer(inputs, training=False))
-
-    @tf.function(jit_compile=jit_compile)
-    def forward_backward(inputs):
-        with tf.GradientTape() as tape:
-            tape.watch(inputs)
-            loss = tf.reduce_mean(tf.square(layer(inputs, training=True)))
-        grads = tape.gradient(loss, [inputs] + layer.trainable_variables)
-        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
+    forward, forward_backward = layer_suite.step_functions(layer, jit_compile)  # the layer suite's
 
     def trace(phase):  # trace only: the formulation "auto" picks under this compiler
         (forward if phase == "fwd" else forward_backward).get_concrete_function(x)
