@@ -195,12 +195,7 @@ class LambdaLayer(keras.layers.Layer):
 
     # ---------------------------------------------------------------- build
     def build(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                "LambdaLayer expects channels-last images of rank 4 (batch, height, width, "
-                f"channels). Received: input_shape={input_shape}"
-            )
+        input_shape = _image_shape(input_shape)
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
@@ -348,12 +343,7 @@ class LambdaLayer(keras.layers.Layer):
 
     # --------------------------------------------------------------- config
     def compute_output_shape(self, input_shape):
-        input_shape = tuple(input_shape)
-        if len(input_shape) != 4:
-            raise ValueError(
-                "LambdaLayer expects channels-last images of rank 4 (batch, height, width, "
-                f"channels). Received: input_shape={input_shape}"
-            )
+        input_shape = _image_shape(input_shape)
         batch, rows, cols, channels = input_shape
         if self.strides == 2:
             shrink = (lambda s: (s + 1) // 2) if self.pool_size == 3 else (lambda s: s // 2)
@@ -486,6 +476,17 @@ def _implementation(implementation, position):
             f'needs `position="conv"`. Received: position={position!r}'
         )
     return implementation
+
+
+def _image_shape(input_shape):
+    """`input_shape` as a tuple; raises unless it is a rank-4 (batch, height, width, channels)."""
+    input_shape = tuple(input_shape)
+    if len(input_shape) != 4:
+        raise ValueError(
+            "LambdaLayer expects channels-last images of rank 4 (batch, height, width, "
+            f"channels). Received: input_shape={input_shape}"
+        )
+    return input_shape
 
 
 def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, receptive_field,
