@@ -313,6 +313,7 @@ def build_parser():
 
 def main(argv=None):
     runtime.prefer_onednn()  # before TensorFlow is imported; see lambda_keras/runtime.py
+    runtime.prefer_pooled_allocator()
     args = build_parser().parse_args(argv)
     quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
     try:

@@ -40,7 +40,7 @@ print(json.dumps(runtime.describe()))
 
 
 def _python(code, *args, onednn=None, timeout=600):
-    env = {k: v for k, v in os.environ.items() if k != runtime.ENV}
+    env = {k: v for k, v in os.environ.items() if k not in (runtime.ENV, runtime.ALLOCATOR_ENV)}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT, KERAS_BACKEND="tensorflow")
     if onednn is not None:
         env[runtime.ENV] = onednn
@@ -63,6 +63,15 @@ def test_prefer_onednn_sets_the_default_and_never_overrides_the_user():
     assert runtime.prefer_onednn(environ) == "0" and environ == {runtime.ENV: "0"}
 
 
+def test_prefer_pooled_allocator_sets_the_default_and_never_overrides_the_user():
+    environ = {}
+    assert runtime.prefer_pooled_allocator(environ) == "true"
+    assert environ == {runtime.ALLOCATOR_ENV: "true"}
+    environ = {runtime.ALLOCATOR_ENV: "false"}
+    assert runtime.prefer_pooled_allocator(environ) == "false"
+    assert environ == {runtime.ALLOCATOR_ENV: "false"}
+
+
 def test_cli_turns_onednn_on_before_tensorflow_is_imported_unless_the_user_chose():
     code = ("import os, sys\n"
             "from lambda_keras import cli\n"
@@ -72,9 +81,10 @@ def test_cli_turns_onednn_on_before_tensorflow_is_imported_unless_the_user_chose
             "except SystemExit:\n"
             "    pass\n"
             "from lambda_keras import runtime\n"
-            "print(os.environ.get(runtime.ENV), runtime.onednn_active())\n")
-    assert _python(code)[-1] == "1 True"
-    assert _python(code, onednn="0")[-1] == "0 False"
+            "print(os.environ.get(runtime.ENV), runtime.onednn_active(),\n"
+            "      os.environ.get(runtime.ALLOCATOR_ENV))\n")
+    assert _python(code)[-1] == "1 True true"
+    assert _python(code, onednn="0")[-1] == "0 False true"
 
 
 @pytest.mark.slow

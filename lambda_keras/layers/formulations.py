@@ -52,12 +52,13 @@ WINDOW_TILE_SCOPES = 3
 ENGINES = ("tf_onednn", "tf", "xla", "jax", "torch")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
-# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (benchmarks/results/formulations.json, summarised
-# in benchmarks/README.md "Formulations per backend"):
+# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 on a quiet machine, TensorFlow with its pooled
+# (BFC) CPU allocator (benchmarks/results/formulations.json, summarised in benchmarks/README.md
+# "Formulations per backend"):
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
 #   (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where it was
-#   measured fastest, e.g. 28^2 under XLA: 1.8x faster than row windows);
+#   measured fastest, e.g. 28^2 under XLA: 1.7x faster than row windows);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) where queries_first does not
 #   apply (E is dense: few FLOPs wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
@@ -71,26 +72,30 @@ def _rule(queries_first, dense_scope, whole_e_scope, *local):
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
 SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
 SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
+SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows)
     # oneDNN's r x r convolution: the fastest forward from 28^2 on (and at 14^2 for r = 7); its
-    # filter gradient is slow for r = 23 (row windows 1.1-2.6x faster), fast for r = 7 (2-4x).
+    # filter gradient is slow for r = 23 (row windows 1.4-2.5x faster), fast for r = 7 (1.3-2.5x).
     ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV),
     ("tf_onednn", "train"): _rule(4, 2, 1, SMALL_R_CONV, ROW_WINDOWS),
-    # Without oneDNN, TF's own kernel of this convolution is 15x slower: row windows.
-    ("tf", "fwd"): _rule(4, 2, 1, ROW_WINDOWS),
-    ("tf", "train"): _rule(4, 2, 1, ROW_WINDOWS),
-    # XLA compiles the 1-channel 23 x 23 convolution poorly (10-30x slower), a 7 x 7 one with
-    # |u| = 4 input channels well: the fastest forward from 28^2 on.
+    # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 19x slower than
+    # q . E at 14^2: row windows; the 7 x 7 one with |u| = 4 channels is fast from 28^2 on
+    # (1.2-1.3x faster than row windows forward at 56^2-112^2, 1.1-1.2x in training).
+    ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
+    # XLA compiles the 1-channel 23 x 23 convolution poorly (25-30x slower than q . E at 14^2),
+    # a 7 x 7 one with |u| = 4 input channels well: the fastest forward from 28^2 on; in
+    # training 1.05x row windows at 28^2, 1.2x faster at 56^2.
     ("xla", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    ("xla", "train"): _rule(4, 4, 1, ROW_WINDOWS),
-    # JAX: like TF's XLA forward; in training E . V beats q . E at 28^2 (r 23) and the 7 x 7
-    # convolution trains fastest (1.2-1.3x faster than row windows).
-    ("jax", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    ("jax", "train"): _rule(1, 4, 2, SMALL_R_CONV, ROW_WINDOWS),
+    ("xla", "train"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    # JAX: unlike TF's XLA, q . E is slow forward at 28^2 (1.3x row windows) and at 14^2 with
+    # |u| = 4 (1.5x); E . V trains within 1.03x of the fastest at 14^2 with |u| = 4 (the
+    # convolution 1.2x); the 7 x 7 convolution from 28^2.
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS),
     # PyTorch (eager; its oneDNN convolution): the convolution forward, E . V at 28^2 (r 23)
-    # and the 7 x 7 convolution in training. NOTE: one measured miss, r 7 |u| 4 at 14^2 forward
-    # (q . E 1.6x faster than the convolution there; the eager timings are noisy).
+    # and the 7 x 7 convolution in training.
     ("torch", "fwd"): _rule(1, 2, 1, CONV),
     ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS),
 }
