@@ -131,8 +131,7 @@ def machine_description(threads, onednn=None):
         "os": platform.platform(),
         "python": platform.python_version(),
         "packages": _package_versions(),
-        "tf_cpu_allocator_use_bfc": env.get("TF_CPU_ALLOCATOR_USE_BFC"),
-        "tensorflow_runtime": tensorflow_runtime(env),
+        "tensorflow_runtime": tensorflow_runtime(env),  # oneDNN and allocator as the workers run
     }
 
 

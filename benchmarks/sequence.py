@@ -25,7 +25,9 @@ import os
 import pathlib
 import time
 
-os.environ.setdefault("TF_CPU_ALLOCATOR_USE_BFC", "true")  # allocator statistics, before TF
+from lambda_keras import runtime  # imports no TensorFlow
+
+runtime.prefer_pooled_allocator()  # allocator statistics: before TensorFlow is imported
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -59,7 +61,6 @@ def run(lengths):
     import keras
 
     from benchmarks.common import TFAllocatorPeak, measure
-    from lambda_keras import runtime
 
     results = {"machine": {**runtime.describe(), "cpu_flags": runtime.cpu_flags(),
                            "tensorflow": tf.__version__, "keras": keras.__version__,

@@ -8,7 +8,7 @@ than reading the environment variable:
 
 - `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on.
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
-- `describe()`: both, with the environment variable as the user set it, for result records.
+- `describe()`: both, with the oneDNN and allocator variables as set, for result records.
 - `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
   `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
 - `prefer_pooled_allocator()`: the command line's other default: `TF_CPU_ALLOCATOR_USE_BFC=true`
