@@ -295,11 +295,11 @@ def setup_torch(threads):
 
 
 # --------------------------------------------------------------------------- processes
-def worker_env(threads, onednn=None):
+def worker_env(threads, onednn=None, backend="tensorflow"):
     """Environment of a benchmark worker.
 
     `onednn`: None keeps TensorFlow's default (or the user's TF_ENABLE_ONEDNN_OPTS); "0"/"1"
-    sets it.
+    sets it. `backend`: its KERAS_BACKEND.
     TF_CPU_ALLOCATOR_USE_BFC=true gives TensorFlow's CPU allocator statistics (the "allocator"
     memory ruler) whether oneDNN is on or off; without it they exist only with oneDNN on (where
     TF's oneDNN allocator is also a BFC allocator).
@@ -309,7 +309,7 @@ def worker_env(threads, onednn=None):
         "PYTHONPATH": os.pathsep.join([REPO_ROOT] + [p for p in [env.get("PYTHONPATH")] if p]),
         "TF_CPP_MIN_LOG_LEVEL": "3",
         "TF_CPU_ALLOCATOR_USE_BFC": "true",
-        "KERAS_BACKEND": "tensorflow",
+        "KERAS_BACKEND": backend,
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
         "BENCH_THREADS": str(threads),
@@ -346,7 +346,11 @@ def _watch(process, timeout_s, memory_budget_bytes):
 
 
 def _run_process(jobs, threads, timeout_s, memory_budget_bytes, log, onednn=None):
-    """Runs `jobs` in order in one worker process; returns one result per job."""
+    """Runs `jobs` in order in one worker process, on the Keras backend the jobs name (their
+    "backend", TensorFlow by default; one per process); returns one result per job."""
+    backends = {job.get("backend", "tensorflow") for job in jobs}
+    if len(backends) != 1:
+        raise ValueError(f"one Keras backend per worker process. Received: {sorted(backends)}")
     with tempfile.TemporaryDirectory(prefix="lk-bench-") as scratch:
         jobs_path = os.path.join(scratch, "jobs.json")
         results_path = os.path.join(scratch, "results.jsonl")
@@ -356,7 +360,7 @@ def _run_process(jobs, threads, timeout_s, memory_budget_bytes, log, onednn=None
         with open(log_path, "w", encoding="utf-8") as log_file:
             process = subprocess.Popen(
                 [sys.executable, "-m", "benchmarks.worker", jobs_path, results_path],
-                cwd=REPO_ROOT, env=worker_env(threads, onednn), stdout=log_file,
+                cwd=REPO_ROOT, env=worker_env(threads, onednn, backends.pop()), stdout=log_file,
                 stderr=subprocess.STDOUT)
             try:
                 reason = _watch(process, timeout_s, memory_budget_bytes)

@@ -7,7 +7,10 @@ Measures "queries_first", "lambdas_first", "row_windows" and "conv" (selected th
 `LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
 backward (gradient of mean(y^2) with respect to the input and every trainable weight), on:
 
-- "tf_onednn" / "tf": TensorFlow graph mode (`tf.function`), TF_ENABLE_ONEDNN_OPTS=1 / 0;
+- "tf_onednn" / "tf": TensorFlow graph mode (`tf.function`), TF_ENABLE_ONEDNN_OPTS=1 / 0, with
+  the pooled (BFC) CPU allocator that every benchmark worker uses (common.worker_env);
+- "tf_malloc": as "tf", with TensorFlow's default allocator there (TF_CPU_ALLOCATOR_USE_BFC=false:
+  malloc);
 - "tf_xla": TensorFlow `tf.function(jit_compile=True)` (oneDNN setting left at its default);
 - "jax": the JAX backend, `jax.jit` of `stateless_call` (and of its `jax.value_and_grad`);
 - "torch": the PyTorch backend, eager (plus timm's PyTorch `LambdaLayer` at the r 23 shapes,
@@ -48,6 +51,8 @@ FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first")  # prob
 ENGINES = {
     "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
     "tf": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, False, "tf"),
+    "tf_malloc": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"},
+                  False, "tf_malloc"),
     "tf_xla": ("tensorflow", {}, True, "xla"),
     "jax": ("jax", {}, True, "jax"),
     "torch": ("torch", {}, False, "torch"),
@@ -151,7 +156,10 @@ def _runtime_description(backend):
         import tensorflow as tf
         from tensorflow.python.util import _pywrap_util_port
 
-        description.update(onednn=bool(_pywrap_util_port.IsMklEnabled()), version=tf.__version__)
+        from lambda_keras import runtime
+
+        description.update(onednn=bool(_pywrap_util_port.IsMklEnabled()), version=tf.__version__,
+                           pooled_allocator=runtime.pooled_allocator_active())
     elif backend == "jax":
         import jax
 
@@ -274,7 +282,7 @@ def _record_picks(engine, settings, steps_for, jit_compile, out_path):
 
 def _auto_pick(layer, trace, phase):
     """The formulation the "auto" layer uses in this phase, recorded while tracing it."""
-    layer._last_formulation = None  # noqa: SLF001 (own package: set by _position_output)
+    layer._last_formulation = None  # noqa: SLF001 (own package: set by LambdaLayer.call)
     trace(phase)
     return layer._last_formulation  # noqa: SLF001
 

@@ -70,16 +70,21 @@ def plan(settings, memory_budget_bytes, quick=False):
 
 
 def expand(results):
-    """Per-batch job results -> one record per (model, mode, batch): "model/<tag>/<mode>/b<batch>"."""
+    """Per-process job results -> one record per (model, mode, batch): "<job id prefix>/<tag>/
+    <mode>/b<batch>" ("model/b8" -> "model/<tag>/<mode>/b8"; the backend suite's
+    "backends/jax/b8" -> "backends/jax/<tag>/<mode>/b8")."""
     records = []
     for job in results:
         if job.get("mode") == "params":
             records.append(job)
             continue
+        prefix = job["id"].rsplit("/", 1)[0]
         for entry in job["models"]:
             for mode in entry["modes"]:
-                record = dict(suite="model", id=f"model/{entry['tag']}/{mode}/b{job['batch']}",
+                record = dict(suite=job["suite"],
+                              id=f"{prefix}/{entry['tag']}/{mode}/b{job['batch']}",
                               tag=entry["tag"], model=entry["model"],
+                              backend=job.get("backend", "tensorflow"),
                               jit_compile=entry["jit_compile"], mode=mode, batch=job["batch"],
                               image_size=job["image_size"])
                 if job["status"] != "ok":
@@ -115,11 +120,16 @@ def _count_params(job):
 
 
 def run_job(job, threads, isolated):
-    from benchmarks.common import setup_tensorflow
-
-    tf = setup_tensorflow(threads)
+    """Times the job's models round-robin on the Keras backend of this process
+    (`job["backend"]`, TensorFlow by default: the worker's KERAS_BACKEND is set from it)."""
+    backend = job.get("backend", "tensorflow")
+    tf = common.setup_tensorflow(threads) if backend == "tensorflow" else None
+    if backend == "torch":
+        common.setup_torch(threads)
     import keras
 
+    if keras.backend.backend() != backend:
+        raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
     if job.get("mode") == "params":
         return _count_params(job)
     rng = np.random.default_rng(0)
@@ -137,9 +147,26 @@ def run_job(job, threads, isolated):
             steps["infer"][entry["tag"]] = lambda m=model: m.predict_on_batch(x)
         if "train" in entry["modes"]:
             steps["train"][entry["tag"]] = lambda m=model: m.train_on_batch(x, y)
+    # TensorFlow's allocator statistics are the memory ruler; other backends record none.
     for mode, fns in steps.items():
-        stats = common.measure_interleaved(fns, **job["timing"], tf_memory=tuple(fns))
+        stats = common.measure_interleaved(fns, **job["timing"],
+                                           tf_memory=tuple(fns) if tf else ())
         for tag, entry in stats.items():
             entry["images_per_s"] = batch / entry["median_s"]
             measured[tag][mode] = entry
-    return {"measured": measured, "tf_devices": [d.name for d in tf.config.list_physical_devices()]}
+    return {"measured": measured, "backend": backend,
+            "devices": _devices(backend)}
+
+
+def _devices(backend):
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return [d.name for d in tf.config.list_physical_devices()]
+    if backend == "jax":
+        import jax
+
+        return [str(d) for d in jax.devices()]
+    import torch
+
+    return ["cpu"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]

@@ -4,6 +4,7 @@
   variant with its fitted slope (lambda ~1: linear; attention ~2: quadratic); timm dashed (RSS).
 - layer_time.png: fwd+bwd median time vs positions, log-log, timm included.
 - model_throughput.png: inference and training images/s per model and batch size.
+- backends_throughput.png: the same per Keras backend (TensorFlow, JAX, PyTorch), one batch size.
 - export_latency.png: per-image latency of each export format.
 """
 
@@ -88,6 +89,30 @@ def _model_plot(plt, model_suite, path):
     plt.close(figure)
 
 
+def _backends_plot(plt, backends_suite, path):
+    table = report.backends_table(backends_suite)
+    backends = list(dict.fromkeys(r["backend"] for r in table["rows"]))
+    models = list(dict.fromkeys(r["model"] for r in table["rows"]))
+    value = {(r["backend"], r["model"]): r for r in table["rows"]}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
+    width = 0.8 / max(1, len(models))
+    for axis, mode in zip(axes, ("infer", "train")):
+        for i, name in enumerate(models):
+            values = [(value.get((b, name)) or {}).get(f"{mode}_images_per_s") or 0
+                      for b in backends]
+            axis.bar([j + i * width for j in range(len(backends))], values, width, label=name)
+        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(backends))])
+        axis.set_xticklabels(backends)
+        axis.set_ylabel("images / s")
+        axis.set_title(f"{'inference' if mode == 'infer' else 'training'}, batch {table['batch']} "
+                       f"at {table['image_size']} px", fontsize=10)
+        axis.grid(True, axis="y", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
 def _export_plot(plt, export_suite, path):
     rows = [r for r in report.export_table(export_suite)["rows"] if "median_s" in r]
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -122,6 +147,9 @@ def make_all(suites, out_dir):
     if suites.get("model"):
         _model_plot(plt, suites["model"], os.path.join(out_dir, "model_throughput.png"))
         written.append("model_throughput.png")
+    if suites.get("backends"):
+        _backends_plot(plt, suites["backends"], os.path.join(out_dir, "backends_throughput.png"))
+        written.append("backends_throughput.png")
     if suites.get("export"):
         _export_plot(plt, suites["export"], os.path.join(out_dir, "export_latency.png"))
         written.append("export_latency.png")

@@ -228,6 +228,7 @@ def summarize(suites, machine, quick, duration_s, options):
             "layer": layer_table(layer_suite, peer_suite) if layer_suite else None,
             "model": model_table(model_suite) if model_suite else None,
             "export": export_table(export_suite) if export_suite else None,
+            "backends": backends_table(suites["backends"]) if suites.get("backends") else None,
         },
     }
 
@@ -303,6 +304,27 @@ def model_table(model_suite):
         rows.append(row)
     return {"batches": batches, "image_size": model_suite["settings"]["image_size"],
             "params": params, "rows": rows}
+
+
+def backends_table(backends_suite):
+    """Per Keras backend and model: images/s (inference, training) and the ratio to ResNet50 on
+    the same backend (same process, round-robin)."""
+    ok = _ok(backends_suite)
+    settings = backends_suite["settings"]
+    rows = []
+    for result in backends_suite["results"]:
+        if result.get("mode") != "infer":
+            continue  # one row per (backend, model), from its inference record's identity
+        backend, tag, batch = result["backend"], result["tag"], result["batch"]
+        row = {"backend": backend, "model": tag, "jit_compile": result["jit_compile"]}
+        for mode in ("infer", "train"):
+            ours = ok.get(f"backends/{backend}/{tag}/{mode}/b{batch}")
+            base = ok.get(f"backends/{backend}/{BASELINE_MODEL}/{mode}/b{batch}")
+            row[f"{mode}_images_per_s"] = ours and ours[mode]["images_per_s"]
+            row[f"{mode}_vs_resnet50"] = _ratio(ours and ours[mode]["images_per_s"],
+                                                base and base[mode]["images_per_s"])
+        rows.append(row)
+    return {"batch": settings["batch"], "image_size": settings["image_size"], "rows": rows}
 
 
 def export_table(export_suite):
@@ -398,6 +420,19 @@ def _layer_markdown(table):
     return out
 
 
+def _backends_markdown(table):
+    out = ["", f"**Models per Keras backend** ({table['image_size']} px, batch {table['batch']}, "
+               "images/s, median; ratios to ResNet50 on the same backend):", "",
+           "| backend | jit_compile | model | infer img/s | train img/s | infer vs ResNet50 | "
+           "train vs ResNet50 |", "|---|---|---|---|---|---|---|"]
+    for row in table["rows"]:
+        out.append(f"| {row['backend']} | {row['jit_compile']} | {row['model']} | "
+                   f"{_fmt(row['infer_images_per_s'], '.1f')} | "
+                   f"{_fmt(row['train_images_per_s'], '.1f')} | "
+                   f"{_fmt(row['infer_vs_resnet50'])} | {_fmt(row['train_vs_resnet50'])} |")
+    return out
+
+
 def _model_markdown(table):
     batches = table["batches"]
     head = ("| model | params (M) | " + " | ".join(f"infer b{b} img/s" for b in batches) + " | "
@@ -459,6 +494,10 @@ def markdown(summary):
         f"Run: {'QUICK (smoke test, not speed)' if summary['quick'] else 'full'}, "
         f"{summary['duration_s'] / 60:.1f} min; 1-min load average per suite (before->after): "
         f"{loads}.", "", "**Targets**", ""]
+    earlier = summary.get("options", {}).get("suites_from_earlier_runs")
+    if earlier:
+        lines[-3:-3] = [f"Suites kept from an earlier run (their own machine record and load in "
+                        f"<suite>.json): {', '.join(earlier)}."]
     lines += _targets_markdown(summary["targets"])
     tables = summary["tables"]
     if tables.get("layer"):
@@ -470,6 +509,8 @@ def markdown(summary):
         lines += _model_markdown(tables["model"])
     if tables.get("export"):
         lines += _export_markdown(tables["export"])
+    if tables.get("backends"):
+        lines += _backends_markdown(tables["backends"])
     if summary.get("plots"):
         lines += ["", "Plots: " + ", ".join(summary["plots"])]
     return "\n".join(lines) + "\n"

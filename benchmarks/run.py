@@ -1,31 +1,35 @@
-"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,model,export,peer] [--out DIR]
-[--onednn default|0|1]`.
+"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,peer,model,export,backends]
+[--out DIR] [--onednn default|0|1]`.
 
-Runs the selected suites (layer, peer, model, export; all by default) in worker processes, then
-writes to DIR (default benchmarks/results, or a temporary directory with --quick):
+Runs the selected suites (layer, peer, model, export, backends; all by default) in worker
+processes, then writes to DIR (default benchmarks/results, or a temporary directory with --quick):
   <suite>.json   every configuration: settings, timings (median, min, max, quartiles), peak memory
   summary.json   machine, load averages, durations and the targets with their measured ratios
   summary.md     the same as Markdown tables (the README's Performance section is pasted from it)
-  *.png          plots (peak memory and time vs positions, model throughput, export latency)
-Every ratio in summary.json compares numbers measured in this run only.
+  *.png          plots (peak memory and time vs positions, model throughput, export latency,
+                 models per Keras backend)
+Every ratio in summary.json compares numbers measured in one suite of one run. A full run of some
+suites (--only) into a directory that holds other suites' results keeps those in the summary,
+marked as from an earlier run (`suites_from_earlier_runs`).
 
 --quick shrinks every suite (tiny maps and models, few repeats) to check that the benchmark code
 works in a few minutes; its numbers say nothing about speed.
 """
 
 import argparse
+import json
 import os
 import sys
 import tempfile
 import time
 
-from benchmarks import common, export, layer, model, peer, plots, report
+from benchmarks import backends, common, export, layer, model, peer, plots, report
 
-SUITES = {"layer": layer, "peer": peer, "model": model, "export": export}
+SUITES = {"layer": layer, "peer": peer, "model": model, "export": export, "backends": backends}
 # Suites whose jobs each get their own process in a full run: a layer map size (its variants
 # timed round-robin), a timm size (clean RSS peak). Model and export jobs are one process each.
 ISOLATED = ("layer", "peer")
-TIMEOUT_S = {"layer": 1800, "peer": 900, "model": 3000, "export": 2400}
+TIMEOUT_S = {"layer": 1800, "peer": 900, "model": 3000, "export": 2400, "backends": 1800}
 DEFAULT_OUT = os.path.join(common.REPO_ROOT, "benchmarks", "results")
 DEFAULT_BUDGET_GB = 12.0
 
@@ -65,6 +69,20 @@ def parse_args(argv):
     return args
 
 
+def earlier_suites(out_dir, run_now):
+    """{suite: its <suite>.json} for the suites not in `run_now` whose results are in `out_dir`:
+    a run of some suites keeps the others' last full results in its summary."""
+    earlier = {}
+    for name in SUITES:
+        path = os.path.join(out_dir, f"{name}.json")
+        if name not in run_now and os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+            if not data.get("quick"):
+                earlier[name] = data
+    return earlier
+
+
 def run_suite(name, args, log):
     module = SUITES[name]
     settings = module.QUICK if args.quick else module.FULL
@@ -73,7 +91,8 @@ def run_suite(name, args, log):
               else module.plan(settings, budget))
     log(f"[{name}] {sum(len(g) for g in groups)} configurations; load {common.load_average()}")
     load_before, started = common.load_average(), time.perf_counter()
-    if args.quick:  # one process per suite: start-up time dominates tiny configurations
+    if args.quick and not getattr(module, "ONE_PROCESS_PER_GROUP", False):
+        # one process per suite: start-up time dominates tiny configurations
         groups = [[job for group in groups for job in group]]
     results = common.run_groups(
         groups, args.threads, args.timeout_s or TIMEOUT_S[name], budget,
@@ -103,12 +122,15 @@ def main(argv=None):
         suites[name] = run_suite(name, args, log)
         suites[name]["machine"] = machine
         common.write_json(os.path.join(args.out, f"{name}.json"), suites[name])
+    earlier = {} if args.quick else earlier_suites(args.out, args.suites)
+    suites.update(earlier)
     summary = report.summarize(suites, machine, quick=args.quick,
                                duration_s=time.perf_counter() - started,
                                options={"threads": args.threads,
                                         "memory_budget_gb": args.memory_budget_gb,
                                         "onednn": args.onednn or "default",
-                                        "suites": args.suites})
+                                        "suites": args.suites,
+                                        "suites_from_earlier_runs": sorted(earlier)})
     summary["plots"] = plots.make_all(suites, args.out)
     common.write_json(os.path.join(args.out, "summary.json"), summary)
     markdown = report.markdown(summary)

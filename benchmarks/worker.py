@@ -16,7 +16,7 @@ import traceback
 from benchmarks.common import setup_torch
 
 SUITES = {"layer": "benchmarks.layer", "peer": "benchmarks.peer", "model": "benchmarks.model",
-          "export": "benchmarks.export"}
+          "export": "benchmarks.export", "backends": "benchmarks.backends"}
 
 
 def main(argv):

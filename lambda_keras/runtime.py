@@ -8,6 +8,7 @@ than reading the environment variable:
 
 - `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on.
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
+- `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
 - `describe()`: both, with the oneDNN and allocator variables as set, for result records.
 - `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
   `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
@@ -60,6 +61,20 @@ def onednn_active():
     from tensorflow.python.util import _pywrap_util_port
 
     return bool(_pywrap_util_port.IsMklEnabled())
+
+
+def pooled_allocator_active(environ=None):
+    """Whether TensorFlow's CPU allocator pools its memory in this process (imports TensorFlow).
+
+    TensorFlow reads `TF_CPU_ALLOCATOR_USE_BFC` as a boolean ("true"/"1" or "false"/"0", any case;
+    anything else counts as unset) when it creates its CPU allocator; unset, it pools only where
+    oneDNN is on (oneDNN's allocator) and otherwise allocates with malloc.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get(ALLOCATOR_ENV, "").lower()
+    if value in ("1", "true"):
+        return True
+    return onednn_active()
 
 
 def describe():

@@ -13,11 +13,12 @@ import os
 
 import pytest
 
+from benchmarks import backends as backends_suite
+from benchmarks import common, report, run
 from benchmarks import layer as layer_suite
-from benchmarks import report, run
 from lambda_keras import runtime
 
-SUITES = ("layer", "peer", "model", "export")
+SUITES = ("layer", "peer", "model", "export", "backends")
 # Each target of the summary and the suites it is computed from.
 TARGET_SUITES = {"lambda_memory_vs_attention": ("layer",), "lambda_vs_timm": ("layer",),
                  "lambda_resnet50_vs_resnet50": ("model",), "xla": ("layer",),
@@ -120,6 +121,40 @@ def test_quick_run_summary_has_every_target_and_finite_ratios(quick_results):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("quick_results", ["0"], indirect=True)  # the run with every suite
+def test_quick_run_times_every_model_on_every_keras_backend(quick_results):
+    """The backend suite ran each backend in its own process (the worker reports the backend it
+    ran on, and JAX compiled with XLA), every model in both modes; its table divides by the same
+    backend's ResNet50 (exactly 1 for ResNet50 itself)."""
+    out, _, suites = quick_results
+    assert "backends" in suites
+    records = _load(out, "backends.json")["results"]
+    seen = {(r["backend"], r["model"], r["mode"]) for r in records if r["status"] == "ok"}
+    models = backends_suite.QUICK["models"]
+    assert "resnet50" in models and len(models) >= 2
+    assert seen == {(b, m, mode) for b in backends_suite.BACKENDS for m in models
+                    for mode in ("infer", "train")}
+    assert all(r["jit_compile"] is (r["backend"] == "jax") for r in records)
+    table = _load(out, "summary.json")["tables"]["backends"]
+    assert len(table["rows"]) == len(backends_suite.BACKENDS) * len(models)
+    for row in table["rows"]:
+        assert _positive(row["infer_images_per_s"]) and _positive(row["train_images_per_s"])
+        if row["model"] == "resnet50":
+            assert row["infer_vs_resnet50"] == row["train_vs_resnet50"] == 1.0
+        assert _positive(row["infer_vs_resnet50"]) and _positive(row["train_vs_resnet50"])
+    assert "backends_throughput.png" in _load(out, "summary.json")["plots"]
+
+
+def test_backends_run_in_their_own_worker_processes():
+    """One backend per process: the environment names it, and a mixed group is refused."""
+    groups = backends_suite.plan(backends_suite.QUICK, memory_budget_bytes=None)
+    assert [g[0]["backend"] for g in groups] == list(backends_suite.BACKENDS)
+    assert common.worker_env(1, backend="jax")["KERAS_BACKEND"] == "jax"
+    with pytest.raises(ValueError, match="one Keras backend per worker process"):
+        common._run_process([groups[0][0], groups[1][0]], 1, 10, None, log=lambda m: None)
+
+
+@pytest.mark.slow
 def test_quick_run_memory_ruler_sees_attention_grow_quadratically(quick_results):
     """Independent expectation: attention stores b x h x n x n logits, so its peak memory is at
     least that many floats and doubles in exponent with the positions."""
@@ -147,6 +182,13 @@ def test_unknown_suite_is_refused(capsys):
     with pytest.raises(SystemExit):
         run.parse_args(["--only", "layer,speed"])
     assert "--only='layer,speed'" in capsys.readouterr().err
+
+
+def test_a_run_of_some_suites_keeps_the_other_suites_last_full_results(tmp_path):
+    for name, quick in (("model", False), ("export", True), ("layer", False)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"suite": name, "quick": quick}))
+    earlier = run.earlier_suites(str(tmp_path), ["layer", "backends"])
+    assert earlier == {"model": {"suite": "model", "quick": False}}  # not re-run, not quick
 
 
 def test_oversized_configurations_are_planned_as_skipped():

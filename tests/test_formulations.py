@@ -19,6 +19,7 @@ import numpy as np
 import keras
 import pytest
 
+from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
 from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
 
@@ -32,6 +33,8 @@ FORMULATION_CASES = {
                                        receptive_field=5, intra_depth=2, position_bias=True),
     "queries_first-relative-s2": dict(implementation="queries_first", position="relative",
                                       strides=2),
+    "queries_first-conv-r23-s2p2-bias": dict(implementation="queries_first", position="conv",
+                                             strides=2, pool_size=2, position_bias=True),
     "queries_first-global-u2": dict(implementation="queries_first", position="global",
                                     intra_depth=2),
     "lambdas_first-conv-r23": dict(implementation="lambdas_first", position="conv"),
@@ -116,6 +119,10 @@ def choose(size, training, runtime, position="conv", intra_depth=1, heads=4, key
 
 def test_runtime_engines():
     assert ONEDNN.engine == "tf_onednn" and NO_ONEDNN.engine == "tf"
+    assert formulations.Runtime("tensorflow", pooled_allocator=False).engine == "tf_malloc"
+    # oneDNN's own allocator pools: the allocator matters only with oneDNN off.
+    assert formulations.Runtime("tensorflow", onednn=True, pooled_allocator=False).engine \
+        == "tf_onednn"
     assert XLA.engine == "xla" and JAX.engine == "jax"
     assert TORCH.engine == "torch"
     assert formulations.Runtime("tensorflow", onednn=True, device="tpu").engine == "xla"
@@ -161,17 +168,25 @@ def _measured_cells():
                   and c["engine"] != "timm"]
 
 
+def _recorded_runtime(engine):
+    """The `Runtime` an engine's worker recorded (every worker before "tf_malloc" ran with the
+    pooled allocator: common.worker_env sets it)."""
+    return formulations.Runtime(engine["backend"], xla=engine["jit_compile"],
+                                onednn=bool(engine.get("onednn")),
+                                pooled_allocator=engine.get("pooled_allocator", True))
+
+
 def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
     """The table the rule came from (benchmarks/results/formulations.json): for every engine,
     shape, map size and phase, the rule's pick was measured and is <= 1.2x the fastest."""
     data, cells = _measured_cells()
-    assert {c["engine"] for c in cells} >= {"tf_onednn", "tf", "tf_xla", "jax", "torch"}
+    assert {c["engine"] for c in cells} >= {"tf_onednn", "tf", "tf_malloc", "tf_xla", "jax",
+                                            "torch"}
     misses = []
     for cell in cells:
         engine = data["engines"][cell["engine"]]
         shape = data["shapes"][cell["shape"]]
-        runtime = formulations.Runtime(
-            engine["backend"], xla=engine["jit_compile"], onednn=bool(engine.get("onednn")))
+        runtime = _recorded_runtime(engine)
         assert runtime.engine == engine["rule_engine"]
         value_dim = data["settings"]["width"] // data["layer"]["num_heads"]
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
@@ -194,8 +209,7 @@ def test_benchmark_recorded_the_rules_pick_in_its_real_runtime():
     data, cells = _measured_cells()
     for cell in cells:
         engine = data["engines"][cell["engine"]]
-        runtime = formulations.Runtime(
-            engine["backend"], xla=engine["jit_compile"], onednn=bool(engine.get("onednn")))
+        runtime = _recorded_runtime(engine)
         shape = data["shapes"][cell["shape"]]
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
                       intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"])
@@ -208,7 +222,8 @@ def test_runtime_sees_xla_only_inside_jit_compile():
     from tensorflow.python.util import _pywrap_util_port
 
     assert formulations.current_runtime() == formulations.Runtime(
-        "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu")
+        "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu",
+        pooled_allocator=runtime_module.pooled_allocator_active())
     seen = {}
     for jit_compile in (False, True):
         @tf.function(jit_compile=jit_compile)

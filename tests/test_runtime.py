@@ -39,11 +39,13 @@ print(json.dumps(runtime.describe()))
 """
 
 
-def _python(code, *args, onednn=None, timeout=600):
+def _python(code, *args, onednn=None, allocator=None, timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in (runtime.ENV, runtime.ALLOCATOR_ENV)}
     env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT, KERAS_BACKEND="tensorflow")
     if onednn is not None:
         env[runtime.ENV] = onednn
+    if allocator is not None:
+        env[runtime.ALLOCATOR_ENV] = allocator
     result = subprocess.run([sys.executable, "-c", code, *args], env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -70,6 +72,40 @@ def test_prefer_pooled_allocator_sets_the_default_and_never_overrides_the_user()
     environ = {runtime.ALLOCATOR_ENV: "false"}
     assert runtime.prefer_pooled_allocator(environ) == "false"
     assert environ == {runtime.ALLOCATOR_ENV: "false"}
+
+
+# What the lambda layer's rule sees, and TensorFlow's own evidence of a pooling allocator: only
+# a pooling (BFC or oneDNN) CPU allocator keeps statistics (get_memory_info raises otherwise).
+ALLOCATOR_SCRIPT = """
+import tensorflow as tf
+from lambda_keras import runtime
+from lambda_keras.layers import formulations
+tf.zeros((1024,)).numpy()
+try:
+    tf.config.experimental.get_memory_info("CPU:0")
+    statistics = True
+except ValueError:
+    statistics = False
+print(runtime.pooled_allocator_active(), statistics, formulations.current_runtime().engine)
+"""
+
+
+@pytest.mark.parametrize("onednn, allocator, expected", [
+    ("0", None, "False False tf_malloc"),  # TensorFlow's default without oneDNN: malloc
+    ("0", "true", "True True tf"),
+    ("1", None, "True True tf_onednn"),  # oneDNN's allocator pools
+    ("1", "false", "True True tf_onednn"),
+])
+def test_pooled_allocator_is_what_tensorflow_uses(onednn, allocator, expected):
+    assert _python(ALLOCATOR_SCRIPT, onednn=onednn, allocator=allocator)[-1] == expected
+
+
+def test_pooled_allocator_reads_the_variable_as_tensorflow_does():
+    onednn = runtime.onednn_active()  # unset or not a boolean: pooled only with oneDNN
+    for value, expected in (("true", True), ("TRUE", True), ("1", True), ("false", onednn),
+                            ("0", onednn), ("yes", onednn), (None, onednn)):
+        environ = {} if value is None else {runtime.ALLOCATOR_ENV: value}
+        assert runtime.pooled_allocator_active(environ) is expected, value
 
 
 def test_cli_turns_onednn_on_before_tensorflow_is_imported_unless_the_user_chose():

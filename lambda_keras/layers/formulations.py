@@ -18,8 +18,9 @@ reference of the paper):
 Which one is fastest depends on the map size, on forward vs training, and on what runs it: the
 same r x r convolution with one input channel is fast with TensorFlow's oneDNN kernels, 7-8x
 slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
-under XLA (TF `jit_compile=True`, JAX). `choose` is the rule: a pure function of the shapes and of
-the `Runtime` (backend, XLA or not, oneDNN state, device) the layer traces under. Its thresholds
+under XLA (TF `jit_compile=True`, JAX); without oneDNN, TensorFlow's malloc allocator makes large
+temporaries dear. `choose` is the rule: a pure function of the shapes and of the `Runtime`
+(backend, XLA or not, oneDNN state, CPU allocator, device) the layer traces under. Its thresholds
 come from `benchmarks/formulations.py` (results in benchmarks/results/formulations.json; the
 table is in benchmarks/README.md), and tests/test_formulations.py checks that, in every measured
 cell of that file, the rule's pick is within 1.2x of the fastest formulation.
@@ -47,14 +48,16 @@ WINDOW_TILE_SCOPES = 3
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
-# without XLA, oneDNN on / off; "xla": TF jit_compile=True; "jax": the JAX backend (XLA too, but
-# measured to differ from TF's XLA); "torch": the PyTorch backend (eager).
-ENGINES = ("tf_onednn", "tf", "xla", "jax", "torch")
+# without XLA, oneDNN on / off (with a pooling CPU allocator); "tf_malloc": oneDNN off with
+# TensorFlow's default malloc allocator (TF_CPU_ALLOCATOR_USE_BFC unset); "xla": TF
+# jit_compile=True; "jax": the JAX backend (XLA too, but measured to differ from TF's XLA);
+# "torch": the PyTorch backend (eager).
+ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 on a quiet machine, TensorFlow with its pooled
-# (BFC) CPU allocator (benchmarks/results/formulations.json, summarised in benchmarks/README.md
-# "Formulations per backend"):
+# (BFC) CPU allocator except for "tf_malloc" (benchmarks/results/formulations.json, summarised in
+# benchmarks/README.md "Formulations per backend"):
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
 #   (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where it was
@@ -84,6 +87,11 @@ LOCAL_RULE = {
     # (1.2-1.3x faster than row windows forward at 56^2-112^2, 1.1-1.2x in training).
     ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
     ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
+    # The same with TensorFlow's malloc allocator: every large temporary is mapped and zeroed
+    # per call, which costs q . E's 80 MB maps most: at 28^2 (r 23) forward it takes 152 ms
+    # against 130 for row windows, so q . E only where its map fits the lambdas (h m u <= k v).
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
     # XLA compiles the 1-channel 23 x 23 convolution poorly (25-30x slower than q . E at 14^2),
     # a 7 x 7 one with |u| = 4 input channels well: the fastest forward from 28^2 on; in
     # training 1.05x row windows at 28^2, 1.2x faster at 56^2.
@@ -103,12 +111,14 @@ LOCAL_RULE = {
 
 @dataclasses.dataclass(frozen=True)
 class Runtime:
-    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state, device kind."""
+    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state and CPU allocator,
+    device kind."""
 
     backend: str = "tensorflow"  # keras.backend.backend()
     xla: bool = False  # compiled by XLA: TF jit_compile=True, or the JAX backend
     onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
     device: str = "cpu"  # "cpu", "gpu" or "tpu"
+    pooled_allocator: bool = True  # TF's CPU allocator pools (runtime.pooled_allocator_active)
 
     @property
     def engine(self):
@@ -119,8 +129,10 @@ class Runtime:
             return "xla"
         if self.backend == "torch":
             return "torch"
-        if self.backend == "tensorflow" and self.onednn and self.device == "cpu":
-            return "tf_onednn"
+        if self.backend == "tensorflow" and self.device == "cpu":
+            if self.onednn:
+                return "tf_onednn"
+            return "tf" if self.pooled_allocator else "tf_malloc"
         return "tf"
 
 
@@ -169,7 +181,7 @@ def current_runtime():
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
-                       device=_tf_device())
+                       device=_tf_device(), pooled_allocator=_tf_pooled_allocator())
     if backend == "jax":
         return Runtime("jax", xla=True, device=_jax_device())
     if backend == "torch":
@@ -192,6 +204,13 @@ def _tf_onednn():
     from lambda_keras import runtime  # what TensorFlow reports (IsMklEnabled), not the env
 
     return runtime.onednn_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_pooled_allocator():
+    from lambda_keras import runtime
+
+    return runtime.pooled_allocator_active()
 
 
 @functools.lru_cache(maxsize=None)

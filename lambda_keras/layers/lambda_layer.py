@@ -30,8 +30,8 @@ The position term sum_k q_n^h[k] lambda^p_n[k, v] has four formulations, all the
 windows of V; static maps, memory linear in the positions) and "conv" (the paper's lambda
 convolution; any input size). `implementation="auto"` (the default) picks, per call, the one
 measured fastest for the map size, forward vs training, and what runs the layer: the Keras
-backend, XLA or not (TF `jit_compile=True`; JAX always) and TensorFlow's oneDNN state
-(`formulations.choose`, with the table it came from). A formulation name forces that one.
+backend, XLA or not (TF `jit_compile=True`; JAX always), TensorFlow's oneDNN state and CPU
+allocator (`formulations.choose`, with the table it came from). A formulation name forces that one.
 NOTE: the paper chooses between its einsum and the lambda convolution by map size only; the
 convolution of a 1-channel map with an r x r kernel is fast only with TF's oneDNN kernels (7x
 slower without them, 10x slower under XLA on CPU), so the choice also depends on the runtime.
