@@ -18,7 +18,9 @@ backward (gradient of mean(y^2) with respect to the input and every trainable we
 
 Each engine runs in its own process (KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS are per process;
 TensorFlow and PyTorch cannot share one). Shapes: batch 8, d 256, |k| 16, |h| 4 (|v| 64), with
-r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2.
+r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2, and the strided r 23 layer
+("r23s2": a 3 x 3 stride-2 average pool follows, as in the first block of a LambdaResNet stage)
+at 14^2 and 28^2.
 
 Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
 compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not
@@ -58,7 +60,11 @@ ENGINES = {
     "torch": ("torch", {}, False, "torch"),
 }
 SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
-                                                                      intra_depth=4)}
+                                                                      intra_depth=4),
+          "r23s2": dict(receptive_field=23, intra_depth=1, strides=2)}
+# Shapes measured only up to a map size: the strided layer differs from "r23" only where
+# queries_first applies (it pools the q . E maps); from 56^2 on those pass the memory limit.
+MAX_SIZE = {"r23s2": 28}
 LAYER = dict(key_dim=16, num_heads=4, position="conv")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
@@ -197,8 +203,8 @@ def run_engine(engine, settings, threads, out_path, log=print):
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
-    for shape_name, shape in SHAPES.items():
-        for size in settings["sizes"]:
+    for shape_name, shape in _shapes(settings).items():
+        for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
                 (batch, size, size, width)).astype("float32")
             steps = {f: steps_for(_make_layer(shape, f, size, width), x, jit_compile)
@@ -266,10 +272,18 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 _time_timm(size, width, batch, threads, settings, out_path, log)
 
 
+def _shapes(settings):
+    return {name: SHAPES[name] for name in settings.get("shapes", SHAPES)}
+
+
+def _sizes(shape_name, settings):
+    return [s for s in settings["sizes"] if s <= MAX_SIZE.get(shape_name, s)]
+
+
 def _record_picks(engine, settings, steps_for, jit_compile, out_path):
     """Only what "auto" picks in every cell (traced, not timed): after a change of the rule."""
-    for shape_name, shape in SHAPES.items():
-        for size in settings["sizes"]:
+    for shape_name, shape in _shapes(settings).items():
+        for size in _sizes(shape_name, settings):
             x = np.zeros((settings["batch"], size, size, settings["width"]), "float32")
             layer = _make_layer(shape, "auto", size, settings["width"])
             _, trace = steps_for(layer, x, jit_compile)
@@ -336,6 +350,9 @@ def parse_args(argv):
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code only")
     parser.add_argument("--engines", default=",".join(ENGINES))
     parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
+    parser.add_argument("--shapes", default=",".join(SHAPES),
+                        help="comma-separated shapes (default: all); the stored cells of the "
+                             "other shapes are kept")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="directory for formulations.json")
     parser.add_argument("--picks-only", action="store_true",
@@ -350,6 +367,10 @@ def parse_args(argv):
     if unknown:
         parser.error(f"unknown engines {unknown}: choose from {list(ENGINES)}. "
                      f"Received: --engines={args.engines!r}")
+    unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
+    if unknown:
+        parser.error(f"unknown shapes {unknown}: choose from {list(SHAPES)}. "
+                     f"Received: --shapes={args.shapes!r}")
     return args
 
 
@@ -367,6 +388,7 @@ def main(argv=None):
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    shapes = args.shapes.split(",")
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
                            os.path.join(common.REPO_ROOT, "benchmarks", "results"))
     os.makedirs(out_dir, exist_ok=True)
@@ -393,7 +415,7 @@ def main(argv=None):
             os.remove(jsonl)
         env = {**common.worker_env(threads), "KERAS_BACKEND": backend, **env_update}
         command = [sys.executable, "-m", "benchmarks.formulations", "--worker", engine,
-                   "--settings", json.dumps(settings), "--jsonl", jsonl,
+                   "--settings", json.dumps({**settings, "shapes": shapes}), "--jsonl", jsonl,
                    "--threads", str(threads)]
         print(f"[formulations] {engine} (KERAS_BACKEND={backend}, "
               f"{' '.join(f'{k}={v}' for k, v in env_update.items()) or 'defaults'})", flush=True)
@@ -409,18 +431,23 @@ def main(argv=None):
             with open(jsonl, encoding="utf-8") as f:
                 cells = [json.loads(line) for line in f]
             os.remove(jsonl)
-        engines = {engine} | ({"timm"} if engine == "torch" else set())
-        data["cells"] = [c for c in data["cells"] if c["engine"] not in engines] + cells
-        data["engines"][engine] = dict(
-            runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
-            sizes=list(settings["sizes"]),
-            returncode=process.returncode, wall_s=round(time.time() - t0, 1),
-            load_before=load_before, load_after=common.load_average(),
-            finished=time.strftime("%Y-%m-%d %H:%M"))
+        engines = {engine} | ({"timm"} if engine == "torch" and "r23" in shapes else set())
+        data["cells"] = [c for c in data["cells"]
+                         if not (c["engine"] in engines and c["shape"] in shapes)] + cells
+        run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
+                   wall_s=round(time.time() - t0, 1), load_before=load_before,
+                   load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
+        record = dict(runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update)
+        if set(shapes) == set(SHAPES) or engine not in data["engines"]:
+            data["engines"][engine] = dict(record, **run, shapes=shapes)
+        else:  # some shapes: the engine's earlier run stays, this one is added to its runs
+            data["engines"][engine].update(record)
+            data["engines"][engine].setdefault("runs", {})[",".join(shapes)] = run
         common.write_json(path, data)
-        print(f"[formulations] {engine}: {len(cells)} cells, "
-              f"{data['engines'][engine]['wall_s']:.0f} s -> {path}", flush=True)
-    failed = [e for e, d in data["engines"].items() if d["returncode"] != 0]
+        print(f"[formulations] {engine}: {len(cells)} cells, {run['wall_s']:.0f} s -> {path}",
+              flush=True)
+    failed = [e for e, d in data["engines"].items()
+              if d["returncode"] != 0 or any(r["returncode"] for r in d.get("runs", {}).values())]
     return 1 if failed else 0
 
 

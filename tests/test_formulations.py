@@ -110,11 +110,11 @@ TORCH = formulations.Runtime("torch")
 
 
 def choose(size, training, runtime, position="conv", intra_depth=1, heads=4, key_dim=16,
-           value_dim=64, receptive_field=23):
+           value_dim=64, receptive_field=23, strides=1):
     rows, cols = size
     return formulations.choose(position, rows, cols, training, num_heads=heads, key_dim=key_dim,
                                value_dim=value_dim, intra_depth=intra_depth,
-                               receptive_field=receptive_field, runtime=runtime)
+                               receptive_field=receptive_field, runtime=runtime, strides=strides)
 
 
 def test_runtime_engines():
@@ -148,11 +148,47 @@ def test_rule_structural_choices():
     assert choose((56, 56), symbolic, ONEDNN) == choose((56, 56), True, ONEDNN)
 
 
+def test_strided_layers_weigh_queries_first_with_the_pooled_maps():
+    """A strided layer pools q . E's maps before . V where that was measured faster: there q . E
+    may take larger maps (28^2 forward with oneDNN and on JAX); PyTorch pools the output."""
+    assert choose((28, 28), False, ONEDNN, strides=2) == "queries_first"
+    assert choose((28, 28), False, ONEDNN) == "conv"
+    assert choose((28, 28), False, JAX, strides=2) == "queries_first"
+    assert choose((28, 28), False, TORCH, strides=2) == choose((28, 28), False, TORCH) == "conv"
+    assert set(formulations.POOLED_MAPS_ENGINES) < set(formulations.ENGINES)
+    assert "torch" not in formulations.POOLED_MAPS_ENGINES
+
+
+def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monkeypatch):
+    """TensorFlow: the strided layer's position term goes through queries_first_pooled, and gives
+    what the unstrided layer's output pooled afterwards gives (3 x 3 "same" and 2 x 2 pools)."""
+    calls = []
+    pooled = formulations.queries_first_pooled
+    monkeypatch.setattr(formulations, "queries_first_pooled",
+                        lambda *a: calls.append(1) or pooled(*a))
+    x = np.random.default_rng(5).standard_normal((2, 7, 9, 16)).astype("float32")
+    for pool_size, padding in ((3, "same"), (2, "valid")):
+        kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=5,
+                      implementation="queries_first", pool_size=pool_size,
+                      position_initializer=keras.initializers.RandomNormal(stddev=0.5))
+        strided = LambdaLayer(strides=2, **kwargs)
+        strided.build(x.shape)
+        plain = LambdaLayer(**kwargs)
+        plain.build(x.shape)
+        plain.set_weights(strided.get_weights())
+        expected = keras.ops.average_pool(plain(x), pool_size, strides=2, padding=padding)
+        actual = strided(x)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(actual),
+                                   keras.ops.convert_to_numpy(expected), atol=2e-5)
+    assert len(calls) == 2
+
+
 def test_rule_rows_are_ordered_and_closed():
     assert set(formulations.LOCAL_RULE) == {(e, p) for e in formulations.ENGINES
                                             for p in ("fwd", "train")}
     for key, rule in formulations.LOCAL_RULE.items():
         assert rule["queries_first"] >= 1, key  # never below the memory-neutral criterion
+        assert rule["strided_queries_first"] >= rule["queries_first"], key
         assert rule["dense_scope"] >= 1, key
         rows = rule["local"]
         assert rows[-1][:2] == (None, 0), key  # the last row matches every r and map
@@ -192,7 +228,7 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
                       intra_depth=shape["intra_depth"], heads=data["layer"]["num_heads"],
                       key_dim=data["layer"]["key_dim"], value_dim=value_dim,
-                      receptive_field=shape["receptive_field"])
+                      receptive_field=shape["receptive_field"], strides=shape.get("strides", 1))
         times = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
         measured = cell["results"].get(pick, {})
         ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
@@ -212,7 +248,8 @@ def test_benchmark_recorded_the_rules_pick_in_its_real_runtime():
         runtime = _recorded_runtime(engine)
         shape = data["shapes"][cell["shape"]]
         pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
-                      intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"])
+                      intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
+                      strides=shape.get("strides", 1))
         assert cell["auto"] == pick, cell
 
 

@@ -6,7 +6,9 @@ lambda^p_n = sum_{m,u} E[n, m, k, u] V[m, v, u], is one function with four formu
 reference of the paper):
 
 - "queries_first": q . E first, an h x m x u map per query, then . V. Fewest FLOPs and least
-  memory while that map is no larger than the k x v lambda it replaces (h m u <= k v).
+  memory while that map is no larger than the k x v lambda it replaces (h m u <= k v). In a
+  strided layer the average pool that follows is applied to those maps before . V
+  (`queries_first_pooled`: the second contraction at a quarter of the positions).
 - "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
   Theta(k n m + b n k v) with no batch-dependent n x m map; static sizes.
 - "row_windows" (local "conv" mode): the r x r scope as one einsum over row windows of V and
@@ -54,6 +56,12 @@ WINDOW_TILE_SCOPES = 3
 # "torch": the PyTorch backend (eager).
 ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 
+# Engines where a strided layer's queries_first pools its q . E maps before they meet V
+# (queries_first_pooled), measured faster than pooling the output ("r23s2" cells, 28^2: 1.2x with
+# TF's oneDNN, 1.1-1.4x elsewhere). Not PyTorch: its pool of the maps made the layer 2.6x slower
+# at 14^2 and 28^2 (Keras' channels-last pool and the padded "same" pool copy them).
+POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
+
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 on a quiet machine, TensorFlow with its pooled
 # (BFC) CPU allocator except for "tf_malloc" (benchmarks/results/formulations.json, summarised in
@@ -61,15 +69,18 @@ ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
 #   (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where it was
-#   measured fastest, e.g. 28^2 under XLA: 1.7x faster than row windows);
+#   measured fastest, e.g. 28^2 under XLA: 1.7x faster than row windows); in a strided layer
+#   (strides 2) `strided_queries_first` (default: the same), as the pool then shrinks q.E's maps
+#   before they meet V (queries_first_pooled);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) where queries_first does not
 #   apply (E is dense: few FLOPs wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
-def _rule(queries_first, dense_scope, whole_e_scope, *local):
+def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
-                whole_e_scope=whole_e_scope, local=local)
+                whole_e_scope=whole_e_scope, local=local,
+                strided_queries_first=strided_queries_first or queries_first)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -77,10 +88,12 @@ SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
 SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
 SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 LOCAL_RULE = {
-    # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows)
+    # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
+    #                          strided_queries_first)
     # oneDNN's r x r convolution: the fastest forward from 28^2 on (and at 14^2 for r = 7); its
     # filter gradient is slow for r = 23 (row windows 1.4-2.5x faster), fast for r = 7 (1.3-2.5x).
-    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV),
+    # A strided layer's pooled q . E beats it at 28^2 (39 vs 48 ms).
+    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, strided_queries_first=4),
     ("tf_onednn", "train"): _rule(4, 2, 1, SMALL_R_CONV, ROW_WINDOWS),
     # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 19x slower than
     # q . E at 14^2: row windows; the 7 x 7 one with |u| = 4 channels is fast from 28^2 on
@@ -99,8 +112,9 @@ LOCAL_RULE = {
     ("xla", "train"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
     # JAX: unlike TF's XLA, q . E is slow forward at 28^2 (1.3x row windows) and at 14^2 with
     # |u| = 4 (1.5x); E . V trains within 1.03x of the fastest at 14^2 with |u| = 4 (the
-    # convolution 1.2x); the 7 x 7 convolution from 28^2.
-    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
+    # convolution 1.2x); the 7 x 7 convolution from 28^2. A strided layer's pooled q . E is the
+    # fastest forward at 28^2 (101 vs 133 ms for row windows).
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=4),
     ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS),
     # PyTorch (eager; its oneDNN convolution): the convolution forward, E . V at 28^2 (r 23)
     # and the 7 x 7 convolution in training.
@@ -137,7 +151,7 @@ class Runtime:
 
 
 def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
-           receptive_field, runtime):
+           receptive_field, runtime, strides=1):
     """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
 
     Args:
@@ -147,6 +161,8 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         num_heads, key_dim, value_dim, intra_depth: |h|, |k|, |v|, |u|.
         receptive_field: r of the "conv" mode (ignored by the other modes).
         runtime: a `Runtime`.
+        strides: the layer's strides (2: an average pool follows, which "queries_first" applies
+            to its q . E maps).
 
     Returns:
         One of FORMULATIONS.
@@ -163,8 +179,9 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
     rule = LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]
     scope = receptive_field * receptive_field
+    allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and (
-            num_heads * positions * intra_depth <= rule["queries_first"] * key_dim * value_dim):
+            num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
         return "queries_first"
     if positions <= rule["whole_e_scope"] * scope:
         return "lambdas_first"  # the scope covers (most of) the map: E is dense
@@ -274,6 +291,23 @@ def queries_first(q, values, embeddings):
     """Position term q . E first: q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] -> [b, n, h, v]."""
     scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
     return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
+
+
+def queries_first_pooled(q, values, embeddings, rows, cols, pool):
+    """queries_first, then a linear pool over the query positions, applied to the q . E maps.
+
+    The pool (the stride-2 average pool of a strided lambda layer) commutes with the contraction
+    over the context, so pooling the h x m x u map of every query before it meets V gives the
+    pooled position term with the second contraction at the pooled positions only (n' ~ n / 4).
+    q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] with n = rows x cols (static); `pool` maps
+    [1, H, W, C] -> [1, H', W', C]. Returns [b, n', h, v].
+    """
+    batch, heads = ops.shape(q)[0], q.shape[2]
+    m, u = embeddings.shape[1], embeddings.shape[2]
+    scores = ops.einsum("bnhk,nmuk->nbhmu", q, embeddings)  # [n, b, h, m, u], n-major
+    scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
+    scores = ops.reshape(scores, (-1, batch, heads, m, u))  # [n', b, h, m, u]
+    return ops.einsum("pbhmu,bmvu->bphv", scores, values)  # [b, n', h, v]
 
 
 def lambdas_first(values, embeddings):

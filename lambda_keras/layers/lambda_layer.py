@@ -277,18 +277,38 @@ class LambdaLayer(keras.layers.Layer):
         q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
         keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
         out = content_output(q, keys, values)  # [b, n, h, v]
+        pooled_position = None  # the position term computed at the pooled positions
         if self.position is not None:
-            out = out + self._position_output(q, values, rows, cols, lambda_dtype, training)
+            runtime = formulations.current_runtime()
+            formulation = self._formulation(rows, cols, training, runtime)
+            self._last_formulation = formulation  # what this call traced (benchmarks read it)
+            if self.position_bias:
+                out = out + self._position_bias_output(q, lambda_dtype)  # [b, n, h, v]
+            if (self.strides == 2 and formulation == "queries_first"
+                    and runtime.engine in formulations.POOLED_MAPS_ENGINES):
+                # The pool is linear in the query positions: applied to the q . E maps before
+                # they meet V, it saves 3/4 of q.E . V (formulations.queries_first_pooled).
+                pooled_position = formulations.queries_first_pooled(
+                    q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
+                    lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
+            else:
+                out = out + self._position_output(q, values, rows, cols, lambda_dtype,
+                                                  formulation)  # [b, n, h, v]
 
         out = ops.cast(out, compute_dtype)
         out = ops.reshape(out, (batch, rows, cols, h * v))  # [b, H, W, d]
         if self.strides == 2:
-            if self.pool_size == 3 and keras.backend.backend() == "torch":
-                out = _same_average_pool(out, rows, cols)  # [b, H', W', d]
-            else:
-                padding = "same" if self.pool_size == 3 else "valid"
-                out = ops.average_pool(out, self.pool_size, strides=2, padding=padding)
+            out = self._pool(out, rows, cols)  # [b, H', W', d]
+        if pooled_position is not None:
+            out = out + ops.reshape(ops.cast(pooled_position, compute_dtype), ops.shape(out))
         return out
+
+    def _pool(self, x, rows, cols):
+        """The stride-2 average pool of the layer: [b, H, W, c] -> [b, H', W', c]."""
+        if self.pool_size == 3 and keras.backend.backend() == "torch":
+            return _same_average_pool(x, rows, cols)
+        padding = "same" if self.pool_size == 3 else "valid"
+        return ops.average_pool(x, self.pool_size, strides=2, padding=padding)
 
     def _check_call_size(self, height, width):
         if self._embedding_size is None or None in (height, width):
@@ -315,31 +335,33 @@ class LambdaLayer(keras.layers.Layer):
             self.position, rows if static else None, cols if static else None, training,
             num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
             intra_depth=self.intra_depth, receptive_field=self.receptive_field,
-            runtime=runtime or formulations.current_runtime())
+            runtime=runtime or formulations.current_runtime(), strides=self.strides)
 
-    def _position_output(self, q, values, rows, cols, dtype, training):
-        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
-        formulation = self._formulation(rows, cols, training)
-        self._last_formulation = formulation  # what this call traced (benchmarks read it)
+    def _embeddings(self, rows, cols, dtype):
+        """E for every (query, context) pair of a static map: [n, m, u, k]."""
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
+        return formulations.position_embeddings(table, self.position, rows, cols)
+
+    def _position_output(self, q, values, rows, cols, dtype, formulation):
+        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
         if formulation == "queries_first":
-            embeddings = formulations.position_embeddings(table, self.position, rows, cols)
-            out = formulations.queries_first(q, values, embeddings)  # [b, n, h, v]
+            return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype))
+        if formulation == "lambdas_first":
+            lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
+        elif formulation == "row_windows":
+            table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
+            lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
         else:
-            if formulation == "lambdas_first":
-                embeddings = formulations.position_embeddings(table, self.position, rows, cols)
-                lambdas = formulations.lambdas_first(values, embeddings)  # [b, n, k, v]
-            elif formulation == "row_windows":
-                lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
-            else:
-                lambdas = formulations.conv(values, table, rows, cols)  # [b, n, k, v]
-            out = ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
-        if self.position_bias:
-            bias = ops.cast(self.position_bias_weight, dtype)  # [k]
-            # timm's conv bias is added to every lambda^p entry (per n, k and v): q . bias.
-            # expand_dims, not [..., None]: a new-axis strided slice has no TFLite builtin.
-            out = out + ops.expand_dims(ops.einsum("bnhk,k->bnh", q, bias), -1)  # [b, n, h, v]
-        return out
+            table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
+            lambdas = formulations.conv(values, table, rows, cols)  # [b, n, k, v]
+        return ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
+
+    def _position_bias_output(self, q, dtype):
+        """timm's conv bias is added to every lambda^p entry (per n, k and v): q . bias,
+        broadcast over v: [b, n, h, 1]."""
+        bias = ops.cast(self.position_bias_weight, dtype)  # [k]
+        # expand_dims, not [..., None]: a new-axis strided slice has no TFLite builtin.
+        return ops.expand_dims(ops.einsum("bnhk,k->bnh", q, bias), -1)  # [b, n, h, 1]
 
     # --------------------------------------------------------------- config
     def compute_output_shape(self, input_shape):
