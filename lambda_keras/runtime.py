@@ -9,7 +9,7 @@ than reading the environment variable:
 - `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on.
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
 - `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
-- `describe()`: both, with the oneDNN and allocator variables as set, for result records.
+- `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
 - `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
   `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
 - `prefer_pooled_allocator()`: the command line's other default: `TF_CPU_ALLOCATOR_USE_BFC=true`
@@ -78,16 +78,18 @@ def pooled_allocator_active(environ=None):
 
 
 def describe():
-    """{"cpu_flags", "onednn_active", "tf_enable_onednn_opts", "tf_cpu_allocator_use_bfc"}: the
-    context of a measurement.
+    """{"cpu_flags", "onednn_active", "tf_enable_onednn_opts", "tf_cpu_allocator_use_bfc",
+    "pooled_allocator_active"}: the context of a measurement.
 
     `tf_enable_onednn_opts` is the environment variable as set (None: TensorFlow's default, which
     is on only with one of `ONEDNN_DEFAULT_FLAGS`); `onednn_active` is what TensorFlow reports;
-    `tf_cpu_allocator_use_bfc` the allocator variable as set (None: BFC only with oneDNN on).
+    `tf_cpu_allocator_use_bfc` the allocator variable as set (None: BFC only with oneDNN on);
+    `pooled_allocator_active` what that means here (`pooled_allocator_active()`).
     """
     return {"cpu_flags": cpu_flags(), "onednn_active": onednn_active(),
             "tf_enable_onednn_opts": os.environ.get(ENV),
-            "tf_cpu_allocator_use_bfc": os.environ.get(ALLOCATOR_ENV)}
+            "tf_cpu_allocator_use_bfc": os.environ.get(ALLOCATOR_ENV),
+            "pooled_allocator_active": pooled_allocator_active()}
 
 
 def prefer_onednn(environ=None):

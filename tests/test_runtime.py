@@ -134,6 +134,9 @@ def test_onednn_on_and_off_give_the_same_logits(tmp_path):
         states[onednn] = json.loads(_python(LOGITS_SCRIPT, weights, mode, out, onednn=onednn)[-1])
         logits[onednn] = np.load(out)
     assert states["0"]["onednn_active"] is False and states["1"]["onednn_active"] is True
+    # TF_CPU_ALLOCATOR_USE_BFC unset: malloc without oneDNN, oneDNN's pooling allocator with it.
+    assert states["0"]["pooled_allocator_active"] is False
+    assert states["1"]["pooled_allocator_active"] is True
     assert states["1"]["tf_enable_onednn_opts"] == "1"
     scale = np.abs(logits["0"]).max()
     assert scale > 0 and np.all(np.isfinite(logits["0"]))

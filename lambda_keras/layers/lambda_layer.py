@@ -20,7 +20,8 @@ Implemented (paper section in brackets):
   None       content lambda only [Table 9 ablation];
 - batch norm on queries and values, softmax over context positions for the keys, projections
   without bias [C3, section 4.2 and Figure 3];
-- strides 2 by average pooling after the layer: 3x3/2 as the paper says, or 2x2/2 as timm does;
+- strides 2 by average pooling after the layer: 3x3/2 as the paper says, or 2x2/2 as timm does
+  (the same function; where q . E is formed first, its maps are pooled before they meet V);
 - the paper's initialisation (Appendix C): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2),
   E ~ N(0, 1); every initializer can be overridden.
 
