@@ -68,49 +68,44 @@ def _layer_plot(plt, layer_suite, peer_suite, value, ylabel, title, path, slopes
     plt.close(figure)
 
 
-def _model_plot(plt, model_suite, path):
-    table = report.model_table(model_suite)
-    rows, batches = table["rows"], table["batches"]
+def _throughput_plot(plt, groups, series, images_per_s, title, path):
+    """Inference and training panels of grouped bars: images/s of every series in every group.
+
+    groups: [(label, key)]; series: names; images_per_s(mode, key, name) -> float or None."""
     figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    width = 0.8 / max(1, len(rows))
+    width = 0.8 / max(1, len(series))
     for axis, mode in zip(axes, ("infer", "train")):
-        for i, row in enumerate(rows):
-            values = [row[f"{mode}_b{b}_images_per_s"] or 0 for b in batches]
-            axis.bar([j + i * width for j in range(len(batches))], values, width, label=row["model"])
-        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(batches))])
-        axis.set_xticklabels([f"batch {b}" for b in batches])
+        for i, name in enumerate(series):
+            values = [images_per_s(mode, key, name) or 0 for _, key in groups]
+            axis.bar([j + i * width for j in range(len(groups))], values, width, label=name)
+        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(groups))])
+        axis.set_xticklabels([label for label, _ in groups])
         axis.set_ylabel("images / s")
-        axis.set_title(f"{'inference' if mode == 'infer' else 'training'} at "
-                       f"{table['image_size']} px", fontsize=10)
+        axis.set_title(f"{'inference' if mode == 'infer' else 'training'}{title}", fontsize=10)
         axis.grid(True, axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
+
+
+def _model_plot(plt, model_suite, path):
+    table = report.model_table(model_suite)
+    rows = {row["model"]: row for row in table["rows"]}
+    _throughput_plot(plt, [(f"batch {b}", b) for b in table["batches"]], list(rows),
+                     lambda mode, batch, name: rows[name][f"{mode}_b{batch}_images_per_s"],
+                     f" at {table['image_size']} px", path)
 
 
 def _backends_plot(plt, backends_suite, path):
     table = report.backends_table(backends_suite)
-    backends = list(dict.fromkeys(r["backend"] for r in table["rows"]))
-    models = list(dict.fromkeys(r["model"] for r in table["rows"]))
-    value = {(r["backend"], r["model"]): r for r in table["rows"]}
-    figure, axes = plt.subplots(1, 2, figsize=(11, 4.5))
-    width = 0.8 / max(1, len(models))
-    for axis, mode in zip(axes, ("infer", "train")):
-        for i, name in enumerate(models):
-            values = [(value.get((b, name)) or {}).get(f"{mode}_images_per_s") or 0
-                      for b in backends]
-            axis.bar([j + i * width for j in range(len(backends))], values, width, label=name)
-        axis.set_xticks([j + 0.4 - width / 2 for j in range(len(backends))])
-        axis.set_xticklabels(backends)
-        axis.set_ylabel("images / s")
-        axis.set_title(f"{'inference' if mode == 'infer' else 'training'}, batch {table['batch']} "
-                       f"at {table['image_size']} px", fontsize=10)
-        axis.grid(True, axis="y", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    rows = {(r["backend"], r["model"]): r for r in table["rows"]}
+    backends = list(dict.fromkeys(backend for backend, _ in rows))
+    models = list(dict.fromkeys(model for _, model in rows))
+    _throughput_plot(plt, [(b, b) for b in backends], models,
+                     lambda mode, backend, name: rows.get((backend, name), {}).get(
+                         f"{mode}_images_per_s"),
+                     f", batch {table['batch']} at {table['image_size']} px", path)
 
 
 def _export_plot(plt, export_suite, path):

@@ -59,8 +59,9 @@ ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 # Engines where a strided layer's queries_first pools its q . E maps before they meet V
 # (queries_first_pooled). Measured in TF graph mode against pooling the output (the whole
 # strided layer at 28^2, batch 8, d 256, r 23, interleaved): 1.27x / 1.06x faster forward with
-# oneDNN on / off, 1.33x / 1.16x forward + backward; under XLA and on JAX the pooled q . E is the
-# fastest formulation of the strided 28^2 forward ("r23s2" cells). Not PyTorch: pooling the maps
+# oneDNN on / off, 1.33x / 1.16x forward + backward; on JAX (jit, forward) 1.3x at 14^2 with
+# d 512 and 1.5x at 28^2; under XLA and on JAX the pooled q . E is the fastest formulation of the
+# strided 28^2 forward ("r23s2" cells). Not PyTorch: pooling the maps
 # made the layer 2.1x / 2.4x slower at 14^2 / 28^2 (Keras' channels-last pool and the padded
 # "same" pool copy them), so it pools the output.
 POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
