@@ -160,11 +160,10 @@ def _runtime_description(backend):
     description = {"backend": backend}
     if backend == "tensorflow":
         import tensorflow as tf
-        from tensorflow.python.util import _pywrap_util_port
 
         from lambda_keras import runtime
 
-        description.update(onednn=bool(_pywrap_util_port.IsMklEnabled()), version=tf.__version__,
+        description.update(onednn=runtime.onednn_active(), version=tf.__version__,
                            pooled_allocator=runtime.pooled_allocator_active())
     elif backend == "jax":
         import jax

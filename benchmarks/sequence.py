@@ -62,7 +62,7 @@ def run(lengths):
 
     from benchmarks.common import TFAllocatorPeak, measure
 
-    results = {"machine": {**runtime.describe(), "cpu_flags": runtime.cpu_flags(),
+    results = {"machine": {**runtime.describe(),
                            "tensorflow": tf.__version__, "keras": keras.__version__,
                            "threads": os.cpu_count()},
                "settings": {"batch": 1, "depth": DEPTH, "num_heads": HEADS, "key_dim": KEY_DIM,
