@@ -3,8 +3,8 @@
     python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
                                       [--sizes 14,28] [--out benchmarks/results]
 
-Measures "queries_first", "lambdas_first", "row_windows" and "conv" (selected through
-`LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
+Measures "queries_first", "query_windows", "lambdas_first", "row_windows" and "conv" (selected
+through `LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
 backward (gradient of mean(y^2) with respect to the input and every trainable weight), on:
 
 - "tf_onednn" / "tf": TensorFlow graph mode (`tf.function`), TF_ENABLE_ONEDNN_OPTS=1 / 0, with
@@ -48,7 +48,8 @@ import numpy as np
 from benchmarks import common
 from benchmarks import layer as layer_suite
 
-FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first")  # probe order
+FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first",
+                "query_windows")  # probe order
 # name: (KERAS_BACKEND, environment, jit_compile, rule engine of formulations.LOCAL_RULE)
 ENGINES = {
     "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
@@ -80,8 +81,14 @@ PHASES = ("fwd", "train")
 
 
 def estimate_bytes(formulation, positions, batch, shape):
-    """Forward + backward bytes of the n x m tensors a formulation stores (3 copies)."""
+    """Forward + backward bytes of the n x m tensors a formulation stores (3 copies); for
+    query_windows, of its window scores and their spread over a block's context rows (about 3
+    scopes of rows, at most the map's)."""
     u, k, h = shape["intra_depth"], LAYER["key_dim"], LAYER["num_heads"]
+    if formulation == "query_windows":
+        span = shape["receptive_field"] + (2 if shape.get("strides", 1) == 2 else 0)
+        context = min(3 * span, int(round(positions ** 0.5)))
+        return 3 * positions * batch * h * u * span * (span + 1 + context) * 4
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * k}.get(formulation, 0)
     return 3 * positions * positions * per_pair * 4
 

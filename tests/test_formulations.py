@@ -1,9 +1,11 @@
-"""Tests for lambda_keras.layers.formulations: the four formulations of the position term and
+"""Tests for lambda_keras.layers.formulations: the five formulations of the position term and
 the rule that picks one.
 
 - Every formulation, forced through `LambdaLayer(implementation=...)`, matches the NumPy
   reference of the paper (tests/reference.py) in every position mode it applies to, inference
-  and training; row windows equal the convolution on a 28 x 28 map with the paper's r = 23.
+  and training; row windows equal the convolution on a 28 x 28 map with the paper's r = 23;
+  query windows equal the convolution on tall maps cut into several blocks of query rows, with
+  and without the strided layer's pools folded in.
 - The rule (`formulations.choose`) against its own measurements: in every cell of
   benchmarks/results/formulations.json its pick is within 1.2x of the fastest formulation.
 - The runtime the rule sees is the real one: XLA inside `tf.function(jit_compile=True)`, not
@@ -42,6 +44,13 @@ FORMULATION_CASES = {
                                            intra_depth=2, position_bias=True),
     "lambdas_first-global-s2p2": dict(implementation="lambdas_first", position="global",
                                       strides=2, pool_size=2),
+    "query_windows-conv-u2-bias": dict(implementation="query_windows", position="conv",
+                                       receptive_field=5, intra_depth=2, position_bias=True),
+    "query_windows-conv-r23-s2": dict(implementation="query_windows", position="conv",
+                                      strides=2),
+    "query_windows-conv-r3-u2-s2p2-bias": dict(implementation="query_windows", position="conv",
+                                               receptive_field=3, intra_depth=2, strides=2,
+                                               pool_size=2, position_bias=True),
     "row_windows-conv-u2-bias": dict(implementation="row_windows", position="conv",
                                      receptive_field=5, intra_depth=2, position_bias=True),
     "row_windows-conv-r23-s2": dict(implementation="row_windows", position="conv", strides=2),
@@ -99,6 +108,45 @@ def test_row_windows_equal_the_convolution_on_a_large_map():
         actual = keras.ops.convert_to_numpy(layer(x, training=training))
         scale = max(1.0, float(np.abs(expected).max()))
         assert np.abs(actual - expected).max() <= 1e-4 * scale, f"training={training}"
+
+
+@pytest.mark.parametrize("strides,pool_size", [(1, 3), (2, 3), (2, 2)])
+def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size):
+    """query_windows on a 22 x 9 map with r = 3 (4 blocks of query rows unstrided, 2 strided,
+    the last one padded; column windows reaching past both sides) equals the lambda convolution
+    (pooled afterwards), inference and training, with |u| = 2."""
+    kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,
+                  strides=strides, pool_size=pool_size,
+                  position_initializer=keras.initializers.RandomNormal(stddev=0.5))
+    x = np.random.default_rng(7).standard_normal((2, 22, 9, 8)).astype("float32")
+    layer = LambdaLayer(implementation="query_windows", **kwargs)
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    reference = LambdaLayer(implementation="conv", **kwargs)
+    reference.build(x.shape)
+    reference.set_weights(layer.get_weights())
+    for training in (False, True):
+        expected = keras.ops.convert_to_numpy(reference(x, training=training))
+        actual = keras.ops.convert_to_numpy(layer(x, training=training))
+        assert layer._last_formulation == "query_windows"
+        np.testing.assert_allclose(actual, expected, atol=2e-5 * max(1, np.abs(expected).max()))
+
+
+def test_query_windows_block_geometry(monkeypatch):
+    """The blocks the docstring promises, seen in the gathers' traced sizes: about
+    QUERY_BLOCK_SCOPES scopes of query rows per block, each meeting its rows plus r - 1 context
+    rows (not the whole map): memory linear in the map's rows."""
+    seen = []
+    take = keras.ops.take
+    monkeypatch.setattr(formulations.ops, "take", lambda x, indices, axis=None: (
+        seen.append(np.shape(indices)) or take(x, indices, axis=axis)))
+    q = np.zeros((1, 22 * 9, 2, 4), "float32")
+    out = formulations.query_windows(q, np.zeros((1, 22 * 9, 3, 2), "float32"),
+                                     np.zeros((3, 3, 2, 4), "float32"), 22, 9)
+    assert tuple(out.shape) == (1, 22 * 9, 2, 3)
+    # r = 3: blocks of 2 x 3 = 6 query rows (22 rows: 4 blocks, the last padded), each meeting
+    # 6 + 2 context rows; gathered: 4 blocks x 2 heads x 6 rows x 8 context rows of scores.
+    assert (4 * 2 * 6 * 8,) in seen
 
 
 # ------------------------------------------------------------------------------ the rule

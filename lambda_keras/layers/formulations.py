@@ -1,7 +1,7 @@
 """The position-term formulations of the lambda layer, and the rule that picks one.
 
 The position term of a lambda layer, sum_k q_n^h[k] lambda^p_n[k, v] with
-lambda^p_n = sum_{m,u} E[n, m, k, u] V[m, v, u], is one function with four formulations
+lambda^p_n = sum_{m,u} E[n, m, k, u] V[m, v, u], is one function with five formulations
 (same outputs up to float round-off; tests/test_formulations.py checks each against the NumPy
 reference of the paper):
 
@@ -9,6 +9,11 @@ reference of the paper):
   memory while that map is no larger than the k x v lambda it replaces (h m u <= k v). In a
   strided layer the average pool that follows is applied to those maps before . V
   (`queries_first_pooled`: the second contraction at a quarter of the positions).
+- "query_windows" (local "conv" mode): q . E first too, but in window coordinates: one GEMM
+  gives every query's scores over its r x r window, which are spread over the context rows of
+  its block of query rows and meet column windows of V in one batched matmul. A strided layer's
+  pool is folded into that GEMM (the pooled query's window is (r + 2)^2; 9 taps x |k| deep), so
+  nothing runs at the unpooled positions after it. Memory Theta(b n h r (r + block rows) u).
 - "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
   Theta(k n m + b n k v) with no batch-dependent n x m map; static sizes.
 - "row_windows" (local "conv" mode): the r x r scope as one einsum over row windows of V and
@@ -36,17 +41,20 @@ import functools
 import numpy as np
 from keras import ops
 
-FORMULATIONS = ("queries_first", "lambdas_first", "row_windows", "conv")
+FORMULATIONS = ("queries_first", "query_windows", "lambdas_first", "row_windows", "conv")
 IMPLEMENTATIONS = ("auto",) + FORMULATIONS
 # Values of `implementation` from earlier releases, mapped when a layer (or an old config) is
 # created. "einsum" meant "never the convolution" (for XLA); "auto" now knows about XLA itself.
 LEGACY_IMPLEMENTATIONS = {"einsum": "auto"}
 # Formulations that need the "conv" (local) position mode, and those that need a static size.
-LOCAL_ONLY = ("row_windows", "conv")
-STATIC_ONLY = ("queries_first", "lambdas_first", "row_windows")
+LOCAL_ONLY = ("query_windows", "row_windows", "conv")
+STATIC_ONLY = ("queries_first", "query_windows", "lambdas_first", "row_windows")
 
 # Row windows cut wide maps into tiles of this many scopes (r columns each); benchmarks/README.md.
 WINDOW_TILE_SCOPES = 3
+# Query windows cut tall maps into blocks of about this many scopes of query rows (a block meets
+# its rows plus r - 1 context rows: 1.5x the rows of the exact windows at 2 scopes).
+QUERY_BLOCK_SCOPES = 2
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
@@ -384,3 +392,106 @@ def conv(values, kernel, rows, cols):
     lambdas = ops.conv(grid, kernel, padding="same")  # [b*v, H, W, k]
     lambdas = ops.reshape(lambdas, (batch, v, -1, k))  # [b, v, n, k]
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+
+
+def pool_taps(size, pool_size, strides):
+    """The input positions and weights of a 1-D average pool, as TensorFlow pools.
+
+    pool_size 1 (strides 1): no pool; 3: "same" padding, averaging the positions inside the map
+    only (TF, JAX); 2: "valid". Returns (positions [out, pool_size] int, clipped into the map;
+    weights [out, pool_size], 0 for a position outside the map; before: the padding above).
+    """
+    if pool_size == 3:
+        out = -(-size // strides)
+        before = max((out - 1) * strides + pool_size - size, 0) // 2
+    else:
+        out = (size - pool_size) // strides + 1
+        before = 0
+    positions = strides * np.arange(out)[:, None] + np.arange(pool_size)[None, :] - before
+    inside = (positions >= 0) & (positions < size)
+    weights = inside / inside.sum(axis=1, keepdims=True)
+    return np.clip(positions, 0, size - 1), weights, before
+
+
+def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
+    """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
+
+    q [b, n, h, k], V [b, m, v, u], kernel [r, r, u, k] of a static rows x cols map (n = m);
+    `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid").
+    Returns [b, n', h, v] at the pooled positions n'.
+
+    1. Scores: every (pooled) query's q . E over its window, one GEMM. A pooled query is the
+       weighted sum of pool_size^2 taps, query 2 y' + t with kernel offset o - t: its window is
+       S = r + pool_size - 1 wide, and the GEMM is [b n' h, taps k] x [taps k, S^2 u].
+    2. Query rows are cut into blocks of about QUERY_BLOCK_SCOPES * S / strides rows; a block
+       meets the context rows its windows reach (at most rows). The scores are spread over those
+       rows (a gather; rows outside a window take a zero slot): [b W' blocks, h B, rows S u].
+    3. The matching column windows of V (S columns per query column, zero padded) are gathered
+       once per block: [b W' blocks, rows S u, v], and one batched matmul gives the output.
+    FLOPs ~ b n' h S u (S taps k + context rows v); memory Theta(b n' h S u (S + context rows)).
+    """
+    r, _, u, k = kernel.shape
+    heads, v = q.shape[2], values.shape[2]
+    batch = ops.shape(q)[0]
+    centre, taps = r // 2, pool_size
+    span = r + taps - 1  # S: the window of a pooled query
+    tap_rows, row_weights, before_rows = pool_taps(rows, taps, strides)
+    tap_cols, col_weights, before_cols = pool_taps(cols, taps, strides)
+    out_rows, out_cols = len(tap_rows), len(tap_cols)
+    blocks = -(-out_rows // max(-(-QUERY_BLOCK_SCOPES * span // strides), 1))
+    block = -(-out_rows // blocks)  # balanced blocks of query rows; the last one padded
+    padded_rows = blocks * block
+    context = min(strides * (block - 1) + span, rows)  # context rows of one block
+    first_row = strides * np.arange(padded_rows) - before_rows  # of each query's window (+ c)
+    tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
+    row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
+
+    # 1. scores [b W' blocks h B, (S + 1) S u]: row offset S is a zero slot (outside the window)
+    grid = ops.reshape(q, (batch, rows, cols, heads, k))  # [b, H, W, h, k]
+    grid = ops.take(grid, tap_rows.reshape(-1).astype("int32"), axis=1)  # [b, H'' T, W, h, k]
+    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=2)  # [b, H'' T, W' T, h, k]
+    grid = ops.reshape(grid, (batch, blocks, block, taps, out_cols, taps, heads, k))
+    weights = (row_weights.reshape(blocks, block, taps, 1, 1)
+               * col_weights.reshape(1, 1, 1, out_cols, taps))  # [blocks, B, Ty, W', Tx]
+    grid = grid * ops.cast(weights[..., None, None], q.dtype)  # [b, blocks, B, Ty, W', Tx, h, k]
+    grid = ops.transpose(grid, (0, 4, 1, 6, 2, 3, 5, 7))  # [b, W', blocks, h, B, Ty, Tx, k]
+    grid = ops.reshape(grid, (-1, taps * taps * k))  # [b W' blocks h B, T k]
+    shifted = [ops.pad(kernel, ((ty, taps - 1 - ty), (tx, taps - 1 - tx), (0, 0), (0, 0)))
+               for ty in range(taps) for tx in range(taps)]  # T x [S, S, u, k]
+    table = ops.pad(ops.stack(shifted), ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
+    table = ops.transpose(table, (0, 4, 1, 2, 3))  # [T, k, S + 1, S, u]
+    table = ops.reshape(table, (taps * taps * k, (span + 1) * span * u))
+    scores = ops.matmul(grid, table)  # [b W' blocks h B, (S + 1) S u]
+    scores = ops.reshape(scores, (batch * out_cols, -1, span * u))  # [b W', blocks h B (S+1), S u]
+
+    # 2. spread over the context rows of each block: [b W' blocks, h B, context S u]
+    top = np.clip(first_row[::block] - centre, 0, rows - context)  # [blocks]
+    context_rows = top[:, None] + np.arange(context)  # [blocks, context]
+    offset = (context_rows[:, None, :] - first_row.reshape(blocks, block)[:, :, None]
+              + centre)  # [blocks, B, context]
+    offset = np.where((offset >= 0) & (offset < span), offset, span)
+    query = np.arange(blocks * heads * block).reshape(blocks, heads, block, 1)
+    slot = query * (span + 1) + offset[:, None]  # [blocks, h, B, context]
+    maps = ops.take(scores, slot.reshape(-1).astype("int32"), axis=1)
+    maps = ops.reshape(maps, (-1, heads * block, context * span * u))
+
+    # 3. column windows of V: [b W' blocks, context S u, v]
+    left = centre + before_cols  # zero columns: the first window starts at padded column 0
+    first_col = strides * np.arange(out_cols)  # of each query column's window, padded columns
+    right = max(int(first_col[-1]) + span - cols - left, 0)
+    grid = ops.reshape(values, (batch, rows, cols, v, u))
+    grid = ops.transpose(grid, (0, 1, 2, 4, 3))  # [b, H, W, u, v]
+    grid = ops.pad(grid, ((0, 0), (0, 0), (left, right), (0, 0), (0, 0)))
+    padded_cols = cols + left + right
+    grid = ops.reshape(grid, (batch, rows * padded_cols, u * v))  # [b, H W'', u v]
+    window_cols = first_col[:, None] + np.arange(span)  # [W', S]
+    index = (context_rows[None, :, :, None] * padded_cols
+             + window_cols[:, None, None, :])  # [W', blocks, context, S]
+    windows = ops.take(grid, index.reshape(-1).astype("int32"), axis=1)
+    windows = ops.reshape(windows, (-1, context * span * u, v))
+
+    out = ops.matmul(maps, windows)  # [b W' blocks, h B, v]
+    out = ops.reshape(out, (batch, out_cols, blocks, heads, block, v))
+    out = ops.transpose(out, (0, 2, 4, 1, 3, 5))  # [b, blocks, B, W', h, v]
+    out = ops.reshape(out, (batch, padded_rows, out_cols, heads, v))[:, :out_rows]
+    return ops.reshape(out, (batch, out_rows * out_cols, heads, v))  # [b, n', h, v]

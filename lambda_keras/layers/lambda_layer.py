@@ -21,13 +21,16 @@ Implemented (paper section in brackets):
 - batch norm on queries and values, softmax over context positions for the keys, projections
   without bias [C3, section 4.2 and Figure 3];
 - strides 2 by average pooling after the layer: 3x3/2 as the paper says, or 2x2/2 as timm does
-  (the same function; where q . E is formed first, its maps are pooled before they meet V);
+  (the same function; where q . E is formed first, the pool is applied to its maps, or folded into
+  the window scores, before they meet V);
 - the paper's initialisation (Appendix C): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2),
   E ~ N(0, 1); every initializer can be overridden.
 
-The position term sum_k q_n^h[k] lambda^p_n[k, v] has four formulations, all the same function
-(`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps), "lambdas_first"
-(E . V first, the paper's global einsum), "row_windows" (the local scope as one einsum over row
+The position term sum_k q_n^h[k] lambda^p_n[k, v] has five formulations, all the same function
+(`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps), "query_windows"
+(q . E over each query's r x r window, one GEMM, then column windows of V; strided layers pool
+inside it), "lambdas_first" (E . V first, the paper's global einsum), "row_windows" (the local
+scope as one einsum over row
 windows of V; static maps, memory linear in the positions) and "conv" (the paper's lambda
 convolution; any input size). `implementation="auto"` (the default) picks, per call, the one
 measured fastest for the map size, forward vs training, and what runs the layer: the Keras
@@ -126,8 +129,8 @@ class LambdaLayer(keras.layers.Layer):
         implementation: how the position term is computed: "auto" (default: the formulation
             measured fastest where the layer runs, see module docstring) or one of
             "queries_first", "lambdas_first" (any position mode, static map size),
-            "row_windows" (position "conv", static size) and "conv" (position "conv", any
-            size). All give the same outputs. The value "einsum" of earlier releases is read
+            "query_windows", "row_windows" (position "conv", static size) and "conv" (position
+            "conv", any size). All give the same outputs. The value "einsum" of earlier releases is read
             as "auto".
         position_bias: add a learned bias per key channel to the position lambdas (timm's layer).
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
@@ -285,7 +288,13 @@ class LambdaLayer(keras.layers.Layer):
             self._last_formulation = formulation  # what this call traced (benchmarks read it)
             if self.position_bias:
                 out = out + self._position_bias_output(q, lambda_dtype)  # [b, n, h, v]
-            if (self.strides == 2 and formulation == "queries_first"
+            if self.strides == 2 and formulation == "query_windows":
+                # The pool is linear in the query positions: folded into the window scores,
+                # the position term is only ever formed at the pooled positions.
+                table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
+                pooled_position = formulations.query_windows(
+                    q, values, table, rows, cols, self.pool_size, self.strides)  # [b, n', h, v]
+            elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
                 # The pool is linear in the query positions: applied to the q . E maps before
                 # they meet V, it saves 3/4 of q.E . V (formulations.queries_first_pooled).
@@ -349,12 +358,14 @@ class LambdaLayer(keras.layers.Layer):
             return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype))
         if formulation == "lambdas_first":
             lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
-        elif formulation == "row_windows":
-            table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
-            lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
         else:
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
-            lambdas = formulations.conv(values, table, rows, cols)  # [b, n, k, v]
+            if formulation == "query_windows":
+                return formulations.query_windows(q, values, table, rows, cols)  # [b, n, h, v]
+            if formulation == "row_windows":
+                lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
+            else:
+                lambdas = formulations.conv(values, table, rows, cols)  # [b, n, k, v]
         return ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
 
     def _position_bias_output(self, q, dtype):
