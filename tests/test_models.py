@@ -456,6 +456,19 @@ def test_stem_override(kind, widths, kernel, pooled):
     assert tuple(model.output["c2"].shape[1:3]) == (SIZE // 4, SIZE // 4)
 
 
+@pytest.mark.parametrize("size", [(8, 8), (7, 10)])
+def test_symmetric_max_pool_is_pytorchs_padded_max_pool(size):
+    """MaxPoolSymmetric = PyTorch's MaxPool2d(3, 2, padding=1), which pads with -inf: a NumPy
+    max over every 3 x 3 window clipped to the map, negative inputs included, odd and even."""
+    x = np.random.default_rng(2).standard_normal((2, *size, 3)).astype("float32")
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    out_rows, out_cols = (size[0] + 1) // 2, (size[1] + 1) // 2
+    expected = np.stack([np.stack([padded[:, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(1, 2))
+                                   for j in range(out_cols)], 1) for i in range(out_rows)], 1)
+    actual = keras.ops.convert_to_numpy(MaxPoolSymmetric()(x))
+    np.testing.assert_array_equal(actual, expected)
+
+
 def test_default_stem_and_shortcut_are_resnet_d(default_model):
     model = default_model
     assert "stem_pool" not in {layer.name for layer in model.layers}

@@ -75,63 +75,78 @@ ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
-# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 on a quiet machine, TensorFlow with its pooled
-# (BFC) CPU allocator except for "tf_malloc" (benchmarks/results/formulations.json, summarised in
-# benchmarks/README.md "Formulations per backend"):
+# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
+# pooled (BFC) CPU allocator except for "tf_malloc" (benchmarks/results/formulations.json,
+# summarised in benchmarks/README.md "Formulations per backend"). In this order:
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
-#   (1: no more memory than the lambdas; 4: up to 32^2 maps at the paper's sizes, where it was
-#   measured fastest, e.g. 28^2 under XLA: 1.7x faster than row windows); in a strided layer
-#   (strides 2) `strided_queries_first` (default: the same), as the pool then shrinks q.E's maps
-#   before they meet V (queries_first_pooled);
-# - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) where queries_first does not
-#   apply (E is dense: few FLOPs wasted);
+#   (1: no more memory than the lambdas, what every engine does; 4: up to 32^2 maps at the
+#   paper's sizes, where it was measured fastest, e.g. 28^2 under XLA); in a strided layer
+#   (strides 2) `strided_queries_first` (default: the same);
+# - "query_windows": maps of `windows` = (smallest n, largest n) positions (`strided_windows` in
+#   a strided layer; default: the same); None: never. Measured up to 56^2: its window scores and
+#   their spread take ~4 GB at 112^2 (batch 8), where the suite does not run it;
+# - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
+#   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
-def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None):
+def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
+          windows=None, strided_windows=None):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
-                strided_queries_first=strided_queries_first or queries_first)
+                strided_queries_first=strided_queries_first or queries_first,
+                windows=windows, strided_windows=strided_windows or windows)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
 SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
 SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
 SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
+UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
-    #                          strided_queries_first)
-    # oneDNN's r x r convolution: the fastest forward from 28^2 on (and at 14^2 for r = 7); its
-    # filter gradient is slow for r = 23 (row windows 1.4-2.5x faster), fast for r = 7 (1.3-2.5x).
-    # A strided layer's pooled q . E beats it at 28^2 (39 vs 48 ms).
-    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, strided_queries_first=4),
-    ("tf_onednn", "train"): _rule(4, 2, 1, SMALL_R_CONV, ROW_WINDOWS),
-    # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 19x slower than
-    # q . E at 14^2: row windows; the 7 x 7 one with |u| = 4 channels is fast from 28^2 on
-    # (1.2-1.3x faster than row windows forward at 56^2-112^2, 1.1-1.2x in training).
-    ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
-    # The same with TensorFlow's malloc allocator: every large temporary is mapped and zeroed
-    # per call, which costs q . E's 80 MB maps most: at 28^2 (r 23) forward it takes 152 ms
-    # against 130 for row windows, so q . E only where its map fits the lambdas (h m u <= k v).
-    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
-    # XLA compiles the 1-channel 23 x 23 convolution poorly (25-30x slower than q . E at 14^2),
-    # a 7 x 7 one with |u| = 4 input channels well: the fastest forward from 28^2 on; in
-    # training 1.05x row windows at 28^2, 1.2x faster at 56^2.
-    ("xla", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    ("xla", "train"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS),
-    # JAX: unlike TF's XLA, q . E is slow forward at 28^2 (1.3x row windows) and at 14^2 with
-    # |u| = 4 (1.5x); E . V trains within 1.03x of the fastest at 14^2 with |u| = 4 (the
-    # convolution 1.2x); the 7 x 7 convolution from 28^2. A strided layer's pooled q . E is the
-    # fastest forward at 28^2 (101 vs 133 ms for row windows).
-    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=4),
-    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS),
+    #                          strided_queries_first, windows, strided_windows)
+    # oneDNN's r x r convolution: the fastest forward from 56^2 on; query windows up to 28^2
+    # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E) and in training up to 56^2
+    # (56^2 r 23: 0.9 vs 1.8 s for row windows; the convolution's filter gradient is slow for
+    # r = 23, fast for r = 7, 1.04-1.16x query windows).
+    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, windows=UP_TO_28),
+    ("tf_onednn", "train"): _rule(1, 2, 1, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56),
+    # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 18x slower than
+    # q . E at 14^2; query windows up to 56^2 (28^2 / 56^2 r 23 forward: 77 / 423 ms against
+    # q . E's 102 and row windows' 586; strided 28^2: 40 vs 97 ms; in training within 1.16x of
+    # row windows at r 23, the fastest at r 7); beyond, row windows and the 7 x 7 convolution.
+    ("tf", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56),
+    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56),
+    # The same with TensorFlow's malloc allocator: every large temporary is mapped and zeroed per
+    # call, which costs the formulations with large temporaries most: query windows forward up to
+    # 28^2 only (56^2 r 23: 1.15x row windows), in training only strided (28^2 r 23 unstrided:
+    # 1.46x row windows; strided 164 vs 402 ms).
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_28),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
+                                  strided_windows=UP_TO_28),
+    # XLA compiles the 1-channel 23 x 23 convolution poorly (25-37x slower than q . E at 14^2):
+    # q . E up to 32^2 unstrided (28^2 r 23: 58 vs 72 ms for query windows), query windows in
+    # strided layers and up to 56^2 (56^2 r 23: 0.33 vs 0.61 s forward for row windows, 1.3 vs
+    # 2.0 s training); beyond, row windows and the 7 x 7 convolution.
+    ("xla", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+                          windows=UP_TO_56),
+    ("xla", "train"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+                            windows=UP_TO_56),
+    # JAX: query windows are slow forward on unstrided maps (28^2 r 23: 1.27x E . V) except with
+    # |u| = 4 at 14^2 (1.18x q . E, where row windows took 1.54x), the fastest in strided layers
+    # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 56^2 (within 1.04x).
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
+                          strided_windows=UP_TO_28),
+    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56),
     # PyTorch (eager; its oneDNN convolution): the convolution forward, E . V at 28^2 (r 23)
-    # and the 7 x 7 convolution in training.
-    ("torch", "fwd"): _rule(1, 2, 1, CONV),
-    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS),
+    # and the 7 x 7 convolution in training; query windows in strided layers (28^2: 62 vs 77 ms
+    # for the convolution forward, 152 vs 267 ms for q . E in training) and in training at 14^2
+    # with |u| = 4 (40 vs 48 ms for the convolution).
+    ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28),
+    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=(0, 14 * 14),
+                              strided_windows=UP_TO_28),
 }
 
 
@@ -174,7 +189,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         receptive_field: r of the "conv" mode (ignored by the other modes).
         runtime: a `Runtime`.
         strides: the layer's strides (2: an average pool follows, which "queries_first" applies
-            to its q . E maps).
+            to its q . E maps and "query_windows" folds into its window scores).
 
     Returns:
         One of FORMULATIONS.
@@ -195,6 +210,9 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     if positions <= rule["dense_scope"] * scope and (
             num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
         return "queries_first"
+    windows = rule["strided_windows" if strides == 2 else "windows"]
+    if windows and windows[0] <= positions <= windows[1]:
+        return "query_windows"
     if positions <= rule["whole_e_scope"] * scope:
         return "lambdas_first"  # the scope covers (most of) the map: E is dense
     for largest, smallest_map, formulation in rule["local"]:
@@ -425,7 +443,7 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
        S = r + pool_size - 1 wide, and the GEMM is [b n' h, taps k] x [taps k, S^2 u].
     2. Query rows are cut into blocks of about QUERY_BLOCK_SCOPES * S / strides rows; a block
        meets the context rows its windows reach (at most rows). The scores are spread over those
-       rows (a gather; rows outside a window take a zero slot): [b W' blocks, h B, rows S u].
+       rows (a gather; rows outside a window take a zero slot): [b W' blocks, B h, rows S u].
     3. The matching column windows of V (S columns per query column, zero padded) are gathered
        once per block: [b W' blocks, rows S u, v], and one batched matmul gives the output.
     FLOPs ~ b n' h S u (S taps k + context rows v); memory Theta(b n' h S u (S + context rows)).
@@ -446,34 +464,36 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
     tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
     row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
 
-    # 1. scores [b W' blocks h B, (S + 1) S u]: row offset S is a zero slot (outside the window)
+    # 1. scores [b W' h blocks B, (S + 1) S u]: row offset S is a zero slot (outside the window).
+    # Tensors stay within 5 dimensions (TFLite's TRANSPOSE and broadcasting MUL limits).
     grid = ops.reshape(q, (batch, rows, cols, heads, k))  # [b, H, W, h, k]
-    grid = ops.take(grid, tap_rows.reshape(-1).astype("int32"), axis=1)  # [b, H'' T, W, h, k]
-    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=2)  # [b, H'' T, W' T, h, k]
-    grid = ops.reshape(grid, (batch, blocks, block, taps, out_cols, taps, heads, k))
-    weights = (row_weights.reshape(blocks, block, taps, 1, 1)
-               * col_weights.reshape(1, 1, 1, out_cols, taps))  # [blocks, B, Ty, W', Tx]
-    grid = grid * ops.cast(weights[..., None, None], q.dtype)  # [b, blocks, B, Ty, W', Tx, h, k]
-    grid = ops.transpose(grid, (0, 4, 1, 6, 2, 3, 5, 7))  # [b, W', blocks, h, B, Ty, Tx, k]
-    grid = ops.reshape(grid, (-1, taps * taps * k))  # [b W' blocks h B, T k]
+    grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, h, H, W, k]
+    grid = ops.take(grid, tap_rows.reshape(-1).astype("int32"), axis=2)  # [b, h, H'' T, W, k]
+    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=3)  # [b, h, H'' T, W' T, k]
+    weights = row_weights.reshape(-1, 1) * col_weights.reshape(1, -1)  # [H'' T, W' T]
+    grid = grid * ops.cast(weights[None, None, :, :, None], q.dtype)
+    grid = ops.reshape(grid, (batch, heads * padded_rows * taps, out_cols, taps * k))
+    grid = ops.transpose(grid, (0, 2, 1, 3))  # [b, W', h H'' Ty, Tx k]
+    grid = ops.reshape(grid, (-1, taps * taps * k))  # [b W' h blocks B, Ty Tx k]
     shifted = [ops.pad(kernel, ((ty, taps - 1 - ty), (tx, taps - 1 - tx), (0, 0), (0, 0)))
                for ty in range(taps) for tx in range(taps)]  # T x [S, S, u, k]
     table = ops.pad(ops.stack(shifted), ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
-    table = ops.transpose(table, (0, 4, 1, 2, 3))  # [T, k, S + 1, S, u]
+    table = ops.transpose(table, (0, 4, 1, 2, 3))  # [Ty Tx, k, S + 1, S, u]
     table = ops.reshape(table, (taps * taps * k, (span + 1) * span * u))
-    scores = ops.matmul(grid, table)  # [b W' blocks h B, (S + 1) S u]
-    scores = ops.reshape(scores, (batch * out_cols, -1, span * u))  # [b W', blocks h B (S+1), S u]
+    scores = ops.matmul(grid, table)  # [b W' h blocks B, (S + 1) S u]
+    scores = ops.reshape(scores, (batch * out_cols, -1, span * u))  # [b W', h H'' (S+1), S u]
 
-    # 2. spread over the context rows of each block: [b W' blocks, h B, context S u]
+    # 2. spread over the context rows of each block: [b W' blocks, B h, context S u]
     top = np.clip(first_row[::block] - centre, 0, rows - context)  # [blocks]
     context_rows = top[:, None] + np.arange(context)  # [blocks, context]
     offset = (context_rows[:, None, :] - first_row.reshape(blocks, block)[:, :, None]
               + centre)  # [blocks, B, context]
     offset = np.where((offset >= 0) & (offset < span), offset, span)
-    query = np.arange(blocks * heads * block).reshape(blocks, heads, block, 1)
-    slot = query * (span + 1) + offset[:, None]  # [blocks, h, B, context]
+    query = (np.arange(heads)[None, None, :] * padded_rows
+             + np.arange(padded_rows).reshape(blocks, block, 1))  # [blocks, B, h]: h H'' order
+    slot = query[..., None] * (span + 1) + offset[:, :, None, :]  # [blocks, B, h, context]
     maps = ops.take(scores, slot.reshape(-1).astype("int32"), axis=1)
-    maps = ops.reshape(maps, (-1, heads * block, context * span * u))
+    maps = ops.reshape(maps, (-1, block * heads, context * span * u))
 
     # 3. column windows of V: [b W' blocks, context S u, v]
     left = centre + before_cols  # zero columns: the first window starts at padded column 0
@@ -490,8 +510,7 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
     windows = ops.take(grid, index.reshape(-1).astype("int32"), axis=1)
     windows = ops.reshape(windows, (-1, context * span * u, v))
 
-    out = ops.matmul(maps, windows)  # [b W' blocks, h B, v]
-    out = ops.reshape(out, (batch, out_cols, blocks, heads, block, v))
-    out = ops.transpose(out, (0, 2, 4, 1, 3, 5))  # [b, blocks, B, W', h, v]
-    out = ops.reshape(out, (batch, padded_rows, out_cols, heads, v))[:, :out_rows]
+    out = ops.matmul(maps, windows)  # [b W' blocks, B h, v]
+    out = ops.reshape(out, (batch, out_cols, padded_rows, heads * v))
+    out = ops.transpose(out, (0, 2, 1, 3))[:, :out_rows]  # [b, H', W', h v]
     return ops.reshape(out, (batch, out_rows * out_cols, heads, v))  # [b, n', h, v]
