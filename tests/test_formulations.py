@@ -114,7 +114,7 @@ def test_row_windows_equal_the_convolution_on_a_large_map():
 def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size):
     """query_windows on a 22 x 9 map with r = 3 (4 blocks of query rows unstrided, 2 strided,
     the last one padded; column windows reaching past both sides) equals the lambda convolution
-    (pooled afterwards), inference and training, with |u| = 2."""
+    (pooled afterwards), inference and training, with |u| = 2; and so do its gradients."""
     kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,
                   strides=strides, pool_size=pool_size,
                   position_initializer=keras.initializers.RandomNormal(stddev=0.5))
@@ -130,6 +130,18 @@ def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size):
         actual = keras.ops.convert_to_numpy(layer(x, training=training))
         assert layer._last_formulation == "query_windows"
         np.testing.assert_allclose(actual, expected, atol=2e-5 * max(1, np.abs(expected).max()))
+    # Its gradients (through the gathers) are the convolution's: input and every weight.
+    import tensorflow as tf
+
+    inputs = tf.constant(x)
+    grads = []
+    for model in (layer, reference):
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(tf.square(model(inputs, training=True)))
+        grads.append(tape.gradient(loss, [inputs] + [w.value for w in model.trainable_weights]))
+    for actual, expected in zip(*grads):
+        np.testing.assert_allclose(actual, expected, atol=1e-4 * max(1, np.abs(expected).max()))
 
 
 def test_query_windows_block_geometry(monkeypatch):

@@ -1,7 +1,7 @@
 """Lambda layers (keras.ops only: TensorFlow, JAX and PyTorch backends).
 
 - `lambda_layer`: `LambdaLayer`, the paper's equations for channels-last images;
-- `formulations`: the four formulations of its position term as pure functions, and the rule
+- `formulations`: the five formulations of its position term as pure functions, and the rule
   (`formulations.choose`) that picks one for the shape and the runtime;
 - `sequence`: `SequenceLambdaLayer`, the same equations for sequences (batch, n, d), a separate
   context, causal and padding masks.
