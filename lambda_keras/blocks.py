@@ -83,7 +83,7 @@ class MaxPoolSymmetric(keras.layers.Layer):
         # The edge rows, then columns, repeated by concatenation: a copy each, where TensorFlow's
         # symmetric pad kernel took 10 ms of a LambdaResNet-50's 0.5 s (batch 8, oneDNN off).
         rows = ops.concatenate([inputs[:, :1], inputs, inputs[:, -1:]], axis=1)  # [b, H+2, W, C]
-        padded = ops.concatenate([rows[:, :, :1], rows, rows[:, :, -1:]], axis=2)  # [b, H+2, W+2, C]
+        padded = ops.concatenate([rows[:, :, :1], rows, rows[:, :, -1:]], axis=2)  # [b,H+2,W+2,C]
         return ops.max_pool(padded, 3, strides=2, padding="valid")  # [b, ceil(H/2), ceil(W/2), C]
 
     def compute_output_shape(self, input_shape):

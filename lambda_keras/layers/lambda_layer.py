@@ -27,15 +27,15 @@ Implemented (paper section in brackets):
   E ~ N(0, 1); every initializer can be overridden.
 
 The position term sum_k q_n^h[k] lambda^p_n[k, v] has five formulations, all the same function
-(`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps), "query_windows"
-(q . E over each query's r x r window, one GEMM, then column windows of V; strided layers pool
-inside it), "lambdas_first" (E . V first, the paper's global einsum), "row_windows" (the local
-scope as one einsum over row
-windows of V; static maps, memory linear in the positions) and "conv" (the paper's lambda
-convolution; any input size). `implementation="auto"` (the default) picks, per call, the one
-measured fastest for the map size, forward vs training, and what runs the layer: the Keras
-backend, XLA or not (TF `jit_compile=True`; JAX always), TensorFlow's oneDNN state and CPU
-allocator (`formulations.choose`, with the table it came from). A formulation name forces that one.
+(`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps),
+"query_windows" (q . E over each query's r x r window, one GEMM, then column windows of V;
+strided layers pool inside it), "lambdas_first" (E . V first, the paper's global einsum),
+"row_windows" (the local scope as one einsum over row windows of V; static maps, memory linear
+in the positions) and "conv" (the paper's lambda convolution; any input size).
+`implementation="auto"` (the default) picks, per call, the one measured fastest for the map size,
+forward vs training, and what runs the layer: the Keras backend, XLA or not (TF
+`jit_compile=True`; JAX always), TensorFlow's oneDNN state and CPU allocator
+(`formulations.choose`, with the table it came from). A formulation name forces that one.
 NOTE: the paper chooses between its einsum and the lambda convolution by map size only; the
 convolution of a 1-channel map with an r x r kernel is fast only with TF's oneDNN kernels (7x
 slower without them, 10x slower under XLA on CPU), so the choice also depends on the runtime.
@@ -130,8 +130,8 @@ class LambdaLayer(keras.layers.Layer):
             measured fastest where the layer runs, see module docstring) or one of
             "queries_first", "lambdas_first" (any position mode, static map size),
             "query_windows", "row_windows" (position "conv", static size) and "conv" (position
-            "conv", any size). All give the same outputs. The value "einsum" of earlier releases is read
-            as "auto".
+            "conv", any size). All give the same outputs. The value "einsum" of earlier releases
+            is read as "auto".
         position_bias: add a learned bias per key channel to the position lambdas (timm's layer).
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
         query_initializer, key_initializer, value_initializer, position_initializer: override the
