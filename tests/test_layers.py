@@ -26,7 +26,7 @@ from helpers import (
     graph_op_dtypes,
     max_abs_diff,
 )
-from lambda_keras.layers import LambdaLayer
+from lambda_keras.layers import LambdaLayer, formulations
 from reference import (
     BATCH,
     CHANNELS,
@@ -163,8 +163,7 @@ def _shift_equivariance_error(layer, shift, margin, size=12):
     return max_abs_diff(moved, out[:, rows, cols])
 
 
-@pytest.mark.parametrize("implementation", ["queries_first", "lambdas_first", "row_windows",
-                                            "conv"])
+@pytest.mark.parametrize("implementation", formulations.FORMULATIONS)
 def test_conv_mode_is_shift_equivariant(implementation):
     layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
     layer.build((1, 12, 12, CHANNELS))
@@ -395,7 +394,8 @@ CONSTRUCTOR_ERRORS = {
                                      "Received: pool_size=4"),
     "implementation": (dict(implementation="fft"),
                        "`implementation` must be one of ('auto', 'queries_first', "
-                       "'lambdas_first', 'row_windows', 'conv'). Received: implementation='fft'"),
+                       "'query_windows', 'lambdas_first', 'row_windows', 'conv'). "
+                       "Received: implementation='fft'"),
     "implementation-local-only": (
         dict(position="relative", implementation="row_windows"),
         '`implementation="row_windows"` computes the local lambda convolution and needs '
@@ -456,7 +456,7 @@ def test_built_relative_layer_rejects_another_size():
         layer(random_input((BATCH, 5, 5, CHANNELS)))
 
 
-@pytest.mark.parametrize("implementation", ["queries_first", "lambdas_first", "row_windows"])
+@pytest.mark.parametrize("implementation", formulations.STATIC_ONLY)
 def test_static_formulations_reject_dynamic_size(implementation):
     layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
     traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
