@@ -485,11 +485,11 @@ def _same_average_pool(x, rows, cols, pool_size=3):
     """
     pads, inside = [], []
     for size in (rows, cols):
-        total = max((-(-size // 2) - 1) * 2 + pool_size - size, 0)
-        pads.append((total // 2, total - total // 2))
-        mask = np.pad(np.ones(size), pads[-1])  # 1 inside the map, 0 on the padding
-        windows = np.lib.stride_tricks.sliding_window_view(mask, pool_size)[::2]
-        inside.append(windows.sum(axis=1))  # pixels inside each window along this axis
+        # TF's "same" windows along this axis (formulations.pool_taps: weight 0 outside the map)
+        _, weights, before = formulations.pool_taps(size, pool_size, 2)
+        after = max((len(weights) - 1) * 2 + pool_size - size - before, 0)
+        pads.append((before, after))
+        inside.append((weights > 0).sum(axis=1))  # pixels inside each window along this axis
     scale = (pool_size * pool_size) / np.outer(inside[0], inside[1])  # [H', W']
     x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))  # [b, H + pad, W + pad, d]
     pooled = ops.average_pool(x, pool_size, strides=2, padding="valid")  # [b, H', W', d]
