@@ -59,6 +59,17 @@ def _cpu_model():
     return platform.processor() or platform.machine()
 
 
+def machine_tag():
+    """A short name for this kind of CPU, "<vendor>-<widest SIMD>" ("intel-avx512", "amd-avx2"):
+    what per-machine result tables (results/formulations/<tag>.json) are named by."""
+    from lambda_keras import runtime
+
+    model, flags = _cpu_model().lower(), set(runtime.cpu_flags())
+    vendor = next((name for name in ("intel", "amd", "arm") if name in model), "cpu")
+    simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "simd"
+    return f"{vendor}-{simd}"
+
+
 def _meminfo_gib(key="MemTotal"):
     try:
         with open("/proc/meminfo", encoding="utf-8") as f:

@@ -1,7 +1,8 @@
 """Formulation suite: every position-term formulation of LambdaLayer on every engine.
 
     python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
-                                      [--sizes 14,28] [--out benchmarks/results]
+                                      [--sizes 14,28] [--out benchmarks/results/formulations]
+                                      [--machine TAG] [--table] [--picks-only]
 
 Measures "queries_first", "query_windows", "lambdas_first", "row_windows" and "conv" (selected
 through `LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
@@ -31,8 +32,10 @@ reported. An n x m formulation (queries_first, lambdas_first) > 3x the cell's fa
 Formulations whose n x m tensors would pass `MEMORY_LIMIT_BYTES` are skipped before they start.
 The formulation "auto" picks in that runtime is recorded per cell (found by tracing the layer
 there: the XLA context, the oneDNN state and the backend are the real ones); its time is the
-time of that formulation. Results: `formulations.json` (per engine: machine, oneDNN state,
+time of that formulation. Results: one table per kind of CPU, `results/formulations/<tag>.json`
+(`common.machine_tag()`, e.g. "intel-avx512", "amd-avx2"; per engine: machine, oneDNN state,
 package versions; per cell: every formulation's statistics, the fastest, auto's pick and ratio).
+The rule must hold on every table (tests/test_formulations.py).
 """
 
 import argparse
@@ -360,7 +363,9 @@ def parse_args(argv):
                         help="comma-separated shapes (default: all); the stored cells of the "
                              "other shapes are kept")
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--out", default=None, help="directory for formulations.json")
+    parser.add_argument("--out", default=None, help="directory of the per-machine tables")
+    parser.add_argument("--machine", default=None,
+                        help="table to print or re-pick (default: this machine's tag)")
     parser.add_argument("--picks-only", action="store_true",
                         help="re-record only the formulation auto picks in each stored cell")
     parser.add_argument("--table", action="store_true",
@@ -396,9 +401,9 @@ def main(argv=None):
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
     shapes = args.shapes.split(",")
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
-                           os.path.join(common.REPO_ROOT, "benchmarks", "results"))
+                           os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations"))
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, "formulations.json")
+    path = os.path.join(out_dir, f"{args.machine or common.machine_tag()}.json")
     if args.table:
         with open(path, encoding="utf-8") as f:
             print(markdown_tables(json.load(f)))

@@ -6,14 +6,16 @@ the rule that picks one.
   and training; row windows equal the convolution on a 28 x 28 map with the paper's r = 23;
   query windows equal the convolution on tall maps cut into several blocks of query rows, with
   and without the strided layer's pools folded in.
-- The rule (`formulations.choose`) against its own measurements: in every cell of
-  benchmarks/results/formulations.json its pick is within 1.2x of the fastest formulation.
+- The rule (`formulations.choose`) against its own measurements: in every cell of every
+  machine's table (benchmarks/results/formulations/<cpu>.json, e.g. intel-avx512 and amd-avx2)
+  its pick is within 1.2x of the fastest formulation.
 - The runtime the rule sees is the real one: XLA inside `tf.function(jit_compile=True)`, not
   outside; TensorFlow's oneDNN state as TF reports it.
 
 `FORMULATION_CASES` is pure data: tests/test_backends.py runs the same cases on JAX and PyTorch.
 """
 
+import glob
 import json
 import os
 
@@ -25,8 +27,9 @@ from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
 from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
 
-RESULTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                       "benchmarks", "results", "formulations.json")
+RESULTS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))), "benchmarks", "results", "formulations", "*.json")))  # one table per CPU kind
+MACHINES = {os.path.splitext(os.path.basename(path))[0]: path for path in RESULTS}
 
 # id: LambdaLayer arguments. Every formulation in every position mode it applies to, |u| 1 and 2,
 # strides, bias, r smaller and larger (23) than the 6 x 7 map.
@@ -264,10 +267,13 @@ def test_rule_rows_are_ordered_and_closed():
         assert {f for _, _, f in rows} <= set(formulations.LOCAL_ONLY), key
 
 
-def _measured_cells():
-    if not os.path.exists(RESULTS):
-        pytest.fail(f"{RESULTS} is missing: run python -m benchmarks.formulations")
-    with open(RESULTS, encoding="utf-8") as f:
+def test_rule_tables_of_several_machines():
+    """The rule is held to CPUs with and without AVX-512 (TensorFlow's oneDNN default differs)."""
+    assert {"intel-avx512", "amd-avx2"} <= set(MACHINES), sorted(MACHINES)
+
+
+def _measured_cells(machine):
+    with open(MACHINES[machine], encoding="utf-8") as f:
         data = json.load(f)
     return data, [c for c in data["cells"] if c["engine"] in data["engines"]
                   and c["engine"] != "timm"]
@@ -281,10 +287,12 @@ def _recorded_runtime(engine):
                                 pooled_allocator=engine.get("pooled_allocator", True))
 
 
-def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
-    """The table the rule came from (benchmarks/results/formulations.json): for every engine,
-    shape, map size and phase, the rule's pick was measured and is <= 1.2x the fastest."""
-    data, cells = _measured_cells()
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
+    """The tables the rule came from (benchmarks/results/formulations/<cpu>.json): on every
+    machine, for every engine, shape, map size and phase, the rule's pick was measured and is
+    <= 1.2x the fastest."""
+    data, cells = _measured_cells(machine)
     assert {c["engine"] for c in cells} >= {"tf_onednn", "tf", "tf_malloc", "tf_xla", "jax",
                                             "torch"}
     misses = []
@@ -308,10 +316,11 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell():
     assert not misses, "\n".join(misses)
 
 
-def test_benchmark_recorded_the_rules_pick_in_its_real_runtime():
+@pytest.mark.parametrize("machine", sorted(MACHINES))
+def test_benchmark_recorded_the_rules_pick_in_its_real_runtime(machine):
     """The suite records what the "auto" layer traced in each engine's process (real XLA
     context, oneDNN state, backend): the same as the rule's pick from the recorded runtime."""
-    data, cells = _measured_cells()
+    data, cells = _measured_cells(machine)
     for cell in cells:
         engine = data["engines"][cell["engine"]]
         runtime = _recorded_runtime(engine)
