@@ -20,10 +20,11 @@ from benchmarks import model as model_suite
 # backend: jit_compile (what Keras' "auto" resolves to there on a CPU)
 BACKENDS = {"tensorflow": False, "jax": True, "torch": False}
 MODELS = ("lambda_resnet50", "lambda_resnet50_ccll_plain", "resnet50")
-FULL = dict(image_size=224, batch=8, models=MODELS,
+FULL = dict(image_size=224, batch=8, models=MODELS, backends=tuple(BACKENDS),
             timing=dict(warmup=1, min_repeats=3, max_repeats=6, budget_s=4.0))
-# --quick: one lambda model (JAX compiles each model and step once: minutes on 2 cores).
-QUICK = dict(image_size=64, batch=2, models=MODELS[1:],
+# --quick: one lambda model (JAX compiles each model and step once: minutes on 2 cores), and not
+# TensorFlow: the model suite's quick run times the same models and steps there (model.run_job).
+QUICK = dict(image_size=64, batch=2, models=MODELS[1:], backends=("jax", "torch"),
              timing=dict(warmup=1, min_repeats=2, max_repeats=2, budget_s=0.1))
 # run.py: even a --quick run keeps one process per job (one backend per process).
 ONE_PROCESS_PER_GROUP = True
@@ -37,7 +38,7 @@ def plan(settings, memory_budget_bytes):
                   timing=settings["timing"],
                   models=[dict(tag=name, model=name, jit_compile=jit,
                                modes=list(model_suite.MODES)) for name in settings["models"]])]
-            for backend, jit in BACKENDS.items()]
+            for backend, jit in BACKENDS.items() if backend in settings["backends"]]
 
 
 def run_job(job, threads, isolated):

@@ -463,12 +463,24 @@ def main(argv=None):
 
 
 def _update_picks(path, engines, threads):
+    """Re-records "auto"'s pick in every cell after a rule change: traced in the engine's real
+    runtime on this machine's table; on another machine's table (not re-traceable here) from the
+    rule and the runtime recorded with it (the engine gets `picks_from: "rule"`)."""
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
+    foreign = os.path.basename(path) != f"{common.machine_tag()}.json"
     for engine in engines:
         backend, env_update, _, _ = ENGINES[engine]
         measured = data["engines"].get(engine)
         if not measured:
+            continue
+        if foreign:
+            for cell in data["cells"]:
+                if cell["engine"] == engine:
+                    cell["auto"] = rule_pick(data, cell)
+                    _finish_cell(cell)
+            measured.update(rule_engine=ENGINES[engine][3], picks_from="rule")
+            print(f"[formulations] {engine}: picks recomputed from the rule", flush=True)
             continue
         settings = dict(data["settings"], sizes=measured.get("sizes", data["settings"]["sizes"]),
                         picks_only=True)
@@ -489,9 +501,34 @@ def _update_picks(path, engines, threads):
                 cell["auto"] = picks[key]
                 _finish_cell(cell)
         measured["rule_engine"] = ENGINES[engine][3]  # the rule row it follows now
+        measured.pop("picks_from", None)  # traced again
         print(f"[formulations] {engine}: picks re-recorded", flush=True)
     common.write_json(path, data)
     return 0
+
+
+def recorded_runtime(data, engine):
+    """The `formulations.Runtime` a table's engine ran in (as its worker recorded it)."""
+    from lambda_keras.layers import formulations
+
+    record = data["engines"][engine]
+    return formulations.Runtime(record["backend"], xla=record["jit_compile"],
+                                onednn=bool(record.get("onednn")),
+                                pooled_allocator=record.get("pooled_allocator", True),
+                                avx512="avx512f" in data["machine"]["cpu_flags"])
+
+
+def rule_pick(data, cell):
+    """What `formulations.choose` picks for a table's cell, from its recorded runtime."""
+    from lambda_keras.layers import formulations
+
+    shape, layer = data["shapes"][cell["shape"]], data["layer"]
+    return formulations.choose(
+        layer["position"], cell["size"], cell["size"], cell["phase"] == "train",
+        num_heads=layer["num_heads"], key_dim=layer["key_dim"],
+        value_dim=data["settings"]["width"] // layer["num_heads"],
+        intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
+        runtime=recorded_runtime(data, cell["engine"]), strides=shape.get("strides", 1))
 
 
 def _ms(result):

@@ -132,11 +132,11 @@ def test_quick_run_times_every_model_on_every_keras_backend(quick_results):
     seen = {(r["backend"], r["model"], r["mode"]) for r in records if r["status"] == "ok"}
     models = backends_suite.QUICK["models"]
     assert "resnet50" in models and len(models) >= 2
-    assert seen == {(b, m, mode) for b in backends_suite.BACKENDS for m in models
+    assert seen == {(b, m, mode) for b in backends_suite.QUICK["backends"] for m in models
                     for mode in ("infer", "train")}
     assert all(r["jit_compile"] is (r["backend"] == "jax") for r in records)
     table = _load(out, "summary.json")["tables"]["backends"]
-    assert len(table["rows"]) == len(backends_suite.BACKENDS) * len(models)
+    assert len(table["rows"]) == len(backends_suite.QUICK["backends"]) * len(models)
     for row in table["rows"]:
         assert _positive(row["infer_images_per_s"]) and _positive(row["train_images_per_s"])
         if row["model"] == "resnet50":
@@ -147,8 +147,10 @@ def test_quick_run_times_every_model_on_every_keras_backend(quick_results):
 
 def test_backends_run_in_their_own_worker_processes():
     """One backend per process: the environment names it, and a mixed group is refused."""
-    groups = backends_suite.plan(backends_suite.QUICK, memory_budget_bytes=None)
+    groups = backends_suite.plan(backends_suite.FULL, memory_budget_bytes=None)
     assert [g[0]["backend"] for g in groups] == list(backends_suite.BACKENDS)
+    quick = backends_suite.plan(backends_suite.QUICK, memory_budget_bytes=None)
+    assert [g[0]["backend"] for g in quick] == ["jax", "torch"]
     assert common.worker_env(1, backend="jax")["KERAS_BACKEND"] == "jax"
     with pytest.raises(ValueError, match="one Keras backend per worker process"):
         common._run_process([groups[0][0], groups[1][0]], 1, 10, None, log=lambda m: None)

@@ -23,6 +23,7 @@ import numpy as np
 import keras
 import pytest
 
+from benchmarks import formulations as bench_formulations
 from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
 from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
@@ -167,6 +168,8 @@ def test_query_windows_block_geometry(monkeypatch):
 # ------------------------------------------------------------------------------ the rule
 ONEDNN = formulations.Runtime("tensorflow", onednn=True)
 NO_ONEDNN = formulations.Runtime("tensorflow", onednn=False)
+NO_ONEDNN_AVX2 = formulations.Runtime("tensorflow", onednn=False, avx512=False)
+MALLOC_AVX2 = formulations.Runtime("tensorflow", pooled_allocator=False, avx512=False)
 XLA = formulations.Runtime("tensorflow", xla=True, onednn=True)
 JAX = formulations.Runtime("jax", xla=True)
 TORCH = formulations.Runtime("torch")
@@ -195,7 +198,7 @@ def test_runtime_engines():
 def test_rule_structural_choices():
     """What does not depend on measurements: dynamic sizes convolve, small maps (h m u <= k v)
     contract q . E first, "relative"/"global" maps above that use lambdas_first."""
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
+    for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH):
         assert choose((None, 28), True, runtime) == "conv"
         assert choose((16, 16), False, runtime) == "queries_first"  # h m = 1024 = k v
         assert choose((16, 16), True, runtime, position="relative") == "queries_first"
@@ -216,16 +219,25 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     """A strided 28^2 layer folds its pool into query windows on every engine (measured 1.2-2.5x
     faster than the next formulation there); small strided maps keep the pooled q . E; the
     unstrided layer's pick differs where query windows were not the fastest."""
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
+    for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH):
         assert choose((28, 28), False, runtime, strides=2) == "query_windows"
         assert choose((14, 14), False, runtime, strides=2) == "queries_first"
     assert choose((28, 28), False, TORCH) == "conv"
     assert choose((28, 28), False, XLA) == "queries_first"
-    assert choose((56, 56), False, ONEDNN) == "conv"
-    assert choose((56, 56), True, ONEDNN) == "query_windows"
+    assert choose((56, 56), False, ONEDNN) == "query_windows"
+    assert choose((112, 112), False, ONEDNN) == "conv"
     malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
     assert choose((28, 28), True, malloc) == "row_windows"
     assert choose((28, 28), True, malloc, strides=2) == "query_windows"
+    # The CPU matters: without AVX-512 (and oneDNN) q . E is the fastest unstrided 28^2 forward,
+    # with it query windows; with malloc, row windows.
+    assert choose((28, 28), False, NO_ONEDNN) == "query_windows"
+    assert choose((28, 28), False, NO_ONEDNN_AVX2) == "queries_first"
+    assert choose((28, 28), False, MALLOC_AVX2) == "row_windows"
+    # Only CPUs have an AVX-512 row: a GPU runs TensorFlow's rule whatever the host CPU.
+    gpu = dict(backend="tensorflow", device="gpu")
+    assert (choose((28, 28), False, formulations.Runtime(**gpu, avx512=False))
+            == choose((28, 28), False, formulations.Runtime(**gpu)))
 
 
 def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monkeypatch):
@@ -255,7 +267,9 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 def test_rule_rows_are_ordered_and_closed():
     assert set(formulations.LOCAL_RULE) == {(e, p) for e in formulations.ENGINES
                                             for p in ("fwd", "train")}
-    for key, rule in formulations.LOCAL_RULE.items():
+    assert set(formulations.WITHOUT_AVX512_RULE) <= set(formulations.LOCAL_RULE)
+    for key, rule in [*formulations.LOCAL_RULE.items(),
+                      *formulations.WITHOUT_AVX512_RULE.items()]:
         assert rule["queries_first"] >= 1, key  # never below the memory-neutral criterion
         assert rule["strided_queries_first"] >= 1, key
         assert rule["dense_scope"] >= 1, key
@@ -279,14 +293,6 @@ def _measured_cells(machine):
                   and c["engine"] != "timm"]
 
 
-def _recorded_runtime(engine):
-    """The `Runtime` an engine's worker recorded (every worker before "tf_malloc" ran with the
-    pooled allocator: common.worker_env sets it)."""
-    return formulations.Runtime(engine["backend"], xla=engine["jit_compile"],
-                                onednn=bool(engine.get("onednn")),
-                                pooled_allocator=engine.get("pooled_allocator", True))
-
-
 @pytest.mark.parametrize("machine", sorted(MACHINES))
 def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
     """The tables the rule came from (benchmarks/results/formulations/<cpu>.json): on every
@@ -297,15 +303,9 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
                                             "torch"}
     misses = []
     for cell in cells:
-        engine = data["engines"][cell["engine"]]
-        shape = data["shapes"][cell["shape"]]
-        runtime = _recorded_runtime(engine)
-        assert runtime.engine == engine["rule_engine"]
-        value_dim = data["settings"]["width"] // data["layer"]["num_heads"]
-        pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
-                      intra_depth=shape["intra_depth"], heads=data["layer"]["num_heads"],
-                      key_dim=data["layer"]["key_dim"], value_dim=value_dim,
-                      receptive_field=shape["receptive_field"], strides=shape.get("strides", 1))
+        runtime = bench_formulations.recorded_runtime(data, cell["engine"])
+        assert runtime.engine == data["engines"][cell["engine"]]["rule_engine"]
+        pick = bench_formulations.rule_pick(data, cell)
         times = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
         measured = cell["results"].get(pick, {})
         ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
@@ -319,16 +319,22 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
 @pytest.mark.parametrize("machine", sorted(MACHINES))
 def test_benchmark_recorded_the_rules_pick_in_its_real_runtime(machine):
     """The suite records what the "auto" layer traced in each engine's process (real XLA
-    context, oneDNN state, backend): the same as the rule's pick from the recorded runtime."""
+    context, oneDNN state, backend, CPU): the same as the rule's pick from the recorded runtime.
+    A table re-picked on another machine after a rule change (`picks_from: "rule"`) holds the
+    rule's picks, not traces: at least one table must be traced by the current rule."""
     data, cells = _measured_cells(machine)
     for cell in cells:
-        engine = data["engines"][cell["engine"]]
-        runtime = _recorded_runtime(engine)
-        shape = data["shapes"][cell["shape"]]
-        pick = choose((cell["size"], cell["size"]), cell["phase"] == "train", runtime,
-                      intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
-                      strides=shape.get("strides", 1))
-        assert cell["auto"] == pick, cell
+        assert cell["auto"] == bench_formulations.rule_pick(data, cell), cell
+
+
+def test_at_least_one_table_was_traced_by_the_current_rule():
+    """The check above means most where the picks were traced (this machine's runtime detection
+    and the rule agree in real processes): the cells of one full table at least."""
+    traced = 0
+    for machine in MACHINES:
+        data, cells = _measured_cells(machine)
+        traced += sum(data["engines"][c["engine"]].get("picks_from") != "rule" for c in cells)
+    assert traced >= 100, traced
 
 
 # ------------------------------------------------------------------- runtime detection
@@ -338,7 +344,8 @@ def test_runtime_sees_xla_only_inside_jit_compile():
 
     assert formulations.current_runtime() == formulations.Runtime(
         "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu",
-        pooled_allocator=runtime_module.pooled_allocator_active())
+        pooled_allocator=runtime_module.pooled_allocator_active(),
+        avx512="avx512f" in runtime_module.cpu_flags())
     seen = {}
     for jit_compile in (False, True):
         @tf.function(jit_compile=jit_compile)

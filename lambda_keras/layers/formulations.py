@@ -26,13 +26,16 @@ Which one is fastest depends on the map size, on forward vs training, and on wha
 same r x r convolution with one input channel is fast with TensorFlow's oneDNN kernels, 7-8x
 slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
 under XLA (TF `jit_compile=True`, JAX); without oneDNN, TensorFlow's malloc allocator makes large
-temporaries dear. `choose` is the rule: a pure function of the shapes and of the `Runtime`
-(backend, XLA or not, oneDNN state, CPU allocator, device) the layer traces under. Its thresholds
-come from `benchmarks/formulations.py` (results in benchmarks/results/formulations.json; the
-table is in benchmarks/README.md), and tests/test_formulations.py checks that, in every measured
-cell of that file, the rule's pick is within 1.2x of the fastest formulation.
+temporaries dear; the CPU matters too (the same engine ranks formulations differently with and
+without AVX-512). `choose` is the rule: a pure function of the shapes and of the `Runtime`
+(backend, XLA or not, oneDNN state, CPU allocator, device, AVX-512) the layer traces under. Its
+thresholds come from `benchmarks/formulations.py`, run on two CPUs (an Intel Xeon with AVX-512 and
+an AMD EPYC with AVX2 only; benchmarks/results/formulations/<cpu>.json, tables in
+benchmarks/README.md), and tests/test_formulations.py checks that, in every measured cell of
+both, the rule's pick is within 1.2x of the fastest formulation.
 NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
-no-oneDNN TensorFlow rows, a guess documented as such.
+no-oneDNN TensorFlow rows, a guess documented as such. CPUs other than the two measured ones
+(ARM, older x86) get the rows of the CPU they resemble by AVX-512, also a guess.
 """
 
 import dataclasses
@@ -78,27 +81,31 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
-# pooled (BFC) CPU allocator except for "tf_malloc" (benchmarks/results/formulations.json,
-# summarised in benchmarks/README.md "Formulations per backend"). In this order:
+# pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
+# with AVX2 (benchmarks/results/formulations/, summarised in benchmarks/README.md "Formulations
+# per backend"); times quoted below are the Xeon's unless marked. In this order:
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
 #   (1: no more memory than the lambdas, what every engine does; 4: up to 32^2 maps at the
 #   paper's sizes, where it was measured fastest, e.g. 28^2 under XLA); in a strided layer
 #   (strides 2) `strided_queries_first` (default: the same);
 # - "query_windows": maps of `windows` = (smallest n, largest n) positions (`strided_windows` in
-#   a strided layer; default: the same); None: never. Measured up to 56^2: its window scores and
-#   their spread take ~4 GB at 112^2 (batch 8), where the suite does not run it;
+#   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
+#   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Measured up
+#   to 56^2: its window scores and their spread take ~4 GB at 112^2 (batch 8), where the suite
+#   does not run it;
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
-          windows=None, strided_windows=None):
+          windows=None, strided_windows=None, window_scopes=None):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
-                windows=windows, strided_windows=strided_windows or windows)
+                windows=windows, strided_windows=strided_windows or windows,
+                window_scopes=window_scopes)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -109,11 +116,12 @@ UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positio
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
     #                          strided_queries_first, windows, strided_windows)
-    # oneDNN's r x r convolution: the fastest forward from 56^2 on; query windows up to 28^2
-    # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E) and in training up to 56^2
-    # (56^2 r 23: 0.9 vs 1.8 s for row windows; the convolution's filter gradient is slow for
-    # r = 23, fast for r = 7, 1.04-1.16x query windows).
-    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, windows=UP_TO_28),
+    # oneDNN's r x r convolution: the fastest forward beyond 56^2; query windows up to 56^2
+    # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E; 56^2: 227 vs 204 ms for the
+    # convolution with AVX-512, 331 vs 561 ms without) and in training up to 56^2 (56^2 r 23: 0.9
+    # vs 1.8 s for row windows; the convolution's filter gradient is slow for r = 23, fast for
+    # r = 7, 1.04-1.16x query windows).
+    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, windows=UP_TO_56),
     ("tf_onednn", "train"): _rule(1, 2, 1, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56),
     # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 18x slower than
     # q . E at 14^2; query windows up to 56^2 (28^2 / 56^2 r 23 forward: 77 / 423 ms against
@@ -132,24 +140,49 @@ LOCAL_RULE = {
     # q . E up to 32^2 unstrided (28^2 r 23: 58 vs 72 ms for query windows), query windows in
     # strided layers and up to 56^2 (56^2 r 23: 0.33 vs 0.61 s forward for row windows, 1.3 vs
     # 2.0 s training); beyond, row windows and the 7 x 7 convolution.
-    ("xla", "fwd"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+    # The scope 3 r^2: r 7 |u| 4 at 14^2 takes query windows (16 vs 24 ms for q . E without AVX-512).
+    ("xla", "fwd"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
                           windows=UP_TO_56),
-    ("xla", "train"): _rule(4, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+    ("xla", "train"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
                             windows=UP_TO_56),
     # JAX: query windows are slow forward on unstrided maps (28^2 r 23: 1.27x E . V) except with
     # |u| = 4 at 14^2 (1.18x q . E, where row windows took 1.54x), the fastest in strided layers
-    # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 56^2 (within 1.04x).
+    # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 28^2; at 56^2 row windows
+    # and the 7 x 7 convolution (r 7 |u| 4: query windows 1.00x with AVX-512, >1.2x without).
     ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
                           strided_windows=UP_TO_28),
-    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56),
-    # PyTorch (eager; its oneDNN convolution): the convolution forward, E . V at 28^2 (r 23)
-    # and the 7 x 7 convolution in training; query windows in strided layers (28^2: 62 vs 77 ms
-    # for the convolution forward, 152 vs 267 ms for q . E in training) and in training at 14^2
-    # with |u| = 4 (40 vs 48 ms for the convolution).
+    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28),
+    # PyTorch (eager; its oneDNN convolution): the convolution forward and the 7 x 7 convolution
+    # in training from 28^2 on; query windows in strided layers (28^2: 62 vs 77 ms for the
+    # convolution forward, 152 vs 267 ms for q . E in training) and in training on maps of up to
+    # 6 scopes (r 7 |u| 4 at 14^2: 40 vs 48 ms for the convolution; r 23 at 28^2 / 56^2: 1.02x /
+    # 1.15x row windows with AVX-512, the fastest without, where E . V took 1.28x and row windows
+    # 1.20x).
     ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28),
-    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=(0, 14 * 14),
-                              strided_windows=UP_TO_28),
+    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56,
+                              strided_windows=UP_TO_28, window_scopes=6),
 }
+# Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
+# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on both CPUs elsewhere).
+# - Without oneDNN, the unstrided 28^2 r 23 forward: q . E 138 ms, row windows 148, query
+#   windows 177 (with AVX-512: query windows 77, q . E 102, row windows 111): q . E up to 32^2
+#   (as under XLA), query windows for strided layers and 56^2 maps.
+# - The same with malloc: the 7 x 7 convolution at 28^2 (137 ms vs 172 for query windows), row
+#   windows for the unstrided r 23 layer from 28^2 on (176 vs 195 ms at 28^2).
+WITHOUT_AVX512_RULE = {
+    ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+                         windows=UP_TO_56),
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
+                                strided_windows=UP_TO_28),
+}
+
+
+def rule_for(runtime, phase):
+    """The rule row of `runtime` for phase "fwd" or "train" (LOCAL_RULE, or the CPU's own)."""
+    key = (runtime.engine, phase)
+    if runtime.device == "cpu" and not runtime.avx512 and key in WITHOUT_AVX512_RULE:
+        return WITHOUT_AVX512_RULE[key]
+    return LOCAL_RULE[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +195,7 @@ class Runtime:
     onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
     device: str = "cpu"  # "cpu", "gpu" or "tpu"
     pooled_allocator: bool = True  # TF's CPU allocator pools (runtime.pooled_allocator_active)
+    avx512: bool = True  # the CPU has AVX-512 (avx512f): which measured CPU's rows apply
 
     @property
     def engine(self):
@@ -206,14 +240,15 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         return "lambdas_first"
     # A symbolic `training` counts as training; None/False (predict, serving) does not.
     inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
-    rule = LOCAL_RULE[(runtime.engine, "fwd" if inference else "train")]
+    rule = rule_for(runtime, "fwd" if inference else "train")
     scope = receptive_field * receptive_field
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and (
             num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
         return "queries_first"
     windows = rule["strided_windows" if strides == 2 else "windows"]
-    if windows and windows[0] <= positions <= windows[1]:
+    if windows and windows[0] <= positions <= windows[1] and (
+            rule["window_scopes"] is None or positions <= rule["window_scopes"] * scope):
         return "query_windows"
     if positions <= rule["whole_e_scope"] * scope:
         return "lambdas_first"  # the scope covers (most of) the map: E is dense
@@ -230,12 +265,13 @@ def current_runtime():
     backend = keras.backend.backend()
     if backend == "tensorflow":
         return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
-                       device=_tf_device(), pooled_allocator=_tf_pooled_allocator())
+                       device=_tf_device(), pooled_allocator=_tf_pooled_allocator(),
+                       avx512=_avx512())
     if backend == "jax":
-        return Runtime("jax", xla=True, device=_jax_device())
+        return Runtime("jax", xla=True, device=_jax_device(), avx512=_avx512())
     if backend == "torch":
-        return Runtime("torch", device=_torch_device())
-    return Runtime(backend)
+        return Runtime("torch", device=_torch_device(), avx512=_avx512())
+    return Runtime(backend, avx512=_avx512())
 
 
 def _tf_in_xla_context():
@@ -260,6 +296,13 @@ def _tf_pooled_allocator():
     from lambda_keras import runtime
 
     return runtime.pooled_allocator_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _avx512():
+    from lambda_keras import runtime
+
+    return "avx512f" in runtime.cpu_flags()
 
 
 @functools.lru_cache(maxsize=None)
