@@ -115,7 +115,7 @@ SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
-    #                          strided_queries_first, windows, strided_windows)
+    #                          strided_queries_first, windows, strided_windows, window_scopes)
     # oneDNN's r x r convolution: the fastest forward beyond 56^2; query windows up to 56^2
     # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E; 56^2: 227 vs 204 ms for the
     # convolution with AVX-512, 331 vs 561 ms without) and in training up to 56^2 (56^2 r 23: 0.9
@@ -140,7 +140,8 @@ LOCAL_RULE = {
     # q . E up to 32^2 unstrided (28^2 r 23: 58 vs 72 ms for query windows), query windows in
     # strided layers and up to 56^2 (56^2 r 23: 0.33 vs 0.61 s forward for row windows, 1.3 vs
     # 2.0 s training); beyond, row windows and the 7 x 7 convolution.
-    # The scope 3 r^2: r 7 |u| 4 at 14^2 takes query windows (16 vs 24 ms for q . E without AVX-512).
+    # q . E within 3 r^2: r 7 |u| 4 at 14^2 takes query windows (16 vs 24 ms for q . E on the AMD
+    # CPU; q . E took 1.15x query windows on the Xeon too).
     ("xla", "fwd"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
                           windows=UP_TO_56),
     ("xla", "train"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
