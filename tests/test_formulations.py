@@ -115,11 +115,15 @@ def test_row_windows_equal_the_convolution_on_a_large_map():
         assert np.abs(actual - expected).max() <= 1e-4 * scale, f"training={training}"
 
 
+@pytest.mark.parametrize("block_columns", [1, 2, 4])
 @pytest.mark.parametrize("strides,pool_size", [(1, 3), (2, 3), (2, 2)])
-def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size):
+def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size, block_columns,
+                                                          monkeypatch):
     """query_windows on a 22 x 9 map with r = 3 (4 blocks of query rows unstrided, 2 strided,
-    the last one padded; column windows reaching past both sides) equals the lambda convolution
-    (pooled afterwards), inference and training, with |u| = 2; and so do its gradients."""
+    the last one padded; column windows reaching past both sides; 1, 2 or 4 query columns per
+    block, the last group padded) equals the lambda convolution (pooled afterwards), inference
+    and training, with |u| = 2; and so do its gradients."""
+    monkeypatch.setattr(formulations, "block_columns", lambda *args, **kwargs: block_columns)
     kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,
                   strides=strides, pool_size=pool_size,
                   position_initializer=keras.initializers.RandomNormal(stddev=0.5))
@@ -158,12 +162,17 @@ def test_query_windows_block_geometry(monkeypatch):
     monkeypatch.setattr(formulations.ops, "take", lambda x, indices, axis=None: (
         seen.append(np.shape(indices)) or take(x, indices, axis=axis)))
     q = np.zeros((1, 22 * 9, 2, 4), "float32")
-    out = formulations.query_windows(q, np.zeros((1, 22 * 9, 3, 2), "float32"),
-                                     np.zeros((3, 3, 2, 4), "float32"), 22, 9)
-    assert tuple(out.shape) == (1, 22 * 9, 2, 3)
-    # r = 3: blocks of 2 x 3 = 6 query rows (22 rows: 4 blocks, the last padded), each meeting
-    # 6 + 2 context rows; gathered: 4 blocks x 2 heads x 6 rows x 8 context rows of scores.
-    assert (4 * 2 * 6 * 8,) in seen
+    for group in (1, 3):
+        out = formulations.query_windows(q, np.zeros((1, 22 * 9, 3, 2), "float32"),
+                                         np.zeros((3, 3, 2, 4), "float32"), 22, 9,
+                                         block_columns=group)
+        assert tuple(out.shape) == (1, 22 * 9, 2, 3)
+        # r = 3: blocks of 2 x 3 = 6 query rows (22 rows: 4 blocks, the last padded), each
+        # meeting 6 + 2 context rows; gathered: 4 blocks x 6 rows x G columns x 2 heads x 8
+        # context rows of scores, and per block and group of columns 8 rows x (G + 2) columns
+        # of V (9 columns: 9 groups of 1, 3 of 3).
+        assert (4 * 6 * group * 2 * 8,) in seen
+        assert (9 // group * 4 * 8 * (group + 2),) in seen
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -280,6 +289,22 @@ def test_rule_rows_are_ordered_and_closed():
         rows = rule["local"]
         assert rows[-1][:2] == (None, 0), key  # the last row matches every r and map
         assert {f for _, _, f in rows} <= set(formulations.LOCAL_ONLY), key
+
+
+def test_query_windows_group_columns_only_where_measured():
+    """Grouped query columns (formulations.block_columns) only where they were measured faster:
+    TensorFlow without oneDNN on the CPU without AVX-512, unstrided layers; 1 elsewhere."""
+    assert formulations.block_columns(NO_ONEDNN_AVX2, False) == 4
+    assert formulations.block_columns(NO_ONEDNN_AVX2, True) == 2
+    assert formulations.block_columns(MALLOC_AVX2, None) == 2
+    assert formulations.block_columns(NO_ONEDNN_AVX2, False, strides=2) == 1
+    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH,
+                    dataclasses.replace(ONEDNN, avx512=False)):
+        for training in (False, True):
+            assert formulations.block_columns(runtime, training) == 1
+    for key, rule in [*formulations.LOCAL_RULE.items(),
+                      *formulations.WITHOUT_AVX512_RULE.items()]:
+        assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
 
 
 def test_rule_tables_of_several_machines():

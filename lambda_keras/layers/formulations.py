@@ -60,6 +60,8 @@ WINDOW_TILE_SCOPES = 3
 # scopes; smaller blocks waste less but gather V's windows more often. Not tuned: every map up to
 # 46 rows (r 23) is one block, and there the context is the map's rows.
 QUERY_BLOCK_SCOPES = 2
+# Query windows group this many query columns per block (one batched matmul item).
+QUERY_BLOCK_COLUMNS = 4
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
@@ -93,19 +95,20 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 #   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
 #   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Measured up
 #   to 56^2: its window scores and their spread take ~4 GB at 112^2 (batch 8), where the suite
-#   does not run it;
+#   does not run it. An unstrided layer's query windows group `block_columns` query columns per
+#   batched-matmul item (`block_columns`; strided layers: 1);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
-          windows=None, strided_windows=None, window_scopes=None):
+          windows=None, strided_windows=None, window_scopes=None, block_columns=1):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
                 windows=windows, strided_windows=strided_windows or windows,
-                window_scopes=window_scopes)
+                window_scopes=window_scopes, block_columns=block_columns)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -170,12 +173,36 @@ LOCAL_RULE = {
 #   (as under XLA), query windows for strided layers and 56^2 maps.
 # - The same with malloc: the 7 x 7 convolution at 28^2 (137 ms vs 172 for query windows), row
 #   windows for the unstrided r 23 layer from 28^2 on (176 vs 195 ms at 28^2).
+# - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
+#   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
+#   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
+#   times the FLOPs) pays there. Unstrided 28^2 / 56^2 r 23 with the pooled allocator, ms for
+#   G = 1 / 2 / 4: forward 124 / 87 / 87 and 674 / 533 / 469, training 28^2 456 / 350 / 360
+#   (row windows 411); with malloc, forward 210 / 152 / 162 and 1581 / 1059 / 1085. Not with
+#   oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small products at ~87 GFLOP/s)
+#   nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM G times deeper).
 WITHOUT_AVX512_RULE = {
     ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
-                         windows=UP_TO_56),
+                         windows=UP_TO_56, block_columns=4),
+    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56,
+                           block_columns=2),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
-                                strided_windows=UP_TO_28),
+                                strided_windows=UP_TO_28, block_columns=2),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
+                                  strided_windows=UP_TO_28, block_columns=2),
 }
+
+
+def phase(training):
+    """The rule's phase of a call's `training`: "fwd" for None/False (predict, serving), "train"
+    otherwise (a symbolic value counts as training)."""
+    inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
+    return "fwd" if inference else "train"
+
+
+def block_columns(runtime, training, strides=1):
+    """The query columns `query_windows` groups per block in `runtime` (see the rule)."""
+    return rule_for(runtime, phase(training))["block_columns"] if strides == 1 else 1
 
 
 def rule_for(runtime, phase):
@@ -239,9 +266,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         return "queries_first"
     if position != "conv":
         return "lambdas_first"
-    # A symbolic `training` counts as training; None/False (predict, serving) does not.
-    inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
-    rule = rule_for(runtime, "fwd" if inference else "train")
+    rule = rule_for(runtime, phase(training))
     scope = receptive_field * receptive_field
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and (
@@ -477,22 +502,28 @@ def pool_taps(size, pool_size, strides):
     return np.clip(positions, 0, size - 1), weights, before
 
 
-def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
+def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
 
     q [b, n, h, k], V [b, m, v, u], kernel [r, r, u, k] of a static rows x cols map (n = m);
-    `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid").
+    `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid");
+    `block_columns`: query columns per block (`formulations.block_columns` picks it).
     Returns [b, n', h, v] at the pooled positions n'.
 
     1. Scores: every (pooled) query's q . E over its window, one GEMM. A pooled query is the
        weighted sum of pool_size^2 taps, query 2 y' + t with kernel offset o - t: its window is
-       S = r + pool_size - 1 wide, and the GEMM is [b n' h, taps k] x [taps k, S^2 u].
+       S = r + pool_size - 1 wide. Query columns are grouped G = block_columns at a time; a
+       group's windows span C = strides (G - 1) + S columns, and query g of a group scores into
+       columns strides g .. strides g + S - 1 of that span: the GEMM is
+       [b n' h, G taps k] x [G taps k, (S + 1) C u], q placed in the k slots of its g.
     2. Query rows are cut into blocks of about QUERY_BLOCK_SCOPES * S / strides rows; a block
        meets the context rows its windows reach (at most rows). The scores are spread over those
-       rows (a gather; rows outside a window take a zero slot): [b W' blocks, B h, rows S u].
-    3. The matching column windows of V (S columns per query column, zero padded) are gathered
-       once per block: [b W' blocks, rows S u, v], and one batched matmul gives the output.
-    FLOPs ~ b n' h S u (S taps k + context rows v); memory Theta(b n' h S u (S + context rows)).
+       rows (a gather; rows outside a window take a zero slot): [b W'/G blocks, B G h, rows C u].
+    3. The matching column windows of V (C columns per group of query columns, zero padded) are
+       gathered once per block: [b W'/G blocks, rows C u, v]; one batched matmul gives the output.
+    FLOPs ~ b n' h C u (G S taps k + context rows v); memory Theta(b n' h C u (S + context rows)).
+    Larger groups make fewer, larger matmuls (TensorFlow's Eigen kernels run small batched
+    matmuls at a fraction of their speed) for C / S times the FLOPs.
     """
     r, _, u, k = kernel.shape
     heads, v = q.shape[2], values.shape[2]
@@ -502,61 +533,74 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1):
     tap_rows, row_weights, before_rows = pool_taps(rows, taps, strides)
     tap_cols, col_weights, before_cols = pool_taps(cols, taps, strides)
     out_rows, out_cols = len(tap_rows), len(tap_cols)
-    blocks = -(-out_rows // max(-(-QUERY_BLOCK_SCOPES * span // strides), 1))
+    blocks = -(-out_rows // max(int(-(-QUERY_BLOCK_SCOPES * span // strides)), 1))
     block = -(-out_rows // blocks)  # balanced blocks of query rows; the last one padded
     padded_rows = blocks * block
     context = min(strides * (block - 1) + span, rows)  # context rows of one block
     first_row = strides * np.arange(padded_rows) - before_rows  # of each query's window (+ c)
     tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
     row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
+    group = min(block_columns, out_cols)  # G query columns per block
+    groups = -(-out_cols // group)
+    padded_cols = groups * group  # query columns; the padding ones have zero weights
+    width = strides * (group - 1) + span  # C: the columns a group's windows span
+    tap_cols = np.pad(tap_cols, ((0, padded_cols - out_cols), (0, 0)))
+    col_weights = np.pad(col_weights, ((0, padded_cols - out_cols), (0, 0)))
 
-    # 1. scores [b W' h blocks B, (S + 1) S u]: row offset S is a zero slot (outside the window).
+    # 1. scores [b W'/G G h blocks B, (S + 1) C u]: row offset S is a zero slot (outside).
     # Tensors stay within 5 dimensions (TFLite's TRANSPOSE and broadcasting MUL limits).
     grid = ops.reshape(q, (batch, rows, cols, heads, k))  # [b, H, W, h, k]
     grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, h, H, W, k]
     grid = ops.take(grid, tap_rows.reshape(-1).astype("int32"), axis=2)  # [b, h, H'' T, W, k]
-    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=3)  # [b, h, H'' T, W' T, k]
-    weights = row_weights.reshape(-1, 1) * col_weights.reshape(1, -1)  # [H'' T, W' T]
+    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=3)  # [b, h, H'' T, W'' T, k]
+    weights = row_weights.reshape(-1, 1) * col_weights.reshape(1, -1)  # [H'' T, W'' T]
     grid = grid * ops.cast(weights[None, None, :, :, None], q.dtype)
-    grid = ops.reshape(grid, (batch, heads * padded_rows * taps, out_cols, taps * k))
-    grid = ops.transpose(grid, (0, 2, 1, 3))  # [b, W', h H'' Ty, Tx k]
-    grid = ops.reshape(grid, (-1, taps * taps * k))  # [b W' h blocks B, Ty Tx k]
-    shifted = [ops.pad(kernel, ((ty, taps - 1 - ty), (tx, taps - 1 - tx), (0, 0), (0, 0)))
-               for ty in range(taps) for tx in range(taps)]  # T x [S, S, u, k]
+    grid = ops.reshape(grid, (batch, heads * padded_rows * taps, groups, group, taps * k))
+    grid = ops.transpose(grid, (0, 2, 3, 1, 4))  # [b, W''/G, G, h H'' Ty, Tx k]
+    grid = ops.reshape(grid, (-1, group, heads * padded_rows * taps, 1, taps * k))
+    slots = np.eye(group, dtype="float32")[None, :, None, :, None]  # query g -> its k slots
+    grid = grid * ops.cast(slots, q.dtype)  # [b W''/G, G, h H'' Ty, G slots, Tx k]
+    grid = ops.reshape(grid, (-1, taps * group * taps * k))  # [b W''/G G h H'', Ty G Tx k]
+    shifted = [ops.pad(kernel, ((ty, taps - 1 - ty),
+                                (tx + strides * g, width - span + taps - 1 - tx - strides * g),
+                                (0, 0), (0, 0)))
+               for ty in range(taps) for g in range(group) for tx in range(taps)]  # [S, C, u, k]
     table = ops.pad(ops.stack(shifted), ((0, 0), (0, 1), (0, 0), (0, 0), (0, 0)))
-    table = ops.transpose(table, (0, 4, 1, 2, 3))  # [Ty Tx, k, S + 1, S, u]
-    table = ops.reshape(table, (taps * taps * k, (span + 1) * span * u))
-    scores = ops.matmul(grid, table)  # [b W' h blocks B, (S + 1) S u]
-    scores = ops.reshape(scores, (batch * out_cols, -1, span * u))  # [b W', h H'' (S+1), S u]
+    table = ops.transpose(table, (0, 4, 1, 2, 3))  # [Ty G Tx, k, S + 1, C, u]
+    table = ops.reshape(table, (taps * group * taps * k, (span + 1) * width * u))
+    scores = ops.matmul(grid, table)  # [b W''/G G h H'', (S + 1) C u]
+    scores = ops.reshape(scores, (batch * groups, -1, width * u))  # [b W''/G, G h H''(S+1), C u]
 
-    # 2. spread over the context rows of each block: [b W' blocks, B h, context S u]
+    # 2. spread over the context rows of each block: [b W''/G blocks, B G h, context C u]
     top = np.clip(first_row[::block] - centre, 0, rows - context)  # [blocks]
     context_rows = top[:, None] + np.arange(context)  # [blocks, context]
     offset = (context_rows[:, None, :] - first_row.reshape(blocks, block)[:, :, None]
               + centre)  # [blocks, B, context]
     offset = np.where((offset >= 0) & (offset < span), offset, span)
-    query = (np.arange(heads)[None, None, :] * padded_rows
-             + np.arange(padded_rows).reshape(blocks, block, 1))  # [blocks, B, h]: h H'' order
-    slot = query[..., None] * (span + 1) + offset[:, :, None, :]  # [blocks, B, h, context]
+    query = (np.arange(group * heads)[None, None, :] * padded_rows
+             + np.arange(padded_rows).reshape(blocks, block, 1))  # [blocks, B, G h]
+    slot = query[..., None] * (span + 1) + offset[:, :, None, :]  # [blocks, B, G h, context]
     maps = ops.take(scores, slot.reshape(-1).astype("int32"), axis=1)
-    maps = ops.reshape(maps, (-1, block * heads, context * span * u))
+    maps = ops.reshape(maps, (-1, block * group * heads, context * width * u))
 
-    # 3. column windows of V: [b W' blocks, context S u, v]
+    # 3. column windows of V: [b W''/G blocks, context C u, v]
     left = centre + before_cols  # zero columns: the first window starts at padded column 0
-    first_col = strides * np.arange(out_cols)  # of each query column's window, padded columns
-    right = max(int(first_col[-1]) + span - cols - left, 0)
+    first_col = strides * group * np.arange(groups)  # of each group's windows, padded columns
+    right = max(int(first_col[-1]) + width - cols - left, 0)
     grid = ops.reshape(values, (batch, rows, cols, v, u))
     grid = ops.transpose(grid, (0, 1, 2, 4, 3))  # [b, H, W, u, v]
     grid = ops.pad(grid, ((0, 0), (0, 0), (left, right), (0, 0), (0, 0)))
-    padded_cols = cols + left + right
-    grid = ops.reshape(grid, (batch, rows * padded_cols, u * v))  # [b, H W'', u v]
-    window_cols = first_col[:, None] + np.arange(span)  # [W', S]
-    index = (context_rows[None, :, :, None] * padded_cols
-             + window_cols[:, None, None, :])  # [W', blocks, context, S]
+    value_cols = cols + left + right
+    grid = ops.reshape(grid, (batch, rows * value_cols, u * v))  # [b, H W'', u v]
+    window_cols = first_col[:, None] + np.arange(width)  # [W''/G, C]
+    index = (context_rows[None, :, :, None] * value_cols
+             + window_cols[:, None, None, :])  # [W''/G, blocks, context, C]
     windows = ops.take(grid, index.reshape(-1).astype("int32"), axis=1)
-    windows = ops.reshape(windows, (-1, context * span * u, v))
+    windows = ops.reshape(windows, (-1, context * width * u, v))
 
-    out = ops.matmul(maps, windows)  # [b W' blocks, B h, v]
-    out = ops.reshape(out, (batch, out_cols, padded_rows, heads * v))
-    out = ops.transpose(out, (0, 2, 1, 3))[:, :out_rows]  # [b, H', W', h v]
+    out = ops.matmul(maps, windows)  # [b W''/G blocks, B G h, v]
+    out = ops.reshape(out, (batch, groups, padded_rows, group, heads * v))
+    out = ops.transpose(out, (0, 2, 1, 3, 4))  # [b, H'', W''/G, G, h v]
+    out = ops.reshape(out, (batch, padded_rows, padded_cols, heads * v))
+    out = out[:, :out_rows, :out_cols]  # [b, H', W', h v]
     return ops.reshape(out, (batch, out_rows * out_cols, heads, v))  # [b, n', h, v]

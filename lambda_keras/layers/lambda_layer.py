@@ -293,7 +293,8 @@ class LambdaLayer(keras.layers.Layer):
                 # the position term is only ever formed at the pooled positions.
                 table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
                 pooled_position = formulations.query_windows(
-                    q, values, table, rows, cols, self.pool_size, self.strides)  # [b, n', h, v]
+                    q, values, table, rows, cols, self.pool_size, self.strides,
+                    formulations.block_columns(runtime, training, self.strides))  # [b, n', h, v]
             elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
                 # The pool is linear in the query positions: applied to the q . E maps before
@@ -302,8 +303,9 @@ class LambdaLayer(keras.layers.Layer):
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
                     lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
             else:
+                columns = formulations.block_columns(runtime, training)  # query_windows' G
                 out = out + self._position_output(q, values, rows, cols, lambda_dtype,
-                                                  formulation)  # [b, n, h, v]
+                                                  formulation, columns)  # [b, n, h, v]
 
         out = ops.cast(out, compute_dtype)
         out = ops.reshape(out, (batch, rows, cols, h * v))  # [b, H, W, d]
@@ -352,7 +354,7 @@ class LambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         return formulations.position_embeddings(table, self.position, rows, cols)
 
-    def _position_output(self, q, values, rows, cols, dtype, formulation):
+    def _position_output(self, q, values, rows, cols, dtype, formulation, block_columns=1):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
         if formulation == "queries_first":
             return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype))
@@ -361,7 +363,8 @@ class LambdaLayer(keras.layers.Layer):
         else:
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
             if formulation == "query_windows":
-                return formulations.query_windows(q, values, table, rows, cols)  # [b, n, h, v]
+                return formulations.query_windows(q, values, table, rows, cols,
+                                                  block_columns=block_columns)  # [b, n, h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:
