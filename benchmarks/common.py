@@ -66,7 +66,7 @@ def machine_tag():
 
     model, flags = _cpu_model().lower(), set(runtime.cpu_flags())
     vendor = next((name for name in ("intel", "amd", "arm") if name in model), "cpu")
-    simd = "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else "simd"
+    simd = "avx512" if runtime.has_avx512(flags) else "avx2" if "avx2" in flags else "simd"
     return f"{vendor}-{simd}"
 
 

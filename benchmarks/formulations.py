@@ -83,15 +83,22 @@ MEMORY_LIMIT_BYTES = 3 * 1024 ** 3
 PHASES = ("fwd", "train")
 
 
-def estimate_bytes(formulation, positions, batch, shape):
-    """Forward + backward bytes of the n x m tensors a formulation stores (3 copies); for
-    query_windows, of its window scores and their spread over a block's context rows (about 3
-    scopes of rows, at most the map's)."""
+def estimate_bytes(formulation, size, batch, shape, block_columns=1):
+    """Forward + backward bytes of the n x m tensors a formulation stores on a size x size map
+    (3 copies); for query_windows, of its window scores and their spread over a block's context
+    rows (`formulations.query_windows_shape`, with `block_columns` query columns per block)."""
+    from lambda_keras.layers import formulations
+
     u, k, h = shape["intra_depth"], LAYER["key_dim"], LAYER["num_heads"]
+    positions = size * size
     if formulation == "query_windows":
-        span = shape["receptive_field"] + (2 if shape.get("strides", 1) == 2 else 0)
-        context = min(3 * span, int(round(positions ** 0.5)))
-        return 3 * positions * batch * h * u * span * (span + 1 + context) * 4
+        strides = shape.get("strides", 1)
+        windows = formulations.query_windows_shape(size, size, shape["receptive_field"],
+                                                   3 if strides == 2 else 1, strides,
+                                                   block_columns)
+        queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
+        per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
+        return 3 * queries * batch * per_query * 4
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * k}.get(formulation, 0)
     return 3 * positions * positions * per_pair * 4
 
@@ -204,6 +211,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
     elif backend == "tensorflow":
         common.setup_tensorflow(threads).get_logger().setLevel("ERROR")  # no retracing notes
     import keras
+    from lambda_keras.layers import formulations
 
     if keras.backend.backend() != backend:
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
@@ -219,6 +227,9 @@ def run_engine(engine, settings, threads, out_path, log=print):
             steps = {f: steps_for(_make_layer(shape, f, size, width), x, jit_compile)
                      for f in FORMULATIONS}
             auto_layer = _make_layer(shape, "auto", size, width)
+            columns = {phase: formulations.block_columns(
+                formulations.current_runtime(), phase == "train", shape.get("strides", 1),
+                shape["receptive_field"]) for phase in PHASES}  # query_windows' G here
             _, auto_trace = steps_for(auto_layer, x, jit_compile)
             for phase in PHASES:
                 cell = dict(engine=engine, shape=shape_name, size=size, phase=phase,
@@ -227,7 +238,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 skipped = hopeless_before.setdefault((shape_name, phase), {})
                 probes = {}
                 for formulation in FORMULATIONS:
-                    estimate = estimate_bytes(formulation, size * size, batch, shape)
+                    estimate = estimate_bytes(formulation, size, batch, shape, columns[phase])
                     if estimate > MEMORY_LIMIT_BYTES:
                         cell["results"][formulation] = dict(
                             status="skipped", reason=f"estimated {common.gib(estimate):.1f} GiB "
@@ -509,13 +520,14 @@ def _update_picks(path, engines, threads):
 
 def recorded_runtime(data, engine):
     """The `formulations.Runtime` a table's engine ran in (as its worker recorded it)."""
+    from lambda_keras import runtime
     from lambda_keras.layers import formulations
 
     record = data["engines"][engine]
     return formulations.Runtime(record["backend"], xla=record["jit_compile"],
                                 onednn=bool(record.get("onednn")),
                                 pooled_allocator=record.get("pooled_allocator", True),
-                                avx512="avx512f" in data["machine"]["cpu_flags"])
+                                avx512=runtime.has_avx512(data["machine"]["cpu_flags"]))
 
 
 def rule_pick(data, cell):

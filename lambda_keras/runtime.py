@@ -6,7 +6,8 @@ imported. The state decides speed (convolutions, matmuls) and whether the CPU al
 statistics, so benchmarks and the formulation choice of the lambda layer ask TensorFlow rather
 than reading the environment variable:
 
-- `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on.
+- `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on;
+  `has_avx512()`: whether they include AVX-512 (the lambda layer's rule has rows per CPU kind).
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
 - `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
 - `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
@@ -35,6 +36,7 @@ This module imports nothing heavy at import time.
 """
 
 import os
+import sys
 
 ENV = "TF_ENABLE_ONEDNN_OPTS"
 ALLOCATOR_ENV = "TF_CPU_ALLOCATOR_USE_BFC"
@@ -54,6 +56,11 @@ def cpu_flags():
     except OSError:
         pass
     return []
+
+
+def has_avx512(flags=None):
+    """Whether a CPU has AVX-512 (avx512f): this one, or the one whose `cpu_flags()` are given."""
+    return "avx512f" in (cpu_flags() if flags is None else flags)
 
 
 def onednn_active():
@@ -92,19 +99,29 @@ def describe():
             "pooled_allocator_active": pooled_allocator_active()}
 
 
-def prefer_onednn(environ=None):
+def prefer_onednn(environ=None, tensorflow_imported=None):
     """Sets `TF_ENABLE_ONEDNN_OPTS=1` unless already set; call before TensorFlow is imported.
 
-    Returns the value in effect. Has no effect on a TensorFlow already imported.
+    Returns the value in effect (None: unset). Once TensorFlow is imported (`tensorflow_imported`,
+    None: in this process) the variable no longer counts, so it is left alone: a later reader (a
+    subprocess, `pooled_allocator_active`, a result record) sees what TensorFlow read.
     """
-    environ = os.environ if environ is None else environ
-    return environ.setdefault(ENV, "1")
+    return _prefer(ENV, "1", environ, tensorflow_imported)
 
 
-def prefer_pooled_allocator(environ=None):
+def prefer_pooled_allocator(environ=None, tensorflow_imported=None):
     """Sets `TF_CPU_ALLOCATOR_USE_BFC=true` unless already set; call before TensorFlow is imported.
 
-    Returns the value in effect. Has no effect on a TensorFlow already imported.
+    Returns the value in effect (None: unset); leaves it alone once TensorFlow is imported (see
+    `prefer_onednn`).
     """
+    return _prefer(ALLOCATOR_ENV, "true", environ, tensorflow_imported)
+
+
+def _prefer(name, value, environ, tensorflow_imported):
     environ = os.environ if environ is None else environ
-    return environ.setdefault(ALLOCATOR_ENV, "true")
+    if tensorflow_imported is None:
+        tensorflow_imported = "tensorflow" in sys.modules
+    if tensorflow_imported:
+        return environ.get(name)
+    return environ.setdefault(name, value)

@@ -173,6 +173,10 @@ def test_query_windows_block_geometry(monkeypatch):
         # of V (9 columns: 9 groups of 1, 3 of 3).
         assert (4 * 6 * group * 2 * 8,) in seen
         assert (9 // group * 4 * 8 * (group + 2),) in seen
+        # The geometry the benchmarks' memory estimate reads is the one traced.
+        assert formulations.query_windows_shape(22, 9, 3, block_columns=group) == dict(
+            span=3, blocks=4, block=6, context=8, groups=9 // group, group=group,
+            width=group + 2)
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -240,10 +244,12 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     assert choose((28, 28), True, malloc) == "row_windows"
     assert choose((28, 28), True, malloc, strides=2) == "query_windows"
     # The CPU matters: without AVX-512 (and oneDNN) q . E is the fastest unstrided 28^2 forward,
-    # with it query windows; with malloc, row windows.
+    # with it query windows; with malloc, query windows (2 columns per block) for r 23 and the
+    # 7 x 7 convolution for r 7.
     assert choose((28, 28), False, NO_ONEDNN) == "query_windows"
     assert choose((28, 28), False, NO_ONEDNN_AVX2) == "queries_first"
-    assert choose((28, 28), False, MALLOC_AVX2) == "row_windows"
+    assert choose((28, 28), False, MALLOC_AVX2) == "query_windows"
+    assert choose((28, 28), False, MALLOC_AVX2, receptive_field=7, intra_depth=4) == "conv"
     # Only CPUs have an AVX-512 row: a GPU runs TensorFlow's rule whatever the host CPU.
     gpu = dict(backend="tensorflow", device="gpu")
     assert (choose((28, 28), False, formulations.Runtime(**gpu, avx512=False))
@@ -293,11 +299,13 @@ def test_rule_rows_are_ordered_and_closed():
 
 def test_query_windows_group_columns_only_where_measured():
     """Grouped query columns (formulations.block_columns) only where they were measured faster:
-    TensorFlow without oneDNN on the CPU without AVX-512, unstrided layers; 1 elsewhere."""
+    TensorFlow without oneDNN on the CPU without AVX-512, unstrided layers with r > 11; 1
+    elsewhere."""
     assert formulations.block_columns(NO_ONEDNN_AVX2, False) == 4
     assert formulations.block_columns(NO_ONEDNN_AVX2, True) == 2
     assert formulations.block_columns(MALLOC_AVX2, None) == 2
     assert formulations.block_columns(NO_ONEDNN_AVX2, False, strides=2) == 1
+    assert formulations.block_columns(NO_ONEDNN_AVX2, False, receptive_field=7) == 1
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH,
                     dataclasses.replace(ONEDNN, avx512=False)):
         for training in (False, True):
@@ -368,13 +376,12 @@ def test_runtime_sees_xla_only_inside_jit_compile():
     import tensorflow as tf
     from tensorflow.python.util import _pywrap_util_port
 
-    # The allocator is read once per process: TensorFlow reads TF_CPU_ALLOCATOR_USE_BFC once, when
-    # it creates its CPU allocator, and a test in this process (the CLI's) may set it later.
-    # tests/test_runtime.py checks it in fresh processes.
-    current = dataclasses.replace(formulations.current_runtime(), pooled_allocator=True)
-    assert current == formulations.Runtime(
+    # The allocator as TensorFlow read it (the CLI's in-process defaults do not change it once
+    # TensorFlow is imported; tests/test_runtime.py checks the allocator in fresh processes).
+    assert formulations.current_runtime() == formulations.Runtime(
         "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu",
-        pooled_allocator=True, avx512="avx512f" in runtime_module.cpu_flags())
+        pooled_allocator=runtime_module.pooled_allocator_active(),
+        avx512="avx512f" in runtime_module.cpu_flags())
     seen = {}
     for jit_compile in (False, True):
         @tf.function(jit_compile=jit_compile)

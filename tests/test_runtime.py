@@ -58,20 +58,27 @@ def test_cpu_flags_are_read_from_the_cpu():
     assert runtime.cpu_flags() == sorted(flags & set(runtime.RECORDED_FLAGS))
 
 
-def test_prefer_onednn_sets_the_default_and_never_overrides_the_user():
-    environ = {}
-    assert runtime.prefer_onednn(environ) == "1" and environ == {runtime.ENV: "1"}
-    environ = {runtime.ENV: "0"}
-    assert runtime.prefer_onednn(environ) == "0" and environ == {runtime.ENV: "0"}
+def test_has_avx512_reads_this_cpu_or_recorded_flags():
+    assert runtime.has_avx512(["avx2", "avx512f", "fma"]) and not runtime.has_avx512(["avx2"])
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    assert runtime.has_avx512() == ("avx512f" in flags)
 
 
-def test_prefer_pooled_allocator_sets_the_default_and_never_overrides_the_user():
+@pytest.mark.parametrize("prefer,name,value", [
+    (runtime.prefer_onednn, runtime.ENV, "1"),
+    (runtime.prefer_pooled_allocator, runtime.ALLOCATOR_ENV, "true")])
+def test_prefer_sets_the_default_and_never_overrides_the_user(prefer, name, value):
     environ = {}
-    assert runtime.prefer_pooled_allocator(environ) == "true"
-    assert environ == {runtime.ALLOCATOR_ENV: "true"}
-    environ = {runtime.ALLOCATOR_ENV: "false"}
-    assert runtime.prefer_pooled_allocator(environ) == "false"
-    assert environ == {runtime.ALLOCATOR_ENV: "false"}
+    assert prefer(environ, tensorflow_imported=False) == value and environ == {name: value}
+    environ = {name: "0"}
+    assert prefer(environ, tensorflow_imported=False) == "0" and environ == {name: "0"}
+    # Too late once TensorFlow is imported (it read the variables then): left unset, so nothing
+    # after (a subprocess, the layer's allocator check) is told what TensorFlow did not do.
+    environ = {}
+    assert prefer(environ, tensorflow_imported=True) is None and environ == {}
+    assert "tensorflow" in sys.modules  # this process: the default sees it
+    assert prefer(environ) is None and environ == {}
 
 
 # What the lambda layer's rule sees, and TensorFlow's own evidence of a pooling allocator: only

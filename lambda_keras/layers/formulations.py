@@ -171,23 +171,26 @@ LOCAL_RULE = {
 # - Without oneDNN, the unstrided 28^2 r 23 forward: q . E 138 ms, row windows 148, query
 #   windows 177 (with AVX-512: query windows 77, q . E 102, row windows 111): q . E up to 32^2
 #   (as under XLA), query windows for strided layers and 56^2 maps.
-# - The same with malloc: the 7 x 7 convolution at 28^2 (137 ms vs 172 for query windows), row
-#   windows for the unstrided r 23 layer from 28^2 on (176 vs 195 ms at 28^2).
+# - The same with malloc: the 7 x 7 convolution from 28^2 on (137 ms vs 172 for query windows
+#   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
+#   (2 columns per block) for the unstrided r 23 layer up to 56^2 (28^2: 151 vs 183 ms for row
+#   windows; 56^2: 860 vs 920), row windows beyond.
 # - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
 #   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
 #   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
 #   times the FLOPs) pays there. Unstrided 28^2 / 56^2 r 23 with the pooled allocator, ms for
 #   G = 1 / 2 / 4: forward 124 / 87 / 87 and 674 / 533 / 469, training 28^2 456 / 350 / 360
 #   (row windows 411); with malloc, forward 210 / 152 / 162 and 1581 / 1059 / 1085. Not with
-#   oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small products at ~87 GFLOP/s)
-#   nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM G times deeper).
+#   oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small products at ~87 GFLOP/s),
+#   nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM G times deeper), nor for
+#   r <= 11 (r 7 |u| 4 at 56^2, G 4 / 1: 532 / 450 ms; C / S = 10 / 7).
 WITHOUT_AVX512_RULE = {
     ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
                          windows=UP_TO_56, block_columns=4),
     ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56,
                            block_columns=2),
-    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
-                                strided_windows=UP_TO_28, block_columns=2),
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
+                                strided_windows=UP_TO_28, window_scopes=6, block_columns=2),
     ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
                                   strided_windows=UP_TO_28, block_columns=2),
 }
@@ -200,9 +203,12 @@ def phase(training):
     return "fwd" if inference else "train"
 
 
-def block_columns(runtime, training, strides=1):
-    """The query columns `query_windows` groups per block in `runtime` (see the rule)."""
-    return rule_for(runtime, phase(training))["block_columns"] if strides == 1 else 1
+def block_columns(runtime, training, strides=1, receptive_field=23):
+    """The query columns `query_windows` groups per block in `runtime`: the rule's
+    `block_columns` for unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    if strides != 1 or receptive_field <= 11:
+        return 1
+    return rule_for(runtime, phase(training))["block_columns"]
 
 
 def rule_for(runtime, phase):
@@ -328,7 +334,7 @@ def _tf_pooled_allocator():
 def _avx512():
     from lambda_keras import runtime
 
-    return "avx512f" in runtime.cpu_flags()
+    return runtime.has_avx512()
 
 
 @functools.lru_cache(maxsize=None)
@@ -502,6 +508,22 @@ def pool_taps(size, pool_size, strides):
     return np.clip(positions, 0, size - 1), weights, before
 
 
+def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, block_columns=1):
+    """The blocks `query_windows` cuts a rows x cols map into (see its steps), a dict of ints:
+    span (S, a pooled query's window), blocks x block (query rows; the last block padded) and
+    context (their context rows), groups x group (query columns, G) and width (C, the columns
+    a group's windows span). The scores take padded queries x h (S + 1) C u floats, their spread
+    padded queries x h context C u."""
+    span = receptive_field + pool_size - 1
+    out_rows, out_cols = (len(pool_taps(size, pool_size, strides)[0]) for size in (rows, cols))
+    blocks = -(-out_rows // max(-(-QUERY_BLOCK_SCOPES * span // strides), 1))
+    block = -(-out_rows // blocks)  # balanced blocks of query rows
+    group = min(block_columns, out_cols)
+    return dict(span=span, blocks=blocks, block=block,
+                context=min(strides * (block - 1) + span, rows), groups=-(-out_cols // group),
+                group=group, width=strides * (group - 1) + span)
+
+
 def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
 
@@ -529,21 +551,16 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     heads, v = q.shape[2], values.shape[2]
     batch = ops.shape(q)[0]
     centre, taps = r // 2, pool_size
-    span = r + taps - 1  # S: the window of a pooled query
     tap_rows, row_weights, before_rows = pool_taps(rows, taps, strides)
     tap_cols, col_weights, before_cols = pool_taps(cols, taps, strides)
     out_rows, out_cols = len(tap_rows), len(tap_cols)
-    blocks = -(-out_rows // max(int(-(-QUERY_BLOCK_SCOPES * span // strides)), 1))
-    block = -(-out_rows // blocks)  # balanced blocks of query rows; the last one padded
-    padded_rows = blocks * block
-    context = min(strides * (block - 1) + span, rows)  # context rows of one block
+    shape = query_windows_shape(rows, cols, r, pool_size, strides, block_columns)
+    span, width, context = shape["span"], shape["width"], shape["context"]
+    blocks, block, groups, group = shape["blocks"], shape["block"], shape["groups"], shape["group"]
+    padded_rows, padded_cols = blocks * block, groups * group  # padding queries: zero weights
     first_row = strides * np.arange(padded_rows) - before_rows  # of each query's window (+ c)
     tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
     row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
-    group = min(block_columns, out_cols)  # G query columns per block
-    groups = -(-out_cols // group)
-    padded_cols = groups * group  # query columns; the padding ones have zero weights
-    width = strides * (group - 1) + span  # C: the columns a group's windows span
     tap_cols = np.pad(tap_cols, ((0, padded_cols - out_cols), (0, 0)))
     col_weights = np.pad(col_weights, ((0, padded_cols - out_cols), (0, 0)))
 
