@@ -243,11 +243,11 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
     assert choose((28, 28), True, malloc) == "row_windows"
     assert choose((28, 28), True, malloc, strides=2) == "query_windows"
-    # The CPU matters: without AVX-512 (and oneDNN) q . E is the fastest unstrided 28^2 forward,
-    # with it query windows; with malloc, query windows (2 columns per block) for r 23 and the
-    # 7 x 7 convolution for r 7.
+    # Without oneDNN: query windows for the unstrided 28^2 forward on both CPUs (without AVX-512
+    # only with 4 query columns per block); with malloc, query windows (2 columns per block) for
+    # r 23 and the 7 x 7 convolution for r 7.
     assert choose((28, 28), False, NO_ONEDNN) == "query_windows"
-    assert choose((28, 28), False, NO_ONEDNN_AVX2) == "queries_first"
+    assert choose((28, 28), False, NO_ONEDNN_AVX2) == "query_windows"
     assert choose((28, 28), False, MALLOC_AVX2) == "query_windows"
     assert choose((28, 28), False, MALLOC_AVX2, receptive_field=7, intra_depth=4) == "conv"
     # Only CPUs have an AVX-512 row: a GPU runs TensorFlow's rule whatever the host CPU.

@@ -168,25 +168,24 @@ LOCAL_RULE = {
 }
 # Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
 # results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on both CPUs elsewhere).
-# - Without oneDNN, the unstrided 28^2 r 23 forward: q . E 138 ms, row windows 148, query
-#   windows 177 (with AVX-512: query windows 77, q . E 102, row windows 111): q . E up to 32^2
-#   (as under XLA), query windows for strided layers and 56^2 maps.
-# - The same with malloc: the 7 x 7 convolution from 28^2 on (137 ms vs 172 for query windows
-#   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
-#   (2 columns per block) for the unstrided r 23 layer up to 56^2 (28^2: 151 vs 183 ms for row
-#   windows; 56^2: 860 vs 920), row windows beyond.
 # - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
 #   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
 #   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
 #   times the FLOPs) pays there. Unstrided 28^2 / 56^2 r 23 with the pooled allocator, ms for
-#   G = 1 / 2 / 4: forward 124 / 87 / 87 and 674 / 533 / 469, training 28^2 456 / 350 / 360
-#   (row windows 411); with malloc, forward 210 / 152 / 162 and 1581 / 1059 / 1085. Not with
-#   oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small products at ~87 GFLOP/s),
-#   nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM G times deeper), nor for
-#   r <= 11 (r 7 |u| 4 at 56^2, G 4 / 1: 532 / 450 ms; C / S = 10 / 7).
+#   G = 1 / 2 / 4 (one process, interleaved): forward 124 / 87 / 87 and 674 / 533 / 469,
+#   training 28^2 456 / 350 / 360 (row windows 411); with malloc, forward 210 / 152 / 162 and
+#   1581 / 1059 / 1085. Not with oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small
+#   products at ~87 GFLOP/s), nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM
+#   G times deeper), nor for r <= 11 (r 7 |u| 4 at 56^2, G 4 / 1: 532 / 450 ms; C / S = 10 / 7).
+#   With G = 4 the unstrided 28^2 r 23 forward takes query windows as on the Xeon (suite: 125 ms,
+#   q . E 127, row windows 148; with G = 1 query windows took 177 and q . E was picked).
+# - The same with malloc: the 7 x 7 convolution from 28^2 on (137 ms vs 172 for query windows
+#   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
+#   (2 columns per block) for the unstrided r 23 layer up to 56^2 (28^2: 151 vs 183 ms for row
+#   windows; 56^2: 860 vs 920), row windows beyond.
 WITHOUT_AVX512_RULE = {
-    ("tf", "fwd"): _rule(4, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
-                         windows=UP_TO_56, block_columns=4),
+    ("tf", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
+                         block_columns=4),
     ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56,
                            block_columns=2),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
