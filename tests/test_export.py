@@ -36,7 +36,7 @@ from lambda_keras import data, export, weights
 from lambda_keras.data.transforms import _eval_resize_size  # timm's eval resize rule
 from lambda_keras.export import images as image_ops
 from lambda_keras.export import litert, serving
-from lambda_keras.layers import LambdaLayer
+from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.models import LambdaResNet26T, LambdaResNet50
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -516,6 +516,18 @@ FORMULATIONS = [
 
 @pytest.mark.parametrize("formulation, size, kwargs", FORMULATIONS)
 def test_tflite_converts_every_lambda_formulation(tmp_path, formulation, size, kwargs):
+    _check_tflite_conversion(tmp_path, formulation, size, kwargs)
+
+
+def test_tflite_converts_grouped_query_windows(tmp_path, monkeypatch):
+    """Query windows with 3 query columns per block (what TensorFlow without oneDNN takes on a CPU
+    without AVX-512, formulations.block_columns), whatever this machine's rule says."""
+    monkeypatch.setattr(formulations, "block_columns", lambda *args, **kwargs: 3)
+    _check_tflite_conversion(tmp_path, "query_windows", 26,
+                             dict(receptive_field=13, implementation="query_windows"))
+
+
+def _check_tflite_conversion(tmp_path, formulation, size, kwargs):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3))
     x = keras.layers.Conv2D(32, 3, padding="same")(inputs)

@@ -60,8 +60,6 @@ WINDOW_TILE_SCOPES = 3
 # scopes; smaller blocks waste less but gather V's windows more often. Not tuned: every map up to
 # 46 rows (r 23) is one block, and there the context is the map's rows.
 QUERY_BLOCK_SCOPES = 2
-# Query windows group this many query columns per block (one batched matmul item).
-QUERY_BLOCK_COLUMNS = 4
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
@@ -195,7 +193,7 @@ WITHOUT_AVX512_RULE = {
 }
 
 
-def phase(training):
+def phase_of(training):
     """The rule's phase of a call's `training`: "fwd" for None/False (predict, serving), "train"
     otherwise (a symbolic value counts as training)."""
     inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
@@ -207,7 +205,7 @@ def block_columns(runtime, training, strides=1, receptive_field=23):
     `block_columns` for unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
     if strides != 1 or receptive_field <= 11:
         return 1
-    return rule_for(runtime, phase(training))["block_columns"]
+    return rule_for(runtime, phase_of(training))["block_columns"]
 
 
 def rule_for(runtime, phase):
@@ -271,7 +269,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         return "queries_first"
     if position != "conv":
         return "lambdas_first"
-    rule = rule_for(runtime, phase(training))
+    rule = rule_for(runtime, phase_of(training))
     scope = receptive_field * receptive_field
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and (
