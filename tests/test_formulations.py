@@ -27,6 +27,7 @@ import pytest
 from benchmarks import formulations as bench_formulations
 from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
+from lambda_keras.layers.formulations import position_term
 from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
 
 RESULTS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
@@ -159,7 +160,7 @@ def test_query_windows_block_geometry(monkeypatch):
     rows (not the whole map): memory linear in the map's rows."""
     seen = []
     take = keras.ops.take
-    monkeypatch.setattr(formulations.ops, "take", lambda x, indices, axis=None: (
+    monkeypatch.setattr(position_term.ops, "take", lambda x, indices, axis=None: (
         seen.append(np.shape(indices)) or take(x, indices, axis=axis)))
     q = np.zeros((1, 22 * 9, 2, 4), "float32")
     for group in (1, 3):

@@ -1,0 +1,78 @@
+"""The position-term formulations of the lambda layer, and the rule that picks one.
+
+The position term of a lambda layer, sum_k q_n^h[k] lambda^p_n[k, v] with
+lambda^p_n = sum_{m,u} E[n, m, k, u] V[m, v, u], is one function with five formulations
+(same outputs up to float round-off; tests/test_formulations.py checks each against the NumPy
+reference of the paper):
+
+- "queries_first": q . E first, an h x m x u map per query, then . V. Fewest FLOPs and least
+  memory while that map is no larger than the k x v lambda it replaces (h m u <= k v). In a
+  strided layer the average pool that follows is applied to those maps before . V
+  (`queries_first_pooled`: the second contraction at a quarter of the positions).
+- "query_windows" (local "conv" mode): q . E first too, but in window coordinates: one GEMM
+  gives every query's scores over its r x r window, which are spread over the context rows of
+  its block of query rows and meet column windows of V in one batched matmul. A strided layer's
+  pool is folded into that GEMM (the pooled query's window is (r + 2)^2; 9 taps x |k| deep), so
+  nothing runs at the unpooled positions after it. Memory Theta(b n h r (r + block rows) u).
+- "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
+  Theta(k n m + b n k v) with no batch-dependent n x m map; static sizes.
+- "row_windows" (local "conv" mode): the r x r scope as one einsum over row windows of V and
+  banded column matrices of the kernel; memory Theta(b n r v), linear in the positions; static
+  sizes.
+- "conv" (local "conv" mode): a 2-D convolution over V with the value depth folded into the
+  batch, the paper's lambda convolution; memory Theta(b n k v); any (dynamic) input size.
+
+Which one is fastest depends on the map size, on forward vs training, and on what runs it: the
+same r x r convolution with one input channel is fast with TensorFlow's oneDNN kernels, 7-8x
+slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
+under XLA (TF `jit_compile=True`, JAX); without oneDNN, TensorFlow's malloc allocator makes large
+temporaries dear; the CPU matters too (the same engine ranks formulations differently with and
+without AVX-512). `choose` is the rule: a pure function of the shapes and of the `Runtime`
+(backend, XLA or not, oneDNN state, CPU allocator, device, AVX-512) the layer traces under. Its
+thresholds come from `benchmarks/formulations.py`, run on two CPUs (an Intel Xeon with AVX-512 and
+an AMD EPYC with AVX2 only; benchmarks/results/formulations/<cpu>.json, tables in
+benchmarks/README.md), and tests/test_formulations.py checks that, in every measured cell of
+both, the rule's pick is within 1.2x of the fastest formulation.
+NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
+no-oneDNN TensorFlow rows, a guess documented as such. CPUs other than the two measured ones
+(ARM, older x86) get the rows of the CPU they resemble by AVX-512, also a guess.
+
+The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`) and
+`position_term` (the formulations' tensor code); everything is re-exported here.
+"""
+
+from lambda_keras.layers.formulations.position_term import (  # noqa: F401
+    QUERY_BLOCK_SCOPES,
+    WINDOW_TILE_SCOPES,
+    conv,
+    lambdas_first,
+    pool_taps,
+    position_embeddings,
+    queries_first,
+    queries_first_pooled,
+    query_windows,
+    query_windows_shape,
+    relative_offsets,
+    row_windows,
+)
+from lambda_keras.layers.formulations.rule import (  # noqa: F401
+    ENGINES,
+    LOCAL_RULE,
+    POOLED_MAPS_ENGINES,
+    WITHOUT_AVX512_RULE,
+    Runtime,
+    block_columns,
+    choose,
+    current_runtime,
+    phase_of,
+    rule_for,
+)
+
+FORMULATIONS = ("queries_first", "query_windows", "lambdas_first", "row_windows", "conv")
+IMPLEMENTATIONS = ("auto",) + FORMULATIONS
+# Values of `implementation` from earlier releases, mapped when a layer (or an old config) is
+# created. "einsum" meant "never the convolution" (for XLA); "auto" now knows about XLA itself.
+LEGACY_IMPLEMENTATIONS = {"einsum": "auto"}
+# Formulations that need the "conv" (local) position mode, and those that need a static size.
+LOCAL_ONLY = ("query_windows", "row_windows", "conv")
+STATIC_ONLY = ("queries_first", "query_windows", "lambdas_first", "row_windows")

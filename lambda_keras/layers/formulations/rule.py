@@ -1,0 +1,303 @@
+"""The rule that picks a formulation of the position term: the `Runtime` a layer runs in (backend,
+XLA, TensorFlow's oneDNN state and CPU allocator, device, AVX-512), the measured rule tables and
+`choose` (see the package docstring, lambda_keras/layers/formulations/__init__.py)."""
+
+import dataclasses
+import functools
+
+import numpy as np
+
+# ------------------------------------------------------------------------------- the rule
+# Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
+# without XLA, oneDNN on / off (with a pooling CPU allocator); "tf_malloc": oneDNN off with
+# TensorFlow's default malloc allocator (TF_CPU_ALLOCATOR_USE_BFC unset); "xla": TF
+# jit_compile=True; "jax": the JAX backend (XLA too, but measured to differ from TF's XLA);
+# "torch": the PyTorch backend (eager).
+ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
+
+# Engines where a strided layer's queries_first pools its q . E maps before they meet V
+# (queries_first_pooled). Measured in TF graph mode against pooling the output (the whole
+# strided layer at 28^2, batch 8, d 256, r 23, interleaved): 1.27x / 1.06x faster forward with
+# oneDNN on / off, 1.33x / 1.16x forward + backward; on JAX (jit, forward) 1.3x at 14^2 with
+# d 512 and 1.5x at 28^2; under XLA and on JAX the pooled q . E is the fastest formulation of the
+# strided 28^2 forward ("r23s2" cells). Not PyTorch: pooling the maps
+# made the layer 2.1x / 2.4x slower at 14^2 / 28^2 (Keras' channels-last pool and the padded
+# "same" pool copy them), so it pools the output.
+POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
+
+# The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
+# batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
+# pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
+# with AVX2 (benchmarks/results/formulations/, summarised in benchmarks/README.md "Formulations
+# per backend"); times quoted below are the Xeon's unless marked. In this order:
+# - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
+#   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
+#   (1: no more memory than the lambdas, what every engine does; 4: up to 32^2 maps at the
+#   paper's sizes, where it was measured fastest, e.g. 28^2 under XLA); in a strided layer
+#   (strides 2) `strided_queries_first` (default: the same);
+# - "query_windows": maps of `windows` = (smallest n, largest n) positions (`strided_windows` in
+#   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
+#   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Measured up
+#   to 56^2: its window scores and their spread take ~4 GB at 112^2 (batch 8), where the suite
+#   does not run it. An unstrided layer's query windows group `block_columns` query columns per
+#   batched-matmul item (`block_columns`; strided layers: 1);
+# - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
+#   wasted);
+# - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
+#   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
+#   (the convolution's work grows as r^2, row windows' as r).
+def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
+          windows=None, strided_windows=None, window_scopes=None, block_columns=1):
+    return dict(queries_first=queries_first, dense_scope=dense_scope,
+                whole_e_scope=whole_e_scope, local=local,
+                strided_queries_first=strided_queries_first or queries_first,
+                windows=windows, strided_windows=strided_windows or windows,
+                window_scopes=window_scopes, block_columns=block_columns)
+
+
+ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
+SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
+SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
+SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
+UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
+LOCAL_RULE = {
+    # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
+    #                          strided_queries_first, windows, strided_windows, window_scopes)
+    # oneDNN's r x r convolution: the fastest forward beyond 56^2; query windows up to 56^2
+    # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E; 56^2: 227 vs 204 ms for the
+    # convolution with AVX-512, 331 vs 561 ms without) and in training up to 56^2 (56^2 r 23: 0.9
+    # vs 1.8 s for row windows; the convolution's filter gradient is slow for r = 23, fast for
+    # r = 7, 1.04-1.16x query windows).
+    ("tf_onednn", "fwd"): _rule(1, 2, 1, CONV, windows=UP_TO_56),
+    ("tf_onednn", "train"): _rule(1, 2, 1, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56),
+    # Without oneDNN, TF's own kernel of the 1-channel 23 x 23 convolution is 18x slower than
+    # q . E at 14^2; query windows up to 56^2 (28^2 / 56^2 r 23 forward: 77 / 423 ms against
+    # q . E's 102 and row windows' 586; strided 28^2: 40 vs 97 ms; in training within 1.16x of
+    # row windows at r 23, the fastest at r 7); beyond, row windows and the 7 x 7 convolution.
+    ("tf", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56),
+    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56),
+    # The same with TensorFlow's malloc allocator: every large temporary is mapped and zeroed per
+    # call, which costs the formulations with large temporaries most: query windows forward up to
+    # 28^2 only (56^2 r 23: 1.15x row windows), in training only strided (28^2 r 23 unstrided:
+    # 1.46x row windows; strided 164 vs 402 ms).
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_28),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
+                                  strided_windows=UP_TO_28),
+    # XLA compiles the 1-channel 23 x 23 convolution poorly (25-37x slower than q . E at 14^2):
+    # q . E up to 32^2 unstrided (28^2 r 23: 58 vs 72 ms for query windows), query windows in
+    # strided layers and up to 56^2 (56^2 r 23: 0.33 vs 0.61 s forward for row windows, 1.3 vs
+    # 2.0 s training); beyond, row windows and the 7 x 7 convolution.
+    # q . E within 3 r^2: r 7 |u| 4 at 14^2 takes query windows (16 vs 24 ms for q . E on the AMD
+    # CPU; q . E took 1.15x query windows on the Xeon too).
+    ("xla", "fwd"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+                          windows=UP_TO_56),
+    ("xla", "train"): _rule(4, 3, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, strided_queries_first=1,
+                            windows=UP_TO_56),
+    # JAX: query windows are slow forward on unstrided maps (28^2 r 23: 1.27x E . V) except with
+    # |u| = 4 at 14^2 (1.18x q . E, where row windows took 1.54x), the fastest in strided layers
+    # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 28^2; at 56^2 row windows
+    # and the 7 x 7 convolution (r 7 |u| 4: query windows 1.00x with AVX-512, >1.2x without).
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
+                          strided_windows=UP_TO_28),
+    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28),
+    # PyTorch (eager; its oneDNN convolution): the convolution forward and the 7 x 7 convolution
+    # in training from 28^2 on; query windows in strided layers (28^2: 62 vs 77 ms for the
+    # convolution forward, 152 vs 267 ms for q . E in training) and in training on maps of up to
+    # 6 scopes (r 7 |u| 4 at 14^2: 40 vs 48 ms for the convolution; r 23 at 28^2 / 56^2: 1.02x /
+    # 1.15x row windows with AVX-512, the fastest without, where E . V took 1.28x and row windows
+    # 1.20x).
+    ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28),
+    ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56,
+                              strided_windows=UP_TO_28, window_scopes=6),
+}
+# Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
+# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on both CPUs elsewhere).
+# - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
+#   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
+#   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
+#   times the FLOPs) pays there. Unstrided 28^2 / 56^2 r 23 with the pooled allocator, ms for
+#   G = 1 / 2 / 4 (one process, interleaved): forward 124 / 87 / 87 and 674 / 533 / 469,
+#   training 28^2 456 / 350 / 360 (row windows 411); with malloc, forward 210 / 152 / 162 and
+#   1581 / 1059 / 1085. Not with oneDNN (73 / 76 / 81 at 28^2; its batched matmul runs the small
+#   products at ~87 GFLOP/s), nor in strided layers (51 / 70 / 120: 9 taps make the grouped GEMM
+#   G times deeper), nor for r <= 11 (r 7 |u| 4 at 56^2, G 4 / 1: 532 / 450 ms; C / S = 10 / 7).
+#   With G = 4 the unstrided 28^2 r 23 forward takes query windows as on the Xeon (suite: 125 ms,
+#   q . E 127, row windows 148; with G = 1 query windows took 177 and q . E was picked).
+# - The same with malloc: the 7 x 7 convolution from 28^2 on (137 ms vs 172 for query windows
+#   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
+#   (2 columns per block) for the unstrided r 23 layer up to 56^2 (28^2: 151 vs 183 ms for row
+#   windows; 56^2: 860 vs 920), row windows beyond.
+WITHOUT_AVX512_RULE = {
+    ("tf", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
+                         block_columns=4),
+    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56,
+                           block_columns=2),
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
+                                strided_windows=UP_TO_28, window_scopes=6, block_columns=2),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
+                                  strided_windows=UP_TO_28, block_columns=2),
+}
+
+
+def phase_of(training):
+    """The rule's phase of a call's `training`: "fwd" for None/False (predict, serving), "train"
+    otherwise (a symbolic value counts as training)."""
+    inference = isinstance(training, (bool, int, np.bool_, type(None))) and not training
+    return "fwd" if inference else "train"
+
+
+def block_columns(runtime, training, strides=1, receptive_field=23):
+    """The query columns `query_windows` groups per block in `runtime`: the rule's
+    `block_columns` for unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    if strides != 1 or receptive_field <= 11:
+        return 1
+    return rule_for(runtime, phase_of(training))["block_columns"]
+
+
+def rule_for(runtime, phase):
+    """The rule row of `runtime` for phase "fwd" or "train" (LOCAL_RULE, or the CPU's own)."""
+    key = (runtime.engine, phase)
+    if runtime.device == "cpu" and not runtime.avx512 and key in WITHOUT_AVX512_RULE:
+        return WITHOUT_AVX512_RULE[key]
+    return LOCAL_RULE[key]
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state and CPU allocator,
+    device kind."""
+
+    backend: str = "tensorflow"  # keras.backend.backend()
+    xla: bool = False  # compiled by XLA: TF jit_compile=True, or the JAX backend
+    onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
+    device: str = "cpu"  # "cpu", "gpu" or "tpu"
+    pooled_allocator: bool = True  # TF's CPU allocator pools (runtime.pooled_allocator_active)
+    avx512: bool = True  # the CPU has AVX-512 (avx512f): which measured CPU's rows apply
+
+    @property
+    def engine(self):
+        """The row of LOCAL_RULE that applies (see ENGINES)."""
+        if self.backend == "jax":
+            return "jax"
+        if self.xla or self.device == "tpu":
+            return "xla"
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "tensorflow" and self.device == "cpu":
+            if self.onednn:
+                return "tf_onednn"
+            return "tf" if self.pooled_allocator else "tf_malloc"
+        return "tf"
+
+
+def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
+           receptive_field, runtime, strides=1):
+    """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
+
+    Args:
+        position: the layer's position mode, "conv", "relative" or "global".
+        rows, cols: the static map size, or None (dynamic: only "conv" applies).
+        training: the call's `training`; a symbolic or truthy value counts as training.
+        num_heads, key_dim, value_dim, intra_depth: |h|, |k|, |v|, |u|.
+        receptive_field: r of the "conv" mode (ignored by the other modes).
+        runtime: a `Runtime`.
+        strides: the layer's strides (2: an average pool follows, which "queries_first" applies
+            to its q . E maps and "query_windows" folds into its window scores).
+
+    Returns:
+        One of FORMULATIONS.
+    """
+    if not (isinstance(rows, int) and isinstance(cols, int)):
+        return "conv"  # dynamic size: only the convolution applies ("relative"/"global" fix it)
+    positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
+    # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored.
+    if num_heads * positions * intra_depth <= key_dim * value_dim:
+        return "queries_first"
+    if position != "conv":
+        return "lambdas_first"
+    rule = rule_for(runtime, phase_of(training))
+    scope = receptive_field * receptive_field
+    allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
+    if positions <= rule["dense_scope"] * scope and (
+            num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
+        return "queries_first"
+    windows = rule["strided_windows" if strides == 2 else "windows"]
+    if windows and windows[0] <= positions <= windows[1] and (
+            rule["window_scopes"] is None or positions <= rule["window_scopes"] * scope):
+        return "query_windows"
+    if positions <= rule["whole_e_scope"] * scope:
+        return "lambdas_first"  # the scope covers (most of) the map: E is dense
+    for largest, smallest_map, formulation in rule["local"]:
+        if (largest is None or receptive_field <= largest) and positions >= smallest_map:
+            return formulation
+    raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
+
+
+def current_runtime():
+    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
+                       device=_tf_device(), pooled_allocator=_tf_pooled_allocator(),
+                       avx512=_avx512())
+    if backend == "jax":
+        return Runtime("jax", xla=True, device=_jax_device(), avx512=_avx512())
+    if backend == "torch":
+        return Runtime("torch", device=_torch_device(), avx512=_avx512())
+    return Runtime(backend, avx512=_avx512())
+
+
+def _tf_in_xla_context():
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if tf.executing_eagerly():
+        return False
+    # tf.function(jit_compile=True) traces its body inside an XLA control-flow context.
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_onednn():
+    from lambda_keras import runtime  # what TensorFlow reports (IsMklEnabled), not the env
+
+    return runtime.onednn_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_pooled_allocator():
+    from lambda_keras import runtime
+
+    return runtime.pooled_allocator_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _avx512():
+    from lambda_keras import runtime
+
+    return runtime.has_avx512()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_device():
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_device():
+    import jax
+
+    return jax.default_backend()  # "cpu", "gpu", "tpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_device():
+    from keras.src.backend.torch.core import get_device
+
+    return "gpu" if str(get_device()).startswith("cuda") else "cpu"
