@@ -221,15 +221,15 @@ def run_engine(engine, settings, threads, out_path, log=print):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
     for shape_name, shape in _shapes(settings).items():
+        columns = {phase: formulations.block_columns(
+            formulations.current_runtime(), phase == "train", shape.get("strides", 1),
+            shape["receptive_field"]) for phase in PHASES}  # query_windows' G here
         for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
                 (batch, size, size, width)).astype("float32")
             steps = {f: steps_for(_make_layer(shape, f, size, width), x, jit_compile)
                      for f in FORMULATIONS}
             auto_layer = _make_layer(shape, "auto", size, width)
-            columns = {phase: formulations.block_columns(
-                formulations.current_runtime(), phase == "train", shape.get("strides", 1),
-                shape["receptive_field"]) for phase in PHASES}  # query_windows' G here
             _, auto_trace = steps_for(auto_layer, x, jit_compile)
             for phase in PHASES:
                 cell = dict(engine=engine, shape=shape_name, size=size, phase=phase,

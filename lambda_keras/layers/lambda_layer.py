@@ -286,6 +286,8 @@ class LambdaLayer(keras.layers.Layer):
             runtime = formulations.current_runtime()
             formulation = self._formulation(rows, cols, training, runtime)
             self._last_formulation = formulation  # what this call traced (benchmarks read it)
+            columns = formulations.block_columns(runtime, training, self.strides,
+                                                 self.receptive_field)  # query_windows' G
             if self.position_bias:
                 out = out + self._position_bias_output(q, lambda_dtype)  # [b, n, h, v]
             if self.strides == 2 and formulation == "query_windows":
@@ -294,8 +296,7 @@ class LambdaLayer(keras.layers.Layer):
                 table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
                 pooled_position = formulations.query_windows(
                     q, values, table, rows, cols, self.pool_size, self.strides,
-                    formulations.block_columns(runtime, training, self.strides,
-                                               self.receptive_field))  # [b, n', h, v]
+                    columns)  # [b, n', h, v]
             elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
                 # The pool is linear in the query positions: applied to the q . E maps before
@@ -304,8 +305,6 @@ class LambdaLayer(keras.layers.Layer):
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
                     lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
             else:
-                columns = formulations.block_columns(  # query_windows' G
-                    runtime, training, receptive_field=self.receptive_field)
                 out = out + self._position_output(q, values, rows, cols, lambda_dtype,
                                                   formulation, columns)  # [b, n, h, v]
 
