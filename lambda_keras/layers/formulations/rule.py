@@ -127,15 +127,12 @@ LOCAL_RULE = {
 #   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
 #   (2 columns per block) for the unstrided r 23 layer up to 56^2 (28^2: 151 vs 183 ms for row
 #   windows; 56^2: 860 vs 920), row windows beyond.
-WITHOUT_AVX512_RULE = {
-    ("tf", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
-                         block_columns=4),
-    ("tf", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS, windows=UP_TO_56,
-                           block_columns=2),
+WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows with grouped query columns, and malloc's forward
+    ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4),
+    ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], block_columns=2),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_56,
                                 strided_windows=UP_TO_28, window_scopes=6, block_columns=2),
-    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
-                                  strided_windows=UP_TO_28, block_columns=2),
+    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
 
 
