@@ -16,9 +16,11 @@ Padding: stride-2 convolutions and the max pool use explicit symmetric padding (
 edge padding) + "valid", as PyTorch does; TF's "same" pads asymmetrically and would shift ported
 weights by a pixel. Every stride-2 step maps a side of n pixels to ceil(n / 2), so a model's c2..c5
 maps are ceil(size / 4 ... 32) at every input size.
-NOTE: the strided lambda block pools in "ceil mode": the lambda layer runs at stride 1 and an
-average pool with "same" padding follows, which averages the valid pixels of a partial window at
-the bottom/right edge (PyTorch's AvgPool2d(ceil_mode=True, count_include_pad=False)). On an even
+NOTE: the strided lambda block pools in "ceil mode": an average pool with "same" padding, which
+averages the valid pixels of a partial window at the bottom/right edge (PyTorch's
+AvgPool2d(ceil_mode=True, count_include_pad=False)). The lambda layer pools itself where its own
+pool is that function (3x3/2; 2x2/2 on an even static map), else it runs at stride 1 and an
+AveragePooling2D follows. On an even
 map this is exactly timm's 2x2/2 pool (timm parity at 256 holds); on an odd map timm's "valid"
 2x2 pool floors the size while its strided 1x1 shortcut ceils it, and timm itself fails (e.g.
 lambda_resnet26t at 100, 200 or 240 px) or, with a 1-pixel result, broadcasts. Our choice keeps
@@ -202,8 +204,14 @@ def bottleneck(x, width, strides, name, *, use_lambda, lambda_kwargs, activation
     y = conv_bn(x, width, 1, f"{name}_conv1", activation=activation)
     if use_lambda:
         pool_size = lambda_kwargs["pool_size"]
-        y = LambdaLayer(strides=1, name=f"{name}_lambda", **lambda_kwargs)(y)  # [b, H, W, width]
-        if strides > 1:  # ceil mode (module NOTE): [b, ceil(H/2), ceil(W/2), width]
+        # Ceil mode (module NOTE). The layer pools itself where its pool is that same function:
+        # 3x3/2 ("same", TF's valid-pixel means on every backend) and 2x2/2 on an even static map
+        # ("valid"); pooling inside, it forms the position term at the pooled positions only.
+        inside = strides > 1 and (pool_size == 3 or all(
+            size is not None and size % 2 == 0 for size in y.shape[1:3]))
+        y = LambdaLayer(strides=strides if inside else 1, name=f"{name}_lambda",
+                        **lambda_kwargs)(y)  # [b, H', W', width]
+        if strides > 1 and not inside:  # [b, ceil(H/2), ceil(W/2), width]
             y = keras.layers.AveragePooling2D(pool_size, strides, padding="same",
                                               name=f"{name}_lambda_pool")(y)
         y = batch_norm(y, f"{name}_lambda_bn")

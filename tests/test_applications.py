@@ -199,12 +199,34 @@ def test_strided_lambda_block_at_sizes_where_timm_fails(size):
     assert np.all(np.isfinite(out))
 
 
-def test_dynamic_size_model_equals_static_builds_at_odd_sizes():
+def strided_lambda_pools(model):
+    """{strided lambda block: whether its LambdaLayer pools itself}."""
+    return {layer.name: layer.strides == 2 for layer in model.layers
+            if isinstance(layer, lambda_keras.layers.LambdaLayer)
+            and (layer.strides == 2 or f"{layer.name}_pool" in [m.name for m in model.layers])}
+
+
+def test_paper_pool_is_inside_the_strided_lambda_layers():
+    """The paper's 3x3/2 pool ("same": the valid pixels' mean) is the layer's own strided pool at
+    every size, so the layer pools itself (tests/test_layers.py checks that pool against NumPy)."""
+    model = lambda_keras.LambdaResNet50(weights=None, include_top=False, layout="CCLL",
+                                        input_shape=(None, None, 3))
+    assert strided_lambda_pools(model) == {"stage3_block1_lambda": True,
+                                           "stage4_block1_lambda": True}
+
+
+def test_dynamic_size_model_equals_static_builds():
+    """A dynamic build pools its strided lambda blocks after the layer (2x2/2 ceil mode); a static
+    build on even maps lets the layer pool itself (its "valid" 2x2/2 pool, the position term formed
+    at the pooled positions): the same function either way, odd maps included."""
     dynamic = lambda_keras.LambdaResNet26T(weights=None, include_top=False, pooling="avg")
+    assert strided_lambda_pools(dynamic) == {"stage4_block1_lambda": False}
     rng = np.random.default_rng(3)
-    for height, width in ((100, 72), (33, 65)):  # c4 maps 7x5 and 3x5: odd
+    # c4 maps 7x5 and 3x5 (odd: pooled after the layer), 4x6 (even: pooled inside it)
+    for height, width, inside in ((100, 72, False), (33, 65, False), (64, 96, True)):
         static = lambda_keras.LambdaResNet26T(weights=None, include_top=False, pooling="avg",
                                               input_shape=(height, width, 3))
+        assert strided_lambda_pools(static) == {"stage4_block1_lambda": inside}
         static.set_weights(dynamic.get_weights())
         x = rng.standard_normal((2, height, width, 3)).astype("float32")
         np.testing.assert_allclose(keras.ops.convert_to_numpy(dynamic(x)),

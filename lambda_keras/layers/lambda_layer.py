@@ -21,8 +21,9 @@ Implemented (paper section in brackets):
 - batch norm on queries and values, softmax over context positions for the keys, projections
   without bias [C3, section 4.2 and Figure 3];
 - strides 2 by average pooling after the layer: 3x3/2 as the paper says, or 2x2/2 as timm does
-  (the same function; where q . E is formed first, the pool is applied to its maps, or folded into
-  the window scores, before they meet V);
+  (the same function, formed at the pooled positions: the pool is linear in the queries, so the
+  content term takes the pooled queries, and where q . E is formed first the pool is applied to
+  its maps, or folded into the window scores, before they meet V);
 - the paper's initialisation (Appendix C): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2),
   E ~ N(0, 1); every initializer can be overridden.
 
@@ -268,7 +269,7 @@ class LambdaLayer(keras.layers.Layer):
         if self._embedding_size is not None:
             # "relative"/"global": the embeddings fix the size, also under a dynamic signature.
             height, width = self._embedding_size
-        h, v = self.num_heads, self.value_dim
+        h, k, v = self.num_heads, self.key_dim, self.value_dim
         dynamic = ops.shape(inputs)
         batch = dynamic[0]
         rows = height if height is not None else dynamic[1]
@@ -280,8 +281,15 @@ class LambdaLayer(keras.layers.Layer):
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
         q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
         keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
-        out = content_output(q, keys, values)  # [b, n, h, v]
-        pooled_position = None  # the position term computed at the pooled positions
+        out_rows, out_cols = rows, cols
+        queries = q  # the queries at the output positions
+        if self.strides == 2:
+            # The pool is linear in the queries: every term but a full-map position term is
+            # formed at the pooled positions (the pooled queries give the pooled content term).
+            queries = self._pool(ops.reshape(q, (batch, rows, cols, h * k)), rows, cols)
+            out_rows, out_cols = ops.shape(queries)[1], ops.shape(queries)[2]
+            queries = ops.reshape(queries, (batch, -1, h, k))  # [b, n', h, k]
+        out = content_output(queries, keys, values)  # [b, n', h, v]
         if self.position is not None:
             runtime = formulations.current_runtime()
             formulation = self._formulation(rows, cols, training, runtime)
@@ -289,32 +297,31 @@ class LambdaLayer(keras.layers.Layer):
             columns = formulations.block_columns(runtime, training, self.strides,
                                                  self.receptive_field)  # query_windows' G
             if self.position_bias:
-                out = out + self._position_bias_output(q, lambda_dtype)  # [b, n, h, v]
+                out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
             if self.strides == 2 and formulation == "query_windows":
-                # The pool is linear in the query positions: folded into the window scores,
-                # the position term is only ever formed at the pooled positions.
+                # Folded into the window scores: formed only at the pooled positions.
                 table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
-                pooled_position = formulations.query_windows(
+                out = out + formulations.query_windows(
                     q, values, table, rows, cols, self.pool_size, self.strides,
                     columns)  # [b, n', h, v]
             elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
-                # The pool is linear in the query positions: applied to the q . E maps before
-                # they meet V, it saves 3/4 of q.E . V (formulations.queries_first_pooled).
-                pooled_position = formulations.queries_first_pooled(
+                # Applied to the q . E maps before they meet V, the pool saves 3/4 of q.E . V
+                # (formulations.queries_first_pooled).
+                out = out + formulations.queries_first_pooled(
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
                     lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
             else:
-                out = out + self._position_output(q, values, rows, cols, lambda_dtype,
+                position = self._position_output(q, values, rows, cols, lambda_dtype,
                                                   formulation, columns)  # [b, n, h, v]
+                if self.strides == 2:
+                    position = ops.reshape(position, (batch, rows, cols, h * v))
+                    position = self._pool(position, rows, cols)  # [b, H', W', h v]
+                    position = ops.reshape(position, (batch, -1, h, v))  # [b, n', h, v]
+                out = out + position
 
         out = ops.cast(out, compute_dtype)
-        out = ops.reshape(out, (batch, rows, cols, h * v))  # [b, H, W, d]
-        if self.strides == 2:
-            out = self._pool(out, rows, cols)  # [b, H', W', d]
-        if pooled_position is not None:
-            out = out + ops.reshape(ops.cast(pooled_position, compute_dtype), ops.shape(out))
-        return out
+        return ops.reshape(out, (batch, out_rows, out_cols, h * v))  # [b, H', W', d]
 
     def _pool(self, x, rows, cols):
         """The stride-2 average pool of the layer: [b, H, W, c] -> [b, H', W', c]."""
