@@ -10,7 +10,8 @@ each against an independent expectation:
   inference and training;
 - TensorFlow parity: a LambdaResNet26T whose weights TensorFlow wrote to a `.weights.h5` file
   gives TensorFlow's logits (<= 1e-4 relative), called directly and through `predict` (compiled:
-  jax.jit on JAX, where "auto" follows the XLA rule);
+  jax.jit on JAX, where "auto" follows the XLA rule); so does the paper's LambdaResNet-50 (3x3/2
+  pools in its strided lambda blocks), called directly;
 - timm parity: the same architecture loaded from a timm `lambda_resnet26t` safetensors file gives
   timm's logits (<= 1e-4 relative);
 - LambdaResNet26RPT256 ("relative" positions, fixed 256 px input) builds and runs; the other
@@ -35,6 +36,11 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("jax", "torch")
 SIZE, CLASSES, BATCH = 64, 10, 2
 RELATIVE_TOLERANCE = 1e-4
+# The paper's 50-layer model with random weights and BN statistics: measured 0.8-5e-4 between
+# TensorFlow and JAX / PyTorch (JAX: the same before its pools moved into the layer), 2-4e-6 for
+# its conv-only layout CCCC; float32 round-off through 16 blocks whose lambdas sum r^2 = 529
+# terms. Misplaced 3x3/2 pool windows (what this check guards) gave 0.34.
+PAPER_RELATIVE_TOLERANCE = 2e-3
 GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving")
 
 
@@ -51,6 +57,15 @@ def small_26t(**kwargs):
     return lambda_keras.LambdaResNet26T(**{"weights": None, "input_shape": (SIZE, SIZE, 3),
                                            "classes": CLASSES, "classifier_activation": None,
                                            **kwargs})
+
+
+def small_50(**kwargs):
+    """The paper's LambdaResNet-50 (its 3x3/2 pools in the strided lambda blocks) at SIZE px."""
+    import lambda_keras
+
+    return lambda_keras.LambdaResNet50(**{"weights": None, "input_shape": (SIZE, SIZE, 3),
+                                          "classes": CLASSES, "classifier_activation": None,
+                                          **kwargs})
 
 
 def randomize_batch_norms(model, seed=0):
@@ -112,6 +127,19 @@ def _tf_parity_and_saving(workdir, backend):
     h5_error = relative_error(to_numpy(fresh(x, training=False)), outputs)
     assert keras_error == 0.0 and h5_error == 0.0, (keras_error, h5_error)
     return parity, ".keras and .weights.h5 reloads: identical outputs"
+
+
+def _paper_parity(workdir):
+    """TF's weights -> TF's logits for the paper's LambdaResNet-50. Its strided lambda blocks pool
+    3x3/2 with "same" padding, which Keras' PyTorch backend pools with other windows on even maps
+    (the layer's own pool does not: LambdaLayer's _same_average_pool)."""
+    model = small_50()
+    model.load_weights(os.path.join(workdir, "tf50.weights.h5"))
+    x = np.load(os.path.join(workdir, "x.npy"))
+    error = relative_error(to_numpy(model(x, training=False)),
+                           np.load(os.path.join(workdir, "tf50_logits.npy")))
+    assert error <= PAPER_RELATIVE_TOLERANCE, error
+    return f"relative error {error:.2e}"
 
 
 def _timm_parity(workdir):
@@ -214,6 +242,7 @@ def run_checks(backend, workdir):
         return outcome["tf_parity"]
 
     check("tf_parity/LambdaResNet26T", tf_parity)
+    check("tf_parity/LambdaResNet50", lambda: _paper_parity(workdir))
     check("saving/LambdaResNet26T", lambda: outcome["saving"])
     check("timm_parity/lambda_resnet26t", lambda: _timm_parity(workdir))
     # LambdaResNet26T is built above; 26RPT256 adds "relative" positions and a fixed input size.
@@ -229,7 +258,10 @@ def run_checks(backend, workdir):
 # -------------------------------------------------------------------- the tests (parent)
 @pytest.fixture(scope="module")
 def tf_reference(tmp_path_factory):
-    """LambdaResNet26T (random weights, non-trivial BN) written by TensorFlow, its logits."""
+    """LambdaResNet26T and the paper's LambdaResNet-50 (random weights, non-trivial BN) written
+    by TensorFlow, their logits."""
+    import keras
+
     workdir = tmp_path_factory.mktemp("backends")
     model = small_26t()
     randomize_batch_norms(model)
@@ -237,6 +269,11 @@ def tf_reference(tmp_path_factory):
     np.save(workdir / "x.npy", x)
     np.save(workdir / "tf_logits.npy", to_numpy(model(x, training=False)))
     model.save_weights(str(workdir / "tf.weights.h5"))
+    keras.utils.set_random_seed(50)
+    paper = small_50()
+    randomize_batch_norms(paper)
+    np.save(workdir / "tf50_logits.npy", to_numpy(paper(x, training=False)))
+    paper.save_weights(str(workdir / "tf50.weights.h5"))
     return workdir
 
 
