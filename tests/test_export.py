@@ -10,15 +10,14 @@ No TF Serving binary runs in CI, so the contract the server relies on is tested 
 - LiteRT files run in ai-edge-litert's interpreter against the Keras model.
 
 Models: LambdaResNet-50 (paper layout) and the timm-compatible LambdaResNet-26T, both at 64 x 64
-with 10 classes (the digits), made "trained-ish" first (see `_trained_ish`).
+with 10 classes (the digits), made "trained-ish" first (see `_trained_ish`). The API's arguments,
+files and TensorFlow's own tools are tests/test_export_api.py (a small model, fast).
 """
 
 import base64
-import importlib.util
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -32,17 +31,13 @@ import tensorflow as tf
 from keras import ops
 from sklearn.datasets import load_digits, load_sample_images
 
-from lambda_keras import data, export, weights
-from lambda_keras.data.transforms import _eval_resize_size  # timm's eval resize rule
-from lambda_keras.export import images as image_ops
-from lambda_keras.export import litert, serving
+from lambda_keras import data, export
 from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.models import LambdaResNet26T, LambdaResNet50
 
-ROOT = Path(__file__).resolve().parents[1]
-SIZE = 64
+from export_helpers import PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png, tflite_run
+
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
-PREPROCESSING = weights.replace_input_size(weights.DEFAULT_PREPROCESSING, (SIZE, SIZE))
 BUILDERS = {
     "lambda_resnet50": lambda: LambdaResNet50(input_shape=(SIZE, SIZE, 3), classes=10),
     "lambda_resnet26t": lambda: LambdaResNet26T(weights=None, input_shape=(SIZE, SIZE, 3),
@@ -51,7 +46,6 @@ BUILDERS = {
 FIT = slice(0, 300)  # digits the last stage is trained on
 EVAL = slice(300, 500)  # digits the exported models are compared on
 CALIBRATION = slice(0, 256)  # int8 calibration images (from the training digits)
-SERVING_TIMEOUT_S = 600
 METRICS = {}  # measured numbers, printed at the end of the module (pytest -s)
 
 
@@ -109,14 +103,6 @@ def _trained_ish(model, pixels, labels):
     head.fit(features, labels, batch_size=32, epochs=12, verbose=0)
 
 
-def _jpeg(image, quality=95):
-    return tf.io.encode_jpeg(np.asarray(image, "uint8"), quality=quality).numpy()
-
-
-def _png(image):
-    return tf.io.encode_png(np.asarray(image, "uint8")).numpy()
-
-
 def _forged_png(width, height):
     """A PNG signature + IHDR chunk claiming width x height, then IEND: no pixel data."""
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
@@ -126,7 +112,7 @@ def _forged_png(width, height):
 
 def _forged_jpeg(width, height):
     """A real small JPEG whose SOF0 header is patched to claim width x height."""
-    encoded = bytearray(_jpeg(np.full((16, 16, 3), 128)))
+    encoded = bytearray(jpeg(np.full((16, 16, 3), 128)))
     sof = encoded.index(b"\xff\xc0")  # marker, length (2), precision (1), height (2), width (2)
     encoded[sof + 5:sof + 9] = struct.pack(">HH", height, width)
     return bytes(encoded)
@@ -135,20 +121,7 @@ def _forged_jpeg(width, height):
 def _sample_jpegs():
     """Real photos as JPEG bytes: landscape 427x640, a portrait crop, a small (upscaled) crop."""
     china, flower = load_sample_images().images
-    return [_jpeg(china), _jpeg(flower[50:350, 200:380]), _jpeg(china[100:150, 300:370])]
-
-
-def _load_client(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "export" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _tflite_run(path, inputs):
-    """Runs a .tflite file on a batch with the package's one LiteRT runner (XNNPACK on)."""
-    runner = export.LiteRTRunner(path)
-    return runner(inputs), runner.ops
+    return [jpeg(china), jpeg(flower[50:350, 200:380]), jpeg(china[100:150, 300:370])]
 
 
 # The serving process: TensorFlow and the tensorflow-serving-api protos only, like TF Serving.
@@ -246,7 +219,7 @@ with open(spec["out_json"], "w") as f:
 def _bad_inputs():
     gray = np.linspace(0, 255, 40 * 30).reshape(40, 30, 1).astype("uint8")
     rgba = np.dstack([np.full((20, 20, 3), 90), np.full((20, 20, 1), 255)])
-    truncated = _jpeg(load_sample_images().images[0])
+    truncated = jpeg(load_sample_images().images[0])
     return {
         "empty": b"",
         "not_an_image": b"hello, this is not an image",
@@ -254,16 +227,16 @@ def _bad_inputs():
         "png_bomb": _forged_png(20000, 20000),
         "png_overflow": _forged_png(2 ** 32 - 1, 2 ** 32 - 1),
         "jpeg_bomb": _forged_jpeg(60000, 60000),
-        "extreme_aspect": _png(np.zeros((1, 20000, 3))),
+        "extreme_aspect": png(np.zeros((1, 20000, 3))),
         # 73 x 876000 float32 pixels (767 MB) after the eval resize at 64 px: within the former
         # pixel budget (8192^2), over the byte budget.
-        "aspect_over_byte_budget": _png(np.zeros((1, 12000, 3))),
+        "aspect_over_byte_budget": png(np.zeros((1, 12000, 3))),
         # 73 x 48666 pixels, 42.6 MB as float32: under the byte budget, classified.
-        "aspect_under_byte_budget": _png(np.zeros((3, 2000, 3))),
-        "one_pixel": _png(np.full((1, 1, 3), 200)),
-        "gray_png": _png(gray),
-        "gray_as_rgb_png": _png(np.repeat(gray, 3, axis=-1)),
-        "rgba_png": _png(rgba),
+        "aspect_under_byte_budget": png(np.zeros((3, 2000, 3))),
+        "one_pixel": png(np.full((1, 1, 3), 200)),
+        "gray_png": png(gray),
+        "gray_as_rgb_png": png(np.repeat(gray, 3, axis=-1)),
+        "rgba_png": png(rgba),
     }
 
 
@@ -291,11 +264,11 @@ def case(request, tmp_path_factory):
     c.bad = _bad_inputs()
     work = c.base.parent
     np.savez(work / "inputs.npz", images=c.eval_pixels[:8], other_size=c.other_size)
-    grpc_request = _load_client("client_grpc").build_request(c.jpegs, "lambda_resnet")
+    grpc_request = load_client("client_grpc").build_request(c.jpegs, "lambda_resnet")
     spec = {
         "saved_model": c.export_path, "arrays": str(work / "inputs.npz"),
         "jpegs": [base64.b64encode(j).decode() for j in c.jpegs],
-        "rest_body": _load_client("client_rest").build_body(c.jpegs),
+        "rest_body": load_client("client_rest").build_body(c.jpegs),
         "grpc_request": base64.b64encode(grpc_request.SerializeToString()).decode(),
         "warmup": os.path.join(c.export_path, export.WARMUP_FILE),
         "bad": {k: base64.b64encode(v).decode() for k, v in c.bad.items()},
@@ -328,18 +301,6 @@ def _report_metrics():
     yield
     for key, value in sorted(METRICS.items()):
         print(f"[export] {key}: {value}")
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    """A small classifier holding a LambdaLayer, for the fast API tests."""
-    keras.utils.set_random_seed(0)
-    inputs = keras.Input((32, 32, 3))
-    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
-    x = LambdaLayer(key_dim=8, num_heads=4, receptive_field=5)(x)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, outputs)
 
 
 # ------------------------------------------------------------------- SavedModel: the contract
@@ -422,7 +383,7 @@ def test_rest_and_grpc_client_requests_run(case):
 
 
 def test_client_output_formatting():
-    rest = _load_client("client_rest")
+    rest = load_client("client_rest")
     text = rest.format_predictions(["a.jpg"], [{"top_k_labels": ["cat", "dog"],
                                                  "top_k_scores": [0.75, 0.25]}])
     assert text == "a.jpg\n   0.7500  cat\n   0.2500  dog"
@@ -471,7 +432,7 @@ def test_grayscale_png_equals_its_rgb_copy(case):
 @pytest.mark.parametrize("quantization, atol", [(None, 1e-4), ("float16", 1e-2)])
 def test_tflite_float_parity(case, quantization, atol):
     path = _tflite_file(case, quantization)
-    probs, ops_used = _tflite_run(path, _normalise(case.eval_pixels))
+    probs, ops_used = tflite_run(path, _normalise(case.eval_pixels))
     error = float(np.abs(probs - case.eval_probs).max())
     METRICS[f"{case.name} tflite {quantization or 'float32'} max abs"] = f"{error:.2e}"
     METRICS[f"{case.name} tflite {quantization or 'float32'} MB"] = round(
@@ -484,7 +445,7 @@ def test_tflite_float_parity(case, quantization, atol):
 @pytest.mark.parametrize("quantization", ["dynamic", "int8"])
 def test_tflite_quantized_agreement(case, quantization):
     path = _tflite_file(case, quantization)
-    probs, ops_used = _tflite_run(path, _normalise(case.eval_pixels))
+    probs, ops_used = tflite_run(path, _normalise(case.eval_pixels))
     agreement = float(np.mean(probs.argmax(-1) == case.eval_probs.argmax(-1)))
     size = os.path.getsize(path)
     METRICS[f"{case.name} tflite {quantization} top-1 agreement"] = agreement
@@ -537,143 +498,9 @@ def _check_tflite_conversion(tmp_path, formulation, size, kwargs):
         assert layer._formulation(size, size, training=False) == formulation
     images = np.random.default_rng(0).standard_normal((3, size, size, 3)).astype("float32")
     expected = ops.convert_to_numpy(model(images))
-    outputs, ops_used = _tflite_run(export.tflite(model, tmp_path / "m.tflite"), images)
+    outputs, ops_used = tflite_run(export.tflite(model, tmp_path / "m.tflite"), images)
     assert np.abs(outputs - expected).max() <= 1e-5 * max(1.0, np.abs(expected).max())
     assert not any(op.startswith("Flex") or op == "CUSTOM" for op in ops_used), ops_used
-
-
-# ---------------------------------------------------------------------- API and file handling
-def test_versions_overwrite_and_refusal(tiny_model, tmp_path):
-    base = tmp_path / "models" / "tiny"
-    first = export.saved_model(tiny_model, base, labels=["a", "b", "c"], warmup=False)
-    second = export.saved_model(tiny_model, base, warmup=False)
-    assert (Path(first).name, Path(second).name) == ("1", "2")
-    assert not (Path(first) / "assets.extra").exists()
-    with pytest.raises(FileExistsError, match="overwrite=True"):
-        export.saved_model(tiny_model, base, version=1)
-    assert (Path(first) / "assets" / "labels.txt").read_text().split() == ["a", "b", "c"]
-    export.saved_model(tiny_model, base, version=1, labels=["x", "y", "z"], overwrite=True)
-    assert (Path(first) / "assets" / "labels.txt").read_text().split() == ["x", "y", "z"]
-    (base / "7").mkdir()  # an empty version directory is filled
-    assert export.saved_model(tiny_model, base, version=7, warmup=False) == str(base / "7")
-    assert sorted(p.name for p in base.iterdir()) == ["1", "2", "7"]
-
-
-def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
-    def fail(*args, **kwargs):
-        raise RuntimeError("disk full")
-
-    monkeypatch.setattr(serving, "warmup_requests", fail)  # fails after the SavedModel is written
-    with pytest.raises(RuntimeError, match="disk full"):
-        export.saved_model(tiny_model, tmp_path / "new_base")
-    assert not (tmp_path / "new_base").exists()
-    (tmp_path / "base").mkdir()
-    with pytest.raises(RuntimeError, match="disk full"):
-        export.saved_model(tiny_model, tmp_path / "base", version=3)
-    assert list((tmp_path / "base").iterdir()) == []
-
-
-def test_missing_serving_api_is_explained(tiny_model, tmp_path, monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorflow_serving", None)
-    monkeypatch.setitem(sys.modules, "tensorflow_serving.apis", None)
-    with pytest.raises(ImportError, match=r"lambda-keras\[serving\].*warmup=False"):
-        export.saved_model(tiny_model, tmp_path / "base")
-    assert not (tmp_path / "base").exists()
-
-
-def test_logits_model_serves_probabilities_and_default_labels(tiny_model, tmp_path):
-    logits = keras.Model(tiny_model.input, keras.layers.Dense(3, name="logits")(
-        tiny_model.get_layer("predictions").input))
-    path = export.saved_model(logits, tmp_path / "base", top_k=10, warmup=False)
-    pixels = np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
-    mean, std = np.array(weights.DEFAULT_PREPROCESSING.mean), np.array(
-        weights.DEFAULT_PREPROCESSING.std)
-    expected = ops.convert_to_numpy(ops.softmax(logits((pixels / 255 - mean) / std), axis=-1))
-    outputs = tf.saved_model.load(path).signatures["serving_default"](images=pixels)
-    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-6)
-    assert outputs["top_k_labels"].shape == (2, 3)  # top_k capped at the number of classes
-    assert set(outputs["top_k_labels"].numpy().ravel().astype(str)) == {"0", "1", "2"}
-
-
-@pytest.mark.parametrize("kwargs, error, match", [
-    (dict(labels=["a", "b"]), ValueError, r"`labels` must be 3 strings"),
-    (dict(labels=["a", "b\nc", "d"]), ValueError, "line breaks"),
-    (dict(top_k=0), ValueError, r"Received: top_k=0"),
-    (dict(version=-1), ValueError, r"Received: version=-1"),
-    (dict(preprocessing=weights.DEFAULT_PREPROCESSING), ValueError,
-     r"must match the model's input size \(32, 32\)"),
-    (dict(preprocessing={"input_size": (32, 32)}), TypeError, "must be a lambda_keras"),
-])
-def test_saved_model_argument_errors(tiny_model, tmp_path, kwargs, error, match):
-    with pytest.raises(error, match=match):
-        export.saved_model(tiny_model, tmp_path / "base", **kwargs)
-    assert not (tmp_path / "base").exists()
-
-
-def test_saved_model_refuses_non_classifiers(tiny_model, tmp_path):
-    with pytest.raises(TypeError, match="keras.Model"):
-        export.saved_model(lambda x: x, tmp_path)
-    two_outputs = keras.Model(tiny_model.inputs, [tiny_model.output, tiny_model.output])
-    with pytest.raises(ValueError, match=r"one output \[batch, classes\]"):
-        export.saved_model(two_outputs, tmp_path)
-    sigmoid = keras.Model(tiny_model.input, keras.layers.Dense(3, activation="sigmoid")(
-        tiny_model.get_layer("predictions").input))
-    with pytest.raises(ValueError, match="activation='sigmoid'"):
-        export.saved_model(sigmoid, tmp_path)
-
-
-def test_tflite_argument_errors(tiny_model, tmp_path):
-    path = tmp_path / "m.tflite"
-    with pytest.raises(ValueError, match=r"one of \(None, 'float16', 'dynamic', 'int8'\)\. "
-                                         r"Received: quantization='int4'"):
-        export.tflite(tiny_model, path, quantization="int4")
-    with pytest.raises(ValueError, match="needs `representative_data`"):
-        export.tflite(tiny_model, path, quantization="int8")
-    with pytest.raises(ValueError, match='only used with quantization="int8"'):
-        export.tflite(tiny_model, path, quantization="dynamic", representative_data=np.zeros(3))
-    with pytest.raises(ValueError, match=r"array of shape \(3, 32\)"):
-        export.tflite(tiny_model, path, quantization="int8", representative_data=np.zeros((3, 32)))
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_tflite_int8_from_a_labelled_dataset(tiny_model, tmp_path):
-    images = np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype("float32")
-    dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, "int64"))).batch(4)
-    path = export.tflite(tiny_model, tmp_path / "m.tflite", quantization="int8",
-                         representative_data=dataset)
-    probs, _ = _tflite_run(path, images)
-    expected = ops.convert_to_numpy(tiny_model(images))
-    assert np.abs(probs - expected).max() < 0.1 and probs.shape == (16, 3)
-    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
-
-
-def test_tflite_refuses_unbounded_int8_ranges_and_keeps_the_old_file(tmp_path):
-    """-inf padding before a max pool (PyTorch-style pooling) gives an infinite int8 scale."""
-    inputs = keras.Input((16, 16, 3))
-    x = keras.layers.Conv2D(8, 3, activation="silu")(inputs)
-    x = keras.layers.Lambda(lambda t: ops.max_pool(ops.pad(
-        t, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=float("-inf")), 3, strides=2))(x)
-    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(x))
-    path = tmp_path / "m.tflite"
-    path.write_bytes(b"previous")
-    with pytest.raises(ValueError, match="unbounded range"):
-        export.tflite(model, path, quantization="int8",
-                      representative_data=np.random.default_rng(0).standard_normal((4, 16, 16, 3)))
-    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
-
-
-def test_resize_budget_counts_the_bytes_of_the_resized_float_image():
-    """`resized_bytes` against timm's eval resize rule computed here, and the budget's verdicts."""
-    short = int(SIZE / PREPROCESSING.crop_pct)  # 73: shorter side after the eval resize
-    for height, width in [(1, 12000), (3, 2000), (2000, 3), (427, 640), (1, 1), (8192, 8192)]:
-        longer = int(short * max(height, width) / min(height, width))  # floor, as timm
-        expected = short * longer * 3 * 4  # float32 RGB
-        got = float(image_ops.resized_bytes(height, width, PREPROCESSING))
-        assert expected <= got <= expected + short * 3 * 4, (height, width)
-        resize_to = _eval_resize_size(height, width, (SIZE, SIZE), PREPROCESSING.crop_pct)
-        assert int(np.prod(resize_to.numpy())) * 12 == expected
-    assert float(image_ops.resized_bytes(1, 12000, PREPROCESSING)) > export.MAX_RESIZED_BYTES
-    assert float(image_ops.resized_bytes(3, 2000, PREPROCESSING)) < export.MAX_RESIZED_BYTES
 
 
 # ----------------------------------------------------------- SavedModel size: weights stored once
@@ -700,311 +527,3 @@ def test_saved_model_stores_each_weight_once(case):
     assert weight_bytes <= variables_bytes <= 1.05 * weight_bytes
     assert total <= 1.05 * (weight_bytes + graph_bytes) + 200_000  # + labels and warmup records
 
-
-# --------------------------------------------------- TensorFlow's own tools: saved_model_cli
-def _saved_model_cli(*args, cwd):
-    """Runs TensorFlow's `saved_model_cli` in its own process (no lambda_keras on the path)."""
-    cli = Path(sys.executable).with_name("saved_model_cli")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
-    return subprocess.run([str(cli), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=SERVING_TIMEOUT_S)
-
-
-@pytest.fixture(scope="module")
-def cli_export(tiny_model, tmp_path_factory):
-    """The tiny model exported once, its inputs as .npy files for `saved_model_cli run`."""
-    work = tmp_path_factory.mktemp("cli")
-    path = export.saved_model(tiny_model, work / "base", labels=["a", "b", "c"])
-    pixels = np.random.default_rng(3).uniform(0, 255, (2, 40, 48, 3)).astype("float32")
-    jpegs = [_jpeg(load_sample_images().images[0]), _png(np.full((20, 30, 3), 120))]
-    np.save(work / "pixels.npy", pixels)
-    np.save(work / "nan.npy", np.where(pixels > 250, np.nan, pixels).astype("float32"))
-    np.save(work / "bytes.npy", np.array(jpegs, dtype="S"))  # fixed-width bytes: no pickle
-    np.save(work / "bytes_2d.npy", np.array([jpegs[:1]], dtype="S"))
-    return work, path, pixels, jpegs
-
-
-def test_saved_model_cli_show_lists_both_signatures(cli_export):
-    work, path, _, _ = cli_export
-    shown = _saved_model_cli("show", "--dir", path, "--all", cwd=work)
-    assert shown.returncode == 0, shown.stderr[-2000:]
-    text = shown.stdout
-    for signature, key, dtype, shape in [
-            ("serving_default", "images", "DT_FLOAT", "(-1, -1, -1, 3)"),
-            ("serving_bytes", "image_bytes", "DT_STRING", "unknown_rank")]:
-        block = text.split(f"signature_def['{signature}']:")[1].split("signature_def[")[0]
-        assert re.search(rf"inputs\['{key}'\] tensor_info:\s+dtype: {dtype}\s+shape: "
-                         rf"{re.escape(shape)}", block), block
-        for output, out_dtype in [("probabilities", "DT_FLOAT"), ("top_k_indices", "DT_INT32"),
-                                  ("top_k_labels", "DT_STRING"), ("top_k_scores", "DT_FLOAT")]:
-            assert re.search(rf"outputs\['{output}'\] tensor_info:\s+dtype: {out_dtype}\s+"
-                             r"shape: \(-1, 3\)", block), (signature, output)
-        assert "Method name is: tensorflow/serving/predict" in block
-
-
-def _cli_run(work, path, signature, inputs, outdir):
-    return _saved_model_cli("run", "--dir", path, "--tag_set", "serve", "--signature_def",
-                            signature, "--inputs", inputs, "--outdir", str(work / outdir),
-                            "--overwrite", cwd=work)
-
-
-def test_saved_model_cli_run_serving_default(cli_export, tiny_model):
-    work, path, pixels, _ = cli_export
-    ran = _cli_run(work, path, "serving_default", "images=pixels.npy", "out_images")
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    resized = tf.clip_by_value(tf.image.resize(pixels, (32, 32), method="bicubic", antialias=True),
-                               0.0, 255.0).numpy()
-    mean, std = np.array(weights.DEFAULT_PREPROCESSING.mean), np.array(
-        weights.DEFAULT_PREPROCESSING.std)
-    expected = ops.convert_to_numpy(tiny_model((resized / 255 - mean) / std))
-    np.testing.assert_allclose(np.load(work / "out_images" / "probabilities.npy"), expected,
-                               atol=1e-5)
-    np.testing.assert_array_equal(np.load(work / "out_images" / "top_k_indices.npy"),
-                                  np.argsort(-expected, axis=-1, kind="stable"))
-
-
-def test_saved_model_cli_run_serving_bytes(cli_export, tiny_model):
-    work, path, _, jpegs = cli_export
-    ran = _cli_run(work, path, "serving_bytes", "image_bytes=bytes.npy", "out_bytes")
-    assert ran.returncode == 0, ran.stderr[-2000:]
-    preprocessing = weights.replace_input_size(weights.DEFAULT_PREPROCESSING, (32, 32))
-    decoded = [tf.io.decode_jpeg(jpegs[0], channels=3, dct_method="INTEGER_ACCURATE"),
-               tf.io.decode_png(jpegs[1], channels=3)]
-    images = np.stack([data.eval_transform(d, preprocessing).numpy() for d in decoded])
-    expected = ops.convert_to_numpy(tiny_model(images))
-    np.testing.assert_allclose(np.load(work / "out_bytes" / "probabilities.npy"), expected,
-                               atol=1e-5)
-
-
-@pytest.mark.parametrize("signature, inputs, message", [
-    ("serving_default", "images=nan.npy", "images: the pixels must be finite"),
-    ("serving_bytes", "image_bytes=bytes_2d.npy", "image_bytes: expected a tensor of shape"),
-])
-def test_saved_model_cli_run_refuses_bad_tensors(cli_export, signature, inputs, message):
-    work, path, _, _ = cli_export
-    ran = _cli_run(work, path, signature, inputs, "out_bad")
-    assert ran.returncode != 0
-    assert "InvalidArgumentError" in ran.stderr and message in ran.stderr, ran.stderr[-2000:]
-    assert not (work / "out_bad" / "probabilities.npy").exists()
-
-
-# ------------------------------------ client requests against the signature, as TF Serving sees it
-def _signature_def_map(path):
-    """The SignatureDefMap TF Serving's GetModelMetadata returns, from saved_model.pb."""
-    from tensorflow.core.protobuf import saved_model_pb2
-    from tensorflow_serving.apis import get_model_metadata_pb2
-
-    saved = saved_model_pb2.SavedModel.FromString((Path(path) / "saved_model.pb").read_bytes())
-    (meta_graph,) = [m for m in saved.meta_graphs if "serve" in m.meta_info_def.tags]
-    signatures = get_model_metadata_pb2.SignatureDefMap()
-    for name, definition in meta_graph.signature_def.items():
-        if not name.startswith("__"):
-            signatures.signature_def[name].CopyFrom(definition)
-    return signatures
-
-
-def _check_tensor_against(tensor_proto, info):
-    """A TensorProto matches a signature TensorInfo: dtype, and the shape if the rank is known."""
-    assert tensor_proto.dtype == info.dtype
-    if not info.tensor_shape.unknown_rank:
-        dims = [d.size for d in info.tensor_shape.dim]
-        shape = [d.size for d in tensor_proto.tensor_shape.dim]
-        assert len(shape) == len(dims) and all(e in (-1, g) for e, g in zip(dims, shape))
-
-
-def test_client_requests_match_the_signatures(cli_export):
-    from google.protobuf import json_format
-    from tensorflow_serving.apis import predict_pb2
-
-    work, path, pixels, jpegs = cli_export
-    signatures = _signature_def_map(path).signature_def
-    assert set(signatures) == {"serving_default", "serving_bytes"}
-
-    request = _load_client("client_grpc").build_request(jpegs, "lambda_resnet")
-    assert isinstance(request, predict_pb2.PredictRequest)
-    definition = signatures[request.model_spec.signature_name]
-    assert definition.method_name == "tensorflow/serving/predict"
-    assert set(request.inputs) == set(definition.inputs)
-    for key, tensor_proto in request.inputs.items():
-        _check_tensor_against(tensor_proto, definition.inputs[key])
-    # what the gRPC server decodes: the same bytes
-    assert list(tf.make_ndarray(request.inputs["image_bytes"])) == jpegs
-    assert predict_pb2.PredictRequest.FromString(request.SerializeToString()) == request
-    json_format.Parse(json_format.MessageToJson(request), predict_pb2.PredictRequest())
-
-    body = _load_client("client_rest").build_body(jpegs)
-    definition = signatures[body["signature_name"]]
-    (key,) = definition.inputs  # one input: TF Serving takes bare row-format instances
-    assert definition.inputs[key].dtype == tf.string.as_datatype_enum
-    assert [base64.b64decode(instance["b64"]) for instance in body["instances"]] == jpegs
-
-    images = signatures["serving_default"].inputs["images"]
-    _check_tensor_against(tf.make_tensor_proto(pixels), images)
-    assert images.dtype == tf.float32.as_datatype_enum
-
-
-# ----------------------------------------------------------------- SavedModel: bad paths, leftovers
-def test_saved_model_refuses_a_file_as_export_dir(tiny_model, tmp_path):
-    target = tmp_path / "not_a_directory"
-    target.write_bytes(b"keep me")
-    with pytest.raises(ValueError, match=r"`export_dir` must be a directory.*an existing file"):
-        export.saved_model(tiny_model, target, warmup=False)
-    assert target.read_bytes() == b"keep me"
-    with pytest.raises(TypeError, match=r"`export_dir` must be a path"):
-        export.saved_model(tiny_model, 3, warmup=False)
-
-
-def test_a_killed_exports_staging_directory_is_removed_later(tiny_model, tmp_path):
-    host = socket.gethostname()
-    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
-                              capture_output=True, text=True, check=True)
-    dead = int(finished.stdout)  # a process that has exited: its staging directory is stale
-    base = tmp_path / "base"
-    stale = base / f".tmp-1-{host}-{dead}-k1ll3d_x"
-    (stale / "variables").mkdir(parents=True)
-    (stale / "variables" / "variables.data-00000-of-00001").write_bytes(b"\0" * 1000)
-    retired = base / f".old-4-{host}-{dead}-r3t1r3d"
-    retired.mkdir()
-    running = base / f".tmp-2-{host}-{os.getpid()}-l1v3"  # this live process: left alone
-    running.mkdir()
-    other_host = base / f".tmp-3-elsewhere.example-{dead}-0th3r"  # unknown process: left alone
-    other_host.mkdir()
-    path = export.saved_model(tiny_model, base, warmup=False)
-    assert Path(path).name == "1"
-    assert sorted(p.name for p in base.iterdir()) == sorted(
-        ["1", running.name, other_host.name])
-
-
-# --------------------------------------------------------- int8: calibration data and the result
-def _no_conversion(*args, **kwargs):
-    raise AssertionError("the converter must not run on refused calibration data")
-
-
-@pytest.mark.parametrize("make, error, match", [
-    (lambda: np.zeros((0, 32, 32, 3), "float32"), ValueError, "at least one image"),
-    (lambda: np.full((4, 32, 32, 3), np.nan, "float32"), ValueError,
-     r"must be finite.*12288 non-finite"),
-    (lambda: np.where(np.arange(4 * 32 * 32 * 3).reshape(4, 32, 32, 3) == 7, np.inf, 0.5),
-     ValueError, r"must be finite.*1 non-finite"),
-    (lambda: np.zeros((4, 32, 32, 1), "float32"), ValueError,
-     r"\[samples, 32, 32, 3\].*shape \(4, 32, 32, 1\)"),
-    (lambda: np.zeros((4, 16, 16, 3), "float32"), ValueError, r"shape \(4, 16, 16, 3\)"),
-    (lambda: np.zeros((4, 32, 32), "float32"), ValueError, r"shape \(4, 32, 32\)"),
-    (lambda: tf.data.Dataset.from_tensor_slices(np.zeros((0, 32, 32, 3), "float32")),
-     ValueError, "at least one image"),
-    (lambda: tf.data.Dataset.from_tensor_slices(
-        (np.full((3, 32, 32, 3), np.nan, "float32"), np.zeros(3))).batch(2),
-     ValueError, r"dataset element 0 with 6144 non-finite"),
-    (lambda: tf.data.Dataset.from_tensor_slices(np.zeros((3, 8, 8, 3), "float32")),
-     ValueError, r"dataset element 0 of shape \(8, 8, 3\)"),
-    (lambda: np.array(["a", "b"]), TypeError, "numeric images"),
-    (lambda: "images/", TypeError, "an array .* or a tf.data.Dataset"),
-])
-def test_int8_refuses_unusable_calibration_data_before_converting(
-        tiny_model, tmp_path, monkeypatch, make, error, match):
-    monkeypatch.setattr(litert, "_convert", _no_conversion)
-    path = tmp_path / "m.tflite"
-    path.write_bytes(b"previous")
-    with pytest.raises(error, match="`representative_data`") as raised:
-        export.tflite(tiny_model, path, quantization="int8", representative_data=make())
-    assert re.search(match, str(raised.value)), str(raised.value)
-    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
-
-
-def test_int8_result_is_checked_integer_and_failures_keep_the_old_file(tiny_model, tmp_path,
-                                                                       monkeypatch):
-    images = np.random.default_rng(0).standard_normal((16, 32, 32, 3)).astype("float32")
-    strict = export.tflite(tiny_model, tmp_path / "strict.tflite", quantization="int8",
-                           representative_data=images, float_ops=())
-    assert export.float_operators(Path(strict).read_bytes()) == []
-    default = export.tflite(tiny_model, tmp_path / "default.tflite", quantization="int8",
-                            representative_data=images)
-    floats = {name for _, name, _ in export.float_operators(Path(default).read_bytes())}
-    assert "BATCH_MATMUL" in floats  # the lambda layer's activation x activation products
-    assert floats <= {"BATCH_MATMUL", "MUL", "QUANTIZE", "DEQUANTIZE", "SHAPE"}, floats
-    expected = ops.convert_to_numpy(tiny_model(images))
-    for path in (strict, default):
-        probs, _ = _tflite_run(path, images)
-        assert np.abs(probs - expected).max() < 0.1
-
-    # A conversion that comes back mostly float (what empty calibration produced) is refused.
-    float_model = export.tflite(tiny_model, tmp_path / "float.tflite")
-    monkeypatch.setattr(litert, "_convert", lambda *args: Path(float_model).read_bytes())
-    for float_ops in [(), ("BATCH_MATMUL",)]:
-        with pytest.raises(ValueError, match=r"left \d+ operators computing in float.*CONV_2D"):
-            export.tflite(tiny_model, default, quantization="int8", representative_data=images,
-                          float_ops=float_ops)
-    assert export.float_operators(Path(default).read_bytes()) != []  # still the int8 file
-    assert Path(default).read_bytes() != Path(float_model).read_bytes()
-
-    def broken(*args):
-        raise RuntimeError("converter crashed")
-
-    monkeypatch.setattr(litert, "_convert", broken)
-    before = Path(strict).read_bytes()
-    with pytest.raises(RuntimeError, match="converter crashed"):
-        export.tflite(tiny_model, strict, quantization="int8", representative_data=images)
-    assert Path(strict).read_bytes() == before
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "default.tflite", "float.tflite", "strict.tflite"]
-
-
-@pytest.mark.parametrize("float_ops, error, match", [
-    ("BATCH_MATMUL", TypeError, "sequence of TFLite operator names"),
-    (None, TypeError, "sequence of TFLite operator names"),
-    (("BATCHMATMUL",), ValueError, r"unknown \['BATCHMATMUL'\]"),
-])
-def test_int8_float_ops_argument(tiny_model, tmp_path, float_ops, error, match):
-    with pytest.raises(error, match=match):
-        export.tflite(tiny_model, tmp_path / "m.tflite", quantization="int8",
-                      representative_data=np.zeros((2, 32, 32, 3), "float32"), float_ops=float_ops)
-    assert list(tmp_path.iterdir()) == []
-
-
-# ------------------------------------------------------------------------- the one LiteRT runner
-def test_litert_runner_batches_and_integer_io(tiny_model, tmp_path):
-    images = np.random.default_rng(1).standard_normal((5, 32, 32, 3)).astype("float32")
-    expected = ops.convert_to_numpy(tiny_model(images))
-    runner = export.LiteRTRunner(export.tflite(tiny_model, tmp_path / "f.tflite"), num_threads=1)
-    np.testing.assert_allclose(runner(images), expected, atol=1e-5)
-    np.testing.assert_allclose(runner.predict(images, batch_size=2), expected, atol=1e-5)
-    np.testing.assert_allclose(runner(images[:1]), expected[:1], atol=1e-5)  # resized back
-    assert "FULLY_CONNECTED" in runner.ops
-
-    # A file with int8 input/output tensors (converted here directly): the runner (de)quantizes.
-    converter = tf.lite.TFLiteConverter.from_keras_model(tiny_model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = lambda: ([image[None]] for image in images)
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = converter.inference_output_type = tf.int8
-    quantized = export.LiteRTRunner(converter.convert())
-    assert quantized.input_details["dtype"] == np.int8
-    probs = quantized.predict(images, batch_size=1)
-    assert probs.dtype == np.float32 and np.abs(probs - expected).max() < 0.1
-    with pytest.raises(TypeError, match="`model` must be a .tflite path or flatbuffer bytes"):
-        export.LiteRTRunner(np.zeros(3))
-
-
-QUANTIZE_SCRIPT = """
-import sys
-import numpy as np, keras
-from lambda_keras import export
-model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3),
-                          keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
-data = np.random.default_rng(0).standard_normal((8, 8, 8, 3)).astype("float32")
-export.tflite(model, sys.argv[1], quantization="int8", representative_data=data)
-"""
-
-
-@pytest.mark.parametrize("level, printed", [("3", False), ("1", True)])
-def test_int8_conversion_prints_no_cpp_lines_when_tensorflow_logging_is_silenced(
-        tmp_path, level, printed):
-    """The quantizer's C++ "fully_quantize: ..." lines ignore TF_CPP_MIN_LOG_LEVEL; export
-    silences them where that variable is 3 (the CLI's default) and keeps them otherwise."""
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": level, "KERAS_BACKEND": "tensorflow"}
-    result = subprocess.run([sys.executable, "-c", QUANTIZE_SCRIPT, str(tmp_path / "m.tflite")],
-                            env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert ("fully_quantize" in result.stderr) is printed
-    assert (tmp_path / "m.tflite").stat().st_size > 0
