@@ -20,12 +20,11 @@ NOTE: the strided lambda block pools in "ceil mode": an average pool with "same"
 averages the valid pixels of a partial window at the bottom/right edge (PyTorch's
 AvgPool2d(ceil_mode=True, count_include_pad=False)). The lambda layer pools itself where its own
 pool is that function (3x3/2; 2x2/2 on an even static map), else it runs at stride 1 and an
-AveragePooling2D follows. On an even
-map this is exactly timm's 2x2/2 pool (timm parity at 256 holds); on an odd map timm's "valid"
-2x2 pool floors the size while its strided 1x1 shortcut ceils it, and timm itself fails (e.g.
-lambda_resnet26t at 100, 200 or 240 px) or, with a 1-pixel result, broadcasts. Our choice keeps
-both branches at ceil(n / 2) and uses every pixel. The paper's 3x3/2 pool has no stated padding;
-"same" is what TF's ResNet-RS pools use.
+AveragePooling2D follows. On an even map this is exactly timm's 2x2/2 pool (timm parity at 256
+holds); on an odd map timm's "valid" 2x2 pool floors the size while its strided 1x1 shortcut ceils
+it, and timm itself fails (e.g. lambda_resnet26t at 100, 200 or 240 px) or, with a 1-pixel result,
+broadcasts. Our choice keeps both branches at ceil(n / 2) and uses every pixel. The paper's 3x3/2
+pool has no stated padding; "same" is what TF's ResNet-RS pools use.
 NOTE: squeeze-excitation follows ResNet-RS: after the last BN, reducing the block's output width by
 se_ratio (0.25 -> the bottleneck width), ReLU, sigmoid. Whether lambda blocks have it is the
 builder's `se_in_lambda_blocks` (architectures.py).

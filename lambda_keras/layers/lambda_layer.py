@@ -489,9 +489,11 @@ def content_output(q, keys, values):
 def _same_average_pool(x, rows, cols, pool_size=3):
     """Stride-2 average pool with TF's "same" padding, averaging the pixels inside the map only.
 
-    NOTE: Keras' PyTorch backend (3.15) pads "same" pools with zeros explicitly, so the border
-    windows count the padding; TensorFlow and JAX do not. Here: a "valid" pool over the map padded
-    as TF pads it (the smaller half first), rescaled by the number of pixels inside each window.
+    NOTE: Keras' PyTorch backend (3.15) fills the padding of "same" 3x3/2 pools on even maps so
+    that the border windows average other pixels than TensorFlow's and JAX's (measured: the last
+    window of a map whose rows hold 0..7 gives 6.67, TF 6.5). Here: a "valid" pool over the map
+    padded as TF pads it (the smaller half first), rescaled by the number of pixels inside each
+    window.
     x: [b, H, W, d] with static H, W (always static on PyTorch). Returns [b, ceil(H/2), ceil(W/2), d].
     """
     pads, inside = [], []
