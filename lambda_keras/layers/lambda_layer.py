@@ -269,7 +269,7 @@ class LambdaLayer(keras.layers.Layer):
         if self._embedding_size is not None:
             # "relative"/"global": the embeddings fix the size, also under a dynamic signature.
             height, width = self._embedding_size
-        h, k, v = self.num_heads, self.key_dim, self.value_dim
+        h, v = self.num_heads, self.value_dim
         dynamic = ops.shape(inputs)
         batch = dynamic[0]
         rows = height if height is not None else dynamic[1]
@@ -286,9 +286,7 @@ class LambdaLayer(keras.layers.Layer):
         if self.strides == 2:
             # The pool is linear in the queries: every term but a full-map position term is
             # formed at the pooled positions (the pooled queries give the pooled content term).
-            queries = self._pool(ops.reshape(q, (batch, rows, cols, h * k)), rows, cols)
-            out_rows, out_cols = ops.shape(queries)[1], ops.shape(queries)[2]
-            queries = ops.reshape(queries, (batch, -1, h, k))  # [b, n', h, k]
+            queries, (out_rows, out_cols) = self._pool_positions(q, rows, cols)  # [b, n', h, k]
         out = content_output(queries, keys, values)  # [b, n', h, v]
         if self.position is not None:
             runtime = formulations.current_runtime()
@@ -315,13 +313,19 @@ class LambdaLayer(keras.layers.Layer):
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
                                                   formulation, columns)  # [b, n, h, v]
                 if self.strides == 2:
-                    position = ops.reshape(position, (batch, rows, cols, h * v))
-                    position = self._pool(position, rows, cols)  # [b, H', W', h v]
-                    position = ops.reshape(position, (batch, -1, h, v))  # [b, n', h, v]
+                    position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
                 out = out + position
 
         out = ops.cast(out, compute_dtype)
         return ops.reshape(out, (batch, out_rows, out_cols, h * v))  # [b, H', W', d]
+
+    def _pool_positions(self, x, rows, cols):
+        """The pool over the positions of x [b, n, h, c]: ([b, n', h, c], (H', W'))."""
+        heads, depth = x.shape[2], x.shape[3]
+        pooled = self._pool(ops.reshape(x, (ops.shape(x)[0], rows, cols, heads * depth)),
+                            rows, cols)  # [b, H', W', h c]
+        shape = ops.shape(pooled)
+        return ops.reshape(pooled, (shape[0], -1, heads, depth)), (shape[1], shape[2])
 
     def _pool(self, x, rows, cols):
         """The stride-2 average pool of the layer: [b, H, W, c] -> [b, H', W', c]."""
