@@ -79,16 +79,20 @@ HOPELESS = 10.0  # probe slower than this many times the cell's best probe: not 
 # (row_windows, conv) only when hopeless.
 DROP_AFTER = 3.0
 QUADRATIC = ("queries_first", "lambdas_first")
-MEMORY_LIMIT_BYTES = 3 * 1024 ** 3
+# 4 GiB: query windows forward at 112^2 (~3.3 GiB estimated, 3.9-4.2 GiB measured peak with
+# TensorFlow's allocator) run, forward + backward there (~10 GiB) does not.
+MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
 PHASES = ("fwd", "train")
 
 
-def estimate_bytes(formulation, size, batch, shape, block_columns=1):
-    """Forward + backward bytes of the n x m tensors a formulation stores on a size x size map
-    (3 copies); for query_windows, of its window scores and their spread over a block's context
-    rows (`formulations.query_windows_shape`, with `block_columns` query columns per block)."""
+def estimate_bytes(formulation, size, batch, shape, block_columns=1, phase="train"):
+    """Bytes of the n x m tensors a formulation stores on a size x size map: one copy forward,
+    3 forward + backward; for query_windows, of its window scores and their spread over a
+    block's context rows (`formulations.query_windows_shape`, with `block_columns` query columns
+    per block)."""
     from lambda_keras.layers import formulations
 
+    copies = 1 if phase == "fwd" else 3
     u, k, h = shape["intra_depth"], LAYER["key_dim"], LAYER["num_heads"]
     positions = size * size
     if formulation == "query_windows":
@@ -98,9 +102,9 @@ def estimate_bytes(formulation, size, batch, shape, block_columns=1):
                                                    block_columns)
         queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
         per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
-        return 3 * queries * batch * per_query * 4
+        return copies * queries * batch * per_query * 4
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * k}.get(formulation, 0)
-    return 3 * positions * positions * per_pair * 4
+    return copies * positions * positions * per_pair * 4
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -238,7 +242,8 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 skipped = hopeless_before.setdefault((shape_name, phase), {})
                 probes = {}
                 for formulation in FORMULATIONS:
-                    estimate = estimate_bytes(formulation, size, batch, shape, columns[phase])
+                    estimate = estimate_bytes(formulation, size, batch, shape, columns[phase],
+                                              phase)
                     if estimate > MEMORY_LIMIT_BYTES:
                         cell["results"][formulation] = dict(
                             status="skipped", reason=f"estimated {common.gib(estimate):.1f} GiB "

@@ -10,6 +10,9 @@ file, eager execution) and works for a single layer as well as a whole `keras.Mo
 - `assert_mixed_precision_dtypes`: every sublayer follows the policy and keeps float32 variables;
 - `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Softmax").
 
+And shared fixtures of the training and weight tests: `tiny_lambda_net` (a few thousand weights
+around a real LambdaLayer), `weights_by_path` and `max_relative_diff`.
+
 Gradients use `tf.GradientTape`: TensorFlow is the tested backend (DESIGN.md). Losses are
 `sum(output * P)` with a fixed random P, so that no gradient vanishes by symmetry (the plain sum of
 a batch-normalised output has zero gradient).
@@ -20,6 +23,8 @@ import copy
 import numpy as np
 import keras
 import tensorflow as tf
+
+from lambda_keras import LambdaLayer
 
 
 def max_abs_diff(a, b):
@@ -165,3 +170,33 @@ def graph_op_dtypes(fn, x, op_type):
     """dtypes of every `op_type` op (e.g. "Softmax") in the TF graph of fn traced on x."""
     graph = tf.function(fn).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
     return [op.get_attr("T").name for op in graph.get_operations() if op.type == op_type]
+
+
+# ------------------------------------------------------------------ small models and weights
+def tiny_lambda_net(input_shape, classes, **unused):
+    """Conv stem (32 -> 8 px) -> LambdaLayer (r=5) -> BN -> pool -> classifier "predictions"."""
+    bn = dict(momentum=0.9, epsilon=1e-5)
+    inputs = keras.Input(input_shape)
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", use_bias=False, name="conv1")(inputs)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="conv1_bn", **bn)(x))
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", use_bias=False, name="conv2")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="conv2_bn", **bn)(x))
+    x = LambdaLayer(output_dim=32, key_dim=8, num_heads=4, receptive_field=5, name="lambda")(x)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization(name="lambda_bn", **bn)(x))
+    x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    outputs = keras.layers.Dense(classes, activation="softmax", dtype="float32",
+                                 name="predictions")(x)
+    return keras.Model(inputs, outputs, name="tiny_lambda_net")
+
+
+def weights_by_path(model):
+    """{variable path: a NumPy copy of its value} of every weight of `model`."""
+    return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.weights}
+
+
+def max_relative_diff(a, b):
+    """Largest difference over same-named arrays, relative to max(1, max |b|) per array
+    (absolute for O(1) weights; float32 round-off grows with magnitude, e.g. BN variances)."""
+    assert a.keys() == b.keys()
+    return max(float(np.max(np.abs(a[k].astype("float64") - b[k]))
+                     / max(1.0, float(np.max(np.abs(b[k]), initial=0.0)))) for k in a)

@@ -34,7 +34,7 @@ import lambda_keras
 from lambda_keras import models
 from lambda_keras import weights as W
 
-from helpers import assert_close, max_abs_diff
+from helpers import assert_close, max_abs_diff, weights_by_path
 
 PARITY_ATOL = 1e-4
 FEATURES_RTOL = 2e-4  # of max |features| (test_features_match_timm)
@@ -124,10 +124,6 @@ def save_state(state, path):
 def small_26t(**kwargs):
     kwargs = {"weights": None, "input_shape": (SIZE, SIZE, 3), "classes": CLASSES, **kwargs}
     return lambda_keras.LambdaResNet26T(**kwargs)
-
-
-def weights_of(model):
-    return {v.path: v.numpy().copy() for v in model.weights}
 
 
 # ------------------------------------------------------------------------------- parity
@@ -220,7 +216,7 @@ def checkpoint(timm_state, tmp_path_factory):
 @pytest.fixture(scope="module")
 def loaded(checkpoint):
     """Weights of the small model loaded from `checkpoint` (the reference for other tests)."""
-    return weights_of(small_26t(weights=checkpoint))
+    return weights_by_path(small_26t(weights=checkpoint))
 
 
 def test_loaded_values_follow_the_mapping(timm_state, loaded):
@@ -260,10 +256,10 @@ def _strict_error(state, tmp_path, **model_kwargs):
     """Load a modified checkpoint; returns the error message after checking nothing changed."""
     path = save_state(state, tmp_path / "bad.safetensors")
     model = small_26t(**model_kwargs)
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError) as info:
         W.load_weights(model, path, "lambda_resnet26t")
-    after = weights_of(model)
+    after = weights_by_path(model)
     for key, value in before.items():
         np.testing.assert_array_equal(after[key], value, err_msg=f"{key} changed")
     message = str(info.value)
@@ -320,7 +316,7 @@ def test_headless_checkpoint_needs_a_headless_model(timm_state, tmp_path):
 
 def test_include_top_false_loads_all_but_the_classifier(checkpoint, loaded):
     model = small_26t(weights=checkpoint, include_top=False, pooling="avg")
-    got = weights_of(model)
+    got = weights_by_path(model)
     assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
     for key, value in got.items():
         np.testing.assert_array_equal(value, loaded[key], err_msg=key)
@@ -330,8 +326,8 @@ def test_other_classes_load_all_but_the_classifier(checkpoint, loaded):
     keras.utils.set_random_seed(3)
     model = small_26t(weights=checkpoint, classes=7)
     keras.utils.set_random_seed(3)
-    fresh = weights_of(small_26t(classes=7))
-    got = weights_of(model)
+    fresh = weights_by_path(small_26t(classes=7))
+    got = weights_by_path(model)
     for key, value in got.items():
         if key.startswith("predictions/"):
             np.testing.assert_array_equal(value, fresh[key], err_msg=key)  # initial values
@@ -427,12 +423,12 @@ def test_imagenet_downloads_verifies_and_caches(checkpoint, loaded, preset_from,
     cached = preset_from(source.as_uri(), _sha256(source))
     model = small_26t(weights="imagenet")
     assert cached.is_file() and _sha256(cached) == _sha256(source)
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, loaded[key], err_msg=key)
     # Second use: from the cache, the source is gone.
     source.unlink()
     model = small_26t(weights="lambda_resnet26t.c1_in1k")
-    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+    np.testing.assert_array_equal(weights_by_path(model)["stem_conv1/kernel"],
                                   loaded["stem_conv1/kernel"])
 
 
@@ -489,15 +485,15 @@ def test_convert_timm_round_trip(checkpoint, loaded, tmp_path):
     dst = W.convert_timm(checkpoint, tmp_path / "out" / "model.weights.h5")  # arch inferred
     assert dst.endswith(".weights.h5") and os.path.isfile(dst)
     model = small_26t(weights=dst)
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, loaded[key], err_msg=key)
     # Keras files follow the same classifier rule.
     headless = small_26t(weights=dst, include_top=False)
-    np.testing.assert_array_equal(weights_of(headless)["stage4_block2_conv3/kernel"],
+    np.testing.assert_array_equal(weights_by_path(headless)["stage4_block2_conv3/kernel"],
                                   loaded["stage4_block2_conv3/kernel"])
     with pytest.warns(UserWarning, match="classifier"):
         other = small_26t(weights=dst, classes=7)
-    np.testing.assert_array_equal(weights_of(other)["stem_conv1_bn/beta"],
+    np.testing.assert_array_equal(weights_by_path(other)["stem_conv1_bn/beta"],
                                   loaded["stem_conv1_bn/beta"])
 
 
@@ -505,10 +501,10 @@ def test_keras_file_of_another_architecture_leaves_the_model_unchanged(checkpoin
     dst = W.convert_timm(checkpoint, tmp_path / "model.weights.h5", arch_name="LambdaResNet26T")
     model = models.build_lambda_resnet("lambda_resnet50ts", weights=None, classes=CLASSES,
                                        input_shape=(SIZE, SIZE, 3))
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError, match="left unchanged"):
         W.load_weights(model, dst, "lambda_resnet50ts")
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
@@ -689,7 +685,7 @@ def test_killed_download_leftover_is_removed(checkpoint, loaded, preset_from):
     unrelated.write_bytes(b"kept")
     model = small_26t(weights="imagenet")
     assert sorted(p.name for p in cached.parent.iterdir()) == sorted([cached.name, unrelated.name])
-    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+    np.testing.assert_array_equal(weights_by_path(model)["stem_conv1/kernel"],
                                   loaded["stem_conv1/kernel"])
 
 
@@ -706,18 +702,18 @@ def test_cached_file_that_does_not_fit_is_quarantined(timm_state, checkpoint, lo
     cached.parent.mkdir(parents=True)
     save_state(_without(timm_state, MISSING), cached)  # valid safetensors, one tensor missing
     model = small_26t()
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError) as info:
         W.load_weights(model, "imagenet", "lambda_resnet26t")
     message = str(info.value)
     assert "stage1_block1_conv1/kernel" in message and "downloads them again" in message
     assert not cached.exists() and (cached.parent / (cached.name + ".rejected")).is_file()
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
     # The next call downloads the good file again.
     model = small_26t(weights="imagenet")
     assert cached.is_file()
-    np.testing.assert_array_equal(weights_of(model)["stem_conv1/kernel"],
+    np.testing.assert_array_equal(weights_by_path(model)["stem_conv1/kernel"],
                                   loaded["stem_conv1/kernel"])
 
 
@@ -756,11 +752,11 @@ def test_non_finite_safetensors_are_refused_naming_the_tensor(timm_state, tmp_pa
     state[bad][3] = value
     path = save_state(state, tmp_path / "nan.safetensors")
     model = small_26t()
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError, match="non-finite") as info:
         W.load_weights(model, path, "lambda_resnet26t")
     assert bad in str(info.value) and "left unchanged" in str(info.value)
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
@@ -785,11 +781,11 @@ def test_non_finite_keras_weights_are_refused_naming_the_weight(tmp_path):
     path = str(tmp_path / "nan.weights.h5")
     source.save_weights(path)
     model = _tiny_model()
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError, match="non-finite") as info:
         W.load_weights(model, path, "lambda_resnet50")
     assert "stem_conv1/kernel" in str(info.value) and "left unchanged" in str(info.value)
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
@@ -805,11 +801,11 @@ def test_keras_weights_of_a_wrong_dtype_are_refused(tmp_path):
         del f[names[0]]
         f.create_dataset(names[0], data=np.full(shape, 7, "int64"))  # Keras would cast it
     model = _tiny_model()
-    before = weights_of(model)
+    before = weights_by_path(model)
     with pytest.raises(ValueError, match="non-floating-point") as info:
         W.load_weights(model, path, "lambda_resnet50")
     assert f"{names[0]} (int64)" in str(info.value)
-    for key, value in weights_of(model).items():
+    for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
