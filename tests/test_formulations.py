@@ -250,7 +250,10 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
         "query_windows", "query_windows", "query_windows", "row_windows", "conv"]
     assert choose((112, 112), False, MALLOC_AVX2) == "query_windows"
     assert choose((112, 112), True, avx2["onednn"]) == "row_windows"
-    assert choose((128, 128), False, avx2["onednn"]) == "conv"  # beyond what was measured
+    # Beyond what was measured (112^2), the lean formulations of the other rows.
+    assert choose((128, 128), False, avx2["onednn"]) == "conv"
+    assert choose((128, 128), False, MALLOC_AVX2) == "row_windows"
+    assert choose((128, 128), True, avx2["xla"], receptive_field=7, intra_depth=4) == "conv"
     # XLA training beyond 56^2: query windows for r 7 (2.29 vs 3.36 s for the convolution at
     # 112^2), row windows for r 23; PyTorch forward at 28^2: row windows (68 vs 97 ms).
     assert choose((112, 112), True, avx2["xla"], receptive_field=7, intra_depth=4) \

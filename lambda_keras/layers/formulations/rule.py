@@ -63,6 +63,9 @@ SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 CONV_FROM_50 = (None, 2500, "conv")  # any r on maps of 50^2 or more
 SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")  # r <= 11 (beyond the `windows` range)
 QUERY_WINDOWS = (None, 0, "query_windows")  # any r (beyond the `windows` range)
+# Beyond the largest map measured (112^2) the lean formulations again, as on the other rows.
+SMALL_R_CONV_BEYOND_112 = (11, 112 * 112 + 1, "conv")
+ROW_WINDOWS_BEYOND_112 = (None, 112 * 112 + 1, "row_windows")
 UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
 UP_TO_112 = (0, 112 * 112)
 LOCAL_RULE = {
@@ -130,33 +133,35 @@ LOCAL_RULE = {
 #   q . E 127, row windows 148; with G = 1 query windows took 177 and q . E was picked).
 # - The same with malloc: the 7 x 7 convolution from 28^2 on (137 ms vs 172 for query windows
 #   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
-#   (2 columns per block) for the unstrided r 23 layer (28^2: 151 vs 183 ms for row windows;
-#   56^2: 860 vs 920; 112^2, two runs of 2026-12-03: 2.64 / 2.58 s vs 3.54 / 3.48 s). Malloc's
+#   (2 columns per block) for the unstrided r 23 layer up to 112^2 (28^2: 151 vs 183 ms for row
+#   windows; 56^2: 860 vs 920; 112^2, two runs of 2026-12-03: 2.64 / 2.58 s vs 3.54 / 3.48 s),
+#   row windows beyond. Malloc's
 #   cells are the least stable: between those two runs (same code, same hour) the fastest
 #   forward flipped at 14^2 (q . E 12.8 / 6.6 ms, E . V 9.6 / 9.1) and 28^2 (query windows 110 /
 #   92 ms, row windows 88 / 100); the table holds the second run.
 # - Query windows forward up to 112^2 with oneDNN, without it (pooled allocator) and under XLA
-#   (XLA: in training too for r <= 11, beyond 56^2): their time and memory per position do not
-#   grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN 0.78 s
-#   vs 1.08 s for the convolution, without 1.58 vs 2.79 s for row windows, XLA 1.53 vs 2.80 s;
-#   r 7 |u| 4 forward 0.53 / 0.96 / 0.68 s vs 0.55 / 1.12 / 0.98 s for the convolution, XLA
-#   training 2.29 vs 3.36 s. Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB
+#   (XLA: in training too for r <= 11, from 56^2 to 112^2): their time and memory per position
+#   do not grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN
+#   0.78 s vs 1.08 s for the convolution, without 1.58 vs 2.79 s for row windows, XLA 1.53 vs
+#   2.80 s; r 7 |u| 4 forward 0.53 / 0.96 / 0.68 s vs 0.55 / 1.12 / 0.98 s for the convolution,
+#   XLA training 2.29 vs 3.36 s. Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB
 #   against 1.0 (convolution) and 1.6 GiB (row windows). Not on JAX (r 23: 3.55 vs 3.32 s for
 #   row windows) or PyTorch (3.29 vs 1.66 s for the convolution). The Xeon's table stops query
 #   windows at 56^2 (its oneDNN convolution was the faster one there at 56^2 already).
 # - PyTorch forward: row windows below 50^2 for r > 11 (28^2 r 23: 68 vs 97 ms for the
 #   convolution; the earlier run 166 vs 198), the convolution from 56^2 (415 vs 570 ms).
-WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows with grouped query columns, and malloc's forward
+WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112),
     ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112),
     ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112),
-    ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(SMALL_R_QUERY_WINDOWS,
-                                                                ROW_WINDOWS)),
+    ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
+        SMALL_R_CONV_BEYOND_112, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS)),
     ("torch", "fwd"): dict(LOCAL_RULE[("torch", "fwd")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                 ROW_WINDOWS)),
     ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], block_columns=2),
-    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, QUERY_WINDOWS, windows=UP_TO_56,
-                                strided_windows=UP_TO_28, window_scopes=6, block_columns=2),
+    ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
+                                QUERY_WINDOWS, windows=UP_TO_56, strided_windows=UP_TO_28,
+                                window_scopes=6, block_columns=2),
     ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
 
