@@ -1,11 +1,11 @@
 """Tests for lambda_keras.training: strategies, the fit glue, resume, precision (the recipes and
 their optimizer: tests/test_recipes.py).
 
-Independent expectations: NumPy top-1 of the model's own predictions (for `evaluate`); the same run on one device (for MirroredStrategy over two
-logical CPUs) and on the other worker (MultiWorkerMirroredStrategy over two processes); an
-uninterrupted run (for a run SIGKILLed while writing a backup and restarted); a NumPy float16
-softmax (for the float16 overflow the lambda layer avoids); recording fakes of the TPU API
-(no TPU here).
+Independent expectations: NumPy top-1 of the model's own predictions (for `evaluate`); the same
+run on one device (for MirroredStrategy over two logical CPUs) and on the other worker
+(MultiWorkerMirroredStrategy over two processes); an uninterrupted run (for a run SIGKILLed
+while writing a backup and restarted); a NumPy float16 softmax (for the float16 overflow the
+lambda layer avoids); recording fakes of the TPU API (no TPU here).
 
 The model is a tiny network around a real LambdaLayer (a few thousand weights) on the bundled
 digits at 32x32, so each training run takes seconds on two cores.
