@@ -10,8 +10,9 @@ file, eager execution) and works for a single layer as well as a whole `keras.Mo
 - `assert_mixed_precision_dtypes`: every sublayer follows the policy and keeps float32 variables;
 - `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Softmax").
 
-And shared fixtures of the training and weight tests: `tiny_lambda_net` (a few thousand weights
-around a real LambdaLayer), `weights_by_path` and `max_relative_diff`.
+And shared fixtures: `tiny_lambda_net` (a few thousand weights around a real LambdaLayer),
+`weights_by_path` and `max_relative_diff` (training and weight tests); `small_model` and
+`images` (LambdaResNet-50 at 64x64, 10 classes: the model and argument tests).
 
 Gradients use `tf.GradientTape`: TensorFlow is the tested backend (DESIGN.md). Losses are
 `sum(output * P)` with a fixed random P, so that no gradient vanishes by symmetry (the plain sum of
@@ -24,6 +25,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
+import lambda_keras
 from lambda_keras import LambdaLayer
 
 
@@ -200,3 +202,18 @@ def max_relative_diff(a, b):
     assert a.keys() == b.keys()
     return max(float(np.max(np.abs(a[k].astype("float64") - b[k]))
                      / max(1.0, float(np.max(np.abs(b[k]), initial=0.0)))) for k in a)
+
+
+# --------------------------------------------- the small LambdaResNet-50 of the model tests
+SIZE, CLASSES = 64, 10  # 64x64 inputs: c4 is 4x4, c5 2x2
+SMALL = dict(input_shape=(SIZE, SIZE, 3), classes=CLASSES)
+
+
+def images(batch=2, height=SIZE, width=SIZE, seed=0):
+    """Random float32 RGB images [batch, height, width, 3]."""
+    return np.random.default_rng(seed).standard_normal((batch, height, width, 3)).astype("float32")
+
+
+def small_model(**kwargs):
+    """LambdaResNet-50 on 64x64 images with 10 classes (default paper placement)."""
+    return lambda_keras.LambdaResNet50(**{**SMALL, **kwargs})

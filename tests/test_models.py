@@ -8,7 +8,7 @@ Independent expectations:
   out here from the paper's sentence rather than read from architectures.py;
 - round trips (config, `.keras`), eager vs XLA, float32 vs mixed_bfloat16, NumPy pooling of the
   include_top=False features, softmax of the logits model;
-- every bad argument raises a ValueError that names it.
+- (every bad argument raises a ValueError that names it: tests/test_model_arguments.py).
 
 Everything that runs uses 64x64 inputs (c4 is 4x4, c5 2x2) and 10 classes, except the family test,
 which builds the 1000-class heads so that its printed counts are the full models' (position="conv"
@@ -26,26 +26,17 @@ import tensorflow as tf
 
 import lambda_keras
 from helpers import (
+    CLASSES,
+    SIZE,
     assert_all_weights_get_gradients,
     assert_close,
     assert_config_round_trip,
     assert_keras_save_reload,
+    images,
+    small_model,
 )
 from lambda_keras import LambdaLayer, models
 from lambda_keras.blocks import MaxPoolSymmetric, StochasticDepth
-
-SIZE, CLASSES = 64, 10
-SMALL = dict(input_shape=(SIZE, SIZE, 3), classes=CLASSES)
-
-
-def images(batch=2, height=SIZE, width=SIZE, seed=0):
-    return np.random.default_rng(seed).standard_normal((batch, height, width, 3)).astype("float32")
-
-
-def small_model(**kwargs):
-    """LambdaResNet-50 on 64x64 images with 10 classes (default paper placement)."""
-    return lambda_keras.LambdaResNet50(**{**SMALL, **kwargs})
-
 
 def activate_residual_branches(model, low=0.1, high=0.3, seed=1):
     """Sets the zero-initialised last BN gamma of every block to non-zero values.
@@ -573,140 +564,6 @@ def test_lambda_overrides_reach_the_layers(overrides):
 
 def test_name_override():
     assert small_model(name="my_net").name == "my_net"
-
-
-# -------------------------------------------------------------------------- bad arguments
-def _raises(argument, builder=lambda_keras.LambdaResNet50, received=None, **kwargs):
-    with pytest.raises(ValueError) as info:
-        builder(**kwargs)
-    message = str(info.value)
-    assert argument in message, message
-    if received is not None:
-        assert received in message, message
-    return message
-
-
-@pytest.mark.parametrize("kwargs,argument,received", [
-    (dict(layout="CCC"), "layout", "'CCC'"),
-    (dict(layout="CCXL"), "layout", "'CCXL'"),
-    (dict(layout=(1, 2, 3)), "layout", "(1, 2, 3)"),
-    (dict(layout=(0, 0, 7, 3)), "layout", "(0, 0, 7, 3)"),  # c4 of ResNet-50 has 6 blocks
-    (dict(layout=(0, 0, -1, 3)), "layout", "(0, 0, -1, 3)"),
-    (dict(layout=((), (), (6,), ())), "stage c4 has 6 blocks (0..5)", "(6,)"),
-    (dict(layout=((), (), (1, 1), ())), "repeated indices", "(1, 1)"),
-    (dict(layout=((), (), (True,), ())), "layout", "(True,)"),
-    (dict(layout=((), (), (), "some")), "layout", "'some'"),
-    (dict(layout=((), (), 2.5, ())), "layout", "2.5"),
-    (dict(input_shape=(31, 64, 3)), "input_shape", "(31, 64, 3)"),
-    (dict(input_shape=(64, 16, 3), include_top=False), "input_shape", "(64, 16, 3)"),
-    (dict(input_shape=(64, 64)), "input_shape", "(64, 64)"),
-    (dict(pooling="min", include_top=False), "pooling", "'min'"),
-    (dict(position="relative", input_shape=(None, None, 3), include_top=False), "position", None),
-    (dict(position="global", input_shape=(None, None, 3), include_top=False), "position", None),
-    (dict(stem="vgg"), "stem", "'vgg'"),
-    (dict(shortcut="max"), "shortcut", "'max'"),
-    (dict(se_ratio=1.5), "se_ratio", "1.5"),
-    (dict(drop_rate=-0.1), "drop_rate", "-0.1"),
-    (dict(classes=0), "classes", "0"),
-    (dict(features=True), "include_top", None),
-    (dict(bottleneck_ratio=4), "bottleneck_ratio", None),  # unknown override
-])
-def test_bad_arguments_raise(kwargs, argument, received):
-    _raises(argument, received=received, **kwargs)
-
-
-def test_non_bool_flag_is_a_type_error():
-    with pytest.raises(TypeError, match=r"`se_in_lambda_blocks` must be a bool.*'yes'"):
-        small_model(se_in_lambda_blocks="yes")
-
-
-def test_relative_position_accepts_a_static_size():
-    # The counterpart of the error above: a defined size builds (and runs).
-    model = small_model(position="relative", include_top=False, pooling="avg")
-    assert model(images()).shape == (2, 2048)
-
-
-def test_non_rgb_input_builds_without_weights():
-    model = small_model(input_shape=(SIZE, SIZE, 1))
-    assert model(np.zeros((1, SIZE, SIZE, 1), "float32")).shape == (1, CLASSES)
-
-
-# The weights checks go through lambda_keras.weights (validate_weights), raised before any layer
-# is built or any download starts.
-def test_unknown_weights_string():
-    _raises("weights", weights="imagenet21k", received="imagenet21k")
-
-
-def test_missing_weights_path(tmp_path):
-    path = str(tmp_path / "missing.weights.h5")
-    _raises("weights", weights=path, received=path)
-
-
-def test_non_rgb_input_with_weights():
-    _raises("input_shape", builder=lambda_keras.LambdaResNet26T, weights="imagenet",
-            input_shape=(SIZE, SIZE, 1), include_top=False, received="(64, 64, 1)")
-
-
-@pytest.mark.parametrize("depth", [50, 101, 420])
-def test_imagenet_weights_for_a_depth_without_them(depth):
-    message = _raises("weights", builder=getattr(lambda_keras, f"LambdaResNet{depth}"),
-                      weights="imagenet", received="imagenet")
-    for builder in ("LambdaResNet26T", "LambdaResNet50TS", "LambdaResNet26RPT256"):
-        assert builder in message, message
-
-
-# ------------------------------------------------------------------------ package imports
-def _fresh_python(code):
-    import os
-    import subprocess
-    import sys
-
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def test_package_import_is_light_and_public_names_load_on_use():
-    out = _fresh_python(
-        "import sys, lambda_keras\n"
-        "print(sorted(m for m in ('tensorflow', 'keras', 'lambda_keras.weights', "
-        "'lambda_keras.models') if m in sys.modules))\n"
-        "import lambda_keras.models\n"
-        "print('lambda_keras.weights' in sys.modules)\n"  # models needs no weights code
-        "from lambda_keras import (LambdaLayer, LambdaResNet50, export, data, training,\n"
-        "    convert_timm, preprocess_input, decode_predictions, resolve_preprocessing)\n"
-        "print(LambdaLayer.__name__, LambdaResNet50.__name__, convert_timm.__module__)\n")
-    assert out.splitlines() == ["[]", "False", "LambdaLayer LambdaResNet50 lambda_keras.weights"]
-
-
-def test_get_model_uses_the_names_default_weights():
-    # A paper name: no weights (a timm name would download "imagenet": test_weights.py).
-    model = lambda_keras.get_model("LambdaResNet50", **SMALL)
-    assert model.name == "lambda_resnet50" and model.output_shape == (None, CLASSES)
-    with pytest.raises(ValueError, match=r"Unknown model name.*LambdaResNet26T.*resnet9"):
-        lambda_keras.get_model("resnet9")
-
-
-# --- issue 19: reliability ------------------------------------------------------------------
-# Arguments of the wrong type are refused (no bool-as-int, no string-as-bool), before any layer
-# is built; the message names the argument and the received value.
-@pytest.mark.parametrize("kwargs,error,received", [
-    (dict(classes=True), TypeError, "classes=True"),  # was a 1-class model
-    (dict(classes=3.0), TypeError, "classes=3.0"),
-    (dict(layout=(True, 0, 0, 0)), ValueError, "layout=(True, 0, 0, 0)"),
-    (dict(input_shape=(32, 32, 0)), ValueError, "input_shape=(32, 32, 0)"),
-    (dict(input_shape=(32, 32, True)), ValueError, "input_shape=(32, 32, True)"),
-    (dict(input_shape=(32.0, 32, 3)), ValueError, "input_shape=(32.0, 32, 3)"),
-    (dict(include_top="false"), TypeError, "include_top='false'"),
-    (dict(weights=True), TypeError, "weights=True"),
-    (dict(drop_rate=float("nan")), ValueError, "drop_rate=nan"),
-])
-def test_wrongly_typed_builder_arguments_are_refused(kwargs, error, received):
-    kwargs = {"weights": None, "input_shape": (32, 32, 3), "classes": 3, **kwargs}
-    with pytest.raises(error) as info:
-        lambda_keras.LambdaResNet50(**kwargs)
-    assert received in str(info.value), str(info.value)
 
 
 def test_stochastic_depth_drops_whole_examples_and_keeps_the_expectation():
