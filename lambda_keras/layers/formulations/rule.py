@@ -135,10 +135,9 @@ LOCAL_RULE = {
 #   at 28^2; query windows on maps of up to 6 scopes: r 7 |u| 4 at 14^2 only), query windows
 #   (2 columns per block) for the unstrided r 23 layer up to 112^2 (28^2: 151 vs 183 ms for row
 #   windows; 56^2: 860 vs 920; 112^2, two runs of 2026-12-03: 2.64 / 2.58 s vs 3.54 / 3.48 s),
-#   row windows beyond. Malloc's
-#   cells are the least stable: between those two runs (same code, same hour) the fastest
-#   forward flipped at 14^2 (q . E 12.8 / 6.6 ms, E . V 9.6 / 9.1) and 28^2 (query windows 110 /
-#   92 ms, row windows 88 / 100); the table holds the second run.
+#   row windows beyond. Malloc's cells are the least stable: between those two runs (same code,
+#   same hour) the fastest forward flipped at 14^2 (q . E 12.8 / 6.6 ms, E . V 9.6 / 9.1) and
+#   28^2 (query windows 110 / 92 ms, row windows 88 / 100); the table holds the second run.
 # - Query windows forward up to 112^2 with oneDNN, without it (pooled allocator) and under XLA
 #   (XLA: in training too for r <= 11, from 56^2 to 112^2): their time and memory per position
 #   do not grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN
