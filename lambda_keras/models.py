@@ -4,7 +4,7 @@ One generic builder (`build_lambda_resnet`) reads an `Architecture` row, applies
 a functional `keras.Model`; the public `LambdaResNet*` functions are thin wrappers, one per row,
 with their own names and docstrings (like keras.applications.ResNet50). Every layer has a
 deterministic hierarchical name (`stage3_block2_lambda`, `stage3_block2_conv1_bn`), which is what
-weights.py maps foreign checkpoints onto.
+lambda_keras.weights maps foreign checkpoints onto.
 
 Model names: `resolve_model` (presets.resolve_model_name, the one resolver of the package and the
 CLI) accepts registry keys, builder names and preset names; `get_model(name)` builds what a name
@@ -22,7 +22,7 @@ Input sizes: every size >= 32 builds, static or dynamic; each stride-2 step keep
 Residual additions never broadcast (blocks.ResidualAdd). Only "channels_last" is supported.
 
 Weights: this module imports lambda_keras.weights (download, conversion, strict loading) only when
-a builder is given `weights`; weights.py sits above models.py.
+a builder is given `weights`; the weights package sits above models.py.
 """
 
 import dataclasses

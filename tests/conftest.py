@@ -1,4 +1,4 @@
-"""Shared pytest setup: quiet TensorFlow logs and deterministic seeds."""
+"""Shared pytest setup: quiet TensorFlow logs, seeds, the weights tests' timm checkpoint."""
 
 import os
 
@@ -16,3 +16,30 @@ def _seed_and_policy():
     keras.mixed_precision.set_dtype_policy("float32")
     yield
     keras.mixed_precision.set_dtype_policy("float32")
+
+
+# The small timm checkpoint of the weights tests (tests/timm_checkpoints.py). Each module that
+# uses these defines `timm_reference` (which timm checkpoints its subprocess makes).
+@pytest.fixture(scope="module")
+def timm_state(timm_reference):
+    """A timm lambda_resnet26t state dict with 10 classes and random BN tensors (NumPy)."""
+    from timm_checkpoints import randomised_state
+
+    return randomised_state(timm_reference[0])
+
+
+@pytest.fixture(scope="module")
+def checkpoint(timm_state, tmp_path_factory):
+    """`timm_state` saved as a safetensors file; returns its path."""
+    from timm_checkpoints import save_state
+
+    return save_state(timm_state, tmp_path_factory.mktemp("ckpt") / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def loaded(checkpoint):
+    """Weights of the small model loaded from `checkpoint` (the reference for other tests)."""
+    from helpers import weights_by_path
+    from timm_checkpoints import small_26t
+
+    return weights_by_path(small_26t(weights=checkpoint))

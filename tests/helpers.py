@@ -12,7 +12,8 @@ file, eager execution) and works for a single layer as well as a whole `keras.Mo
 
 And shared fixtures: `tiny_lambda_net` (a few thousand weights around a real LambdaLayer),
 `weights_by_path` and `max_relative_diff` (training and weight tests); `small_model` and
-`images` (LambdaResNet-50 at 64x64, 10 classes: the model and argument tests).
+`images` (LambdaResNet-50 at 64x64, 10 classes: the model and argument tests);
+`SMALL_DATA` and `dataset_batches` (the data and augmentation tests).
 
 Gradients use `tf.GradientTape`: TensorFlow is the tested backend (DESIGN.md). Losses are
 `sum(output * P)` with a fixed random P, so that no gradient vanishes by symmetry (the plain sum of
@@ -217,3 +218,12 @@ def images(batch=2, height=SIZE, width=SIZE, seed=0):
 def small_model(**kwargs):
     """LambdaResNet-50 on 64x64 images with 10 classes (default paper placement)."""
     return lambda_keras.LambdaResNet50(**{**SMALL, **kwargs})
+
+
+# ----------------------------------------------------------------- the data pipeline tests
+SMALL_DATA = dict(image_size=32, batch_size=16)  # make_dataset arguments of a small pipeline
+
+
+def dataset_batches(ds):
+    """[(images, labels), ...] of a tf.data dataset, as NumPy."""
+    return [(x.numpy(), y.numpy()) for x, y in ds]

@@ -1,4 +1,4 @@
-"""Tests for lambda_keras.data: dataset specs, transforms, augmentation, errors.
+"""Tests for lambda_keras.data: dataset specs, transforms, errors (augmentation: test_augment.py).
 
 Independent expectations: a PIL + NumPy reference of timm's eval transform (resize the shorter
 side, center crop, normalise) on scikit-learn's sample photo; scikit-learn's own digits arrays for
@@ -24,16 +24,13 @@ from PIL import Image
 from lambda_keras import data
 from lambda_keras.weights import DEFAULT_PREPROCESSING, Preprocessing
 
+from helpers import SMALL_DATA, dataset_batches
+
 # Preprocessing that makes the eval transform an identity on 8x8 digits: no resize (8 / 1.0 = 8),
 # no crop, and normalised values pixels / 255.
 IDENTITY_8 = Preprocessing(input_size=(8, 8), crop_pct=1.0, mean=(0, 0, 0), std=(1, 1, 1))
-SMALL = dict(image_size=32, batch_size=16)
 # Colours of the classes of the folder / tfds fixtures: the class is readable from any pixel.
 COLOURS = {"blue": (20, 40, 230), "red": (230, 30, 20), "yellow": (240, 220, 10)}
-
-
-def _batches(ds):
-    return [(x.numpy(), y.numpy()) for x, y in ds]
 
 
 def _nearest_colour(image, preprocessing=DEFAULT_PREPROCESSING):
@@ -182,28 +179,28 @@ def test_digits_split_is_deterministic_and_seed_independent():
 
 
 def test_training_dataset_has_static_shapes_and_drops_remainder():
-    ds, info = data.make_dataset("digits", "train", seed=0, **SMALL)
+    ds, info = data.make_dataset("digits", "train", seed=0, **SMALL_DATA)
     images_spec, labels_spec = ds.element_spec
     assert images_spec.shape == (16, 32, 32, 3) and images_spec.dtype == tf.float32
     assert labels_spec.shape == (16,) and labels_spec.dtype == tf.int32
-    batches = _batches(ds)
+    batches = dataset_batches(ds)
     assert len(batches) == info.steps_per_epoch == 1437 // 16
     assert all(x.shape == (16, 32, 32, 3) and np.isfinite(x).all() for x, _ in batches)
     # Shuffled: the first batch is not the first 16 training labels in order.
-    eval_labels = np.concatenate([y for _, y in _batches(data.make_dataset(
-        "digits", "train", training=False, **SMALL)[0])])
+    eval_labels = np.concatenate([y for _, y in dataset_batches(data.make_dataset(
+        "digits", "train", training=False, **SMALL_DATA)[0])])
     assert not np.array_equal(batches[0][1], eval_labels[:16])
 
 
 def test_eval_dataset_keeps_every_example():
-    ds, info = data.make_dataset("digits", "test", **SMALL)
+    ds, info = data.make_dataset("digits", "test", **SMALL_DATA)
     assert ds.element_spec[0].shape == (None, 32, 32, 3)
-    sizes = [x.shape[0] for x, _ in _batches(ds)]
+    sizes = [x.shape[0] for x, _ in dataset_batches(ds)]
     assert sum(sizes) == info.num_examples == 360 and len(sizes) == info.steps_per_epoch == 23
 
 
 def test_repeat_and_static_eval_batches():
-    ds, info = data.make_dataset("digits", "test", repeat=True, drop_remainder=True, **SMALL)
+    ds, info = data.make_dataset("digits", "test", repeat=True, drop_remainder=True, **SMALL_DATA)
     assert ds.element_spec[0].shape == (16, 32, 32, 3)
     assert info.steps_per_epoch == 360 // 16
     assert len(list(ds.take(info.steps_per_epoch * 2 + 3))) == info.steps_per_epoch * 2 + 3
@@ -214,167 +211,27 @@ def test_crop_scale_reaches_the_random_resized_crop():
     # with crop_pct=1; the flip stays random. Same seed: same shuffle in both pipelines.
     common = dict(batch_size=8, seed=4, preprocessing=Preprocessing(input_size=(16, 16),
                                                                     crop_pct=1.0))
-    crops, labels = _batches(data.make_dataset("digits", crop_scale=(1.0, 1.0),
+    crops, labels = dataset_batches(data.make_dataset("digits", crop_scale=(1.0, 1.0),
                                                **common)[0].take(1))[0]
-    plain, plain_labels = _batches(data.make_dataset("digits", augment=None,
+    plain, plain_labels = dataset_batches(data.make_dataset("digits", augment=None,
                                                      **common)[0].take(1))[0]
     np.testing.assert_array_equal(labels, plain_labels)
     mirrored = [np.allclose(c, p[:, ::-1], atol=1e-4) for c, p in zip(crops, plain)]
     for crop, image, is_mirror in zip(crops, plain, mirrored):
         assert is_mirror or np.allclose(crop, image, atol=1e-4)
     # The default (0.08, 1) crops do change the images.
-    default, _ = _batches(data.make_dataset("digits", **common)[0].take(1))[0]
+    default, _ = dataset_batches(data.make_dataset("digits", **common)[0].take(1))[0]
     assert np.abs(default - plain).mean() > 0.1
 
 
 def test_seed_makes_the_pipeline_reproducible():
     def first_batch(seed):
-        return _batches(data.make_dataset("digits", seed=seed, **SMALL)[0].take(1))[0]
+        return dataset_batches(data.make_dataset("digits", seed=seed, **SMALL_DATA)[0].take(1))[0]
 
     a, b, c = first_batch(7), first_batch(7), first_batch(8)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
     assert not np.array_equal(a[1], c[1])
-
-
-# --------------------------------------------------------------------------------------------
-# Augmentation: RandAugment, MixUp, CutMix
-
-
-def test_randaugment_path_runs_is_seeded_and_changes_images():
-    common = dict(seed=5, **SMALL)
-    plain = _batches(data.make_dataset("digits", augment="imagenet", **common)[0].take(2))
-    rand = _batches(data.make_dataset("digits", augment="randaugment", randaugment_magnitude=15,
-                                      **common)[0].take(2))
-    again = _batches(data.make_dataset("digits", augment="randaugment", randaugment_magnitude=15,
-                                       **common)[0].take(2))
-    for (x0, y0), (x1, y1), (x2, _) in zip(plain, rand, again):
-        np.testing.assert_array_equal(y0, y1)  # same seed: same shuffle, same crops and flips
-        assert x1.shape == (16, 32, 32, 3) and np.isfinite(x1).all()
-        changed = np.abs(x1 - x0).reshape(16, -1).max(axis=1) > 1e-3
-        assert changed.mean() >= 0.5  # RandAugment altered most images
-        np.testing.assert_array_equal(x1, x2)  # per-example stateless seeds: reproducible
-
-
-# The reference: tensorflow/tpu models/official/efficientnet/autoaugment.py (ResNet-RS's
-# RandAugment), level = M / 10: rotate 30 * level degrees, shear 0.3 * level, translate
-# 100 * level pixels (randaugment's translate_const), enhance 1.8 * level + 0.1, posterize
-# int(4 * level) bits, solarize threshold int(256 * level), solarize-add int(110 * level),
-# cutout half-side int(40 * level); geometric ops with a random sign, grey 128 fill.
-REFERENCE_AT_M10 = {"Rotate": 30.0, "ShearX": 0.3, "ShearY": 0.3, "TranslateX": 100.0,
-                    "TranslateY": 100.0, "Color": 1.9, "Contrast": 1.9, "Brightness": 1.9,
-                    "Sharpness": 1.9, "Posterize": 4, "Solarize": 256, "SolarizeAdd": 110,
-                    "Cutout": 40}
-
-
-def _marker_image(size, row, column):
-    image = np.zeros((size, size, 3), "float32")
-    image[row - 1 : row + 2, column - 1 : column + 2] = 255.0  # a 3x3 white marker
-    return image
-
-
-def _marker_position(image):
-    rows, columns = np.nonzero(image[..., 0] > 200)  # the fill is grey 128, the marker 255
-    assert len(rows), "the marker left the image"
-    return rows.mean(), columns.mean()
-
-
-def _one_op(name, magnitude, image, draws=40):
-    augment = data.RandAugment(num_layers=1, magnitude=magnitude, ops=(name,))
-    return [augment(image, seed=[i, 7]).numpy() for i in range(draws)]
-
-
-@pytest.mark.parametrize("magnitude", [10, 5])
-def test_randaugment_rotation_is_two_sided_and_at_the_reference_angle(magnitude):
-    centre, radius = 32, 20  # 65x65: the rotation centre is pixel (32, 32)
-    image = _marker_image(65, centre, centre + radius)  # at angle 0, right of the centre
-    angles = []
-    for out in _one_op("Rotate", magnitude, image):
-        row, column = _marker_position(out)
-        angles.append(math.degrees(math.atan2(row - centre, column - centre)))
-    expected = 30.0 * magnitude / 10  # +-30 degrees at M=10
-    angles = np.array(angles)
-    print(f"M={magnitude}: rotation angles", sorted(set(np.round(angles, 1))))
-    np.testing.assert_allclose(np.abs(angles), expected, atol=2.0)  # nearest-pixel sampling
-    assert (angles > 0).sum() >= 10 and (angles < 0).sum() >= 10  # both directions drawn
-
-
-def test_randaugment_translation_and_shear_match_the_reference_bounds():
-    image = _marker_image(256, 100, 128)
-    shifts = set()
-    for name in ("TranslateX", "TranslateY"):
-        for out in _one_op(name, 10, image, draws=20):
-            row, column = _marker_position(out)
-            shifts.add((name, round(row - 100), round(column - 128)))
-    # +-100 px at M=10, along its own axis only, both signs.
-    assert shifts == {("TranslateX", 0, 100), ("TranslateX", 0, -100),
-                      ("TranslateY", 100, 0), ("TranslateY", -100, 0)}
-    shears = set()
-    for out in _one_op("ShearX", 10, image, draws=20):
-        row, column = _marker_position(out)
-        shears.add((round(row - 100), round((column - 128) / 100, 2)))  # x moves by -+0.3 * y
-    assert shears == {(0, 0.3), (0, -0.3)}
-    # Pixels moved in from outside are the reference's grey.
-    moved = _one_op("TranslateX", 10, np.full((256, 256, 3), 50.0, "float32"), draws=1)[0]
-    assert set(np.unique(moved)) == {50.0, 128.0} and (moved == 128).mean() == pytest.approx(
-        100 / 256)
-
-
-def test_randaugment_arguments_and_pixel_ops_match_the_reference():
-    assert data.RandAugment(magnitude=10).arguments() == pytest.approx(REFERENCE_AT_M10)
-    at_15 = data.RandAugment(magnitude=15).arguments()
-    assert at_15["Rotate"] == 45.0 and at_15["TranslateX"] == 150.0 and at_15["Posterize"] == 6
-    assert len(data.RANDAUGMENT_OPS) == 16
-    rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (24, 24, 3)).astype("uint8")
-    x = image.astype("int64")
-
-    def run(name, magnitude=10, source=image):
-        return _one_op(name, magnitude, source.astype("float32"), draws=1)[0].astype("int64")
-
-    np.testing.assert_array_equal(run("Invert"), 255 - x)
-    np.testing.assert_array_equal(run("Brightness"), np.clip(np.floor(x * 1.9), 0, 255))
-    np.testing.assert_array_equal(run("Posterize"), x & 0b11110000)  # 4 bits at M=10
-    np.testing.assert_array_equal(run("Solarize", 5), np.where(x < 128, x, 255 - x))
-    np.testing.assert_array_equal(run("Solarize", 10), x)  # threshold 256: unchanged
-    np.testing.assert_array_equal(run("SolarizeAdd"), np.where(x < 128, np.minimum(x + 110, 255),
-                                                               x))
-    # PIL's ImageOps, which the reference ports.
-    from PIL import ImageOps
-
-    pil = Image.fromarray(image)
-    np.testing.assert_array_equal(run("AutoContrast"), np.asarray(ImageOps.autocontrast(pil)))
-    np.testing.assert_array_equal(run("Equalize"), np.asarray(ImageOps.equalize(pil)))
-    # Cutout: one grey square of side 2 * 40 at M=10 (the image is large enough to hold it).
-    flat = np.full((200, 200, 3), 10.0, "float32")
-    grey = (_one_op("Cutout", 10, flat, draws=1)[0][..., 0] == 128)
-    rows, columns = np.nonzero(grey)
-    assert grey.sum() == (rows.max() - rows.min() + 1) * (columns.max() - columns.min() + 1)
-    assert max(rows.max() - rows.min(), columns.max() - columns.min()) + 1 <= 80
-
-
-def _check_soft_labels(labels, num_classes):
-    assert labels.dtype == np.float32 and labels.shape[1] == num_classes
-    np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)
-    assert (labels >= -1e-6).all() and (labels <= 1 + 1e-6).all()
-    assert ((labels > 1e-6).sum(axis=1) <= 2).all()  # a mix of at most two examples
-
-
-@pytest.mark.parametrize(
-    "mixing",
-    [dict(mixup_alpha=0.8), dict(cutmix_alpha=1.0), dict(mixup_alpha=0.8, cutmix_alpha=1.0)],
-)
-def test_mixup_cutmix_soft_labels(mixing):
-    ds, info = data.make_dataset("digits", seed=2, **SMALL, **mixing)
-    assert ds.element_spec[1].shape == (16, 10) and ds.element_spec[0].shape == (16, 32, 32, 3)
-    labels = np.concatenate([y for _, y in _batches(ds.take(6))])
-    _check_soft_labels(labels, info.num_classes)
-    assert (labels.max(axis=1) < 0.999).mean() > 0.1  # labels really are mixed
-    # Evaluation datasets of the same run get one-hot labels, unmixed.
-    eval_ds, _ = data.make_dataset("digits", "test", **SMALL, **mixing)
-    eval_labels = _batches(eval_ds.take(1))[0][1]
-    assert set(np.unique(eval_labels)) == {0.0, 1.0}
-    np.testing.assert_array_equal(eval_labels.sum(axis=1), 1.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -398,7 +255,7 @@ def test_folder_spec_reads_class_folders(tmp_path):
     assert info.class_names == ("blue", "red", "yellow")  # sorted, like Keras
     assert info.num_examples == 15
     colour_index = {name: i for i, name in enumerate(COLOURS)}
-    for images, labels in _batches(ds):
+    for images, labels in dataset_batches(ds):
         for image, label in zip(images, labels):
             assert colour_index[info.class_names[label]] == _nearest_colour(image)
     # The fixed hold-out: 4 + 1 images per class, disjoint.
@@ -406,12 +263,12 @@ def test_folder_spec_reads_class_folders(tmp_path):
                                           batch_size=64)
     test, test_info = data.make_dataset(spec, "test", image_size=16, batch_size=64)
     assert (train_info.num_examples, test_info.num_examples) == (12, 3)
-    assert sorted(_batches(test)[0][1].tolist()) == [0, 1, 2]
+    assert sorted(dataset_batches(test)[0][1].tolist()) == [0, 1, 2]
     # Training pipeline: static shapes, augmentation runs on the decoded files.
     ds, _ = data.make_dataset(spec, "train", image_size=16, batch_size=4, augment="randaugment",
                               seed=0)
     assert ds.element_spec[0].shape == (4, 16, 16, 3)
-    assert len(_batches(ds)) == 3
+    assert len(dataset_batches(ds)) == 3
 
 
 def test_folder_spec_with_split_folders(tmp_path):
@@ -419,7 +276,7 @@ def test_folder_spec_with_split_folders(tmp_path):
     _write_images(tmp_path / "val", {"red": 1, "blue": 2})
     ds, info = data.make_dataset(f"folder:{tmp_path}", "validation", image_size=16, batch_size=8)
     assert info.num_examples == 3 and info.class_names == ("blue", "red")
-    labels = _batches(ds)[0][1]
+    labels = dataset_batches(ds)[0][1]
     assert sorted(labels.tolist()) == [0, 0, 1]
     with pytest.raises(ValueError, match=r"split.*no split folder.*found train, val.*split='test'"):
         data.make_dataset(f"folder:{tmp_path}", "test")
@@ -552,12 +409,12 @@ def test_tfds_spec_reads_prepared_dataset(tfds_dir):
     assert ds.element_spec[0].shape == (4, 16, 16, 3) and ds.element_spec[1].dtype == tf.int32
     assert (info.num_examples, info.num_classes, info.steps_per_epoch) == (12, 3, 3)
     assert info.class_names == tuple(COLOURS)
-    assert len(_batches(ds)) == 3
+    assert len(dataset_batches(ds)) == 3
     # "validation" falls back to the dataset's "test" split; labels agree with the colours.
     ds, info = data.make_dataset(spec, "validation", data_dir=tfds_dir, image_size=16,
                                  batch_size=4)
     assert info.split == "test" and info.num_examples == 6
-    for images, labels in _batches(ds):
+    for images, labels in dataset_batches(ds):
         assert [_nearest_colour(x) for x in images] == labels.tolist()
     # A split in the spec, with tfds slicing, replaces the `split` argument.
     _, info = data.make_dataset(spec + ":train[:50%]", "validation", data_dir=tfds_dir,
@@ -573,7 +430,7 @@ def test_tfds_grey_and_rgba_become_rgb(tfds_dir, config):
     ds, info = data.make_dataset(spec, "test", data_dir=tfds_dir, preprocessing=identity,
                                  batch_size=4)
     assert info.split == "train" and info.class_names == ("dark", "light")
-    images, labels = _batches(ds)[0]
+    images, labels = dataset_batches(ds)[0]
     assert images.shape == (4, 10, 12, 3)
     expected = (50 + 150 * labels) / 255.0  # the grey level (RGBA: the RGB part) of each image
     np.testing.assert_allclose(images, np.broadcast_to(expected[:, None, None, None],

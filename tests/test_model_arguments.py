@@ -112,7 +112,8 @@ def test_package_import_is_light_and_public_names_load_on_use():
         "from lambda_keras import (LambdaLayer, LambdaResNet50, export, data, training,\n"
         "    convert_timm, preprocess_input, decode_predictions, resolve_preprocessing)\n"
         "print(LambdaLayer.__name__, LambdaResNet50.__name__, convert_timm.__module__)\n")
-    assert out.splitlines() == ["[]", "False", "LambdaLayer LambdaResNet50 lambda_keras.weights"]
+    assert out.splitlines() == ["[]", "False",
+                                "LambdaLayer LambdaResNet50 lambda_keras.weights.loading"]
 
 
 def test_get_model_uses_the_names_default_weights():

@@ -1,0 +1,111 @@
+"""The entry points of the builders and the command line: `validate_weights` (before a model is
+built), `load_weights` (after) and `convert_timm`."""
+
+import os
+
+from lambda_keras import models, utils
+from lambda_keras.presets import IMAGENET_PRESETS, PRESETS, preset_for, resolve_model_name
+from lambda_keras.weights.download import load_preset
+from lambda_keras.weights.strict import assign_strict, load_keras_file, load_timm_file
+from lambda_keras.weights.timm_format import (
+    SAFETENSORS_SUFFIX,
+    infer_timm_arch,
+    read_safetensors,
+    timm_to_keras,
+)
+
+PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
+KERAS_WEIGHTS_SUFFIX = ".weights.h5"
+
+
+def check_file_kind(path):
+    """Raise ValueError unless `path` names a safetensors or Keras weights file that exists."""
+    lowered = path.lower()
+    if lowered.endswith(PICKLE_SUFFIXES):
+        raise ValueError(
+            "Pickle checkpoints are refused (loading one can run arbitrary code). Use the "
+            "checkpoint's .safetensors file instead (timm models on the Hugging Face hub ship "
+            "model.safetensors), or convert it where you trust it: `safetensors.torch.save_file("
+            "torch.load(path, weights_only=True), 'model.safetensors')`. "
+            f"Received: weights={path!r}")
+    if not lowered.endswith((SAFETENSORS_SUFFIX, KERAS_WEIGHTS_SUFFIX)):
+        raise ValueError(
+            "`weights` must be None, 'imagenet', a preset name "
+            f"{tuple(PRESETS)}, or the path to a {SAFETENSORS_SUFFIX} (timm) or "
+            f"{KERAS_WEIGHTS_SUFFIX} (Keras) file. Received: weights={path!r}")
+    if not os.path.exists(path):
+        raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
+    if os.path.isdir(path):
+        raise ValueError("`weights` is a directory, not a weights file. "
+                         f"Received: weights={path!r}")
+    if not os.path.isfile(path):
+        raise ValueError("`weights` is not a regular file (a device, pipe or socket); pass a "
+                         f"weights file. Received: weights={path!r}")
+
+
+def validate_weights(weights, arch_name, include_top=True, classes=1000):
+    """Check `weights` for the builder of `arch_name` before any layer is built.
+
+    `include_top=False` or `classes != 1000` are valid with pretrained weights: everything but
+    the classifier is loaded.
+    """
+    del include_top, classes  # every combination loads (the classifier is skipped if it differs)
+    if weights is None:
+        return
+    if isinstance(weights, os.PathLike):
+        weights = os.fspath(weights)
+    if not isinstance(weights, str):
+        raise TypeError(f"`weights` must be None, 'imagenet' or a file path. "
+                        f"Received: weights={weights!r} of type {type(weights).__name__}")
+    if weights == "imagenet" or weights in PRESETS:
+        preset_for(weights, arch_name)
+        return
+    check_file_kind(weights)
+
+
+def load_weights(model, weights, arch_name):
+    """Load `weights` (see validate_weights) into `model`, built for `arch_name`; returns model."""
+    if weights is None:
+        return model
+    validate_weights(weights, arch_name)
+    weights = os.fspath(weights)
+    if weights == "imagenet" or weights in PRESETS:
+        load_preset(model, preset_for(weights, arch_name))
+    elif weights.lower().endswith(SAFETENSORS_SUFFIX):
+        load_timm_file(model, weights)
+    else:
+        load_keras_file(model, weights)
+    return model
+
+
+def convert_timm(src, dst, arch_name=None):
+    """Convert a timm `.safetensors` checkpoint to a Keras `.weights.h5` file; returns `dst`.
+
+    Builds the matching lambda_keras model (classes from the checkpoint, headless if it has no
+    classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal.
+    """
+    src, dst = os.fspath(src), os.fspath(dst)
+    if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
+        raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
+    check_file_kind(src)
+    if not src.lower().endswith(SAFETENSORS_SUFFIX):
+        raise ValueError(f"`src` must be a timm {SAFETENSORS_SUFFIX} file. Received: src={src!r}")
+    state = read_safetensors(src)
+    if arch_name is None:
+        arch = infer_timm_arch(state)
+    else:
+        try:
+            arch = resolve_model_name(arch_name).arch
+        except (TypeError, ValueError):
+            arch = None
+        if arch not in IMAGENET_PRESETS:
+            raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)} (or their "
+                             f"builder or preset names). Received: arch_name={arch_name!r}")
+    head = state.get("head.fc.weight")
+    model = models.build_lambda_resnet(
+        arch, include_top=head is not None, weights=None,
+        classes=1000 if head is None else int(head.shape[0]))
+    converted, unconverted = timm_to_keras(state)
+    assign_strict(model, converted, src, unconverted)
+    utils.atomic_write(dst, model.save_weights)  # never a half-written dst
+    return dst
