@@ -85,11 +85,11 @@ MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
 PHASES = ("fwd", "train")
 
 
-def estimate_bytes(formulation, size, batch, shape, block_columns=1, phase="train"):
+def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
     """Bytes of the n x m tensors a formulation stores on a size x size map: one copy forward,
     3 forward + backward; for query_windows, of its window scores and their spread over a
-    block's context rows (`formulations.query_windows_shape`, with `block_columns` query columns
-    per block)."""
+    block's context rows (`formulations.query_windows_shape`, with `blocks`, the
+    `formulations.window_blocks`; None: 1 column and the default scopes per block)."""
     from lambda_keras.layers import formulations
 
     copies = 1 if phase == "fwd" else 3
@@ -99,7 +99,7 @@ def estimate_bytes(formulation, size, batch, shape, block_columns=1, phase="trai
         strides = shape.get("strides", 1)
         windows = formulations.query_windows_shape(size, size, shape["receptive_field"],
                                                    3 if strides == 2 else 1, strides,
-                                                   block_columns)
+                                                   **(blocks or {}))
         queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
         per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
         return copies * queries * batch * per_query * 4
@@ -225,9 +225,9 @@ def run_engine(engine, settings, threads, out_path, log=print):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
     for shape_name, shape in _shapes(settings).items():
-        columns = {phase: formulations.block_columns(
+        blocks = {phase: formulations.window_blocks(
             formulations.current_runtime(), phase == "train", shape.get("strides", 1),
-            shape["receptive_field"]) for phase in PHASES}  # query_windows' G here
+            shape["receptive_field"]) for phase in PHASES}  # query_windows' blocks here
         for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
                 (batch, size, size, width)).astype("float32")
@@ -242,7 +242,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 skipped = hopeless_before.setdefault((shape_name, phase), {})
                 probes = {}
                 for formulation in FORMULATIONS:
-                    estimate = estimate_bytes(formulation, size, batch, shape, columns[phase],
+                    estimate = estimate_bytes(formulation, size, batch, shape, blocks[phase],
                                               phase)
                     if estimate > MEMORY_LIMIT_BYTES:
                         cell["results"][formulation] = dict(

@@ -116,15 +116,17 @@ def test_row_windows_equal_the_convolution_on_a_large_map():
         assert np.abs(actual - expected).max() <= 1e-4 * scale, f"training={training}"
 
 
-@pytest.mark.parametrize("block_columns", [1, 2, 4])
+@pytest.mark.parametrize("block_columns,block_scopes", [(1, 2), (2, 2), (4, 0.5), (1, 0.5)])
 @pytest.mark.parametrize("strides,pool_size", [(1, 3), (2, 3), (2, 2)])
 def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size, block_columns,
-                                                          monkeypatch):
-    """query_windows on a 22 x 9 map with r = 3 (4 blocks of query rows unstrided, 2 strided,
-    the last one padded; column windows reaching past both sides; 1, 2 or 4 query columns per
-    block, the last group padded) equals the lambda convolution (pooled afterwards), inference
-    and training, with |u| = 2; and so do its gradients."""
-    monkeypatch.setattr(formulations, "block_columns", lambda *args, **kwargs: block_columns)
+                                                          block_scopes, monkeypatch):
+    """query_windows on a 22 x 9 map with r = 3 (blocks of 2 scopes of query rows: 4 blocks
+    unstrided, 3 strided; of half a scope: 11 and 4; the last one padded; column windows
+    reaching past both sides; 1, 2 or 4 query columns per block, the last group padded) equals
+    the lambda convolution (pooled afterwards), inference and training, with |u| = 2; and so do
+    its gradients."""
+    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
+        block_columns=block_columns, block_scopes=block_scopes))
     kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,
                   strides=strides, pool_size=pool_size,
                   position_initializer=keras.initializers.RandomNormal(stddev=0.5))
@@ -178,6 +180,20 @@ def test_query_windows_block_geometry(monkeypatch):
         assert formulations.query_windows_shape(22, 9, 3, block_columns=group) == dict(
             span=3, blocks=4, block=6, context=8, groups=9 // group, group=group,
             width=group + 2)
+
+
+def test_query_windows_blocks_only_where_they_shrink_the_context():
+    """Blocks of half a scope (r 23: 12 query rows) meet 34 context rows at 56^2 instead of
+    the 50 of 2-scope blocks; at 28^2 they would meet the whole map each, so it stays one
+    block."""
+    shape = formulations.query_windows_shape
+    assert shape(56, 56, 23)["context"] == 50
+    assert {key: shape(56, 56, 23, block_scopes=0.5)[key] for key in ("blocks", "block",
+                                                                       "context")} == dict(
+        blocks=5, block=12, context=34)
+    assert {key: shape(28, 28, 23, block_scopes=0.5)[key] for key in ("blocks", "block",
+                                                                       "context")} == dict(
+        blocks=1, block=28, context=28)
 
 
 # ------------------------------------------------------------------------------ the rule
@@ -323,22 +339,34 @@ def test_rule_rows_are_ordered_and_closed():
         assert {f for _, _, f in rows} <= set(formulations.LOCAL_ONLY), key
 
 
-def test_query_windows_group_columns_only_where_measured():
-    """Grouped query columns (formulations.block_columns) only where they were measured faster:
-    TensorFlow without oneDNN on the CPU without AVX-512, unstrided layers with r > 11; 1
-    elsewhere."""
-    assert formulations.block_columns(NO_ONEDNN_AVX2, False) == 4
-    assert formulations.block_columns(NO_ONEDNN_AVX2, True) == 2
-    assert formulations.block_columns(MALLOC_AVX2, None) == 2
-    assert formulations.block_columns(NO_ONEDNN_AVX2, False, strides=2) == 1
-    assert formulations.block_columns(NO_ONEDNN_AVX2, False, receptive_field=7) == 1
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH,
-                    dataclasses.replace(ONEDNN, avx512=False)):
+def test_query_windows_blocks_only_where_measured():
+    """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
+    only where they were measured faster: on the CPU without AVX-512, unstrided layers with
+    r > 11; columns without oneDNN in TensorFlow, half-scope blocks forward with TensorFlow and
+    XLA; 1 column and 2-scope blocks elsewhere."""
+    def blocks(runtime, training, **kwargs):
+        found = formulations.window_blocks(runtime, training, **kwargs)
+        return found["block_columns"], found["block_scopes"]
+
+    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
+    assert blocks(NO_ONEDNN_AVX2, True) == (2, 2)
+    assert blocks(MALLOC_AVX2, None) == (2, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
+    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (1, 0.5)
+    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
+    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
+    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
-            assert formulations.block_columns(runtime, training) == 1
+            assert blocks(runtime, training) == (1, 2)
+    for runtime in (dataclasses.replace(ONEDNN, avx512=False),
+                    dataclasses.replace(XLA, avx512=False),
+                    dataclasses.replace(JAX, avx512=False),
+                    dataclasses.replace(TORCH, avx512=False)):
+        assert blocks(runtime, True) == (1, 2)
     for key, rule in [*formulations.LOCAL_RULE.items(),
                       *formulations.WITHOUT_AVX512_RULE.items()]:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
+        assert rule["block_scopes"] > 0, key
 
 
 def test_rule_tables_of_several_machines():

@@ -292,8 +292,8 @@ class LambdaLayer(keras.layers.Layer):
             runtime = formulations.current_runtime()
             formulation = self._formulation(rows, cols, training, runtime)
             self._last_formulation = formulation  # what this call traced (benchmarks read it)
-            columns = formulations.block_columns(runtime, training, self.strides,
-                                                 self.receptive_field)  # query_windows' G
+            blocks = formulations.window_blocks(runtime, training, self.strides,
+                                                self.receptive_field)  # of query_windows
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
             if self.strides == 2 and formulation == "query_windows":
@@ -301,7 +301,7 @@ class LambdaLayer(keras.layers.Layer):
                 table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
                 out = out + formulations.query_windows(
                     q, values, table, rows, cols, self.pool_size, self.strides,
-                    columns)  # [b, n', h, v]
+                    **blocks)  # [b, n', h, v]
             elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
                 # Applied to the q . E maps before they meet V, the pool saves 3/4 of q.E . V
@@ -311,7 +311,7 @@ class LambdaLayer(keras.layers.Layer):
                     lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
             else:
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
-                                                  formulation, columns)  # [b, n, h, v]
+                                                  formulation, blocks)  # [b, n, h, v]
                 if self.strides == 2:
                     position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
                 out = out + position
@@ -366,8 +366,9 @@ class LambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         return formulations.position_embeddings(table, self.position, rows, cols)
 
-    def _position_output(self, q, values, rows, cols, dtype, formulation, block_columns=1):
-        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]."""
+    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks):
+        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]
+        (`blocks`: query_windows' `formulations.window_blocks`)."""
         if formulation == "queries_first":
             return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype))
         if formulation == "lambdas_first":
@@ -376,7 +377,7 @@ class LambdaLayer(keras.layers.Layer):
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
             if formulation == "query_windows":
                 return formulations.query_windows(q, values, table, rows, cols,
-                                                  block_columns=block_columns)  # [b, n, h, v]
+                                                  **blocks)  # [b, n, h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

@@ -61,11 +61,11 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     POOLED_MAPS_ENGINES,
     WITHOUT_AVX512_RULE,
     Runtime,
-    block_columns,
     choose,
     current_runtime,
     phase_of,
     rule_for,
+    window_blocks,
 )
 
 FORMULATIONS = ("queries_first", "query_windows", "lambdas_first", "row_windows", "conv")

@@ -2,16 +2,19 @@
 docstring, lambda_keras/layers/formulations/__init__.py): tensor code in `keras.ops`, with shape
 comments; `rule.choose` picks one."""
 
+import math
+
 import numpy as np
 from keras import ops
 
 # Row windows cut wide maps into tiles of this many scopes (r columns each); benchmarks/README.md.
 WINDOW_TILE_SCOPES = 3
-# Query windows cut tall maps into blocks of about this many scopes of query rows. Each query's
-# scores are spread over its block's rows plus r - 1 context rows, ~3x its own r rows at 2
-# scopes; smaller blocks waste less but gather V's windows more often. Every map up to 46 rows
-# (r 23) is one block, and there the context is the map's rows; blocks of 1 / 0.75 / 0.6 scopes
-# were within 10% at 28^2 (benchmarks/README.md, optimisation 12).
+# Query windows cut tall maps into blocks of about this many scopes of query rows (the default;
+# the rule's `block_scopes` may take smaller ones). Each query's scores are spread over its
+# block's rows plus r - 1 context rows, ~3x its own r rows at 2 scopes; smaller blocks waste
+# less but gather V's windows more often. Every map up to 46 rows (r 23) is one block, and there
+# the context is the map's rows; blocks of 1 / 0.75 / 0.6 scopes were within 10% at 28^2
+# (benchmarks/README.md, optimisations 12 and 15).
 QUERY_BLOCK_SCOPES = 2
 
 
@@ -163,28 +166,34 @@ def pool_taps(size, pool_size, strides):
     return np.clip(positions, 0, size - 1), weights, before
 
 
-def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, block_columns=1):
+def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, block_columns=1,
+                        block_scopes=QUERY_BLOCK_SCOPES):
     """The blocks `query_windows` cuts a rows x cols map into (see its steps), a dict of ints:
     span (S, a pooled query's window), blocks x block (query rows; the last block padded) and
     context (their context rows), groups x group (query columns, G) and width (C, the columns
     a group's windows span). The scores take padded queries x h (S + 1) C u floats, their spread
-    padded queries x h context C u."""
+    padded queries x h context C u. A map is cut into blocks only where their context is
+    smaller than the map (otherwise every block would meet every row)."""
     span = receptive_field + pool_size - 1
     out_rows, out_cols = (len(pool_taps(size, pool_size, strides)[0]) for size in (rows, cols))
-    blocks = -(-out_rows // max(-(-QUERY_BLOCK_SCOPES * span // strides), 1))
+    blocks = -(-out_rows // max(math.ceil(block_scopes * span / strides), 1))
     block = -(-out_rows // blocks)  # balanced blocks of query rows
+    if strides * (block - 1) + span >= rows:
+        blocks, block = 1, out_rows
     group = min(block_columns, out_cols)
     return dict(span=span, blocks=blocks, block=block,
                 context=min(strides * (block - 1) + span, rows), groups=-(-out_cols // group),
                 group=group, width=strides * (group - 1) + span)
 
 
-def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1):
+def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1,
+                  block_scopes=QUERY_BLOCK_SCOPES):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
 
     q [b, n, h, k], V [b, m, v, u], kernel [r, r, u, k] of a static rows x cols map (n = m);
     `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid");
-    `block_columns`: query columns per block (`formulations.block_columns` picks it).
+    `block_columns` / `block_scopes`: query columns per block and query rows per block in
+    scopes (`formulations.window_blocks` picks them).
     Returns [b, n', h, v] at the pooled positions n'.
 
     1. Scores: every (pooled) query's q . E over its window, one GEMM. A pooled query is the
@@ -193,7 +202,7 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
        group's windows span C = strides (G - 1) + S columns, and query g of a group scores into
        columns strides g .. strides g + S - 1 of that span: the GEMM is
        [b n' h, G taps k] x [G taps k, (S + 1) C u], q placed in the k slots of its g.
-    2. Query rows are cut into blocks of about QUERY_BLOCK_SCOPES * S / strides rows; a block
+    2. Query rows are cut into blocks of about block_scopes * S / strides rows; a block
        meets the context rows its windows reach (at most rows). The scores are spread over those
        rows (a gather; rows outside a window take a zero slot): [b W'/G blocks, B G h, rows C u].
     3. The matching column windows of V (C columns per group of query columns, zero padded) are
@@ -209,7 +218,7 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     tap_rows, row_weights, before_rows = pool_taps(rows, taps, strides)
     tap_cols, col_weights, before_cols = pool_taps(cols, taps, strides)
     out_rows, out_cols = len(tap_rows), len(tap_cols)
-    shape = query_windows_shape(rows, cols, r, pool_size, strides, block_columns)
+    shape = query_windows_shape(rows, cols, r, pool_size, strides, block_columns, block_scopes)
     span, width, context = shape["span"], shape["width"], shape["context"]
     blocks, block, groups, group = shape["blocks"], shape["block"], shape["groups"], shape["group"]
     padded_rows, padded_cols = blocks * block, groups * group  # padding queries: zero weights

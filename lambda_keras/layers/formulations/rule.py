@@ -7,6 +7,8 @@ import functools
 
 import numpy as np
 
+from lambda_keras.layers.formulations.position_term import QUERY_BLOCK_SCOPES
+
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
 # without XLA, oneDNN on / off (with a pooling CPU allocator); "tf_malloc": oneDNN off with
@@ -39,21 +41,24 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 #   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
 #   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Memory per
 #   position does not grow with the map, but at 112^2 (batch 8) the window scores and their
-#   spread take ~4 GB forward and ~10 GB in training: the suite runs them forward only there,
-#   and the Xeon's table up to 56^2. An unstrided layer's query windows group `block_columns`
-#   query columns per batched-matmul item (`block_columns`; strided layers: 1);
+#   spread take 3-4 GiB forward and ~10 GiB in training: the suite runs them forward only there,
+#   and the Xeon's table up to 56^2. An unstrided layer's query windows with r > 11 group
+#   `block_columns` query columns per batched-matmul item and cut tall maps into blocks of
+#   `block_scopes` scopes of query rows (`window_blocks`; other layers: 1 column, 2 scopes);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
-          windows=None, strided_windows=None, window_scopes=None, block_columns=1):
+          windows=None, strided_windows=None, window_scopes=None, block_columns=1,
+          block_scopes=QUERY_BLOCK_SCOPES):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
                 windows=windows, strided_windows=strided_windows or windows,
-                window_scopes=window_scopes, block_columns=block_columns)
+                window_scopes=window_scopes, block_columns=block_columns,
+                block_scopes=block_scopes)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -68,6 +73,7 @@ SMALL_R_CONV_BEYOND_112 = (11, 112 * 112 + 1, "conv")
 ROW_WINDOWS_BEYOND_112 = (None, 112 * 112 + 1, "row_windows")
 UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
 UP_TO_112 = (0, 112 * 112)
+SMALL_BLOCKS = 0.5  # query windows' blocks of query rows, in scopes (see WITHOUT_AVX512_RULE)
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
     #                          strided_queries_first, windows, strided_windows, window_scopes)
@@ -143,16 +149,30 @@ LOCAL_RULE = {
 #   do not grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN
 #   0.78 s vs 1.08 s for the convolution, without 1.58 vs 2.79 s for row windows, XLA 1.53 vs
 #   2.80 s; r 7 |u| 4 forward 0.53 / 0.96 / 0.68 s vs 0.55 / 1.12 / 0.98 s for the convolution,
-#   XLA training 2.29 vs 3.36 s. Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB
-#   against 1.0 (convolution) and 1.6 GiB (row windows). Not on JAX (r 23: 3.55 vs 3.32 s for
-#   row windows) or PyTorch (3.29 vs 1.66 s for the convolution). The Xeon's table stops query
-#   windows at 56^2 (its oneDNN convolution was the faster one there at 56^2 already).
+#   XLA training 2.29 vs 3.36 s (with half-scope blocks, below: 0.63 / 1.09 / 1.04 s for r 23).
+#   Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB, 3.1 / 3.9 GiB without / with
+#   oneDNN in half-scope blocks, against 1.0 (convolution) and 1.4-1.6 GiB (row windows). Not
+#   on JAX (r 23: 3.55 vs 3.32 s for row windows) or PyTorch (3.29 vs 1.66 s for the
+#   convolution). The Xeon's table stops query windows at 56^2 (its oneDNN convolution was the
+#   faster one there at 56^2 already).
 # - PyTorch forward: row windows below 50^2 for r > 11 (28^2 r 23: 68 vs 97 ms for the
 #   convolution; the earlier run 166 vs 198), the convolution from 56^2 (415 vs 570 ms).
+# - Query windows forward (r > 11, unstrided) in blocks of half a scope of query rows (12 rows
+#   at r 23) instead of 2: a block meets its rows plus r - 1 context rows, 34 instead of 50 / 68
+#   at 56^2 / 112^2, so the spread scores and the final matmul shrink by a third to a half
+#   while V's windows are gathered 2.5-4x as often. Whole layer, batch 8, d 256, r 23, one
+#   process per cell, 2026-12-03, 2 / 0.5 scopes: oneDNN 56^2 181 / 166 ms, 112^2 788 / 666 ms;
+#   without (pooled) 112^2 1247 / 1110 ms (56^2 285 / 270); XLA 334 / 262 ms and 1514 / 1024 ms;
+#   malloc 545 / 555 ms and 2592 / 2336 ms. Maps the context already covers (28^2) stay one
+#   block (`query_windows_shape`). Not in training, where 1-scope blocks took 1.00 vs 0.94 s at
+#   56^2 without oneDNN (benchmarks/README.md, optimisations 14 and 15).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
-    ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112),
-    ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112),
-    ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112),
+    ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
+                               block_scopes=SMALL_BLOCKS),
+    ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112,
+                        block_scopes=SMALL_BLOCKS),
+    ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112,
+                         block_scopes=SMALL_BLOCKS),
     ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
         SMALL_R_CONV_BEYOND_112, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS)),
     ("torch", "fwd"): dict(LOCAL_RULE[("torch", "fwd")], local=(SMALL_R_CONV, CONV_FROM_50,
@@ -160,7 +180,7 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], block_columns=2),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
                                 QUERY_WINDOWS, windows=UP_TO_56, strided_windows=UP_TO_28,
-                                window_scopes=6, block_columns=2),
+                                window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS),
     ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
 
@@ -172,12 +192,14 @@ def phase_of(training):
     return "fwd" if inference else "train"
 
 
-def block_columns(runtime, training, strides=1, receptive_field=23):
-    """The query columns `query_windows` groups per block in `runtime`: the rule's
-    `block_columns` for unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+def window_blocks(runtime, training, strides=1, receptive_field=23):
+    """The blocks of `query_windows` in `runtime`: {"block_columns": query columns per block,
+    "block_scopes": query rows per block in scopes}, the rule's for unstrided layers with
+    r > 11, else 1 column and QUERY_BLOCK_SCOPES (see WITHOUT_AVX512_RULE)."""
     if strides != 1 or receptive_field <= 11:
-        return 1
-    return rule_for(runtime, phase_of(training))["block_columns"]
+        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES)
+    rule = rule_for(runtime, phase_of(training))
+    return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
 
 
 def rule_for(runtime, phase):
