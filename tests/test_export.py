@@ -481,9 +481,11 @@ def test_tflite_converts_every_lambda_formulation(tmp_path, formulation, size, k
 
 
 def test_tflite_converts_grouped_query_windows(tmp_path, monkeypatch):
-    """Query windows with 3 query columns per block (what TensorFlow without oneDNN takes on a CPU
-    without AVX-512, formulations.block_columns), whatever this machine's rule says."""
-    monkeypatch.setattr(formulations, "block_columns", lambda *args, **kwargs: 3)
+    """Query windows with 3 query columns per block and blocks of half a scope of query rows
+    (4 blocks of 7 rows here; what TensorFlow takes on a CPU without AVX-512,
+    formulations.window_blocks), whatever this machine's rule says."""
+    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
+        block_columns=3, block_scopes=0.5))
     _check_tflite_conversion(tmp_path, "query_windows", 26,
                              dict(receptive_field=13, implementation="query_windows"))
 
