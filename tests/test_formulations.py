@@ -258,12 +258,17 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     assert choose((56, 56), False, ONEDNN) == "query_windows"
     assert choose((112, 112), False, ONEDNN) == "conv"
     # Forward at 112^2 on the CPU without AVX-512: query windows with oneDNN (0.78 vs 1.08 s for
-    # the convolution), without it (1.58 vs 2.79 s for row windows, malloc 2.58 vs 3.48 s) and
-    # under XLA; not on JAX or PyTorch; training keeps row windows for r 23.
+    # the convolution), without it (1.58 vs 2.79 s for row windows, malloc 2.58 vs 3.48 s),
+    # under XLA and on JAX (with 2 columns and half-scope blocks: 2.2 vs 3.2 s); not on
+    # PyTorch; training keeps row windows for r 23. JAX forward: row windows at 28^2.
     avx2 = {name: dataclasses.replace(runtime, avx512=False) for name, runtime in
             dict(onednn=ONEDNN, tf=NO_ONEDNN, xla=XLA, jax=JAX, torch=TORCH).items()}
     assert [choose((112, 112), False, avx2[name]) for name in avx2] == [
-        "query_windows", "query_windows", "query_windows", "row_windows", "conv"]
+        "query_windows", "query_windows", "query_windows", "query_windows", "conv"]
+    assert choose((56, 56), False, avx2["jax"]) == "query_windows"
+    assert choose((28, 28), False, avx2["jax"]) == "row_windows"
+    assert choose((56, 56), False, avx2["jax"], receptive_field=7, intra_depth=4) == "conv"
+    assert choose((128, 128), False, avx2["jax"]) == "row_windows"
     assert choose((112, 112), False, MALLOC_AVX2) == "query_windows"
     assert choose((112, 112), True, avx2["onednn"]) == "row_windows"
     # Beyond what was measured (112^2), the lean formulations of the other rows.
@@ -342,8 +347,8 @@ def test_rule_rows_are_ordered_and_closed():
 def test_query_windows_blocks_only_where_measured():
     """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
-    r > 11; columns without oneDNN in TensorFlow, half-scope blocks forward with TensorFlow and
-    XLA; 1 column and 2-scope blocks elsewhere."""
+    r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX forward), half-scope
+    blocks forward with TensorFlow, XLA and JAX; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
         return found["block_columns"], found["block_scopes"]
@@ -352,14 +357,15 @@ def test_query_windows_blocks_only_where_measured():
     assert blocks(NO_ONEDNN_AVX2, True) == (2, 2)
     assert blocks(MALLOC_AVX2, None) == (2, 0.5)
     assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (1, 0.5)
+    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 2)
+    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
     assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
             assert blocks(runtime, training) == (1, 2)
     for runtime in (dataclasses.replace(ONEDNN, avx512=False),
-                    dataclasses.replace(XLA, avx512=False),
                     dataclasses.replace(JAX, avx512=False),
                     dataclasses.replace(TORCH, avx512=False)):
         assert blocks(runtime, True) == (1, 2)

@@ -68,6 +68,7 @@ SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 CONV_FROM_50 = (None, 2500, "conv")  # any r on maps of 50^2 or more
 SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")  # r <= 11 (beyond the `windows` range)
 QUERY_WINDOWS = (None, 0, "query_windows")  # any r (beyond the `windows` range)
+QUERY_WINDOWS_FROM_50 = (None, 2500, "query_windows")  # any r on maps of 50^2 or more
 # Beyond the largest map measured (112^2) the lean formulations again, as on the other rows.
 SMALL_R_CONV_BEYOND_112 = (11, 112 * 112 + 1, "conv")
 ROW_WINDOWS_BEYOND_112 = (None, 112 * 112 + 1, "row_windows")
@@ -149,12 +150,12 @@ LOCAL_RULE = {
 #   do not grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN
 #   0.78 s vs 1.08 s for the convolution, without 1.58 vs 2.79 s for row windows, XLA 1.53 vs
 #   2.80 s; r 7 |u| 4 forward 0.53 / 0.96 / 0.68 s vs 0.55 / 1.12 / 0.98 s for the convolution,
-#   XLA training 2.29 vs 3.36 s (with half-scope blocks, below: 0.63 / 1.09 / 1.04 s for r 23).
-#   Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB, 3.1 / 3.9 GiB without / with
-#   oneDNN in half-scope blocks, against 1.0 (convolution) and 1.4-1.6 GiB (row windows). Not
-#   on JAX (r 23: 3.55 vs 3.32 s for row windows) or PyTorch (3.29 vs 1.66 s for the
-#   convolution). The Xeon's table stops query windows at 56^2 (its oneDNN convolution was the
-#   faster one there at 56^2 already).
+#   XLA training 2.29 vs 3.36 s (with half-scope blocks and XLA's 2 columns, below: 0.63 / 1.09
+#   / 0.65 s for r 23). Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB, 3.1 / 3.9
+#   GiB without / with oneDNN in half-scope blocks, against 1.0 (convolution) and 1.4-1.6 GiB
+#   (row windows). JAX only with 2 columns per block (below; in 1 column 3.55 vs 3.32 s for
+#   row windows); not PyTorch (3.29 vs 1.66 s for the convolution). The Xeon's table stops
+#   query windows at 56^2 (its oneDNN convolution was the faster one there at 56^2 already).
 # - PyTorch forward: row windows below 50^2 for r > 11 (28^2 r 23: 68 vs 97 ms for the
 #   convolution; the earlier run 166 vs 198), the convolution from 56^2 (415 vs 570 ms).
 # - Query windows forward (r > 11, unstrided) in blocks of half a scope of query rows (12 rows
@@ -166,15 +167,28 @@ LOCAL_RULE = {
 #   malloc 545 / 555 ms and 2592 / 2336 ms. Maps the context already covers (28^2) stay one
 #   block (`query_windows_shape`). Not in training, where 1-scope blocks took 1.00 vs 0.94 s at
 #   56^2 without oneDNN (benchmarks/README.md, optimisations 14 and 15).
+# - Under XLA (TF jit_compile, JAX), query windows group 2 query columns per block: XLA's CPU
+#   code runs the unstrided r 23 layer ~1.5x faster with C = 24 window columns (G 2) than with
+#   23, 25 or 26 (G 1, 3, 4); G 1 with C padded to 24 was as fast, so it is the width, not the
+#   grouping. Whole layer, one process per cell, 2026-12-03: TF XLA forward (half-scope blocks)
+#   G 1 / 2 / 4 at 56^2 260 / 167 / 249 ms, 112^2 1043 / 653 / 986 ms; training (2-scope
+#   blocks) G 1 / 2 at 28^2 158 / 125 ms, 56^2 895 / 767 ms. JAX forward, G 2 and half-scope
+#   blocks: 56^2 544 ms, 112^2 2226 ms against 630 / 3240 ms for row windows (G 1: 708 / 2949,
+#   G 4: 612 / 2384), so JAX takes query windows forward from 50^2 to 112^2 for r > 11 (28^2:
+#   93 vs 97 ms, row windows kept; r <= 11 keeps the convolution). Not with oneDNN (56^2 G 1 /
+#   2 / C padded to 24: 169 / 168 / 168 ms).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
     ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112,
                         block_scopes=SMALL_BLOCKS),
-    ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112,
+    ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112, block_columns=2,
                          block_scopes=SMALL_BLOCKS),
     ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
-        SMALL_R_CONV_BEYOND_112, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS)),
+        SMALL_R_CONV_BEYOND_112, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS), block_columns=2),
+    ("jax", "fwd"): dict(LOCAL_RULE[("jax", "fwd")], local=(
+        SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS_FROM_50, ROW_WINDOWS),
+        block_columns=2, block_scopes=SMALL_BLOCKS),
     ("torch", "fwd"): dict(LOCAL_RULE[("torch", "fwd")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                 ROW_WINDOWS)),
     ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], block_columns=2),
