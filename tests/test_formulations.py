@@ -121,10 +121,10 @@ def test_row_windows_equal_the_convolution_on_a_large_map():
 def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size, block_columns,
                                                           block_scopes, monkeypatch):
     """query_windows on a 22 x 9 map with r = 3 (blocks of 2 scopes of query rows: 4 blocks
-    unstrided, 3 strided; of half a scope: 11 and 4; the last one padded; column windows
-    reaching past both sides; 1, 2 or 4 query columns per block, the last group padded) equals
-    the lambda convolution (pooled afterwards), inference and training, with |u| = 2; and so do
-    its gradients."""
+    unstrided, 3 strided; of half a scope: 11, and 6 or 11 strided; the last one padded;
+    column windows reaching past both sides; 1, 2 or 4 query columns per block, the last group
+    padded) equals the lambda convolution (pooled afterwards), inference and training, with
+    |u| = 2; and so do its gradients."""
     monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
         block_columns=block_columns, block_scopes=block_scopes))
     kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,

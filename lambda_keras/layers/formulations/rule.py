@@ -150,12 +150,13 @@ LOCAL_RULE = {
 #   do not grow with the map. Suite of 2026-12-03, 112^2, batch 8, d 256: r 23 forward, oneDNN
 #   0.78 s vs 1.08 s for the convolution, without 1.58 vs 2.79 s for row windows, XLA 1.53 vs
 #   2.80 s; r 7 |u| 4 forward 0.53 / 0.96 / 0.68 s vs 0.55 / 1.12 / 0.98 s for the convolution,
-#   XLA training 2.29 vs 3.36 s (with half-scope blocks and XLA's 2 columns, below: 0.63 / 1.09
-#   / 0.65 s for r 23). Peak (r 23 forward, one process, TF's allocator) 3.9-4.2 GiB, 3.1 / 3.9
-#   GiB without / with oneDNN in half-scope blocks, against 1.0 (convolution) and 1.4-1.6 GiB
-#   (row windows). JAX only with 2 columns per block (below; in 1 column 3.55 vs 3.32 s for
-#   row windows); not PyTorch (3.29 vs 1.66 s for the convolution). The Xeon's table stops
-#   query windows at 56^2 (its oneDNN convolution was the faster one there at 56^2 already).
+#   XLA training 2.29 vs 3.36 s; with half-scope blocks (and 2 columns under XLA, below) the
+#   r 23 forward takes 0.63 / 1.09 / 0.65 s. Peak (r 23 forward, one process, TF's allocator)
+#   3.9-4.2 GiB, 3.1 / 3.9 GiB without / with oneDNN in half-scope blocks, against 1.0
+#   (convolution) and 1.4-1.6 GiB (row windows). JAX only with 2 columns per block (below;
+#   in 1 column 3.55 vs 3.32 s for row windows); not PyTorch (3.29 vs 1.66 s for the
+#   convolution). The Xeon's table stops query windows at 56^2 (its oneDNN convolution was
+#   the faster one there at 56^2 already).
 # - PyTorch forward: row windows below 50^2 for r > 11 (28^2 r 23: 68 vs 97 ms for the
 #   convolution; the earlier run 166 vs 198), the convolution from 56^2 (415 vs 570 ms).
 # - Query windows forward (r > 11, unstrided) in blocks of half a scope of query rows (12 rows
