@@ -51,7 +51,7 @@ def relative_error(actual, expected):
     return float(np.abs(actual - expected).max() / max(np.abs(expected).max(), 1e-12))
 
 
-def small_model(builder="LambdaResNet26T", **kwargs):
+def builder_model(builder="LambdaResNet26T", **kwargs):
     """A lambda_keras builder at SIZE px with CLASSES logits, random weights unless given.
     "LambdaResNet50": the paper's model, 3x3/2 pools in its strided lambda blocks."""
     import lambda_keras
@@ -99,7 +99,7 @@ def _tf_parity_and_saving(workdir, backend):
     """TF's weights -> TF's logits; then .keras / .weights.h5 round trips of that model."""
     import keras
 
-    model = small_model()
+    model = builder_model()
     model.load_weights(os.path.join(workdir, "tf.weights.h5"))
     x = np.load(os.path.join(workdir, "x.npy"))
     expected = np.load(os.path.join(workdir, "tf_logits.npy"))
@@ -115,7 +115,7 @@ def _tf_parity_and_saving(workdir, backend):
     keras_error = relative_error(to_numpy(reloaded(x, training=False)), outputs)
     weights_path = os.path.join(workdir, f"{backend}.weights.h5")
     model.save_weights(weights_path)
-    fresh = small_model()
+    fresh = builder_model()
     fresh.load_weights(weights_path)
     h5_error = relative_error(to_numpy(fresh(x, training=False)), outputs)
     assert keras_error == 0.0 and h5_error == 0.0, (keras_error, h5_error)
@@ -126,7 +126,7 @@ def _paper_parity(workdir):
     """TF's weights -> TF's logits for the paper's LambdaResNet-50. Its strided lambda blocks pool
     3x3/2 with "same" padding, which Keras' PyTorch backend pools with other windows on even maps
     (the layer's own pool does not: LambdaLayer's _same_average_pool)."""
-    model = small_model("LambdaResNet50")
+    model = builder_model("LambdaResNet50")
     model.load_weights(os.path.join(workdir, "tf50.weights.h5"))
     x = np.load(os.path.join(workdir, "x.npy"))
     error = relative_error(to_numpy(model(x, training=False)),
@@ -154,7 +154,7 @@ def _timm_parity(workdir):
     x = np.load(os.path.join(workdir, "x.npy"))
     with torch.no_grad():
         expected = reference(torch.from_numpy(x).permute(0, 3, 1, 2)).numpy()
-    model = small_model(weights=path)
+    model = builder_model(weights=path)
     error = relative_error(to_numpy(model(x, training=False)), expected)
     assert error <= RELATIVE_TOLERANCE, error
     return f"relative error {error:.2e}"
@@ -256,14 +256,14 @@ def tf_reference(tmp_path_factory):
     import keras
 
     workdir = tmp_path_factory.mktemp("backends")
-    model = small_model()
+    model = builder_model()
     randomize_batch_norms(model)
     x = np.random.default_rng(1).uniform(-1, 1, (BATCH, SIZE, SIZE, 3)).astype("float32")
     np.save(workdir / "x.npy", x)
     np.save(workdir / "tf_logits.npy", to_numpy(model(x, training=False)))
     model.save_weights(str(workdir / "tf.weights.h5"))
     keras.utils.set_random_seed(50)
-    paper = small_model("LambdaResNet50")
+    paper = builder_model("LambdaResNet50")
     randomize_batch_norms(paper)
     np.save(workdir / "tf50_logits.npy", to_numpy(paper(x, training=False)))
     paper.save_weights(str(workdir / "tf50.weights.h5"))
