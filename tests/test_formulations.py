@@ -186,14 +186,13 @@ def test_query_windows_blocks_only_where_they_shrink_the_context():
     """Blocks of half a scope (r 23: 12 query rows) meet 34 context rows at 56^2 instead of
     the 50 of 2-scope blocks; at 28^2 they would meet the whole map each, so it stays one
     block."""
-    shape = formulations.query_windows_shape
-    assert shape(56, 56, 23)["context"] == 50
-    assert {key: shape(56, 56, 23, block_scopes=0.5)[key] for key in ("blocks", "block",
-                                                                       "context")} == dict(
-        blocks=5, block=12, context=34)
-    assert {key: shape(28, 28, 23, block_scopes=0.5)[key] for key in ("blocks", "block",
-                                                                       "context")} == dict(
-        blocks=1, block=28, context=28)
+    def rows(*args, **kwargs):  # (blocks, query rows per block, context rows)
+        found = formulations.query_windows_shape(*args, **kwargs)
+        return found["blocks"], found["block"], found["context"]
+
+    assert rows(56, 56, 23)[2] == 50
+    assert rows(56, 56, 23, block_scopes=0.5) == (5, 12, 34)
+    assert rows(28, 28, 23, block_scopes=0.5) == (1, 28, 28)
 
 
 # ------------------------------------------------------------------------------ the rule

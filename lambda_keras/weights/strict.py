@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import keras
 
-from lambda_keras.weights.timm_format import CLASSIFIER, read_safetensors, timm_to_keras
+from lambda_keras.models import CLASSIFIER
+from lambda_keras.weights.timm_format import read_safetensors, timm_to_keras
 
 MAX_LISTED = 12  # names listed per category in a strict-loading error
 

@@ -5,11 +5,10 @@ import re
 
 import numpy as np
 
-from lambda_keras import models
+from lambda_keras.models import CLASSIFIER
 from lambda_keras.presets import IMAGENET_PRESETS
 
 SAFETENSORS_SUFFIX = ".safetensors"
-CLASSIFIER = models.CLASSIFIER  # name of the classifier layer
 
 
 def read_safetensors(path):
