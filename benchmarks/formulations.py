@@ -79,9 +79,10 @@ HOPELESS = 10.0  # probe slower than this many times the cell's best probe: not 
 # (row_windows, conv) only when hopeless.
 DROP_AFTER = 3.0
 QUADRATIC = ("queries_first", "lambdas_first")
-# 4 GiB: query windows forward at 112^2 (~3.3 GiB estimated, 3.9-4.2 GiB measured peak with
-# TensorFlow's allocator) run, forward + backward there (~10 GiB) does not.
-MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
+# 8 GiB: query windows at 112^2 run forward (~3.3 GiB estimated, 3.1-4.2 GiB measured peak with
+# TensorFlow's allocator) and forward + backward in half-scope blocks (~7 GiB estimated, 9.4-10.5
+# GiB process peak), not in 2-scope blocks (~11 GiB estimated).
+MEMORY_LIMIT_BYTES = 8 * 1024 ** 3
 PHASES = ("fwd", "train")
 
 
@@ -434,7 +435,8 @@ def main(argv=None):
             previous = json.load(f)
         same = ("batch", "width")
         if all(previous["settings"][k] == settings[k] for k in same):
-            data.update(engines=previous["engines"], cells=previous["cells"])
+            data.update(engines=previous["engines"], cells=previous["cells"], settings=dict(
+                settings, sizes=sorted({*previous["settings"]["sizes"], *settings["sizes"]})))
     for engine in args.engines.split(","):
         backend, env_update, jit_compile, rule = ENGINES[engine]
         jsonl = os.path.join(out_dir, f".formulations-{engine}.jsonl")
@@ -458,24 +460,37 @@ def main(argv=None):
             with open(jsonl, encoding="utf-8") as f:
                 cells = [json.loads(line) for line in f]
             os.remove(jsonl)
-        engines = {engine} | ({"timm"} if engine == "torch" and "r23" in shapes else set())
-        data["cells"] = [c for c in data["cells"]
-                         if not (c["engine"] in engines and c["shape"] in shapes)] + cells
         run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
                    wall_s=round(time.time() - t0, 1), load_before=load_before,
                    load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
         record = dict(runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update)
-        if set(shapes) == set(SHAPES) or engine not in data["engines"]:
-            data["engines"][engine] = dict(record, **run, shapes=shapes)
-        else:  # some shapes: the engine's earlier run stays, this one is added to its runs
-            data["engines"][engine].update(record)
-            data["engines"][engine].setdefault("runs", {})[",".join(shapes)] = run
+        merge_run(data, engine, cells, shapes, record, run)
         common.write_json(path, data)
         print(f"[formulations] {engine}: {len(cells)} cells, {run['wall_s']:.0f} s -> {path}",
               flush=True)
     failed = [e for e, d in data["engines"].items()
               if d["returncode"] != 0 or any(r["returncode"] for r in d.get("runs", {}).values())]
     return 1 if failed else 0
+
+
+def merge_run(data, engine, cells, shapes, record, run):
+    """Puts one engine's run (`cells` of `shapes` at `run["sizes"]`) into the table `data`.
+
+    The new cells replace the stored ones of that engine (and timm's, run by "torch" with r 23)
+    at those shapes and sizes only. A run of every shape and size replaces the engine's record;
+    a partial one updates it and is kept under `runs` ("r23", or "r23@112" for some sizes).
+    """
+    sizes = run["sizes"]
+    engines = {engine} | ({"timm"} if engine == "torch" and "r23" in shapes else set())
+    data["cells"] = [c for c in data["cells"] if not (
+        c["engine"] in engines and c["shape"] in shapes and c["size"] in sizes)] + cells
+    every_size = sorted(sizes) == sorted(FULL["sizes"])
+    if (set(shapes) == set(SHAPES) and every_size) or engine not in data["engines"]:
+        data["engines"][engine] = dict(record, **run, shapes=shapes)
+    else:
+        data["engines"][engine].update(record)
+        key = ",".join(shapes) + ("" if every_size else "@" + ",".join(map(str, sizes)))
+        data["engines"][engine].setdefault("runs", {})[key] = run
 
 
 def _update_picks(path, engines, threads):

@@ -259,7 +259,7 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     # Forward at 112^2 on the CPU without AVX-512: query windows with oneDNN (0.78 vs 1.08 s for
     # the convolution), without it (1.58 vs 2.79 s for row windows, malloc 2.58 vs 3.48 s),
     # under XLA and on JAX (with 2 columns and half-scope blocks: 2.2 vs 3.2 s); not on
-    # PyTorch; training keeps row windows for r 23. JAX forward: row windows at 28^2.
+    # PyTorch. JAX forward: row windows at 28^2.
     avx2 = {name: dataclasses.replace(runtime, avx512=False) for name, runtime in
             dict(onednn=ONEDNN, tf=NO_ONEDNN, xla=XLA, jax=JAX, torch=TORCH).items()}
     assert [choose((112, 112), False, avx2[name]) for name in avx2] == [
@@ -269,16 +269,24 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     assert choose((56, 56), False, avx2["jax"], receptive_field=7, intra_depth=4) == "conv"
     assert choose((128, 128), False, avx2["jax"]) == "row_windows"
     assert choose((112, 112), False, MALLOC_AVX2) == "query_windows"
-    assert choose((112, 112), True, avx2["onednn"]) == "row_windows"
+    # Training at 112^2, r 23, in half-scope blocks: query windows with TensorFlow, oneDNN on
+    # or off, and under XLA (without oneDNN 4.4-5.6 vs 6.1-6.8 s for row windows, XLA 2.5-3.2
+    # vs 6.5-13 s); with malloc, on JAX and PyTorch row windows; r 7: as before (oneDNN and
+    # without it the 7 x 7 convolution, XLA query windows).
+    assert [choose((112, 112), True, avx2[name]) for name in avx2] == [
+        "query_windows", "query_windows", "query_windows", "row_windows", "row_windows"]
+    assert choose((112, 112), True, MALLOC_AVX2) == "row_windows"
+    assert [choose((112, 112), True, avx2[name], receptive_field=7, intra_depth=4)
+            for name in ("onednn", "tf")] == ["conv", "conv"]
+    assert choose((128, 128), True, avx2["tf"]) == "row_windows"
     # Beyond what was measured (112^2), the lean formulations of the other rows.
     assert choose((128, 128), False, avx2["onednn"]) == "conv"
     assert choose((128, 128), False, MALLOC_AVX2) == "row_windows"
     assert choose((128, 128), True, avx2["xla"], receptive_field=7, intra_depth=4) == "conv"
-    # XLA training beyond 56^2: query windows for r 7 (2.29 vs 3.36 s for the convolution at
-    # 112^2), row windows for r 23; PyTorch forward at 28^2: row windows (68 vs 97 ms).
+    # XLA training beyond 56^2: query windows for r 7 too (2.29 vs 3.36 s for the convolution
+    # at 112^2); PyTorch forward at 28^2: row windows (68 vs 97 ms).
     assert choose((112, 112), True, avx2["xla"], receptive_field=7, intra_depth=4) \
         == "query_windows"
-    assert choose((112, 112), True, avx2["xla"]) == "row_windows"
     assert choose((28, 28), False, avx2["torch"]) == "row_windows"
     assert choose((56, 56), False, avx2["torch"]) == "conv"
     malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
@@ -347,25 +355,27 @@ def test_query_windows_blocks_only_where_measured():
     """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
     r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX forward), half-scope
-    blocks forward with TensorFlow, XLA and JAX; 1 column and 2-scope blocks elsewhere."""
+    blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
+    pooled allocator) and XLA; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
         return found["block_columns"], found["block_scopes"]
 
     assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
-    assert blocks(NO_ONEDNN_AVX2, True) == (2, 2)
+    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
     assert blocks(MALLOC_AVX2, None) == (2, 0.5)
     assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
     assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 2)
+    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5)
+    assert blocks(MALLOC_AVX2, True) == (2, 2)
     assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
     assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
             assert blocks(runtime, training) == (1, 2)
-    for runtime in (dataclasses.replace(ONEDNN, avx512=False),
-                    dataclasses.replace(JAX, avx512=False),
+    for runtime in (dataclasses.replace(JAX, avx512=False),
                     dataclasses.replace(TORCH, avx512=False)):
         assert blocks(runtime, True) == (1, 2)
     for key, rule in [*formulations.LOCAL_RULE.items(),
@@ -429,6 +439,34 @@ def test_at_least_one_table_was_traced_by_the_current_rule():
         traced += sum(data["engines"][c["engine"]].get("picks_from") != "rule" for c in cells)
     assert traced >= 100, traced
 
+
+def test_a_suite_run_of_some_sizes_replaces_only_their_cells():
+    """`--sizes 112` re-measures those cells only: the engine's cells at the other sizes, its
+    full run's record and other engines stay; the partial run is kept beside the full one."""
+    def cell(engine, size, shape="r23"):
+        return dict(engine=engine, shape=shape, size=size, phase="fwd", tag="old")
+
+    full = list(bench_formulations.FULL["sizes"])
+    data = dict(engines={"tf": dict(sizes=full, wall_s=300.0)}, cells=[
+        cell("tf", 56), cell("tf", 112), cell("tf", 112, "r7u4"), cell("jax", 112),
+        cell("timm", 112)])
+    new = dict(cell("tf", 112), tag="new")
+    run = dict(sizes=[112], wall_s=60.0, returncode=0)
+    bench_formulations.merge_run(data, "tf", [new], ["r23"], dict(rule_engine="tf"), run)
+    assert sorted((c["engine"], c["shape"], c["size"], c["tag"]) for c in data["cells"]) == [
+        ("jax", "r23", 112, "old"), ("tf", "r23", 56, "old"), ("tf", "r23", 112, "new"),
+        ("tf", "r7u4", 112, "old"), ("timm", "r23", 112, "old")]
+    assert data["engines"]["tf"]["wall_s"] == 300.0
+    assert data["engines"]["tf"]["runs"] == {"r23@112": run}
+    # The torch engine's r 23 run re-times timm too; a run of every shape and size replaces
+    # the engine's record.
+    run = dict(sizes=full, wall_s=500.0, returncode=0)
+    bench_formulations.merge_run(data, "torch", [], list(bench_formulations.SHAPES),
+                                 dict(rule_engine="torch"), run)
+    assert ("timm", "r23", 112, "old") not in [
+        (c["engine"], c["shape"], c["size"], c["tag"]) for c in data["cells"]]
+    assert data["engines"]["torch"] == dict(rule_engine="torch", **run,
+                                            shapes=list(bench_formulations.SHAPES))
 
 # ------------------------------------------------------------------- runtime detection
 def test_runtime_sees_xla_only_inside_jit_compile():

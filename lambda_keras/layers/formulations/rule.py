@@ -41,10 +41,11 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 #   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
 #   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Memory per
 #   position does not grow with the map, but at 112^2 (batch 8) the window scores and their
-#   spread take 3-4 GiB forward and ~10 GiB in training: the suite runs them forward only there,
-#   and the Xeon's table up to 56^2. An unstrided layer's query windows with r > 11 group
-#   `block_columns` query columns per batched-matmul item and cut tall maps into blocks of
-#   `block_scopes` scopes of query rows (`window_blocks`; other layers: 1 column, 2 scopes);
+#   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
+#   not run 2-scope blocks there, ~11 GiB), and the Xeon's table stops at 56^2. An unstrided
+#   layer's query windows with r > 11 group `block_columns` query columns per batched-matmul
+#   item and cut tall maps into blocks of `block_scopes` scopes of query rows (`window_blocks`;
+#   other layers: 1 column, 2 scopes);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
@@ -66,7 +67,6 @@ SMALL_R_CONV = (11, 0, "conv")  # r <= 11: the convolution
 SMALL_R_CONV_FROM_20 = (11, 400, "conv")  # r <= 11 on maps of 20^2 or more
 SMALL_R_CONV_FROM_50 = (11, 2500, "conv")  # r <= 11 on maps of 50^2 or more
 CONV_FROM_50 = (None, 2500, "conv")  # any r on maps of 50^2 or more
-SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")  # r <= 11 (beyond the `windows` range)
 QUERY_WINDOWS = (None, 0, "query_windows")  # any r (beyond the `windows` range)
 QUERY_WINDOWS_FROM_50 = (None, 2500, "query_windows")  # any r on maps of 50^2 or more
 # Beyond the largest map measured (112^2) the lean formulations again, as on the other rows.
@@ -166,8 +166,19 @@ LOCAL_RULE = {
 #   process per cell, 2026-12-03, 2 / 0.5 scopes: oneDNN 56^2 181 / 166 ms, 112^2 788 / 666 ms;
 #   without (pooled) 112^2 1247 / 1110 ms (56^2 285 / 270); XLA 334 / 262 ms and 1514 / 1024 ms;
 #   malloc 545 / 555 ms and 2592 / 2336 ms. Maps the context already covers (28^2) stay one
-#   block (`query_windows_shape`). Not in training, where 1-scope blocks took 1.00 vs 0.94 s at
-#   56^2 without oneDNN (benchmarks/README.md, optimisations 14 and 15).
+#   block (`query_windows_shape`) (benchmarks/README.md, optimisations 14 and 15).
+# - Training: query windows in half-scope blocks up to 112^2 (r > 11) with oneDNN, without it
+#   (pooled allocator) and under XLA, where row windows ran from 56^2 on: whole layer, forward +
+#   backward, batch 8, d 256, r 23, one process per cell, 2026-12-03 (a noisy host), ms for row
+#   windows / query windows: 112^2 without oneDNN 6113, 6836 / 4432, 5584; oneDNN 5977, 5631 /
+#   5048, 3043; XLA 13153, 6482 / 3247, 2477. Process peak 3.4-5.0 GiB / 9.4-10.5 GiB: 2-3x the
+#   memory (README: how to force the lean formulations). Half-scope against 2-scope blocks at
+#   56^2: XLA 667, 667 / 938, 923 ms; alternated, medians, without oneDNN 1162 / 1128 ms (4
+#   each), oneDNN 878 / 889 ms (3 each), within the noise; 112^2 without oneDNN 3915 / 4554 ms
+#   (1 scope 4562). The suite (benchmarks/README.md, optimisation 17): 112^2 training 4590 /
+#   3212 / 2890 ms against 7947 / 7976 / 9414 ms for row windows (off / oneDNN / XLA).
+#   Not with malloc (112^2: 8638 vs 8665 ms for row windows, 6.0 vs 3.2 GiB), nor on JAX and
+#   PyTorch (2-scope blocks; not measured at 112^2).
 # - Under XLA (TF jit_compile, JAX), query windows group 2 query columns per block: XLA's CPU
 #   code runs the unstrided r 23 layer ~1.5x faster with C = 24 window columns (G 2) than with
 #   23, 25 or 26 (G 1, 3, 4); G 1 with C padded to 24 was as fast, so it is the width, not the
@@ -186,13 +197,18 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112, block_columns=2,
                          block_scopes=SMALL_BLOCKS),
     ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
-        SMALL_R_CONV_BEYOND_112, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS), block_columns=2),
+        SMALL_R_CONV_BEYOND_112, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_columns=2,
+        block_scopes=SMALL_BLOCKS),
+    ("tf_onednn", "train"): dict(LOCAL_RULE[("tf_onednn", "train")], local=(
+        SMALL_R_CONV, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_scopes=SMALL_BLOCKS),
     ("jax", "fwd"): dict(LOCAL_RULE[("jax", "fwd")], local=(
         SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS_FROM_50, ROW_WINDOWS),
         block_columns=2, block_scopes=SMALL_BLOCKS),
     ("torch", "fwd"): dict(LOCAL_RULE[("torch", "fwd")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                 ROW_WINDOWS)),
-    ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], block_columns=2),
+    ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], local=(
+        SMALL_R_CONV_FROM_50, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_columns=2,
+        block_scopes=SMALL_BLOCKS),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
                                 QUERY_WINDOWS, windows=UP_TO_56, strided_windows=UP_TO_28,
                                 window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS),
