@@ -270,11 +270,14 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     assert choose((128, 128), False, avx2["jax"]) == "row_windows"
     assert choose((112, 112), False, MALLOC_AVX2) == "query_windows"
     # Training at 112^2, r 23, in half-scope blocks: query windows with TensorFlow, oneDNN on
-    # or off, and under XLA (without oneDNN 4.4-5.6 vs 6.1-6.8 s for row windows, XLA 2.5-3.2
-    # vs 6.5-13 s); with malloc, on JAX and PyTorch row windows; r 7: as before (oneDNN and
-    # without it the 7 x 7 convolution, XLA query windows).
+    # or off, under XLA and on JAX (without oneDNN 4.4-5.6 vs 6.1-6.8 s for row windows, XLA
+    # 2.5-3.2 vs 6.5-13 s, JAX 8.7 vs 12.2 s); with malloc and on PyTorch row windows; r 7: as
+    # before (oneDNN and without it the 7 x 7 convolution, XLA query windows).
     assert [choose((112, 112), True, avx2[name]) for name in avx2] == [
-        "query_windows", "query_windows", "query_windows", "row_windows", "row_windows"]
+        "query_windows", "query_windows", "query_windows", "query_windows", "row_windows"]
+    assert choose((56, 56), True, avx2["jax"]) == "query_windows"
+    assert choose((56, 56), True, JAX) == "row_windows"
+    assert choose((56, 56), True, avx2["jax"], receptive_field=7, intra_depth=4) == "conv"
     assert choose((112, 112), True, MALLOC_AVX2) == "row_windows"
     assert [choose((112, 112), True, avx2[name], receptive_field=7, intra_depth=4)
             for name in ("onednn", "tf")] == ["conv", "conv"]
@@ -356,7 +359,7 @@ def test_query_windows_blocks_only_where_measured():
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
     r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX forward), half-scope
     blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
-    pooled allocator) and XLA; 1 column and 2-scope blocks elsewhere."""
+    pooled allocator), XLA and JAX; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
         return found["block_columns"], found["block_scopes"]
@@ -370,14 +373,13 @@ def test_query_windows_blocks_only_where_measured():
     assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5)
     assert blocks(MALLOC_AVX2, True) == (2, 2)
     assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
     assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
             assert blocks(runtime, training) == (1, 2)
-    for runtime in (dataclasses.replace(JAX, avx512=False),
-                    dataclasses.replace(TORCH, avx512=False)):
-        assert blocks(runtime, True) == (1, 2)
+    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2)
     for key, rule in [*formulations.LOCAL_RULE.items(),
                       *formulations.WITHOUT_AVX512_RULE.items()]:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key

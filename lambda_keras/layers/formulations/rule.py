@@ -168,17 +168,18 @@ LOCAL_RULE = {
 #   malloc 545 / 555 ms and 2592 / 2336 ms. Maps the context already covers (28^2) stay one
 #   block (`query_windows_shape`) (benchmarks/README.md, optimisations 14 and 15).
 # - Training: query windows in half-scope blocks up to 112^2 (r > 11) with oneDNN, without it
-#   (pooled allocator) and under XLA, where row windows ran from 56^2 on: whole layer, forward +
-#   backward, batch 8, d 256, r 23, one process per cell, 2026-12-03 (a noisy host), ms for row
-#   windows / query windows: 112^2 without oneDNN 6113, 6836 / 4432, 5584; oneDNN 5977, 5631 /
-#   5048, 3043; XLA 13153, 6482 / 3247, 2477. Process peak 3.4-5.0 GiB / 9.4-10.5 GiB: 2-3x the
-#   memory (README: how to force the lean formulations). Half-scope against 2-scope blocks at
-#   56^2: XLA 667, 667 / 938, 923 ms; alternated, medians, without oneDNN 1162 / 1128 ms (4
-#   each), oneDNN 878 / 889 ms (3 each), within the noise; 112^2 without oneDNN 3915 / 4554 ms
-#   (1 scope 4562). The suite (benchmarks/README.md, optimisation 17): 112^2 training 4590 /
-#   3212 / 2890 ms against 7947 / 7976 / 9414 ms for row windows (off / oneDNN / XLA).
-#   Not with malloc (112^2: 8638 vs 8665 ms for row windows, 6.0 vs 3.2 GiB), nor on JAX and
-#   PyTorch (2-scope blocks; not measured at 112^2).
+#   (pooled allocator), under XLA and on JAX, where row windows ran from 56^2 on: whole layer,
+#   forward + backward, batch 8, d 256, r 23, one process per cell, 2026-12-03 (a noisy host), ms
+#   for row windows / query windows: 112^2 without oneDNN 6113, 6836 / 4432, 5584; oneDNN 5977, 5631
+#   / 5048, 3043; XLA 13153, 6482 / 3247, 2477. Process peak 3.4-5.0 GiB / 9.4-10.5 GiB: 2-3x the
+#   memory (README: how to force the lean formulations). Half-scope against 2-scope blocks at 56^2:
+#   XLA 667, 667 / 938, 923 ms; alternated, medians, without oneDNN 1162 / 1128 ms (4 each), oneDNN
+#   878 / 889 ms (3 each), within the noise; 112^2 without oneDNN 3915 / 4554 ms (1 scope 4562). The
+#   suite (benchmarks/README.md, optimisation 17): 112^2 training 4590 / 3212 / 2890 ms against 7947
+#   / 7976 / 9414 ms for row windows (off / oneDNN / XLA). JAX too, 2 columns per block: 56^2 2000,
+#   1689 ms against 2328, 2061 for row windows (2 scopes, 1 column: 2176, 1953), 112^2 8683 against
+#   12205 ms (7.7 vs 3.4 GiB). Not with malloc (112^2: 8638 vs 8665 ms for row windows, 6.0 vs 3.2
+#   GiB), nor on PyTorch (2-scope blocks; not measured at 112^2).
 # - Under XLA (TF jit_compile, JAX), query windows group 2 query columns per block: XLA's CPU
 #   code runs the unstrided r 23 layer ~1.5x faster with C = 24 window columns (G 2) than with
 #   23, 25 or 26 (G 1, 3, 4); G 1 with C padded to 24 was as fast, so it is the width, not the
@@ -204,6 +205,9 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("jax", "fwd"): dict(LOCAL_RULE[("jax", "fwd")], local=(
         SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS_FROM_50, ROW_WINDOWS),
         block_columns=2, block_scopes=SMALL_BLOCKS),
+    ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], local=(
+        SMALL_R_CONV, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_columns=2,
+        block_scopes=SMALL_BLOCKS),
     ("torch", "fwd"): dict(LOCAL_RULE[("torch", "fwd")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                 ROW_WINDOWS)),
     ("tf", "train"): dict(LOCAL_RULE[("tf", "train")], local=(
