@@ -357,7 +357,7 @@ def test_rule_rows_are_ordered_and_closed():
 def test_query_windows_blocks_only_where_measured():
     """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
-    r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX forward), half-scope
+    r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
     blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
     pooled allocator), XLA and JAX; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
@@ -469,6 +469,7 @@ def test_a_suite_run_of_some_sizes_replaces_only_their_cells():
         (c["engine"], c["shape"], c["size"], c["tag"]) for c in data["cells"]]
     assert data["engines"]["torch"] == dict(rule_engine="torch", **run,
                                             shapes=list(bench_formulations.SHAPES))
+
 
 # ------------------------------------------------------------------- runtime detection
 def test_runtime_sees_xla_only_inside_jit_compile():
