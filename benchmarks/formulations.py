@@ -477,14 +477,15 @@ def merge_run(data, engine, cells, shapes, record, run):
     """Puts one engine's run (`cells` of `shapes` at `run["sizes"]`) into the table `data`.
 
     The new cells replace the stored ones of that engine (and timm's, run by "torch" with r 23)
-    at those shapes and sizes only. A run of every shape and size replaces the engine's record;
-    a partial one updates it and is kept under `runs` ("r23", or "r23@112" for some sizes).
+    at those shapes and sizes only. A run of every shape and of every size the table holds
+    (`data["settings"]["sizes"]`) replaces the engine's record; a partial one updates it and
+    is kept under `runs` ("r23", or "r23@112" for some sizes).
     """
     sizes = run["sizes"]
     engines = {engine} | ({"timm"} if engine == "torch" and "r23" in shapes else set())
     data["cells"] = [c for c in data["cells"] if not (
         c["engine"] in engines and c["shape"] in shapes and c["size"] in sizes)] + cells
-    every_size = sorted(sizes) == sorted(FULL["sizes"])
+    every_size = set(sizes) >= set(data["settings"]["sizes"])
     if (set(shapes) == set(SHAPES) and every_size) or engine not in data["engines"]:
         data["engines"][engine] = dict(record, **run, shapes=shapes)
     else:

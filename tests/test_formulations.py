@@ -449,9 +449,9 @@ def test_a_suite_run_of_some_sizes_replaces_only_their_cells():
         return dict(engine=engine, shape=shape, size=size, phase="fwd", tag="old")
 
     full = list(bench_formulations.FULL["sizes"])
-    data = dict(engines={"tf": dict(sizes=full, wall_s=300.0)}, cells=[
-        cell("tf", 56), cell("tf", 112), cell("tf", 112, "r7u4"), cell("jax", 112),
-        cell("timm", 112)])
+    data = dict(settings=dict(sizes=full), engines={"tf": dict(sizes=full, wall_s=300.0)},
+                cells=[cell("tf", 56), cell("tf", 112), cell("tf", 112, "r7u4"),
+                       cell("jax", 112), cell("timm", 112)])
     new = dict(cell("tf", 112), tag="new")
     run = dict(sizes=[112], wall_s=60.0, returncode=0)
     bench_formulations.merge_run(data, "tf", [new], ["r23"], dict(rule_engine="tf"), run)
