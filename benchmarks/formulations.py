@@ -49,7 +49,6 @@ import time
 import numpy as np
 
 from benchmarks import common
-from benchmarks import layer as layer_suite
 
 FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first",
                 "query_windows")  # probe order
@@ -87,97 +86,16 @@ PHASES = ("fwd", "train")
 
 
 def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
-    """Bytes of the n x m tensors a formulation stores on a size x size map: one copy forward,
-    3 forward + backward; for query_windows, of its window scores and their spread over a
-    block's context rows (`formulations.query_windows_shape`, with `blocks`, the
-    `formulations.window_blocks`; None: 1 column and the default scopes per block)."""
+    """`formulations.estimate_bytes` of a suite cell (LAYER and `shape` on a size x size map)."""
     from lambda_keras.layers import formulations
 
-    copies = 1 if phase == "fwd" else 3
-    u, k, h = shape["intra_depth"], LAYER["key_dim"], LAYER["num_heads"]
-    positions = size * size
-    if formulation == "query_windows":
-        strides = shape.get("strides", 1)
-        windows = formulations.query_windows_shape(size, size, shape["receptive_field"],
-                                                   3 if strides == 2 else 1, strides,
-                                                   **(blocks or {}))
-        queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
-        per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
-        return copies * queries * batch * per_query * 4
-    per_pair = {"queries_first": batch * h * u, "lambdas_first": u * k}.get(formulation, 0)
-    return copies * positions * positions * per_pair * 4
+    return formulations.estimate_bytes(
+        formulation, size, size, batch, num_heads=LAYER["num_heads"], key_dim=LAYER["key_dim"],
+        intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
+        strides=shape.get("strides", 1), blocks=blocks, phase=phase)
 
 
 # ---------------------------------------------------------------------------- worker side
-def _steps_tensorflow(layer, x, jit_compile):
-    import tensorflow as tf
-
-    x = tf.constant(x)
-    forward, forward_backward = layer_suite.step_functions(layer, jit_compile)  # the layer suite's
-
-    def trace(phase):  # trace only: the formulation "auto" picks under this compiler
-        (forward if phase == "fwd" else forward_backward).get_concrete_function(x)
-
-    return {"fwd": lambda: float(forward(x)), "train": lambda: float(forward_backward(x))}, trace
-
-
-def _steps_jax(layer, x, jit_compile):
-    import jax
-    import jax.numpy as jnp
-
-    trainable = [v.value for v in layer.trainable_variables]
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-    x = jnp.asarray(x)
-
-    def forward(trainable, non_trainable, inputs):
-        y, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
-        return jnp.sum(y)
-
-    def loss(trainable, inputs, non_trainable):
-        y, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
-        return jnp.mean(jnp.square(y)), updated
-
-    def forward_backward(trainable, non_trainable, inputs):
-        (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
-            trainable, inputs, non_trainable)
-        return value + sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
-
-    forward, forward_backward = jax.jit(forward), jax.jit(forward_backward)
-
-    def trace(phase):
-        (forward if phase == "fwd" else forward_backward).trace(trainable, non_trainable, x)
-
-    return {"fwd": lambda: float(forward(trainable, non_trainable, x)),
-            "train": lambda: float(forward_backward(trainable, non_trainable, x))}, trace
-
-
-def _steps_torch(layer, x, jit_compile):
-    import torch
-
-    x = torch.from_numpy(x)
-
-    def forward():
-        with torch.no_grad():
-            return float(layer(x, training=False).sum())
-
-    def forward_backward():
-        inputs = x.clone().requires_grad_(True)
-        for variable in layer.trainable_variables:
-            variable.value.grad = None
-        loss = layer(inputs, training=True).square().mean()
-        loss.backward()
-        return float(loss.detach())
-
-    def trace(phase):  # eager: one call of a tiny batch records the pick
-        with torch.no_grad():
-            layer(x[:1], training=phase == "train")
-
-    return {"fwd": forward, "train": forward_backward}, trace
-
-
-STEPS = {"tensorflow": _steps_tensorflow, "jax": _steps_jax, "torch": _steps_torch}
-
-
 def _runtime_description(backend):
     description = {"backend": backend}
     if backend == "tensorflow":
@@ -217,10 +135,11 @@ def run_engine(engine, settings, threads, out_path, log=print):
         common.setup_tensorflow(threads).get_logger().setLevel("ERROR")  # no retracing notes
     import keras
     from lambda_keras.layers import formulations
+    from lambda_keras.layers.formulations import autotuning
 
     if keras.backend.backend() != backend:
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
-    steps_for = STEPS[backend]
+    steps_for = autotuning.STEPS[backend]
     batch, width = settings["batch"], settings["width"]
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)

@@ -137,22 +137,11 @@ def build_model(variant, size, width):
 
 
 def step_functions(model, jit_compile):
-    """(forward, forward + backward) tf.functions returning a scalar."""
-    import tensorflow as tf
+    """(forward, forward + backward) tf.functions returning a scalar (the library's, which
+    `lambda_keras.autotune` times)."""
+    from lambda_keras.layers.formulations import autotuning
 
-    @tf.function(jit_compile=jit_compile)
-    def forward(x):
-        return tf.reduce_sum(model(x, training=False))
-
-    @tf.function(jit_compile=jit_compile)
-    def forward_backward(x):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = tf.reduce_mean(tf.square(model(x, training=True)))
-        grads = tape.gradient(loss, [x] + model.trainable_variables)
-        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
-
-    return forward, forward_backward
+    return autotuning.tensorflow_steps(model, jit_compile)
 
 
 def lambda_formulations(model, steps, x):

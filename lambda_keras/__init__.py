@@ -17,6 +17,7 @@ __version__ = "0.1.0"
 _ATTRIBUTES = {
     "LambdaLayer": "layers",
     "SequenceLambdaLayer": "layers",
+    "autotune": "layers",
     "LambdaResNet50": "models",
     "LambdaResNet101": "models",
     "LambdaResNet152": "models",

@@ -19,7 +19,10 @@ each against an independent expectation:
 - `.keras` and `.weights.h5` round trips of that LambdaResNet26T on that backend: identical
   outputs;
 - a fit step of a small model with "conv" and "relative" lambda layers: finite losses, every
-  weight moves (Adam; BN statistics), finite outputs after it.
+  weight moves (Adam; BN statistics), finite outputs after it;
+- `autotune` (tests/test_autotuning.check_autotune): the stored picks are the fastest measured
+  under that backend's compiler, "auto" follows them (and a stored pick the rule would not make,
+  with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule.
 """
 
 import json
@@ -41,7 +44,7 @@ RELATIVE_TOLERANCE = 1e-4
 # its conv-only layout CCCC; float32 round-off through 16 blocks whose lambdas sum r^2 = 529
 # terms. Misplaced 3x3/2 pool windows (what this check guards) gave 0.34.
 PAPER_RELATIVE_TOLERANCE = 2e-3
-GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving")
+GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving", "autotune")
 
 
 def relative_error(actual, expected):
@@ -242,6 +245,13 @@ def run_checks(backend, workdir):
     # (LambdaResNet50TS and the paper family share their generic builder: tests/test_models.py.)
     check("builders/LambdaResNet26RPT256", lambda: _builder_check("LambdaResNet26RPT256"))
     check("fit/lambda_layers", _fit)
+
+    def autotune():
+        from test_autotuning import check_autotune
+
+        return check_autotune(workdir)
+
+    check("autotune/small_model", autotune)
     results["_modules"] = dict(ok=True, detail=json.dumps(
         {"tensorflow_imported": "tensorflow" in sys.modules, "keras": keras.__version__}),
         seconds=0.0)

@@ -214,6 +214,8 @@ class LambdaLayer(keras.layers.Layer):
             )
         self.value_dim = self._output_dim // self.num_heads
         self._embedding_size = self._resolve_feature_size(input_shape)
+        # The map size "auto" chooses for, when static (formulations.autotune measures it).
+        self._built_map_size = self._embedding_size or tuple(input_shape[1:3])
         k, u = self.key_dim, self.intra_depth
 
         build_projections(self, channels, channels)
@@ -345,7 +347,8 @@ class LambdaLayer(keras.layers.Layer):
 
     def _formulation(self, rows, cols, training=None, runtime=None):
         """The formulation of the position term for a rows x cols map (ints, or tensors/None
-        when dynamic): `implementation`, or `formulations.choose` for "auto"."""
+        when dynamic): `implementation`, or for "auto" the pick `formulations.autotune`
+        stored for this runtime and shape, else `formulations.choose`."""
         static = isinstance(rows, int) and isinstance(cols, int)
         if self.implementation != "auto":
             if not static and self.implementation in formulations.STATIC_ONLY:
@@ -355,11 +358,13 @@ class LambdaLayer(keras.layers.Layer):
                     f"Received: input spatial size {(rows, cols)}"
                 )
             return self.implementation
-        return formulations.choose(
+        runtime = runtime or formulations.current_runtime()
+        tuned = static and formulations.tuned_formulation(self, rows, cols, training, runtime)
+        return tuned or formulations.choose(
             self.position, rows if static else None, cols if static else None, training,
             num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
             intra_depth=self.intra_depth, receptive_field=self.receptive_field,
-            runtime=runtime or formulations.current_runtime(), strides=self.strides)
+            runtime=runtime, strides=self.strides)
 
     def _embeddings(self, rows, cols, dtype):
         """E for every (query, context) pair of a static map: [n, m, u, k]."""

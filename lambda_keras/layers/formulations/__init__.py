@@ -37,8 +37,13 @@ NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), 
 no-oneDNN TensorFlow rows, a guess documented as such. CPUs other than the two measured ones
 (ARM, older x86) get the rows of the CPU they resemble by AVX-512, also a guess.
 
-The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`) and
-`position_term` (the formulations' tensor code); everything is re-exported here.
+Where the rule is a guess (or to be sure), `autotune(model)` measures every formulation of each
+lambda layer of a model where it runs and stores the fastest; "auto" then uses the stored picks
+(`autotuning`; `LAMBDA_KERAS_AUTOTUNE=0` turns them off).
+
+The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`),
+`autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
+code); everything is re-exported here.
 """
 
 from lambda_keras.layers.formulations.position_term import (  # noqa: F401
@@ -54,6 +59,11 @@ from lambda_keras.layers.formulations.position_term import (  # noqa: F401
     query_windows_shape,
     relative_offsets,
     row_windows,
+)
+from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
+    autotune,
+    estimate_bytes,
+    tuned_formulation,
 )
 from lambda_keras.layers.formulations.rule import (  # noqa: F401
     ENGINES,

@@ -1,0 +1,453 @@
+"""Autotuning: each lambda layer's formulation measured where it runs, once, and stored.
+
+`choose` (rule.py) was measured on two CPUs; on GPUs, TPUs and other CPUs its pick is a guess
+(package docstring). `autotune(model)` times every formulation that applies to each lambda layer
+of a model, at the layer's map size, forward (`training=False`) and forward + backward, compiled
+the way the backend runs it (TensorFlow graph mode or `jit_compile=True`, `jax.jit`, PyTorch
+eager), and stores the fastest per device, engine (`Runtime.engine`: backend, XLA, oneDNN, CPU
+allocator), layer shape and phase in a JSON file. A layer with `implementation="auto"` then uses
+the stored pick wherever one matches, and the rule elsewhere.
+
+As cuDNN's benchmark mode, it is opt-in: nothing is measured unless `autotune` is called. Turn
+it off with `LAMBDA_KERAS_AUTOTUNE=0` ("auto" ignores the stored picks; the rule alone), or
+delete the file. The file: `LAMBDA_KERAS_AUTOTUNE_CACHE`, default `lambda_keras/autotune.json`
+under `KERAS_HOME` (~/.keras); written atomically (a temporary file renamed over it), and an
+unreadable one is ignored with a warning, never half-read.
+
+NOTE: the picks hold for the batch size they were measured at (recorded in each entry); the
+ranking of the formulations moves little with the batch on the measured CPUs, but their memory
+grows with it (`estimate_bytes` guards the measurement, not later calls).
+"""
+
+import contextlib
+import datetime
+import functools
+import json
+import os
+import time
+import warnings
+
+import numpy as np
+
+from lambda_keras import utils
+from lambda_keras.layers.formulations import rule
+from lambda_keras.layers.formulations.position_term import query_windows_shape
+
+ENV = "LAMBDA_KERAS_AUTOTUNE"  # "0" / "false" / "off": "auto" ignores the stored picks
+CACHE_ENV = "LAMBDA_KERAS_AUTOTUNE_CACHE"  # path of the file
+FORMAT_VERSION = 1
+PHASES = ("fwd", "train")
+DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
+HOPELESS = 10.0  # a formulation whose first timed call is this many times the best: not repeated
+
+
+# ------------------------------------------------------------------------------- the store
+def enabled(environ=None):
+    """Whether "auto" uses stored picks (`LAMBDA_KERAS_AUTOTUNE` unset or not 0/false/off)."""
+    value = (os.environ if environ is None else environ).get(ENV, "").strip().lower()
+    return value not in ("0", "false", "off", "no")
+
+
+def cache_path(environ=None):
+    """The file of stored picks (read at call time, as KERAS_HOME is by the weights cache)."""
+    environ = os.environ if environ is None else environ
+    if environ.get(CACHE_ENV):
+        return environ[CACHE_ENV]
+    home = environ.get("KERAS_HOME") or os.path.join(os.path.expanduser("~"), ".keras")
+    return os.path.join(home, "lambda_keras", "autotune.json")
+
+
+@functools.lru_cache(maxsize=8)
+def _read(path, modified):  # noqa: ARG001 (`modified`: the cache key, re-read when it changes)
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"not a format-{FORMAT_VERSION} lambda_keras autotune file")
+        return data["picks"]
+    except (OSError, ValueError, KeyError) as error:
+        warnings.warn(f"Ignoring the autotune file {path} ({error}); delete it or run "
+                      "lambda_keras.autotune again. The layers use the formulation rule.",
+                      stacklevel=3)
+        return {}
+
+
+def stored_picks(path=None):
+    """{device key: {layer key: entry}} of the file (empty where it is missing or unreadable)."""
+    path = path or cache_path()
+    try:
+        modified = os.stat(path).st_mtime_ns
+    except OSError:
+        return {}
+    return _read(path, modified)
+
+
+def _write(picks, path):
+    """Merge `picks` ({device key: {layer key: entry}}) into the file, atomically."""
+    merged = {device: dict(entries) for device, entries in stored_picks(path).items()}
+    for device, entries in picks.items():
+        merged.setdefault(device, {}).update(entries)
+    text = json.dumps({"format": FORMAT_VERSION, "picks": merged}, indent=1, sort_keys=True)
+    utils.atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def device_key(runtime):
+    """What the picks are measured on: engine, backend and its version, device name."""
+    return f"{runtime.engine} | {runtime.backend} {_backend_version(runtime.backend)} | " \
+           f"{_device_name(runtime.backend, runtime.device)}"
+
+
+def layer_key(layer, rows, cols, phase):
+    """The shape of a call the picks are measured for: a LambdaLayer on a rows x cols map."""
+    scope = f"r{layer.receptive_field} " if layer.position == "conv" else ""
+    return (f"{layer.position} {scope}h{layer.num_heads} k{layer.key_dim} v{layer.value_dim} "
+            f"u{layer.intra_depth} s{layer.strides} p{layer.pool_size} {rows}x{cols} "
+            f"{layer.compute_dtype} {phase}")
+
+
+def tuned_formulation(layer, rows, cols, training, runtime):
+    """The stored pick for this layer's call in `runtime`, or None (none stored, turned off, or
+    not applicable to the layer: then the rule decides)."""
+    if not enabled():
+        return None
+    picks = stored_picks()
+    if not picks:
+        return None
+    entry = picks.get(device_key(runtime), {}).get(
+        layer_key(layer, rows, cols, rule.phase_of(training)))
+    formulation = entry.get("formulation") if isinstance(entry, dict) else None
+    return formulation if formulation in candidates(layer) else None
+
+
+# ------------------------------------------------------------------------- measurement
+def candidates(layer):
+    """The formulations that apply to a LambdaLayer with a static map size."""
+    from lambda_keras.layers import formulations
+
+    return tuple(f for f in formulations.FORMULATIONS
+                 if layer.position == "conv" or f not in formulations.LOCAL_ONLY)
+
+
+def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_depth,
+                   receptive_field, strides=1, pool_size=3, blocks=None, phase="train"):
+    """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
+    3 forward + backward; for query_windows, of its window scores and their spread over a
+    block's context rows (`query_windows_shape`, with `blocks`: `window_blocks`; None: 1 column
+    and the default scopes per block). The other formulations' tensors grow as n, not n x m."""
+    copies = 1 if phase == "fwd" else 3
+    h, u = num_heads, intra_depth
+    if formulation == "query_windows":
+        windows = query_windows_shape(rows, cols, receptive_field,
+                                      pool_size if strides == 2 else 1, strides, **(blocks or {}))
+        queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
+        per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
+        return copies * queries * batch * per_query * 4
+    per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(formulation, 0)
+    positions = rows * cols
+    return copies * positions * positions * per_pair * 4
+
+
+def tensorflow_steps(model, jit_compile):
+    """(forward, forward + backward) tf.functions of a Keras layer or model, each returning a
+    scalar: the sum of the outputs, and mean(y^2) plus the sum of its gradients with respect
+    to the input and every trainable weight."""
+    import tensorflow as tf
+
+    @tf.function(jit_compile=jit_compile)
+    def forward(x):
+        return tf.reduce_sum(model(x, training=False))
+
+    @tf.function(jit_compile=jit_compile)
+    def forward_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_mean(tf.square(model(x, training=True)))
+        grads = tape.gradient(loss, [x] + model.trainable_variables)
+        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
+
+    return forward, forward_backward
+
+
+def _steps_tensorflow(layer, x, jit_compile):
+    import tensorflow as tf
+
+    x = tf.constant(x)
+    forward, forward_backward = tensorflow_steps(layer, jit_compile)
+
+    def trace(phase):  # trace only: the formulation "auto" picks under this compiler
+        (forward if phase == "fwd" else forward_backward).get_concrete_function(x)
+
+    return {"fwd": lambda: float(forward(x)), "train": lambda: float(forward_backward(x))}, trace
+
+
+def _steps_jax(layer, x, jit_compile):  # noqa: ARG001 (JAX always compiles)
+    import jax
+    import jax.numpy as jnp
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+    x = jnp.asarray(x)
+
+    def forward(trainable, non_trainable, inputs):
+        y, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
+        return jnp.sum(y)
+
+    def loss(trainable, inputs, non_trainable):
+        y, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
+        return jnp.mean(jnp.square(y)), updated
+
+    def forward_backward(trainable, non_trainable, inputs):
+        (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            trainable, inputs, non_trainable)
+        return value + sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
+
+    forward, forward_backward = jax.jit(forward), jax.jit(forward_backward)
+
+    def trace(phase):
+        (forward if phase == "fwd" else forward_backward).trace(trainable, non_trainable, x)
+
+    return {"fwd": lambda: float(forward(trainable, non_trainable, x)),
+            "train": lambda: float(forward_backward(trainable, non_trainable, x))}, trace
+
+
+def _steps_torch(layer, x, jit_compile):  # noqa: ARG001 (eager)
+    import torch
+
+    from keras.src.backend.torch.core import get_device
+
+    x = torch.from_numpy(x).to(get_device())
+
+    def forward():
+        with torch.no_grad():
+            return float(layer(x, training=False).sum())
+
+    def forward_backward():
+        inputs = x.clone().requires_grad_(True)
+        for variable in layer.trainable_variables:
+            variable.value.grad = None
+        loss = layer(inputs, training=True).square().mean()
+        loss.backward()
+        return float(loss.detach())
+
+    def trace(phase):  # eager: one call of a tiny batch records the pick
+        with torch.no_grad():
+            layer(x[:1], training=phase == "train")
+
+    return {"fwd": forward, "train": forward_backward}, trace
+
+
+# Per backend: (layer, inputs, jit_compile) -> ({phase: step returning a float}, trace(phase)).
+# A step returns a Python float, so it waits for the device.
+STEPS = {"tensorflow": _steps_tensorflow, "jax": _steps_jax, "torch": _steps_torch}
+
+
+def resolve_jit_compile(jit_compile, backend):
+    """`jit_compile` of `autotune` for a backend: "auto" as Keras' `Model.compile` resolves it
+    (TensorFlow: XLA where a GPU or TPU is present, not on CPUs alone; JAX: always; PyTorch:
+    never); a bool must be possible on the backend."""
+    if jit_compile == "auto":
+        if backend == "tensorflow":
+            return rule.current_runtime().device != "cpu"
+        return backend == "jax"
+    utils.check_choice("jit_compile", jit_compile, ("auto", True, False))
+    if (backend == "jax" and not jit_compile) or (backend == "torch" and jit_compile):
+        raise ValueError(f"`jit_compile={jit_compile}` is not how the {backend} backend runs the "
+                         "layer (JAX always compiles with XLA; PyTorch runs eagerly). "
+                         f'Use "auto". Received: jit_compile={jit_compile!r}')
+    return jit_compile
+
+
+def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False, repeats=5,
+            memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES):
+    """Times every applicable formulation of a built LambdaLayer's call on a map of `map_size`
+    (`runtime`: the `Runtime` the steps run in, for query_windows' blocks).
+
+    Returns:
+        {formulation: {"ms": median milliseconds} or {"skipped": reason}}.
+    """
+    import keras
+
+    from lambda_keras.layers import formulations
+
+    rows, cols = map_size
+    channels = layer.query_kernel.shape[0]
+    x = np.random.default_rng(0).standard_normal((batch_size, rows, cols, channels))
+    x = x.astype("float32")
+    blocks = formulations.window_blocks(runtime, phase == "train", layer.strides,
+                                        layer.receptive_field)
+    results, steps = {}, {}  # steps: formulation -> (step, [seconds of its timed calls])
+    with _quiet_retracing(keras.backend.backend()):
+        for formulation in candidates(layer):
+            estimate = estimate_bytes(
+                formulation, rows, cols, batch_size, num_heads=layer.num_heads,
+                key_dim=layer.key_dim, intra_depth=layer.intra_depth,
+                receptive_field=layer.receptive_field, strides=layer.strides,
+                pool_size=layer.pool_size, blocks=blocks, phase=phase)
+            if estimate > memory_limit_bytes:
+                results[formulation] = {"skipped": f"estimated {estimate / 2 ** 30:.1f} GiB > "
+                                                   f"{memory_limit_bytes / 2 ** 30:.1f} GiB"}
+                continue
+            clone = type(layer).from_config({**layer.get_config(), "implementation": formulation})
+            clone.build((None, rows, cols, channels))
+            clone.set_weights(layer.get_weights())
+            step = STEPS[keras.backend.backend()](clone, x, jit_compile)[0][phase]
+            try:
+                step()  # warm-up: tracing, compilation
+                start = time.perf_counter()
+                step()
+            except Exception as error:  # noqa: BLE001 (an out-of-memory is a result here)
+                results[formulation] = {"skipped": f"{type(error).__name__}: {str(error)[:200]}"}
+                continue
+            steps[formulation] = (step, [time.perf_counter() - start])
+        if not steps:
+            raise RuntimeError(f"No formulation of {layer.name} could run on {rows}x{cols} maps: "
+                               f"{results}")
+        best = min(times[0] for _, times in steps.values())
+        for _ in range(repeats - 1):  # round-robin: the formulations share the machine's moods
+            for step, times in steps.values():
+                if times[0] <= HOPELESS * best:
+                    start = time.perf_counter()
+                    step()
+                    times.append(time.perf_counter() - start)
+    for formulation, (_, times) in steps.items():
+        results[formulation] = {"ms": round(1000 * float(np.median(times)), 3)}
+    return results
+
+
+@contextlib.contextmanager
+def _quiet_retracing(backend):
+    """TensorFlow warns when many tf.functions of one Python function trace: a clone of the
+    layer per formulation is the point here."""
+    if backend != "tensorflow":
+        yield
+        return
+    import tensorflow as tf
+
+    logger = tf.get_logger()
+    level = logger.level
+    logger.setLevel("ERROR")
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def lambda_layers(model):
+    """{(LambdaLayer, (rows, cols))} of a built model or layer, static map sizes only, and the
+    names of the layers whose size is dynamic (the rule's convolution serves them)."""
+    from lambda_keras.layers.lambda_layer import LambdaLayer
+
+    found, dynamic = [], []
+    for layer in model._flatten_layers(include_self=True):  # noqa: SLF001 (Keras 3's walk)
+        if isinstance(layer, LambdaLayer):
+            if not layer.built:
+                raise ValueError(f"`model` must be built: call it on a batch or give its "
+                                 f"input shape. Received: an unbuilt layer {layer.name!r}")
+            size = layer._built_map_size  # noqa: SLF001 (own package)
+            (found if None not in size else dynamic).append((layer, size))
+    return found, [layer.name for layer, _ in dynamic]
+
+
+def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=5,
+             memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES, path=None):
+    """Measures the formulations of every lambda layer of `model` here and stores the fastest.
+
+    Args:
+        model: a built Keras model or layer holding `LambdaLayer`s (nested ones too), e.g.
+            `lambda_keras.LambdaResNet50(weights=None)`.
+        batch_size: the batch the formulations are timed at.
+        phases: "fwd" (inference, `training=False`) and/or "train" (forward + backward).
+        jit_compile: "auto" (how Keras' `Model.compile` decides: TensorFlow uses XLA where a GPU
+            or TPU is present, except under a tf.distribute strategy: pass False there; JAX
+            always; PyTorch never), or True / False for TensorFlow.
+        repeats: timed calls per formulation (after one warm-up call), round-robin; the
+            median counts. A formulation 10x slower than the best on its first call is not
+            repeated.
+        memory_limit_bytes: formulations whose n x m tensors would pass it are not run.
+        path: the file (default `cache_path()`).
+
+    Returns:
+        {"device": device key, "picks": {layer key: entry}, "dynamic": names of layers of
+        dynamic map size (not tuned)}; entry: {"formulation", "results" (per formulation:
+        "ms" or "skipped"), "batch_size", "layers" (names), "measured" (UTC date)}.
+
+    Example:
+
+    >>> model = lambda_keras.LambdaResNet26T(weights=None, input_shape=(64, 64, 3))
+    >>> report = lambda_keras.autotune(model, batch_size=2, repeats=2)  # "auto" uses them now
+    >>> sorted(report)
+    ['device', 'dynamic', 'picks']
+    """
+    import dataclasses
+
+    import keras
+
+    if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):
+        raise ValueError(f"`phases` must be a non-empty tuple of {PHASES}. Received: "
+                         f"phases={phases!r}")
+    batch_size = utils.check_int("batch_size", batch_size)
+    repeats = utils.check_int("repeats", repeats)
+    memory_limit_bytes = utils.check_int("memory_limit_bytes", memory_limit_bytes)
+    backend = keras.backend.backend()
+    jit_compile = resolve_jit_compile(jit_compile, backend)
+    runtime = rule.current_runtime()
+    runtime = dataclasses.replace(runtime, xla=runtime.xla or jit_compile)
+    layers, dynamic = lambda_layers(model)
+    picks = {}
+    for layer, size in layers:
+        for phase in phases:
+            key = layer_key(layer, *size, phase)
+            if key in picks:
+                picks[key]["layers"].append(layer.name)
+                continue
+            results = measure(layer, size, phase, runtime, batch_size=batch_size,
+                              jit_compile=jit_compile, repeats=repeats,
+                              memory_limit_bytes=memory_limit_bytes)
+            timed = {f: r["ms"] for f, r in results.items() if "ms" in r}
+            picks[key] = {"formulation": min(timed, key=timed.get), "results": results,
+                          "batch_size": batch_size, "layers": [layer.name],
+                          "measured": datetime.datetime.now(datetime.timezone.utc)
+                          .strftime("%Y-%m-%d")}
+    device = device_key(runtime)
+    if picks:
+        _write({device: picks}, path or cache_path())
+    return {"device": device, "picks": picks, "dynamic": dynamic}
+
+
+# ------------------------------------------------------------------- device identity
+@functools.lru_cache(maxsize=None)
+def _backend_version(backend):
+    import importlib
+
+    module = importlib.import_module(backend)
+    return getattr(module, "__version__", "?")
+
+
+@functools.lru_cache(maxsize=None)
+def _device_name(backend, device):
+    """The accelerator's name (first device), or the CPU's model and the cores this process may
+    use."""
+    if device == "gpu" and backend == "tensorflow":
+        import tensorflow as tf
+
+        gpu = tf.config.list_physical_devices("GPU")[0]
+        return tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+    if device in ("gpu", "tpu") and backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    if device == "gpu" and backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    if device == "tpu":
+        return "TPU"
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f
+                          if line.startswith("model name")), model)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{model}, {cores} cores"
