@@ -21,7 +21,7 @@ Each engine runs in its own process (KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS are
 TensorFlow and PyTorch cannot share one). Shapes: batch 8, d 256, |k| 16, |h| 4 (|v| 64), with
 r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2, and the strided r 23 layer
 ("r23s2": a 3 x 3 stride-2 average pool follows, as in the first block of a LambdaResNet stage)
-at 14^2 and 28^2.
+at 14^2 and 28^2; timm's r 9 layer ("r9", and "r9s2" with its 2 x 2 stride-2 pool) at 14^2.
 
 Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
 compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not
@@ -64,10 +64,15 @@ ENGINES = {
 }
 SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
                                                                       intra_depth=4),
-          "r23s2": dict(receptive_field=23, intra_depth=1, strides=2)}
+          "r23s2": dict(receptive_field=23, intra_depth=1, strides=2),
+          # timm's lambda layers (LambdaResNet26T, 50TS: r 9): at 14^2 q . E is no larger
+          # than the lambdas (h n u <= k v) while the scope is a third of the map.
+          "r9": dict(receptive_field=9, intra_depth=1),
+          "r9s2": dict(receptive_field=9, intra_depth=1, strides=2, pool_size=2)}
 # Shapes measured only up to a map size: the strided layer differs from "r23" only where
 # queries_first applies (it pools the q . E maps); from 56^2 on those pass the memory limit.
-MAX_SIZE = {"r23s2": 28}
+# r 9: where `choose` decides between q . E first and query windows by the scope (14^2).
+MAX_SIZE = {"r23s2": 28, "r9": 14, "r9s2": 14}
 LAYER = dict(key_dim=16, num_heads=4, position="conv")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
@@ -92,7 +97,8 @@ def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
     return formulations.estimate_bytes(
         formulation, size, size, batch, num_heads=LAYER["num_heads"], key_dim=LAYER["key_dim"],
         intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
-        strides=shape.get("strides", 1), blocks=blocks, phase=phase)
+        strides=shape.get("strides", 1), pool_size=shape.get("pool_size", 3), blocks=blocks,
+        phase=phase)
 
 
 # ---------------------------------------------------------------------------- worker side

@@ -1,4 +1,4 @@
-"""The `lambda-keras` command: train, evaluate, export, predict, convert, demo.
+"""The `lambda-keras` command: train, evaluate, export, predict, autotune, convert, demo.
 
 Each subcommand is a thin layer over the package's modules (training, data, export, weights);
 heavy modules are imported inside their subcommand, after the command line was
@@ -9,6 +9,11 @@ or preset `lambda_resnet26t.c1_in1k`; resolved by lambda_keras.presets.resolve_m
 resolver of the Python API) or a `.keras` file (loaded with Keras' safe mode on). `--weights`
 defaults to what the name means everywhere: a preset's weights, "imagenet" for the timm variants,
 none for the paper family; `--weights none` starts from random weights.
+
+`autotune` times the lambda layers' formulations of a model (`lambda_keras.autotune`) under the
+command's own settings (oneDNN and the pooled allocator, as its other subcommands run): the
+picks serve `train`, `evaluate`, `export` and `predict` on this machine, and programs that run
+with the same settings.
 
 Errors: every expected failure (a bad argument, a file that is missing, unreadable or not what it
 should be) prints one `error:` line naming the file or argument and exits with status 2; the
@@ -120,6 +125,24 @@ def _cmd_predict(args):
         print(path)
         for _, label, score in weights.decode_predictions(probabilities, top=args.top)[0]:
             print(f"  {score:7.4f}  {label}")
+
+
+def _cmd_autotune(args):
+    from lambda_keras.layers import formulations
+
+    phases = tuple(phase.strip() for phase in args.phases.split(","))
+    model = load_model(args.model, NO_WEIGHTS, args.image_size)  # the weights do not change times
+    report = formulations.autotune(model, batch_size=args.batch_size, phases=phases,
+                                   jit_compile=args.jit_compile, repeats=args.repeats)
+    print(f"device: {report['device']}")
+    for key, entry in report["picks"].items():
+        times = ", ".join(f"{name} {result['ms']:.1f}" if "ms" in result else f"{name} skipped"
+                          for name, result in entry["results"].items())
+        print(f"{key}: {entry['formulation']} (ms: {times}; {', '.join(entry['layers'])})")
+    if report["dynamic"]:
+        print(f"not tuned (dynamic map size, the convolution): {', '.join(report['dynamic'])}")
+    print(f"stored in {formulations.autotuning.cache_path()}" if report["picks"]
+          else "no lambda layer of static map size: nothing stored")
 
 
 def _cmd_convert(args):
@@ -290,6 +313,17 @@ def build_parser():
     model_args(p)
     p.add_argument("--top", type=int, default=5)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("autotune", help="time the lambda layers' formulations on this machine; "
+                                        '"auto" then uses the fastest')
+    p.add_argument("--model", required=True, help="model name or a .keras file")
+    p.add_argument("--image-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--phases", default="fwd,train", help="fwd (inference), train or fwd,train")
+    p.add_argument("--jit-compile", default="auto", type=_jit_flag,
+                   help="auto (XLA where a GPU or TPU is present) | true | false")
+    p.add_argument("--repeats", type=int, default=5)
+    p.set_defaults(func=_cmd_autotune)
 
     p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")
     p.add_argument("src")

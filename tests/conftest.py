@@ -1,9 +1,18 @@
-"""Shared pytest setup: quiet TensorFlow logs, seeds, the weights tests' timm checkpoint."""
+"""Shared pytest setup: quiet TensorFlow logs, no stored autotune picks, seeds, the weights tests'
+timm checkpoint."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# "auto" follows the rule in every test (and subprocess): no picks a developer stored with
+# lambda_keras.autotune are read; tests/test_autotuning.py points the layers at its own files.
+_AUTOTUNE_DIR = tempfile.mkdtemp(prefix="lk-autotune-")
+atexit.register(shutil.rmtree, _AUTOTUNE_DIR, ignore_errors=True)
+os.environ["LAMBDA_KERAS_AUTOTUNE_CACHE"] = os.path.join(_AUTOTUNE_DIR, "autotune.json")
 
 import pytest  # noqa: E402
 

@@ -56,6 +56,24 @@ def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
                                [score for _, _, score in expected], atol=1e-4)
 
 
+def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monkeypatch, capsys):
+    from lambda_keras.layers.formulations import autotuning
+
+    path = tmp_path / "autotune.json"
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(path))
+    assert cli.main(["autotune", "--model", tiny_model_path, "--batch-size", "1",
+                     "--repeats", "1", "--phases", "fwd"]) == 0
+    out = capsys.readouterr().out
+    (device, picks), = json.loads(path.read_text())["picks"].items()
+    (key, entry), = picks.items()
+    times = {f: r["ms"] for f, r in entry["results"].items() if "ms" in r}
+    assert entry["formulation"] == min(times, key=times.get)
+    assert f"device: {device}" in out and f"{key}: {entry['formulation']} (ms: " in out
+    assert key.endswith(" 16x16 float32 fwd") and f"stored in {path}" in out
+    assert cli.main(["autotune", "--model", tiny_model_path, "--phases", "fwd,predict"]) == 2
+    assert "`phases` must be" in capsys.readouterr().err
+
+
 def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
     from lambda_keras.export import LiteRTRunner
 

@@ -227,10 +227,15 @@ def test_runtime_engines():
 
 def test_rule_structural_choices():
     """What does not depend on measurements: dynamic sizes convolve, small maps (h m u <= k v)
-    contract q . E first, "relative"/"global" maps above that use lambdas_first."""
+    contract q . E first unless a local scope covers only part of them (then query windows: the
+    r 9 cells of the EPYC's table), "relative"/"global" maps above that use lambdas_first."""
     for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH):
         assert choose((None, 28), True, runtime) == "conv"
         assert choose((16, 16), False, runtime) == "queries_first"  # h m = 1024 = k v
+        assert choose((16, 16), False, runtime, receptive_field=9) == "query_windows"  # 81 < 256
+        assert choose((14, 14), True, runtime, receptive_field=9, strides=2) == "query_windows"
+        assert choose((9, 9), False, runtime, receptive_field=9) == "queries_first"  # covered
+        assert choose((16, 16), False, runtime, position="global") == "queries_first"
         assert choose((16, 16), True, runtime, position="relative") == "queries_first"
         assert choose((20, 20), False, runtime, position="global") == "lambdas_first"
         assert choose((56, 56), True, runtime, position="relative") == "lambdas_first"

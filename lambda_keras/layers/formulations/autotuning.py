@@ -58,7 +58,7 @@ def cache_path(environ=None):
 
 
 @functools.lru_cache(maxsize=8)
-def _read(path, modified):  # noqa: ARG001 (`modified`: the cache key, re-read when it changes)
+def _read(path, version):  # noqa: ARG001 (`version`: (mtime, size), re-read when it changes)
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
@@ -76,10 +76,10 @@ def stored_picks(path=None):
     """{device key: {layer key: entry}} of the file (empty where it is missing or unreadable)."""
     path = path or cache_path()
     try:
-        modified = os.stat(path).st_mtime_ns
+        status = os.stat(path)
     except OSError:
         return {}
-    return _read(path, modified)
+    return _read(path, (status.st_mtime_ns, status.st_size))
 
 
 def _write(picks, path):

@@ -51,15 +51,26 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
 #   (None: any) and n >= smallest n. The boundary r <= 11 lies between the two measured fields
 #   (the convolution's work grows as r^2, row windows' as r).
+# Before all of these, maps whose q.E is no larger than the lambdas (h m u <= k v) take
+# "queries_first" (the fewest FLOPs), unless a local scope covers only part of them, where q . E
+# over every position is mostly zeros: a strided layer's maps beyond one scope (n > r^2) and an
+# unstrided layer's beyond `small_map_scopes` (n > small_map_scopes r^2) take "query_windows"
+# (q . E over the scope only). Measured on the AMD EPYC for timm's r 9 layer ("r9", "r9s2"
+# cells, 14^2 = 2.4 scopes; autotune of LambdaResNet26T at 256 px found it at 16^2 = 3.2 scopes,
+# batch 8: query windows 1.2-2.2x faster than q . E first in 12 of 24 cells of six engines,
+# within 1.05x in the others): the strided layer's query windows were the fastest at 14^2 on
+# every engine (1.1-1.9x q . E); unstrided at 14^2 with TensorFlow 1.3-1.4x q . E forward (XLA:
+# 1.15x slower, within 1.2x), JAX in training 1.26x slower and PyTorch forward 1.32x slower
+# (their `small_map_scopes`: 4 and 3). CPUs with AVX-512 not measured at r 9.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
           windows=None, strided_windows=None, window_scopes=None, block_columns=1,
-          block_scopes=QUERY_BLOCK_SCOPES):
+          block_scopes=QUERY_BLOCK_SCOPES, small_map_scopes=1):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
                 windows=windows, strided_windows=strided_windows or windows,
                 window_scopes=window_scopes, block_columns=block_columns,
-                block_scopes=block_scopes)
+                block_scopes=block_scopes, small_map_scopes=small_map_scopes)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -114,14 +125,15 @@ LOCAL_RULE = {
     # and the 7 x 7 convolution (r 7 |u| 4: query windows 1.00x with AVX-512, >1.2x without).
     ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
                           strided_windows=UP_TO_28),
-    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28),
+    ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28,
+                            small_map_scopes=4),
     # PyTorch (eager; its oneDNN convolution): the convolution forward and the 7 x 7 convolution
     # in training from 28^2 on; query windows in strided layers (28^2: 62 vs 77 ms for the
     # convolution forward, 152 vs 267 ms for q . E in training) and in training on maps of up to
     # 6 scopes (r 7 |u| 4 at 14^2: 40 vs 48 ms for the convolution; r 23 at 28^2 / 56^2: 1.02x /
     # 1.15x row windows with AVX-512, the fastest without, where E . V took 1.28x and row windows
     # 1.20x).
-    ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28),
+    ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28, small_map_scopes=3),
     ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56,
                               strided_windows=UP_TO_28, window_scopes=6),
 }
@@ -293,13 +305,16 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     if not (isinstance(rows, int) and isinstance(cols, int)):
         return "conv"  # dynamic size: only the convolution applies ("relative"/"global" fix it)
     positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
-    # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored.
-    if num_heads * positions * intra_depth <= key_dim * value_dim:
-        return "queries_first"
+    # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored (the
+    # fewest FLOPs), unless a local scope covers only part of the map (see _rule).
+    small_maps = num_heads * positions * intra_depth <= key_dim * value_dim
     if position != "conv":
-        return "lambdas_first"
+        return "queries_first" if small_maps else "lambdas_first"
     rule = rule_for(runtime, phase_of(training))
     scope = receptive_field * receptive_field
+    if small_maps:
+        scopes = 1 if strides == 2 else rule["small_map_scopes"]
+        return "query_windows" if positions > scopes * scope else "queries_first"
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and (
             num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
