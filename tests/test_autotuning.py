@@ -177,6 +177,10 @@ def test_an_unreadable_file_is_ignored_with_a_warning(store):
     store.write_text(json.dumps({"format": 99, "picks": {}}))
     with pytest.warns(UserWarning, match="not a format-1"):
         layer(x)
+    store.write_text(json.dumps({"format": 1, "picks": {"device": ["query_windows"]}}))
+    with pytest.warns(UserWarning, match="its picks are not"):
+        layer(x)
+    assert layer._last_formulation == rule_pick
 
 
 def test_a_stored_pick_that_does_not_apply_is_ignored(store):

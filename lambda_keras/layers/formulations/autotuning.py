@@ -14,9 +14,9 @@ delete the file. The file: `LAMBDA_KERAS_AUTOTUNE_CACHE`, default `lambda_keras/
 under `KERAS_HOME` (~/.keras); written atomically (a temporary file renamed over it), and an
 unreadable one is ignored with a warning, never half-read.
 
-NOTE: the picks hold for the batch size they were measured at (recorded in each entry); the
-ranking of the formulations moves little with the batch on the measured CPUs, but their memory
-grows with it (`estimate_bytes` guards the measurement, not later calls).
+NOTE: a pick holds for the batch size it was measured at (recorded in each entry; the layer
+cannot see the batch of a call when it chooses); the formulations' memory grows with the batch
+(`estimate_bytes` guards the measurement, not later calls).
 """
 
 import contextlib
@@ -64,7 +64,12 @@ def _read(path, version):  # noqa: ARG001 (`version`: (mtime, size), re-read whe
             data = json.load(f)
         if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
             raise ValueError(f"not a format-{FORMAT_VERSION} lambda_keras autotune file")
-        return data["picks"]
+        picks = data["picks"]
+        if not (isinstance(picks, dict) and all(
+                isinstance(entries, dict) and all(isinstance(e, dict) for e in entries.values())
+                for entries in picks.values())):
+            raise ValueError("its picks are not {device: {layer shape: entry}}")
+        return picks
     except (OSError, ValueError, KeyError) as error:
         warnings.warn(f"Ignoring the autotune file {path} ({error}); delete it or run "
                       "lambda_keras.autotune again. The layers use the formulation rule.",
