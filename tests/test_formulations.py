@@ -261,6 +261,14 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
     assert choose((28, 28), False, XLA) == "queries_first"
     assert choose((56, 56), False, ONEDNN) == "query_windows"
     assert choose((112, 112), False, ONEDNN) == "conv"
+    malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
+    assert choose((28, 28), True, malloc) == "row_windows"
+    assert choose((28, 28), True, malloc, strides=2) == "query_windows"
+
+
+def test_the_cpu_without_avx512_has_rows_of_its_own():
+    """Where the EPYC's table ranked formulations differently from the Xeon's (rule.py,
+    WITHOUT_AVX512_RULE)."""
     # Forward at 112^2 on the CPU without AVX-512: query windows with oneDNN (0.78 vs 1.08 s for
     # the convolution), without it (1.58 vs 2.79 s for row windows, malloc 2.58 vs 3.48 s),
     # under XLA and on JAX (with 2 columns and half-scope blocks: 2.2 vs 3.2 s); not on
@@ -297,9 +305,6 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
         == "query_windows"
     assert choose((28, 28), False, avx2["torch"]) == "row_windows"
     assert choose((56, 56), False, avx2["torch"]) == "conv"
-    malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
-    assert choose((28, 28), True, malloc) == "row_windows"
-    assert choose((28, 28), True, malloc, strides=2) == "query_windows"
     # Without oneDNN: query windows for the unstrided 28^2 forward on both CPUs (without AVX-512
     # only with 4 query columns per block); with malloc, query windows (2 columns per block) for
     # r 23 and the 7 x 7 convolution for r 7.
