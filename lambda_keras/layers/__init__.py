@@ -13,5 +13,5 @@ from lambda_keras.layers.formulations import IMPLEMENTATIONS, autotune, relative
 from lambda_keras.layers.lambda_layer import POOL_SIZES, POSITION_MODES, LambdaLayer
 from lambda_keras.layers.sequence import SEQUENCE_POSITION_MODES, SequenceLambdaLayer
 
-__all__ = ["LambdaLayer", "IMPLEMENTATIONS", "autotune", "POSITION_MODES", "POOL_SIZES", "formulations",
-           "relative_offsets", "SequenceLambdaLayer", "SEQUENCE_POSITION_MODES"]
+__all__ = ["LambdaLayer", "IMPLEMENTATIONS", "autotune", "POSITION_MODES", "POOL_SIZES",
+           "formulations", "relative_offsets", "SequenceLambdaLayer", "SEQUENCE_POSITION_MODES"]

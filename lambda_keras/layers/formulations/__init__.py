@@ -7,9 +7,9 @@ reference of the paper):
 
 - "queries_first": q . E first, an h x m x u map per query, then . V. Fewest FLOPs and least
   memory while that map is no larger than the k x v lambda it replaces (h m u <= k v) and a
-  local scope covers most of the map. In a
-  strided layer the average pool that follows is applied to those maps before . V
-  (`queries_first_pooled`: the second contraction at a quarter of the positions).
+  local scope covers most of the map. In a strided layer the average pool that follows is
+  applied to those maps before . V (`queries_first_pooled`: the second contraction at a quarter
+  of the positions).
 - "query_windows" (local "conv" mode): q . E first too, but in window coordinates: one GEMM
   gives every query's scores over its r x r window, which are spread over the context rows of
   its block of query rows and meet column windows of V in one batched matmul. A strided layer's
