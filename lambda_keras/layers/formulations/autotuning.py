@@ -394,6 +394,9 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     repeats = utils.check_int("repeats", repeats)
     memory_limit_bytes = utils.check_int("memory_limit_bytes", memory_limit_bytes)
     backend = keras.backend.backend()
+    if backend not in STEPS:
+        raise ValueError(f"`autotune` times the layers on the {', '.join(STEPS)} backends. "
+                         f"Received: KERAS_BACKEND={backend!r}")
     jit_compile = resolve_jit_compile(jit_compile, backend)
     runtime = rule.current_runtime()
     runtime = dataclasses.replace(runtime, xla=runtime.xla or jit_compile)
