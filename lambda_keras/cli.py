@@ -321,7 +321,7 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--phases", default="fwd,train", help="fwd (inference), train or fwd,train")
     p.add_argument("--jit-compile", default="auto", type=_jit_flag,
-                   help="auto (XLA where a GPU or TPU is present) | true | false")
+                   help="auto (XLA on a single GPU, as `train`) | true | false")
     p.add_argument("--repeats", type=int, default=5)
     p.set_defaults(func=_cmd_autotune)
 

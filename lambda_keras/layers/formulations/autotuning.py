@@ -20,6 +20,7 @@ cannot see the batch of a call when it chooses); the formulations' memory grows 
 """
 
 import contextlib
+import dataclasses
 import datetime
 import functools
 import json
@@ -247,14 +248,21 @@ STEPS = {"tensorflow": _steps_tensorflow, "jax": _steps_jax, "torch": _steps_tor
 
 
 def resolve_jit_compile(jit_compile, backend):
-    """`jit_compile` of `autotune` for a backend: "auto" as Keras' `Model.compile` resolves it
-    (TensorFlow: XLA where a GPU or TPU is present, not on CPUs alone; JAX: always; PyTorch:
-    never); a bool must be possible on the backend."""
-    if jit_compile == "auto":
-        if backend == "tensorflow":
-            return rule.current_runtime().device != "cpu"
-        return backend == "jax"
+    """`jit_compile` of `autotune` for a backend: "auto" as the project's training runs it
+    (TensorFlow: `lambda_keras.training.resolve_jit_compile` in the default strategy, XLA on a
+    GPU and not on CPUs; JAX: always; PyTorch: never); a bool must be possible on the
+    backend."""
     utils.check_choice("jit_compile", jit_compile, ("auto", True, False))
+    if backend == "tensorflow":
+        if jit_compile != "auto":
+            return jit_compile
+        import tensorflow as tf
+
+        from lambda_keras.training.strategy import resolve_jit_compile as training_jit_compile
+
+        return training_jit_compile(jit_compile, tf.distribute.get_strategy())
+    if jit_compile == "auto":
+        return backend == "jax"
     if (backend == "jax" and not jit_compile) or (backend == "torch" and jit_compile):
         raise ValueError(f"`jit_compile={jit_compile}` is not how the {backend} backend runs the "
                          "layer (JAX always compiles with XLA; PyTorch runs eagerly). "
@@ -362,8 +370,8 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
             `lambda_keras.LambdaResNet50(weights=None)`.
         batch_size: the batch the formulations are timed at.
         phases: "fwd" (inference, `training=False`) and/or "train" (forward + backward).
-        jit_compile: "auto" (how Keras' `Model.compile` decides: TensorFlow uses XLA where a GPU
-            or TPU is present, except under a tf.distribute strategy: pass False there; JAX
+        jit_compile: "auto" (as the project's training runs the backend: TensorFlow with XLA
+            on a single GPU, not on CPUs (`lambda_keras.training.resolve_jit_compile`); JAX
             always; PyTorch never), or True / False for TensorFlow.
         repeats: timed calls per formulation (after one warm-up call), round-robin; the
             median counts. A formulation 10x slower than the best on its first call is not
@@ -383,8 +391,6 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     >>> sorted(report)
     ['device', 'dynamic', 'picks']
     """
-    import dataclasses
-
     import keras
 
     if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):

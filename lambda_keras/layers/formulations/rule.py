@@ -307,7 +307,8 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
     # Per query, q.E is an h x m x u map and E.V a k x v lambda: the smaller one is stored (the
     # fewest FLOPs), unless a local scope covers only part of the map (see _rule).
-    small_maps = num_heads * positions * intra_depth <= key_dim * value_dim
+    maps = num_heads * positions * intra_depth  # floats of one query's q.E maps
+    small_maps = maps <= key_dim * value_dim
     if position != "conv":
         return "queries_first" if small_maps else "lambdas_first"
     rule = rule_for(runtime, phase_of(training))
@@ -316,8 +317,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         scopes = 1 if strides == 2 else rule["small_map_scopes"]
         return "query_windows" if positions > scopes * scope else "queries_first"
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
-    if positions <= rule["dense_scope"] * scope and (
-            num_heads * positions * intra_depth <= allowance * key_dim * value_dim):
+    if positions <= rule["dense_scope"] * scope and maps <= allowance * key_dim * value_dim:
         return "queries_first"
     windows = rule["strided_windows" if strides == 2 else "windows"]
     if windows and windows[0] <= positions <= windows[1] and (
