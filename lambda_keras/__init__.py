@@ -6,10 +6,15 @@ helpers, and the `export`, `data`, `training` modules.
 
 `import lambda_keras` is light: it imports neither Keras nor TensorFlow. Each public name loads
 its submodule on first use (PEP 562 module `__getattr__`), so a program (or the `lambda-keras`
-command) can configure TensorFlow (logging, oneDNN) after importing the package.
+command) can configure TensorFlow (logging, oneDNN) after importing the package. The import does
+one thing to the process: it asks TensorFlow for its pooling CPU allocator unless the user chose
+(`TF_CPU_ALLOCATOR_USE_BFC`, read when TensorFlow's runtime starts; see lambda_keras/runtime.py:
+without oneDNN the lambda layer runs 2x faster with it).
 """
 
 import importlib
+
+from lambda_keras import runtime as _runtime
 
 __version__ = "0.1.0"
 
@@ -41,6 +46,9 @@ _SUBMODULES = ("architectures", "blocks", "cli", "data", "demo", "export", "laye
                "runtime", "training", "utils", "weights")
 
 __all__ = [*_ATTRIBUTES, "data", "export", "training", "__version__"]
+
+
+_runtime.prefer_pooled_allocator()
 
 
 def __getattr__(name):

@@ -347,7 +347,6 @@ def build_parser():
 
 def main(argv=None):
     runtime.prefer_onednn()  # before TensorFlow is imported; see lambda_keras/runtime.py
-    runtime.prefer_pooled_allocator()
     args = build_parser().parse_args(argv)
     quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
     try:

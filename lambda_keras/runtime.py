@@ -1,4 +1,5 @@
-"""What this process computes with: CPU features, TensorFlow's oneDNN state, and the CLI's default.
+"""What this process computes with: CPU features, TensorFlow's oneDNN state and CPU allocator, and
+the defaults of the package and its command line.
 
 TensorFlow (2.18 and later, x86) turns its oneDNN kernels on by default only on CPUs with AVX-512,
 VNNI or AMX; elsewhere they are off unless `TF_ENABLE_ONEDNN_OPTS=1` is set before TensorFlow is
@@ -13,9 +14,12 @@ than reading the environment variable:
 - `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
 - `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
   `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
-- `prefer_pooled_allocator()`: the command line's other default: `TF_CPU_ALLOCATOR_USE_BFC=true`
-  unless set, TensorFlow's pooling (BFC) CPU allocator, which TF uses by default only where oneDNN
-  is on; it matters where a user turns oneDNN off.
+- `prefer_pooled_allocator()`: the package's default, called by `import lambda_keras`:
+  `TF_CPU_ALLOCATOR_USE_BFC=true` unless set, TensorFlow's pooling (BFC) CPU allocator, which TF
+  uses by default only where oneDNN is on; it matters where oneDNN is off (TensorFlow's default
+  on CPUs without AVX-512). TensorFlow reads the variable when its runtime starts (the first op,
+  `tensorflow_started()`), not when it is imported, so the import order of the two packages does
+  not matter; a process whose TensorFlow already ran is left as it is.
 
 NOTE: why the command line turns oneDNN on where TensorFlow leaves it off. Measured on a 2-core
 AMD EPYC without AVX-512 (TF 2.21, the demo's LambdaResNet-26T, batch 64 at 64 px, one
@@ -23,14 +27,22 @@ AMD EPYC without AVX-512 (TF 2.21, the demo's LambdaResNet-26T, batch 64 at 64 p
 `TF_ENABLE_ONEDNN_OPTS=1`; keras' ResNet50 6.23 s vs 2.14 s. `make demo` took 752 s with the
 default there (over its 10-minute target). The outputs of both settings agree to float32 round-off
 (tests/test_runtime.py checks LambdaResNet-26T's logits in two processes). The library itself
-(`import lambda_keras`) never changes the setting: a program that imports it decides for itself.
+(`import lambda_keras`) never changes the oneDNN setting: a program that imports it decides for itself.
 
-NOTE: why the pooled allocator. With oneDNN off TensorFlow allocates every tensor with malloc, and
-the lambda layer's large temporaries (the q . E maps, 80 MB at 28^2 in batch 8) are mapped and
+NOTE: why the pooled allocator, and why the package (not only the command line) asks for it. With
+oneDNN off TensorFlow allocates every tensor with malloc, and the lambda layer's large temporaries
+(the q . E maps, 80 MB at 28^2 in batch 8; query windows' scores, ~250 MB at 56^2) are mapped and
 zeroed by the kernel on every call. Measured on this project's 2-core Xeon (oneDNN off, TF 2.21,
 inference batch 8 at 224 px, one process each, medians of 5-8): the C->C->L->L plain
 LambdaResNet-50 0.555 s with malloc vs 0.474 s with `TF_CPU_ALLOCATOR_USE_BFC=true`, keras
-ResNet50 0.432 vs 0.401 s; the 28^2 lambda layer's q . E position term 152 vs 87 ms.
+ResNet50 0.432 vs 0.401 s; the 28^2 lambda layer's q . E position term 152 vs 87 ms. On the
+2-core AMD EPYC (no AVX-512: oneDNN off is TensorFlow's default there) the r 23 layer's forward
+pass (batch 8, d 256) ran 2x slower with malloc (56^2: 562 vs 278 ms; 112^2: 2571 vs 1234 ms),
+0.7-1.1x timm's layer instead of 1.7-2.0x (benchmarks/README.md). TensorFlow itself pools where
+oneDNN is on (oneDNN's allocator, on AVX-512 CPUs by default), so the package asks for the same
+everywhere; outputs are the same, and memory a call frees stays in the pool for the next one (as
+with oneDNN). The BFC pool is capped at 64 GiB unless `TF_CPU_BFC_MEM_LIMIT_IN_MB` says otherwise;
+`TF_CPU_ALLOCATOR_USE_BFC=false` keeps malloc.
 
 This module imports nothing heavy at import time.
 """
@@ -106,22 +118,37 @@ def prefer_onednn(environ=None, tensorflow_imported=None):
     None: in this process) the variable no longer counts, so it is left alone: a later reader (a
     subprocess, `pooled_allocator_active`, a result record) sees what TensorFlow read.
     """
-    return _prefer(ENV, "1", environ, tensorflow_imported)
-
-
-def prefer_pooled_allocator(environ=None, tensorflow_imported=None):
-    """Sets `TF_CPU_ALLOCATOR_USE_BFC=true` unless already set; call before TensorFlow is imported.
-
-    Returns the value in effect (None: unset); leaves it alone once TensorFlow is imported (see
-    `prefer_onednn`).
-    """
-    return _prefer(ALLOCATOR_ENV, "true", environ, tensorflow_imported)
-
-
-def _prefer(name, value, environ, tensorflow_imported):
-    environ = os.environ if environ is None else environ
     if tensorflow_imported is None:
         tensorflow_imported = "tensorflow" in sys.modules
-    if tensorflow_imported:
+    return _prefer(ENV, "1", environ, too_late=tensorflow_imported)
+
+
+def prefer_pooled_allocator(environ=None, runtime_started=None):
+    """Sets `TF_CPU_ALLOCATOR_USE_BFC=true` unless already set; `import lambda_keras` calls it.
+
+    TensorFlow reads the variable when its runtime starts (`tensorflow_started`), so this works
+    after `import tensorflow` too. Returns the value in effect (None: unset); leaves it alone once
+    TensorFlow's runtime has started (`runtime_started`, None: `tensorflow_started()` in this
+    process), as `prefer_onednn` does once TensorFlow is imported.
+    """
+    if runtime_started is None:
+        runtime_started = tensorflow_started()
+    return _prefer(ALLOCATOR_ENV, "true", environ, too_late=runtime_started)
+
+
+def tensorflow_started():
+    """Whether TensorFlow's runtime is up in this process: its eager context initialized, which
+    creates the devices and their allocators (after that TensorFlow reads no allocator variable).
+    Imports nothing."""
+    context = sys.modules.get("tensorflow.python.eager.context")
+    handle = getattr(context, "_context", None)
+    # NOTE: `_initialized` is TensorFlow's private flag (2.18-2.21); a context without it counts as
+    # started, the safe side (the variable is then left alone).
+    return handle is not None and bool(getattr(handle, "_initialized", True))
+
+
+def _prefer(name, value, environ, too_late):
+    environ = os.environ if environ is None else environ
+    if too_late:
         return environ.get(name)
     return environ.setdefault(name, value)

@@ -65,26 +65,49 @@ def test_has_avx512_reads_this_cpu_or_recorded_flags():
     assert runtime.has_avx512() == ("avx512f" in flags)
 
 
-@pytest.mark.parametrize("prefer,name,value", [
-    (runtime.prefer_onednn, runtime.ENV, "1"),
-    (runtime.prefer_pooled_allocator, runtime.ALLOCATOR_ENV, "true")])
-def test_prefer_sets_the_default_and_never_overrides_the_user(prefer, name, value):
+def test_prefer_onednn_sets_the_default_and_never_overrides_the_user():
     environ = {}
-    assert prefer(environ, tensorflow_imported=False) == value and environ == {name: value}
-    environ = {name: "0"}
-    assert prefer(environ, tensorflow_imported=False) == "0" and environ == {name: "0"}
-    # Too late once TensorFlow is imported (it read the variables then): left unset, so nothing
-    # after (a subprocess, the layer's allocator check) is told what TensorFlow did not do.
+    assert runtime.prefer_onednn(environ, tensorflow_imported=False) == "1"
+    assert environ == {runtime.ENV: "1"}
+    environ = {runtime.ENV: "0"}
+    assert runtime.prefer_onednn(environ, tensorflow_imported=False) == "0"
+    assert environ == {runtime.ENV: "0"}
+    # Too late once TensorFlow is imported (it read the variable then): left unset, so nothing
+    # after (a subprocess, the layer's rule, a result record) is told what TensorFlow did not do.
     environ = {}
-    assert prefer(environ, tensorflow_imported=True) is None and environ == {}
+    assert runtime.prefer_onednn(environ, tensorflow_imported=True) is None and environ == {}
     assert "tensorflow" in sys.modules  # this process: the default sees it
-    assert prefer(environ) is None and environ == {}
+    assert runtime.prefer_onednn(environ) is None and environ == {}
+
+
+def test_prefer_pooled_allocator_sets_the_default_until_tensorflow_has_run():
+    name = runtime.ALLOCATOR_ENV
+    environ = {}
+    assert runtime.prefer_pooled_allocator(environ, runtime_started=False) == "true"
+    assert environ == {name: "true"}
+    environ = {name: "false"}
+    assert runtime.prefer_pooled_allocator(environ, runtime_started=False) == "false"
+    assert environ == {name: "false"}
+    # TensorFlow reads the variable when its runtime starts: too late after that, left unset.
+    environ = {}
+    assert runtime.prefer_pooled_allocator(environ, runtime_started=True) is None
+    assert environ == {}
+    import tensorflow as tf
+
+    tf.zeros((1,)).numpy()  # this process's TensorFlow has run: the default sees it
+    assert runtime.tensorflow_started()
+    assert runtime.prefer_pooled_allocator(environ) is None and environ == {}
 
 
 # What the lambda layer's rule sees, and TensorFlow's own evidence of a pooling allocator: only
 # a pooling (BFC or oneDNN) CPU allocator keeps statistics (get_memory_info raises otherwise).
+# argv: the order of events before the package is imported ("imported": TensorFlow imported;
+# "ran": TensorFlow imported and one op run, which starts its runtime and allocator).
 ALLOCATOR_SCRIPT = """
+import sys
 import tensorflow as tf
+if sys.argv[1] == "ran":
+    tf.zeros((1,)).numpy()
 from lambda_keras import runtime
 from lambda_keras.layers import formulations
 tf.zeros((1024,)).numpy()
@@ -97,14 +120,19 @@ print(runtime.pooled_allocator_active(), statistics, formulations.current_runtim
 """
 
 
-@pytest.mark.parametrize("onednn, allocator, expected", [
-    ("0", None, "False False tf_malloc"),  # TensorFlow's default without oneDNN: malloc
-    ("0", "true", "True True tf"),
-    ("1", None, "True True tf_onednn"),  # oneDNN's allocator pools
-    ("1", "false", "True True tf_onednn"),
+@pytest.mark.parametrize("onednn, allocator, before, expected", [
+    # The package asks for the pooling allocator, also after `import tensorflow` ...
+    ("0", None, "imported", "True True tf"),
+    # ... but not once TensorFlow has run: its default without oneDNN, malloc, stays (and is
+    # reported as it is).
+    ("0", None, "ran", "False False tf_malloc"),
+    ("0", "false", "imported", "False False tf_malloc"),  # the user's choice wins
+    ("0", "true", "ran", "True True tf"),
+    ("1", None, "ran", "True True tf_onednn"),  # oneDNN's allocator pools
+    ("1", "false", "imported", "True True tf_onednn"),
 ])
-def test_pooled_allocator_is_what_tensorflow_uses(onednn, allocator, expected):
-    assert _python(ALLOCATOR_SCRIPT, onednn=onednn, allocator=allocator)[-1] == expected
+def test_pooled_allocator_is_what_tensorflow_uses(onednn, allocator, before, expected):
+    assert _python(ALLOCATOR_SCRIPT, before, onednn=onednn, allocator=allocator)[-1] == expected
 
 
 def test_pooled_allocator_reads_the_variable_as_tensorflow_does():
@@ -141,8 +169,10 @@ def test_onednn_on_and_off_give_the_same_logits(tmp_path):
         states[onednn] = json.loads(_python(LOGITS_SCRIPT, weights, mode, out, onednn=onednn)[-1])
         logits[onednn] = np.load(out)
     assert states["0"]["onednn_active"] is False and states["1"]["onednn_active"] is True
-    # TF_CPU_ALLOCATOR_USE_BFC unset: malloc without oneDNN, oneDNN's pooling allocator with it.
-    assert states["0"]["pooled_allocator_active"] is False
+    # TF_CPU_ALLOCATOR_USE_BFC unset by the user: the package asked for TensorFlow's pooling
+    # allocator (oneDNN's pools anyway).
+    assert states["0"]["pooled_allocator_active"] is True
+    assert states["0"]["tf_cpu_allocator_use_bfc"] == "true"
     assert states["1"]["pooled_allocator_active"] is True
     assert states["1"]["tf_enable_onednn_opts"] == "1"
     scale = np.abs(logits["0"]).max()
