@@ -95,6 +95,36 @@ def test_each_formulation_matches_numpy_reference(case, training):
     check_against_reference(case, TRAINING[training])
 
 
+QUERIES_FIRST_CASES = [case for case in FORMULATION_CASES if case.startswith("queries_first")]
+
+
+@pytest.mark.parametrize("case", QUERIES_FIRST_CASES)
+def test_queries_first_forms_match_the_reference_and_each_others_gradients(case, monkeypatch):
+    """Both forms of q . E, the einsum and the matmul batched over (b, n) with E broadcast (the
+    rule's BROADCAST_EMBEDDINGS_ENGINES), on every machine whatever its engine: outputs against
+    the NumPy reference in inference and training, and the gradients of one against the other's
+    (input and every weight)."""
+    import tensorflow as tf
+
+    x = random_input()
+    gradients = {}
+    for broadcast in (False, True):
+        monkeypatch.setattr(formulations, "BROADCAST_EMBEDDINGS_ENGINES",
+                            formulations.ENGINES if broadcast else ())
+        for training in TRAINING.values():
+            check_against_reference(case, training)
+        keras.utils.set_random_seed(3)
+        layer = make_layer(**FORMULATION_CASES[case])
+        inputs = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(inputs)
+            loss = tf.reduce_sum(tf.sin(layer(inputs, training=True)))
+        gradients[broadcast] = [g.numpy() for g in tape.gradient(
+            loss, [inputs] + [w.value for w in layer.trainable_weights])]
+    for einsum, broadcast in zip(gradients[False], gradients[True]):
+        np.testing.assert_allclose(broadcast, einsum, rtol=1e-4, atol=1e-5 * np.abs(einsum).max())
+
+
 PAPER = dict(key_dim=16, num_heads=4, output_dim=256)  # |v| = 64: k v = 1024 = h m at 16 x 16
 
 

@@ -296,6 +296,7 @@ class LambdaLayer(keras.layers.Layer):
             self._last_formulation = formulation  # what this call traced (benchmarks read it)
             blocks = formulations.window_blocks(runtime, training, self.strides,
                                                 self.receptive_field)  # of query_windows
+            broadcast = runtime.engine in formulations.BROADCAST_EMBEDDINGS_ENGINES  # q . E
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
             if self.strides == 2 and formulation == "query_windows":
@@ -310,10 +311,10 @@ class LambdaLayer(keras.layers.Layer):
                 # (formulations.queries_first_pooled).
                 out = out + formulations.queries_first_pooled(
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
-                    lambda maps: self._pool(maps, rows, cols))  # [b, n', h, v]
+                    lambda maps: self._pool(maps, rows, cols), broadcast)  # [b, n', h, v]
             else:
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
-                                                  formulation, blocks)  # [b, n, h, v]
+                                                  formulation, blocks, broadcast)  # [b, n, h, v]
                 if self.strides == 2:
                     position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
                 out = out + position
@@ -371,11 +372,12 @@ class LambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         return formulations.position_embeddings(table, self.position, rows, cols)
 
-    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks):
+    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks, broadcast):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]
-        (`blocks`: query_windows' `formulations.window_blocks`)."""
+        (`blocks`: query_windows' `formulations.window_blocks`; `broadcast`: queries_first's)."""
         if formulation == "queries_first":
-            return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype))
+            return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype),
+                                              broadcast)
         if formulation == "lambdas_first":
             lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
         else:

@@ -67,6 +67,7 @@ from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
     tuned_formulation,
 )
 from lambda_keras.layers.formulations.rule import (  # noqa: F401
+    BROADCAST_EMBEDDINGS_ENGINES,
     ENGINES,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,

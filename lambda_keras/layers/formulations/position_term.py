@@ -52,27 +52,53 @@ def position_embeddings(table, position, rows, cols):
     return ops.take(flat, index, axis=0)  # [n, m, u, k]
 
 
-def queries_first(q, values, embeddings):
-    """Position term q . E first: q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] -> [b, n, h, v]."""
-    scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
-    return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
+def queries_first(q, values, embeddings, broadcast=False):
+    """Position term q . E first: q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] -> [b, n, h, v].
+
+    `broadcast`: q . E as one matmul batched over (b, n) with E broadcast over the batch, b n
+    items of [h, k] x [k, m u], instead of the einsum's n items of [b h, k] x [k, m u] (the rule's
+    BROADCAST_EMBEDDINGS_ENGINES: TensorFlow without oneDNN runs each einsum item above 128^2
+    multiply-adds as its own multi-threaded contraction, one after the other, and spreads smaller
+    items over its threads).
+    """
+    if not broadcast:
+        scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
+        return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
+    batch, heads = ops.shape(q)[0], q.shape[2]
+    n, m, u, k = embeddings.shape
+    v = values.shape[2]
+    e_t = ops.transpose(ops.reshape(embeddings, (n, m * u, k)), (0, 2, 1))  # [n, k, m u]
+    scores = ops.matmul(q, e_t[None])  # [b, n, h, m u]
+    scores = ops.reshape(scores, (batch, n * heads, m * u))  # [b, n h, m u]
+    values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, m * u, v))  # [b, m u, v]
+    return ops.reshape(ops.matmul(scores, values), (batch, n, heads, v))  # [b, n, h, v]
 
 
-def queries_first_pooled(q, values, embeddings, rows, cols, pool):
+def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=False):
     """queries_first, then a linear pool over the query positions, applied to the q . E maps.
 
     The pool (the stride-2 average pool of a strided lambda layer) commutes with the contraction
     over the context, so pooling the h x m x u map of every query before it meets V gives the
     pooled position term with the second contraction at the pooled positions only (n' ~ n / 4).
     q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] with n = rows x cols (static); `pool` maps
-    [1, H, W, C] -> [1, H', W', C]. Returns [b, n', h, v].
+    [1, H, W, C] -> [1, H', W', C]; `broadcast`: q . E batched over (n, b), E broadcast over the
+    batch (see `queries_first`). Returns [b, n', h, v].
     """
     batch, heads = ops.shape(q)[0], q.shape[2]
-    m, u = embeddings.shape[1], embeddings.shape[2]
-    scores = ops.einsum("bnhk,nmuk->nbhmu", q, embeddings)  # [n, b, h, m, u], n-major
+    n, m, u, k = embeddings.shape
+    if not broadcast:
+        scores = ops.einsum("bnhk,nmuk->nbhmu", q, embeddings)  # [n, b, h, m, u], n-major
+        scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
+        scores = ops.reshape(scores, (-1, batch, heads, m, u))  # [n', b, h, m, u]
+        return ops.einsum("pbhmu,bmvu->bphv", scores, values)  # [b, n', h, v]
+    v = values.shape[2]
+    e_t = ops.transpose(ops.reshape(embeddings, (n, m * u, k)), (0, 2, 1))  # [n, k, m u]
+    scores = ops.matmul(ops.transpose(q, (1, 0, 2, 3)), e_t[:, None])  # [n, b, h, m u]
     scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
-    scores = ops.reshape(scores, (-1, batch, heads, m, u))  # [n', b, h, m, u]
-    return ops.einsum("pbhmu,bmvu->bphv", scores, values)  # [b, n', h, v]
+    scores = ops.reshape(scores, (-1, batch, heads * m * u))  # [n', b, h m u]
+    scores = ops.reshape(ops.transpose(scores, (1, 0, 2)), (batch, -1, m * u))  # [b, n' h, m u]
+    values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, m * u, v))  # [b, m u, v]
+    return ops.reshape(ops.matmul(scores, values), (batch, -1, heads, v))  # [b, n', h, v]
 
 
 def lambdas_first(values, embeddings):

@@ -27,6 +27,16 @@ ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax", "torch")
 # "same" pool copy them), so it pools the output.
 POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 
+# Engines where queries_first batches q . E over (b, n) with E broadcast over the batch instead
+# of the einsum (`position_term.queries_first`, `broadcast`). Measured on the AMD EPYC, 14^2,
+# batch 8, d 256, the layer alone (implementation="queries_first", one process per engine, old and
+# new interleaved, medians of 9 rounds of 5 calls; new / old, fwd and fwd+bwd): TensorFlow without
+# oneDNN r 23 0.77 / 0.99, strided r 23 0.91 / 0.89, r 9 0.78 / 0.95; with oneDNN 0.89 / 1.11,
+# 1.14 / 1.33, 1.03 / 1.02; XLA 0.90 / 1.30, 1.01 / 1.20, 1.00 / 1.27; JAX 1.04 / 0.92,
+# 0.98 / 0.97, 0.91 / 0.88; PyTorch 1.43 / 1.77, 1.31 / 1.41, 1.53 / 2.03 (benchmarks/README.md,
+# optimisation 20). So TensorFlow without oneDNN only.
+BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
+
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
 # pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
