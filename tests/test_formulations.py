@@ -399,31 +399,70 @@ def test_query_windows_blocks_only_where_measured():
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
     r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
     blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
-    pooled allocator), XLA and JAX; 1 column and 2-scope blocks elsewhere."""
+    pooled allocator), XLA and JAX; a static batch cut into 4 parts forward without oneDNN;
+    1 column, 2-scope blocks and 1 part elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
-        return found["block_columns"], found["block_scopes"]
+        return found["block_columns"], found["block_scopes"], found["batch_parts"]
 
-    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
-    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
-    assert blocks(MALLOC_AVX2, None) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5)
-    assert blocks(MALLOC_AVX2, True) == (2, 2)
-    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5)
-    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
-    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
+    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5, 4)
+    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5, 1)
+    assert blocks(MALLOC_AVX2, None) == (2, 0.5, 4)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5, 1)
+    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5, 1)
+    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5, 1)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5, 1)
+    assert blocks(MALLOC_AVX2, True) == (2, 2, 1)
+    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5, 1)
+    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5, 1)
+    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2, 1)
+    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2, 1)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
-            assert blocks(runtime, training) == (1, 2)
-    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2)
+            assert blocks(runtime, training) == (1, 2, 1)
+    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2, 1)
     for key, rule in [*formulations.LOCAL_RULE.items(),
                       *formulations.WITHOUT_AVX512_RULE.items()]:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
         assert rule["block_scopes"] > 0, key
+        assert isinstance(rule["batch_parts"], int) and rule["batch_parts"] >= 1, key
+
+
+def test_query_windows_batch_parts_equal_the_whole_batch():
+    """A static batch cut into parts (balanced, at most one per image) gives the whole batch's
+    output and gradients, in its order; a dynamic batch (unknown while tracing) stays whole."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(11)
+    q = tf.constant(rng.standard_normal((3, 22 * 9, 2, 4)).astype("float32"))
+    values = tf.constant(rng.standard_normal((3, 22 * 9, 3, 2)).astype("float32"))
+    kernel = tf.constant(rng.standard_normal((5, 5, 2, 4)).astype("float32"))
+
+    def position(q, values, parts):
+        return formulations.query_windows(q, values, kernel, 22, 9, block_columns=2,
+                                          block_scopes=0.5, batch_parts=parts)
+
+    def with_gradients(parts):
+        with tf.GradientTape() as tape:
+            tape.watch([q, values])
+            out = position(q, values, parts)
+            loss = tf.reduce_sum(tf.sin(out))
+        return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, [q, values])]
+
+    whole = with_gradients(1)
+    for parts in (2, 3, 4):  # 4 > batch: one part per image
+        for actual, expected in zip(with_gradients(parts), whole):
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+    def traced(batch):  # (matmuls in the traced graph, the tf.function) for a batch size
+        function = tf.function(lambda q, values: position(q, values, 4), input_signature=[
+            tf.TensorSpec((batch,) + tuple(q.shape[1:])),
+            tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
+        operations = function.get_concrete_function().graph.get_operations()
+        return sum(op.type in ("MatMul", "BatchMatMulV2") for op in operations), function
+
+    whole_matmuls, dynamic = traced(None)
+    assert whole_matmuls >= 2 and traced(3)[0] == 3 * whole_matmuls  # 3 parts vs 1 whole
+    np.testing.assert_allclose(dynamic(q, values).numpy(), whole[0], rtol=1e-5, atol=1e-5)
 
 
 def test_rule_tables_of_several_machines():

@@ -54,8 +54,9 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 #   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
 #   not run 2-scope blocks there, ~11 GiB), and the Xeon's table stops at 56^2. An unstrided
 #   layer's query windows with r > 11 group `block_columns` query columns per batched-matmul
-#   item and cut tall maps into blocks of `block_scopes` scopes of query rows (`window_blocks`;
-#   other layers: 1 column, 2 scopes);
+#   item, cut tall maps into blocks of `block_scopes` scopes of query rows and a static batch
+#   into `batch_parts` independent parts (`window_blocks`; other layers: 1 column, 2 scopes,
+#   1 part);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
@@ -74,13 +75,14 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # (their `small_map_scopes`: 4 and 3). CPUs with AVX-512 not measured at r 9.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
           windows=None, strided_windows=None, window_scopes=None, block_columns=1,
-          block_scopes=QUERY_BLOCK_SCOPES, small_map_scopes=1):
+          block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
                 windows=windows, strided_windows=strided_windows or windows,
                 window_scopes=window_scopes, block_columns=block_columns,
-                block_scopes=block_scopes, small_map_scopes=small_map_scopes)
+                block_scopes=block_scopes, batch_parts=batch_parts,
+                small_map_scopes=small_map_scopes)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -212,11 +214,18 @@ LOCAL_RULE = {
 #   G 4: 612 / 2384), so JAX takes query windows forward from 50^2 to 112^2 for r > 11 (28^2:
 #   93 vs 97 ms, row windows kept; r <= 11 keeps the convolution). Not with oneDNN (56^2 G 1 /
 #   2 / C padded to 24: 169 / 168 / 168 ms).
+# - TensorFlow without oneDNN, forward: query windows of a static batch cut into 4 independent
+#   parts (batch 8: 2 images each), which the graph executor runs side by side. Whole layer,
+#   batch 8, d 256, r 23, one process, whole and cut traced side by side, interleaved (medians
+#   of 5-11 rounds, 2026-12-03), parts of 2 images: pooled 56^2 0.82 / 0.89x, 112^2 0.67x (min
+#   0.81x), malloc 56^2 0.82x; parts of 4: 56^2 0.87 / 0.92x, 28^2 0.85x (min 0.98x); parts
+#   of 1: 56^2 0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with
+#   oneDNN (0.99x) or XLA (0.98x) (benchmarks/README.md, optimisation 22).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
     ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112,
-                        block_scopes=SMALL_BLOCKS),
+                        block_scopes=SMALL_BLOCKS, batch_parts=4),
     ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112, block_columns=2,
                          block_scopes=SMALL_BLOCKS),
     ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
@@ -237,7 +246,8 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
         block_scopes=SMALL_BLOCKS),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
                                 QUERY_WINDOWS, windows=UP_TO_56, strided_windows=UP_TO_28,
-                                window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS),
+                                window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS,
+                                batch_parts=4),
     ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
 
@@ -251,12 +261,13 @@ def phase_of(training):
 
 def window_blocks(runtime, training, strides=1, receptive_field=23):
     """The blocks of `query_windows` in `runtime`: {"block_columns": query columns per block,
-    "block_scopes": query rows per block in scopes}, the rule's for unstrided layers with
-    r > 11, else 1 column and QUERY_BLOCK_SCOPES (see WITHOUT_AVX512_RULE)."""
+    "block_scopes": query rows per block in scopes, "batch_parts": independent parts of a
+    static batch}, the rule's for unstrided layers with r > 11, else 1 column,
+    QUERY_BLOCK_SCOPES and 1 part (see WITHOUT_AVX512_RULE)."""
     if strides != 1 or receptive_field <= 11:
-        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES)
+        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1)
     rule = rule_for(runtime, phase_of(training))
-    return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
+    return {name: rule[name] for name in ("block_columns", "block_scopes", "batch_parts")}
 
 
 def rule_for(runtime, phase):
