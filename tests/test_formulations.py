@@ -399,28 +399,27 @@ def test_query_windows_blocks_only_where_measured():
     only where they were measured faster: on the CPU without AVX-512, unstrided layers with
     r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
     blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
-    pooled allocator), XLA and JAX; a static batch cut into 4 parts forward without oneDNN;
-    1 column, 2-scope blocks and 1 part elsewhere."""
+    pooled allocator), XLA and JAX; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
-        return found["block_columns"], found["block_scopes"], found["batch_parts"]
+        return found["block_columns"], found["block_scopes"]
 
-    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5, 4)
-    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5, 1)
-    assert blocks(MALLOC_AVX2, None) == (2, 0.5, 4)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5, 1)
-    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5, 1)
-    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5, 1)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5, 1)
-    assert blocks(MALLOC_AVX2, True) == (2, 2, 1)
-    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5, 1)
-    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5, 1)
-    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2, 1)
-    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2, 1)
+    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
+    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
+    assert blocks(MALLOC_AVX2, None) == (2, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
+    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5)
+    assert blocks(MALLOC_AVX2, True) == (2, 2)
+    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5)
+    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
+    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
-            assert blocks(runtime, training) == (1, 2, 1)
-    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2, 1)
+            assert blocks(runtime, training) == (1, 2)
+    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2)
     for key, rule in [*formulations.LOCAL_RULE.items(),
                       *formulations.WITHOUT_AVX512_RULE.items()]:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
@@ -428,24 +427,47 @@ def test_query_windows_blocks_only_where_measured():
         assert isinstance(rule["batch_parts"], int) and rule["batch_parts"] >= 1, key
 
 
-def test_query_windows_batch_parts_equal_the_whole_batch():
-    """A static batch cut into parts (balanced, at most one per image) gives the whole batch's
-    output and gradients, in its order; a dynamic batch (unknown while tracing) stays whole."""
+def test_batch_parts_only_where_measured():
+    """The position term in independent parts of the batch (formulations.batch_parts) only
+    where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
+    CPU without AVX-512, query windows of unstrided layers with r > 11."""
+    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2):
+        assert formulations.batch_parts(runtime, False, "query_windows") == 4
+        assert formulations.batch_parts(runtime, True, "query_windows") == 1
+        assert formulations.batch_parts(runtime, False, "query_windows", strides=2) == 1
+        assert formulations.batch_parts(runtime, False, "query_windows", receptive_field=9) == 1
+        for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
+            assert formulations.batch_parts(runtime, False, formulation) == 1
+    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH, dataclasses.replace(ONEDNN, avx512=False),
+                    dataclasses.replace(XLA, avx512=False), dataclasses.replace(JAX, avx512=False),
+                    dataclasses.replace(TORCH, avx512=False)):
+        for training in (False, True):
+            assert formulations.batch_parts(runtime, training, "query_windows") == 1
+
+
+@pytest.mark.parametrize("formulation", ["query_windows", "queries_first"])
+def test_batch_parts_equal_the_whole_batch(formulation):
+    """The position term of a static batch cut into parts (balanced, at most one per image)
+    gives the whole batch's output and gradients, in its order; a dynamic batch (unknown
+    while tracing) stays whole."""
     import tensorflow as tf
 
     rng = np.random.default_rng(11)
     q = tf.constant(rng.standard_normal((3, 22 * 9, 2, 4)).astype("float32"))
     values = tf.constant(rng.standard_normal((3, 22 * 9, 3, 2)).astype("float32"))
     kernel = tf.constant(rng.standard_normal((5, 5, 2, 4)).astype("float32"))
+    embeddings = formulations.position_embeddings(kernel, "conv", 22, 9)  # [n, m, u, k]
 
-    def position(q, values, parts):
+    def position(q, values):
+        if formulation == "queries_first":
+            return formulations.queries_first(q, values, embeddings, broadcast=True)
         return formulations.query_windows(q, values, kernel, 22, 9, block_columns=2,
-                                          block_scopes=0.5, batch_parts=parts)
+                                          block_scopes=0.5)
 
     def with_gradients(parts):
         with tf.GradientTape() as tape:
             tape.watch([q, values])
-            out = position(q, values, parts)
+            out = formulations.in_batch_parts(position, parts, q, values)
             loss = tf.reduce_sum(tf.sin(out))
         return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, [q, values])]
 
@@ -453,10 +475,12 @@ def test_query_windows_batch_parts_equal_the_whole_batch():
     for parts in (2, 3, 4):  # 4 > batch: one part per image
         for actual, expected in zip(with_gradients(parts), whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
     def traced(batch):  # (matmuls in the traced graph, the tf.function) for a batch size
-        function = tf.function(lambda q, values: position(q, values, 4), input_signature=[
-            tf.TensorSpec((batch,) + tuple(q.shape[1:])),
-            tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
+        function = tf.function(
+            lambda q, values: formulations.in_batch_parts(position, 4, q, values),
+            input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
+                             tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
         operations = function.get_concrete_function().graph.get_operations()
         return sum(op.type in ("MatMul", "BatchMatMulV2") for op in operations), function
 

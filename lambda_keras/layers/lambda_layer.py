@@ -313,8 +313,11 @@ class LambdaLayer(keras.layers.Layer):
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
                     lambda maps: self._pool(maps, rows, cols), broadcast)  # [b, n', h, v]
             else:
+                parts = formulations.batch_parts(  # measured in the "conv" mode
+                    runtime, training, formulation, self.strides,
+                    self.receptive_field if self.position == "conv" else 0)
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
-                                                  formulation, blocks, broadcast)  # [b, n, h, v]
+                                                 formulation, blocks, broadcast, parts)
                 if self.strides == 2:
                     position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
                 out = out + position
@@ -372,19 +375,23 @@ class LambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         return formulations.position_embeddings(table, self.position, rows, cols)
 
-    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks, broadcast):
+    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks, broadcast,
+                         parts):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]
-        (`blocks`: query_windows' `formulations.window_blocks`; `broadcast`: queries_first's)."""
+        (`blocks`: query_windows' `formulations.window_blocks`, `parts` its
+        `formulations.batch_parts`; `broadcast`: queries_first's)."""
         if formulation == "queries_first":
             return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype),
-                                              broadcast)
+                                              broadcast)  # [b, n, h, v]
         if formulation == "lambdas_first":
             lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
         else:
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
             if formulation == "query_windows":
-                return formulations.query_windows(q, values, table, rows, cols,
-                                                  **blocks)  # [b, n, h, v]
+                return formulations.in_batch_parts(
+                    lambda q, values: formulations.query_windows(q, values, table, rows, cols,
+                                                                 **blocks),
+                    parts, q, values)  # [b, n, h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

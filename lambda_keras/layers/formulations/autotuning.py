@@ -139,14 +139,13 @@ def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_
     """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
     3 forward + backward; for query_windows, of its window scores and their spread over a
     block's context rows (`query_windows_shape`, with `blocks`: `window_blocks`; None: 1 column
-    and the default scopes per block; a batch cut into parts counts whole, its parts run side by
-    side). The other formulations' tensors grow as n, not n x m."""
+    and the default scopes per block). A batch cut into parts (`batch_parts`) counts whole: its
+    parts run side by side. The other formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
     if formulation == "query_windows":
-        geometry = {key: value for key, value in (blocks or {}).items() if key != "batch_parts"}
         windows = query_windows_shape(rows, cols, receptive_field,
-                                      pool_size if strides == 2 else 1, strides, **geometry)
+                                      pool_size if strides == 2 else 1, strides, **(blocks or {}))
         queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
         per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
         return copies * queries * batch * per_query * 4

@@ -173,6 +173,20 @@ def conv(values, kernel, rows, cols):
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
 
+def in_batch_parts(function, parts, *tensors):
+    """function(*tensors) of tensors [b, ...], computed on up to `parts` balanced parts of a
+    static batch (at most one part per image) and concatenated in order: independent ops,
+    which TensorFlow's graph executor runs side by side (`rule.batch_parts` says where that
+    pays). A dynamic batch (unknown while tracing) stays whole."""
+    batch = tensors[0].shape[0]
+    parts = min(parts, batch or 1)
+    if parts <= 1:
+        return function(*tensors)
+    bounds = [batch * part // parts for part in range(parts + 1)]
+    return ops.concatenate([function(*(t[start:end] for t in tensors))
+                            for start, end in zip(bounds, bounds[1:])], axis=0)
+
+
 def pool_taps(size, pool_size, strides):
     """The input positions and weights of a 1-D average pool, as TensorFlow pools.
 
@@ -213,15 +227,13 @@ def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, blo
 
 
 def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1,
-                  block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1):
+                  block_scopes=QUERY_BLOCK_SCOPES):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
 
     q [b, n, h, k], V [b, m, v, u], kernel [r, r, u, k] of a static rows x cols map (n = m);
     `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid");
     `block_columns` / `block_scopes`: query columns per block and query rows per block in
-    scopes; `batch_parts`: a static batch is cut into up to that many parts, each computed on
-    its own (independent ops, which TensorFlow's graph executor runs side by side; a dynamic
-    batch stays whole) (`formulations.window_blocks` picks all three).
+    scopes (`formulations.window_blocks` picks them).
     Returns [b, n', h, v] at the pooled positions n'.
 
     1. Scores: every (pooled) query's q . E over its window, one GEMM. A pooled query is the
@@ -239,13 +251,6 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     Larger groups make fewer, larger matmuls (TensorFlow's Eigen kernels run small batched
     matmuls at a fraction of their speed) for C / S times the FLOPs.
     """
-    parts = min(batch_parts, q.shape[0] or 1)
-    if parts > 1:
-        bounds = [q.shape[0] * part // parts for part in range(parts + 1)]  # balanced parts
-        return ops.concatenate([
-            query_windows(q[start:end], values[start:end], kernel, rows, cols, pool_size,
-                          strides, block_columns, block_scopes)
-            for start, end in zip(bounds, bounds[1:])], axis=0)  # [b, n', h, v]
     r, _, u, k = kernel.shape
     heads, v = q.shape[2], values.shape[2]
     batch = ops.shape(q)[0]

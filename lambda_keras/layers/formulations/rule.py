@@ -54,9 +54,8 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 #   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
 #   not run 2-scope blocks there, ~11 GiB), and the Xeon's table stops at 56^2. An unstrided
 #   layer's query windows with r > 11 group `block_columns` query columns per batched-matmul
-#   item, cut tall maps into blocks of `block_scopes` scopes of query rows and a static batch
-#   into `batch_parts` independent parts (`window_blocks`; other layers: 1 column, 2 scopes,
-#   1 part);
+#   item and cut tall maps into blocks of `block_scopes` scopes of query rows (`window_blocks`;
+#   other layers: 1 column, 2 scopes);
 # - "lambdas_first": maps the scope covers (n <= whole_e_scope r^2) (E is dense: few FLOPs
 #   wasted);
 # - "local" otherwise: the first row (largest r, smallest n, formulation) with r <= largest r
@@ -214,13 +213,15 @@ LOCAL_RULE = {
 #   G 4: 612 / 2384), so JAX takes query windows forward from 50^2 to 112^2 for r > 11 (28^2:
 #   93 vs 97 ms, row windows kept; r <= 11 keeps the convolution). Not with oneDNN (56^2 G 1 /
 #   2 / C padded to 24: 169 / 168 / 168 ms).
-# - TensorFlow without oneDNN, forward: query windows of a static batch cut into 4 independent
-#   parts (batch 8: 2 images each), which the graph executor runs side by side. Whole layer,
-#   batch 8, d 256, r 23, one process, whole and cut traced side by side, interleaved (medians
-#   of 5-11 rounds, 2026-12-03), parts of 2 images: pooled 56^2 0.82 / 0.89x, 112^2 0.67x (min
-#   0.81x), malloc 56^2 0.82x; parts of 4: 56^2 0.87 / 0.92x, 28^2 0.85x (min 0.98x); parts
-#   of 1: 56^2 0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with
-#   oneDNN (0.99x) or XLA (0.98x) (benchmarks/README.md, optimisation 22).
+# - TensorFlow without oneDNN, forward: query windows of a static batch cut into `batch_parts`
+#   = 4 independent parts (batch 8: 2 images each; `batch_parts`), which the graph executor
+#   runs side by side; unstrided layers with r > 11. Whole layer, batch 8, d 256, r 23, one
+#   process, whole and cut traced side by side, interleaved (medians of 5-15 rounds,
+#   2026-12-03), parts of 2 images: pooled 56^2 0.67-0.89x, 112^2 0.67x (min 0.81x), 28^2
+#   0.84x, malloc 56^2 0.82x; parts of 4 images: 56^2 0.87 / 0.92x, 28^2 0.85x; of 1: 56^2
+#   0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with oneDNN
+#   (0.99x) or XLA (0.98x), nor for q . E first at 14^2 (0.85x once, then 1.04x, 0.97x, 0.97x)
+#   (benchmarks/README.md, optimisation 22).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
@@ -261,13 +262,21 @@ def phase_of(training):
 
 def window_blocks(runtime, training, strides=1, receptive_field=23):
     """The blocks of `query_windows` in `runtime`: {"block_columns": query columns per block,
-    "block_scopes": query rows per block in scopes, "batch_parts": independent parts of a
-    static batch}, the rule's for unstrided layers with r > 11, else 1 column,
-    QUERY_BLOCK_SCOPES and 1 part (see WITHOUT_AVX512_RULE)."""
+    "block_scopes": query rows per block in scopes}, the rule's for unstrided layers with
+    r > 11, else 1 column and QUERY_BLOCK_SCOPES (see WITHOUT_AVX512_RULE)."""
     if strides != 1 or receptive_field <= 11:
-        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1)
+        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES)
     rule = rule_for(runtime, phase_of(training))
-    return {name: rule[name] for name in ("block_columns", "block_scopes", "batch_parts")}
+    return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
+
+
+def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
+    """Into how many independent parts the position term of a static batch is cut
+    (`position_term.in_batch_parts`): the rule's `batch_parts` for "query_windows" in
+    unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
+        return 1
+    return rule_for(runtime, phase_of(training))["batch_parts"]
 
 
 def rule_for(runtime, phase):
