@@ -27,7 +27,8 @@ AMD EPYC without AVX-512 (TF 2.21, the demo's LambdaResNet-26T, batch 64 at 64 p
 `TF_ENABLE_ONEDNN_OPTS=1`; keras' ResNet50 6.23 s vs 2.14 s. `make demo` took 752 s with the
 default there (over its 10-minute target). The outputs of both settings agree to float32 round-off
 (tests/test_runtime.py checks LambdaResNet-26T's logits in two processes). The library itself
-(`import lambda_keras`) never changes the oneDNN setting: a program that imports it decides for itself.
+(`import lambda_keras`) never changes the oneDNN setting: a program that imports it decides for
+itself.
 
 NOTE: why the pooled allocator, and why the package (not only the command line) asks for it. With
 oneDNN off TensorFlow allocates every tensor with malloc, and the lambda layer's large temporaries
