@@ -34,7 +34,8 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 # oneDNN r 23 0.77 / 0.99, strided r 23 0.91 / 0.89, r 9 0.78 / 0.95; with oneDNN 0.89 / 1.11,
 # 1.14 / 1.33, 1.03 / 1.02; XLA 0.90 / 1.30, 1.01 / 1.20, 1.00 / 1.27; JAX 1.04 / 0.92,
 # 0.98 / 0.97, 0.91 / 0.88; PyTorch 1.43 / 1.77, 1.31 / 1.41, 1.53 / 2.03 (benchmarks/README.md,
-# optimisation 20). So TensorFlow without oneDNN only.
+# optimisation 20). So TensorFlow without oneDNN only, on any CPU: the reason is TensorFlow's
+# batch-matmul sharding, not the CPU (NOTE: the Xeon with oneDNN forced off was not measured).
 BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
