@@ -27,7 +27,7 @@ import time
 
 from lambda_keras import runtime  # imports no TensorFlow
 
-runtime.prefer_pooled_allocator()  # allocator statistics (the package import asks too; the ruler needs it)
+runtime.prefer_pooled_allocator()  # allocator statistics (the package import asks too)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
