@@ -218,9 +218,9 @@ LOCAL_RULE = {
 #   = 4 independent parts (batch 8: 2 images each; `batch_parts`), which the graph executor
 #   runs side by side; unstrided layers with r > 11. Whole layer, batch 8, d 256, r 23, one
 #   process, whole and cut traced side by side, interleaved (medians of 5-15 rounds,
-#   2026-12-03), parts of 2 images: pooled 56^2 0.67-0.89x, 112^2 0.67x (min 0.81x), 28^2
+#   2026-12-03), parts of 2 images: pooled 56^2 0.67-0.89x (4 runs), 112^2 0.67 / 0.77x, 28^2
 #   0.84x, malloc 56^2 0.82x; parts of 4 images: 56^2 0.87 / 0.92x, 28^2 0.85x; of 1: 56^2
-#   0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with oneDNN
+#   0.74 / 0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with oneDNN
 #   (0.99x) or XLA (0.98x), nor for q . E first at 14^2 (0.85x once, then 1.04x, 0.97x, 0.97x)
 #   (benchmarks/README.md, optimisation 22).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
