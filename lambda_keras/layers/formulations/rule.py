@@ -33,7 +33,9 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 # new interleaved, medians of 9 rounds of 5 calls; new / old, fwd and fwd+bwd): TensorFlow without
 # oneDNN r 23 0.77 / 0.99, strided r 23 0.91 / 0.89, r 9 0.78 / 0.95; with oneDNN 0.89 / 1.11,
 # 1.14 / 1.33, 1.03 / 1.02; XLA 0.90 / 1.30, 1.01 / 1.20, 1.00 / 1.27; JAX 1.04 / 0.92,
-# 0.98 / 0.97, 0.91 / 0.88; PyTorch 1.43 / 1.77, 1.31 / 1.41, 1.53 / 2.03 (benchmarks/README.md,
+# 0.98 / 0.97, 0.91 / 0.88; PyTorch 1.43 / 1.77, 1.31 / 1.41, 1.53 / 2.03. With E's transpose
+# folded into the matmul (TensorFlow): without oneDNN 0.82 / 0.88, 0.82 / 0.79, 0.79 / 0.91; with
+# oneDNN 1.08 / 1.05, 1.20 / 1.27; XLA 1.01 / 1.39, 1.03 / 1.14 (benchmarks/README.md,
 # optimisation 20). So TensorFlow without oneDNN only, on any CPU: the reason is TensorFlow's
 # batch-matmul sharding, not the CPU (NOTE: the Xeon with oneDNN forced off was not measured).
 BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
