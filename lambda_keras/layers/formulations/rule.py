@@ -74,7 +74,10 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # within 1.05x in the others): the strided layer's query windows were the fastest at 14^2 on
 # every engine (1.1-1.9x q . E); unstrided at 14^2 with TensorFlow 1.3-1.4x q . E forward (XLA:
 # 1.15x slower, within 1.2x), JAX in training 1.26x slower and PyTorch forward 1.32x slower
-# (their `small_map_scopes`: 4 and 3). CPUs with AVX-512 not measured at r 9.
+# (their `small_map_scopes`: 4 and 3). Since q . E runs broadcast without oneDNN (optimisation
+# 20), TensorFlow's forward there too (pooled allocator; `small_map_scopes` 3 on the CPU without
+# AVX-512): r 9 at 14^2 5.7 ms for q . E first against 7.0 for query windows (with malloc 8.4
+# against 7.4). CPUs with AVX-512 not measured at r 9.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
           windows=None, strided_windows=None, window_scopes=None, block_columns=1,
           block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1):
@@ -229,7 +232,7 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
     ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112,
-                        block_scopes=SMALL_BLOCKS, batch_parts=4),
+                        block_scopes=SMALL_BLOCKS, batch_parts=4, small_map_scopes=3),
     ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112, block_columns=2,
                          block_scopes=SMALL_BLOCKS),
     ("xla", "train"): dict(LOCAL_RULE[("xla", "train")], local=(
