@@ -309,6 +309,11 @@ def test_the_cpu_without_avx512_has_rows_of_its_own():
         "query_windows", "query_windows", "query_windows", "query_windows", "conv"]
     assert choose((56, 56), False, avx2["jax"]) == "query_windows"
     assert choose((28, 28), False, avx2["jax"]) == "row_windows"
+    # timm's unstrided r 9 layer at 14^2 (2.4 scopes), TensorFlow without oneDNN forward: q . E
+    # first since it runs broadcast (5.7 vs 7.0 ms), with malloc query windows (7.4 vs 8.4 ms).
+    assert choose((14, 14), False, avx2["tf"], receptive_field=9) == "queries_first"
+    assert choose((14, 14), False, MALLOC_AVX2, receptive_field=9) == "query_windows"
+    assert choose((16, 16), False, avx2["tf"], receptive_field=9) == "query_windows"  # 3.2
     assert choose((56, 56), False, avx2["jax"], receptive_field=7, intra_depth=4) == "conv"
     assert choose((128, 128), False, avx2["jax"]) == "row_windows"
     assert choose((112, 112), False, MALLOC_AVX2) == "query_windows"
