@@ -313,9 +313,8 @@ class LambdaLayer(keras.layers.Layer):
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
                     lambda maps: self._pool(maps, rows, cols), broadcast)  # [b, n', h, v]
             else:
-                parts = formulations.batch_parts(  # measured in the "conv" mode
-                    runtime, training, formulation, self.strides,
-                    self.receptive_field if self.position == "conv" else 0)
+                parts = formulations.batch_parts(runtime, training, formulation, self.strides,
+                                                 self.receptive_field)  # of query_windows
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
                                                  formulation, blocks, broadcast, parts)
                 if self.strides == 2:

@@ -64,16 +64,8 @@ def queries_first(q, values, embeddings, broadcast=False):
     if not broadcast:
         scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
         return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
-    batch, heads = ops.shape(q)[0], q.shape[2]
-    n, m, u, k = embeddings.shape
-    v = values.shape[2]
-    # The transpose feeds the matmul directly, so TensorFlow's graph optimizer folds it into the
-    # matmul (adjoint); behind an expand_dims it ran as its own op, ~1 ms at 14^2.
-    e_t = ops.transpose(ops.reshape(embeddings, (1, n, m * u, k)), (0, 1, 3, 2))  # [1, n, k, m u]
-    scores = ops.matmul(q, e_t)  # [b, n, h, m u]
-    scores = ops.reshape(scores, (batch, n * heads, m * u))  # [b, n h, m u]
-    values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, m * u, v))  # [b, m u, v]
-    return ops.reshape(ops.matmul(scores, values), (batch, n, heads, v))  # [b, n, h, v]
+    scores = ops.matmul(q, _transposed_embeddings(embeddings, batch_axis=0))  # [b, n, h, m u]
+    return _scores_times_values(scores, values)  # [b, n, h, v]
 
 
 def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=False):
@@ -87,20 +79,38 @@ def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=Fals
     batch (see `queries_first`). Returns [b, n', h, v].
     """
     batch, heads = ops.shape(q)[0], q.shape[2]
-    n, m, u, k = embeddings.shape
-    if not broadcast:
+    m, u = embeddings.shape[1], embeddings.shape[2]
+    if broadcast:
+        scores = ops.matmul(ops.transpose(q, (1, 0, 2, 3)),
+                            _transposed_embeddings(embeddings, batch_axis=1))  # [n, b, h, m u]
+    else:
         scores = ops.einsum("bnhk,nmuk->nbhmu", q, embeddings)  # [n, b, h, m, u], n-major
-        scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
+    scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
+    if not broadcast:
         scores = ops.reshape(scores, (-1, batch, heads, m, u))  # [n', b, h, m, u]
         return ops.einsum("pbhmu,bmvu->bphv", scores, values)  # [b, n', h, v]
+    scores = ops.reshape(scores, (-1, batch, heads, m * u))  # [n', b, h, m u]
+    return _scores_times_values(ops.transpose(scores, (1, 0, 2, 3)), values)  # [b, n', h, v]
+
+
+def _transposed_embeddings(embeddings, batch_axis):
+    """E [n, m, u, k] as the right operand of a matmul broadcast over the batch: [1, n, k, m u]
+    (batch_axis 0) or [n, 1, k, m u] (batch_axis 1). The transpose feeds the matmul directly, so
+    TensorFlow's graph optimizer folds it into the matmul (adjoint); behind an expand_dims it ran
+    as its own op, ~1 ms at 14^2."""
+    n, m, u, k = embeddings.shape
+    shape = (1, n, m * u, k) if batch_axis == 0 else (n, 1, m * u, k)
+    return ops.transpose(ops.reshape(embeddings, shape), (0, 1, 3, 2))
+
+
+def _scores_times_values(scores, values):
+    """q . E scores [b, N, h, m u] (N query positions) times V [b, m, v, u]: [b, N, h, v], one
+    batched matmul over b."""
+    batch, heads, depth = ops.shape(scores)[0], scores.shape[2], scores.shape[3]  # depth: m u
     v = values.shape[2]
-    e_t = ops.transpose(ops.reshape(embeddings, (n, 1, m * u, k)), (0, 1, 3, 2))  # [n, 1, k, m u]
-    scores = ops.matmul(ops.transpose(q, (1, 0, 2, 3)), e_t)  # [n, b, h, m u]
-    scores = pool(ops.reshape(scores, (1, rows, cols, -1)))  # [1, H', W', b*h*m*u]
-    scores = ops.reshape(scores, (-1, batch, heads * m * u))  # [n', b, h m u]
-    scores = ops.reshape(ops.transpose(scores, (1, 0, 2)), (batch, -1, m * u))  # [b, n' h, m u]
-    values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, m * u, v))  # [b, m u, v]
-    return ops.reshape(ops.matmul(scores, values), (batch, -1, heads, v))  # [b, n', h, v]
+    values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, depth, v))  # [b, m u, v]
+    scores = ops.reshape(scores, (batch, -1, depth))  # [b, N h, m u]
+    return ops.reshape(ops.matmul(scores, values), (batch, -1, heads, v))  # [b, N, h, v]
 
 
 def lambdas_first(values, embeddings):
