@@ -48,28 +48,6 @@ PACKAGES = ("tensorflow", "keras", "torch", "timm", "ai-edge-litert", "numpy")
 
 
 # ------------------------------------------------------------------------------- machine
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_tag():
-    """A short name for this kind of CPU, "<vendor>-<widest SIMD>" ("intel-avx512", "amd-avx2"):
-    what per-machine result tables (results/formulations/<tag>.json) are named by."""
-    from lambda_keras import runtime
-
-    model, flags = _cpu_model().lower(), set(runtime.cpu_flags())
-    vendor = next((name for name in ("intel", "amd", "arm") if name in model), "cpu")
-    simd = "avx512" if runtime.has_avx512(flags) else "avx2" if "avx2" in flags else "simd"
-    return f"{vendor}-{simd}"
-
-
 def _meminfo_gib(key="MemTotal"):
     try:
         with open("/proc/meminfo", encoding="utf-8") as f:
@@ -131,7 +109,7 @@ def machine_description(threads, onednn=None):
 
     env = worker_env(threads, onednn)
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": runtime.cpu_model(),
         "cpu_flags": runtime.cpu_flags(),
         "logical_cores": os.cpu_count(),
         "usable_cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,

@@ -33,12 +33,14 @@ Formulations whose n x m tensors would pass `MEMORY_LIMIT_BYTES` are skipped bef
 The formulation "auto" picks in that runtime is recorded per cell (found by tracing the layer
 there: the XLA context, the oneDNN state and the backend are the real ones); its time is the
 time of that formulation. Results: one table per kind of CPU, `results/formulations/<tag>.json`
-(`common.machine_tag()`, e.g. "intel-avx512", "amd-avx2"; per engine: machine, oneDNN state,
-package versions; per cell: every formulation's statistics, the fastest, auto's pick and ratio).
+(`lambda_keras.runtime.cpu_kind()`: "intel-avx512", "amd-avx2", "amd-avx512"; per engine:
+machine, oneDNN state, package versions; per cell: every formulation's statistics, the fastest,
+auto's pick and ratio).
 The rule must hold on every table (tests/test_formulations.py).
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -150,9 +152,13 @@ def run_engine(engine, settings, threads, out_path, log=print):
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
+    # The runtime the steps trace in: XLA inside jit_compile (outside a trace TF reports none).
+    runtime = formulations.current_runtime()
+    if jit_compile:
+        runtime = dataclasses.replace(runtime, xla=True)
     for shape_name, shape in _shapes(settings).items():
         blocks = {phase: formulations.window_blocks(
-            formulations.current_runtime(), phase == "train", shape.get("strides", 1),
+            runtime, phase == "train", shape.get("strides", 1),
             shape["receptive_field"]) for phase in PHASES}  # query_windows' blocks here
         for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
@@ -345,7 +351,9 @@ def main(argv=None):
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
                            os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations"))
     os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{args.machine or common.machine_tag()}.json")
+    from lambda_keras import runtime
+
+    path = os.path.join(out_dir, f"{args.machine or runtime.cpu_kind()}.json")
     if args.table:
         with open(path, encoding="utf-8") as f:
             print(markdown_tables(json.load(f)))
@@ -423,9 +431,11 @@ def _update_picks(path, engines, threads):
     """Re-records "auto"'s pick in every cell after a rule change: traced in the engine's real
     runtime on this machine's table; on another machine's table (not re-traceable here) from the
     rule and the runtime recorded with it (the engine gets `picks_from: "rule"`)."""
+    from lambda_keras import runtime
+
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
-    foreign = os.path.basename(path) != f"{common.machine_tag()}.json"
+    foreign = os.path.basename(path) != f"{runtime.cpu_kind()}.json"
     for engine in engines:
         backend, env_update, _, _ = ENGINES[engine]
         measured = data["engines"].get(engine)
@@ -473,7 +483,8 @@ def recorded_runtime(data, engine):
     return formulations.Runtime(record["backend"], xla=record["jit_compile"],
                                 onednn=bool(record.get("onednn")),
                                 pooled_allocator=record.get("pooled_allocator", True),
-                                avx512=runtime.has_avx512(data["machine"]["cpu_flags"]))
+                                cpu=runtime.cpu_kind(data["machine"]["cpu_model"],
+                                                     data["machine"]["cpu_flags"]))
 
 
 def rule_pick(data, cell):

@@ -8,7 +8,9 @@ statistics, so benchmarks and the formulation choice of the lambda layer ask Ten
 than reading the environment variable:
 
 - `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on;
-  `has_avx512()`: whether they include AVX-512 (the lambda layer's rule has rows per CPU kind).
+  `has_avx512()`: whether they include AVX-512; `cpu_model()`: its model name; `cpu_kind()`:
+  "<vendor>-<widest SIMD>" ("intel-avx512", "amd-avx2", "amd-avx512"), the kind of CPU the lambda
+  layer's rule has rows for and benchmark tables are named by.
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
 - `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
 - `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
@@ -74,6 +76,31 @@ def cpu_flags():
 def has_avx512(flags=None):
     """Whether a CPU has AVX-512 (avx512f): this one, or the one whose `cpu_flags()` are given."""
     return "avx512f" in (cpu_flags() if flags is None else flags)
+
+
+def cpu_model():
+    """This CPU's model name (/proc/cpuinfo; else what `platform` knows)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def cpu_kind(model=None, flags=None):
+    """"<vendor>-<widest SIMD>" of this CPU, or of a recorded `cpu_model()` and `cpu_flags()`:
+    "intel-avx512", "amd-avx2", "amd-avx512" ("cpu-..." for an unknown vendor, "...-simd" without
+    AVX2)."""
+    model = (cpu_model() if model is None else model).lower()
+    flags = set(cpu_flags() if flags is None else flags)
+    vendor = next((name for name in ("intel", "amd", "arm") if name in model), "cpu")
+    simd = "avx512" if has_avx512(flags) else "avx2" if "avx2" in flags else "simd"
+    return f"{vendor}-{simd}"
 
 
 def onednn_active():

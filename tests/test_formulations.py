@@ -228,8 +228,10 @@ def test_query_windows_blocks_only_where_they_shrink_the_context():
 # ------------------------------------------------------------------------------ the rule
 ONEDNN = formulations.Runtime("tensorflow", onednn=True)
 NO_ONEDNN = formulations.Runtime("tensorflow", onednn=False)
-NO_ONEDNN_AVX2 = formulations.Runtime("tensorflow", onednn=False, avx512=False)
-MALLOC_AVX2 = formulations.Runtime("tensorflow", pooled_allocator=False, avx512=False)
+NO_ONEDNN_AVX2 = formulations.Runtime("tensorflow", onednn=False, cpu="amd-avx2")
+MALLOC_AVX2 = formulations.Runtime("tensorflow", pooled_allocator=False, cpu="amd-avx2")
+ALL_ROWS = [*formulations.LOCAL_RULE.items(), *(item for rows in formulations.CPU_RULES.values()
+                                                 for item in rows.items())]
 XLA = formulations.Runtime("tensorflow", xla=True, onednn=True)
 JAX = formulations.Runtime("jax", xla=True)
 TORCH = formulations.Runtime("torch")
@@ -303,7 +305,7 @@ def test_the_cpu_without_avx512_has_rows_of_its_own():
     # the convolution), without it (1.58 vs 2.79 s for row windows, malloc 2.58 vs 3.48 s),
     # under XLA and on JAX (with 2 columns and half-scope blocks: 2.2 vs 3.2 s); not on
     # PyTorch. JAX forward: row windows at 28^2.
-    avx2 = {name: dataclasses.replace(runtime, avx512=False) for name, runtime in
+    avx2 = {name: dataclasses.replace(runtime, cpu="amd-avx2") for name, runtime in
             dict(onednn=ONEDNN, tf=NO_ONEDNN, xla=XLA, jax=JAX, torch=TORCH).items()}
     assert [choose((112, 112), False, avx2[name]) for name in avx2] == [
         "query_windows", "query_windows", "query_windows", "query_windows", "conv"]
@@ -349,7 +351,7 @@ def test_the_cpu_without_avx512_has_rows_of_its_own():
     assert choose((28, 28), False, MALLOC_AVX2, receptive_field=7, intra_depth=4) == "conv"
     # Only CPUs have an AVX-512 row: a GPU runs TensorFlow's rule whatever the host CPU.
     gpu = dict(backend="tensorflow", device="gpu")
-    assert (choose((28, 28), False, formulations.Runtime(**gpu, avx512=False))
+    assert (choose((28, 28), False, formulations.Runtime(**gpu, cpu="amd-avx2"))
             == choose((28, 28), False, formulations.Runtime(**gpu)))
 
 
@@ -380,16 +382,16 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 def test_rule_rows_are_ordered_and_closed():
     assert set(formulations.LOCAL_RULE) == {(e, p) for e in formulations.ENGINES
                                             for p in ("fwd", "train")}
-    assert set(formulations.WITHOUT_AVX512_RULE) <= set(formulations.LOCAL_RULE)
-    for key, rule in [*formulations.LOCAL_RULE.items(),
-                      *formulations.WITHOUT_AVX512_RULE.items()]:
+    for rows in formulations.CPU_RULES.values():
+        assert set(rows) <= set(formulations.LOCAL_RULE)
+    for key, rule in ALL_ROWS:
         assert rule["queries_first"] >= 1, key  # never below the memory-neutral criterion
         assert rule["strided_queries_first"] >= 1, key
         assert rule["dense_scope"] >= 1, key
         for windows in (rule["windows"], rule["strided_windows"]):
             # query_windows only on maps the suite measured it on: forward up to 112^2 on the
-            # CPU without AVX-512, 56^2 elsewhere (benchmarks/formulations.py, MEMORY_LIMIT_BYTES)
-            largest = 112 * 112 if rule is formulations.WITHOUT_AVX512_RULE.get(key) else 56 * 56
+            # AMD CPUs, 56^2 on the Xeon (benchmarks/formulations.py, MEMORY_LIMIT_BYTES)
+            largest = 56 * 56 if rule is formulations.LOCAL_RULE[key] else 112 * 112
             assert windows is None or 0 <= windows[0] <= windows[1] <= largest, key
         assert rule["strided_windows"] is None or rule["strided_windows"][1] <= 56 * 56, key
         if key[1] == "train":
@@ -412,21 +414,20 @@ def test_query_windows_blocks_only_where_measured():
     assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
     assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
     assert blocks(MALLOC_AVX2, None) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), False) == (1, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(XLA, avx512=False), True) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, avx512=False), True) == (1, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, cpu="amd-avx2"), False) == (1, 0.5)
+    assert blocks(dataclasses.replace(XLA, cpu="amd-avx2"), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(XLA, cpu="amd-avx2"), True) == (2, 0.5)
+    assert blocks(dataclasses.replace(ONEDNN, cpu="amd-avx2"), True) == (1, 0.5)
     assert blocks(MALLOC_AVX2, True) == (2, 2)
-    assert blocks(dataclasses.replace(JAX, avx512=False), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(JAX, avx512=False), True) == (2, 0.5)
+    assert blocks(dataclasses.replace(JAX, cpu="amd-avx2"), False) == (2, 0.5)
+    assert blocks(dataclasses.replace(JAX, cpu="amd-avx2"), True) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
     assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
         for training in (False, True):
             assert blocks(runtime, training) == (1, 2)
-    assert blocks(dataclasses.replace(TORCH, avx512=False), True) == (1, 2)
-    for key, rule in [*formulations.LOCAL_RULE.items(),
-                      *formulations.WITHOUT_AVX512_RULE.items()]:
+    assert blocks(dataclasses.replace(TORCH, cpu="amd-avx2"), True) == (1, 2)
+    for key, rule in ALL_ROWS:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
         assert rule["block_scopes"] > 0, key
         assert isinstance(rule["batch_parts"], int) and rule["batch_parts"] >= 1, key
@@ -443,9 +444,9 @@ def test_batch_parts_only_where_measured():
         assert formulations.batch_parts(runtime, False, "query_windows", receptive_field=9) == 1
         for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
             assert formulations.batch_parts(runtime, False, formulation) == 1
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH, dataclasses.replace(ONEDNN, avx512=False),
-                    dataclasses.replace(XLA, avx512=False), dataclasses.replace(JAX, avx512=False),
-                    dataclasses.replace(TORCH, avx512=False)):
+    amd = [dataclasses.replace(runtime, cpu=cpu) for runtime in (ONEDNN, XLA, JAX, TORCH)
+           for cpu in ("amd-avx2", "amd-avx512")]
+    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH, *amd):
         for training in (False, True):
             assert formulations.batch_parts(runtime, training, "query_windows") == 1
 
@@ -495,8 +496,44 @@ def test_batch_parts_equal_the_whole_batch(formulation):
 
 
 def test_rule_tables_of_several_machines():
-    """The rule is held to CPUs with and without AVX-512 (TensorFlow's oneDNN default differs)."""
-    assert {"intel-avx512", "amd-avx2"} <= set(MACHINES), sorted(MACHINES)
+    """The rule is held to CPUs with and without AVX-512 (TensorFlow's oneDNN default differs),
+    Intel and AMD."""
+    assert {"intel-avx512", "amd-avx2", "amd-avx512"} <= set(MACHINES), sorted(MACHINES)
+
+
+def test_each_kind_of_cpu_gets_its_measured_rows_or_those_of_its_simd_width():
+    """rule.py, CPU_RULES: the AMD CPUs' own rows; an unmeasured kind those of the measured one
+    with the same SIMD width (a guess, documented); no CPU rows on a GPU."""
+    assert formulations.cpu_rows("intel-avx512") == {}
+    assert formulations.cpu_rows("amd-avx2") is formulations.WITHOUT_AVX512_RULE
+    assert formulations.cpu_rows("amd-avx512") is formulations.AMD_AVX512_RULE
+    assert formulations.cpu_rows("intel-avx2") is formulations.WITHOUT_AVX512_RULE
+    assert formulations.cpu_rows("arm-simd") is formulations.WITHOUT_AVX512_RULE
+    assert formulations.cpu_rows("cpu-avx512") == {}
+    amd = {name: dataclasses.replace(runtime, cpu="amd-avx512") for name, runtime in
+           dict(onednn=ONEDNN, xla=XLA).items()}
+    # The r 23 forward at 112^2: the AVX-512 convolution with oneDNN on both AVX-512 CPUs
+    # (AMD: 462 vs 686 ms for query windows); under XLA query windows on the AMD CPUs (AMD with
+    # AVX-512: 645 vs 1787 ms for row windows), row windows on the Xeon (query windows not
+    # measured there at 112^2).
+    assert choose((112, 112), False, amd["onednn"]) == choose((112, 112), False, ONEDNN) == "conv"
+    assert choose((112, 112), False, amd["xla"]) == "query_windows"
+    assert choose((112, 112), False, XLA) == "row_windows"
+    assert formulations.window_blocks(amd["xla"], False) == dict(block_columns=2,
+                                                                  block_scopes=0.5)
+    # With TensorFlow's malloc allocator, forward at 28^2: row windows for r 23 (63-100 vs
+    # 77-149 ms for query windows), the 7 x 7 convolution for r 7 (42-44 vs 78-85 ms); JAX
+    # training at 28^2, r 7: the convolution (203-227 vs 254-322 ms), query windows on the Xeon.
+    malloc = formulations.Runtime("tensorflow", pooled_allocator=False, cpu="amd-avx512")
+    assert choose((28, 28), False, malloc) == "row_windows"
+    assert choose((28, 28), False, malloc, receptive_field=7, intra_depth=4) == "conv"
+    assert choose((14, 14), False, malloc, receptive_field=7, intra_depth=4) == "query_windows"
+    amd_jax = dataclasses.replace(JAX, cpu="amd-avx512")
+    assert choose((28, 28), True, amd_jax, receptive_field=7, intra_depth=4) == "conv"
+    assert choose((28, 28), True, JAX, receptive_field=7, intra_depth=4) == "query_windows"
+    gpu = dict(backend="tensorflow", xla=True, device="gpu")
+    assert (choose((112, 112), False, formulations.Runtime(**gpu, cpu="amd-avx512"))
+            == choose((112, 112), False, formulations.Runtime(**gpu)))
 
 
 def _measured_cells(machine):
@@ -589,7 +626,7 @@ def test_runtime_sees_xla_only_inside_jit_compile():
     assert formulations.current_runtime() == formulations.Runtime(
         "tensorflow", xla=False, onednn=bool(_pywrap_util_port.IsMklEnabled()), device="cpu",
         pooled_allocator=runtime_module.pooled_allocator_active(),
-        avx512="avx512f" in runtime_module.cpu_flags())
+        cpu=runtime_module.cpu_kind())
     seen = {}
     for jit_compile in (False, True):
         @tf.function(jit_compile=jit_compile)

@@ -65,6 +65,19 @@ def test_has_avx512_reads_this_cpu_or_recorded_flags():
     assert runtime.has_avx512() == ("avx512f" in flags)
 
 
+def test_cpu_kind_names_vendor_and_widest_simd_of_this_or_a_recorded_cpu():
+    """The kind the lambda layer's rule rows and the benchmark tables are keyed by."""
+    assert runtime.cpu_kind("Intel(R) Xeon(R) CPU @ 2.20GHz", ["avx2", "avx512f"]) \
+        == "intel-avx512"
+    assert runtime.cpu_kind("AMD EPYC", ["avx2", "fma"]) == "amd-avx2"
+    assert runtime.cpu_kind("AMD EPYC 9B14", ["avx2", "avx512f"]) == "amd-avx512"
+    assert runtime.cpu_kind("unknown", []) == "cpu-simd"
+    with open("/proc/cpuinfo", encoding="utf-8") as f:
+        model = next(line for line in f if line.startswith("model name")).split(":", 1)[1]
+    assert runtime.cpu_model() == model.strip()
+    assert runtime.cpu_kind() == runtime.cpu_kind(model, runtime.cpu_flags())
+
+
 def test_prefer_onednn_sets_the_default_and_never_overrides_the_user():
     environ = {}
     assert runtime.prefer_onednn(environ, tensorflow_imported=False) == "1"

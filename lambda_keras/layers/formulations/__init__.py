@@ -28,15 +28,17 @@ same r x r convolution with one input channel is fast with TensorFlow's oneDNN k
 slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
 under XLA (TF `jit_compile=True`, JAX); without oneDNN, TensorFlow's malloc allocator makes large
 temporaries dear; the CPU matters too (the same engine ranks formulations differently with and
-without AVX-512). `choose` is the rule: a pure function of the shapes and of the `Runtime`
-(backend, XLA or not, oneDNN state, CPU allocator, device, AVX-512) the layer traces under. Its
-thresholds come from `benchmarks/formulations.py`, run on two CPUs (an Intel Xeon with AVX-512 and
-an AMD EPYC with AVX2 only; benchmarks/results/formulations/<cpu>.json, tables in
-benchmarks/README.md), and tests/test_formulations.py checks that, in every measured cell of
-both, the rule's pick is within 1.2x of the fastest formulation.
+without AVX-512, and XLA differently on an Intel and an AMD CPU with AVX-512). `choose` is the
+rule: a pure function of the shapes and of the `Runtime` (backend, XLA or not, oneDNN state, CPU
+allocator, device, kind of CPU) the layer traces under. Its thresholds come from
+`benchmarks/formulations.py`, run on three kinds of CPU (`lambda_keras.runtime.cpu_kind()`: an
+Intel Xeon with AVX-512, an AMD EPYC with AVX2 only and one with AVX-512;
+benchmarks/results/formulations/<cpu>.json, tables in benchmarks/README.md), and
+tests/test_formulations.py checks that, in every measured cell of each, the rule's pick is within
+1.2x of the fastest formulation.
 NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
-no-oneDNN TensorFlow rows, a guess documented as such. CPUs other than the two measured ones
-(ARM, older x86) get the rows of the CPU they resemble by AVX-512, also a guess.
+no-oneDNN TensorFlow rows, a guess documented as such. Other CPUs (ARM, Intel without AVX-512)
+get the rows of the measured CPU they resemble by AVX-512 (`cpu_rows`), also a guess.
 
 Where the rule is a guess (or to be sure), `autotune(model)` measures every formulation of each
 lambda layer of a model where it runs and stores the fastest; "auto" then uses the stored picks
@@ -68,7 +70,9 @@ from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
     tuned_formulation,
 )
 from lambda_keras.layers.formulations.rule import (  # noqa: F401
+    AMD_AVX512_RULE,
     BROADCAST_EMBEDDINGS_ENGINES,
+    CPU_RULES,
     ENGINES,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
@@ -76,6 +80,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     Runtime,
     batch_parts,
     choose,
+    cpu_rows,
     current_runtime,
     phase_of,
     rule_for,

@@ -1,5 +1,5 @@
 """The rule that picks a formulation of the position term: the `Runtime` a layer runs in (backend,
-XLA, TensorFlow's oneDNN state and CPU allocator, device, AVX-512), the measured rule tables and
+XLA, TensorFlow's oneDNN state and CPU allocator, device, kind of CPU), the measured rule tables and
 `choose` (see the package docstring, lambda_keras/layers/formulations/__init__.py)."""
 
 import dataclasses
@@ -100,7 +100,7 @@ QUERY_WINDOWS_FROM_50 = (None, 2500, "query_windows")  # any r on maps of 50^2 o
 # Beyond the largest map measured (112^2) the lean formulations again, as on the other rows.
 SMALL_R_CONV_BEYOND_112 = (11, 112 * 112 + 1, "conv")
 ROW_WINDOWS_BEYOND_112 = (None, 112 * 112 + 1, "row_windows")
-UP_TO_28, UP_TO_56 = (0, 28 * 28), (0, 56 * 56)  # query_windows ranges (positions)
+UP_TO_14, UP_TO_28, UP_TO_56 = (0, 14 * 14), (0, 28 * 28), (0, 56 * 56)  # query_windows ranges
 UP_TO_112 = (0, 112 * 112)
 SMALL_BLOCKS = 0.5  # query windows' blocks of query rows, in scopes (see WITHOUT_AVX512_RULE)
 LOCAL_RULE = {
@@ -140,7 +140,7 @@ LOCAL_RULE = {
     # |u| = 4 at 14^2 (1.18x q . E, where row windows took 1.54x), the fastest in strided layers
     # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 28^2; at 56^2 row windows
     # and the 7 x 7 convolution (r 7 |u| 4: query windows 1.00x with AVX-512, >1.2x without).
-    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=(0, 14 * 14),
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_14,
                           strided_windows=UP_TO_28),
     ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28,
                             small_map_scopes=4),
@@ -259,6 +259,34 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 }
 
 
+# Rows that differ on an AMD CPU with AVX-512 (measured on a 2-core AMD EPYC with AVX-512,
+# results/formulations/amd-avx512.json, 2026-12-03; TensorFlow's oneDNN is on by default there, as
+# on the Xeon). Whole layer, batch 8, d 256, the suite's medians:
+# - oneDNN and PyTorch: the Xeon's rows (LOCAL_RULE): the AVX-512 convolution wins at 112^2
+#   (r 23 forward 462 ms vs 686 for query windows; the EPYC without AVX-512 took query windows).
+# - XLA: the rows of the EPYC without AVX-512 (query windows up to 112^2, 2 query columns per
+#   block, half-scope blocks): r 23 forward at 112^2 458 ms vs 1501 for row windows, r 7 |u| 4
+#   358 vs 582 ms for the convolution, training 1418 vs 2233 ms (the Xeon's rows: 1.3-2.8x).
+# - TensorFlow without oneDNN, forward: the same (4 query columns per block, half-scope blocks,
+#   query windows up to 112^2 in 4 batch parts): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
+#   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and
+#   row windows at 112^2, 1.17x query windows). Training keeps the Xeon's row.
+# - TensorFlow's malloc allocator, forward: query windows only up to 14^2 (28^2: row windows for
+#   r 23, 63-100 vs 77-149 ms; the convolution for r 7 |u| 4, 42-44 vs 78-85 ms; two runs).
+# - JAX training: query windows on maps of up to 6 scopes (r 7 |u| 4 at 28^2, 16 scopes: the
+#   convolution, 203-227 vs 254-322 ms in two runs; the Xeon's query windows 1.25-1.42x).
+# Its cells at 14^2 flip between runs (XLA's and JAX's strided r 23 training: q . E first 1.42x /
+# 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
+AMD_AVX512_RULE = {
+    **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"))},
+    ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_14),
+    ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=6),
+}
+# The measured kinds of CPU (`lambda_keras.runtime.cpu_kind()`) with rows of their own; the
+# Intel Xeon with AVX-512 ("intel-avx512") has LOCAL_RULE's (see `cpu_rows`).
+CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
+
+
 def phase_of(training):
     """The rule's phase of a call's `training`: "fwd" for None/False (predict, serving), "train"
     otherwise (a symbolic value counts as training)."""
@@ -288,9 +316,17 @@ def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
 def rule_for(runtime, phase):
     """The rule row of `runtime` for phase "fwd" or "train" (LOCAL_RULE, or the CPU's own)."""
     key = (runtime.engine, phase)
-    if runtime.device == "cpu" and not runtime.avx512 and key in WITHOUT_AVX512_RULE:
-        return WITHOUT_AVX512_RULE[key]
-    return LOCAL_RULE[key]
+    rows = cpu_rows(runtime.cpu) if runtime.device == "cpu" else {}
+    return rows.get(key, LOCAL_RULE[key])
+
+
+def cpu_rows(cpu):
+    """The rows of CPU kind `cpu` (`runtime.cpu_kind()`) that differ from LOCAL_RULE: its own
+    where it was measured (CPU_RULES), else those of the measured kind with the same SIMD width
+    (AVX-512: the Xeon's, none; without: the AMD EPYC's, WITHOUT_AVX512_RULE)."""
+    if cpu in CPU_RULES:
+        return CPU_RULES[cpu]
+    return {} if cpu.endswith("-avx512") else WITHOUT_AVX512_RULE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,7 +339,7 @@ class Runtime:
     onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
     device: str = "cpu"  # "cpu", "gpu" or "tpu"
     pooled_allocator: bool = True  # TF's CPU allocator pools (runtime.pooled_allocator_active)
-    avx512: bool = True  # the CPU has AVX-512 (avx512f): which measured CPU's rows apply
+    cpu: str = "intel-avx512"  # runtime.cpu_kind(): which measured CPU's rows apply (CPU_RULES)
 
     @property
     def engine(self):
@@ -375,12 +411,12 @@ def current_runtime():
     if backend == "tensorflow":
         return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
                        device=_tf_device(), pooled_allocator=_tf_pooled_allocator(),
-                       avx512=_avx512())
+                       cpu=_cpu_kind())
     if backend == "jax":
-        return Runtime("jax", xla=True, device=_jax_device(), avx512=_avx512())
+        return Runtime("jax", xla=True, device=_jax_device(), cpu=_cpu_kind())
     if backend == "torch":
-        return Runtime("torch", device=_torch_device(), avx512=_avx512())
-    return Runtime(backend, avx512=_avx512())
+        return Runtime("torch", device=_torch_device(), cpu=_cpu_kind())
+    return Runtime(backend, cpu=_cpu_kind())
 
 
 def _tf_in_xla_context():
@@ -408,10 +444,10 @@ def _tf_pooled_allocator():
 
 
 @functools.lru_cache(maxsize=None)
-def _avx512():
+def _cpu_kind():
     from lambda_keras import runtime
 
-    return runtime.has_avx512()
+    return runtime.cpu_kind()
 
 
 @functools.lru_cache(maxsize=None)
