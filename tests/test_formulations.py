@@ -531,6 +531,18 @@ def test_each_kind_of_cpu_gets_its_measured_rows_or_those_of_its_simd_width():
     amd_jax = dataclasses.replace(JAX, cpu="amd-avx512")
     assert choose((28, 28), True, amd_jax, receptive_field=7, intra_depth=4) == "conv"
     assert choose((28, 28), True, JAX, receptive_field=7, intra_depth=4) == "query_windows"
+    # oneDNN: r 7 |u| 4 forward at 56^2 (64 scopes) takes the convolution (query windows 1.19x /
+    # 1.20x in two runs), at 28^2 query windows; training at 112^2, r 23, query windows in
+    # half-scope blocks (2.1 vs 5.3 s for row windows, the Xeon's pick).
+    assert choose((56, 56), False, amd["onednn"], receptive_field=7, intra_depth=4) == "conv"
+    assert choose((28, 28), False, amd["onednn"], receptive_field=7, intra_depth=4) \
+        == "query_windows"
+    assert choose((112, 112), True, amd["onednn"]) == "query_windows"
+    assert choose((112, 112), True, ONEDNN) == "row_windows"
+    # PyTorch training at 112^2, r 23: the convolution (5.8-8.4 vs 7.4-10.0 s for row windows).
+    assert choose((112, 112), True, dataclasses.replace(TORCH, cpu="amd-avx512")) == "conv"
+    assert choose((112, 112), True, TORCH) == "row_windows"
+    assert choose((56, 56), True, dataclasses.replace(TORCH, cpu="amd-avx512")) == "query_windows"
     gpu = dict(backend="tensorflow", xla=True, device="gpu")
     assert (choose((112, 112), False, formulations.Runtime(**gpu, cpu="amd-avx512"))
             == choose((112, 112), False, formulations.Runtime(**gpu)))

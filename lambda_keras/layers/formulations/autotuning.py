@@ -1,7 +1,7 @@
 """Autotuning: each lambda layer's formulation measured where it runs, once, and stored.
 
-`choose` (rule.py) was measured on two CPUs; on GPUs, TPUs and other CPUs its pick is a guess
-(package docstring). `autotune(model)` times every formulation that applies to each lambda layer
+`choose` (rule.py) was measured on three kinds of CPU; on GPUs, TPUs and other CPUs its pick is a
+guess (package docstring). `autotune(model)` times every formulation that applies to each lambda layer
 of a model, at the layer's map size, forward (`training=False`) and forward + backward, compiled
 the way the backend runs it (TensorFlow graph mode or `jit_compile=True`, `jax.jit`, PyTorch
 eager), and stores the fastest per device, engine (`Runtime.engine`: backend, XLA, oneDNN, CPU

@@ -155,7 +155,7 @@ LOCAL_RULE = {
                               strided_windows=UP_TO_28, window_scopes=6),
 }
 # Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
-# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on both CPUs elsewhere).
+# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on the Xeon and the EPYC elsewhere).
 # - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
 #   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
 #   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
@@ -262,8 +262,11 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # Rows that differ on an AMD CPU with AVX-512 (measured on a 2-core AMD EPYC with AVX-512,
 # results/formulations/amd-avx512.json, 2026-12-03; TensorFlow's oneDNN is on by default there, as
 # on the Xeon). Whole layer, batch 8, d 256, the suite's medians:
-# - oneDNN and PyTorch: the Xeon's rows (LOCAL_RULE): the AVX-512 convolution wins at 112^2
-#   (r 23 forward 462 ms vs 686 for query windows; the EPYC without AVX-512 took query windows).
+# - oneDNN forward and PyTorch forward: the Xeon's rows (LOCAL_RULE): the AVX-512 convolution
+#   wins at 112^2 (r 23 forward 432-462 ms vs 421-686 for query windows, 1363 for row windows;
+#   the EPYC without AVX-512 took query windows), and for r 7 |u| 4 from 56^2 (64 scopes) on:
+#   query windows only on maps of up to 16 scopes (56^2: 1.19x / 1.20x the convolution in two
+#   runs, 28^2: 1.11x).
 # - XLA: the rows of the EPYC without AVX-512 (query windows up to 112^2, 2 query columns per
 #   block, half-scope blocks): r 23 forward at 112^2 458 ms vs 1501 for row windows, r 7 |u| 4
 #   358 vs 582 ms for the convolution, training 1418 vs 2233 ms (the Xeon's rows: 1.3-2.8x).
@@ -271,16 +274,25 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 #   query windows up to 112^2 in 4 batch parts): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
 #   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and
 #   row windows at 112^2, 1.17x query windows). Training keeps the Xeon's row.
+# - oneDNN training: the same (query windows in half-scope blocks at 112^2 for r 23: 2129 ms vs
+#   5275 for row windows, the Xeon's pick; r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms).
+#   Not JAX's forward row (query windows from 50^2: 56^2 r 23 1.22x row windows, 112^2 0.95x).
 # - TensorFlow's malloc allocator, forward: query windows only up to 14^2 (28^2: row windows for
 #   r 23, 63-100 vs 77-149 ms; the convolution for r 7 |u| 4, 42-44 vs 78-85 ms; two runs).
+# - PyTorch training: the convolution beyond query windows' 6 scopes (r 23 at 112^2: 5775 /
+#   8413 ms vs 7376 / 9991 for row windows, two runs; the Xeon's row windows 1.19x / 1.28x).
 # - JAX training: query windows on maps of up to 6 scopes (r 7 |u| 4 at 28^2, 16 scopes: the
 #   convolution, 203-227 vs 254-322 ms in two runs; the Xeon's query windows 1.25-1.42x).
 # Its cells at 14^2 flip between runs (XLA's and JAX's strided r 23 training: q . E first 1.42x /
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
-    **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"))},
+    **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"),
+                                                 ("tf_onednn", "train"))},
+    ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
     ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_14),
     ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=6),
+    ("torch", "train"): dict(LOCAL_RULE[("torch", "train")], local=(SMALL_R_CONV, CONV_FROM_50,
+                                                                    ROW_WINDOWS)),
 }
 # The measured kinds of CPU (`lambda_keras.runtime.cpu_kind()`) with rows of their own; the
 # Intel Xeon with AVX-512 ("intel-avx512") has LOCAL_RULE's (see `cpu_rows`).
