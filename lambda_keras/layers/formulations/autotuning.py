@@ -1,11 +1,11 @@
 """Autotuning: each lambda layer's formulation measured where it runs, once, and stored.
 
 `choose` (rule.py) was measured on three kinds of CPU; on GPUs, TPUs and other CPUs its pick is a
-guess (package docstring). `autotune(model)` times every formulation that applies to each lambda layer
-of a model, at the layer's map size, forward (`training=False`) and forward + backward, compiled
-the way the backend runs it (TensorFlow graph mode or `jit_compile=True`, `jax.jit`, PyTorch
-eager), and stores the fastest per device, engine (`Runtime.engine`: backend, XLA, oneDNN, CPU
-allocator), layer shape and phase in a JSON file. A layer with `implementation="auto"` then uses
+guess (package docstring). `autotune(model)` times every formulation that applies to each lambda
+layer of a model, at the layer's map size, forward (`training=False`) and forward + backward,
+compiled the way the backend runs it (TensorFlow graph mode or `jit_compile=True`, `jax.jit`,
+PyTorch eager), and stores the fastest per device, engine (`Runtime.engine`: backend, XLA, oneDNN,
+CPU allocator), layer shape and phase in a JSON file. A layer with `implementation="auto"` then uses
 the stored pick wherever one matches, and the rule elsewhere.
 
 As cuDNN's benchmark mode, it is opt-in: nothing is measured unless `autotune` is called. Turn
