@@ -273,9 +273,10 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # - TensorFlow without oneDNN, forward: the same (4 query columns per block, half-scope blocks,
 #   query windows up to 112^2 in 4 batch parts): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
 #   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and
-#   row windows at 112^2, 1.17x query windows). Training keeps the Xeon's row.
-# - oneDNN training: the same (query windows in half-scope blocks at 112^2 for r 23: 2129 ms vs
-#   5275 for row windows, the Xeon's pick; r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms).
+#   row windows at 112^2, 1.17x query windows).
+# - TensorFlow training, oneDNN on and off: the same (query windows in half-scope blocks at 112^2
+#   for r 23, 2 query columns without oneDNN: 2129 / 2909 ms vs 5275 / 4068 for row windows, the
+#   Xeon's pick; r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms / 3137 vs 2782 ms, 1.13x).
 #   Not JAX's forward row (query windows from 50^2: 56^2 r 23 1.22x row windows, 112^2 0.95x).
 # - TensorFlow's malloc allocator, forward: query windows only up to 14^2 (28^2: row windows for
 #   r 23, 63-100 vs 77-149 ms; the convolution for r 7 |u| 4, 42-44 vs 78-85 ms; two runs).
@@ -287,7 +288,7 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
     **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"),
-                                                 ("tf_onednn", "train"))},
+                                                 ("tf", "train"), ("tf_onednn", "train"))},
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
     ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_14),
     ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=6),
