@@ -40,7 +40,6 @@ The rule must hold on every table (tests/test_formulations.py).
 """
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -152,10 +151,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
-    # The runtime the steps trace in: XLA inside jit_compile (outside a trace TF reports none).
-    runtime = formulations.current_runtime()
-    if jit_compile:
-        runtime = dataclasses.replace(runtime, xla=True)
+    runtime = formulations.current_runtime(jit_compile)  # the one the steps trace in
     for shape_name, shape in _shapes(settings).items():
         blocks = {phase: formulations.window_blocks(
             runtime, phase == "train", shape.get("strides", 1),

@@ -436,8 +436,11 @@ def test_query_windows_blocks_only_where_measured():
 def test_batch_parts_only_where_measured():
     """The position term in independent parts of the batch (formulations.batch_parts) only
     where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
-    CPU without AVX-512, query windows of unstrided layers with r > 11."""
-    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2):
+    CPU without AVX-512 and pooled on the AMD CPU with it, query windows of unstrided layers with
+    r > 11."""
+    assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu="amd-avx512"), False,
+                                    "query_windows") == 1
+    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2, dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")):
         assert formulations.batch_parts(runtime, False, "query_windows") == 4
         assert formulations.batch_parts(runtime, True, "query_windows") == 1
         assert formulations.batch_parts(runtime, False, "query_windows", strides=2) == 1
@@ -653,6 +656,9 @@ def test_runtime_sees_xla_only_inside_jit_compile():
 
         probe(tf.constant(1.0))
     assert seen == {False: False, True: True}
+    # Outside the trace, for code about to be compiled (autotune, the formulation suite).
+    assert formulations.current_runtime(jit_compile=True) == dataclasses.replace(
+        formulations.current_runtime(), xla=True)
 
 
 def test_auto_layer_follows_the_runtime_it_is_traced_in():

@@ -20,7 +20,6 @@ cannot see the batch of a call when it chooses); the formulations' memory grows 
 """
 
 import contextlib
-import dataclasses
 import datetime
 import functools
 import json
@@ -405,8 +404,7 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
         raise ValueError(f"`autotune` times the layers on the {', '.join(STEPS)} backends. "
                          f"Received: KERAS_BACKEND={backend!r}")
     jit_compile = resolve_jit_compile(jit_compile, backend)
-    runtime = rule.current_runtime()
-    runtime = dataclasses.replace(runtime, xla=runtime.xla or jit_compile)
+    runtime = rule.current_runtime(jit_compile)
     layers, dynamic = lambda_layers(model)
     picks = {}
     for layer, size in layers:

@@ -277,7 +277,8 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # - TensorFlow training, oneDNN on and off: the same (query windows in half-scope blocks at 112^2
 #   for r 23, 2 query columns without oneDNN: 2129 / 2909 ms vs 5275 / 4068 for row windows, the
 #   Xeon's pick; r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms / 3137 vs 2782 ms, 1.13x).
-#   Not JAX's forward row (query windows from 50^2: 56^2 r 23 1.22x row windows, 112^2 0.95x).
+# - JAX forward: the Xeon's row, not the AMD one (query windows from 50^2: 56^2 r 23 1.22x row
+#   windows, 112^2 0.95x).
 # - TensorFlow's malloc allocator, forward: query windows only up to 14^2 (28^2: row windows for
 #   r 23, 63-100 vs 77-149 ms; the convolution for r 7 |u| 4, 42-44 vs 78-85 ms; two runs).
 # - PyTorch training: the convolution beyond query windows' 6 scopes (r 23 at 112^2: 5775 /
@@ -416,15 +417,17 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
 
 
-def current_runtime():
-    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?)."""
+def current_runtime(jit_compile=False):
+    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?), or,
+    with `jit_compile`, of code about to be compiled by XLA (`tf.function(jit_compile=True)`, which
+    the current context cannot tell from outside)."""
     import keras
 
     backend = keras.backend.backend()
     if backend == "tensorflow":
-        return Runtime("tensorflow", xla=_tf_in_xla_context(), onednn=_tf_onednn(),
-                       device=_tf_device(), pooled_allocator=_tf_pooled_allocator(),
-                       cpu=_cpu_kind())
+        return Runtime("tensorflow", xla=bool(jit_compile) or _tf_in_xla_context(),
+                       onednn=_tf_onednn(), device=_tf_device(),
+                       pooled_allocator=_tf_pooled_allocator(), cpu=_cpu_kind())
     if backend == "jax":
         return Runtime("jax", xla=True, device=_jax_device(), cpu=_cpu_kind())
     if backend == "torch":
