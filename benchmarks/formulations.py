@@ -80,8 +80,7 @@ FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s
 QUICK = dict(batch=2, width=32, sizes=(8, 16), rounds=(1, 1), budget_s=0.05)
 HOPELESS = 10.0  # probe slower than this many times the cell's best probe: not timed further
 # An n x m formulation slower than this many times the best at one size is not run at the larger
-# sizes of that shape and phase (it only falls further behind as the map grows); the linear ones
-# (row_windows, conv) only when hopeless.
+# sizes of that shape and phase (`drop_from_larger_maps`).
 DROP_AFTER = 3.0
 QUADRATIC = ("queries_first", "lambdas_first")
 # 8 GiB: query windows at 112^2 run forward (~3.3 GiB estimated, 3.1-4.2 GiB measured peak with
@@ -180,7 +179,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                     if formulation in skipped:
                         cell["results"][formulation] = dict(
                             status="skipped", reason=f"too slow at {skipped[formulation]}^2 "
-                            "(> 3x the fastest, n x m formulations; > 10x, others)")
+                            "(an n x m formulation > 3x the fastest)")
                         continue
                     fn = steps[formulation][0][phase]
                     fn()  # warm-up: tracing, compilation
@@ -191,7 +190,8 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 timed = {}
                 for formulation, probe in probes.items():
                     if probe > HOPELESS * best:
-                        skipped[formulation] = size
+                        if drop_from_larger_maps(formulation, probe, best):
+                            skipped[formulation] = size
                         cell["results"][formulation] = dict(
                             status="hopeless", median_s=probe, repeats=1,
                             reason=f"probe {probe / best:.0f}x the best")
@@ -214,8 +214,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 _finish_cell(cell)
                 fastest_s = cell["results"][cell["fastest"]]["median_s"]
                 for formulation, result in cell["results"].items():
-                    limit = DROP_AFTER if formulation in QUADRATIC else HOPELESS
-                    if result.get("median_s", 0) > limit * fastest_s:
+                    if drop_from_larger_maps(formulation, result.get("median_s", 0), fastest_s):
                         skipped.setdefault(formulation, size)
                 log(_describe(cell))
                 with open(out_path, "a", encoding="utf-8") as f:
@@ -223,6 +222,17 @@ def run_engine(engine, settings, threads, out_path, log=print):
             del steps, auto_layer
             if backend == "torch" and shape_name == "r23":
                 _time_timm(size, width, batch, threads, settings, out_path, log)
+
+
+def drop_from_larger_maps(formulation, seconds, fastest_s):
+    """Whether a formulation that took `seconds` in a cell whose fastest took `fastest_s` is not run
+    at the larger maps of that shape and phase: an n x m formulation (QUADRATIC) more than
+    DROP_AFTER times the fastest, which only falls further behind as the map grows. A linear one
+    (row windows, query windows, the convolution) is probed again at every size, even after a
+    hopeless probe: its cost relative to the others can shrink (JAX's r 23 query windows forward
+    on the AMD EPYC with AVX-512: 18x q . E first at 14^2, 1.22x row windows at 56^2, the fastest
+    at 112^2)."""
+    return formulation in QUADRATIC and seconds > DROP_AFTER * fastest_s
 
 
 def _shapes(settings):
