@@ -101,16 +101,17 @@ QUERIES_FIRST_CASES = [case for case in FORMULATION_CASES if case.startswith("qu
 @pytest.mark.parametrize("case", QUERIES_FIRST_CASES)
 def test_queries_first_forms_match_the_reference_and_each_others_gradients(case, monkeypatch):
     """Both forms of q . E, the einsum and the matmul batched over (b, n) with E broadcast (the
-    rule's BROADCAST_EMBEDDINGS_ENGINES), on every machine whatever its engine: outputs against
-    the NumPy reference in inference and training, and the gradients of one against the other's
-    (input and every weight)."""
+    rule's BROADCAST_EMBEDDINGS_ENGINES) whose maps meet V in one matmul per image (as in
+    TensorFlow without oneDNN: SEPARATE_PRODUCTS_ENGINES), on every machine whatever its engine:
+    outputs against the NumPy reference in inference and training, and the gradients of one
+    against the other's (input and every weight)."""
     import tensorflow as tf
 
     x = random_input()
     gradients = {}
     for broadcast in (False, True):
-        monkeypatch.setattr(formulations, "BROADCAST_EMBEDDINGS_ENGINES",
-                            formulations.ENGINES if broadcast else ())
+        for engines in ("BROADCAST_EMBEDDINGS_ENGINES", "SEPARATE_PRODUCTS_ENGINES"):
+            monkeypatch.setattr(formulations, engines, formulations.ENGINES if broadcast else ())
         for training in TRAINING.values():
             check_against_reference(case, training)
         keras.utils.set_random_seed(3)
@@ -184,6 +185,63 @@ def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size, bl
         grads.append(tape.gradient(loss, [inputs] + [w.value for w in model.trainable_weights]))
     for actual, expected in zip(*grads):
         np.testing.assert_allclose(actual, expected, atol=1e-4 * max(1, np.abs(expected).max()))
+
+
+def test_separate_products_equal_one_batched_matmul():
+    """`batched_matmul(separate=True)` (the rule's SEPARATE_PRODUCTS_ENGINES) gives np.matmul's
+    products as one 2-D matmul per item of a static batch, in TensorFlow's graph; a batch unknown
+    while tracing stays one batched matmul, with the same products."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(5)
+    a, b = (rng.standard_normal(shape).astype("float32") for shape in ((5, 6, 7), (5, 7, 3)))
+    expected = np.matmul(a, b)
+    for separate, signature, matmuls in ((True, (5, None, None), {"MatMul": 5}),
+                                         (False, (5, None, None), {"BatchMatMulV2": 1}),
+                                         (True, (None, None, None), {"BatchMatMulV2": 1})):
+        spec = [tf.TensorSpec(signature, tf.float32)] * 2
+        product = tf.function(lambda x, y, separate=separate: formulations.batched_matmul(
+            x, y, separate), input_signature=spec)
+        np.testing.assert_allclose(product(a, b).numpy(), expected, rtol=1e-5, atol=1e-5)
+        ops = [op.type for op in product.get_concrete_function().graph.get_operations()]
+        assert {kind: ops.count(kind) for kind in ("MatMul", "BatchMatMulV2")
+                if kind in ops} == matmuls, (separate, signature)
+
+
+@pytest.mark.parametrize("strides", [1, 2])
+def test_query_windows_separate_products_match_the_batched_ones(strides, monkeypatch):
+    """Query windows with step 3's products as separate matmuls (TensorFlow without oneDNN) give
+    the outputs and gradients (input and every weight) of the batched matmul, grouped columns and
+    half-scope blocks, unstrided and strided."""
+    import tensorflow as tf
+
+    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
+        block_columns=2, block_scopes=0.5))
+    seen = []  # the `separate` of every product the layer formed
+    batched_matmul = position_term.batched_matmul
+    monkeypatch.setattr(position_term, "batched_matmul", lambda a, b, separate=False: (
+        seen.append(separate) or batched_matmul(a, b, separate)))
+    x = tf.constant(np.random.default_rng(8).standard_normal((2, 22, 9, 8)).astype("float32"))
+    results = []
+    for separate in (False, True):
+        monkeypatch.setattr(formulations, "SEPARATE_PRODUCTS_ENGINES",
+                            formulations.ENGINES if separate else ())
+        keras.utils.set_random_seed(4)
+        layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
+                            intra_depth=2, strides=strides, implementation="query_windows",
+                            position_initializer=keras.initializers.RandomNormal(stddev=0.5))
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            out = layer(x, training=True)
+            loss = tf.reduce_sum(tf.sin(out))
+        grads = tape.gradient(loss, [x] + [w.value for w in layer.trainable_weights])
+        results.append([out.numpy(), layer(x, training=False).numpy()]
+                       + [g.numpy() for g in grads])
+        assert set(seen) == {separate}, seen
+        seen.clear()
+    for batched, separate in zip(*results):
+        np.testing.assert_allclose(separate, batched, rtol=1e-5,
+                                   atol=1e-5 * max(1.0, np.abs(batched).max()))
 
 
 def test_query_windows_block_geometry(monkeypatch):

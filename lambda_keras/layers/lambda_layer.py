@@ -297,26 +297,28 @@ class LambdaLayer(keras.layers.Layer):
             blocks = formulations.window_blocks(runtime, training, self.strides,
                                                 self.receptive_field)  # of query_windows
             broadcast = runtime.engine in formulations.BROADCAST_EMBEDDINGS_ENGINES  # q . E
+            separate = runtime.engine in formulations.SEPARATE_PRODUCTS_ENGINES  # its products
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
             if self.strides == 2 and formulation == "query_windows":
                 # Folded into the window scores: formed only at the pooled positions.
                 table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
                 out = out + formulations.query_windows(
-                    q, values, table, rows, cols, self.pool_size, self.strides,
-                    **blocks)  # [b, n', h, v]
+                    q, values, table, rows, cols, self.pool_size, self.strides, **blocks,
+                    separate_products=separate)  # [b, n', h, v]
             elif (self.strides == 2 and formulation == "queries_first"
                     and runtime.engine in formulations.POOLED_MAPS_ENGINES):
                 # Applied to the q . E maps before they meet V, the pool saves 3/4 of q.E . V
                 # (formulations.queries_first_pooled).
                 out = out + formulations.queries_first_pooled(
                     q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
-                    lambda maps: self._pool(maps, rows, cols), broadcast)  # [b, n', h, v]
+                    lambda maps: self._pool(maps, rows, cols), broadcast,
+                    separate)  # [b, n', h, v]
             else:
                 parts = formulations.batch_parts(runtime, training, formulation, self.strides,
                                                  self.receptive_field)  # of query_windows
                 position = self._position_output(q, values, rows, cols, lambda_dtype,
-                                                 formulation, blocks, broadcast, parts)
+                                                 formulation, blocks, broadcast, separate, parts)
                 if self.strides == 2:
                     position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
                 out = out + position
@@ -375,21 +377,22 @@ class LambdaLayer(keras.layers.Layer):
         return formulations.position_embeddings(table, self.position, rows, cols)
 
     def _position_output(self, q, values, rows, cols, dtype, formulation, blocks, broadcast,
-                         parts):
+                         separate, parts):
         """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]
         (`blocks`: query_windows' `formulations.window_blocks`, `parts` its
-        `formulations.batch_parts`; `broadcast`: queries_first's)."""
+        `formulations.batch_parts`; `broadcast`: queries_first's; `separate`: the products of
+        both as separate matmuls, `formulations.batched_matmul`)."""
         if formulation == "queries_first":
             return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype),
-                                              broadcast)  # [b, n, h, v]
+                                              broadcast, separate)  # [b, n, h, v]
         if formulation == "lambdas_first":
             lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
         else:
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
             if formulation == "query_windows":
                 return formulations.in_batch_parts(
-                    lambda q, values: formulations.query_windows(q, values, table, rows, cols,
-                                                                 **blocks),
+                    lambda q, values: formulations.query_windows(
+                        q, values, table, rows, cols, **blocks, separate_products=separate),
                     parts, q, values)  # [b, n, h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]

@@ -52,6 +52,7 @@ code); everything is re-exported here.
 from lambda_keras.layers.formulations.position_term import (  # noqa: F401
     QUERY_BLOCK_SCOPES,
     WINDOW_TILE_SCOPES,
+    batched_matmul,
     conv,
     in_batch_parts,
     lambdas_first,
@@ -76,6 +77,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     ENGINES,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
+    SEPARATE_PRODUCTS_ENGINES,
     WITHOUT_AVX512_RULE,
     Runtime,
     batch_parts,

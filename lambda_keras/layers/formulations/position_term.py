@@ -52,23 +52,25 @@ def position_embeddings(table, position, rows, cols):
     return ops.take(flat, index, axis=0)  # [n, m, u, k]
 
 
-def queries_first(q, values, embeddings, broadcast=False):
+def queries_first(q, values, embeddings, broadcast=False, separate_products=False):
     """Position term q . E first: q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] -> [b, n, h, v].
 
     `broadcast`: q . E as one matmul batched over (b, n) with E broadcast over the batch, b n
     items of [h, k] x [k, m u], instead of the einsum's n items of [b h, k] x [k, m u] (the rule's
     BROADCAST_EMBEDDINGS_ENGINES: TensorFlow without oneDNN runs each einsum item above 128^2
     multiply-adds as its own multi-threaded contraction, one after the other, and spreads smaller
-    items over its threads).
+    items over its threads); then the maps times V per image, as separate matmuls with
+    `separate_products` (`batched_matmul`).
     """
     if not broadcast:
         scores = ops.einsum("bnhk,nmuk->bnhmu", q, embeddings)  # [b, n, h, m, u]
         return ops.einsum("bnhmu,bmvu->bnhv", scores, values)  # [b, n, h, v]
     scores = ops.matmul(q, _transposed_embeddings(embeddings, batch_axis=0))  # [b, n, h, m u]
-    return _scores_times_values(scores, values)  # [b, n, h, v]
+    return _scores_times_values(scores, values, separate_products)  # [b, n, h, v]
 
 
-def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=False):
+def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=False,
+                         separate_products=False):
     """queries_first, then a linear pool over the query positions, applied to the q . E maps.
 
     The pool (the stride-2 average pool of a strided lambda layer) commutes with the contraction
@@ -76,7 +78,7 @@ def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=Fals
     pooled position term with the second contraction at the pooled positions only (n' ~ n / 4).
     q [b, n, h, k], V [b, m, v, u], E [n, m, u, k] with n = rows x cols (static); `pool` maps
     [1, H, W, C] -> [1, H', W', C]; `broadcast`: q . E batched over (n, b), E broadcast over the
-    batch (see `queries_first`). Returns [b, n', h, v].
+    batch, and `separate_products` (see `queries_first`). Returns [b, n', h, v].
     """
     batch, heads = ops.shape(q)[0], q.shape[2]
     m, u = embeddings.shape[1], embeddings.shape[2]
@@ -90,7 +92,8 @@ def queries_first_pooled(q, values, embeddings, rows, cols, pool, broadcast=Fals
         scores = ops.reshape(scores, (-1, batch, heads, m, u))  # [n', b, h, m, u]
         return ops.einsum("pbhmu,bmvu->bphv", scores, values)  # [b, n', h, v]
     scores = ops.reshape(scores, (-1, batch, heads, m * u))  # [n', b, h, m u]
-    return _scores_times_values(ops.transpose(scores, (1, 0, 2, 3)), values)  # [b, n', h, v]
+    return _scores_times_values(ops.transpose(scores, (1, 0, 2, 3)), values,
+                                separate_products)  # [b, n', h, v]
 
 
 def _transposed_embeddings(embeddings, batch_axis):
@@ -103,14 +106,25 @@ def _transposed_embeddings(embeddings, batch_axis):
     return ops.transpose(ops.reshape(embeddings, shape), (0, 1, 3, 2))
 
 
-def _scores_times_values(scores, values):
+def _scores_times_values(scores, values, separate_products=False):
     """q . E scores [b, N, h, m u] (N query positions) times V [b, m, v, u]: [b, N, h, v], one
-    batched matmul over b."""
+    matmul per image (`batched_matmul`)."""
     batch, heads, depth = ops.shape(scores)[0], scores.shape[2], scores.shape[3]  # depth: m u
     v = values.shape[2]
     values = ops.reshape(ops.transpose(values, (0, 1, 3, 2)), (batch, depth, v))  # [b, m u, v]
     scores = ops.reshape(scores, (batch, -1, depth))  # [b, N h, m u]
-    return ops.reshape(ops.matmul(scores, values), (batch, -1, heads, v))  # [b, N, h, v]
+    out = batched_matmul(scores, values, separate_products)  # [b, N h, v]
+    return ops.reshape(out, (batch, -1, heads, v))  # [b, N, h, v]
+
+
+def batched_matmul(a, b, separate=False):
+    """a [B, M, K] times b [B, K, N]: [B, M, N]. `separate`: as B independent 2-D matmuls where
+    B is static (the rule's SEPARATE_PRODUCTS_ENGINES: TensorFlow without oneDNN runs them
+    1.1-1.5x faster than its batched matmul, whose items each run on one thread); a dynamic B
+    (unknown while tracing) stays one batched matmul."""
+    if not separate or a.shape[0] is None or a.shape[0] == 1:
+        return ops.matmul(a, b)  # [B, M, N]
+    return ops.stack([ops.matmul(x, y) for x, y in zip(ops.unstack(a), ops.unstack(b))])
 
 
 def lambdas_first(values, embeddings):
@@ -239,13 +253,14 @@ def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, blo
 
 
 def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1,
-                  block_scopes=QUERY_BLOCK_SCOPES):
+                  block_scopes=QUERY_BLOCK_SCOPES, separate_products=False):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.
 
     q [b, n, h, k], V [b, m, v, u], kernel [r, r, u, k] of a static rows x cols map (n = m);
     `pool_size`/`strides`: the layer's average pool (1/1: none; 3/2 "same" or 2/2 "valid");
     `block_columns` / `block_scopes`: query columns per block and query rows per block in
-    scopes (`formulations.window_blocks` picks them).
+    scopes (`formulations.window_blocks` picks them); `separate_products`: step 3's matmul as
+    one 2-D matmul per block (`batched_matmul`).
     Returns [b, n', h, v] at the pooled positions n'.
 
     1. Scores: every (pooled) query's q . E over its window, one GEMM. A pooled query is the
@@ -331,7 +346,7 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     windows = ops.take(grid, index.reshape(-1).astype("int32"), axis=1)
     windows = ops.reshape(windows, (-1, context * width * u, v))
 
-    out = ops.matmul(maps, windows)  # [b W''/G blocks, B G h, v]
+    out = batched_matmul(maps, windows, separate_products)  # [b W''/G blocks, B G h, v]
     out = ops.reshape(out, (batch, groups, padded_rows, group, heads * v))
     out = ops.transpose(out, (0, 2, 1, 3, 4))  # [b, H'', W''/G, G, h v]
     out = ops.reshape(out, (batch, padded_rows, padded_cols, heads * v))
