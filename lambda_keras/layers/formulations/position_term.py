@@ -120,8 +120,8 @@ def _scores_times_values(scores, values, separate_products=False):
 def batched_matmul(a, b, separate=False):
     """a [B, M, K] times b [B, K, N]: [B, M, N]. `separate`: as B independent 2-D matmuls where
     B is static (the rule's SEPARATE_PRODUCTS_ENGINES: TensorFlow without oneDNN runs them
-    1.1-1.5x faster than its batched matmul, whose items each run on one thread); a dynamic B
-    (unknown while tracing) stays one batched matmul."""
+    1.1-1.5x faster than its batched matmul of small items); a dynamic B (unknown while
+    tracing) stays one batched matmul."""
     if not separate or a.shape[0] is None or a.shape[0] == 1:
         return ops.matmul(a, b)  # [B, M, N]
     return ops.stack([ops.matmul(x, y) for x, y in zip(ops.unstack(a), ops.unstack(b))])

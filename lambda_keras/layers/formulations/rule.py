@@ -43,18 +43,19 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # Engines where the many independent products of query windows (step 3: one per image, column
 # group and block of query rows) and of q . E first's maps times V (one per image) run as
 # separate 2-D matmuls of a static batch (`position_term.batched_matmul`) instead of one batched
-# matmul. TensorFlow without oneDNN runs each item of a batched matmul on one thread: 56 products
-# [448, 728] x [728, 64] (query windows at 28^2) took 29.7 ms batched, 19.1 ms as 2-D matmuls,
-# which use both threads (one 2-D matmul of the same FLOPs: 17.9 ms). Whole layer, batch 8, d 256,
+# matmul. TensorFlow without oneDNN runs such small items at a fraction of a 2-D matmul's speed:
+# 56 products [448, 728] x [728, 64] (query windows at 28^2) took 29.7 ms batched (39 GMAC/s),
+# 19.1 ms as 2-D matmuls (61 GMAC/s; one 2-D matmul of the same FLOPs: 17.9 ms). Whole layer, batch 8, d 256,
 # AMD EPYC with AVX-512, one process with both traced, interleaved, median of the paired ratios
 # separate / batched (5-15 rounds, 2026-12-03): without oneDNN, pooled allocator, query windows
 # r 23 forward 0.84 / 0.88 / 0.83 at 28^2 / 56^2 / 112^2, training 0.81 / 0.93 at 28^2 / 56^2;
 # r 7 |u| 4 forward 0.82 / 0.78 / 0.78 at 28^2 / 56^2 / 112^2; strided r 23 at 28^2 0.75; r 9 at
 # 14^2 0.84; q . E first r 23 at 14^2 0.88, strided (pooled maps) 0.94; malloc allocator 0.67 /
 # 0.68 at 28^2 / 56^2. Not with oneDNN (1.06 / 1.08 at 28^2 / 56^2: its batched matmul runs the
-# products at 83 GMAC/s), nor under XLA (one dot per product). The cost: a larger graph, traced
-# once (r 23 at 112^2, 2240 products: 4.7 s for the first call against 2.6 s). Like the broadcast
-# embeddings, a property of TensorFlow's kernels, not the CPU (NOTE: measured on this CPU only).
+# products at 83 GMAC/s); XLA, JAX and PyTorch not measured (their batched matmuls are not
+# TensorFlow's). The cost: a larger graph, traced once (r 23 at 112^2, 2240 products: 3.5 s for
+# the first call against 2.4 s). Like the broadcast embeddings, a property of TensorFlow's
+# kernels, not of the CPU (NOTE: measured on this CPU only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
@@ -293,11 +294,18 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 #   row windows at 112^2, 1.17x query windows).
 # - TensorFlow training, oneDNN on and off: the same (query windows in half-scope blocks at 112^2
 #   for r 23, 2 query columns without oneDNN: 2129 / 2909 ms vs 5275 / 4068 for row windows, the
-#   Xeon's pick; r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms / 3137 vs 2782 ms, 1.13x).
+#   Xeon's pick; with oneDNN r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms). Without oneDNN,
+#   since the separate products (SEPARATE_PRODUCTS_ENGINES), query windows up to 112^2 for any r:
+#   r 7 |u| 4 at 112^2 3771 ms vs 4823 for the convolution (before: 2782 vs 3137, 1.13x).
 # - JAX forward: the Xeon's row, not the AMD one (query windows from 50^2: 56^2 r 23 1.22x row
 #   windows, 112^2 0.95x).
-# - TensorFlow's malloc allocator, forward: query windows only up to 14^2 (28^2: row windows for
-#   r 23, 63-100 vs 77-149 ms; the convolution for r 7 |u| 4, 42-44 vs 78-85 ms; two runs).
+# - TensorFlow's malloc allocator (the least stable cells), since the separate products: forward,
+#   query windows up to 112^2 (r 23 at 28^2 / 56^2 / 112^2 100 / 661 / 2599 ms vs 119 / 692 /
+#   3853 for row windows; r 7 |u| 4 within 1.11x of the convolution: 108 / 495 / 1898 vs 103 /
+#   447 / 1872 ms; before them, two runs gave query windows 1.2-2.0x at 28^2 and the row took
+#   them up to 14^2 only); training, query windows on maps up to 14^2 (r 7 |u| 4: 61 vs 77 ms for
+#   row windows; before, 43 vs 39) and q . E first on small maps of up to 3 scopes (r 9 at 14^2:
+#   23 vs 31 ms for query windows; before, 16 vs 18).
 # - PyTorch training: the convolution beyond query windows' 6 scopes (r 23 at 112^2: 5775 /
 #   8413 ms vs 7376 / 9991 for row windows, two runs; the Xeon's row windows 1.19x / 1.28x).
 # - JAX training: query windows on maps of up to 6 scopes (r 7 |u| 4 at 28^2, 16 scopes: the
@@ -306,9 +314,12 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
     **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"),
-                                                 ("tf", "train"), ("tf_onednn", "train"))},
+                                                 ("tf_onednn", "train"))},
+    ("tf", "train"): dict(WITHOUT_AVX512_RULE[("tf", "train")], windows=UP_TO_112),
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
-    ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_14),
+    ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_112),
+    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], windows=UP_TO_14,
+                                 small_map_scopes=3),
     ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=6),
     ("torch", "train"): dict(LOCAL_RULE[("torch", "train")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                     ROW_WINDOWS)),
