@@ -149,7 +149,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
     batch, width = settings["batch"], settings["width"]
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
-    hopeless_before = {}  # (shape, phase) -> {formulation: size where it was hopeless}
+    hopeless_before = {}  # (shape, phase) -> {formulation: size after which it is not run}
     runtime = formulations.current_runtime(jit_compile)  # the one the steps trace in
     for shape_name, shape in _shapes(settings).items():
         blocks = {phase: formulations.window_blocks(
@@ -231,7 +231,7 @@ def drop_from_larger_maps(formulation, seconds, fastest_s):
     (row windows, query windows, the convolution) is probed again at every size, even after a
     hopeless probe: its cost relative to the others can shrink (JAX's r 23 query windows forward
     on the AMD EPYC with AVX-512: 18x q . E first at 14^2, 1.22x row windows at 56^2, the fastest
-    at 112^2)."""
+    at 112^2 in one run, 1.18x row windows in another)."""
     return formulation in QUADRATIC and seconds > DROP_AFTER * fastest_s
 
 

@@ -709,7 +709,7 @@ def test_the_suite_drops_only_nxm_formulations_from_larger_maps():
     """An n x m formulation more than 3x the fastest is not run at larger maps (it falls further
     behind); a linear one is probed again at every size, even after a hopeless probe: JAX's r 23
     query windows forward were 18x q . E first at 14^2 on the AMD EPYC with AVX-512 (36 vs 2 ms)
-    and the fastest at 112^2, where q . E first does not run at all."""
+    and, in that run, the fastest at 112^2, where q . E first does not run at all."""
     drop = bench_formulations.drop_from_larger_maps
     assert not drop("query_windows", 0.036, 0.002)
     assert not any(drop(f, 100.0, 1.0) for f in ("row_windows", "conv", "query_windows"))

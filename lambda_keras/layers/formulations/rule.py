@@ -40,22 +40,22 @@ POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
 # batch-matmul sharding, not the CPU (NOTE: the Xeon with oneDNN forced off was not measured).
 BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 
-# Engines where the many independent products of query windows (step 3: one per image, column
-# group and block of query rows) and of q . E first's maps times V (one per image) run as
-# separate 2-D matmuls of a static batch (`position_term.batched_matmul`) instead of one batched
-# matmul. TensorFlow without oneDNN runs such small items at a fraction of a 2-D matmul's speed:
-# 56 products [448, 728] x [728, 64] (query windows at 28^2) took 29.7 ms batched (39 GMAC/s),
-# 19.1 ms as 2-D matmuls (61 GMAC/s; one 2-D matmul of the same FLOPs: 17.9 ms). Whole layer, batch 8, d 256,
-# AMD EPYC with AVX-512, one process with both traced, interleaved, median of the paired ratios
-# separate / batched (5-15 rounds, 2026-12-03): without oneDNN, pooled allocator, query windows
-# r 23 forward 0.84 / 0.88 / 0.83 at 28^2 / 56^2 / 112^2, training 0.81 / 0.93 at 28^2 / 56^2;
-# r 7 |u| 4 forward 0.82 / 0.78 / 0.78 at 28^2 / 56^2 / 112^2; strided r 23 at 28^2 0.75; r 9 at
-# 14^2 0.84; q . E first r 23 at 14^2 0.88, strided (pooled maps) 0.94; malloc allocator 0.67 /
-# 0.68 at 28^2 / 56^2. Not with oneDNN (1.06 / 1.08 at 28^2 / 56^2: its batched matmul runs the
-# products at 83 GMAC/s); XLA, JAX and PyTorch not measured (their batched matmuls are not
-# TensorFlow's). The cost: a larger graph, traced once (r 23 at 112^2, 2240 products: 3.5 s for
-# the first call against 2.4 s). Like the broadcast embeddings, a property of TensorFlow's
-# kernels, not of the CPU (NOTE: measured on this CPU only).
+# Engines where the many independent products of query windows (step 3: one per image, column group
+# and block of query rows) and of q . E first's maps times V (one per image) run as separate 2-D
+# matmuls of a static batch (`position_term.batched_matmul`) instead of one batched matmul.
+# TensorFlow without oneDNN runs such small items at a fraction of a 2-D matmul's speed: 56 products
+# [448, 728] x [728, 64] (query windows at 28^2) took 29.7 ms batched (39 GMAC/s), 19.1 ms as 2-D
+# matmuls (61 GMAC/s; one 2-D matmul of the same FLOPs: 17.9 ms). Whole layer, batch 8, d 256, AMD
+# EPYC with AVX-512, one process with both traced, interleaved, median of the paired ratios separate
+# / batched (5-15 rounds, 2026-12-03): without oneDNN, pooled allocator, query windows r 23 forward
+# 0.84 / 0.88 / 0.83 at 28^2 / 56^2 / 112^2, training 0.81 / 0.93 at 28^2 / 56^2; r 7 |u| 4 forward
+# 0.82 / 0.78 / 0.78 at 28^2 / 56^2 / 112^2; strided r 23 at 28^2 0.75; r 9 at 14^2 0.84; q . E
+# first r 23 at 14^2 0.88, strided (pooled maps) 0.94; malloc allocator 0.67 / 0.68 at 28^2 / 56^2.
+# Not with oneDNN (1.06 / 1.08 at 28^2 / 56^2: its batched matmul runs the products at 83 GMAC/s);
+# XLA, JAX and PyTorch not measured (their batched matmuls are not TensorFlow's). The cost: a larger
+# graph, traced once (r 23 at 112^2, 2240 products: 3.5 s for the first call against 2.4 s). Like
+# the broadcast embeddings, a property of TensorFlow's kernels, not of the CPU (NOTE: measured on
+# the AMD EPYC with AVX-512 only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
 # The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
