@@ -3,6 +3,7 @@
     python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
                                       [--sizes 14,28] [--out benchmarks/results/formulations]
                                       [--machine TAG] [--table] [--picks-only]
+                                      [--versus-timm]
 
 Measures "queries_first", "query_windows", "lambdas_first", "row_windows" and "conv" (selected
 through `LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
@@ -324,6 +325,9 @@ def parse_args(argv):
                         help="re-record only the formulation auto picks in each stored cell")
     parser.add_argument("--table", action="store_true",
                         help="print the Markdown tables of the stored results and exit")
+    parser.add_argument("--versus-timm", action="store_true",
+                        help="print auto's speed-up over timm's layer (r 23) per engine, on "
+                             "every stored table, and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
@@ -359,6 +363,14 @@ def main(argv=None):
     os.makedirs(out_dir, exist_ok=True)
     from lambda_keras import runtime
 
+    if args.versus_timm:
+        tables = {}
+        for name in sorted(os.listdir(out_dir)):
+            if name.endswith(".json"):
+                with open(os.path.join(out_dir, name), encoding="utf-8") as f:
+                    tables[name[:-len(".json")]] = json.load(f)
+        print(versus_timm_markdown(tables))
+        return 0
     path = os.path.join(out_dir, f"{args.machine or runtime.cpu_kind()}.json")
     if args.table:
         with open(path, encoding="utf-8") as f:
@@ -535,6 +547,49 @@ def markdown_tables(data):
             + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)
             + f" | {cell['auto']} | {f'{ratio:.2f}x' if ratio else '-'} | {speedup} |")
     return "\n".join(lines)
+
+
+def versus_timm(data):
+    """timm's time over auto's in a table's r 23 cells: {(engine, phase): {size: ratio}}, where
+    auto's time is its pick's median and timm's the cell of the same size and phase (timed in
+    the "torch" process)."""
+    timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
+            for c in data["cells"] if c["engine"] == "timm" and c["shape"] == "r23"}
+    ratios = {}
+    for cell in data["cells"]:
+        auto = cell["results"].get(cell.get("auto"), {})
+        peer = timm.get((cell["size"], cell["phase"]))
+        if cell["engine"] in ENGINES and cell["shape"] == "r23" and peer and (
+                auto.get("status") == "ok"):
+            ratios.setdefault((cell["engine"], cell["phase"]), {})[cell["size"]] = (
+                peer / auto["median_s"])
+    return ratios
+
+
+def versus_timm_markdown(tables):
+    """One Markdown table of `versus_timm` for several machines' tables ({tag: data}): a row per
+    engine, inference and fwd+bwd columns per machine, each "14² / 28² / ..." ratios ("-": not
+    measured); the machines' timm runs are named under it."""
+    ratios = {tag: versus_timm(data) for tag, data in tables.items()}
+    sizes = sorted({size for by_key in ratios.values() for by_size in by_key.values()
+                    for size in by_size})
+    maps = " / ".join(f"{size}²" for size in sizes)
+    lines = [f"| engine (timm / auto at {maps}) | "
+             + " | ".join(f"{tag} {phase}" for tag in tables
+                          for phase in ("inference", "fwd+bwd")) + " |",
+             "|---" * (1 + 2 * len(tables)) + "|"]
+    for engine in ENGINES:
+        row = [" / ".join(f"{by_size[size]:.1f}" if size in by_size else "-" for size in sizes)
+               if (by_size := ratios[tag].get((engine, phase))) else "-"
+               for tag in tables for phase in PHASES]
+        if any(value != "-" for value in row):
+            lines.append(f"| {engine} | " + " | ".join(row) + " |")
+    timed = []
+    for tag, data in tables.items():
+        torch_runs = data["engines"].get("torch", {})
+        finished = torch_runs.get("runs", {}).get("r23", torch_runs).get("finished", "?")
+        timed.append(f"{tag} ({data['machine']['cpu_model']}) {finished}")
+    return "\n".join(lines) + "\n\ntimm's r 23 cells timed: " + "; ".join(timed) + "."
 
 
 if __name__ == "__main__":

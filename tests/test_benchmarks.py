@@ -15,6 +15,8 @@ import pytest
 
 from benchmarks import backends as backends_suite
 from benchmarks import common, report, run
+from benchmarks import formulations as bench_formulations
+from benchmarks import paired
 from benchmarks import layer as layer_suite
 from lambda_keras import runtime
 
@@ -203,3 +205,94 @@ def test_oversized_configurations_are_planned_as_skipped():
     status = {r["variant"]: (r["status"], r["reason"]) for r in records}
     assert status["attention"][1].startswith("estimated n^2 memory")
     assert status["lambda_conv"] == ("skipped", "killed")
+
+
+# ------------------------------------------------------------- formulation suite summary
+def _cell(engine, size, phase, auto, **medians):
+    results = {name: dict(median_s=seconds, status="ok") for name, seconds in medians.items()}
+    return dict(engine=engine, shape="r23", size=size, phase=phase, auto=auto, results=results)
+
+
+def test_versus_timm_divides_timms_time_by_autos_pick():
+    """The summary of the formulation tables (README's "at a glance" row): timm's median over the
+    median of the formulation auto picked, per engine, phase and size; cells without timm, other
+    shapes and hopeless picks give no ratio."""
+    cells = [_cell("timm", 14, "fwd", None, timm=0.030), _cell("timm", 28, "fwd", None, timm=0.2),
+             _cell("timm", 14, "train", None, timm=0.5),
+             _cell("tf", 14, "fwd", "conv", conv=0.010, queries_first=0.005),
+             _cell("tf", 28, "fwd", "query_windows", query_windows=0.080),
+             _cell("tf", 14, "train", "queries_first", queries_first=0.125),
+             _cell("tf", 56, "fwd", "conv", conv=1.0),  # no timm cell at 56^2
+             dict(_cell("tf", 14, "fwd", "conv", conv=0.001), shape="r7u4"),
+             _cell("jax", 14, "fwd", "conv", conv=0.3)]
+    cells[-1]["results"]["conv"]["status"] = "hopeless"
+    data = dict(cells=cells, engines={"torch": dict(finished="2026-12-01 10:00")},
+                machine=dict(cpu_model="Some CPU"))
+    assert bench_formulations.versus_timm(data) == {
+        ("tf", "fwd"): {14: pytest.approx(3.0), 28: pytest.approx(2.5)},
+        ("tf", "train"): {14: pytest.approx(4.0)}}
+    text = bench_formulations.versus_timm_markdown({"cpu-a": data})
+    assert "| tf | 3.0 / 2.5 | 4.0 / - |" in text
+    assert "| jax |" not in text and "cpu-a (Some CPU) 2026-12-01 10:00" in text
+
+
+def test_versus_timm_agrees_with_each_tables_own_column():
+    """On the committed tables, the summary's ratios are the per-cell tables' "timm / auto"."""
+    folder = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")
+    for name in sorted(os.listdir(folder)):
+        with open(os.path.join(folder, name), encoding="utf-8") as f:
+            data = json.load(f)
+        column = {}
+        for line in bench_formulations.markdown_tables(data).splitlines()[2:]:
+            fields = [field.strip() for field in line.strip("|").split("|")]
+            if fields[1] == "r23" and fields[-1]:
+                column[(fields[0], fields[3], int(fields[2].rstrip("²")))] = fields[-1]
+        ratios = bench_formulations.versus_timm(data)
+        found = {(engine, phase, size): f"{ratio:.1f}x"
+                 for (engine, phase), by_size in ratios.items() for size, ratio in by_size.items()}
+        assert found == column and len(found) >= 24, name
+
+
+# ---------------------------------------------------------------- paired layer vs timm
+def test_paired_rounds_rotate_and_ratios_are_per_round():
+    """Each round rotates the process order (timm first, then last, ...), and a cell's speed-up
+    is the median of the rounds' timm / engine ratios, not a ratio of medians."""
+    names = ["timm", "tf_onednn", "tf"]
+    assert [paired.round_order(names, i) for i in range(3)] == [
+        ["timm", "tf_onednn", "tf"], ["tf_onednn", "tf", "timm"], ["tf", "timm", "tf_onednn"]]
+    rounds = [dict(timm=1.0, tf=0.5), dict(timm=3.0, tf=1.0), dict(timm=1.0, tf=1.0)]
+    found = paired.paired_ratios(rounds, ["tf", "jax"])
+    assert found == {"tf": dict(median=2.0, low=1.0, high=3.0, ratios=[2.0, 3.0, 1.0])}
+    # The ratio of the medians (timm 1.0 / tf 1.0) would say 1.0x: the host drifted by 3x.
+    data = dict(engines=["tf", "jax"], cells=[dict(size=14, phase="fwd", ratios=found)])
+    assert paired.markdown_table(data).splitlines()[2:] == ["| tf | fwd | 2.0x (1.0-3.0) |"]
+
+
+@pytest.mark.slow
+def test_paired_quick_run_times_the_layer_and_timm_in_their_own_processes(tmp_path):
+    """End to end: a TensorFlow worker and a timm worker per round, their medians and the
+    formulation "auto" traced, the ratio of each round recomputable from the stored medians."""
+    assert paired.main(["--quick", "--engines", "tf", "--pairs", "2", "--out",
+                        str(tmp_path)]) == 0
+    (name,) = os.listdir(tmp_path)
+    data = _load(tmp_path, name)
+    assert name == f"{runtime.cpu_kind()}.json" and data["machine"]["cpu_flags"]
+    (cell,) = data["cells"]
+    assert [list(r) for r in cell["rounds"]] == [["timm", "tf"], ["tf", "timm"]]
+    for timed in cell["rounds"]:
+        assert timed["tf"]["runtime"]["backend"] == "tensorflow"
+        assert timed["tf"]["runtime"]["onednn"] is False  # the "tf" engine: oneDNN off
+        assert timed["tf"]["auto"] in ("queries_first", "query_windows", "lambdas_first",
+                                       "row_windows", "conv")
+        assert timed["timm"]["runtime"]["backend"] == "torch" and timed["timm"]["auto"] is None
+    ratios = [r["timm"]["median_s"] / r["tf"]["median_s"] for r in cell["rounds"]]
+    assert cell["ratios"]["tf"]["ratios"] == pytest.approx(ratios)
+
+
+def test_paired_refuses_unknown_engines_and_phases(capsys):
+    for argv, named in ((["--engines", "tf,cuda"], "cuda"), (["--phases", "backward"],
+                                                              "backward"),
+                        (["--pairs", "0"], "--pairs")):
+        with pytest.raises(SystemExit):
+            paired.parse_args(argv)
+        assert named in capsys.readouterr().err

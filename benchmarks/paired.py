@@ -1,0 +1,206 @@
+"""Paired speed of the lambda layer against timm's PyTorch layer, in alternating processes.
+
+    python -m benchmarks.paired [--engines tf_onednn,tf] [--sizes 14,28,56,112] [--phases fwd]
+                                [--pairs 3] [--calls 5] [--out benchmarks/results/paired] [--quick]
+
+The formulation suite (benchmarks/formulations.py) times timm's layer once, in the "torch"
+process, minutes to an hour before or after the other engines; a shared host's speed drifts by up
+to 2x in that time (benchmarks/README.md), which moves its "timm / auto" column as much. Here
+each (size, phase) runs `pairs` rounds; a round starts one process per engine and one for timm
+(TensorFlow and PyTorch cannot share one), their order rotated from round to round, each building
+its layer, warming it up twice and timing `calls` calls (median). A round's ratio is timm's median
+over the engine's; the result per cell is the median of the rounds' ratios, with their range.
+The lambda layer is `LambdaLayer(implementation="auto")` with the suite's r 23 shape (batch 8,
+d 256, |k| 16, |h| 4) and its engines (formulations.ENGINES: backend, oneDNN and allocator,
+XLA); its pick is recorded per round. Results: `<out>/<cpu kind>.json` (machine, CPU flags, each
+engine's oneDNN state as TensorFlow reported it) and a Markdown table on stdout.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks import formulations as suite
+
+PEER = "timm"
+FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5)
+QUICK = dict(batch=2, width=32, sizes=(8,), pairs=2, calls=2)
+WARMUP = 2  # PyTorch's first calls at a new shape create its oneDNN primitives
+
+
+# ---------------------------------------------------------------------------- worker side
+def time_in_this_process(name, size, phase, settings, threads):
+    """Median seconds of `calls` calls of engine `name`'s layer (or timm's, "timm") at a
+    size x size map, after WARMUP calls; with the formulation "auto" picked and the runtime."""
+    batch, width = settings["batch"], settings["width"]
+    if name == PEER:
+        from benchmarks import peer
+
+        forward, forward_backward = peer.step_functions(size, width, batch, threads)
+        step, pick, backend = {"fwd": forward, "train": forward_backward}[phase], None, "torch"
+    else:
+        backend, _, jit_compile, _ = suite.ENGINES[name]
+        if backend == "torch":
+            common.setup_torch(threads)
+        elif backend == "tensorflow":
+            common.setup_tensorflow(threads)
+        from lambda_keras.layers.formulations import autotuning
+
+        layer = suite._make_layer(suite.SHAPES["r23"], "auto", size, width)
+        x = np.random.default_rng(0).standard_normal((batch, size, size, width)).astype("float32")
+        step = autotuning.STEPS[backend](layer, x, jit_compile)[0][phase]
+    stats = common.measure(step, warmup=WARMUP, min_repeats=settings["calls"],
+                           max_repeats=settings["calls"], budget_s=0.0)
+    if name != PEER:
+        pick = layer._last_formulation  # what the traced "auto" layer ran
+    return dict(median_s=stats["median_s"], calls=settings["calls"], auto=pick,
+                runtime=suite._runtime_description(backend))
+
+
+# ---------------------------------------------------------------------------- driver side
+def paired_ratios(rounds, engines):
+    """Per engine, from rounds of {name: median seconds} that each hold timm's: the median of
+    the rounds' timm / engine ratios, the lowest and highest, and every ratio in round order."""
+    found = {}
+    for engine in engines:
+        ratios = [r[PEER] / r[engine] for r in rounds if PEER in r and r.get(engine)]
+        if ratios:
+            found[engine] = dict(median=statistics.median(ratios), low=min(ratios),
+                                 high=max(ratios), ratios=ratios)
+    return found
+
+
+def round_order(names, index):
+    """The processes of round `index`: `names` rotated by `index` (timm first, then last...)."""
+    shift = index % len(names)
+    return names[shift:] + names[:shift]
+
+
+def markdown_table(data):
+    """| engine | phase | <size>² ... | with "median (low-high)" speed-ups over timm per cell."""
+    sizes = sorted({cell["size"] for cell in data["cells"]})
+    lines = ["| engine (timm / lambda layer, median of paired rounds (range)) | phase | "
+             + " | ".join(f"{size}²" for size in sizes) + " |",
+             "|---" * (2 + len(sizes)) + "|"]
+    for engine in data["engines"]:
+        for phase in suite.PHASES:
+            row = []
+            for size in sizes:
+                cell = next((c for c in data["cells"] if c["size"] == size
+                             and c["phase"] == phase), None)
+                ratio = cell and cell["ratios"].get(engine)
+                row.append(f"{ratio['median']:.1f}x ({ratio['low']:.1f}-{ratio['high']:.1f})"
+                           if ratio else "-")
+            if any(value != "-" for value in row):
+                lines.append(f"| {engine} | {phase} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _run_worker(name, size, phase, settings, threads):
+    backend, env_update = ("torch", {}) if name == PEER else suite.ENGINES[name][:2]
+    env = {**common.worker_env(threads, backend=backend), **env_update}
+    with tempfile.TemporaryDirectory(prefix="bench-paired-") as folder:
+        result = os.path.join(folder, "result.json")
+        command = [sys.executable, "-m", "benchmarks.paired", "--worker", name, "--size",
+                   str(size), "--phase", phase, "--settings", json.dumps(settings),
+                   "--threads", str(threads), "--result", result]
+        process = subprocess.run(command, env=env, cwd=common.REPO_ROOT)
+        if process.returncode != 0 or not os.path.exists(result):
+            raise RuntimeError(f"the {name} worker at {size}x{size} {phase} failed "
+                               f"(exit code {process.returncode})")
+        with open(result, encoding="utf-8") as f:
+            return json.load(f)
+
+
+def run(engines, settings, phases, threads, log=print):
+    """Every (size, phase) cell: `pairs` rounds of one process per engine and one for timm."""
+    from lambda_keras import runtime
+
+    data = dict(suite="paired", settings=settings, shape=dict(suite.LAYER, **suite.SHAPES["r23"]),
+                engines=list(engines), machine=common.machine_description(threads),
+                cpu_kind=runtime.cpu_kind(), started=time.strftime("%Y-%m-%d %H:%M"), cells=[])
+    names = [PEER, *engines]
+    for size in settings["sizes"]:
+        for phase in phases:
+            rounds, details = [], []
+            for index in range(settings["pairs"]):
+                timed = {name: _run_worker(name, size, phase, settings, threads)
+                         for name in round_order(names, index)}
+                rounds.append({name: result["median_s"] for name, result in timed.items()})
+                details.append(timed)
+                log(f"  {size}x{size} {phase} round {index + 1}: " + ", ".join(
+                    f"{name} {1e3 * result['median_s']:.1f} ms"
+                    + (f" ({result['auto']})" if result["auto"] else "")
+                    for name, result in timed.items()))
+            data["cells"].append(dict(size=size, phase=phase, rounds=details,
+                                      ratios=paired_ratios(rounds, engines)))
+    data["finished"] = time.strftime("%Y-%m-%d %H:%M")
+    return data
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--engines", default="tf_onednn,tf")
+    parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
+    parser.add_argument("--phases", default="fwd", help="fwd, train or fwd,train")
+    parser.add_argument("--pairs", type=int, default=None, help="rounds per cell")
+    parser.add_argument("--calls", type=int, default=None, help="timed calls per process")
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", default=None, help="directory of the per-machine results")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code only")
+    for hidden in ("--worker", "--size", "--phase", "--settings", "--result"):
+        parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return args
+    unknown = sorted(set(args.engines.split(",")) - set(suite.ENGINES))
+    if unknown:
+        parser.error(f"unknown engines {unknown}: choose from {list(suite.ENGINES)}. "
+                     f"Received: --engines={args.engines!r}")
+    unknown = sorted(set(args.phases.split(",")) - set(suite.PHASES))
+    if unknown:
+        parser.error(f"unknown phases {unknown}: choose from {list(suite.PHASES)}. "
+                     f"Received: --phases={args.phases!r}")
+    for name in ("pairs", "calls"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name} must be at least 1. Received: {getattr(args, name)}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                               else os.cpu_count())
+    if args.worker:
+        result = time_in_this_process(args.worker, int(args.size), args.phase,
+                                      json.loads(args.settings), int(args.threads))
+        with open(args.result, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        return 0
+    settings = dict(QUICK if args.quick else FULL)
+    if args.sizes:
+        settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    for name in ("pairs", "calls"):
+        if getattr(args, name):
+            settings[name] = getattr(args, name)
+    data = run(args.engines.split(","), settings, args.phases.split(","), threads)
+    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-paired-") if args.quick else
+                           os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired"))
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{data['cpu_kind']}.json")
+    common.write_json(path, data)
+    print(markdown_table(data))
+    print(f"[paired] {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
