@@ -25,9 +25,9 @@ import os
 import pathlib
 import time
 
-from lambda_keras import runtime  # imports no TensorFlow
-
-runtime.prefer_pooled_allocator()  # allocator statistics (the package import asks too)
+# The package import asks for TensorFlow's pooled allocator (runtime.prefer_pooled_allocator),
+# whose statistics give the peak memory; it imports no TensorFlow.
+from lambda_keras import runtime
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
