@@ -345,8 +345,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                               else os.cpu_count())
+    threads = args.threads or common.usable_cores()
     if args.worker:
         settings = json.loads(args.settings)
         run_engine(args.worker, settings, threads, args.jsonl)
@@ -527,8 +526,7 @@ def _ms(result):
 def markdown_tables(data):
     """Per engine: each formulation's median (ms), auto's pick and its ratio to the fastest,
     and the ratio of auto's time to timm's PyTorch layer (r 23 shape)."""
-    timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
-            for c in data["cells"] if c["engine"] == "timm"}
+    speedups = versus_timm(data)
     lines = ["| engine | shape | map | phase | " + " | ".join(FORMULATIONS)
              + " | auto picks | auto / fastest | timm / auto |",
              "|---" * (len(FORMULATIONS) + 7) + "|"]
@@ -537,11 +535,9 @@ def markdown_tables(data):
                    key=lambda c: (order[c["engine"]], c["shape"], c["size"], c["phase"]))
     for cell in cells:
         results = cell["results"]
-        auto = results.get(cell["auto"], {})
         ratio = cell.get("auto_vs_fastest")
-        peer = timm.get((cell["size"], cell["phase"])) if cell["shape"] == "r23" else None
-        speedup = (f"{peer / auto['median_s']:.1f}x" if peer and auto.get("status") == "ok"
-                   else "")
+        speedup = speedups.get((cell["engine"], cell["phase"]), {}).get(cell["size"])
+        speedup = f"{speedup:.1f}x" if speedup and cell["shape"] == "r23" else ""
         lines.append(
             f"| {cell['engine']} | {cell['shape']} | {cell['size']}² | {cell['phase']} | "
             + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)

@@ -177,8 +177,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads = args.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                               else os.cpu_count())
+    threads = args.threads or common.usable_cores()
     if args.worker:
         result = time_in_this_process(args.worker, int(args.size), args.phase,
                                       json.loads(args.settings), int(args.threads))

@@ -59,7 +59,7 @@ def parse_args(argv):
         parser.error(f"`--only` must name suites out of {tuple(SUITES)}. Received: --only={args.only!r}")
     args.suites = [s for s in SUITES if s in suites]
     if args.threads is None:
-        args.threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        args.threads = common.usable_cores()
     if args.threads <= 0:
         parser.error(f"`--threads` must be positive. Received: --threads={args.threads}")
     args.onednn = None if args.onednn == "default" else args.onednn
