@@ -291,7 +291,13 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # - TensorFlow without oneDNN, forward: the same (4 query columns per block, half-scope blocks,
 #   query windows up to 112^2 in 4 batch parts): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
 #   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and
-#   row windows at 112^2, 1.17x query windows).
+#   row windows at 112^2, 1.17x query windows). Since the separate products, 2 query columns per
+#   block instead of 4 (fewer FLOPs in the scores GEMM; the products they save were the cheap ones
+#   now): r 23 query windows, both traced in one process, interleaved, medians of the paired
+#   ratios 2 / 4 columns (7 and 5 rounds, two runs, 2026-12-03): 0.88 / 0.93 at 28^2, 0.87 / 0.83
+#   at 56^2, 0.88 at 112^2 (179-195 vs 205-225 ms at 56^2, 826 vs 919 ms at 112^2); 1 column:
+#   0.82 at 28^2 but 1.09 at 56^2; 2 columns in 2-scope blocks 0.82 / 0.94; 2 columns with the
+#   whole batch 0.84 / 0.87 (`batch_parts` 1: no better than the 4 parts, kept).
 # - TensorFlow training, oneDNN on and off: the same (query windows in half-scope blocks at 112^2
 #   for r 23, 2 query columns without oneDNN: 2129 / 2909 ms vs 5275 / 4068 for row windows, the
 #   Xeon's pick; with oneDNN r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms). Without oneDNN,
@@ -313,8 +319,9 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # Its cells at 14^2 flip between runs (XLA's and JAX's strided r 23 training: q . E first 1.42x /
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
-    **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"), ("tf", "fwd"),
+    **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"),
                                                  ("tf_onednn", "train"))},
+    ("tf", "fwd"): dict(WITHOUT_AVX512_RULE[("tf", "fwd")], block_columns=2),
     ("tf", "train"): dict(WITHOUT_AVX512_RULE[("tf", "train")], windows=UP_TO_112),
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
     ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_112),
