@@ -214,9 +214,9 @@ def _cell(engine, size, phase, auto, **medians):
 
 
 def test_versus_timm_divides_timms_time_by_autos_pick():
-    """The summary of the formulation tables (README's "The lambda layer against timm's"): timm's median over the
-    median of the formulation auto picked, per engine, phase and size; cells without timm, other
-    shapes and hopeless picks give no ratio."""
+    """The summary of the formulation tables (README, "The lambda layer against timm's"): timm's
+    median over the median of the formulation auto picked, per engine, phase and size; cells
+    without timm, other shapes and hopeless picks give no ratio."""
     cells = [_cell("timm", 14, "fwd", None, timm=0.030), _cell("timm", 28, "fwd", None, timm=0.2),
              _cell("timm", 14, "train", None, timm=0.5),
              _cell("tf", 14, "fwd", "conv", conv=0.010, queries_first=0.005),
