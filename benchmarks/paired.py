@@ -56,11 +56,10 @@ def time_in_this_process(name, size, phase, settings, threads):
 
         layer = suite._make_layer(suite.SHAPES["r23"], "auto", size, width)
         x = np.random.default_rng(0).standard_normal((batch, size, size, width)).astype("float32")
-        step = autotuning.STEPS[backend](layer, x, jit_compile)[0][phase]
+        steps, trace = autotuning.STEPS[backend](layer, x, jit_compile)
+        step, pick = steps[phase], suite._auto_pick(layer, trace, phase)
     stats = common.measure(step, warmup=WARMUP, min_repeats=settings["calls"],
                            max_repeats=settings["calls"], budget_s=0.0)
-    if name != PEER:
-        pick = layer._last_formulation  # what the traced "auto" layer ran
     return dict(median_s=stats["median_s"], calls=settings["calls"], auto=pick,
                 runtime=suite._runtime_description(backend))
 

@@ -474,7 +474,6 @@ def test_query_windows_blocks_only_where_measured():
     assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
     # The EPYC with AVX-512: 2 columns forward since the separate products.
     assert blocks(dataclasses.replace(NO_ONEDNN_AVX2, cpu="amd-avx512"), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(NO_ONEDNN_AVX2, cpu="amd-avx512"), True) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
     assert blocks(MALLOC_AVX2, None) == (2, 0.5)
     assert blocks(dataclasses.replace(ONEDNN, cpu="amd-avx2"), False) == (1, 0.5)
