@@ -37,7 +37,8 @@ time of that formulation. Results: one table per kind of CPU, `results/formulati
 (`lambda_keras.runtime.cpu_kind()`: "intel-avx512", "amd-avx2", "amd-avx512"; per engine:
 machine, oneDNN state, package versions; per cell: every formulation's statistics, the fastest,
 auto's pick and ratio).
-The rule must hold on every table (tests/test_formulations.py).
+The rule must hold on every table (tests/test_formulations.py); benchmarks/formulation_tables.py
+reads them (`--table`, `--versus-timm`).
 """
 
 import argparse
@@ -360,6 +361,7 @@ def main(argv=None):
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
                            os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations"))
     os.makedirs(out_dir, exist_ok=True)
+    from benchmarks import formulation_tables
     from lambda_keras import runtime
 
     if args.versus_timm:
@@ -368,12 +370,12 @@ def main(argv=None):
             if name.endswith(".json"):
                 with open(os.path.join(out_dir, name), encoding="utf-8") as f:
                     tables[name[:-len(".json")]] = json.load(f)
-        print(versus_timm_markdown(tables))
+        print(formulation_tables.versus_timm_markdown(tables))
         return 0
     path = os.path.join(out_dir, f"{args.machine or runtime.cpu_kind()}.json")
     if args.table:
         with open(path, encoding="utf-8") as f:
-            print(markdown_tables(json.load(f)))
+            print(formulation_tables.markdown_tables(json.load(f)))
         return 0
     if args.picks_only:
         return _update_picks(path, args.engines.split(","), threads)
@@ -448,6 +450,7 @@ def _update_picks(path, engines, threads):
     """Re-records "auto"'s pick in every cell after a rule change: traced in the engine's real
     runtime on this machine's table; on another machine's table (not re-traceable here) from the
     rule and the runtime recorded with it (the engine gets `picks_from: "rule"`)."""
+    from benchmarks import formulation_tables
     from lambda_keras import runtime
 
     with open(path, encoding="utf-8") as f:
@@ -461,7 +464,7 @@ def _update_picks(path, engines, threads):
         if foreign:
             for cell in data["cells"]:
                 if cell["engine"] == engine:
-                    cell["auto"] = rule_pick(data, cell)
+                    cell["auto"] = formulation_tables.rule_pick(data, cell)
                     _finish_cell(cell)
             measured.update(rule_engine=ENGINES[engine][3], picks_from="rule")
             print(f"[formulations] {engine}: picks recomputed from the rule", flush=True)
@@ -489,103 +492,6 @@ def _update_picks(path, engines, threads):
         print(f"[formulations] {engine}: picks re-recorded", flush=True)
     common.write_json(path, data)
     return 0
-
-
-def recorded_runtime(data, engine):
-    """The `formulations.Runtime` a table's engine ran in (as its worker recorded it)."""
-    from lambda_keras import runtime
-    from lambda_keras.layers import formulations
-
-    record = data["engines"][engine]
-    return formulations.Runtime(record["backend"], xla=record["jit_compile"],
-                                onednn=bool(record.get("onednn")),
-                                pooled_allocator=record.get("pooled_allocator", True),
-                                cpu=runtime.cpu_kind(data["machine"]["cpu_model"],
-                                                     data["machine"]["cpu_flags"]))
-
-
-def rule_pick(data, cell):
-    """What `formulations.choose` picks for a table's cell, from its recorded runtime."""
-    from lambda_keras.layers import formulations
-
-    shape, layer = data["shapes"][cell["shape"]], data["layer"]
-    return formulations.choose(
-        layer["position"], cell["size"], cell["size"], cell["phase"] == "train",
-        num_heads=layer["num_heads"], key_dim=layer["key_dim"],
-        value_dim=data["settings"]["width"] // layer["num_heads"],
-        intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
-        runtime=recorded_runtime(data, cell["engine"]), strides=shape.get("strides", 1))
-
-
-def _ms(result):
-    if result.get("status") in ("ok", "hopeless"):
-        return f"{1e3 * result['median_s']:.0f}" + ("!" if result["status"] == "hopeless" else "")
-    return "-"
-
-
-def markdown_tables(data):
-    """Per engine: each formulation's median (ms), auto's pick and its ratio to the fastest,
-    and the ratio of auto's time to timm's PyTorch layer (r 23 shape)."""
-    speedups = versus_timm(data)
-    lines = ["| engine | shape | map | phase | " + " | ".join(FORMULATIONS)
-             + " | auto picks | auto / fastest | timm / auto |",
-             "|---" * (len(FORMULATIONS) + 7) + "|"]
-    order = {name: i for i, name in enumerate(ENGINES)}
-    cells = sorted((c for c in data["cells"] if c["engine"] in ENGINES),
-                   key=lambda c: (order[c["engine"]], c["shape"], c["size"], c["phase"]))
-    for cell in cells:
-        results = cell["results"]
-        ratio = cell.get("auto_vs_fastest")
-        speedup = speedups.get((cell["engine"], cell["phase"]), {}).get(cell["size"])
-        speedup = f"{speedup:.1f}x" if speedup and cell["shape"] == "r23" else ""
-        lines.append(
-            f"| {cell['engine']} | {cell['shape']} | {cell['size']}² | {cell['phase']} | "
-            + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)
-            + f" | {cell['auto']} | {f'{ratio:.2f}x' if ratio else '-'} | {speedup} |")
-    return "\n".join(lines)
-
-
-def versus_timm(data):
-    """timm's time over auto's in a table's r 23 cells: {(engine, phase): {size: ratio}}, where
-    auto's time is its pick's median and timm's the cell of the same size and phase (timed in
-    the "torch" process)."""
-    timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
-            for c in data["cells"] if c["engine"] == "timm" and c["shape"] == "r23"}
-    ratios = {}
-    for cell in data["cells"]:
-        auto = cell["results"].get(cell.get("auto"), {})
-        peer = timm.get((cell["size"], cell["phase"]))
-        if cell["engine"] in ENGINES and cell["shape"] == "r23" and peer and (
-                auto.get("status") == "ok"):
-            ratios.setdefault((cell["engine"], cell["phase"]), {})[cell["size"]] = (
-                peer / auto["median_s"])
-    return ratios
-
-
-def versus_timm_markdown(tables):
-    """One Markdown table of `versus_timm` for several machines' tables ({tag: data}): a row per
-    engine, inference and fwd+bwd columns per machine, each "14² / 28² / ..." ratios ("-": not
-    measured); the machines' timm runs are named under it."""
-    ratios = {tag: versus_timm(data) for tag, data in tables.items()}
-    sizes = sorted({size for by_key in ratios.values() for by_size in by_key.values()
-                    for size in by_size})
-    maps = " / ".join(f"{size}²" for size in sizes)
-    lines = [f"| engine (timm / auto at {maps}) | "
-             + " | ".join(f"{tag} {phase}" for tag in tables
-                          for phase in ("inference", "fwd+bwd")) + " |",
-             "|---" * (1 + 2 * len(tables)) + "|"]
-    for engine in ENGINES:
-        row = [" / ".join(f"{by_size[size]:.1f}" if size in by_size else "-" for size in sizes)
-               if (by_size := ratios[tag].get((engine, phase))) else "-"
-               for tag in tables for phase in PHASES]
-        if any(value != "-" for value in row):
-            lines.append(f"| {engine} | " + " | ".join(row) + " |")
-    timed = []
-    for tag, data in tables.items():
-        torch_runs = data["engines"].get("torch", {})
-        finished = torch_runs.get("runs", {}).get("r23", torch_runs).get("finished", "?")
-        timed.append(f"{tag} ({data['machine']['cpu_model']}) {finished}")
-    return "\n".join(lines) + "\n\ntimm's r 23 cells timed: " + "; ".join(timed) + "."
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import pytest
 
 from benchmarks import backends as backends_suite
 from benchmarks import common, report, run
-from benchmarks import formulations as bench_formulations
+from benchmarks import formulation_tables
 from benchmarks import paired
 from benchmarks import layer as layer_suite
 from lambda_keras import runtime
@@ -228,10 +228,10 @@ def test_versus_timm_divides_timms_time_by_autos_pick():
     cells[-1]["results"]["conv"]["status"] = "hopeless"
     data = dict(cells=cells, engines={"torch": dict(finished="2026-12-01 10:00")},
                 machine=dict(cpu_model="Some CPU"))
-    assert bench_formulations.versus_timm(data) == {
+    assert formulation_tables.versus_timm(data) == {
         ("tf", "fwd"): {14: pytest.approx(3.0), 28: pytest.approx(2.5)},
         ("tf", "train"): {14: pytest.approx(4.0)}}
-    text = bench_formulations.versus_timm_markdown({"cpu-a": data})
+    text = formulation_tables.versus_timm_markdown({"cpu-a": data})
     assert "| tf | 3.0 / 2.5 | 4.0 / - |" in text
     assert "| jax |" not in text and "cpu-a (Some CPU) 2026-12-01 10:00" in text
 
@@ -251,11 +251,11 @@ def test_versus_timm_on_the_committed_tables():
                     for c in data["cells"] if c["engine"] != "timm" and c["shape"] == "r23"
                     and c["results"].get(c["auto"], {}).get("status") == "ok"}
         found = {(engine, phase, size): ratio for (engine, phase), by_size
-                 in bench_formulations.versus_timm(data).items()
+                 in formulation_tables.versus_timm(data).items()
                  for size, ratio in by_size.items()}
         assert found == pytest.approx(expected) and len(found) >= 24, name
         column = {}
-        for line in bench_formulations.markdown_tables(data).splitlines()[2:]:
+        for line in formulation_tables.markdown_tables(data).splitlines()[2:]:
             fields = [field.strip() for field in line.strip("|").split("|")]
             if fields[-1]:
                 column[(fields[0], fields[3], int(fields[2].rstrip("²")))] = fields[-1]

@@ -24,6 +24,7 @@ import numpy as np
 import keras
 import pytest
 
+from benchmarks import formulation_tables
 from benchmarks import formulations as bench_formulations
 from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
@@ -649,9 +650,9 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
                                             "torch"}
     misses = []
     for cell in cells:
-        runtime = bench_formulations.recorded_runtime(data, cell["engine"])
+        runtime = formulation_tables.recorded_runtime(data, cell["engine"])
         assert runtime.engine == data["engines"][cell["engine"]]["rule_engine"]
-        pick = bench_formulations.rule_pick(data, cell)
+        pick = formulation_tables.rule_pick(data, cell)
         times = {f: r["median_s"] for f, r in cell["results"].items() if r["status"] == "ok"}
         measured = cell["results"].get(pick, {})
         ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
@@ -670,7 +671,7 @@ def test_benchmark_recorded_the_rules_pick_in_its_real_runtime(machine):
     rule's picks, not traces: at least one table must be traced by the current rule."""
     data, cells = _measured_cells(machine)
     for cell in cells:
-        assert cell["auto"] == bench_formulations.rule_pick(data, cell), cell
+        assert cell["auto"] == formulation_tables.rule_pick(data, cell), cell
 
 
 def test_at_least_one_table_was_traced_by_the_current_rule():

@@ -1,0 +1,108 @@
+"""Reading the formulation suite's result tables (benchmarks/formulations.py,
+`results/formulations/<cpu kind>.json`): the rule's pick for a recorded cell, the Markdown table of
+one machine, and the lambda layer's speed-up over timm's PyTorch layer across machines.
+
+    python -m benchmarks.formulations --table [--machine TAG]   # markdown_tables
+    python -m benchmarks.formulations --versus-timm             # versus_timm_markdown
+"""
+
+from benchmarks.formulations import ENGINES, FORMULATIONS, PHASES
+
+PHASE_NAMES = {"fwd": "inference", "train": "fwd+bwd"}  # column names of PHASES
+
+
+def recorded_runtime(data, engine):
+    """The `formulations.Runtime` a table's engine ran in (as its worker recorded it)."""
+    from lambda_keras import runtime
+    from lambda_keras.layers import formulations
+
+    record = data["engines"][engine]
+    return formulations.Runtime(record["backend"], xla=record["jit_compile"],
+                                onednn=bool(record.get("onednn")),
+                                pooled_allocator=record.get("pooled_allocator", True),
+                                cpu=runtime.cpu_kind(data["machine"]["cpu_model"],
+                                                     data["machine"]["cpu_flags"]))
+
+
+def rule_pick(data, cell):
+    """What `formulations.choose` picks for a table's cell, from its recorded runtime."""
+    from lambda_keras.layers import formulations
+
+    shape, layer = data["shapes"][cell["shape"]], data["layer"]
+    return formulations.choose(
+        layer["position"], cell["size"], cell["size"], cell["phase"] == "train",
+        num_heads=layer["num_heads"], key_dim=layer["key_dim"],
+        value_dim=data["settings"]["width"] // layer["num_heads"],
+        intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
+        runtime=recorded_runtime(data, cell["engine"]), strides=shape.get("strides", 1))
+
+
+def _ms(result):
+    if result.get("status") in ("ok", "hopeless"):
+        return f"{1e3 * result['median_s']:.0f}" + ("!" if result["status"] == "hopeless" else "")
+    return "-"
+
+
+def markdown_tables(data):
+    """Per engine: each formulation's median (ms), auto's pick and its ratio to the fastest,
+    and the ratio of auto's time to timm's PyTorch layer (r 23 shape)."""
+    speedups = versus_timm(data)
+    lines = ["| engine | shape | map | phase | " + " | ".join(FORMULATIONS)
+             + " | auto picks | auto / fastest | timm / auto |",
+             "|---" * (len(FORMULATIONS) + 7) + "|"]
+    order = {name: i for i, name in enumerate(ENGINES)}
+    cells = sorted((c for c in data["cells"] if c["engine"] in ENGINES),
+                   key=lambda c: (order[c["engine"]], c["shape"], c["size"], c["phase"]))
+    for cell in cells:
+        results = cell["results"]
+        ratio = cell.get("auto_vs_fastest")
+        speedup = speedups.get((cell["engine"], cell["phase"]), {}).get(cell["size"])
+        speedup = f"{speedup:.1f}x" if speedup and cell["shape"] == "r23" else ""
+        lines.append(
+            f"| {cell['engine']} | {cell['shape']} | {cell['size']}² | {cell['phase']} | "
+            + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)
+            + f" | {cell['auto']} | {f'{ratio:.2f}x' if ratio else '-'} | {speedup} |")
+    return "\n".join(lines)
+
+
+def versus_timm(data):
+    """timm's time over auto's in a table's r 23 cells: {(engine, phase): {size: ratio}}, where
+    auto's time is its pick's median and timm's the cell of the same size and phase (timed in
+    the "torch" process)."""
+    timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
+            for c in data["cells"] if c["engine"] == "timm" and c["shape"] == "r23"}
+    ratios = {}
+    for cell in data["cells"]:
+        auto = cell["results"].get(cell.get("auto"), {})
+        peer = timm.get((cell["size"], cell["phase"]))
+        if cell["engine"] in ENGINES and cell["shape"] == "r23" and peer and (
+                auto.get("status") == "ok"):
+            ratios.setdefault((cell["engine"], cell["phase"]), {})[cell["size"]] = (
+                peer / auto["median_s"])
+    return ratios
+
+
+def versus_timm_markdown(tables):
+    """One Markdown table of `versus_timm` for several machines' tables ({tag: data}): a row per
+    engine, inference and fwd+bwd columns per machine, each "14² / 28² / ..." ratios ("-": not
+    measured); the machines' timm runs are named under it."""
+    ratios = {tag: versus_timm(data) for tag, data in tables.items()}
+    sizes = sorted({size for by_key in ratios.values() for by_size in by_key.values()
+                    for size in by_size})
+    maps = " / ".join(f"{size}²" for size in sizes)
+    lines = [f"| engine (timm / auto at {maps}) | "
+             + " | ".join(f"{tag} {PHASE_NAMES[phase]}" for tag in tables
+                          for phase in PHASES) + " |",
+             "|---" * (1 + 2 * len(tables)) + "|"]
+    for engine in ENGINES:
+        row = [" / ".join(f"{by_size[size]:.1f}" if size in by_size else "-" for size in sizes)
+               if (by_size := ratios[tag].get((engine, phase))) else "-"
+               for tag in tables for phase in PHASES]
+        if any(value != "-" for value in row):
+            lines.append(f"| {engine} | " + " | ".join(row) + " |")
+    timed = []
+    for tag, data in tables.items():
+        torch_runs = data["engines"].get("torch", {})
+        finished = torch_runs.get("runs", {}).get("r23", torch_runs).get("finished", "?")
+        timed.append(f"{tag} ({data['machine']['cpu_model']}) {finished}")
+    return "\n".join(lines) + "\n\ntimm's r 23 cells timed: " + "; ".join(timed) + "."
