@@ -277,6 +277,25 @@ def test_paired_rounds_rotate_and_ratios_are_per_round():
     assert paired.markdown_table(data).splitlines()[2:] == ["| tf | fwd | 2.0x (1.0-3.0) |"]
 
 
+def test_committed_paired_results_follow_from_their_rounds():
+    """Every committed paired run (the README quotes them): each cell's speed-ups are the median
+    and range of its rounds' timm / engine ratios, recomputed from the stored medians; every
+    round timed timm and each engine, on the machine kind the file names."""
+    folder = os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired")
+    names = sorted(name for name in os.listdir(folder) if name.endswith(".json"))
+    assert names
+    for name in names:
+        data = _load(folder, name)
+        assert name.startswith(data["cpu_kind"]) and data["machine"]["cpu_flags"], name
+        for cell in data["cells"]:
+            rounds = [{engine: timed["median_s"] for engine, timed in r.items()}
+                      for r in cell["rounds"]]
+            assert all(set(r) == {paired.PEER, *data["engines"]} for r in rounds), name
+            # JSON keeps Python's floats exactly: the same arithmetic gives the same numbers.
+            assert paired.paired_ratios(rounds, data["engines"]) == cell["ratios"], (
+                name, cell["size"], cell["phase"])
+
+
 @pytest.mark.slow
 def test_paired_quick_run_times_the_layer_and_timm_in_their_own_processes(tmp_path):
     """End to end: a TensorFlow worker and a timm worker per round, their medians and the
