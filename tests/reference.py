@@ -1,16 +1,22 @@
 """NumPy reference of the lambda layer (PAPER.md sections 1.1-1.5), and the small layer and
 inputs the reference tests share (tests/test_layers.py, test_formulations.py, test_backends.py).
 
+`force_plan(monkeypatch, **settings)` makes every layer call use the rule's plan with some settings
+replaced (query windows' blocks, the separate products...), whatever this machine's rule says.
+
 `reference_lambda_layer(layer, x, training)` computes the layer's output in float64 from its
 weights, independent of the layer's helpers: the position embeddings E[n, m] are built by explicit
 loops over query and context positions, batch norm, softmax and pooling are written out. It uses
 only NumPy and `keras.ops.convert_to_numpy`, so it runs under every Keras backend.
 """
 
+import dataclasses
+
 import numpy as np
 import keras
 
-from lambda_keras.layers import LambdaLayer
+from lambda_keras.layers import LambdaLayer, formulations
+from lambda_keras.layers.formulations import rule
 
 BATCH, ROWS, COLS, CHANNELS = 2, 6, 7, 6  # odd width: exercises the pools' padding
 # Small layer: d = 8 != 6 input channels, |k| = 4, |h| = 2, |v| = 4.
@@ -24,6 +30,13 @@ def make_layer(**kwargs):
     kwargs = {**SMALL, "position_initializer": keras.initializers.RandomNormal(stddev=0.2),
               **kwargs}
     return LambdaLayer(**kwargs)
+
+
+def force_plan(monkeypatch, **settings):
+    """Every LambdaLayer call (while `monkeypatch` lasts) plans its position term with `settings`
+    (fields of `formulations.Plan`) in place of what the rule gives this machine."""
+    monkeypatch.setattr(formulations, "plan", lambda *args, **kwargs: dataclasses.replace(
+        rule.plan(*args, **kwargs), **settings))
 
 
 def random_input(shape=(BATCH, ROWS, COLS, CHANNELS), scale=1.0, seed=0):

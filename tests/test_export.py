@@ -32,10 +32,11 @@ from keras import ops
 from sklearn.datasets import load_digits, load_sample_images
 
 from lambda_keras import data, export
-from lambda_keras.layers import LambdaLayer, formulations
+from lambda_keras.layers import LambdaLayer
 from lambda_keras.models import LambdaResNet26T, LambdaResNet50
 
 from export_helpers import PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png, tflite_run
+from reference import force_plan
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 BUILDERS = {
@@ -484,8 +485,7 @@ def test_tflite_converts_grouped_query_windows(tmp_path, monkeypatch):
     """Query windows with 3 query columns per block and blocks of half a scope of query rows
     (4 blocks of 7 rows here; what TensorFlow takes on a CPU without AVX-512,
     formulations.window_blocks), whatever this machine's rule says."""
-    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
-        block_columns=3, block_scopes=0.5))
+    force_plan(monkeypatch, block_columns=3, block_scopes=0.5)
     _check_tflite_conversion(tmp_path, "query_windows", 26,
                              dict(receptive_field=13, implementation="query_windows"))
 

@@ -29,7 +29,8 @@ from benchmarks import formulations as bench_formulations
 from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.layers.formulations import position_term
-from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
+from reference import (force_plan, make_layer, random_input, randomize_statistics,
+                       reference_lambda_layer)
 
 RESULTS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "benchmarks", "results", "formulations", "*.json")))  # one table per CPU kind
@@ -111,8 +112,7 @@ def test_queries_first_forms_match_the_reference_and_each_others_gradients(case,
     x = random_input()
     gradients = {}
     for broadcast in (False, True):
-        for engines in ("BROADCAST_EMBEDDINGS_ENGINES", "SEPARATE_PRODUCTS_ENGINES"):
-            monkeypatch.setattr(formulations, engines, formulations.ENGINES if broadcast else ())
+        force_plan(monkeypatch, broadcast_embeddings=broadcast, separate_products=broadcast)
         for training in TRAINING.values():
             check_against_reference(case, training)
         keras.utils.set_random_seed(3)
@@ -157,8 +157,7 @@ def test_query_windows_equal_the_convolution_on_tall_maps(strides, pool_size, bl
     column windows reaching past both sides; 1, 2 or 4 query columns per block, the last group
     padded) equals the lambda convolution (pooled afterwards), inference and training, with
     |u| = 2; and so do its gradients."""
-    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
-        block_columns=block_columns, block_scopes=block_scopes))
+    force_plan(monkeypatch, block_columns=block_columns, block_scopes=block_scopes)
     kwargs = dict(output_dim=16, key_dim=4, num_heads=2, receptive_field=3, intra_depth=2,
                   strides=strides, pool_size=pool_size,
                   position_initializer=keras.initializers.RandomNormal(stddev=0.5))
@@ -216,8 +215,6 @@ def test_query_windows_separate_products_match_the_batched_ones(strides, monkeyp
     half-scope blocks, unstrided and strided."""
     import tensorflow as tf
 
-    monkeypatch.setattr(formulations, "window_blocks", lambda *args, **kwargs: dict(
-        block_columns=2, block_scopes=0.5))
     seen = []  # the `separate` of every product the layer formed
     batched_matmul = position_term.batched_matmul
     monkeypatch.setattr(position_term, "batched_matmul", lambda a, b, separate=False: (
@@ -225,8 +222,7 @@ def test_query_windows_separate_products_match_the_batched_ones(strides, monkeyp
     x = tf.constant(np.random.default_rng(8).standard_normal((2, 22, 9, 8)).astype("float32"))
     results = []
     for separate in (False, True):
-        monkeypatch.setattr(formulations, "SEPARATE_PRODUCTS_ENGINES",
-                            formulations.ENGINES if separate else ())
+        force_plan(monkeypatch, block_columns=2, block_scopes=0.5, separate_products=separate)
         keras.utils.set_random_seed(4)
         layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
                             intra_depth=2, strides=strides, implementation="query_windows",
@@ -520,6 +516,36 @@ def test_batch_parts_only_where_measured():
     for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH, *amd):
         for training in (False, True):
             assert formulations.batch_parts(runtime, training, "query_windows") == 1
+
+
+def test_plan_gathers_what_the_rule_says_for_a_call():
+    """`formulations.plan` holds, for one call, the rule's settings of the picked formulation:
+    where a strided layer pools (folded into query windows' scores everywhere, on q . E first's
+    maps where POOLED_MAPS_ENGINES says so, the output otherwise), query windows' blocks and
+    batch parts as `window_blocks` / `batch_parts` give them, and q . E's broadcast embeddings and
+    separate products without oneDNN in TensorFlow only."""
+    amd_tf = dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")
+    for runtime in (ONEDNN, NO_ONEDNN, amd_tf, MALLOC_AVX2, XLA, JAX, TORCH):
+        without_onednn = runtime.engine in ("tf", "tf_malloc")
+        for training in (False, True):
+            for formulation in formulations.FORMULATIONS:
+                for strides in (1, 2):
+                    plan = formulations.plan(formulation, runtime, training, strides)
+                    expected_pool = "output"
+                    if strides == 2 and formulation == "query_windows":
+                        expected_pool = "scores"
+                    elif strides == 2 and formulation == "queries_first":
+                        expected_pool = "output" if runtime.engine == "torch" else "maps"
+                    assert plan.formulation == formulation
+                    assert plan.pool == expected_pool, (runtime, formulation, strides)
+                    assert plan.blocks == formulations.window_blocks(runtime, training, strides)
+                    assert plan.batch_parts == formulations.batch_parts(runtime, training,
+                                                                        formulation, strides)
+                    assert plan.broadcast_embeddings == plan.separate_products == without_onednn
+    # The one place the CPU changes batch parts, seen through the plan.
+    assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4
+    assert formulations.plan("query_windows", amd_tf, False).blocks == dict(block_columns=2,
+                                                                            block_scopes=0.5)
 
 
 @pytest.mark.parametrize("formulation", ["query_windows", "queries_first"])

@@ -292,36 +292,15 @@ class LambdaLayer(keras.layers.Layer):
         out = content_output(queries, keys, values)  # [b, n', h, v]
         if self.position is not None:
             runtime = formulations.current_runtime()
-            formulation = self._formulation(rows, cols, training, runtime)
-            self._last_formulation = formulation  # what this call traced (benchmarks read it)
-            blocks = formulations.window_blocks(runtime, training, self.strides,
-                                                self.receptive_field)  # of query_windows
-            broadcast = runtime.engine in formulations.BROADCAST_EMBEDDINGS_ENGINES  # q . E
-            separate = runtime.engine in formulations.SEPARATE_PRODUCTS_ENGINES  # its products
+            plan = formulations.plan(self._formulation(rows, cols, training, runtime), runtime,
+                                     training, self.strides, self.receptive_field)
+            self._last_formulation = plan.formulation  # what this call traced (benchmarks read it)
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
-            if self.strides == 2 and formulation == "query_windows":
-                # Folded into the window scores: formed only at the pooled positions.
-                table = ops.cast(self.position_embeddings, lambda_dtype)  # [r, r, u, k]
-                out = out + formulations.query_windows(
-                    q, values, table, rows, cols, self.pool_size, self.strides, **blocks,
-                    separate_products=separate)  # [b, n', h, v]
-            elif (self.strides == 2 and formulation == "queries_first"
-                    and runtime.engine in formulations.POOLED_MAPS_ENGINES):
-                # Applied to the q . E maps before they meet V, the pool saves 3/4 of q.E . V
-                # (formulations.queries_first_pooled).
-                out = out + formulations.queries_first_pooled(
-                    q, values, self._embeddings(rows, cols, lambda_dtype), rows, cols,
-                    lambda maps: self._pool(maps, rows, cols), broadcast,
-                    separate)  # [b, n', h, v]
-            else:
-                parts = formulations.batch_parts(runtime, training, formulation, self.strides,
-                                                 self.receptive_field)  # of query_windows
-                position = self._position_output(q, values, rows, cols, lambda_dtype,
-                                                 formulation, blocks, broadcast, separate, parts)
-                if self.strides == 2:
-                    position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
-                out = out + position
+            position = self._position_output(q, values, rows, cols, lambda_dtype, plan)
+            if self.strides == 2 and plan.pool == "output":
+                position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
+            out = out + position
 
         out = ops.cast(out, compute_dtype)
         return ops.reshape(out, (batch, out_rows, out_cols, h * v))  # [b, H', W', d]
@@ -376,24 +355,31 @@ class LambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k], [2H-1, 2W-1, u, k] or E
         return formulations.position_embeddings(table, self.position, rows, cols)
 
-    def _position_output(self, q, values, rows, cols, dtype, formulation, blocks, broadcast,
-                         separate, parts):
-        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v]: [b, n, h, v]
-        (`blocks`: query_windows' `formulations.window_blocks`, `parts` its
-        `formulations.batch_parts`; `broadcast`: queries_first's; `separate`: the products of
-        both as separate matmuls, `formulations.batched_matmul`)."""
+    def _position_output(self, q, values, rows, cols, dtype, plan):
+        """Position term of the output, sum_k q[b,n,h,k] lambda^p[b,n,k,v], computed as `plan`
+        (a `formulations.Plan`) says: [b, n', h, v] where the plan pools the q . E scores or
+        maps (`plan.pool`), else [b, n, h, v]."""
+        formulation = plan.formulation
         if formulation == "queries_first":
-            return formulations.queries_first(q, values, self._embeddings(rows, cols, dtype),
-                                              broadcast, separate)  # [b, n, h, v]
+            embeddings = self._embeddings(rows, cols, dtype)  # [n, m, u, k]
+            if plan.pool == "maps":  # the pool saves 3/4 of q.E . V (queries_first_pooled)
+                return formulations.queries_first_pooled(
+                    q, values, embeddings, rows, cols, lambda maps: self._pool(maps, rows, cols),
+                    plan.broadcast_embeddings, plan.separate_products)  # [b, n', h, v]
+            return formulations.queries_first(q, values, embeddings, plan.broadcast_embeddings,
+                                              plan.separate_products)  # [b, n, h, v]
         if formulation == "lambdas_first":
             lambdas = formulations.lambdas_first(values, self._embeddings(rows, cols, dtype))
         else:
             table = ops.cast(self.position_embeddings, dtype)  # [r, r, u, k]
             if formulation == "query_windows":
+                # The pool folded into the window scores: formed only at the pooled positions.
+                pool = (self.pool_size, self.strides) if plan.pool == "scores" else (1, 1)
                 return formulations.in_batch_parts(
                     lambda q, values: formulations.query_windows(
-                        q, values, table, rows, cols, **blocks, separate_products=separate),
-                    parts, q, values)  # [b, n, h, v]
+                        q, values, table, rows, cols, *pool, **plan.blocks,
+                        separate_products=plan.separate_products),
+                    plan.batch_parts, q, values)  # [b, n', h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

@@ -44,7 +44,9 @@ Where the rule is a guess (or to be sure), `autotune(model)` measures every form
 lambda layer of a model where it runs and stores the fastest; "auto" then uses the stored picks
 (`autotuning`; `LAMBDA_KERAS_AUTOTUNE=0` turns them off).
 
-The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`),
+The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`, and
+`plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
+blocks and batch parts, the engines' forms of the products),
 `autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
 code); everything is re-exported here.
 """
@@ -79,12 +81,14 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     POOLED_MAPS_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,
     WITHOUT_AVX512_RULE,
+    Plan,
     Runtime,
     batch_parts,
     choose,
     cpu_rows,
     current_runtime,
     phase_of,
+    plan,
     rule_for,
     window_blocks,
 )

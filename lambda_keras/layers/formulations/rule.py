@@ -1,6 +1,7 @@
 """The rule that picks a formulation of the position term: the `Runtime` a layer runs in (backend,
 XLA, TensorFlow's oneDNN state and CPU allocator, device, kind of CPU), the measured rule tables and
-`choose` (see the package docstring, lambda_keras/layers/formulations/__init__.py)."""
+`choose`, and the `Plan` of a call (see the package docstring,
+lambda_keras/layers/formulations/__init__.py)."""
 
 import dataclasses
 import functools
@@ -360,6 +361,53 @@ def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
     return rule_for(runtime, phase_of(training))["batch_parts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one call computes its position term: the formulation and the rule's settings for it.
+
+    formulation: one of FORMULATIONS.
+    pool: where a strided layer's average pool applies: "scores" (folded into query windows'
+        window scores), "maps" (`queries_first_pooled`: on the q . E maps before they meet V;
+        POOLED_MAPS_ENGINES) or "output" (after the position term; unstrided layers too, where
+        there is no pool).
+    block_columns, block_scopes: query windows' blocks (`window_blocks`).
+    batch_parts: independent parts of the batch (`batch_parts`).
+    broadcast_embeddings: q . E first with E broadcast over the batch
+        (BROADCAST_EMBEDDINGS_ENGINES).
+    separate_products: the products of q . E first and query windows as separate 2-D matmuls
+        (SEPARATE_PRODUCTS_ENGINES).
+    """
+
+    formulation: str
+    pool: str = "output"
+    block_columns: int = 1
+    block_scopes: float = QUERY_BLOCK_SCOPES
+    batch_parts: int = 1
+    broadcast_embeddings: bool = False
+    separate_products: bool = False
+
+    @property
+    def blocks(self):
+        """query_windows' keyword arguments of its blocks."""
+        return dict(block_columns=self.block_columns, block_scopes=self.block_scopes)
+
+
+def plan(formulation, runtime, training, strides=1, receptive_field=23):
+    """The `Plan` of a layer's call that computes `formulation` in `runtime` (a `Runtime`), for
+    the call's `training` and the layer's strides and r (what the rule says beyond the pick)."""
+    engine = runtime.engine
+    pool = "output"
+    if strides == 2 and formulation == "query_windows":
+        pool = "scores"
+    elif strides == 2 and formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
+        pool = "maps"
+    return Plan(formulation, pool=pool,
+                **window_blocks(runtime, training, strides, receptive_field),
+                batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field),
+                broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
+                separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
 
 
 def rule_for(runtime, phase):
