@@ -37,8 +37,8 @@ time of that formulation. Results: one table per kind of CPU, `results/formulati
 (`lambda_keras.runtime.cpu_kind()`: "intel-avx512", "amd-avx2", "amd-avx512"; per engine:
 machine, oneDNN state, package versions; per cell: every formulation's statistics, the fastest,
 auto's pick and ratio).
-The rule must hold on every table (tests/test_formulations.py); benchmarks/formulation_tables.py
-reads them (`--table`, `--versus-timm`).
+The rule must hold on every table (tests/test_formulation_rule.py);
+benchmarks/formulation_tables.py reads them (`--table`, `--versus-timm`).
 """
 
 import argparse
@@ -72,10 +72,11 @@ SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive
           # than the lambdas (h n u <= k v) while the scope is a third of the map.
           "r9": dict(receptive_field=9, intra_depth=1),
           "r9s2": dict(receptive_field=9, intra_depth=1, strides=2, pool_size=2)}
-# Shapes measured only up to a map size: the strided layer differs from "r23" only where
-# queries_first applies (it pools the q . E maps); from 56^2 on those pass the memory limit.
+# Shapes measured only up to a map size. The strided layer differs from "r23" where the pool is
+# folded in (q . E first pools its maps, query windows their scores): up to 56^2, what a
+# strided lambda layer meets in c3 at 224 px (layouts with lambda layers in c3) or in c4 at 448 px.
 # r 9: where `choose` decides between q . E first and query windows by the scope (14^2).
-MAX_SIZE = {"r23s2": 28, "r9": 14, "r9s2": 14}
+MAX_SIZE = {"r23s2": 56, "r9": 14, "r9s2": 14}
 LAYER = dict(key_dim=16, num_heads=4, position="conv")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)

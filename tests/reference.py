@@ -19,6 +19,8 @@ from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.layers.formulations import rule
 
 BATCH, ROWS, COLS, CHANNELS = 2, 6, 7, 6  # odd width: exercises the pools' padding
+# The paper's sizes: |v| = 64, so k v = 1024 = h m on a 16 x 16 map.
+PAPER = dict(key_dim=16, num_heads=4, output_dim=256)
 # Small layer: d = 8 != 6 input channels, |k| = 4, |h| = 2, |v| = 4.
 SMALL = dict(output_dim=8, key_dim=4, num_heads=2)
 

@@ -1,5 +1,5 @@
 """Tests for benchmarks/ (the formulations of the lambda layer's position term and the rule that
-picks one are tested in tests/test_formulations.py).
+picks one are tested in tests/test_formulations.py and tests/test_formulation_rule.py).
 
 - The QUICK benchmark run (every suite, tiny sizes) works end to end: every configuration runs,
   the JSON files, plots and summary hold the expected keys and finite ratios. Speed is not

@@ -34,8 +34,8 @@ allocator, device, kind of CPU) the layer traces under. Its thresholds come from
 `benchmarks/formulations.py`, run on three kinds of CPU (`lambda_keras.runtime.cpu_kind()`: an
 Intel Xeon with AVX-512, an AMD EPYC with AVX2 only and one with AVX-512;
 benchmarks/results/formulations/<cpu>.json, tables in benchmarks/README.md), and
-tests/test_formulations.py checks that, in every measured cell of each, the rule's pick is within
-1.2x of the fastest formulation.
+tests/test_formulation_rule.py checks that, in every measured cell of each, the rule's pick is
+within 1.2x of the fastest formulation.
 NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
 no-oneDNN TensorFlow rows, a guess documented as such. Other CPUs (ARM, Intel without AVX-512)
 get the rows of the measured CPU they resemble by AVX-512 (`cpu_rows`), also a guess.
@@ -80,6 +80,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,
+    STRIDED_WINDOWS,
     WITHOUT_AVX512_RULE,
     Plan,
     Runtime,

@@ -69,8 +69,8 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 #   (1: no more memory than the lambdas, what every engine does; 4: up to 32^2 maps at the
 #   paper's sizes, where it was measured fastest, e.g. 28^2 under XLA); in a strided layer
 #   (strides 2) `strided_queries_first` (default: the same);
-# - "query_windows": maps of `windows` = (smallest n, largest n) positions (`strided_windows` in
-#   a strided layer; default: the same); None: never; with `window_scopes`, only maps of at most
+# - "query_windows": maps of `windows` = (smallest n, largest n) positions (STRIDED_WINDOWS in
+#   a strided layer, on every engine); None: never; with `window_scopes`, only maps of at most
 #   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Memory per
 #   position does not grow with the map, but at 112^2 (batch 8) the window scores and their
 #   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
@@ -98,13 +98,12 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # AVX-512): r 9 at 14^2 5.7 ms for q . E first against 7.0 for query windows (with malloc 8.4
 # against 7.4). CPUs with AVX-512 not measured at r 9.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
-          windows=None, strided_windows=None, window_scopes=None, block_columns=1,
+          windows=None, window_scopes=None, block_columns=1,
           block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
-                windows=windows, strided_windows=strided_windows or windows,
-                window_scopes=window_scopes, block_columns=block_columns,
+                windows=windows, window_scopes=window_scopes, block_columns=block_columns,
                 block_scopes=block_scopes, batch_parts=batch_parts,
                 small_map_scopes=small_map_scopes)
 
@@ -121,10 +120,21 @@ SMALL_R_CONV_BEYOND_112 = (11, 112 * 112 + 1, "conv")
 ROW_WINDOWS_BEYOND_112 = (None, 112 * 112 + 1, "row_windows")
 UP_TO_14, UP_TO_28, UP_TO_56 = (0, 14 * 14), (0, 28 * 28), (0, 56 * 56)  # query_windows ranges
 UP_TO_112 = (0, 112 * 112)
+# Strided layers (the pool folded into the window scores) take query windows on maps of up to
+# 56^2 on every engine. Measured on the AMD EPYC with AVX-512 (r 23, batch 8, d 256, 2026-12-04,
+# results/formulations/amd-avx512.json "r23s2" at 56^2), query windows against the next fastest,
+# forward / training: oneDNN 86 / 314 ms vs 156 (convolution) / 1183 (row windows); TF without
+# oneDNN 116 / 426 vs 462 / 1270 (row windows); with malloc 241 / 847 vs 605 / 1558 (row
+# windows); XLA 111 / 367 vs 328 (q . E first) / 1462 (row windows); JAX 289 / 693 vs 545 /
+# 1623 (row windows); PyTorch 295 / 641 vs 317 (convolution) / 1545 (row windows). The rows
+# stopped at 28^2 for malloc, JAX and PyTorch, where the suite's strided shape stopped: they
+# took row windows or the convolution there, 1.8-3.7x slower. NOTE: the Xeon and the EPYC
+# without AVX-512 timed strided layers up to 28^2 only; their 56^2 follows this CPU's margins.
+STRIDED_WINDOWS = UP_TO_56
 SMALL_BLOCKS = 0.5  # query windows' blocks of query rows, in scopes (see WITHOUT_AVX512_RULE)
 LOCAL_RULE = {
     # (engine, phase):   _rule(queries_first, dense_scope, whole_e_scope, *local rows,
-    #                          strided_queries_first, windows, strided_windows, window_scopes)
+    #                          strided_queries_first, windows, window_scopes)
     # oneDNN's r x r convolution: the fastest forward beyond 56^2; query windows up to 56^2
     # (28^2 r 23: 42 vs 48 ms; strided 21 vs 34 for the pooled q . E; 56^2: 227 vs 204 ms for the
     # convolution with AVX-512, 331 vs 561 ms without) and in training up to 56^2 (56^2 r 23: 0.9
@@ -143,8 +153,7 @@ LOCAL_RULE = {
     # 28^2 only (56^2 r 23: 1.15x row windows), in training only strided (28^2 r 23 unstrided:
     # 1.46x row windows; strided 164 vs 402 ms).
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_28),
-    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS,
-                                  strided_windows=UP_TO_28),
+    ("tf_malloc", "train"): _rule(1, 2, 1, SMALL_R_CONV_FROM_50, ROW_WINDOWS),
     # XLA compiles the 1-channel 23 x 23 convolution poorly (25-37x slower than q . E at 14^2):
     # q . E up to 32^2 unstrided (28^2 r 23: 58 vs 72 ms for query windows), query windows in
     # strided layers and up to 56^2 (56^2 r 23: 0.33 vs 0.61 s forward for row windows, 1.3 vs
@@ -159,8 +168,7 @@ LOCAL_RULE = {
     # |u| = 4 at 14^2 (1.18x q . E, where row windows took 1.54x), the fastest in strided layers
     # (28^2: 71 vs 132 ms for the pooled q . E) and in training up to 28^2; at 56^2 row windows
     # and the 7 x 7 convolution (r 7 |u| 4: query windows 1.00x with AVX-512, >1.2x without).
-    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_14,
-                          strided_windows=UP_TO_28),
+    ("jax", "fwd"): _rule(1, 4, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS, windows=UP_TO_14),
     ("jax", "train"): _rule(1, 4, 4, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_28,
                             small_map_scopes=4),
     # PyTorch (eager; its oneDNN convolution): the convolution forward and the 7 x 7 convolution
@@ -169,9 +177,9 @@ LOCAL_RULE = {
     # 6 scopes (r 7 |u| 4 at 14^2: 40 vs 48 ms for the convolution; r 23 at 28^2 / 56^2: 1.02x /
     # 1.15x row windows with AVX-512, the fastest without, where E . V took 1.28x and row windows
     # 1.20x).
-    ("torch", "fwd"): _rule(1, 2, 1, CONV, strided_windows=UP_TO_28, small_map_scopes=3),
+    ("torch", "fwd"): _rule(1, 2, 1, CONV, small_map_scopes=3),
     ("torch", "train"): _rule(1, 2, 2, SMALL_R_CONV, ROW_WINDOWS, windows=UP_TO_56,
-                              strided_windows=UP_TO_28, window_scopes=6),
+                              window_scopes=6),
 }
 # Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
 # results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on the Xeon and the EPYC elsewhere).
@@ -271,8 +279,7 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
         SMALL_R_CONV_FROM_50, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_columns=2,
         block_scopes=SMALL_BLOCKS),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
-                                QUERY_WINDOWS, windows=UP_TO_56, strided_windows=UP_TO_28,
-                                window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS,
+                                QUERY_WINDOWS, windows=UP_TO_56, window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS,
                                 batch_parts=4),
     ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
@@ -488,7 +495,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and maps <= allowance * key_dim * value_dim:
         return "queries_first"
-    windows = rule["strided_windows" if strides == 2 else "windows"]
+    windows = STRIDED_WINDOWS if strides == 2 else rule["windows"]
     if windows and windows[0] <= positions <= windows[1] and (
             rule["window_scopes"] is None or positions <= rule["window_scopes"] * scope):
         return "query_windows"
