@@ -70,8 +70,10 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 #   paper's sizes, where it was measured fastest, e.g. 28^2 under XLA); in a strided layer
 #   (strides 2) `strided_queries_first` (default: the same);
 # - "query_windows": maps of `windows` = (smallest n, largest n) positions (STRIDED_WINDOWS in
-#   a strided layer, on every engine); None: never; with `window_scopes`, only maps of at most
-#   that many r x r scopes (n <= window_scopes r^2: a small r gets small maps only). Memory per
+#   a strided layer, on every engine); None: never; in unstrided layers, with `window_scopes`
+#   only maps of at most that many r x r scopes (n <= window_scopes r^2: a small r gets small
+#   maps only) and with `min_window_scopes` of at least that many (fewer: E is dense enough for
+#   the n x m formulations or row windows to win). Memory per
 #   position does not grow with the map, but at 112^2 (batch 8) the window scores and their
 #   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
 #   not run 2-scope blocks there, ~11 GiB), and the Xeon's table stops at 56^2. An unstrided
@@ -98,12 +100,13 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # AVX-512): r 9 at 14^2 5.7 ms for q . E first against 7.0 for query windows (with malloc 8.4
 # against 7.4). CPUs with AVX-512 not measured at r 9.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
-          windows=None, window_scopes=None, block_columns=1,
+          windows=None, window_scopes=None, min_window_scopes=0, block_columns=1,
           block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
                 strided_queries_first=strided_queries_first or queries_first,
-                windows=windows, window_scopes=window_scopes, block_columns=block_columns,
+                windows=windows, window_scopes=window_scopes,
+                min_window_scopes=min_window_scopes, block_columns=block_columns,
                 block_scopes=block_scopes, batch_parts=batch_parts,
                 small_map_scopes=small_map_scopes)
 
@@ -128,8 +131,12 @@ UP_TO_112 = (0, 112 * 112)
 # windows); XLA 111 / 367 vs 328 (q . E first) / 1462 (row windows); JAX 289 / 693 vs 545 /
 # 1623 (row windows); PyTorch 295 / 641 vs 317 (convolution) / 1545 (row windows). The rows
 # stopped at 28^2 for malloc, JAX and PyTorch, where the suite's strided shape stopped: they
-# took row windows or the convolution there, 1.8-3.7x slower. NOTE: the Xeon and the EPYC
-# without AVX-512 timed strided layers up to 28^2 only; their 56^2 follows this CPU's margins.
+# took row windows or the convolution there, 1.8-3.7x slower. Whatever the map in scopes (the
+# rows' `window_scopes` are for unstrided layers): timm's r 9 strided layer at 28^2 (9.7 scopes,
+# 2026-12-04) took query windows as the fastest on every engine, 1.6-6.2x the next formulation,
+# where JAX's and PyTorch's training rows took the convolution, 4.5x / 3.3x slower. NOTE: the Xeon
+# and the EPYC without AVX-512 timed strided layers up to 28^2 (r 23) only; their 56^2 and r 9
+# follow this CPU's margins.
 STRIDED_WINDOWS = UP_TO_56
 SMALL_BLOCKS = 0.5  # query windows' blocks of query rows, in scopes (see WITHOUT_AVX512_RULE)
 LOCAL_RULE = {
@@ -322,8 +329,16 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 #   23 vs 31 ms for query windows; before, 16 vs 18).
 # - PyTorch training: the convolution beyond query windows' 6 scopes (r 23 at 112^2: 5775 /
 #   8413 ms vs 7376 / 9991 for row windows, two runs; the Xeon's row windows 1.19x / 1.28x).
-# - JAX training: query windows on maps of up to 6 scopes (r 7 |u| 4 at 28^2, 16 scopes: the
-#   convolution, 203-227 vs 254-322 ms in two runs; the Xeon's query windows 1.25-1.42x).
+# - JAX training: query windows on maps of up to 12 scopes (r 7 |u| 4 at 28^2, 16 scopes: the
+#   convolution, 203-227 vs 254-322 ms in two runs; the Xeon's query windows 1.25-1.42x; timm's
+#   r 9 at 28^2, 9.7 scopes, 2026-12-04: query windows 116 vs 212 ms for the convolution).
+#   PyTorch training the same (r 9 at 28^2: 81 vs 121 ms for the convolution; r 7 |u| 4 at 28^2
+#   the convolution, query windows 1.92x).
+# - JAX forward and malloc training, query windows on maps of 2-12 scopes up to 28^2 (timm's r 9
+#   at 28^2, 2026-12-04: JAX 40 vs 87 ms for the convolution and 44 for row windows, malloc 82 vs
+#   115 for row windows; below 2 scopes, r 23 at 28^2, row windows or E . V stay: query windows
+#   1.38x / 1.15x there; r 7 |u| 4 at 28^2, 16 scopes: the convolution / row windows, query
+#   windows 1.80x / 1.13x).
 # Its cells at 14^2 flip between runs (XLA's and JAX's strided r 23 training: q . E first 1.42x /
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
@@ -333,11 +348,13 @@ AMD_AVX512_RULE = {
     ("tf", "train"): dict(WITHOUT_AVX512_RULE[("tf", "train")], windows=UP_TO_112),
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
     ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_112),
-    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], windows=UP_TO_14,
-                                 small_map_scopes=3),
-    ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=6),
+    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], windows=UP_TO_28,
+                                 min_window_scopes=2, window_scopes=12, small_map_scopes=3),
+    ("jax", "fwd"): dict(LOCAL_RULE[("jax", "fwd")], windows=UP_TO_28, min_window_scopes=2,
+                         window_scopes=12),
+    ("jax", "train"): dict(LOCAL_RULE[("jax", "train")], window_scopes=12),
     ("torch", "train"): dict(LOCAL_RULE[("torch", "train")], local=(SMALL_R_CONV, CONV_FROM_50,
-                                                                    ROW_WINDOWS)),
+                                                                    ROW_WINDOWS), window_scopes=12),
 }
 # The measured kinds of CPU (`lambda_keras.runtime.cpu_kind()`) with rows of their own; the
 # Intel Xeon with AVX-512 ("intel-avx512") has LOCAL_RULE's (see `cpu_rows`).
@@ -496,8 +513,9 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     if positions <= rule["dense_scope"] * scope and maps <= allowance * key_dim * value_dim:
         return "queries_first"
     windows = STRIDED_WINDOWS if strides == 2 else rule["windows"]
+    most_scopes = rule["window_scopes"] or float("inf")
     if windows and windows[0] <= positions <= windows[1] and (
-            rule["window_scopes"] is None or positions <= rule["window_scopes"] * scope):
+            strides == 2 or rule["min_window_scopes"] <= positions / scope <= most_scopes):
         return "query_windows"
     if positions <= rule["whole_e_scope"] * scope:
         return "lambdas_first"  # the scope covers (most of) the map: E is dense
