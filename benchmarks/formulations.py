@@ -22,9 +22,10 @@ Each engine runs in its own process (KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS are
 TensorFlow and PyTorch cannot share one). Shapes: batch 8, d 256, |k| 16, |h| 4 (|v| 64), with
 r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2, and the strided r 23 layer
 ("r23s2": a 3 x 3 stride-2 average pool follows, as in the first block of a LambdaResNet stage)
-at 14^2-56^2; timm's r 9 layer ("r9", and "r9s2" with its 2 x 2 stride-2 pool) at 14^2 and
-28^2 (the Xeon's table predates the r 9 shapes and the strided 56^2, the AVX2 EPYC's the
-strided 56^2 and r 9 at 28^2).
+and r 7 |u| 4 strided ("r7u4s2") at 14^2-56^2; timm's r 9 layer ("r9", and "r9s2" with its 2 x 2
+stride-2 pool) at 14^2 and 28^2 (the other CPUs' tables predate some of these: the Xeon's has
+neither r 9 nor "r7u4s2" nor strided 56^2, the AVX2 EPYC's no "r7u4s2", strided 56^2 or r 9 at
+28^2).
 
 Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
 compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not
@@ -70,6 +71,7 @@ ENGINES = {
 SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
                                                                       intra_depth=4),
           "r23s2": dict(receptive_field=23, intra_depth=1, strides=2),
+          "r7u4s2": dict(receptive_field=7, intra_depth=4, strides=2),
           # timm's lambda layers (LambdaResNet26T, 50TS: r 9): at 14^2 q . E is no larger
           # than the lambdas (h n u <= k v) while the scope is a third of the map.
           "r9": dict(receptive_field=9, intra_depth=1),
@@ -79,7 +81,7 @@ SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive
 # strided lambda layer meets in c3 at 224 px (layouts with lambda layers in c3) or in c4 at 448 px.
 # r 9 (timm's LambdaResNet26T and 50TS: 16^2 and, strided, 32^2 at 256 px): 14^2, where `choose`
 # decides between q . E first and query windows by the scope, and 28^2.
-MAX_SIZE = {"r23s2": 56, "r9": 28, "r9s2": 28}
+MAX_SIZE = {"r23s2": 56, "r7u4s2": 56, "r9": 28, "r9s2": 28}
 LAYER = dict(key_dim=16, num_heads=4, position="conv")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
