@@ -100,9 +100,19 @@ def versus_timm_markdown(tables):
                for tag in tables for phase in PHASES]
         if any(value != "-" for value in row):
             lines.append(f"| {engine} | " + " | ".join(row) + " |")
-    timed = []
-    for tag, data in tables.items():
-        torch_runs = data["engines"].get("torch", {})
-        finished = torch_runs.get("runs", {}).get("r23", torch_runs).get("finished", "?")
-        timed.append(f"{tag} ({data['machine']['cpu_model']}) {finished}")
+    timed = [f"{tag} ({data['machine']['cpu_model']}) {_timm_timed(data)}"
+             for tag, data in tables.items()]
     return "\n".join(lines) + "\n\ntimm's r 23 cells timed: " + "; ".join(timed) + "."
+
+
+def _timm_timed(data):
+    """When the "torch" engine's runs timed timm's r 23 cells: the run of every size, then the
+    runs of some sizes ("r23,r7u4@7") with theirs; the engine's record without a run of r 23."""
+    torch_runs = data["engines"].get("torch", {})
+    times = []
+    for key, run in torch_runs.get("runs", {}).items():
+        shapes, _, sizes = key.partition("@")
+        if "r23" in shapes.split(","):
+            where = " / ".join(f"{size}²" for size in sizes.split(",")) if sizes else ""
+            times.append((bool(sizes), f"{run['finished']} ({where})" if sizes else run["finished"]))
+    return ", ".join(text for _, text in sorted(times)) or torch_runs.get("finished", "?")

@@ -234,6 +234,12 @@ def test_versus_timm_divides_timms_time_by_autos_pick():
     text = formulation_tables.versus_timm_markdown({"cpu-a": data})
     assert "| tf | 3.0 / 2.5 | 4.0 / - |" in text
     assert "| jax |" not in text and "cpu-a (Some CPU) 2026-12-01 10:00" in text
+    # Runs of some shapes and sizes: those that timed timm's r 23 cells, the full run first.
+    data["engines"]["torch"]["runs"] = {
+        "r23,r7u4@7": dict(finished="2026-12-02 09:00"), "r9,r9s2@28": dict(finished="x"),
+        "r23": dict(finished="2026-12-01 11:00")}
+    text = formulation_tables.versus_timm_markdown({"cpu-a": data})
+    assert text.endswith("cpu-a (Some CPU) 2026-12-01 11:00, 2026-12-02 09:00 (7²).")
 
 
 def test_versus_timm_on_the_committed_tables():
