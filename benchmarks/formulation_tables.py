@@ -114,5 +114,6 @@ def _timm_timed(data):
         shapes, _, sizes = key.partition("@")
         if "r23" in shapes.split(","):
             where = " / ".join(f"{size}²" for size in sizes.split(",")) if sizes else ""
-            times.append((bool(sizes), f"{run['finished']} ({where})" if sizes else run["finished"]))
+            text = f"{run['finished']} ({where})" if sizes else run["finished"]
+            times.append((bool(sizes), text))
     return ", ".join(text for _, text in sorted(times)) or torch_runs.get("finished", "?")

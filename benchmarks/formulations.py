@@ -20,12 +20,13 @@ backward (gradient of mean(y^2) with respect to the input and every trainable we
 
 Each engine runs in its own process (KERAS_BACKEND and TF_ENABLE_ONEDNN_OPTS are per process;
 TensorFlow and PyTorch cannot share one). Shapes: batch 8, d 256, |k| 16, |h| 4 (|v| 64), with
-r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2, and the strided r 23 layer
+r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2 (and 7^2, c5's map at 224 px, in
+a run of `--sizes 7`), and the strided r 23 layer
 ("r23s2": a 3 x 3 stride-2 average pool follows, as in the first block of a LambdaResNet stage)
 and r 7 |u| 4 strided ("r7u4s2") at 14^2-56^2; timm's r 9 layer ("r9", and "r9s2" with its 2 x 2
 stride-2 pool) at 14^2 and 28^2 (the other CPUs' tables predate some of these: the Xeon's has
-neither r 9 nor "r7u4s2" nor strided 56^2, the AVX2 EPYC's no "r7u4s2", strided 56^2 or r 9 at
-28^2).
+neither r 9 nor "r7u4s2" nor strided 56^2 nor 7^2, the AVX2 EPYC's no "r7u4s2", strided 56^2,
+r 9 at 28^2 or 7^2).
 
 Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
 compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not

@@ -286,8 +286,8 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
         SMALL_R_CONV_FROM_50, ROW_WINDOWS_BEYOND_112, QUERY_WINDOWS), block_columns=2,
         block_scopes=SMALL_BLOCKS),
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
-                                QUERY_WINDOWS, windows=UP_TO_56, window_scopes=6, block_columns=2, block_scopes=SMALL_BLOCKS,
-                                batch_parts=4),
+                                QUERY_WINDOWS, windows=UP_TO_56, window_scopes=6,
+                                block_columns=2, block_scopes=SMALL_BLOCKS, batch_parts=4),
     ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
 }
 
