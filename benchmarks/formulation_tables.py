@@ -112,8 +112,11 @@ def _timm_timed(data):
     times = []
     for key, run in torch_runs.get("runs", {}).items():
         shapes, _, sizes = key.partition("@")
-        if "r23" in shapes.split(","):
-            where = " / ".join(f"{size}²" for size in sizes.split(",")) if sizes else ""
-            text = f"{run['finished']} ({where})" if sizes else run["finished"]
-            times.append((bool(sizes), text))
+        if "r23" not in shapes.split(","):
+            continue
+        if sizes:
+            where = " / ".join(f"{size}²" for size in sizes.split(","))
+            times.append((True, f"{run['finished']} ({where})"))
+        else:
+            times.append((False, run["finished"]))
     return ", ".join(text for _, text in sorted(times)) or torch_runs.get("finished", "?")

@@ -298,7 +298,7 @@ class LambdaLayer(keras.layers.Layer):
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
             position = self._position_output(q, values, rows, cols, lambda_dtype, plan)
-            if self.strides == 2 and plan.pool == "output":
+            if plan.pool == "output":
                 position, _ = self._pool_positions(position, rows, cols)  # [b, n', h, v]
             out = out + position
 

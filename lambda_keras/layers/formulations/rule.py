@@ -394,8 +394,7 @@ class Plan:
     formulation: one of FORMULATIONS.
     pool: where a strided layer's average pool applies: "scores" (folded into query windows'
         window scores), "maps" (`queries_first_pooled`: on the q . E maps before they meet V;
-        POOLED_MAPS_ENGINES) or "output" (after the position term; unstrided layers too, where
-        there is no pool).
+        POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of the batch (`batch_parts`).
     broadcast_embeddings: q . E first with E broadcast over the batch
@@ -405,7 +404,7 @@ class Plan:
     """
 
     formulation: str
-    pool: str = "output"
+    pool: str | None = None
     block_columns: int = 1
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
@@ -422,11 +421,13 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23):
     """The `Plan` of a layer's call that computes `formulation` in `runtime` (a `Runtime`), for
     the call's `training` and the layer's strides and r (what the rule says beyond the pick)."""
     engine = runtime.engine
-    pool = "output"
-    if strides == 2 and formulation == "query_windows":
-        pool = "scores"
-    elif strides == 2 and formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
-        pool = "maps"
+    pool = None
+    if strides == 2:
+        pool = "output"
+        if formulation == "query_windows":
+            pool = "scores"
+        elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
+            pool = "maps"
     return Plan(formulation, pool=pool,
                 **window_blocks(runtime, training, strides, receptive_field),
                 batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field),
