@@ -2,6 +2,7 @@
 
     python -m benchmarks.paired [--engines tf_onednn,tf] [--sizes 14,28,56,112] [--phases fwd]
                                 [--pairs 3] [--calls 5] [--out benchmarks/results/paired] [--quick]
+    python -m benchmarks.paired --history {runs,summary} [--out benchmarks/results/paired]
 
 The formulation suite (benchmarks/formulations.py) times timm's layer once, in the "torch"
 process, minutes to an hour before or after the other engines; a shared host's speed drifts by up
@@ -14,6 +15,9 @@ The lambda layer is `LambdaLayer(implementation="auto")` with the suite's r 23 s
 d 256, |k| 16, |h| 4) and its engines (formulations.ENGINES: backend, oneDNN and allocator,
 XLA); its pick is recorded per round. Results: `<out>/<cpu kind>.json` (machine, CPU flags, each
 engine's oneDNN state as TensorFlow reported it) and a Markdown table on stdout.
+`--history runs` prints every stored run of the folder instead (one row per run and engine, then the
+median and range of the runs' medians per engine; `--history summary` the last rows only): the
+tables of README.md and benchmarks/README.md.
 """
 
 import argparse
@@ -33,6 +37,7 @@ from benchmarks import formulations as suite
 PEER = "timm"
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5)
 QUICK = dict(batch=2, width=32, sizes=(8,), pairs=2, calls=2)
+RESULTS = os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired")
 WARMUP = 2  # PyTorch's first calls at a new shape create its oneDNN primitives
 
 
@@ -91,16 +96,67 @@ def markdown_table(data):
              "|---" * (2 + len(sizes)) + "|"]
     for engine in data["engines"]:
         for phase in suite.PHASES:
-            row = []
-            for size in sizes:
-                cell = next((c for c in data["cells"] if c["size"] == size
-                             and c["phase"] == phase), None)
-                ratio = cell and cell["ratios"].get(engine)
-                row.append(f"{ratio['median']:.1f}x ({ratio['low']:.1f}-{ratio['high']:.1f})"
-                           if ratio else "-")
+            row = [_ratio_text(_cell_ratio(data, size, phase, engine)) for size in sizes]
             if any(value != "-" for value in row):
                 lines.append(f"| {engine} | {phase} | " + " | ".join(row) + " |")
     return "\n".join(lines)
+
+
+def load_runs(folder):
+    """Every paired run stored in `folder` (*.json files of this suite), oldest first."""
+    runs = []
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                data = json.load(f)
+            if data.get("suite") == "paired":
+                runs.append(data)
+    return sorted(runs, key=lambda data: data["started"])
+
+
+def history_table(runs, per_run=True):
+    """| run | engine | phase | <size>² ... |: each run's "median (low-high)" per engine and phase
+    (`per_run`), then per CPU kind, engine and phase the median of the runs' medians with their
+    lowest and highest."""
+    sizes = sorted({cell["size"] for data in runs for cell in data["cells"]})
+    lines = ["| run (CPU kind, started, rounds per cell) | engine | phase | "
+             + " | ".join(f"{size}²" for size in sizes) + " |",
+             "|---" * (3 + len(sizes)) + "|"]
+    medians = {}  # (CPU kind, engine, phase) -> size -> [the runs' medians]
+    for data in runs:
+        run = f"{data['cpu_kind']}, {data['started']}, {data['settings']['pairs']}"
+        for engine in data["engines"]:
+            for phase in suite.PHASES:
+                ratios = {size: _cell_ratio(data, size, phase, engine) for size in sizes}
+                found = medians.setdefault((data["cpu_kind"], engine, phase), {})
+                for size, ratio in ratios.items():
+                    if ratio:
+                        found.setdefault(size, []).append(ratio["median"])
+                if per_run and any(ratios.values()):
+                    lines.append(f"| {run} | {engine} | {phase} | "
+                                 + " | ".join(_ratio_text(ratios[size]) for size in sizes) + " |")
+    for (cpu_kind, engine, phase), by_size in medians.items():
+        if by_size:
+            row = [f"{statistics.median(by_size[size]):.1f}x ({min(by_size[size]):.1f}-"
+                   f"{max(by_size[size]):.1f}), {_runs(len(by_size[size]))}" if size in by_size
+                   else "-" for size in sizes]
+            lines.append(f"| **{cpu_kind}, all runs** | {engine} | {phase} | "
+                         + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def _cell_ratio(data, size, phase, engine):
+    """The speed-up summary ({median, low, high, ratios}) of an engine in a run's cell, or None."""
+    return next((cell["ratios"].get(engine) for cell in data["cells"]
+                 if cell["size"] == size and cell["phase"] == phase), None)
+
+
+def _ratio_text(ratio):
+    return f"{ratio['median']:.1f}x ({ratio['low']:.1f}-{ratio['high']:.1f})" if ratio else "-"
+
+
+def _runs(count):
+    return f"{count} run" + ("s" if count != 1 else "")
 
 
 def _run_worker(name, size, phase, settings, threads):
@@ -155,6 +211,9 @@ def parse_args(argv):
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", default=None, help="directory of the per-machine results")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code only")
+    parser.add_argument("--history", choices=("runs", "summary"), default=None,
+                        help="print the stored runs of --out (no timing): every run, or only "
+                             "the median of the runs per engine")
     for hidden in ("--worker", "--size", "--phase", "--settings", "--result"):
         parser.add_argument(hidden, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -183,6 +242,9 @@ def main(argv=None):
         with open(args.result, "w", encoding="utf-8") as f:
             json.dump(result, f)
         return 0
+    if args.history:
+        print(history_table(load_runs(args.out or RESULTS), per_run=args.history == "runs"))
+        return 0
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
@@ -190,8 +252,7 @@ def main(argv=None):
         if getattr(args, name):
             settings[name] = getattr(args, name)
     data = run(args.engines.split(","), settings, args.phases.split(","), threads)
-    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-paired-") if args.quick else
-                           os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired"))
+    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-paired-") if args.quick else RESULTS)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{data['cpu_kind']}.json")
     common.write_json(path, data)

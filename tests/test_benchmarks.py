@@ -302,6 +302,35 @@ def test_committed_paired_results_follow_from_their_rounds():
                 name, cell["size"], cell["phase"])
 
 
+def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
+    """`--history`: one row per stored run and engine in the order the runs started (not the
+    file names'), then per CPU kind, engine and phase the median of the runs' medians and their
+    range over the runs that timed the size; other suites' files are ignored."""
+    def run(started, medians):
+        cells = [dict(size=size, phase="fwd", rounds=[],
+                      ratios={"tf": dict(median=m, low=m - 0.5, high=m + 0.5, ratios=[m])})
+                 for size, m in medians.items()]
+        return dict(suite="paired", cpu_kind="amd-avx512", started=started, engines=["tf"],
+                    settings=dict(pairs=3), cells=cells)
+
+    for name, data in (("b.json", run("2026-12-04 01:00", {14: 1.5, 28: 3.0})),
+                       ("a.json", run("2026-12-04 02:00", {14: 2.5})),
+                       ("c.json", run("2026-12-04 03:00", {14: 2.0})),
+                       ("d.json", dict(suite="formulations", started="2026-12-04 00:00"))):
+        common.write_json(os.path.join(tmp_path, name), data)
+    runs = paired.load_runs(tmp_path)
+    assert [data["started"][-5:] for data in runs] == ["01:00", "02:00", "03:00"]
+    assert paired.history_table(runs).splitlines()[2:] == [
+        "| amd-avx512, 2026-12-04 01:00, 3 | tf | fwd | 1.5x (1.0-2.0) | 3.0x (2.5-3.5) |",
+        "| amd-avx512, 2026-12-04 02:00, 3 | tf | fwd | 2.5x (2.0-3.0) | - |",
+        "| amd-avx512, 2026-12-04 03:00, 3 | tf | fwd | 2.0x (1.5-2.5) | - |",
+        "| **amd-avx512, all runs** | tf | fwd | 2.0x (1.5-2.5), 3 runs | 3.0x (3.0-3.0), 1 run |"]
+    assert paired.history_table(runs, per_run=False).splitlines()[2:] == [
+        "| **amd-avx512, all runs** | tf | fwd | 2.0x (1.5-2.5), 3 runs | 3.0x (3.0-3.0), 1 run |"]
+    committed = paired.load_runs(paired.RESULTS)  # the README's table: every file is a run
+    assert len(committed) == len([n for n in os.listdir(paired.RESULTS) if n.endswith(".json")])
+
+
 @pytest.mark.slow
 def test_paired_quick_run_times_the_layer_and_timm_in_their_own_processes(tmp_path):
     """End to end: a TensorFlow worker and a timm worker per round, their medians and the
