@@ -331,6 +331,24 @@ def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
     assert len(committed) == len([n for n in os.listdir(paired.RESULTS) if n.endswith(".json")])
 
 
+def test_readmes_quote_the_tables_the_committed_results_give():
+    """The speed-up tables of README.md and benchmarks/README.md are what the tools print from the
+    committed results (`benchmarks.paired --history summary / runs`, `benchmarks.formulations
+    --versus-timm`), so a new run cannot leave them stale."""
+    def read(*path):
+        with open(os.path.join(common.REPO_ROOT, *path), encoding="utf-8") as f:
+            return f.read()
+
+    runs = paired.load_runs(paired.RESULTS)
+    folder = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")
+    tables = {name[:-len(".json")]: json.loads(read(folder, name))
+              for name in sorted(os.listdir(folder)) if name.endswith(".json")}
+    readme, log = read("README.md"), read("benchmarks", "README.md")
+    assert paired.history_table(runs, per_run=False) in readme
+    assert paired.history_table(runs) in log
+    assert formulation_tables.versus_timm_markdown(tables) in readme
+
+
 @pytest.mark.slow
 def test_paired_quick_run_times_the_layer_and_timm_in_their_own_processes(tmp_path):
     """End to end: a TensorFlow worker and a timm worker per round, their medians and the
