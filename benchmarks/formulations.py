@@ -97,6 +97,8 @@ QUADRATIC = ("queries_first", "lambdas_first")
 # GiB process peak), not in 2-scope blocks (~11 GiB estimated).
 MEMORY_LIMIT_BYTES = 8 * 1024 ** 3
 PHASES = ("fwd", "train")
+TABLES = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")  # <cpu kind>.json
+PLOT = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations_versus_timm.png")
 
 
 def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
@@ -336,6 +338,9 @@ def parse_args(argv):
     parser.add_argument("--versus-timm", action="store_true",
                         help="print auto's speed-up over timm's layer (r 23) per engine, on "
                              "every stored table, and exit")
+    parser.add_argument("--plot", action="store_true",
+                        help=f"write {os.path.relpath(PLOT, common.REPO_ROOT)} (auto's speed-up "
+                             "over timm's layer, every stored table and paired run) and exit")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
@@ -365,19 +370,17 @@ def main(argv=None):
     if args.sizes:
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
     shapes = args.shapes.split(",")
-    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else
-                           os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations"))
+    out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else TABLES)
     os.makedirs(out_dir, exist_ok=True)
     from benchmarks import formulation_tables
     from lambda_keras import runtime
 
-    if args.versus_timm:
-        tables = {}
-        for name in sorted(os.listdir(out_dir)):
-            if name.endswith(".json"):
-                with open(os.path.join(out_dir, name), encoding="utf-8") as f:
-                    tables[name[:-len(".json")]] = json.load(f)
-        print(formulation_tables.versus_timm_markdown(tables))
+    if args.versus_timm or args.plot:
+        tables = formulation_tables.load_tables(out_dir)
+        if args.plot:
+            print(f"[formulations] {formulation_tables.plot_versus_timm(tables, PLOT)}")
+        else:
+            print(formulation_tables.versus_timm_markdown(tables))
         return 0
     path = os.path.join(out_dir, f"{args.machine or runtime.cpu_kind()}.json")
     if args.table:

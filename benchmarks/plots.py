@@ -6,6 +6,9 @@
 - model_throughput.png: inference and training images/s per model and batch size.
 - backends_throughput.png: the same per Keras backend (TensorFlow, JAX, PyTorch), one batch size.
 - export_latency.png: per-image latency of each export format.
+- formulations_versus_timm.png (`python -m benchmarks.formulations --plot`, not a `make bench`
+  suite): the lambda layer's speed-up over timm's per engine and map size, a panel per CPU's
+  formulation table and phase, with the paired runs' medians and the 2x target.
 """
 
 import os
@@ -149,3 +152,55 @@ def make_all(suites, out_dir):
         _export_plot(plt, suites["export"], os.path.join(out_dir, "export_latency.png"))
         written.append("export_latency.png")
     return written
+
+
+ENGINE_STYLE = {"tf_onednn": dict(color="tab:blue"), "tf": dict(color="tab:green"),
+                "tf_malloc": dict(color="tab:olive", linestyle=":"),
+                "tf_xla": dict(color="tab:cyan", linestyle="--"),
+                "jax": dict(color="tab:red", linestyle="--"), "torch": dict(color="tab:purple")}
+
+
+def formulations_versus_timm(tables, paired_medians, path):
+    """timm's time over the lambda layer's ("auto", r 23), log-log against the map side: a row
+    of panels (inference, fwd+bwd) per CPU's formulation table ({tag: {(engine, phase): {size:
+    ratio}}}, `formulation_tables.versus_timm`), one line per engine; the paired runs' medians
+    ({tag: {(engine, phase): {size: [the runs' medians]}}}) as points with their range."""
+    from matplotlib import ticker
+
+    plt = _pyplot()
+    phases = ("fwd", "train")
+    figure, axes = plt.subplots(len(tables), 2, figsize=(11, 3.6 * len(tables)), squeeze=False)
+    for row, (tag, ratios) in enumerate(tables.items()):
+        for column, phase in enumerate(phases):
+            axis = axes[row][column]
+            for engine, style in ENGINE_STYLE.items():
+                by_size = ratios.get((engine, phase), {})
+                if by_size:
+                    sizes = sorted(by_size)
+                    axis.plot(sizes, [by_size[s] for s in sizes], marker="o", label=engine,
+                              **style)
+                runs = paired_medians.get(tag, {}).get((engine, phase), {})
+                for size, medians in runs.items():
+                    middle = sorted(medians)[len(medians) // 2]
+                    axis.errorbar([size * 1.04], [middle], yerr=[[middle - min(medians)],
+                                  [max(medians) - middle]], fmt="s", markersize=5, capsize=3,
+                                  color=style["color"], markeredgecolor="black")
+            axis.axhline(2.0, color="black", linewidth=1, linestyle="--")
+            axis.axhline(1.0, color="gray", linewidth=0.8)
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log", base=2)
+            axis.set_xticks([7, 14, 28, 56, 112], ["7²", "14²", "28²", "56²", "112²"])
+            axis.yaxis.set_major_formatter(ticker.FuncFormatter(lambda value, _: f"{value:g}x"))
+            axis.set_xlabel("feature map (batch 8, d 256, r 23)")
+            axis.set_ylabel("timm / lambda layer")
+            axis.set_title(f"{tag}, {'inference' if phase == 'fwd' else 'forward + backward'}",
+                           fontsize=10)
+            axis.grid(True, which="both", alpha=0.3)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    figure.suptitle("The lambda layer's speed-up over timm's (lines: formulation suite, auto's "
+                    "pick; squares: paired runs, median and range; dashed: the 2x target)",
+                    fontsize=10)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -16,6 +16,7 @@ import pytest
 from benchmarks import backends as backends_suite
 from benchmarks import common, report, run
 from benchmarks import formulation_tables
+from benchmarks import formulations as formulations_suite
 from benchmarks import paired
 from benchmarks import layer as layer_suite
 from lambda_keras import runtime
@@ -246,10 +247,7 @@ def test_versus_timm_on_the_committed_tables():
     """On every committed table, each r 23 cell's speed-up (the summary's, and the per-cell
     table's "timm / auto" column) is timm's median over the median of the formulation auto
     picked in that cell, recomputed here from the raw cells."""
-    folder = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")
-    for name in sorted(os.listdir(folder)):
-        with open(os.path.join(folder, name), encoding="utf-8") as f:
-            data = json.load(f)
+    for name, data in formulation_tables.load_tables(formulations_suite.TABLES).items():
         timm = {(c["size"], c["phase"]): c["results"]["timm"]["median_s"]
                 for c in data["cells"] if c["engine"] == "timm"}
         expected = {(c["engine"], c["phase"], c["size"]):
@@ -331,6 +329,22 @@ def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
     assert len(committed) == len([n for n in os.listdir(paired.RESULTS) if n.endswith(".json")])
 
 
+def test_versus_timm_plot_draws_every_table_and_the_paired_medians(tmp_path):
+    """`--plot`: the paired runs' medians grouped per CPU kind, engine, phase and size (each run's
+    median, in run order), and a PNG of the committed tables and runs."""
+    def run(kind, medians):
+        return dict(cpu_kind=kind, cells=[dict(size=size, phase="fwd", ratios={
+            "tf": dict(median=m, low=m, high=m)}) for size, m in medians.items()])
+
+    runs = [run("cpu-a", {14: 1.5, 28: 3.0}), run("cpu-a", {14: 2.5}), run("cpu-b", {14: 2.0})]
+    assert formulation_tables.paired_medians(runs) == {
+        "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}}, "cpu-b": {("tf", "fwd"): {14: [2.0]}}}
+    path = formulation_tables.plot_versus_timm(
+        formulation_tables.load_tables(formulations_suite.TABLES), str(tmp_path / "versus.png"))
+    with open(path, "rb") as f:
+        assert f.read(8) == PNG_MAGIC
+
+
 def test_readmes_quote_the_tables_the_committed_results_give():
     """The speed-up tables of README.md and benchmarks/README.md are what the tools print from the
     committed results (`benchmarks.paired --history summary / runs`, `benchmarks.formulations
@@ -340,9 +354,7 @@ def test_readmes_quote_the_tables_the_committed_results_give():
             return f.read()
 
     runs = paired.load_runs(paired.RESULTS)
-    folder = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")
-    tables = {name[:-len(".json")]: json.loads(read(folder, name))
-              for name in sorted(os.listdir(folder)) if name.endswith(".json")}
+    tables = formulation_tables.load_tables(formulations_suite.TABLES)
     readme, log = read("README.md"), read("benchmarks", "README.md")
     assert paired.history_table(runs, per_run=False) in readme
     assert paired.history_table(runs) in log
