@@ -14,6 +14,9 @@ than reading the environment variable:
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
 - `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
 - `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
+- `Runtime`, `current_runtime()`: what executes the lambda layer being traced or run now (Keras
+  backend, XLA or not, the oneDNN and allocator states, device, kind of CPU), from which its
+  formulation rule picks a row (`Runtime.engine`, lambda_keras/layers/formulations/rule.py).
 - `prefer_onednn()`: the command line's default, called before TensorFlow is imported:
   `TF_ENABLE_ONEDNN_OPTS=1` unless the user set the variable (theirs always wins).
 - `prefer_pooled_allocator()`: the package's default, called by `import lambda_keras`:
@@ -50,6 +53,8 @@ with oneDNN). The BFC pool is capped at 64 GiB unless `TF_CPU_BFC_MEM_LIMIT_IN_M
 This module imports nothing heavy at import time.
 """
 
+import dataclasses
+import functools
 import os
 import sys
 
@@ -139,6 +144,104 @@ def describe():
             "pooled_allocator_active": pooled_allocator_active()}
 
 
+# ------------------------------------------------------------- what executes the lambda layer
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state and CPU allocator,
+    device kind, kind of CPU."""
+
+    backend: str = "tensorflow"  # keras.backend.backend()
+    xla: bool = False  # compiled by XLA: TF jit_compile=True, or the JAX backend
+    onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
+    device: str = "cpu"  # "cpu", "gpu" or "tpu"
+    pooled_allocator: bool = True  # TF's CPU allocator pools (pooled_allocator_active)
+    cpu: str = "intel-avx512"  # cpu_kind(): which measured CPU's rule rows apply
+
+    @property
+    def engine(self):
+        """The row of the formulation rule that applies (formulations.ENGINES)."""
+        if self.backend == "jax":
+            return "jax"
+        if self.xla or self.device == "tpu":
+            return "xla"
+        if self.backend == "torch":
+            return "torch"
+        if self.backend == "tensorflow" and self.device == "cpu":
+            if self.onednn:
+                return "tf_onednn"
+            return "tf" if self.pooled_allocator else "tf_malloc"
+        return "tf"
+
+
+def current_runtime(jit_compile=False):
+    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?), or,
+    with `jit_compile`, of code about to be compiled by XLA (`tf.function(jit_compile=True)`, which
+    the current context cannot tell from outside)."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        return Runtime("tensorflow", xla=bool(jit_compile) or _tf_in_xla_context(),
+                       onednn=_process_onednn(), device=_tf_device(),
+                       pooled_allocator=_process_pooled_allocator(), cpu=_process_cpu_kind())
+    if backend == "jax":
+        return Runtime("jax", xla=True, device=_jax_device(), cpu=_process_cpu_kind())
+    if backend == "torch":
+        return Runtime("torch", device=_torch_device(), cpu=_process_cpu_kind())
+    return Runtime(backend, cpu=_process_cpu_kind())
+
+
+def _tf_in_xla_context():
+    import tensorflow as tf
+    from tensorflow.python.ops import control_flow_util
+
+    if tf.executing_eagerly():
+        return False
+    # tf.function(jit_compile=True) traces its body inside an XLA control-flow context.
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+# A process's oneDNN state, allocator, CPU and devices do not change once TensorFlow (or JAX,
+# PyTorch) runs: asked once per process, not at every trace.
+@functools.lru_cache(maxsize=None)
+def _process_onednn():
+    return onednn_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _process_pooled_allocator():
+    return pooled_allocator_active()
+
+
+@functools.lru_cache(maxsize=None)
+def _process_cpu_kind():
+    return cpu_kind()
+
+
+@functools.lru_cache(maxsize=None)
+def _tf_device():
+    import tensorflow as tf
+
+    if tf.config.list_logical_devices("TPU"):
+        return "tpu"
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_device():
+    import jax
+
+    return jax.default_backend()  # "cpu", "gpu", "tpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _torch_device():
+    from keras.src.backend.torch.core import get_device
+
+    return "gpu" if str(get_device()).startswith("cuda") else "cpu"
+
+
+# ---------------------------------------------------------------- the package's defaults
 def prefer_onednn(environ=None, tensorflow_imported=None):
     """Sets `TF_ENABLE_ONEDNN_OPTS=1` unless already set; call before TensorFlow is imported.
 

@@ -44,7 +44,8 @@ Where the rule is a guess (or to be sure), `autotune(model)` measures every form
 lambda layer of a model where it runs and stores the fastest; "auto" then uses the stored picks
 (`autotuning`; `LAMBDA_KERAS_AUTOTUNE=0` turns them off).
 
-The package: `rule` (the `Runtime` a layer runs in, the measured rule tables, `choose`, and
+The package: `rule` (the measured rule tables for the `Runtime` a layer runs in, which
+lambda_keras/runtime.py describes and `current_runtime` detects; `choose`, and
 `plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
 blocks and batch parts, the engines' forms of the products),
 `autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
@@ -72,6 +73,7 @@ from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
     estimate_bytes,
     tuned_formulation,
 )
+from lambda_keras.runtime import Runtime, current_runtime  # noqa: F401 (what the rule reads)
 from lambda_keras.layers.formulations.rule import (  # noqa: F401
     AMD_AVX512_RULE,
     BROADCAST_EMBEDDINGS_ENGINES,
@@ -83,11 +85,9 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     STRIDED_WINDOWS,
     WITHOUT_AVX512_RULE,
     Plan,
-    Runtime,
     batch_parts,
     choose,
     cpu_rows,
-    current_runtime,
     phase_of,
     plan,
     rule_for,

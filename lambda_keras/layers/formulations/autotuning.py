@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from lambda_keras import utils
+from lambda_keras.runtime import current_runtime
 from lambda_keras.layers.formulations import rule
 from lambda_keras.layers.formulations.position_term import query_windows_shape
 
@@ -404,7 +405,7 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
         raise ValueError(f"`autotune` times the layers on the {', '.join(STEPS)} backends. "
                          f"Received: KERAS_BACKEND={backend!r}")
     jit_compile = resolve_jit_compile(jit_compile, backend)
-    runtime = rule.current_runtime(jit_compile)
+    runtime = current_runtime(jit_compile)
     layers, dynamic = lambda_layers(model)
     picks = {}
     for layer, size in layers:

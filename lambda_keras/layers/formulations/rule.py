@@ -1,10 +1,9 @@
-"""The rule that picks a formulation of the position term: the `Runtime` a layer runs in (backend,
-XLA, TensorFlow's oneDNN state and CPU allocator, device, kind of CPU), the measured rule tables and
-`choose`, and the `Plan` of a call (see the package docstring,
-lambda_keras/layers/formulations/__init__.py)."""
+"""The rule that picks a formulation of the position term from the shapes and the `Runtime` a
+layer runs in (lambda_keras/runtime.py: backend, XLA, TensorFlow's oneDNN state and CPU allocator,
+device, kind of CPU): the measured rule tables, `choose`, and the `Plan` of a call (see the
+package docstring, lambda_keras/layers/formulations/__init__.py)."""
 
 import dataclasses
-import functools
 
 import numpy as np
 
@@ -451,34 +450,6 @@ def cpu_rows(cpu):
     return {} if cpu.endswith("-avx512") else WITHOUT_AVX512_RULE
 
 
-@dataclasses.dataclass(frozen=True)
-class Runtime:
-    """What executes the layer: Keras backend, XLA or not, TF's oneDNN state and CPU allocator,
-    device kind."""
-
-    backend: str = "tensorflow"  # keras.backend.backend()
-    xla: bool = False  # compiled by XLA: TF jit_compile=True, or the JAX backend
-    onednn: bool = False  # TensorFlow's oneDNN kernels (IsMklEnabled); False elsewhere
-    device: str = "cpu"  # "cpu", "gpu" or "tpu"
-    pooled_allocator: bool = True  # TF's CPU allocator pools (runtime.pooled_allocator_active)
-    cpu: str = "intel-avx512"  # runtime.cpu_kind(): which measured CPU's rows apply (CPU_RULES)
-
-    @property
-    def engine(self):
-        """The row of LOCAL_RULE that applies (see ENGINES)."""
-        if self.backend == "jax":
-            return "jax"
-        if self.xla or self.device == "tpu":
-            return "xla"
-        if self.backend == "torch":
-            return "torch"
-        if self.backend == "tensorflow" and self.device == "cpu":
-            if self.onednn:
-                return "tf_onednn"
-            return "tf" if self.pooled_allocator else "tf_malloc"
-        return "tf"
-
-
 def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
            receptive_field, runtime, strides=1):
     """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
@@ -524,75 +495,3 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         if (largest is None or receptive_field <= largest) and positions >= smallest_map:
             return formulation
     raise AssertionError("LOCAL_RULE rows end with a None row")  # pragma: no cover
-
-
-def current_runtime(jit_compile=False):
-    """The `Runtime` of the code being traced or run now (TF: inside a jit_compile function?), or,
-    with `jit_compile`, of code about to be compiled by XLA (`tf.function(jit_compile=True)`, which
-    the current context cannot tell from outside)."""
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        return Runtime("tensorflow", xla=bool(jit_compile) or _tf_in_xla_context(),
-                       onednn=_tf_onednn(), device=_tf_device(),
-                       pooled_allocator=_tf_pooled_allocator(), cpu=_cpu_kind())
-    if backend == "jax":
-        return Runtime("jax", xla=True, device=_jax_device(), cpu=_cpu_kind())
-    if backend == "torch":
-        return Runtime("torch", device=_torch_device(), cpu=_cpu_kind())
-    return Runtime(backend, cpu=_cpu_kind())
-
-
-def _tf_in_xla_context():
-    import tensorflow as tf
-    from tensorflow.python.ops import control_flow_util
-
-    if tf.executing_eagerly():
-        return False
-    # tf.function(jit_compile=True) traces its body inside an XLA control-flow context.
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
-@functools.lru_cache(maxsize=None)
-def _tf_onednn():
-    from lambda_keras import runtime  # what TensorFlow reports (IsMklEnabled), not the env
-
-    return runtime.onednn_active()
-
-
-@functools.lru_cache(maxsize=None)
-def _tf_pooled_allocator():
-    from lambda_keras import runtime
-
-    return runtime.pooled_allocator_active()
-
-
-@functools.lru_cache(maxsize=None)
-def _cpu_kind():
-    from lambda_keras import runtime
-
-    return runtime.cpu_kind()
-
-
-@functools.lru_cache(maxsize=None)
-def _tf_device():
-    import tensorflow as tf
-
-    if tf.config.list_logical_devices("TPU"):
-        return "tpu"
-    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
-
-
-@functools.lru_cache(maxsize=None)
-def _jax_device():
-    import jax
-
-    return jax.default_backend()  # "cpu", "gpu", "tpu"
-
-
-@functools.lru_cache(maxsize=None)
-def _torch_device():
-    from keras.src.backend.torch.core import get_device
-
-    return "gpu" if str(get_device()).startswith("cuda") else "cpu"
