@@ -12,6 +12,7 @@
 """
 
 import os
+import statistics
 
 from benchmarks import report
 
@@ -27,6 +28,11 @@ LAYER_STYLE = {
     "conv3x3": dict(color="tab:gray", marker="^"),
     "timm_lambda": dict(color="black", marker="x", linestyle="--"),
 }
+# The engines of the formulation suite (benchmarks/formulations.py).
+ENGINE_STYLE = {"tf_onednn": dict(color="tab:blue"), "tf": dict(color="tab:green"),
+                "tf_malloc": dict(color="tab:olive", linestyle=":"),
+                "tf_xla": dict(color="tab:cyan", linestyle="--"),
+                "jax": dict(color="tab:red", linestyle="--"), "torch": dict(color="tab:purple")}
 
 
 def _pyplot():
@@ -154,11 +160,6 @@ def make_all(suites, out_dir):
     return written
 
 
-ENGINE_STYLE = {"tf_onednn": dict(color="tab:blue"), "tf": dict(color="tab:green"),
-                "tf_malloc": dict(color="tab:olive", linestyle=":"),
-                "tf_xla": dict(color="tab:cyan", linestyle="--"),
-                "jax": dict(color="tab:red", linestyle="--"), "torch": dict(color="tab:purple")}
-
 
 def formulations_versus_timm(tables, paired_medians, path):
     """timm's time over the lambda layer's ("auto", r 23), log-log against the map side: a row
@@ -181,7 +182,7 @@ def formulations_versus_timm(tables, paired_medians, path):
                               **style)
                 runs = paired_medians.get(tag, {}).get((engine, phase), {})
                 for size, medians in runs.items():
-                    middle = sorted(medians)[len(medians) // 2]
+                    middle = statistics.median(medians)
                     axis.errorbar([size * 1.04], [middle], yerr=[[middle - min(medians)],
                                   [max(medians) - middle]], fmt="s", markersize=5, capsize=3,
                                   color=style["color"], markeredgecolor="black")
