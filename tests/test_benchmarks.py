@@ -338,7 +338,8 @@ def test_versus_timm_plot_draws_every_table_and_the_paired_medians(tmp_path):
 
     runs = [run("cpu-a", {14: 1.5, 28: 3.0}), run("cpu-a", {14: 2.5}), run("cpu-b", {14: 2.0})]
     assert formulation_tables.paired_medians(runs) == {
-        "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}}, "cpu-b": {("tf", "fwd"): {14: [2.0]}}}
+        "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}},
+        "cpu-b": {("tf", "fwd"): {14: [2.0]}}}
     path = formulation_tables.plot_versus_timm(
         formulation_tables.load_tables(formulations_suite.TABLES), str(tmp_path / "versus.png"))
     with open(path, "rb") as f:
