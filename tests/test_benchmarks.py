@@ -357,7 +357,7 @@ def test_readmes_quote_the_tables_the_committed_results_give():
     runs = paired.load_runs(paired.RESULTS)
     tables = formulation_tables.load_tables(formulations_suite.TABLES)
     readme, log = read("README.md"), read("benchmarks", "README.md")
-    stale = "is stale: paste the output of `python -m benchmarks.{}` into {}"
+    stale = "a stale table: paste the output of `python -m benchmarks.{}` into {}"
     assert paired.history_table(runs, per_run=False) in readme, stale.format(
         "paired --history summary", "README.md")
     assert paired.history_table(runs) in log, stale.format(
