@@ -438,3 +438,13 @@ def write_json(path, data):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(data, f, indent=1, sort_keys=False)
         f.write("\n")
+
+
+def read_json_folder(folder):
+    """{name without ".json": its data} of every *.json file in `folder`, in name order."""
+    found = {}
+    for name in sorted(os.listdir(folder)):
+        if name.endswith(".json"):
+            with open(os.path.join(folder, name), encoding="utf-8") as f:
+                found[name[:-len(".json")]] = json.load(f)
+    return found

@@ -7,9 +7,7 @@ one machine, and the lambda layer's speed-up over timm's PyTorch layer across ma
     python -m benchmarks.formulations --plot                    # plot_versus_timm
 """
 
-import json
-import os
-
+from benchmarks import common
 from benchmarks.formulations import ENGINES, FORMULATIONS, PHASES
 
 PHASE_NAMES = {"fwd": "inference", "train": "fwd+bwd"}  # column names of PHASES
@@ -17,12 +15,7 @@ PHASE_NAMES = {"fwd": "inference", "train": "fwd+bwd"}  # column names of PHASES
 
 def load_tables(folder):
     """Every machine's table in `folder`: {tag: data} from `<tag>.json`, in name order."""
-    tables = {}
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                tables[name[:-len(".json")]] = json.load(f)
-    return tables
+    return common.read_json_folder(folder)
 
 
 def recorded_runtime(data, engine):
@@ -136,23 +129,10 @@ def _timm_timed(data):
     return ", ".join(text for _, text in sorted(times)) or torch_runs.get("finished", "?")
 
 
-def paired_medians(runs):
-    """The paired runs' medians (benchmarks/paired.py, its stored runs) as {CPU kind: {(engine,
-    phase): {size: [each run's median]}}}."""
-    found = {}
-    for data in runs:
-        for cell in data["cells"]:
-            for engine, ratio in cell["ratios"].items():
-                found.setdefault(data["cpu_kind"], {}).setdefault(
-                    (engine, cell["phase"]), {}).setdefault(cell["size"], []).append(
-                        ratio["median"])
-    return found
-
-
 def plot_versus_timm(tables, path):
     """`plots.formulations_versus_timm` of every table ({tag: data}) with the stored paired runs."""
     from benchmarks import paired, plots
 
     return plots.formulations_versus_timm(
         {tag: versus_timm(data) for tag, data in tables.items()},
-        paired_medians(paired.load_runs(paired.RESULTS)), path)
+        paired.run_medians(paired.load_runs(paired.RESULTS)), path)

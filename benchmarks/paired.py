@@ -104,14 +104,22 @@ def markdown_table(data):
 
 def load_runs(folder):
     """Every paired run stored in `folder` (*.json files of this suite), oldest first."""
-    runs = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json"):
-            with open(os.path.join(folder, name), encoding="utf-8") as f:
-                data = json.load(f)
-            if data.get("suite") == "paired":
-                runs.append(data)
+    runs = [data for data in common.read_json_folder(folder).values()
+            if data.get("suite") == "paired"]
     return sorted(runs, key=lambda data: data["started"])
+
+
+def run_medians(runs):
+    """The runs' medians grouped as {CPU kind: {(engine, phase): {size: [each run's median]}}},
+    in run order."""
+    found = {}
+    for data in runs:
+        for cell in data["cells"]:
+            for engine, ratio in cell["ratios"].items():
+                found.setdefault(data["cpu_kind"], {}).setdefault(
+                    (engine, cell["phase"]), {}).setdefault(cell["size"], []).append(
+                        ratio["median"])
+    return found
 
 
 def history_table(runs, per_run=True):
@@ -122,21 +130,15 @@ def history_table(runs, per_run=True):
     lines = ["| run (CPU kind, started, rounds per cell) | engine | phase | "
              + " | ".join(f"{size}²" for size in sizes) + " |",
              "|---" * (3 + len(sizes)) + "|"]
-    medians = {}  # (CPU kind, engine, phase) -> size -> [the runs' medians]
-    for data in runs:
+    for data in runs if per_run else ():
         run = f"{data['cpu_kind']}, {data['started']}, {data['settings']['pairs']}"
         for engine in data["engines"]:
             for phase in suite.PHASES:
-                ratios = {size: _cell_ratio(data, size, phase, engine) for size in sizes}
-                found = medians.setdefault((data["cpu_kind"], engine, phase), {})
-                for size, ratio in ratios.items():
-                    if ratio:
-                        found.setdefault(size, []).append(ratio["median"])
-                if per_run and any(ratios.values()):
-                    lines.append(f"| {run} | {engine} | {phase} | "
-                                 + " | ".join(_ratio_text(ratios[size]) for size in sizes) + " |")
-    for (cpu_kind, engine, phase), by_size in medians.items():
-        if by_size:
+                row = [_ratio_text(_cell_ratio(data, size, phase, engine)) for size in sizes]
+                if any(value != "-" for value in row):
+                    lines.append(f"| {run} | {engine} | {phase} | " + " | ".join(row) + " |")
+    for cpu_kind, by_key in run_medians(runs).items():
+        for (engine, phase), by_size in by_key.items():
             row = [f"{statistics.median(by_size[size]):.1f}x ({min(by_size[size]):.1f}-"
                    f"{max(by_size[size]):.1f}), {_runs(len(by_size[size]))}" if size in by_size
                    else "-" for size in sizes]

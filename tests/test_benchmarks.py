@@ -337,7 +337,7 @@ def test_versus_timm_plot_draws_every_table_and_the_paired_medians(tmp_path):
             "tf": dict(median=m, low=m, high=m)}) for size, m in medians.items()])
 
     runs = [run("cpu-a", {14: 1.5, 28: 3.0}), run("cpu-a", {14: 2.5}), run("cpu-b", {14: 2.0})]
-    assert formulation_tables.paired_medians(runs) == {
+    assert paired.run_medians(runs) == {
         "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}},
         "cpu-b": {("tf", "fwd"): {14: [2.0]}}}
     path = formulation_tables.plot_versus_timm(
