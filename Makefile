@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.test-$(CFG_HASH)
 PYTEST_WORKERS ?= 2
 QUICK ?=
 
-.PHONY: venv test demo bench notebooks clean
+.PHONY: venv test test-lowest demo bench notebooks clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ venv: $(TEST_STAMP)
 test: $(TEST_STAMP)
 	SMOKE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 tests --nbmake notebooks
 
+# The same suite on the lowest versions setup.cfg allows (tests/constraints-lowest.txt), in a
+# virtual environment of its own. Not part of `make test` (it doubles CI's time); run it when a
+# lower bound or the constraints change.
+LOWEST_VENV := .venv-lowest
+test-lowest:
+	$(PYTHON) -m venv $(LOWEST_VENV)
+	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(LOWEST_VENV)/bin/python -m pip install --quiet -c tests/constraints-lowest.txt -e ".[test]"
+	SMOKE=1 $(LOWEST_VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests --nbmake notebooks
+
 demo: $(BASE_STAMP)
 	$(VENV)/bin/lambda-keras demo
 
@@ -39,4 +49,4 @@ notebooks: $(TEST_STAMP)
 	SMOKE=0 $(PY) notebooks/run_notebooks.py --inplace notebooks/*.ipynb
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(LOWEST_VENV) build *.egg-info
