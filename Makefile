@@ -7,6 +7,8 @@ BASE_STAMP := $(VENV)/.base-$(CFG_HASH)
 TEST_STAMP := $(VENV)/.test-$(CFG_HASH)
 PYTEST_WORKERS ?= 2
 QUICK ?=
+# The suite, as `make test` and `make test-lowest` run it.
+SUITE := -n $(PYTEST_WORKERS) --dist loadfile --durations=30 tests --nbmake notebooks
 
 .PHONY: venv test test-lowest demo bench notebooks clean
 
@@ -27,17 +29,26 @@ venv: $(TEST_STAMP)
 # loadfile: each test file runs on one worker (the timm parity subprocess and the exported
 # models are module fixtures, built once). Notebooks run in SMOKE mode through nbmake.
 test: $(TEST_STAMP)
-	SMOKE=1 $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30 tests --nbmake notebooks
+	SMOKE=1 $(PY) -m pytest $(SUITE)
 
 # The same suite on the lowest versions setup.cfg allows (tests/constraints-lowest.txt), in a
 # virtual environment of its own. Not part of `make test` (it doubles CI's time); run it when a
 # lower bound or the constraints change.
 LOWEST_VENV := .venv-lowest
-test-lowest:
+LOWEST_PY := $(LOWEST_VENV)/bin/python
+LOWEST_STAMP := $(LOWEST_VENV)/.test-$(shell cat setup.cfg pyproject.toml \
+	tests/constraints-lowest.txt | sha256sum | cut -c1-12)
+
+$(LOWEST_PY):
 	$(PYTHON) -m venv $(LOWEST_VENV)
-	$(LOWEST_VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(LOWEST_VENV)/bin/python -m pip install --quiet -c tests/constraints-lowest.txt -e ".[test]"
-	SMOKE=1 $(LOWEST_VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile tests --nbmake notebooks
+	$(LOWEST_PY) -m pip install --quiet --upgrade pip
+
+$(LOWEST_STAMP): setup.cfg pyproject.toml tests/constraints-lowest.txt | $(LOWEST_PY)
+	$(LOWEST_PY) -m pip install --quiet -c tests/constraints-lowest.txt -e ".[test]"
+	touch $@
+
+test-lowest: $(LOWEST_STAMP)
+	SMOKE=1 $(LOWEST_PY) -m pytest $(SUITE)
 
 demo: $(BASE_STAMP)
 	$(VENV)/bin/lambda-keras demo
