@@ -27,6 +27,7 @@ def recorded_runtime(data, engine):
     return formulations.Runtime(record["backend"], xla=record["jit_compile"],
                                 onednn=bool(record.get("onednn")),
                                 pooled_allocator=record.get("pooled_allocator", True),
+                                device=record.get("device", "cpu"),
                                 cpu=runtime.cpu_kind(data["machine"]["cpu_model"],
                                                      data["machine"]["cpu_flags"]))
 
@@ -46,7 +47,8 @@ def rule_pick(data, cell):
 
 def _ms(result):
     if result.get("status") in ("ok", "hopeless"):
-        return f"{1e3 * result['median_s']:.0f}" + ("!" if result["status"] == "hopeless" else "")
+        ms = 1e3 * result["median_s"]  # a GPU's cells take a few ms: one decimal below 10
+        return f"{ms:.{1 if ms < 10 else 0}f}" + ("!" if result["status"] == "hopeless" else "")
     return "-"
 
 
@@ -107,9 +109,16 @@ def versus_timm_markdown(tables):
                for tag in tables for phase in PHASES]
         if any(value != "-" for value in row):
             lines.append(f"| {engine} | " + " | ".join(row) + " |")
-    timed = [f"{tag} ({data['machine']['cpu_model']}) {_timm_timed(data)}"
-             for tag, data in tables.items()]
+    timed = [f"{tag} ({machine_name(data)}) {_timm_timed(data)}" for tag, data in tables.items()]
     return "\n".join(lines) + "\n\ntimm's r 23 cells timed: " + "; ".join(timed) + "."
+
+
+def machine_name(data):
+    """What a table's engines ran on: the CPU's model, or the GPU's name and its host's CPU."""
+    machine = data["machine"]
+    gpus = {e["device_name"] for e in data["engines"].values() if e.get("device") == "gpu"}
+    return (f"{', '.join(sorted(gpus))}; host {machine['cpu_model']}" if gpus
+            else machine["cpu_model"])
 
 
 def _timm_timed(data):

@@ -114,7 +114,14 @@ def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
 
 # ---------------------------------------------------------------------------- worker side
 def _runtime_description(backend):
-    description = {"backend": backend}
+    """The backend's version and state, and the device the layer runs on ("cpu", "gpu", "tpu"
+    as `runtime.current_runtime` sees it, and its name)."""
+    from lambda_keras import runtime
+    from lambda_keras.layers.formulations import autotuning
+
+    device = runtime.current_runtime().device
+    description = {"backend": backend, "device": device,
+                   "device_name": autotuning.device_name(backend, device)}
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -125,11 +132,15 @@ def _runtime_description(backend):
     elif backend == "jax":
         import jax
 
-        description.update(version=jax.__version__, device=jax.default_backend())
+        # None: XLA's default, which on NVIDIA GPUs since Ampere runs float32 matmuls in TF32.
+        description.update(version=jax.__version__,
+                           matmul_precision=jax.config.jax_default_matmul_precision)
     else:
         import torch
 
-        description.update(version=torch.__version__, mkldnn=torch.backends.mkldnn.is_available())
+        description.update(version=torch.__version__, mkldnn=torch.backends.mkldnn.is_available(),
+                           cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                           cudnn_tf32=torch.backends.cudnn.allow_tf32)
     return description
 
 
@@ -214,10 +225,12 @@ def run_engine(engine, settings, threads, out_path, log=print):
                     timed, warmup=0, min_repeats=rounds, max_repeats=rounds,
                     budget_s=settings["budget_s"])
                 for formulation, entry in stats.items():
-                    # Rounds are 1 or 2 calls: their min and max are the calls' times.
+                    # 1 or 2 rounds (their min and max are the calls' times): the median of the
+                    # probe and those calls; more (`--rounds`): the rounds' median alone.
                     rounds = [entry["min_s"], entry["max_s"]][:entry["repeats"]]
-                    samples = [probes[formulation]] + rounds
-                    entry = {**entry, "median_s": float(np.median(samples)),
+                    median = (float(np.median([probes[formulation]] + rounds))
+                              if entry["repeats"] <= 2 else entry["median_s"])
+                    entry = {**entry, "median_s": median,
                              "rounds_median_s": entry["median_s"],
                              "probe_s": probes[formulation], "status": "ok"}
                     entry.pop("peak_bytes", None), entry.pop("memory_method", None)
@@ -328,6 +341,11 @@ def parse_args(argv):
                         help="comma-separated shapes (default: all); the stored cells of the "
                              "other shapes are kept")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rounds", default=None,
+                        help="SLOW,OTHERS: round-robin calls per formulation after the probe, in "
+                             "cells whose best probe is over budget_s and in the others "
+                             f"(default {FULL['rounds'][0]},{FULL['rounds'][1]}; a GPU's calls "
+                             "take milliseconds: more rounds cost little there)")
     parser.add_argument("--out", default=None, help="directory of the per-machine tables")
     parser.add_argument("--machine", default=None,
                         help="table to print or re-pick (default: this machine's tag)")
@@ -369,6 +387,8 @@ def main(argv=None):
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+    if args.rounds:
+        settings["rounds"] = tuple(int(r) for r in args.rounds.split(","))
     shapes = args.shapes.split(",")
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else TABLES)
     os.makedirs(out_dir, exist_ok=True)

@@ -1,4 +1,5 @@
-"""Peer suite: timm's PyTorch `LambdaLayer` on the layer suite's shapes (CPU, same thread count).
+"""Peer suite: timm's PyTorch `LambdaLayer` on the layer suite's shapes (same thread count; on
+the GPU where PyTorch sees one, as the PyTorch backend of Keras puts its layers there).
 
 timm's layer (timm/layers/lambda_layer.py) computes the local position lambdas with a Conv3d of
 kernel (r, r, 1) over the values, the paper's lambda convolution. It is built with the same
@@ -36,11 +37,12 @@ def step_functions(size, width, batch, threads):
     torch = setup_torch(threads)
     from timm.layers.lambda_layer import LambdaLayer
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     module = LambdaLayer(width, width, num_heads=layer.LAMBDA_DEFAULTS["num_heads"],
                          dim_head=layer.LAMBDA_DEFAULTS["key_dim"],
-                         r=layer.LAMBDA_DEFAULTS["receptive_field"])
+                         r=layer.LAMBDA_DEFAULTS["receptive_field"]).to(device)
     x = torch.from_numpy(np.random.default_rng(0).standard_normal(
-        (batch, width, size, size)).astype("float32"))
+        (batch, width, size, size)).astype("float32")).to(device)
     x_train = x.clone().requires_grad_(True)
 
     def forward():

@@ -257,7 +257,9 @@ def test_versus_timm_on_the_committed_tables():
         found = {(engine, phase, size): ratio for (engine, phase), by_size
                  in formulation_tables.versus_timm(data).items()
                  for size, ratio in by_size.items()}
-        assert found == pytest.approx(expected) and len(found) >= 24, name
+        engines = {c["engine"] for c in data["cells"]} - {"timm"}
+        # every engine's r 23 cells at 14^2-112^2, inference and training
+        assert found == pytest.approx(expected) and len(found) >= 8 * len(engines), name
         column = {}
         for line in formulation_tables.markdown_tables(data).splitlines()[2:]:
             fields = [field.strip() for field in line.strip("|").split("|")]

