@@ -374,7 +374,7 @@ CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
 # there, so its GPU rows are LOCAL_RULE's, a guess). Batch 8, d 256, the suite's medians of 5-9
 # round-robin calls after a probe:
 # - PyTorch (eager) forward: the convolution (cuDNN) on every map, strided or not, small or
-#   large: 1.9-7.4 ms where the next formulation took 1.3-2.0x (r 23 at 14^2: 3.1 ms vs 4.1 for
+#   large: 1.9-7.4 ms where the next formulation took 1.2-1.8x (r 23 at 14^2: 3.1 ms vs 4.1 for
 #   q . E first, which the CPU rows pick; strided r 23 at 28^2: 4.4 vs 8.5 for query windows).
 #   One cell misses 1.2x: strided r 7 |u| 4 at 14^2, q . E first 4.2 ms vs 5.1 (1.22x) for the
 #   convolution, against 1.9 ms for the same convolution unstrided (tests: GPU_MISSES).
@@ -390,7 +390,7 @@ CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
 # - JAX training: query windows for r <= 11 on every map (r 7 |u| 4 at 112^2: 6.2 vs 8.6 ms for
 #   the convolution), row windows for r 23 from 28^2 (28^2 / 56^2: 0.9 / 2.3 ms vs 1.2 / 3.4 for
 #   query windows), q . E first on maps it covers, query windows in strided layers.
-# JAX runs XLA's default float32 precision there, TF32 matrix products (README, "GPUs").
+# JAX ran XLA's default float32 precision there, TF32 products (README, "On a GPU").
 QUERY_WINDOWS_FROM_80 = (None, 80 * 80, "query_windows")
 SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")
 GPU_RULE = {
