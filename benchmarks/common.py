@@ -27,6 +27,7 @@ Every configuration runs in a worker process (`python -m benchmarks.worker`) sta
 configuration is then recorded as skipped with the reason, and so are the larger ones after it.
 """
 
+import importlib.util
 import json
 import os
 import platform
@@ -94,10 +95,14 @@ def tensorflow_runtime(env):
              "except (ValueError, RuntimeError):\n"
              "    info['allocator_statistics'] = False\n"
              "print(json.dumps(info))\n")
+    if importlib.util.find_spec("tensorflow") is None:
+        return {"error": "TensorFlow is not installed"}  # e.g. a GPU machine with JAX and PyTorch
     try:
         out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, timeout=300,
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
+    except subprocess.CalledProcessError as error:  # the stderr's end, not the command's paths
+        return {"error": f"exit status {error.returncode}: {error.stderr[-500:]}"}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
         return {"error": f"{type(error).__name__}: {error}"}
 

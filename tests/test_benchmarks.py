@@ -67,6 +67,16 @@ def test_quick_run_records_the_onednn_state_tensorflow_reports(quick_results):
         assert f"oneDNN {'on' if onednn == '1' else 'off'} (TF_ENABLE_ONEDNN_OPTS={onednn})" in f.read()
 
 
+def test_machine_without_tensorflow_records_no_paths(monkeypatch):
+    """A machine without TensorFlow (the GPU machine's JAX and PyTorch runs) records that it has
+    none, not the failed probe's command line with its interpreter's path."""
+    find_spec = common.importlib.util.find_spec
+    monkeypatch.setattr(common.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tensorflow" else find_spec(name, *a))
+    assert common.tensorflow_runtime(common.worker_env(1)) == {
+        "error": "TensorFlow is not installed"}
+
+
 @pytest.mark.slow
 def test_quick_run_measures_every_configuration(quick_results):
     out, _, suites = quick_results
