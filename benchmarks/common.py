@@ -101,8 +101,9 @@ def tensorflow_runtime(env):
         out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO_ROOT, timeout=300,
                              capture_output=True, text=True, check=True).stdout
         return json.loads(out.strip().splitlines()[-1])
-    except subprocess.CalledProcessError as error:  # the stderr's end, not the command's paths
-        return {"error": f"exit status {error.returncode}: {error.stderr[-500:]}"}
+    except subprocess.CalledProcessError as error:  # the exception's line, not the paths
+        last = (error.stderr.strip().splitlines() or [""])[-1]  # of the command or traceback
+        return {"error": f"exit status {error.returncode}: {last[-300:]}"}
     except (OSError, subprocess.SubprocessError, ValueError, IndexError) as error:
         return {"error": f"{type(error).__name__}: {error}"}
 

@@ -216,19 +216,19 @@ def float32_on_gpus(backend):
     cuDNN its convolutions, ~1e-3 relative (measured on an H200, README "On a GPU"), beyond these
     checks' 1e-5 / 1e-4. Returns what was set (None on a CPU, where nothing changes).
     NOTE: not yet run on a GPU (the H200's device time was spent when the TF32 errors showed)."""
+    from lambda_keras import runtime
+
+    if runtime.current_runtime().device != "gpu":
+        return None
     if backend == "jax":
         import jax
 
-        if jax.default_backend() == "gpu":
-            jax.config.update("jax_default_matmul_precision", "highest")
-            return "jax_default_matmul_precision=highest"
-    if backend == "torch":
-        import torch
+        jax.config.update("jax_default_matmul_precision", "highest")
+        return "jax_default_matmul_precision=highest"
+    import torch
 
-        if torch.cuda.is_available():
-            torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-            return "torch.backends.cudnn / cuda.matmul allow_tf32=False"
-    return None
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    return "torch.backends.cudnn / cuda.matmul allow_tf32=False"
 
 
 def run_checks(backend, workdir):
