@@ -13,8 +13,20 @@ the same load and backend; across backends the processes run one after the other
 Models: "lambda_resnet50" (the paper layout), "lambda_resnet50_ccll_plain" (every c4 and c5 block
 a lambda block, plain ResNet-50 backbone: the like-for-like comparison with ResNet50) and
 "resnet50". Memory is recorded on TensorFlow only (its allocator statistics).
+
+`make bench` runs this suite through benchmarks/run.py. On its own, for a machine of another kind
+(a GPU machine without TensorFlow, a larger batch):
+
+    python -m benchmarks.backends --backends jax,torch --batch 32 --out results/backends_gpu.json
+
+writes the suite's record there and prints its Markdown table (the H200's run, benchmarks/README.md).
 """
 
+import argparse
+import os
+import sys
+
+from benchmarks import common, report
 from benchmarks import model as model_suite
 
 # backend: jit_compile (what Keras' "auto" resolves to there on a CPU)
@@ -48,3 +60,32 @@ def run_job(job, threads, isolated):
 def expand(results):
     """Per-backend job results -> "backends/<backend>/<model>/<mode>/b<batch>" records."""
     return model_suite.expand(results)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.backends",
+                                     description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", default=",".join(BACKENDS),
+                        help=f"comma-separated, out of {','.join(BACKENDS)} (default: all)")
+    parser.add_argument("--batch", type=int, default=FULL["batch"])
+    parser.add_argument("--image-size", type=int, default=FULL["image_size"])
+    parser.add_argument("--threads", type=int, default=common.usable_cores())
+    parser.add_argument("--timeout-s", type=float, default=1800)
+    parser.add_argument("--out", required=True, help="the JSON record to write")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
+    if not backends or set(backends) - set(BACKENDS):
+        parser.error(f"`--backends` must name backends out of {tuple(BACKENDS)}. "
+                     f"Received: --backends={args.backends!r}")
+    settings = dict(FULL, batch=args.batch, image_size=args.image_size, backends=backends)
+    results = expand(common.run_groups(plan(settings, None), args.threads, args.timeout_s, None,
+                                       isolate=False))
+    suite = {"suite": "backends", "quick": False, "settings": settings, "results": results,
+             "machine": common.machine_description(args.threads)}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    common.write_json(args.out, suite)
+    print("\n".join(report.backends_markdown(report.backends_table(suite))))
+
+
+if __name__ == "__main__":
+    main()

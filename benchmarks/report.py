@@ -420,7 +420,7 @@ def _layer_markdown(table):
     return out
 
 
-def _backends_markdown(table):
+def backends_markdown(table):
     out = ["", f"**Models per Keras backend** ({table['image_size']} px, batch {table['batch']}, "
                "images/s, median; ratios to ResNet50 on the same backend):", "",
            "| backend | jit_compile | model | infer img/s | train img/s | infer vs ResNet50 | "
@@ -510,7 +510,7 @@ def markdown(summary):
     if tables.get("export"):
         lines += _export_markdown(tables["export"])
     if tables.get("backends"):
-        lines += _backends_markdown(tables["backends"])
+        lines += backends_markdown(tables["backends"])
     if summary.get("plots"):
         lines += ["", "Plots: " + ", ".join(summary["plots"])]
     return "\n".join(lines) + "\n"

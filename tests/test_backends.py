@@ -22,7 +22,12 @@ each against an independent expectation:
   weight moves (Adam; BN statistics), finite outputs after it;
 - `autotune` (tests/test_autotuning.check_autotune): the stored picks are the fastest measured
   under that backend's compiler, "auto" follows them (and a stored pick the rule would not make,
-  with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule.
+  with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule;
+- the formulations' index and weight tables (`formulations.static_tables`): on PyTorch a layer's
+  first call converts them into tensors and its later calls convert no NumPy array (each such
+  conversion is a blocking host-to-device copy on a GPU), unless they exceed the kept bytes
+  (`DEVICE_TABLES_BYTES`, then converted per call); on JAX they stay NumPy arrays, which jit
+  folds into constants.
 
 The subprocess needs no TensorFlow (`python tests/test_backends.py BACKEND DIR` with DIR holding
 TensorFlow's files): so it ran on a GPU machine (README "On a GPU"); there it sets float32
@@ -48,7 +53,8 @@ RELATIVE_TOLERANCE = 1e-4
 # its conv-only layout CCCC; float32 round-off through 16 blocks whose lambdas sum r^2 = 529
 # terms. Misplaced 3x3/2 pool windows (what this check guards) gave 0.34.
 PAPER_RELATIVE_TOLERANCE = 2e-3
-GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving", "autotune")
+GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving", "autotune",
+          "tables")
 
 
 def relative_error(actual, expected):
@@ -211,11 +217,70 @@ def _fit():
     return f"losses {', '.join(f'{v:.3f}' for v in losses)}; {len(before)} weights moved"
 
 
+def _table_checks(check, backend):
+    """Every formulation, unstrided and strided, at a map size no other check uses (so its
+    first call builds its tables): on PyTorch the NumPy arrays the layer converts (counted at
+    torch.as_tensor) in a first call, a second call and, with no bytes kept, a third."""
+    import keras
+    from lambda_keras.layers import LambdaLayer, formulations
+    from lambda_keras.layers.formulations import position_term
+
+    x = keras.ops.convert_to_tensor(
+        np.random.default_rng(3).standard_normal((2, 13, 11, 16)).astype("float32"))
+    if backend == "jax":
+        def numpy_tables():
+            tables = formulations.static_tables(formulations.relative_offsets, 3, 2, 5, 3, like=x)
+            assert isinstance(tables, np.ndarray), type(tables)
+            return "NumPy tables (jit constants)"
+
+        check("tables/jax", numpy_tables)
+        return
+    import torch
+
+    converted, as_tensor = [], torch.as_tensor
+
+    def counting_as_tensor(data, *args, **kwargs):
+        if isinstance(data, np.ndarray):
+            converted.append(data.shape)
+        return as_tensor(data, *args, **kwargs)
+
+    def conversions(layer):
+        converted.clear()
+        torch.as_tensor = counting_as_tensor
+        try:
+            layer(x, training=False)
+        finally:
+            torch.as_tensor = as_tensor
+        return len(converted)
+
+    for formulation in formulations.FORMULATIONS:
+        for strides in (1, 2):
+            def run(formulation=formulation, strides=strides):
+                layer = LambdaLayer(16, key_dim=4, num_heads=2, receptive_field=5,
+                                    strides=strides, implementation=formulation)
+                first, second = conversions(layer), conversions(layer)
+                kept = position_term.DEVICE_TABLES_BYTES
+                position_term.DEVICE_TABLES_BYTES = 0
+                try:
+                    position_term._DEVICE_TABLES.clear()  # noqa: SLF001 - what a budget of 0 keeps
+                    unkept = [conversions(layer), conversions(layer)]
+                finally:
+                    position_term.DEVICE_TABLES_BYTES = kept
+                # "conv" unstrided needs no table; every other case needs at least one. Kept
+                # nowhere, a table is converted at each use (a strided layer pools twice).
+                assert (first > 0) == (formulation != "conv" or strides == 2), first
+                assert second == 0 and unkept[0] == unkept[1] >= first, (first, second, unkept)
+                return f"NumPy conversions: first call {first}, then {second}; none kept {unkept}"
+
+            check(f"tables/{formulation}-s{strides}", run)
+
+
 def float32_on_gpus(backend):
     """On a GPU, float32 products in float32: XLA (JAX) runs them in TF32 there by default and
     cuDNN its convolutions, ~1e-3 relative (measured on an H200, README "On a GPU"), beyond these
     checks' 1e-5 / 1e-4. Returns what was set (None on a CPU, where nothing changes).
-    NOTE: not yet run on a GPU (the H200's device time was spent when the TF32 errors showed)."""
+    Run on an H200 (README "On a GPU"): with these settings every check passed there but the
+    paper LambdaResNet-50's, whose weights file did not travel."""
     from lambda_keras import runtime
 
     if runtime.current_runtime().device != "gpu":
@@ -277,6 +342,7 @@ def run_checks(backend, workdir):
         return check_autotune(workdir)
 
     check("autotune/small_model", autotune)
+    _table_checks(check, backend)
     results["_modules"] = dict(ok=True, detail=json.dumps(
         {"tensorflow_imported": "tensorflow" in sys.modules, "keras": keras.__version__,
          "gpu_precision": precision}),

@@ -169,6 +169,31 @@ def test_backends_run_in_their_own_worker_processes():
         common._run_process([groups[0][0], groups[1][0]], 1, 10, None, log=lambda m: None)
 
 
+def test_backends_command_runs_the_backends_asked_and_writes_the_suites_record(
+        tmp_path, monkeypatch, capsys):
+    """`python -m benchmarks.backends` (the GPU machine's run: no TensorFlow there, batch 32)
+    plans one worker per backend asked, at the batch and size asked, and writes a record that
+    the report reads; unknown backends are refused."""
+    planned = []
+
+    def run_groups(groups, *args, **kwargs):
+        planned.extend(groups)
+        return [dict(job, status="ok") for group in groups for job in group]
+
+    monkeypatch.setattr(common, "run_groups", run_groups)
+    monkeypatch.setattr(backends_suite, "expand", lambda results: results)
+    out = tmp_path / "gpu" / "backends.json"
+    backends_suite.main(["--backends", "jax,torch", "--batch", "32", "--out", str(out)])
+    assert [(g[0]["backend"], g[0]["batch"], g[0]["image_size"]) for g in planned] == [
+        ("jax", 32, 224), ("torch", 32, 224)]
+    record = _load(str(out.parent), "backends.json")
+    assert record["settings"]["backends"] == ["jax", "torch"] and record["machine"]["cpu_model"]
+    assert "224 px, batch 32" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        backends_suite.main(["--backends", "tensorflow,tpu", "--out", str(out)])
+    assert "Received: --backends='tensorflow,tpu'" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_quick_run_memory_ruler_sees_attention_grow_quadratically(quick_results):
     """Independent expectation: attention stores b x h x n x n logits, so its peak memory is at

@@ -503,6 +503,16 @@ def _same_average_pool(x, rows, cols, pool_size=3):
     window.
     x: [b, H, W, d] with static H, W (always static on PyTorch). Returns [b, ceil(H/2), ceil(W/2), d].
     """
+    t = formulations.static_tables(_same_pool_tables, rows, cols, pool_size, like=x)
+    x = ops.pad(x, ((0, 0), t["row_pads"], t["col_pads"], (0, 0)))  # [b, H + pad, W + pad, d]
+    pooled = ops.average_pool(x, pool_size, strides=2, padding="valid")  # [b, H', W', d]
+    return pooled * ops.cast(t["scale"], pooled.dtype)
+
+
+def _same_pool_tables(rows, cols, pool_size):
+    """TF's "same" padding of a stride-2 pool_size^2 pool on a rows x cols map (row_pads,
+    col_pads: (before, after)) and the rescaling of each "valid" window average to the mean of
+    its pixels inside the map (scale [1, H', W', 1])."""
     pads, inside = [], []
     for size in (rows, cols):
         # TF's "same" windows along this axis (formulations.pool_taps: weight 0 outside the map)
@@ -511,9 +521,8 @@ def _same_average_pool(x, rows, cols, pool_size=3):
         pads.append((before, after))
         inside.append((weights > 0).sum(axis=1))  # pixels inside each window along this axis
     scale = (pool_size * pool_size) / np.outer(inside[0], inside[1])  # [H', W']
-    x = ops.pad(x, ((0, 0), pads[0], pads[1], (0, 0)))  # [b, H + pad, W + pad, d]
-    pooled = ops.average_pool(x, pool_size, strides=2, padding="valid")  # [b, H', W', d]
-    return pooled * ops.cast(scale[None, :, :, None], pooled.dtype)
+    return dict(row_pads=pads[0], col_pads=pads[1],
+                scale=scale[None, :, :, None].astype("float32"))
 
 
 def _implementation(implementation, position):

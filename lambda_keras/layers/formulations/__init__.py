@@ -69,6 +69,7 @@ from lambda_keras.layers.formulations.position_term import (  # noqa: F401
     query_windows_shape,
     relative_offsets,
     row_windows,
+    static_tables,
 )
 from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
     autotune,

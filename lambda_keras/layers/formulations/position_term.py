@@ -4,6 +4,7 @@ comments; `rule.choose` picks one."""
 
 import math
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -16,6 +17,42 @@ WINDOW_TILE_SCOPES = 3
 # the context is the map's rows; blocks of 1 / 0.75 / 0.6 scopes were within 10% at 28^2
 # (benchmarks/README.md, optimisations 12 and 15).
 QUERY_BLOCK_SCOPES = 2
+# PyTorch keeps the tables of `static_tables` on its device up to this many bytes in all.
+DEVICE_TABLES_BYTES = 64 << 20
+_DEVICE_TABLES = {}  # (build, args, device) -> (tables, bytes of their arrays); `static_tables`
+
+
+def static_tables(build, *args, like):
+    """What `build(*args)` returns (NumPy index and weight tables of a static shape, in a dict
+    with ints), with the arrays in the form the backend of `like` (a tensor of the call) takes.
+
+    NOTE: Keras' PyTorch backend converts a NumPy operand into a tensor on its device at every
+    op; on a GPU that is a host-to-device copy that waits for the kernels queued before it, so
+    the tables of a call (0-7 by formulation and strides) serialise an otherwise asynchronous
+    forward (benchmarks/README.md, the H200 section). There they are converted once per (shape,
+    device) and kept, while all kept tables stay within DEVICE_TABLES_BYTES (indices as int64,
+    what torch's gathers take; larger ones are converted per call: their copy is small beside
+    the work they index). TensorFlow and JAX trace NumPy operands into their graphs as constants:
+    they get the arrays (computed again per trace: once per shape).
+    """
+    if keras.backend.backend() != "torch":
+        return build(*args)
+    key = (build, args, str(like.device))
+    if key in _DEVICE_TABLES:
+        return _DEVICE_TABLES[key][0]
+    arrays = build(*args)
+    tables = keras.tree.map_structure(_device_table, arrays)
+    size = sum(a.nbytes for a in keras.tree.flatten(arrays) if isinstance(a, np.ndarray))
+    if size + sum(kept for _, kept in _DEVICE_TABLES.values()) <= DEVICE_TABLES_BYTES:
+        _DEVICE_TABLES[key] = tables, size
+    return tables
+
+
+def _device_table(value):
+    """A NumPy table as a tensor of the backend (integers as int64); other values as they are."""
+    if not isinstance(value, np.ndarray):
+        return value
+    return ops.convert_to_tensor(value.astype("int64") if value.dtype.kind in "iu" else value)
 
 
 # ------------------------------------------------------------------------ the formulations
@@ -46,7 +83,7 @@ def position_embeddings(table, position, rows, cols):
     if position == "global":
         return table  # [n, m, u, k]
     t_rows, t_cols, u, k = table.shape
-    index = relative_offsets(rows, cols, t_rows, t_cols)  # [n, m], numpy constant
+    index = static_tables(relative_offsets, rows, cols, t_rows, t_cols, like=table)  # [n, m]
     flat = ops.reshape(table, (t_rows * t_cols, u, k))  # [t, u, k]
     flat = ops.pad(flat, ((0, 1), (0, 0), (0, 0)))  # [t + 1, u, k], last row: outside scope
     return ops.take(flat, index, axis=0)  # [n, m, u, k]
@@ -148,6 +185,35 @@ def row_windows(values, kernel, rows, cols):
     r, _, u, k = kernel.shape
     v = values.shape[2]
     centre = r // 2
+    t = static_tables(_row_window_tables, rows, cols, r, like=values)
+    reach, offsets, tiles, tile = t["reach"], t["offsets"], t["tiles"], t["tile"]
+    context = t["context"]
+    table = kernel[centre - reach:centre + reach + 1]  # [d, r, u, k]
+    table = ops.reshape(table, (offsets, r, u * k))  # [d, r, u*k]
+    table = ops.pad(table, ((0, 0), (0, 1), (0, 0)))  # [d, r + 1, u*k], last: outside
+    band = ops.take(table, t["band_index"], axis=1)  # [d, x, z, u*k]
+    band = ops.reshape(band, (offsets, tile, context, u, k))  # [d, x, z, u, k]
+    band = ops.transpose(band, (0, 2, 3, 1, 4))  # [d, z, u, x, k]
+
+    batch = ops.shape(values)[0]
+    grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
+    grid = ops.pad(grid, ((0, 0), (reach, reach), (t["left"], t["right"]), (0, 0), (0, 0)))
+    # v before the positions: the windows come out in matmul layout (no copy in the einsum).
+    grid = ops.reshape(ops.transpose(grid, (0, 3, 1, 2, 4)), (batch, v, -1, u))  # [b, v, H'W', u]
+    windows = ops.take(grid, t["window_index"], axis=2)  # [b, v, y, t, d, z, u]
+    lambdas = ops.einsum("bvytdzu,dzuxk->bvytxk", windows, band)  # [b, v, y, t, x, k]
+    lambdas = ops.reshape(lambdas, (batch, v, rows, tiles * tile, k))[:, :, :, :cols]
+    lambdas = ops.reshape(lambdas, (batch, v, rows * cols, k))  # [b, v, n, k]
+    return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+
+
+def _row_window_tables(rows, cols, r):
+    """The tiles of `row_windows` on a rows x cols map with an r x r scope: ints (reach: row
+    offsets -reach..reach, `offsets` of them; tiles x tile query columns; context columns per
+    tile, left / right zero columns) and gather indices (band_index [x, z]: kernel column of
+    query column x and context column z within a tile, r outside the scope; window_index
+    [y, t, d, z]: flat padded position of context (y + d, t * tile + z))."""
+    centre = r // 2
     reach = min(centre, rows - 1)  # row offsets -reach..reach can land inside the map
     offsets = 2 * reach + 1
     tiles = -(-cols // int(WINDOW_TILE_SCOPES * r))  # tiles of at most that many columns
@@ -157,30 +223,14 @@ def row_windows(values, kernel, rows, cols):
         tile = -(-cols // tiles)  # balanced tiles: the last one is at most tiles - 1 short
         context, left = tile + 2 * centre, centre
     right = (tiles - 1) * tile + context - cols - left
-    # Kernel index of (query column x, context column z) within a tile; r: outside the scope.
     shift = np.arange(context)[None, :] - np.arange(tile)[:, None] + centre - left  # [x, z]
     band_index = np.where((shift >= 0) & (shift < r), shift, r).astype("int32")
-    table = kernel[centre - reach:centre + reach + 1]  # [d, r, u, k]
-    table = ops.reshape(table, (offsets, r, u * k))  # [d, r, u*k]
-    table = ops.pad(table, ((0, 0), (0, 1), (0, 0)))  # [d, r + 1, u*k], last: outside
-    band = ops.take(table, band_index, axis=1)  # [d, x, z, u*k]
-    band = ops.reshape(band, (offsets, tile, context, u, k))  # [d, x, z, u, k]
-    band = ops.transpose(band, (0, 2, 3, 1, 4))  # [d, z, u, x, k]
-
-    batch = ops.shape(values)[0]
-    grid = ops.reshape(values, (batch, rows, cols, v, u))  # [b, H, W, v, u]
-    grid = ops.pad(grid, ((0, 0), (reach, reach), (left, right), (0, 0), (0, 0)))
     padded_cols = cols + left + right
-    # v before the positions: the windows come out in matmul layout (no copy in the einsum).
-    grid = ops.reshape(ops.transpose(grid, (0, 3, 1, 2, 4)), (batch, v, -1, u))  # [b, v, H'W', u]
-    # Flat index of context (y + d, t * tile + z) for query row y, tile t, offset d: [y, t, d, z].
     window_index = ((np.arange(rows)[:, None, None, None] + np.arange(offsets)[:, None])
                     * padded_cols + np.arange(tiles)[:, None, None] * tile + np.arange(context))
-    windows = ops.take(grid, window_index.astype("int32"), axis=2)  # [b, v, y, t, d, z, u]
-    lambdas = ops.einsum("bvytdzu,dzuxk->bvytxk", windows, band)  # [b, v, y, t, x, k]
-    lambdas = ops.reshape(lambdas, (batch, v, rows, tiles * tile, k))[:, :, :, :cols]
-    lambdas = ops.reshape(lambdas, (batch, v, rows * cols, k))  # [b, v, n, k]
-    return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
+    return dict(reach=reach, offsets=offsets, tiles=tiles, tile=tile, context=context,
+                left=left, right=right, band_index=band_index,
+                window_index=window_index.astype("int32"))
 
 
 def conv(values, kernel, rows, cols):
@@ -281,33 +331,24 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     r, _, u, k = kernel.shape
     heads, v = q.shape[2], values.shape[2]
     batch = ops.shape(q)[0]
-    centre, taps = r // 2, pool_size
-    tap_rows, row_weights, before_rows = pool_taps(rows, taps, strides)
-    tap_cols, col_weights, before_cols = pool_taps(cols, taps, strides)
-    out_rows, out_cols = len(tap_rows), len(tap_cols)
-    shape = query_windows_shape(rows, cols, r, pool_size, strides, block_columns, block_scopes)
-    span, width, context = shape["span"], shape["width"], shape["context"]
-    blocks, block, groups, group = shape["blocks"], shape["block"], shape["groups"], shape["group"]
-    padded_rows, padded_cols = blocks * block, groups * group  # padding queries: zero weights
-    first_row = strides * np.arange(padded_rows) - before_rows  # of each query's window (+ c)
-    tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
-    row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
-    tap_cols = np.pad(tap_cols, ((0, padded_cols - out_cols), (0, 0)))
-    col_weights = np.pad(col_weights, ((0, padded_cols - out_cols), (0, 0)))
+    taps = pool_size
+    t = static_tables(_query_window_tables, rows, cols, r, heads, pool_size, strides,
+                      block_columns, block_scopes, like=q)
+    span, width, context = t["span"], t["width"], t["context"]
+    block, groups, group = t["block"], t["groups"], t["group"]
+    padded_rows = t["padded_rows"]  # padding queries: zero weights
 
     # 1. scores [b W'/G G h blocks B, (S + 1) C u]: row offset S is a zero slot (outside).
     # Tensors stay within 5 dimensions (TFLite's TRANSPOSE and broadcasting MUL limits).
     grid = ops.reshape(q, (batch, rows, cols, heads, k))  # [b, H, W, h, k]
     grid = ops.transpose(grid, (0, 3, 1, 2, 4))  # [b, h, H, W, k]
-    grid = ops.take(grid, tap_rows.reshape(-1).astype("int32"), axis=2)  # [b, h, H'' T, W, k]
-    grid = ops.take(grid, tap_cols.reshape(-1).astype("int32"), axis=3)  # [b, h, H'' T, W'' T, k]
-    weights = row_weights.reshape(-1, 1) * col_weights.reshape(1, -1)  # [H'' T, W'' T]
-    grid = grid * ops.cast(weights[None, None, :, :, None], q.dtype)
+    grid = ops.take(grid, t["tap_rows"], axis=2)  # [b, h, H'' T, W, k]
+    grid = ops.take(grid, t["tap_cols"], axis=3)  # [b, h, H'' T, W'' T, k]
+    grid = grid * ops.cast(t["weights"], q.dtype)  # [1, 1, H'' T, W'' T, 1] tap weights
     grid = ops.reshape(grid, (batch, heads * padded_rows * taps, groups, group, taps * k))
     grid = ops.transpose(grid, (0, 2, 3, 1, 4))  # [b, W''/G, G, h H'' Ty, Tx k]
     grid = ops.reshape(grid, (-1, group, heads * padded_rows * taps, 1, taps * k))
-    slots = np.eye(group, dtype="float32")[None, :, None, :, None]  # query g -> its k slots
-    grid = grid * ops.cast(slots, q.dtype)  # [b W''/G, G, h H'' Ty, G slots, Tx k]
+    grid = grid * ops.cast(t["slots"], q.dtype)  # [b W''/G, G, h H'' Ty, G slots, Tx k]
     grid = ops.reshape(grid, (-1, taps * group * taps * k))  # [b W''/G G h H'', Ty G Tx k]
     shifted = [ops.pad(kernel, ((ty, taps - 1 - ty),
                                 (tx + strides * g, width - span + taps - 1 - tx - strides * g),
@@ -320,6 +361,48 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     scores = ops.reshape(scores, (batch * groups, -1, width * u))  # [b W''/G, G h H''(S+1), C u]
 
     # 2. spread over the context rows of each block: [b W''/G blocks, B G h, context C u]
+    maps = ops.take(scores, t["slot"], axis=1)
+    maps = ops.reshape(maps, (-1, block * group * heads, context * width * u))
+
+    # 3. column windows of V: [b W''/G blocks, context C u, v]
+    grid = ops.reshape(values, (batch, rows, cols, v, u))
+    grid = ops.transpose(grid, (0, 1, 2, 4, 3))  # [b, H, W, u, v]
+    grid = ops.pad(grid, ((0, 0), (0, 0), (t["left"], t["right"]), (0, 0), (0, 0)))
+    value_cols = cols + t["left"] + t["right"]
+    grid = ops.reshape(grid, (batch, rows * value_cols, u * v))  # [b, H W'', u v]
+    windows = ops.take(grid, t["index"], axis=1)
+    windows = ops.reshape(windows, (-1, context * width * u, v))
+
+    out = batched_matmul(maps, windows, separate_products)  # [b W''/G blocks, B G h, v]
+    out = ops.reshape(out, (batch, groups, padded_rows, group, heads * v))
+    out = ops.transpose(out, (0, 2, 1, 3, 4))  # [b, H'', W''/G, G, h v]
+    out = ops.reshape(out, (batch, padded_rows, groups * group, heads * v))
+    out_rows, out_cols = t["out_rows"], t["out_cols"]
+    out = out[:, :out_rows, :out_cols]  # [b, H', W', h v]
+    return ops.reshape(out, (batch, out_rows * out_cols, heads, v))  # [b, n', h, v]
+
+
+def _query_window_tables(rows, cols, r, heads, pool_size, strides, block_columns, block_scopes):
+    """The blocks of `query_windows` (its arguments, with h heads: `query_windows_shape`'s
+    ints, out_rows / out_cols, padded_rows and the left / right zero columns of V) and its
+    tables: the pool's taps (tap_rows, tap_cols: flat indices; weights [1, 1, H'' T, W'' T, 1]),
+    the query slots of a group (slots [1, G, 1, G, 1]), where each query's scores go among its
+    block's context rows (slot, flat) and the column windows of V (index, flat)."""
+    centre = r // 2
+    tap_rows, row_weights, before_rows = pool_taps(rows, pool_size, strides)
+    tap_cols, col_weights, before_cols = pool_taps(cols, pool_size, strides)
+    out_rows, out_cols = len(tap_rows), len(tap_cols)
+    shape = query_windows_shape(rows, cols, r, pool_size, strides, block_columns, block_scopes)
+    span, width, context = shape["span"], shape["width"], shape["context"]
+    blocks, block, groups, group = shape["blocks"], shape["block"], shape["groups"], shape["group"]
+    padded_rows, padded_cols = blocks * block, groups * group  # padding queries: zero weights
+    first_row = strides * np.arange(padded_rows) - before_rows  # of each query's window (+ c)
+    tap_rows = np.pad(tap_rows, ((0, padded_rows - out_rows), (0, 0)))
+    row_weights = np.pad(row_weights, ((0, padded_rows - out_rows), (0, 0)))  # padding: 0
+    tap_cols = np.pad(tap_cols, ((0, padded_cols - out_cols), (0, 0)))
+    col_weights = np.pad(col_weights, ((0, padded_cols - out_cols), (0, 0)))
+    weights = row_weights.reshape(-1, 1) * col_weights.reshape(1, -1)  # [H'' T, W'' T]
+
     top = np.clip(first_row[::block] - centre, 0, rows - context)  # [blocks]
     context_rows = top[:, None] + np.arange(context)  # [blocks, context]
     offset = (context_rows[:, None, :] - first_row.reshape(blocks, block)[:, :, None]
@@ -328,27 +411,17 @@ def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_c
     query = (np.arange(group * heads)[None, None, :] * padded_rows
              + np.arange(padded_rows).reshape(blocks, block, 1))  # [blocks, B, G h]
     slot = query[..., None] * (span + 1) + offset[:, :, None, :]  # [blocks, B, G h, context]
-    maps = ops.take(scores, slot.reshape(-1).astype("int32"), axis=1)
-    maps = ops.reshape(maps, (-1, block * group * heads, context * width * u))
 
-    # 3. column windows of V: [b W''/G blocks, context C u, v]
-    left = centre + before_cols  # zero columns: the first window starts at padded column 0
+    left = centre + before_cols  # zero columns of V: the first window starts at padded column 0
     first_col = strides * group * np.arange(groups)  # of each group's windows, padded columns
     right = max(int(first_col[-1]) + width - cols - left, 0)
-    grid = ops.reshape(values, (batch, rows, cols, v, u))
-    grid = ops.transpose(grid, (0, 1, 2, 4, 3))  # [b, H, W, u, v]
-    grid = ops.pad(grid, ((0, 0), (0, 0), (left, right), (0, 0), (0, 0)))
-    value_cols = cols + left + right
-    grid = ops.reshape(grid, (batch, rows * value_cols, u * v))  # [b, H W'', u v]
     window_cols = first_col[:, None] + np.arange(width)  # [W''/G, C]
-    index = (context_rows[None, :, :, None] * value_cols
+    index = (context_rows[None, :, :, None] * (cols + left + right)
              + window_cols[:, None, None, :])  # [W''/G, blocks, context, C]
-    windows = ops.take(grid, index.reshape(-1).astype("int32"), axis=1)
-    windows = ops.reshape(windows, (-1, context * width * u, v))
-
-    out = batched_matmul(maps, windows, separate_products)  # [b W''/G blocks, B G h, v]
-    out = ops.reshape(out, (batch, groups, padded_rows, group, heads * v))
-    out = ops.transpose(out, (0, 2, 1, 3, 4))  # [b, H'', W''/G, G, h v]
-    out = ops.reshape(out, (batch, padded_rows, padded_cols, heads * v))
-    out = out[:, :out_rows, :out_cols]  # [b, H', W', h v]
-    return ops.reshape(out, (batch, out_rows * out_cols, heads, v))  # [b, n', h, v]
+    return dict(shape, out_rows=out_rows, out_cols=out_cols, padded_rows=padded_rows,
+                left=left, right=right,
+                tap_rows=tap_rows.reshape(-1).astype("int32"),
+                tap_cols=tap_cols.reshape(-1).astype("int32"),
+                weights=weights[None, None, :, :, None].astype("float32"),
+                slots=np.eye(group, dtype="float32")[None, :, None, :, None],
+                slot=slot.reshape(-1).astype("int32"), index=index.reshape(-1).astype("int32"))

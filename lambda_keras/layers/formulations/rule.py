@@ -372,17 +372,21 @@ CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
 # Rows on a GPU (measured on one NVIDIA H200 with JAX 0.11 and PyTorch 2.11 (CUDA 13), Keras
 # 3.15, results/formulations/nvidia-h200.json, 2026-12-04; TensorFlow was not installable
 # there, so its GPU rows are LOCAL_RULE's, a guess). Batch 8, d 256, the suite's medians of 5-9
-# round-robin calls after a probe:
+# round-robin calls after a probe. PyTorch's cells were measured again once the layer kept its
+# index tables on the device (`position_term.static_tables`; before, each call copied them from
+# NumPy, and the 14^2-28^2 inference timings of the formulations with tables were up to 3.7x
+# longer):
 # - PyTorch (eager) forward: the convolution (cuDNN) on every map, strided or not, small or
-#   large: 1.9-7.4 ms where the next formulation took 1.2-1.8x (r 23 at 14^2: 3.1 ms vs 4.1 for
-#   q . E first, which the CPU rows pick; strided r 23 at 28^2: 4.4 vs 8.5 for query windows).
-#   One cell misses 1.2x: strided r 7 |u| 4 at 14^2, q . E first 4.2 ms vs 5.1 (1.22x) for the
-#   convolution, against 1.9 ms for the same convolution unstrided (tests: GPU_MISSES).
-# - PyTorch training: the convolution for r <= 11 (its filter gradient is slow for r 23: 3.2x
-#   row windows at 112^2); for r 23, q . E first on maps it covers (14^2: within 1.09x of the
-#   convolution) and row windows beyond (28^2-112^2 6.8-39.1 ms; query windows 1.28x / 1.41x at
-#   28^2 unstrided / strided); no query windows for small maps beyond their scope (timm's strided
-#   r 9 at 14^2: 1.48x the convolution).
+#   large: 1.8-7.3 ms, the fastest in 17 of 18 cells and within 1.03x in the other (r 23 at
+#   14^2: 1.9 ms vs 2.1 for q . E first, which the CPU rows pick; strided r 23 at 28^2: 4.5 vs
+#   8.2 for query windows, 4.7 for E . V first).
+# - PyTorch training: the convolution for r <= 11 up to 56^2 and query windows from 80^2 (r 7
+#   |u| 4 at 112^2: 21.8 vs 28.0 ms; the first run, with the tables copied per call: 25.6 vs
+#   28.2; at 56^2 8.6 vs 8.7); the convolution's filter gradient is slow for r 23 (3.3x row
+#   windows at 112^2); for r 23, q . E first on maps it covers (14^2: 5.9 ms, 1.09x E . V first)
+#   and row windows beyond (28^2-112^2 7.5-37.8 ms; at 28^2 1.17x E . V first, whose n x m
+#   embeddings take 8x the memory); no query windows for small maps beyond their scope (timm's
+#   strided r 9 at 14^2: 1.43x the convolution).
 # - JAX forward: query windows up to 28^2 and from 80^2 on (r 23 at 112^2: 3.1 vs 4.5 ms for row
 #   windows), row windows between (r 23 at 56^2: 1.0 vs 1.3 ms for query windows; r 7 |u| 4 1.02x
 #   the convolution); strided layers and small maps as on the CPUs (r 23 at 14^2 q . E first, 1.01x
@@ -393,10 +397,11 @@ CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
 # JAX ran XLA's default float32 precision there, TF32 products (README, "On a GPU").
 QUERY_WINDOWS_FROM_80 = (None, 80 * 80, "query_windows")
 SMALL_R_QUERY_WINDOWS = (11, 0, "query_windows")
+SMALL_R_QUERY_WINDOWS_FROM_80 = (11, 80 * 80, "query_windows")
 GPU_RULE = {
     ("torch", "fwd"): _rule(0, 0, 0, CONV, small_maps=False, strided_windows=None),
-    ("torch", "train"): _rule(1, 2, 1, SMALL_R_CONV, ROW_WINDOWS, small_map_windows=False,
-                              strided_windows=None),
+    ("torch", "train"): _rule(1, 2, 1, SMALL_R_QUERY_WINDOWS_FROM_80, SMALL_R_CONV, ROW_WINDOWS,
+                              small_map_windows=False, strided_windows=None),
     ("jax", "fwd"): _rule(1, 2, 1, QUERY_WINDOWS_FROM_80, ROW_WINDOWS, windows=UP_TO_28),
     ("jax", "train"): _rule(1, 2, 1, SMALL_R_QUERY_WINDOWS, ROW_WINDOWS),
 }
