@@ -40,19 +40,20 @@ def static_tables(build, *args, like):
     key = (build, args, str(like.device))
     if key in _DEVICE_TABLES:
         return _DEVICE_TABLES[key][0]
-    arrays = build(*args)
-    tables = keras.tree.map_structure(_device_table, arrays)
+    arrays = keras.tree.map_structure(_int64_indices, build(*args))
     size = sum(a.nbytes for a in keras.tree.flatten(arrays) if isinstance(a, np.ndarray))
+    tables = keras.tree.map_structure(
+        lambda a: ops.convert_to_tensor(a) if isinstance(a, np.ndarray) else a, arrays)
     if size + sum(kept for _, kept in _DEVICE_TABLES.values()) <= DEVICE_TABLES_BYTES:
         _DEVICE_TABLES[key] = tables, size
     return tables
 
 
-def _device_table(value):
-    """A NumPy table as a tensor of the backend (integers as int64); other values as they are."""
-    if not isinstance(value, np.ndarray):
-        return value
-    return ops.convert_to_tensor(value.astype("int64") if value.dtype.kind in "iu" else value)
+def _int64_indices(value):
+    """An integer NumPy table as int64 (what torch's gathers take); other values as they are."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iu":
+        return value.astype("int64")
+    return value
 
 
 # ------------------------------------------------------------------------ the formulations
