@@ -67,7 +67,8 @@ def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monke
     (device, picks), = json.loads(path.read_text())["picks"].items()
     (key, entry), = picks.items()
     times = {f: r["ms"] for f, r in entry["results"].items() if "ms" in r}
-    assert entry["formulation"] == min(times, key=times.get)
+    # A fastest one (the file sorts its keys, so a tie at the microsecond may list another first).
+    assert times[entry["formulation"]] == min(times.values()), times
     assert f"device: {device}" in out and f"{key}: {entry['formulation']} (ms: " in out
     assert key.endswith(" 16x16 float32 fwd") and f"stored in {path}" in out
     assert cli.main(["autotune", "--model", tiny_model_path, "--phases", "fwd,predict"]) == 2
