@@ -19,7 +19,8 @@ a lambda block, plain ResNet-50 backbone: the like-for-like comparison with ResN
 
     python -m benchmarks.backends --backends jax,torch --batch 32 --out results/backends_gpu.json
 
-writes the suite's record there and prints its Markdown table (the H200's run, benchmarks/README.md).
+writes the suite's record there and prints its Markdown table (the H200's run:
+benchmarks/README.md).
 """
 
 import argparse

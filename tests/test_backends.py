@@ -220,7 +220,7 @@ def _fit():
 def _table_checks(check, backend):
     """Every formulation, unstrided and strided, at a map size no other check uses (so its
     first call builds its tables): on PyTorch the NumPy arrays the layer converts (counted at
-    torch.as_tensor) in a first call, a second call and, with no bytes kept, a third."""
+    torch.as_tensor) in a first call, a second call and, with no bytes kept, two more."""
     import keras
     from lambda_keras.layers import LambdaLayer, formulations
     from lambda_keras.layers.formulations import position_term
