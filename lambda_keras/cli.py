@@ -13,7 +13,8 @@ none for the paper family; `--weights none` starts from random weights.
 `autotune` times the lambda layers' formulations of a model (`lambda_keras.autotune`) under the
 command's own settings (oneDNN and the pooled allocator, as its other subcommands run): the
 picks serve `train`, `evaluate`, `export` and `predict` on this machine, and programs that run
-with the same settings.
+with the same settings. Picks are stored per compute dtype: `--mixed-precision` tunes for the
+policy `train --mixed-precision` will use.
 
 Errors: every expected failure (a bad argument, a file that is missing, unreadable or not what it
 should be) prints one `error:` line naming the file or argument and exits with status 2; the
@@ -129,9 +130,19 @@ def _cmd_predict(args):
 
 def _cmd_autotune(args):
     from lambda_keras.layers import formulations
+    from lambda_keras.training import model_setup
 
     phases = tuple(phase.strip() for phase in args.phases.split(","))
-    model = load_model(args.model, NO_WEIGHTS, args.image_size)  # the weights do not change times
+    # The picks are stored per compute dtype: tune under the policy `train` will run with.
+    with model_setup.dtype_policy(args.mixed_precision or "float32"):
+        model = load_model(args.model, NO_WEIGHTS, args.image_size)  # weights don't change times
+    # A .keras file's layers keep the policies they were saved with.
+    tuned, _ = formulations.autotuning.lambda_layers(model)  # [(layer, map size)], names
+    policies = sorted({layer.dtype_policy.name for layer, _ in tuned})
+    if args.mixed_precision and policies not in ([], [args.mixed_precision]):
+        raise ValueError(f"--mixed-precision applies when autotune builds the model; the lambda "
+                         f"layers of {args.model} use {', '.join(map(repr, policies))}. "
+                         f"Received: --mixed-precision {args.mixed_precision}")
     report = formulations.autotune(model, batch_size=args.batch_size, phases=phases,
                                    jit_compile=args.jit_compile, repeats=args.repeats)
     print(f"device: {report['device']}")
@@ -323,6 +334,10 @@ def build_parser():
     p.add_argument("--jit-compile", default="auto", type=_jit_flag,
                    help="auto (XLA on a single GPU, as `train`) | true | false")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--mixed-precision", default=None,
+                   choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                   help="the dtype policy `train --mixed-precision` will use (default: float32, "
+                        "or a .keras file's own): picks are stored per compute dtype")
     p.set_defaults(func=_cmd_autotune)
 
     p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")

@@ -9,6 +9,7 @@ the file is merged and replaced atomically, and an unreadable one is ignored wit
 `check_autotune` also runs on the JAX and PyTorch backends (tests/test_backends.py).
 """
 
+import contextlib
 import json
 import os
 import warnings
@@ -42,13 +43,26 @@ def traced_formulation(layer, x, training):
     return layer._last_formulation
 
 
-def check_autotune(workdir):
-    """The whole contract on the current backend; returns a summary line."""
-    path = os.path.join(str(workdir), "autotune.json")
+@contextlib.contextmanager
+def picks_stored_at(path):
+    """`autotune`'s file at `path`, the picks turned on; the environment restored after."""
     previous = {name: os.environ.get(name) for name in (autotuning.CACHE_ENV, autotuning.ENV)}
     os.environ[autotuning.CACHE_ENV] = path
     os.environ.pop(autotuning.ENV, None)
     try:
+        yield
+    finally:
+        for name, value in previous.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def check_autotune(workdir):
+    """The whole contract on the current backend; returns a summary line."""
+    path = os.path.join(str(workdir), "autotune.json")
+    with picks_stored_at(path):
         model = small_model()
         report = autotuning.autotune(model, batch_size=2, repeats=2, path=path)
         picks = report["picks"]
@@ -90,16 +104,43 @@ def check_autotune(workdir):
         return (f"{report['device']}: " + ", ".join(
             f"{key.split()[6]} {key.split()[-1]} {entry['formulation']}"
             for key, entry in picks.items()) + f"; stored {other} followed (error {error:.1e})")
+
+
+def check_autotune_mixed_precision(workdir, policy):
+    """Under a mixed-precision policy (low-precision outputs, float32 weights and gradients)
+    `autotune` times every formulation in both phases and stores the picks under the compute
+    dtype, where the layer finds them; returns a summary line."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((MAP, MAP, 6))
+        model = keras.Model(inputs, make_layer(receptive_field=5, name="mixed")(inputs))
     finally:
-        for name, value in previous.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+        keras.config.set_dtype_policy(previous)
+    layer = model.get_layer("mixed")
+    path = os.path.join(str(workdir), f"autotune-{policy}.json")
+    with picks_stored_at(path):
+        report = autotuning.autotune(model, batch_size=2, repeats=1, path=path)
+        x = random_input((2, MAP, MAP, 6))
+        for phase, training in TRAINING.items():
+            key = autotuning.layer_key(layer, MAP, MAP, phase)
+            assert key.endswith(f" {layer.compute_dtype} {phase}"), key
+            entry = report["picks"][key]
+            assert {f for f, r in entry["results"].items() if "ms" in r} == \
+                set(formulations.FORMULATIONS), entry["results"]
+            assert traced_formulation(layer, x, training) == entry["formulation"]
+    return f"{policy}: " + ", ".join(f"{key.split()[-1]} {entry['formulation']}"
+                                     for key, entry in report["picks"].items())
 
 
 def test_autotune_stores_the_fastest_and_auto_uses_it(tmp_path):
     print(check_autotune(tmp_path))
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_autotune_under_mixed_precision_times_every_formulation(tmp_path, policy):
+    print(check_autotune_mixed_precision(tmp_path, policy))
 
 
 @pytest.fixture

@@ -342,6 +342,13 @@ def run_checks(backend, workdir):
         return check_autotune(workdir)
 
     check("autotune/small_model", autotune)
+
+    def autotune_mixed_precision():
+        from test_autotuning import check_autotune_mixed_precision
+
+        return check_autotune_mixed_precision(workdir, "mixed_bfloat16")
+
+    check("autotune/mixed_bfloat16", autotune_mixed_precision)
     _table_checks(check, backend)
     results["_modules"] = dict(ok=True, detail=json.dumps(
         {"tensorflow_imported": "tensorflow" in sys.modules, "keras": keras.__version__,

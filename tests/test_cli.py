@@ -75,6 +75,29 @@ def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monke
     assert "`phases` must be" in capsys.readouterr().err
 
 
+def test_autotune_tunes_under_the_policy_train_will_use(tiny_model_path, tmp_path, monkeypatch,
+                                                         capsys):
+    """`--mixed-precision` builds the model under that policy, so the picks are stored for the
+    compute dtype `train --mixed-precision` runs (picks are keyed by it); a .keras file keeps
+    its own policy, and a flag that contradicts it is an error naming the flag."""
+    from lambda_keras.layers.formulations import autotuning
+
+    path = tmp_path / "autotune.json"
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(path))
+    assert cli.main(["autotune", "--model", "lambda_resnet26t", "--image-size", "32",
+                     "--batch-size", "1", "--repeats", "1", "--phases", "fwd",
+                     "--mixed-precision", "mixed_bfloat16"]) == 0
+    (_, picks), = json.loads(path.read_text())["picks"].items()
+    assert picks and all(key.endswith(" bfloat16 fwd") for key in picks), sorted(picks)
+    assert all("ms" in r for entry in picks.values() for r in entry["results"].values())
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
+    capsys.readouterr()
+    assert cli.main(["autotune", "--model", tiny_model_path, "--phases", "fwd",
+                     "--mixed-precision", "mixed_bfloat16"]) == 2
+    error = capsys.readouterr().err
+    assert "--mixed-precision" in error and "'float32'" in error and "mixed_bfloat16" in error
+
+
 def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
     from lambda_keras.export import LiteRTRunner
 

@@ -86,6 +86,23 @@ def test_matches_numpy_reference(case):
     print(f"\n[reference] {case}: max abs diff {error:.2e}, max |y| {np.abs(expected).max():.2f}")
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_one_position_map_matches_the_reference_without_warnings(training):
+    """A 1 x 1 map (c5 of a 32 px input): the keys' softmax over one position is 1; the layer
+    gives the reference's outputs and Keras' size-1 softmax warning is not raised."""
+    import warnings
+
+    layer = make_layer(position="conv", receptive_field=3)
+    x = random_input((BATCH, 1, 1, CHANNELS))
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        actual = keras.ops.convert_to_numpy(layer(x, training=training))
+    assert_close(actual, reference_lambda_layer(layer, x, training=training), atol=1e-5,
+                 what="1 x 1 map")
+
+
 def test_reference_detects_a_wrong_offset():
     """The reference is sensitive: the conv kernel flipped (convolution instead of
     cross-correlation) gives a different output."""

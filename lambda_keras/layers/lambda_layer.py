@@ -282,7 +282,10 @@ class LambdaLayer(keras.layers.Layer):
 
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
         q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
-        keys = ops.cast(ops.softmax(keys, axis=1), lambda_dtype)  # softmax over m, in float32
+        # Softmax over m, in float32; over a single position (a 1 x 1 map) it is 1, and Keras
+        # warns that a softmax over a size-1 axis "is likely not what you intended".
+        keys = ops.softmax(keys, axis=1) if keys.shape[1] != 1 else ops.ones_like(keys)
+        keys = ops.cast(keys, lambda_dtype)  # [b, m, k, u]
         out_rows, out_cols = rows, cols
         queries = q  # the queries at the output positions
         if self.strides == 2:

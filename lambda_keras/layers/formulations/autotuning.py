@@ -156,21 +156,26 @@ def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_
 
 def tensorflow_steps(model, jit_compile):
     """(forward, forward + backward) tf.functions of a Keras layer or model, each returning a
-    scalar: the sum of the outputs, and mean(y^2) plus the sum of its gradients with respect
-    to the input and every trainable weight."""
+    float32 scalar: the sum of the outputs, and mean(y^2) plus the sum of its gradients with
+    respect to the input and every trainable weight. Sums and loss are taken in float32, as
+    Keras' losses are under a mixed-precision policy (the outputs are then bfloat16 or float16
+    and the gradients of the float32 weights float32)."""
     import tensorflow as tf
+
+    def total(tensor):
+        return tf.reduce_sum(tf.cast(tensor, "float32"))
 
     @tf.function(jit_compile=jit_compile)
     def forward(x):
-        return tf.reduce_sum(model(x, training=False))
+        return total(model(x, training=False))
 
     @tf.function(jit_compile=jit_compile)
     def forward_backward(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_mean(tf.square(model(x, training=True)))
+            loss = tf.reduce_mean(tf.square(tf.cast(model(x, training=True), "float32")))
         grads = tape.gradient(loss, [x] + model.trainable_variables)
-        return loss + tf.add_n([tf.reduce_sum(g) for g in grads])
+        return loss + tf.add_n([total(g) for g in grads])
 
     return forward, forward_backward
 
@@ -197,11 +202,11 @@ def _steps_jax(layer, x, jit_compile):  # noqa: ARG001 (JAX always compiles)
 
     def forward(trainable, non_trainable, inputs):
         y, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
-        return jnp.sum(y)
+        return jnp.sum(y.astype("float32"))
 
-    def loss(trainable, inputs, non_trainable):
+    def loss(trainable, inputs, non_trainable):  # in float32, as in tensorflow_steps
         y, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
-        return jnp.mean(jnp.square(y)), updated
+        return jnp.mean(jnp.square(y.astype("float32"))), updated
 
     def forward_backward(trainable, non_trainable, inputs):
         (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
@@ -226,13 +231,13 @@ def _steps_torch(layer, x, jit_compile):  # noqa: ARG001 (eager)
 
     def forward():
         with torch.no_grad():
-            return float(layer(x, training=False).sum())
+            return float(layer(x, training=False).float().sum())
 
     def forward_backward():
         inputs = x.clone().requires_grad_(True)
         for variable in layer.trainable_variables:
             variable.value.grad = None
-        loss = layer(inputs, training=True).square().mean()
+        loss = layer(inputs, training=True).float().square().mean()  # as tensorflow_steps
         loss.backward()
         return float(loss.detach())
 
