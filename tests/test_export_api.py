@@ -28,9 +28,7 @@ from lambda_keras.layers import LambdaLayer
 from export_helpers import PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png, tflite_run
 
 
-@pytest.fixture(scope="module")
-def tiny_model():
-    """A small classifier holding a LambdaLayer, for the fast API tests."""
+def _tiny_classifier():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
@@ -38,6 +36,12 @@ def tiny_model():
     x = keras.layers.GlobalAveragePooling2D()(x)
     outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
     return keras.Model(inputs, outputs)
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    """A small classifier holding a LambdaLayer, for the fast API tests."""
+    return _tiny_classifier()
 
 
 # ---------------------------------------------------------------------- API and file handling
@@ -91,6 +95,53 @@ def test_logits_model_serves_probabilities_and_default_labels(tiny_model, tmp_pa
     np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-6)
     assert outputs["top_k_labels"].shape == (2, 3)  # top_k capped at the number of classes
     assert set(outputs["top_k_labels"].numpy().ravel().astype(str)) == {"0", "1", "2"}
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_model_exports_to_tflite_and_saved_model(tmp_path, policy):
+    """A model trained under a mixed-precision policy: the TFLite file (no bfloat16 kernels in
+    TFLite) computes the same weights in float32, as an independently built float32 model does;
+    the SavedModel serves float32 probabilities within the policy's precision."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(policy)
+    try:
+        mixed = _tiny_classifier()
+    finally:
+        keras.config.set_dtype_policy(previous)
+    float32 = _tiny_classifier()
+    float32.set_weights(mixed.get_weights())
+    x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
+    expected = np.asarray(mixed.predict(x, verbose=0), "float32")
+
+    got = export.LiteRTRunner(export.tflite(mixed, tmp_path / "model.tflite"))(x)
+    np.testing.assert_allclose(got, float32.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(got, expected, atol=2e-2)  # the policy's own round-off
+    assert {layer.compute_dtype for layer in mixed.layers[1:]} == {policy.split("_")[1]}
+
+    path = export.saved_model(mixed, tmp_path / "served", warmup=False)
+    pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")
+    mean, std = (np.array(getattr(weights.DEFAULT_PREPROCESSING, name)) for name in ("mean", "std"))
+    probabilities = tf.saved_model.load(path).signatures["serving_default"](
+        images=pixels)["probabilities"]
+    assert probabilities.dtype == tf.float32
+    np.testing.assert_allclose(probabilities.numpy(), float32.predict(
+        ((pixels / 255 - mean) / std).astype("float32"), verbose=0), atol=2e-2)
+
+
+def test_mixed_precision_subclassed_model_is_refused_with_the_way_out(tmp_path):
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__(name="subclassed")
+            self.dense = keras.layers.Dense(3, dtype="mixed_bfloat16")
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Subclassed()
+    model(np.zeros((1, 4), "float32"))
+    with pytest.raises(ValueError, match="mixed precision.*float32 policy.*'subclassed'"):
+        export.tflite(model, tmp_path / "model.tflite")
+    assert not (tmp_path / "model.tflite").exists()
 
 
 @pytest.mark.parametrize("kwargs, error, match", [

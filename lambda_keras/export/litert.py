@@ -145,6 +145,34 @@ def _converter(model, quantization, samples, float_ops=()):
     return converter
 
 
+def float32_model(model):
+    """`model` if every layer computes in float32, else a float32 copy with the same weights.
+
+    A model built under a mixed-precision policy (layers computing in bfloat16 or float16, with
+    float32 variables) cannot be converted as it is: TFLite's built-in operators have no bfloat16
+    kernels, and its float16 is a weight quantization (quantization="float16"), not a compute
+    dtype. The copy holds the same float32 variables' values, so the file is the float32 model a
+    mixed-precision training produced. Functional and Sequential models only (Keras'
+    `clone_model`).
+    """
+    layers = list(model._flatten_layers(include_self=False))  # noqa: SLF001 (Keras 3's walk)
+    if all(layer.compute_dtype == "float32" for layer in layers):
+        return model
+
+    def float32_layer(layer):
+        return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
+
+    try:
+        twin = keras.models.clone_model(model, clone_function=float32_layer)
+    except ValueError as error:  # a subclassed model: no layer graph to clone
+        raise ValueError(
+            "`model` computes in a mixed precision and is not a functional or Sequential model, "
+            "so no float32 copy can be made for TFLite; build it under the float32 policy and "
+            f"load its weights. Received: model={model.name!r} ({error})") from None
+    twin.set_weights(model.get_weights())
+    return twin
+
+
 def _convert(model, quantization, samples, float_ops):
     """The flatbuffer bytes; int8 with `float_ops` quantizes all other operators.
 
@@ -326,7 +354,7 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
         float_ops = _check_float_ops(float_ops)
     else:
         float_ops = ()
-    flatbuffer = _convert(model, quantization, samples, float_ops)
+    flatbuffer = _convert(float32_model(model), quantization, samples, float_ops)
     custom = tflite_custom_ops(flatbuffer)
     if custom:  # unreachable with the built-in op sets above; guards converter changes
         raise RuntimeError(f"The converted model uses non-builtin (Flex/custom) ops {custom}.")
