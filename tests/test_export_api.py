@@ -97,18 +97,28 @@ def test_logits_model_serves_probabilities_and_default_labels(tiny_model, tmp_pa
     assert set(outputs["top_k_labels"].numpy().ravel().astype(str)) == {"0", "1", "2"}
 
 
-@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_model_exports_to_tflite_and_saved_model(tmp_path, policy):
+def _backbone_and_head():
+    """The tiny classifier as a fine-tuning model holds it: a nested backbone model."""
+    backbone = _tiny_classifier()
+    features = keras.Model(backbone.input, backbone.get_layer("predictions").input,
+                           name="backbone")
+    return keras.Sequential([keras.Input((32, 32, 3)), features,
+                             keras.layers.Dense(3, activation="softmax", name="predictions")])
+
+
+@pytest.mark.parametrize("policy, build", [("mixed_bfloat16", _backbone_and_head),
+                                           ("mixed_float16", _tiny_classifier)])
+def test_mixed_precision_model_exports_to_tflite_and_saved_model(tmp_path, policy, build):
     """A model trained under a mixed-precision policy: the TFLite file (no bfloat16 kernels in
     TFLite) computes the same weights in float32, as an independently built float32 model does;
     the SavedModel serves float32 probabilities within the policy's precision."""
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(policy)
     try:
-        mixed = _tiny_classifier()
+        mixed = build()
     finally:
         keras.config.set_dtype_policy(previous)
-    float32 = _tiny_classifier()
+    float32 = build()
     float32.set_weights(mixed.get_weights())
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")
     expected = np.asarray(mixed.predict(x, verbose=0), "float32")
@@ -116,7 +126,7 @@ def test_mixed_precision_model_exports_to_tflite_and_saved_model(tmp_path, polic
     got = export.LiteRTRunner(export.tflite(mixed, tmp_path / "model.tflite"))(x)
     np.testing.assert_allclose(got, float32.predict(x, verbose=0), atol=1e-6)
     np.testing.assert_allclose(got, expected, atol=2e-2)  # the policy's own round-off
-    assert {layer.compute_dtype for layer in mixed.layers[1:]} == {policy.split("_")[1]}
+    assert {layer.compute_dtype for layer in mixed.layers} == {policy.split("_")[1]}
 
     path = export.saved_model(mixed, tmp_path / "served", warmup=False)
     pixels = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype("float32")

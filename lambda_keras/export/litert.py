@@ -160,6 +160,8 @@ def float32_model(model):
         return model
 
     def float32_layer(layer):
+        if isinstance(layer, keras.Model):  # a nested model (a backbone): its layers too
+            return keras.models.clone_model(layer, clone_function=float32_layer)
         return layer.__class__.from_config({**layer.get_config(), "dtype": "float32"})
 
     try:
