@@ -8,6 +8,9 @@ each against an independent expectation:
 - the NumPy reference of the paper (tests/reference.py) for every position mode and every
   formulation, forced through `implementation` (tests/test_formulations.FORMULATION_CASES),
   inference and training;
+- the same reference under `mixed_float16` and `mixed_bfloat16` (float32 weights, low-precision
+  compute), inference and training, within the policy's round-off (1e-2 / 5e-2 of the outputs'
+  scale);
 - TensorFlow parity: a LambdaResNet26T whose weights TensorFlow wrote to a `.weights.h5` file
   gives TensorFlow's logits (<= 1e-4 relative), called directly and through `predict` (compiled:
   jax.jit on JAX, where "auto" follows the XLA rule); so does the paper's LambdaResNet-50 (3x3/2
@@ -22,7 +25,8 @@ each against an independent expectation:
   weight moves (Adam; BN statistics), finite outputs after it;
 - `autotune` (tests/test_autotuning.check_autotune): the stored picks are the fastest measured
   under that backend's compiler, "auto" follows them (and a stored pick the rule would not make,
-  with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule;
+  with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule; and under
+  `mixed_bfloat16` every formulation is timed in both phases (check_autotune_mixed_precision);
 - the formulations' index and weight tables (`formulations.static_tables`): on PyTorch a layer's
   first call converts them into tensors and its later calls convert no NumPy array (each such
   conversion is a blocking host-to-device copy on a GPU), unless they exceed the kept bytes
@@ -53,8 +57,8 @@ RELATIVE_TOLERANCE = 1e-4
 # its conv-only layout CCCC; float32 round-off through 16 blocks whose lambdas sum r^2 = 529
 # terms. Misplaced 3x3/2 pool windows (what this check guards) gave 0.34.
 PAPER_RELATIVE_TOLERANCE = 2e-3
-GROUPS = ("reference", "tf_parity", "timm_parity", "builders", "fit", "saving", "autotune",
-          "tables")
+GROUPS = ("reference", "mixed_precision", "tf_parity", "timm_parity", "builders", "fit", "saving",
+          "autotune", "tables")
 
 
 def relative_error(actual, expected):
@@ -106,6 +110,38 @@ def _reference_checks(check):
                 return f"max abs error {check_against_reference(case, training):.2e}"
 
             check(f"reference/{case}/{phase}", run)
+
+
+MIXED_PRECISION_RTOL = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
+
+
+def _mixed_precision_checks(check):
+    """The layer under each mixed-precision policy (its weights float32, its compute low) against
+    the float64 NumPy reference, relative to the outputs' scale, in inference and training."""
+    import keras
+    from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
+
+    kwargs = dict(position="conv", receptive_field=3, intra_depth=4, position_bias=True)
+    for policy, rtol in MIXED_PRECISION_RTOL.items():
+        for phase, training in (("fwd", False), ("train", True)):
+            def run(policy=policy, rtol=rtol, training=training):
+                previous = keras.config.dtype_policy()
+                keras.config.set_dtype_policy(policy)
+                try:
+                    keras.utils.set_random_seed(0)
+                    layer = make_layer(**kwargs)
+                    x = random_input()
+                    layer.build(x.shape)
+                    randomize_statistics(layer)
+                    actual = to_numpy(keras.ops.cast(layer(x, training=training), "float32"))
+                finally:
+                    keras.config.set_dtype_policy(previous)
+                expected = reference_lambda_layer(layer, x, training=training)
+                error = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
+                assert error <= rtol, (policy, error)
+                return f"max abs error / max |y| {error:.2e} ({layer.compute_dtype})"
+
+            check(f"mixed_precision/{policy}/{phase}", run)
 
 
 def _tf_parity_and_saving(workdir, backend):
@@ -321,6 +357,7 @@ def run_checks(backend, workdir):
         return detail
 
     _reference_checks(check)
+    _mixed_precision_checks(check)
     outcome = {}
 
     def tf_parity():
