@@ -130,11 +130,10 @@ def _cmd_predict(args):
 
 def _cmd_autotune(args):
     from lambda_keras.layers import formulations
-    from lambda_keras.training import model_setup
 
     phases = tuple(phase.strip() for phase in args.phases.split(","))
     # The picks are stored per compute dtype: tune under the policy `train` will run with.
-    with model_setup.dtype_policy(args.mixed_precision or "float32"):
+    with utils.dtype_policy(args.mixed_precision or "float32"):
         model = load_model(args.model, NO_WEIGHTS, args.image_size)  # weights don't change times
     # A .keras file's layers keep the policies they were saved with.
     tuned, _ = formulations.autotuning.lambda_layers(model)  # [(layer, map size)], names

@@ -4,11 +4,12 @@
   names the argument and the received value (`` `key_dim` must be a positive int. Received:
   key_dim=0 ``). Booleans are never accepted as numbers, nor strings as booleans.
 - Native stderr: `native_stderr_silenced`, for C++ log lines that no setting turns off.
+- Keras' global dtype policy for a block: `dtype_policy` (builds under a mixed-precision policy).
 - Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
   appears under its final name only once it is complete; a failure leaves the previous file as it
   was and removes the half-written one.
 
-This module imports nothing heavy (no TensorFlow, no Keras).
+This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_policy`).
 """
 
 import contextlib
@@ -164,3 +165,18 @@ def native_stderr_silenced():
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+# ------------------------------------------------------------------------------ dtype policy
+@contextlib.contextmanager
+def dtype_policy(name):
+    """Keras' global dtype policy set to `name` (e.g. "mixed_bfloat16") inside the block, the
+    previous one restored after, also when the block raises. Layers built inside keep it."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)

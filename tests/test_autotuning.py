@@ -20,6 +20,7 @@ import pytest
 
 from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
 
+from lambda_keras import utils
 from lambda_keras.layers import formulations
 from lambda_keras.layers.formulations import autotuning
 
@@ -110,14 +111,10 @@ def check_autotune_mixed_precision(workdir, policy):
     """Under a mixed-precision policy (low-precision outputs, float32 weights and gradients)
     `autotune` times every formulation in both phases and stores the picks under the compute
     dtype, where the layer finds them; returns a summary line."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with utils.dtype_policy(policy):
         keras.utils.set_random_seed(0)
         inputs = keras.Input((MAP, MAP, 6))
         model = keras.Model(inputs, make_layer(receptive_field=5, name="mixed")(inputs))
-    finally:
-        keras.config.set_dtype_policy(previous)
     layer = model.get_layer("mixed")
     path = os.path.join(str(workdir), f"autotune-{policy}.json")
     with picks_stored_at(path):

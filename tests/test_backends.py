@@ -121,21 +121,19 @@ def _mixed_precision_checks(check):
     import keras
     from reference import make_layer, random_input, randomize_statistics, reference_lambda_layer
 
+    from lambda_keras import utils
+
     kwargs = dict(position="conv", receptive_field=3, intra_depth=4, position_bias=True)
     for policy, rtol in MIXED_PRECISION_RTOL.items():
         for phase, training in (("fwd", False), ("train", True)):
             def run(policy=policy, rtol=rtol, training=training):
-                previous = keras.config.dtype_policy()
-                keras.config.set_dtype_policy(policy)
-                try:
+                with utils.dtype_policy(policy):
                     keras.utils.set_random_seed(0)
                     layer = make_layer(**kwargs)
                     x = random_input()
                     layer.build(x.shape)
                     randomize_statistics(layer)
                     actual = to_numpy(keras.ops.cast(layer(x, training=training), "float32"))
-                finally:
-                    keras.config.set_dtype_policy(previous)
                 expected = reference_lambda_layer(layer, x, training=training)
                 error = float(np.max(np.abs(actual - expected)) / np.max(np.abs(expected)))
                 assert error <= rtol, (policy, error)

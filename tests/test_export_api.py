@@ -20,7 +20,7 @@ import tensorflow as tf
 from keras import ops
 from sklearn.datasets import load_sample_images
 
-from lambda_keras import data, export, weights
+from lambda_keras import data, export, utils, weights
 from lambda_keras.data.transforms import _eval_resize_size  # timm's eval resize rule
 from lambda_keras.export import images as image_ops
 from lambda_keras.export import litert, serving
@@ -112,12 +112,8 @@ def test_mixed_precision_model_exports_to_tflite_and_saved_model(tmp_path, polic
     """A model trained under a mixed-precision policy: the TFLite file (no bfloat16 kernels in
     TFLite) computes the same weights in float32, as an independently built float32 model does;
     the SavedModel serves float32 probabilities within the policy's precision."""
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with utils.dtype_policy(policy):
         mixed = build()
-    finally:
-        keras.config.set_dtype_policy(previous)
     float32 = build()
     float32.set_weights(mixed.get_weights())
     x = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype("float32")

@@ -10,6 +10,7 @@ mixed precision), round trips (config, `.keras`), shapes, and every error messag
 """
 
 import re
+import warnings
 
 import numpy as np
 import keras
@@ -90,8 +91,6 @@ def test_matches_numpy_reference(case):
 def test_one_position_map_matches_the_reference_without_warnings(training):
     """A 1 x 1 map (c5 of a 32 px input): the keys' softmax over one position is 1; the layer
     gives the reference's outputs and Keras' size-1 softmax warning is not raised."""
-    import warnings
-
     layer = make_layer(position="conv", receptive_field=3)
     x = random_input((BATCH, 1, 1, CHANNELS))
     layer.build(x.shape)

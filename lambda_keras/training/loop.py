@@ -251,7 +251,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     if isinstance(model, keras.Model):
         model_setup.check_model(model, strategy, info.num_classes, mixed_precision)
     else:
-        with model_setup.dtype_policy(precision), strategy.scope():
+        with utils.dtype_policy(precision), strategy.scope():
             model = model_setup.build_model(model, image_size=size, classes=info.num_classes,
                                             weights=weights, recipe=recipe)
     if state:

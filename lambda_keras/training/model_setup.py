@@ -1,7 +1,7 @@
 """The model side of a run: build or check it, choose trainable parts, compile it.
 
 - `build_model`: a zoo builder name, a `.keras` file or a callable -> keras.Model (call it in the
-  strategy's scope and dtype policy, `dtype_policy`).
+  strategy's scope and dtype policy, `utils.dtype_policy`).
 - `default_image_size`, `preprocessing_for`: from the model, its weights preset or its
   architecture.
 - `check_model`: a keras.Model passed in fits the data, the strategy and the precision.
@@ -11,7 +11,6 @@
 Model names are resolved in one place, `zoo_builder` (models.BUILDERS).
 """
 
-import contextlib
 import dataclasses
 import os
 
@@ -21,16 +20,6 @@ import tensorflow as tf
 from lambda_keras import weights as weights_lib
 from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
 TOP_K = 5
-
-
-@contextlib.contextmanager
-def dtype_policy(name):
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(name)
-    try:
-        yield
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def zoo_builder(name):
