@@ -136,11 +136,10 @@ def _cmd_autotune(args):
     with utils.dtype_policy(args.mixed_precision or "float32"):
         model = load_model(args.model, NO_WEIGHTS, args.image_size)  # weights don't change times
     # A .keras file's layers keep the policies they were saved with.
-    tuned, _ = formulations.autotuning.lambda_layers(model)  # [(layer, map size)], names
-    policies = sorted({layer.dtype_policy.name for layer, _ in tuned})
-    if args.mixed_precision and policies not in ([], [args.mixed_precision]):
-        raise ValueError(f"--mixed-precision applies when autotune builds the model; the lambda "
-                         f"layers of {args.model} use {', '.join(map(repr, policies))}. "
+    precision = utils.model_precision(model)
+    if args.mixed_precision and precision != args.mixed_precision:
+        raise ValueError(f"--mixed-precision applies when autotune builds the model; "
+                         f"{args.model} computes in {precision!r}. "
                          f"Received: --mixed-precision {args.mixed_precision}")
     report = formulations.autotune(model, batch_size=args.batch_size, phases=phases,
                                    jit_compile=args.jit_compile, repeats=args.repeats)

@@ -4,12 +4,14 @@
   names the argument and the received value (`` `key_dim` must be a positive int. Received:
   key_dim=0 ``). Booleans are never accepted as numbers, nor strings as booleans.
 - Native stderr: `native_stderr_silenced`, for C++ log lines that no setting turns off.
-- Keras' global dtype policy for a block: `dtype_policy` (builds under a mixed-precision policy).
+- Keras' global dtype policy for a block: `dtype_policy` (builds under a mixed-precision policy);
+  the policy a model really computes in: `model_precision` (its layers', not the Model's).
 - Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
   appears under its final name only once it is complete; a failure leaves the previous file as it
   was and removes the half-written one.
 
-This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_policy`).
+This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_policy` and
+`model_precision`).
 """
 
 import contextlib
@@ -180,3 +182,44 @@ def dtype_policy(name):
         yield
     finally:
         keras.config.set_dtype_policy(previous)
+
+
+def model_precision(model):
+    """The dtype policy `model` computes in, read off its layers (not `model.dtype_policy`).
+
+    A model loaded from a `.keras` file inside `dtype_policy(...)` reports that policy on the
+    Model object while its layers keep the policies they were saved with; the layers are what
+    runs. A float32 layer that makes the model's output (the classifier, directly or through
+    weightless layers such as a softmax) is the deliberate full-precision end of a mixed-precision
+    model, as Keras' mixed-precision guide advises, and does not count.
+
+    Returns:
+        The policy name ("float32", "mixed_bfloat16", ...) of the layers that hold weights
+        (nested models looked into), or their names joined by "+" where they differ. A model
+        without weights: its own policy.
+    """
+    import keras
+
+    layers = [layer for layer in model._flatten_layers(include_self=False, recursive=True)
+              if layer.weights and not isinstance(layer, keras.Model)]
+    names = {layer.dtype_policy.name for layer in layers}
+    heads = _output_layers(model)
+    body = {layer.dtype_policy.name for layer in layers if id(layer) not in heads}
+    if len(names) > 1 and body and "float32" not in body:
+        names.discard("float32")  # only the float32 head differs
+    return "+".join(sorted(names)) if names else model.dtype_policy.name
+
+
+def _output_layers(model):
+    """ids of the layers of a functional `model` that make its outputs: the last weighted layer
+    on each output's path and the weightless ones after it."""
+    found, tensors = set(), list(getattr(model, "outputs", None) or [])
+    while tensors:
+        history = getattr(tensors.pop(), "_keras_history", None)
+        if history is None or id(history[0]) in found:
+            continue
+        layer = history[0]
+        found.add(id(layer))
+        if not layer.weights:  # an activation, a reshape: look further back
+            tensors.extend(layer._inbound_nodes[history[1]].input_tensors)
+    return found

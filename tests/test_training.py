@@ -26,7 +26,7 @@ import keras
 import tensorflow as tf
 
 from helpers import max_relative_diff, tiny_lambda_net, weights_by_path
-from lambda_keras import LambdaLayer, data, training
+from lambda_keras import LambdaLayer, data, training, utils
 
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS_DIR)
@@ -294,6 +294,46 @@ def test_mixed_float16_training_stays_finite(tmp_path):
     assert np.isfinite(result.history["loss"]).all() and np.isfinite(result.metrics["loss"])
     assert all(np.isfinite(w).all() for w in weights_by_path(model).values())
     assert keras.config.dtype_policy().name == "float32"  # train() restored the global policy
+
+
+def test_a_given_model_must_compute_in_the_precision_asked_for(tmp_path):
+    """A .keras file's layers keep the policy they were saved with, also when loaded under
+    another one (the Model object then reports the global policy): `mixed_precision` that
+    contradicts them is refused before anything is written, "auto" trains the file as saved and
+    the result reports what its layers computed in."""
+    path = str(tmp_path / "float32.keras")
+    tiny_lambda_net((32, 32, 3), 10).save(path)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"model loaded from '.*float32.keras' computes in "
+                                         r"'float32'.*Received: mixed_precision='mixed_bfloat16'"):
+        training.train(path, "digits", "scratch", output_dir=out, **TINY,
+                       mixed_precision="mixed_bfloat16")
+    with pytest.raises(ValueError, match=r"computes in 'float32'.*mixed_precision='mixed_float16'"):
+        training.train(path, "digits", "scratch", output_dir=out, **TINY,
+                       precision="mixed_float16")  # the recipe's field asks the same
+    with pytest.raises(ValueError, match=r"keras.Model 'tiny_lambda_net' computes in 'float32'"):
+        training.train(tiny_lambda_net((32, 32, 3), 10), output_dir=out, **TINY,
+                       mixed_precision="mixed_bfloat16")
+
+    def float32_builder(input_shape, classes):  # sets its layers' dtype whatever the policy
+        model = tiny_lambda_net(input_shape, classes)
+        return keras.Model.from_config({**model.get_config(), "layers": [
+            {**layer, "config": {**layer["config"], "dtype": "float32"}}
+            for layer in model.get_config()["layers"]]})
+
+    with pytest.raises(ValueError, match=r"built by 'float32_builder' computes in 'float32'"):
+        training.train(float32_builder, output_dir=out, **TINY, mixed_precision="mixed_float16")
+    assert not out.exists()
+
+    with utils.dtype_policy("mixed_bfloat16"):  # what the Model object of a loaded file reports
+        assert keras.saving.load_model(path).dtype_policy.name == "mixed_bfloat16"
+    result = training.train(path, "digits", "scratch", output_dir=out, epochs=1, steps_per_epoch=3,
+                            validation_spec=None, **TINY)  # "auto": the file's own policy
+    assert result.precision == "float32"
+    assert result.model.get_layer("lambda").compute_dtype == "float32"
+    bfloat16 = _short_run(tmp_path / "bf16", epochs=1, mixed_precision="mixed_bfloat16")
+    assert bfloat16.precision == "mixed_bfloat16"  # the float32 classifier does not count
+    assert bfloat16.model.get_layer("lambda").compute_dtype == "bfloat16"
 
 
 def test_atomic_save_never_leaves_a_half_written_file(tmp_path):

@@ -2,7 +2,8 @@
 
 `dtype_policy` sets Keras' global policy for a block (layers built in it compute in it) and
 restores the previous one after, also when the block raises (callers: `train`, the CLI's
-`autotune`, the mixed-precision tests)."""
+`autotune`, the mixed-precision tests). `model_precision` reads the policy a model computes in
+off its layers, where the Model object's own policy can say otherwise."""
 
 import keras
 import pytest
@@ -21,3 +22,39 @@ def test_dtype_policy_applies_inside_and_is_restored_even_after_an_error():
         with utils.dtype_policy("mixed_float16"):
             raise RuntimeError("inside")
     assert keras.config.dtype_policy().name == before
+
+
+def _net(name, head_dtype=None):
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3, name=f"{name}_hidden")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(2, dtype=head_dtype, name=f"{name}_head")(x),
+                       name=name)
+
+
+def test_model_precision_reads_the_layers_not_the_model_object(tmp_path):
+    with utils.dtype_policy("mixed_bfloat16"):
+        mixed = _net("mixed", head_dtype="float32")  # the usual float32 classifier
+    assert utils.model_precision(mixed) == "mixed_bfloat16"
+    path = str(tmp_path / "float32.keras")
+    _net("plain").save(path)
+    with utils.dtype_policy("mixed_float16"):
+        loaded = keras.saving.load_model(path)
+        inputs = keras.Input((4,))
+        outer = keras.Model(inputs, keras.layers.Dense(2, name="outer_head")(loaded(inputs)))
+    assert loaded.dtype_policy.name == "mixed_float16"  # the Model object says so ...
+    assert utils.model_precision(loaded) == "float32"  # ... its layers compute in float32
+    # Nested: a float32 backbone (the loaded file) under a float16 head computes in both.
+    assert utils.model_precision(outer) == "float32+mixed_float16"
+    with utils.dtype_policy("mixed_float16"):
+        inputs = keras.Input((4,))
+        x = keras.layers.Dense(2, dtype="float32")(keras.layers.Dense(3)(inputs))
+        softmax = keras.Model(inputs, keras.layers.Activation("softmax", dtype="float32")(x))
+        mid = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, dtype="float32"),
+                                keras.layers.Dense(2)])
+    assert utils.model_precision(softmax) == "mixed_float16"  # classifier, then a softmax layer
+    assert utils.model_precision(mid) == "float32+mixed_float16"  # a float32 layer inside
+    with utils.dtype_policy("mixed_bfloat16"):
+        both = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3),
+                                 keras.layers.Dense(2, dtype="mixed_float16")])
+    assert utils.model_precision(both) == "mixed_bfloat16+mixed_float16"
+    assert utils.model_precision(keras.Sequential([keras.Input((4,))])) == "float32"

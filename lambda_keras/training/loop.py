@@ -186,7 +186,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             (or "none": no validation).
         tpu, strategy: see resolve_strategy; `strategy` overrides `tpu`.
         jit_compile: True, False or "auto" (resolve_jit_compile).
-        mixed_precision: None (the recipe's `precision`) or one of PRECISIONS.
+        mixed_precision: None (the recipe's `precision`) or one of PRECISIONS. A keras.Model, a
+            `.keras` file or a callable's model must already compute in it (else ValueError);
+            with "auto" they keep their own.
         steps_per_epoch: default: one pass over the training split.
         seed: seeds the model and the data order; None draws one (kept in the backup, so a
             resumed run sees the same data).
@@ -221,7 +223,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         raise ValueError(f"`batch_size` (global) must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas of {strategy_name(strategy)}. "
                          f"Received: batch_size={recipe.batch_size}")
-    precision = resolve_precision(mixed_precision or recipe.precision, strategy)
+    requested_precision = mixed_precision or recipe.precision
+    precision = resolve_precision(requested_precision, strategy)
     jit = resolve_jit_compile(jit_compile, strategy)
     worker = worker_index(strategy)
     chief = worker == 0
@@ -247,13 +250,19 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         data_dir=data_dir)
     steps = _steps_per_epoch(steps_per_epoch, info, recipe)
 
-    # 4. The model; the backup must fit it and this run.
+    # 4. The model; it must compute in the precision asked for ("auto": any, a given model or
+    # file keeps its own), and the backup must fit it and this run.
     if isinstance(model, keras.Model):
-        model_setup.check_model(model, strategy, info.num_classes, mixed_precision)
+        model_setup.check_model(model, strategy, info.num_classes)
+        source = f"the keras.Model {model.name!r}"
     else:
+        source = (f"the model loaded from {model!r}" if str(model).endswith(".keras") else
+                  f"the model built by {getattr(model, '__name__', model)!r}")
         with utils.dtype_policy(precision), strategy.scope():
             model = model_setup.build_model(model, image_size=size, classes=info.num_classes,
                                             weights=weights, recipe=recipe)
+    model_setup.check_precision(
+        model, None if requested_precision == "auto" else precision, source)
     if state:
         backup.check(state, epochs=recipe.epochs, phases=len(_phases(recipe)),
                      steps_per_epoch=steps, model=model)
@@ -288,7 +297,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
                for key in ("best", "last", "history_json", "plot", "tensorboard")}
     result = TrainResult(
         model=model, history=log.history if log else None, metrics=metrics, recipe=recipe,
-        strategy=strategy_name(strategy), precision=model.dtype_policy.name,
+        strategy=strategy_name(strategy), precision=utils.model_precision(model),
         jit_compile=bool(model.jit_compile), output_dir=os.fspath(output_dir),
         best_checkpoint=written["best"], last_checkpoint=written["last"],
         history_json=written["history_json"], plot=written["plot"],

@@ -4,7 +4,8 @@
   strategy's scope and dtype policy, `utils.dtype_policy`).
 - `default_image_size`, `preprocessing_for`: from the model, its weights preset or its
   architecture.
-- `check_model`: a keras.Model passed in fits the data, the strategy and the precision.
+- `check_model`: a keras.Model passed in fits the data and the strategy; `check_precision`: any
+  model computes in the precision asked for (its layers' policies, `utils.model_precision`).
 - `set_trainable`: classifier-only phases, frozen BN, synchronized BN.
 - `compile_model`: loss (label smoothing), top-1/top-5 metrics, XLA, steps per execution.
 
@@ -17,7 +18,7 @@ import os
 import keras
 import tensorflow as tf
 
-from lambda_keras import weights as weights_lib
+from lambda_keras import utils, weights as weights_lib
 from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
 TOP_K = 5
 
@@ -86,7 +87,8 @@ def build_model(model, *, image_size, classes, weights=None, recipe=None):
     return builder(input_shape=(image_size, image_size, 3), classes=classes, **kwargs)
 
 
-def check_model(model, strategy, classes, precision):
+def check_model(model, strategy, classes):
+    """A keras.Model passed to train() fits the data and was made in the strategy's scope."""
     if model.output_shape[-1] != classes:
         raise ValueError(f"`model` has {model.output_shape[-1]} outputs; the data has {classes} "
                          f"classes. Received: model={model.name!r}")
@@ -95,9 +97,21 @@ def check_model(model, strategy, classes, precision):
         raise ValueError("A keras.Model passed to train() under a distribution strategy must be "
                          "created inside `strategy.scope()`; pass a builder name or callable "
                          f"instead. Received: model={model.name!r}")
-    if precision is not None and model.dtype_policy.name != precision:
-        raise ValueError(f"`mixed_precision` applies when train() builds the model; this model "
-                         f"uses {model.dtype_policy.name!r}. "
+
+
+def check_precision(model, precision, source):
+    """The model computes in the requested policy (`precision`; None: whatever it has).
+
+    A model made by a builder name computes in the policy it was built under; a keras.Model, a
+    `.keras` file (its layers keep their saved policies) or a callable that sets its layers'
+    dtypes may not: training it would silently run another precision than the one asked for.
+    """
+    actual = utils.model_precision(model)
+    if precision is not None and actual != precision:
+        raise ValueError(f"`mixed_precision` applies when train() builds the model from a builder "
+                         f"name; {source} computes in {actual!r}. To train it in {precision!r}, build it under "
+                         f"that policy (`lambda_keras.utils.dtype_policy`) and load its weights; "
+                         f"to train it as it is, leave `mixed_precision` out. "
                          f"Received: mixed_precision={precision!r}")
 
 
