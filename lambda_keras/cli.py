@@ -63,6 +63,9 @@ def resolve_model_arg(model, weights=None):
             raise SystemExit(f"error: --model file not found: {model}")
         if not os.path.isfile(model):
             raise SystemExit(f"error: --model is not a regular file: {model}")
+        if weights is not None and weights.lower() != NO_WEIGHTS:
+            raise ValueError(f"--weights {weights} would be ignored: the .keras file {model} "
+                             f"carries its own weights (--weights goes with a model name)")
         return model, None
     try:
         resolved = presets.resolve_model_name(model)
@@ -86,10 +89,15 @@ def load_model(model, weights=None, image_size=None, classes=None):
             raise ValueError(f"--model {name} is not a Keras .keras file (not a zip archive); "
                              "it may be truncated or corrupted")
         try:
-            return keras.saving.load_model(name, safe_mode=True)
+            loaded = keras.saving.load_model(name, safe_mode=True)
         except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ValueError(f"--model {name} could not be loaded as a Keras model: "
                              f"{type(error).__name__}: {error}") from error
+        fixed = loaded.input_shape[1:3]
+        if image_size and None not in fixed and tuple(fixed) != (image_size, image_size):
+            raise ValueError(f"--image-size {image_size}: {name} takes {fixed[0]}x{fixed[1]} "
+                             "images")
+        return loaded
     kwargs = {"weights": weights}
     if image_size:
         kwargs["input_shape"] = (image_size, image_size, 3)
@@ -110,7 +118,7 @@ def _cmd_predict(args):
               "a randomly initialised model (pass --weights FILE)", file=sys.stderr)
     model = load_model(args.model, args.weights, args.image_size)
     preprocessing = weights.resolve_preprocessing(None if name.endswith(".keras") else args.model)
-    size = model.input_shape[1] or preprocessing.input_size[0]
+    size = model.input_shape[1] or args.image_size or preprocessing.input_size[0]
     preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
     for path in args.images:
         if not os.path.isfile(path):
@@ -214,7 +222,7 @@ def _cmd_evaluate(args):
 
     preprocessing = None  # a .keras file: training.evaluate's default
     if args.model.endswith(".keras"):
-        model = resolve_model_arg(args.model)[0]
+        model = resolve_model_arg(args.model, args.weights)[0]
     else:  # the name's default weights and preprocessing, as everywhere
         model = load_model(args.model, args.weights, args.image_size)
         size = args.image_size or model.input_shape[1]

@@ -56,6 +56,39 @@ def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
                                [score for _, _, score in expected], atol=1e-4)
 
 
+def test_predict_image_size_of_a_keras_file(tmp_path, capsys):
+    """A file of any input size predicts at --image-size; a fixed one refuses another size
+    (every command loads files through the same function)."""
+    keras.utils.set_random_seed(1)
+    peaked = keras.initializers.RandomNormal(stddev=30.0)  # scores that move with the size
+    model = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Conv2D(4, 3),
+                              keras.layers.GlobalMaxPooling2D(),
+                              keras.layers.Dense(1000, activation="softmax",
+                                                 kernel_initializer=peaked)])
+    path = str(tmp_path / "any_size.keras")
+    model.save(path)
+    image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(image).save(image_path)
+    assert cli.main(["predict", str(image_path), "--model", path, "--image-size", "40"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    probs = {}
+    for size in (40, 224):  # 224: the preprocessing's default size
+        prep = weights.replace_input_size(weights.resolve_preprocessing(None), (size, size))
+        probs[size] = model.predict(np.asarray(data.eval_transform(image, prep))[None], verbose=0)
+    top = weights.decode_predictions(probs[40], top=5)[0]
+    assert [line.split(None, 1)[1] for line in printed[1:6]] == [label for _, label, _ in top]
+    np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:6]],
+                               [score for _, _, score in top], atol=1e-4)
+    assert np.abs(probs[224] - probs[40]).max() > 0.01  # the size shows in the scores
+    fixed = _save_tiny_model(tmp_path / "fixed.keras", 1000)
+    for command in (["predict", str(image_path)], ["export", "--output", str(tmp_path / "out")]):
+        line = _one_error_line(capsys, [*command, "--model", fixed, "--image-size", "40"],
+                               "--image-size 40", f"{SIZE}x{SIZE}")
+        assert fixed in line
+    assert not (tmp_path / "out").exists()
+
+
 def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monkeypatch, capsys):
     from lambda_keras.layers.formulations import autotuning
 
@@ -371,6 +404,17 @@ def test_weights_that_is_not_a_file(kind, tmp_path, capsys):
                                     "--image-size", "32", "--weights", str(path)], path)
     assert "does not exist" not in line
     assert ("is a directory" if kind == "directory" else "not a regular file") in line
+
+
+@pytest.mark.parametrize("command", [["predict", "x.png"], ["evaluate", "--data", "digits"],
+                                     ["train"]])
+def test_weights_beside_a_keras_file_is_refused_not_ignored(tiny_model_path, command, tmp_path,
+                                                            capsys):
+    output = ["--output", str(tmp_path / "run")] if command[0] == "train" else []
+    line = _one_error_line(capsys, [*command, "--model", tiny_model_path, *output,
+                                    "--weights", "imagenet"], tiny_model_path, "--weights")
+    assert "carries its own weights" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_keras_file_of_random_bytes(tmp_path, capsys):

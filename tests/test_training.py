@@ -62,6 +62,12 @@ def test_train_argument_errors(tmp_path, fake_tpu):
         training.train("resnet50", output_dir=tmp_path, **TINY)
     with pytest.raises(ValueError, match=r"`mixed_precision` must be one of"):
         training.train(tiny_lambda_net, output_dir=tmp_path, mixed_precision="half")
+    for given in (tiny_lambda_net((32, 32, 3), 10), str(tmp_path / "given.keras")):
+        with pytest.raises(ValueError, match=r"a keras.Model or .keras file has its own .*"
+                                             r"Received: weights='imagenet'"):
+            training.train(given, output_dir=tmp_path / "run", weights="imagenet", **TINY)
+        with pytest.raises(ValueError, match=r"has its own .*Received: weights='imagenet'"):
+            training.evaluate(given, weights="imagenet")
     outside = tiny_lambda_net((32, 32, 3), 10)  # made outside the strategy's scope
     with pytest.raises(ValueError, match=r"must be created inside `strategy.scope\(\)`"):
         training.train(outside, output_dir=tmp_path, **TINY,
@@ -296,11 +302,12 @@ def test_mixed_float16_training_stays_finite(tmp_path):
     assert keras.config.dtype_policy().name == "float32"  # train() restored the global policy
 
 
-def test_a_given_model_must_compute_in_the_precision_asked_for(tmp_path):
+def test_a_given_model_or_file_is_trained_as_it_is_or_refused(tmp_path):
     """A .keras file's layers keep the policy they were saved with, also when loaded under
     another one (the Model object then reports the global policy): `mixed_precision` that
     contradicts them is refused before anything is written, "auto" trains the file as saved and
-    the result reports what its layers computed in."""
+    the result reports what its layers computed in. An image size the file's input does not take
+    is refused too; without one the run takes the file's."""
     path = str(tmp_path / "float32.keras")
     tiny_lambda_net((32, 32, 3), 10).save(path)
     out = tmp_path / "run"
@@ -327,8 +334,13 @@ def test_a_given_model_must_compute_in_the_precision_asked_for(tmp_path):
 
     with utils.dtype_policy("mixed_bfloat16"):  # what the Model object of a loaded file reports
         assert keras.saving.load_model(path).dtype_policy.name == "mixed_bfloat16"
+    with pytest.raises(ValueError, match=r"`model` takes 32x32 images; the run's image size is "
+                                         r"64.*Received: image_size=64"):
+        training.train(path, "digits", "scratch", output_dir=out, image_size=64)
+    assert not out.exists()
+    # "auto": the file's own policy; no image_size: the file's input size (not a default 224).
     result = training.train(path, "digits", "scratch", output_dir=out, epochs=1, steps_per_epoch=3,
-                            validation_spec=None, **TINY)  # "auto": the file's own policy
+                            validation_spec=None, seed=0, verbose=0)
     assert result.precision == "float32"
     assert result.model.get_layer("lambda").compute_dtype == "float32"
     bfloat16 = _short_run(tmp_path / "bf16", epochs=1, mixed_precision="mixed_bfloat16")

@@ -29,11 +29,12 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     "top5", "num_examples"}.
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
-    if isinstance(model, str) and not model.endswith(".keras") and weights is None:
+    if isinstance(model, str) and not model_setup.is_model_file(model) and weights is None:
         from lambda_keras import models
 
         weights = models.resolve_model(model).default_weights  # the name's, as everywhere
-    if isinstance(model, str) and model.endswith(".keras"):
+    model_setup.check_weights_arg(model, weights)
+    if model_setup.is_model_file(model):
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)
     size = image_size or model_setup.default_image_size(model, weights)

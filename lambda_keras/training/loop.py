@@ -181,7 +181,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             `batch_size` (global), `image_size` and any `**recipe_overrides` replace its fields.
         output_dir: checkpoints/{best,last}.keras, tensorboard/, history.json, history.png,
             result.json; backup/ (backup-workerN/ on other workers) while running.
-        weights: pretrained weights for builder names ("imagenet", a preset, a file).
+        weights: pretrained weights for builder names and callables ("imagenet", a preset, a
+            file); a keras.Model or `.keras` file has its own (ValueError).
         validation_spec: "auto" (the "validation" split of data_spec), another spec, or None
             (or "none": no validation).
         tpu, strategy: see resolve_strategy; `strategy` overrides `tpu`.
@@ -223,6 +224,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         raise ValueError(f"`batch_size` (global) must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas of {strategy_name(strategy)}. "
                          f"Received: batch_size={recipe.batch_size}")
+    model_setup.check_weights_arg(model, weights)
     requested_precision = mixed_precision or recipe.precision
     precision = resolve_precision(requested_precision, strategy)
     jit = resolve_jit_compile(jit_compile, strategy)
@@ -241,7 +243,15 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    # 3. The data.
+    # 3. The data, at the size of a given model (a .keras file is loaded first for that).
+    if isinstance(model, keras.Model):
+        source = f"the keras.Model {model.name!r}"
+    elif model_setup.is_model_file(model):
+        source = f"the model loaded from {os.fspath(model)!r}"
+        with utils.dtype_policy(precision), strategy.scope():
+            model = model_setup.build_model(model, image_size=None, classes=None)
+    else:
+        source = f"the model built by {getattr(model, '__name__', model)!r}"
     size = recipe.image_size or model_setup.default_image_size(model, weights)
     preprocessing = model_setup.preprocessing_for(model, weights, size)
     train_ds, val_ds, info = training_data(
@@ -253,11 +263,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     # 4. The model; it must compute in the precision asked for ("auto": any, a given model or
     # file keeps its own), and the backup must fit it and this run.
     if isinstance(model, keras.Model):
-        model_setup.check_model(model, strategy, info.num_classes)
-        source = f"the keras.Model {model.name!r}"
+        model_setup.check_model(model, strategy, info.num_classes, size)
     else:
-        source = (f"the model loaded from {model!r}" if str(model).endswith(".keras") else
-                  f"the model built by {getattr(model, '__name__', model)!r}")
         with utils.dtype_policy(precision), strategy.scope():
             model = model_setup.build_model(model, image_size=size, classes=info.num_classes,
                                             weights=weights, recipe=recipe)

@@ -5,7 +5,8 @@
 - `default_image_size`, `preprocessing_for`: from the model, its weights preset or its
   architecture.
 - `check_model`: a keras.Model passed in fits the data and the strategy; `check_precision`: any
-  model computes in the precision asked for (its layers' policies, `utils.model_precision`).
+  model computes in the precision asked for (its layers' policies, `utils.model_precision`);
+  `check_weights_arg`: `weights` only with models built here.
 - `set_trainable`: classifier-only phases, frozen BN, synchronized BN.
 - `compile_model`: loss (label smoothing), top-1/top-5 metrics, XLA, steps per execution.
 
@@ -64,7 +65,8 @@ def build_model(model, *, image_size, classes, weights=None, recipe=None):
     """A builder name ("lambda_resnet50" or "LambdaResNet50"), a `.keras` file, or a callable
     `f(input_shape=, classes=, [weights=], [drop_rate=], [drop_path_rate=])` -> keras.Model.
     Call it inside the strategy's scope and dtype policy."""
-    if isinstance(model, str) and model.endswith(".keras"):
+    if is_model_file(model):
+        model = os.fspath(model)
         if not os.path.exists(model):
             raise ValueError(f"`model` file does not exist. Received: model={model!r}")
         return keras.saving.load_model(model)  # safe_mode=True by default
@@ -87,8 +89,27 @@ def build_model(model, *, image_size, classes, weights=None, recipe=None):
     return builder(input_shape=(image_size, image_size, 3), classes=classes, **kwargs)
 
 
-def check_model(model, strategy, classes):
+def is_model_file(model):
+    return isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".keras")
+
+
+def check_weights_arg(model, weights):
+    """`weights` go into a model built here from a name or callable; a keras.Model or `.keras`
+    file passed in has its own, and ignoring the argument would train or evaluate other weights
+    than the ones asked for."""
+    if weights is not None and (isinstance(model, keras.Model) or is_model_file(model)):
+        raise ValueError("`weights` loads pretrained weights into a model built from a builder "
+                         "name or callable; a keras.Model or .keras file has its own (load others "
+                         f"with `model.load_weights` first). Received: weights={weights!r}")
+
+
+def check_model(model, strategy, classes, image_size):
     """A keras.Model passed to train() fits the data and was made in the strategy's scope."""
+    fixed = model.input_shape[1:3]
+    if None not in fixed and tuple(fixed) != (image_size, image_size):
+        raise ValueError(f"`model` takes {fixed[0]}x{fixed[1]} images; the run's image size is "
+                         f"{image_size} (the recipe's or the argument). "
+                         f"Received: image_size={image_size!r}")
     if model.output_shape[-1] != classes:
         raise ValueError(f"`model` has {model.output_shape[-1]} outputs; the data has {classes} "
                          f"classes. Received: model={model.name!r}")
