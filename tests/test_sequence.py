@@ -30,20 +30,29 @@ EPS = 1e-5
 
 
 def _randomise_norms(layer, rng):
-    """Non-trivial batch-norm statistics, so the reference checks where BN is applied."""
+    """Non-trivial norm weights (and batch-norm statistics), so the reference checks where the
+    norms are applied."""
     for norm in (layer.query_norm, layer.value_norm):
         size = norm.gamma.shape[0]
-        norm.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.1, size),
-                          rng.normal(0, 0.1, size), rng.uniform(0.5, 1.5, size)])
+        statistics = ([rng.normal(0, 0.1, size), rng.uniform(0.5, 1.5, size)]
+                      if layer.normalization == "batch" else [])
+        norm.set_weights([rng.uniform(0.5, 1.5, size), rng.normal(0, 0.1, size), *statistics])
 
 
-def _bn(x, norm):
-    gamma, beta, mean, var = (np.asarray(w, "float64") for w in norm.get_weights())
+def _norm(x, norm, normalization):
+    """x [positions, channels]: batch norm in inference mode (moving statistics) or layer norm
+    (each position over its own channels)."""
+    gamma, beta, *statistics = (np.asarray(w, "float64") for w in norm.get_weights())
+    if normalization == "batch":
+        mean, var = statistics
+    else:
+        mean, var = x.mean(axis=-1, keepdims=True), x.var(axis=-1, keepdims=True)
     return (x - mean) / np.sqrt(var + EPS) * gamma + beta
 
 
 def _reference(layer, x, context=None, mask=None, context_mask=None):
     """y[b, n, h*v] by explicit loops over n and m (float64, BN in inference mode)."""
+    norm = layer.normalization
     x = np.asarray(x, "float64")
     c = x if context is None else np.asarray(context, "float64")
     if context is None and context_mask is None:
@@ -59,9 +68,9 @@ def _reference(layer, x, context=None, mask=None, context_mask=None):
     half = layer.receptive_field // 2
     out = np.zeros((batch, n_len, h * v))
     for b in range(batch):
-        q = _bn(x[b] @ wq, layer.query_norm).reshape(n_len, h, k)
+        q = _norm(x[b] @ wq, layer.query_norm, norm).reshape(n_len, h, k)
         keys = (c[b] @ wk).reshape(m_len, k, u)
-        values = _bn(c[b] @ wv, layer.value_norm).reshape(m_len, v, u)
+        values = _norm(c[b] @ wv, layer.value_norm, norm).reshape(m_len, v, u)
         for n in range(n_len):
             if mask is not None and not mask[b, n]:
                 continue  # padded query: zeros
@@ -154,17 +163,48 @@ def test_padded_separate_context_matches_reference(position):
     assert_close(out, _reference(layer, x, context, mask, context_mask), 2e-5)
 
 
-@pytest.mark.parametrize("position", ["local", "relative", "global", None])
-def test_causal_output_ignores_the_future(position):
-    x = _data(n=12)
-    layer = _layer(x, position=position, causal=True)
-    before = keras.ops.convert_to_numpy(layer(x, training=False))
+def _future_changes_past(layer, x, training):
+    """Largest change of the outputs at positions <= t when the inputs after t change (several
+    t), relative to the outputs' scale; asserts that the future itself does change."""
+    before = keras.ops.convert_to_numpy(layer(x, training=training))
+    worst = 0.0
     for t in (0, 4, 10):
         changed = x.copy()
-        changed[:, t + 1:] = np.random.default_rng(t).standard_normal(changed[:, t + 1:].shape)
-        after = keras.ops.convert_to_numpy(layer(changed, training=False))
-        np.testing.assert_allclose(after[:, :t + 1], before[:, :t + 1], rtol=1e-5, atol=1e-6)
+        changed[:, t + 1:] = 3 * np.random.default_rng(t).standard_normal(changed[:, t + 1:].shape)
+        after = keras.ops.convert_to_numpy(layer(changed, training=training))
         assert np.abs(after[:, t + 1:] - before[:, t + 1:]).max() > 1e-3  # the future matters
+        worst = max(worst, np.abs(after[:, :t + 1] - before[:, :t + 1]).max())
+    return worst / np.abs(before).max()
+
+
+@pytest.mark.parametrize("training", [False, True])
+@pytest.mark.parametrize("position", ["local", "relative", "global", None])
+def test_causal_output_ignores_the_future(position, training):
+    """Also while training: the default layer norm has no statistics across positions."""
+    x = _data(n=12)
+    layer = _layer(x, position=position, causal=True)
+    assert layer.normalization == "layer"
+    assert _future_changes_past(layer, x, training) < 1e-6
+
+
+def test_causal_batch_norm_is_warned_as_not_causal_in_training():
+    """What the warning says, measured: batch statistics carry the future into the past while
+    training (not in inference); old files without the `normalization` key load so."""
+    x = _data(n=12)
+    with pytest.warns(UserWarning, match="causal=True with normalization='batch'"):
+        layer = _layer(x, causal=True, normalization="batch")
+    assert _future_changes_past(layer, x, training=False) < 1e-6
+    assert _future_changes_past(layer, x, training=True) > 1e-2
+    config = layer.get_config()
+    assert config["normalization"] == "batch"
+    del config["normalization"]  # a file saved before the option existed
+    with pytest.warns(UserWarning, match="normalization='batch'"):
+        old = SequenceLambdaLayer.from_config(config)
+    old(x)
+    old.set_weights(layer.get_weights())  # the batch norms' four weights each, as saved
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(old(x)),
+                                  keras.ops.convert_to_numpy(layer(x)))
+    assert SequenceLambdaLayer(causal=False).normalization == "batch"  # the paper's
 
 
 def test_padded_positions_change_nothing_in_training():

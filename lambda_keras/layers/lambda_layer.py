@@ -437,9 +437,9 @@ def build_projections(layer, depth, context_depth):
     W_Q [depth, h*k], W_K [context_depth, k*u], W_V [context_depth, v*u] (no bias), in this
     order, with the paper's initialisation (Appendix C): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~
     N(0, d^-1/2) unless `layer.<query|key|value>_initializer` overrides it; batch norms
-    `query_norm` (h*k channels) and `value_norm` (v*u channels). `layer` provides key_dim,
-    num_heads, intra_depth, value_dim, the initializers, norm_momentum, norm_epsilon and its
-    dtype policy.
+    `query_norm` (h*k channels) and `value_norm` (v*u channels), layer norms where
+    `layer.normalization` is "layer". `layer` provides key_dim, num_heads, intra_depth,
+    value_dim, the initializers, norm_momentum, norm_epsilon and its dtype policy.
     """
     k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
 
@@ -455,12 +455,16 @@ def build_projections(layer, depth, context_depth):
     layer.value_kernel = layer.add_weight(
         name="value_kernel", shape=(context_depth, v * u),
         initializer=init(layer.value_initializer, context_depth ** -0.5))
-    norm_kwargs = dict(momentum=layer.norm_momentum, epsilon=layer.norm_epsilon,
-                       dtype=layer.dtype_policy)
-    layer.query_norm = keras.layers.BatchNormalization(name="query_norm", **norm_kwargs)
-    layer.query_norm.build((None, None, h * k))
-    layer.value_norm = keras.layers.BatchNormalization(name="value_norm", **norm_kwargs)
-    layer.value_norm.build((None, None, v * u))
+    for name, channels in (("query_norm", h * k), ("value_norm", v * u)):
+        if getattr(layer, "normalization", "batch") == "layer":  # SequenceLambdaLayer's option
+            norm = keras.layers.LayerNormalization(epsilon=layer.norm_epsilon, name=name,
+                                                   dtype=layer.dtype_policy)
+        else:
+            norm = keras.layers.BatchNormalization(momentum=layer.norm_momentum,
+                                                   epsilon=layer.norm_epsilon, name=name,
+                                                   dtype=layer.dtype_policy)
+        norm.build((None, None, channels))
+        setattr(layer, name, norm)
 
 
 def project(layer, x, context, dtype, training=None, mask=None, context_mask=None):
@@ -479,12 +483,20 @@ def project(layer, x, context, dtype, training=None, mask=None, context_mask=Non
     keys = ops.matmul(ops.cast(context, "float32"),
                       ops.cast(layer.key_kernel, "float32"))  # [b, m, k*u]
     values = ops.matmul(context, ops.cast(layer.value_kernel, compute_dtype))  # [b, m, v*u]
-    q = layer.query_norm(q, training=training, mask=mask)  # [b, n, h*k], statistics in float32
-    values = layer.value_norm(values, training=training, mask=context_mask)  # [b, m, v*u]
+    q = _normalise(layer.query_norm, q, training, mask)  # [b, n, h*k], statistics in float32
+    values = _normalise(layer.value_norm, values, training, context_mask)  # [b, m, v*u]
     q = ops.reshape(ops.cast(q, dtype), (batch, -1, h, k))  # [b, n, h, k]
     values = ops.reshape(ops.cast(values, dtype), (batch, -1, v, u))  # [b, m, v, u]
     keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
     return q, keys, values
+
+
+def _normalise(norm, x, training, mask):
+    """Batch norm with its statistics over the unmasked positions, or layer norm (per position:
+    no statistics across positions, nothing to mask)."""
+    if isinstance(norm, keras.layers.BatchNormalization):
+        return norm(x, training=training, mask=mask)
+    return norm(x)
 
 
 def content_output(q, keys, values):

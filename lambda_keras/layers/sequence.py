@@ -41,9 +41,19 @@ Masks:
   excluded from the key softmax, from the batch-norm statistics and from every sum; padded queries
   output zeros. With no separate context, `mask` masks both.
 
+Normalisation of queries and values (`normalization=`): batch norm, as the paper's layer, except
+with `causal=True`, whose default is layer norm. NOTE: the paper is silent on causal sequences'
+normalisation. Batch-norm statistics in training are moments over every position of the batch,
+so an output at n would depend on the inputs after n while training (measured before this
+default: past outputs moved by several times their scale when the future changed); layer norm normalises each
+position over its own channels, as causal transformers and causal linear attention do. A causal
+layer may still ask for "batch" (old files load so), and is warned that training is not causal.
+
 Memory: "local" and no position term are linear in n (causal or not, self context); "relative",
 "global" and "local" with a separate context build the n x m embedding map (Theta(n m k u)).
 """
+
+import warnings
 
 import keras
 from keras import ops
@@ -58,6 +68,7 @@ from lambda_keras.layers.lambda_layer import (
 )
 
 SEQUENCE_POSITION_MODES = ("local", "relative", "global", None)
+NORMALIZATIONS = ("batch", "layer")
 
 
 @keras.saving.register_keras_serializable(package="lambda_keras")
@@ -77,7 +88,10 @@ class SequenceLambdaLayer(keras.layers.Layer):
             defaults to the input's static length seen in `build`.
         context_length: static context length m for "relative"/"global"; defaults to the
             context's static length (the query length without a separate context).
-        norm_momentum, norm_epsilon: batch-norm settings for queries and values.
+        normalization: "batch" or "layer" norm of queries and values; None (default): "layer"
+            when `causal` (batch statistics mix all positions: training would see the future),
+            else "batch" (the paper's).
+        norm_momentum, norm_epsilon: normalisation settings (momentum: batch norm only).
         query_initializer, key_initializer, value_initializer, position_initializer: override the
             paper's initialisation (W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1)).
 
@@ -87,7 +101,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
         mask: optional boolean [batch, n]: False marks padded query positions (their outputs are
             zeros); also the context mask when there is no separate context.
         context_mask: optional boolean [batch, m] for a separate context.
-        training: True for batch statistics in the query/value batch norms.
+        training: True for batch statistics in the query/value batch norms ("batch").
 
     Returns:
         [batch, n, output_dim].
@@ -111,6 +125,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
         causal=False,
         sequence_length=None,
         context_length=None,
+        normalization=None,
         norm_momentum=0.9,
         norm_epsilon=1e-5,
         query_initializer=None,
@@ -132,6 +147,16 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         self.position = position
         self.causal = utils.check_bool("causal", causal)
+        if normalization is None:
+            normalization = "layer" if self.causal else "batch"
+        self.normalization = utils.check_choice("normalization", normalization, NORMALIZATIONS)
+        if self.causal and self.normalization == "batch":
+            warnings.warn(
+                f"SequenceLambdaLayer {self.name!r}: causal=True with normalization='batch': "
+                "batch-norm statistics in training mix every position, so while training an "
+                "output at n depends on the inputs after n (inference uses the moving statistics "
+                "and is causal). normalization='layer' (the default when causal) keeps training "
+                "causal.", stacklevel=2)
         self.sequence_length = (None if sequence_length is None
                                 else _positive_int("sequence_length", sequence_length))
         self.context_length = (None if context_length is None
@@ -161,7 +186,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
         self._context_depth = context_depth
         self._lengths = self._resolve_lengths(inputs_shape, context_shape)
         k, u = self.key_dim, self.intra_depth
-        # W_Q, W_K, W_V and the query/value batch norms, as LambdaLayer makes them.
+        # W_Q, W_K, W_V and the query/value norms, as LambdaLayer makes them.
         build_projections(self, depth, context_depth)
         position_init = self.position_initializer or keras.initializers.RandomNormal(stddev=1.0)
         if self.position == "local":
@@ -238,7 +263,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
         lambda_dtype = "float32" if compute_dtype == "float16" else compute_dtype
         batch = ops.shape(inputs)[0]
 
-        # Keys in float32 (the softmax and its prefix sums need the range); the batch-norm
+        # Keys in float32 (the softmax and its prefix sums need the range); batch-norm
         # statistics leave the padded positions out.
         q, keys, values = project(self, inputs, context, lambda_dtype, training, mask,
                                   context_mask)  # [b, n, h, k], [b, m, k, u], [b, m, v, u]
@@ -274,6 +299,11 @@ class SequenceLambdaLayer(keras.layers.Layer):
         return ops.einsum("bnhk,bnkv->bnhv", q, lambdas)  # [b, n, h, v]
 
     # --------------------------------------------------------------- config
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before `normalization` existed: their layers were built with batch norms.
+        return super().from_config({"normalization": "batch", **config})
+
     def compute_output_shape(self, inputs_shape, context_shape=None):
         inputs_shape = _rank3("inputs", inputs_shape)
         if context_shape is not None:
@@ -295,6 +325,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
             causal=self.causal,
             sequence_length=self.sequence_length,
             context_length=self.context_length,
+            normalization=self.normalization,
             norm_momentum=self.norm_momentum,
             norm_epsilon=self.norm_epsilon,
         )
