@@ -106,6 +106,17 @@ def load_model(model, weights=None, image_size=None, classes=None):
     return models.get_model(name, **kwargs)
 
 
+def class_names(labels, classes):
+    """`--labels` (a labels.txt) or, without it, ImageNet's names for 1000 classes and "0", "1",
+    ... for any other number (a model trained on the digits, on folders)."""
+    from lambda_keras import weights
+    from lambda_keras.export import serving
+
+    if labels is None and classes == 1000:
+        return [name for _, name in weights.imagenet_classes()]
+    return serving.resolve_labels(labels, classes)
+
+
 def _cmd_predict(args):
     import numpy as np
     import tensorflow as tf
@@ -120,6 +131,8 @@ def _cmd_predict(args):
     preprocessing = weights.resolve_preprocessing(None if name.endswith(".keras") else args.model)
     size = model.input_shape[1] or args.image_size or preprocessing.input_size[0]
     preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
+    labels = class_names(args.labels, model.output_shape[-1])
+    top = utils.check_int("--top", args.top, high=len(labels))
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
@@ -130,10 +143,10 @@ def _cmd_predict(args):
             raise ValueError(f"{path} is not a readable image (PNG, JPEG, GIF, BMP, WebP): "
                              f"{error.message}") from None
         batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
-        probabilities = np.asarray(model.predict(batch, verbose=0))
+        probabilities = np.asarray(model.predict(batch, verbose=0))[0]  # [classes]
         print(path)
-        for _, label, score in weights.decode_predictions(probabilities, top=args.top)[0]:
-            print(f"  {score:7.4f}  {label}")
+        for i in np.argsort(-probabilities, kind="stable")[:top]:  # best first
+            print(f"  {probabilities[i]:7.4f}  {labels[i]}")
 
 
 def _cmd_autotune(args):
@@ -180,9 +193,7 @@ def _cmd_export(args):
     name = None if args.model.endswith(".keras") else args.model  # any model name
     preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
                                                tuple(model.input_shape[1:3]))
-    labels = args.labels
-    if labels is None and model.output_shape[-1] == 1000:
-        labels = [name for _, name in weights.imagenet_classes()]
+    labels = class_names(args.labels, model.output_shape[-1])
     if args.format in ("saved_model", "all"):
         path = export.saved_model(model, os.path.join(args.output, "saved_model"),
                                   version=args.version, preprocessing=preprocessing,
@@ -321,7 +332,8 @@ def build_parser():
     p.add_argument("--calibration-data", default="digits")
     p.add_argument("--calibration-steps", type=int, default=256)
     p.add_argument("--labels", default=None,
-                   help="labels.txt, one name per line (default: ImageNet names for 1000 classes)")
+                   help="labels.txt, one name per line (default: ImageNet names for 1000 "
+                        "classes, else the class numbers)")
     p.add_argument("--no-warmup", action="store_true", help="skip the TF Serving warmup requests")
     p.set_defaults(func=_cmd_export)
 
@@ -329,6 +341,9 @@ def build_parser():
     p.add_argument("images", nargs="+")
     model_args(p)
     p.add_argument("--top", type=int, default=5)
+    p.add_argument("--labels", default=None,
+                   help="labels.txt, one name per line (default: ImageNet names for 1000 "
+                        "classes, else the class numbers)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("autotune", help="time the lambda layers' formulations on this machine; "

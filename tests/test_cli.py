@@ -56,6 +56,36 @@ def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
                                [score for _, _, score in expected], atol=1e-4)
 
 
+def test_predict_names_the_classes_of_any_model(tmp_path, capsys):
+    """A model of 10 classes (what `train` on the digits writes): class numbers, or --labels;
+    labels of another count and a --top past the classes are errors naming them."""
+    path = _save_tiny_model(tmp_path / "digits.keras", 10)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(image).save(image_path)
+    model = keras.saving.load_model(path)
+    prep = weights.replace_input_size(weights.resolve_preprocessing(None), (SIZE, SIZE))
+    probs = model.predict(np.asarray(data.eval_transform(image, prep))[None], verbose=0)[0]
+    order = np.argsort(-probs)[:3]
+    names = [f"digit {i}" for i in range(10)]
+    labels = tmp_path / "labels.txt"
+    labels.write_text("\n".join(names) + "\n")
+    for extra, expected in (([], [str(i) for i in order]), (["--labels", str(labels)],
+                                                            [names[i] for i in order])):
+        argv = ["predict", str(image_path), "--model", path, "--top", "3", *extra]
+        assert cli.main(argv) == 0
+        printed = capsys.readouterr().out.splitlines()
+        assert [line.split(None, 1)[1] for line in printed[1:]] == expected
+        np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:]],
+                                   probs[order], atol=1e-4)
+    labels.write_text("a\nb\n")
+    line = _one_error_line(capsys, ["predict", str(image_path), "--model", path,
+                                    "--labels", str(labels)], "10 strings")
+    assert "Received: 2 labels" in line
+    _one_error_line(capsys, ["predict", str(image_path), "--model", path, "--top", "11"],
+                    "--top", "11")
+
+
 def test_predict_image_size_of_a_keras_file(tmp_path, capsys):
     """A file of any input size predicts at --image-size; a fixed one refuses another size
     (every command loads files through the same function)."""

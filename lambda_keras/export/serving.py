@@ -98,8 +98,12 @@ def _resolve_preprocessing(preprocessing, model_size):
     return preprocessing
 
 
-def _resolve_labels(labels, num_classes):
-    """Class names, one per class; a path reads one name per line."""
+def resolve_labels(labels, num_classes):
+    """Class names, one per class; a path reads one name per line; None: "0", "1", ...
+
+    Raises:
+        ValueError: not one string per class, or a name with a line break.
+    """
     if labels is None:
         return [str(i) for i in range(num_classes)]
     if isinstance(labels, (str, os.PathLike)):
@@ -363,7 +367,7 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
     """
     model_size, num_classes, logits = _check_classifier(model)
     preprocessing = _resolve_preprocessing(preprocessing, model_size)
-    labels = _resolve_labels(labels, num_classes)
+    labels = resolve_labels(labels, num_classes)
     top_k = min(utils.check_int("top_k", top_k), num_classes)
     warmup = utils.check_bool("warmup", warmup)
     overwrite = utils.check_bool("overwrite", overwrite)
