@@ -333,6 +333,8 @@ def test_python_api_uses_the_same_defaults():
         assert (resolved.arch, resolved.default_weights) == (arch, default)
         # training.train / evaluate resolve model names through the same resolver.
         assert model_setup.zoo_builder(name) == (arch, models.BUILDERS[arch])
+        assert model_setup.resolve_weights(name, model_setup.DEFAULT_WEIGHTS) == default
+        assert model_setup.resolve_weights(name, None) is None  # random initialisation
     assert model_setup.zoo_builder("resnet50") == (None, None)
 
 

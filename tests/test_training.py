@@ -348,6 +348,25 @@ def test_a_given_model_or_file_is_trained_as_it_is_or_refused(tmp_path):
     assert bfloat16.model.get_layer("lambda").compute_dtype == "bfloat16"
 
 
+@pytest.mark.parametrize("weights,expected", [("default", "lambda_resnet26t.c1_in1k"),
+                                              (None, None), ("my.weights.h5", "my.weights.h5")])
+def test_a_model_name_means_its_default_weights(weights, expected, tmp_path, monkeypatch):
+    """As get_model and every CLI command: a preset name trains from its weights unless told."""
+    from lambda_keras import models
+
+    built = []
+
+    def builder(input_shape, classes, weights=None, **unused):
+        built.append(weights)
+        return tiny_lambda_net(input_shape, classes)
+
+    monkeypatch.setitem(models.BUILDERS, "lambda_resnet26t", builder)
+    kwargs = {} if weights == "default" else {"weights": weights}  # "default": the default
+    training.train("lambda_resnet26t.c1_in1k", "digits", "scratch", output_dir=tmp_path,
+                   epochs=1, steps_per_epoch=1, validation_spec=None, **TINY, **kwargs)
+    assert built == [expected]
+
+
 def test_atomic_save_never_leaves_a_half_written_file(tmp_path):
     path = str(tmp_path / "best.keras")
     with open(path, "w") as f:

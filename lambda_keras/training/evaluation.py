@@ -19,21 +19,17 @@ def evaluate_dataset(model, dataset, verbose=0):
 
 
 def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, image_size=None,
-             weights=None, preprocessing=None, tpu=None, strategy=None, jit_compile="auto",
+             weights="default", preprocessing=None, tpu=None, strategy=None, jit_compile="auto",
              data_dir=None, verbose="auto"):
     """Top-1, top-5 and loss (cross-entropy, no smoothing) of `model` on a split of `data_spec`.
 
-    `model` is a keras.Model, a `.keras` file or a model name (with `weights`, default: the
-    name's default weights, models.resolve_model). The model is compiled here for evaluation
+    `model` is a keras.Model, a `.keras` file or a model name (with `weights`: "default", the
+    name's own weights, as in `train`; None: random). The model is compiled here for evaluation
     (a model passed in keeps its weights, not its compile settings). Returns {"loss", "top1",
     "top5", "num_examples"}.
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
-    if isinstance(model, str) and not model_setup.is_model_file(model) and weights is None:
-        from lambda_keras import models
-
-        weights = models.resolve_model(model).default_weights  # the name's, as everywhere
-    model_setup.check_weights_arg(model, weights)
+    weights = model_setup.resolve_weights(model, weights)
     if model_setup.is_model_file(model):
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)

@@ -166,7 +166,7 @@ def _steps_per_epoch(steps_per_epoch, info, recipe):
 
 
 def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=None,
-          batch_size=None, image_size=None, weights=None, validation_spec="auto", tpu=None,
+          batch_size=None, image_size=None, weights="default", validation_spec="auto", tpu=None,
           strategy=None, jit_compile="auto", mixed_precision=None, steps_per_epoch=None,
           seed=None, deterministic=False, data_dir=None, verbose="auto", callbacks=(),
           **recipe_overrides):
@@ -181,8 +181,10 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             `batch_size` (global), `image_size` and any `**recipe_overrides` replace its fields.
         output_dir: checkpoints/{best,last}.keras, tensorboard/, history.json, history.png,
             result.json; backup/ (backup-workerN/ on other workers) while running.
-        weights: pretrained weights for builder names and callables ("imagenet", a preset, a
-            file); a keras.Model or `.keras` file has its own (ValueError).
+        weights: "default" (the model name's own weights, as `get_model` and the CLI: a
+            preset's, "imagenet" for a timm variant's builder or key, none for the paper family
+            and for callables), None (random initialisation), "imagenet", a preset or a file. A
+            keras.Model or `.keras` file has its own (other than "default": ValueError).
         validation_spec: "auto" (the "validation" split of data_spec), another spec, or None
             (or "none": no validation).
         tpu, strategy: see resolve_strategy; `strategy` overrides `tpu`.
@@ -224,7 +226,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         raise ValueError(f"`batch_size` (global) must be divisible by the "
                          f"{strategy.num_replicas_in_sync} replicas of {strategy_name(strategy)}. "
                          f"Received: batch_size={recipe.batch_size}")
-    model_setup.check_weights_arg(model, weights)
+    weights = model_setup.resolve_weights(model, weights)
     requested_precision = mixed_precision or recipe.precision
     precision = resolve_precision(requested_precision, strategy)
     jit = resolve_jit_compile(jit_compile, strategy)

@@ -6,7 +6,7 @@
   architecture.
 - `check_model`: a keras.Model passed in fits the data and the strategy; `check_precision`: any
   model computes in the precision asked for (its layers' policies, `utils.model_precision`);
-  `check_weights_arg`: `weights` only with models built here.
+  `resolve_weights`: "default" -> the name's weights; `weights` only with models built here.
 - `set_trainable`: classifier-only phases, frozen BN, synchronized BN.
 - `compile_model`: loss (label smoothing), top-1/top-5 metrics, XLA, steps per execution.
 
@@ -22,6 +22,18 @@ import tensorflow as tf
 from lambda_keras import utils, weights as weights_lib
 from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
 TOP_K = 5
+# `weights=` of train() and evaluate(): a model name's own default weights (see resolve_weights).
+DEFAULT_WEIGHTS = "default"
+
+
+def zoo_default_weights(name):
+    """The default weights of a model name (None for a .keras path or an unknown name)."""
+    from lambda_keras import models
+
+    try:
+        return models.resolve_model(name).default_weights
+    except (TypeError, ValueError):
+        return None
 
 
 def zoo_builder(name):
@@ -93,14 +105,22 @@ def is_model_file(model):
     return isinstance(model, (str, os.PathLike)) and os.fspath(model).endswith(".keras")
 
 
-def check_weights_arg(model, weights):
-    """`weights` go into a model built here from a name or callable; a keras.Model or `.keras`
-    file passed in has its own, and ignoring the argument would train or evaluate other weights
-    than the ones asked for."""
+def resolve_weights(model, weights):
+    """The weights to build `model` with: `weights` as given, or for DEFAULT_WEIGHTS the name's
+    default (a preset's own, "imagenet" for a timm variant's builder or key, None for the paper
+    family: models.resolve_model, as get_model and the CLI) and None for anything else.
+
+    Raises:
+        ValueError: `weights` given for a keras.Model or `.keras` file, which have their own;
+            ignoring it would train or evaluate other weights than the ones asked for.
+    """
+    if weights == DEFAULT_WEIGHTS:
+        return zoo_default_weights(model) if isinstance(model, str) else None
     if weights is not None and (isinstance(model, keras.Model) or is_model_file(model)):
         raise ValueError("`weights` loads pretrained weights into a model built from a builder "
                          "name or callable; a keras.Model or .keras file has its own (load others "
                          f"with `model.load_weights` first). Received: weights={weights!r}")
+    return weights
 
 
 def check_model(model, strategy, classes, image_size):
