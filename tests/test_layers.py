@@ -396,7 +396,7 @@ CONSTRUCTOR_ERRORS = {
     "key_dim-negative": (dict(key_dim=-4), "Received: key_dim=-4"),
     "num_heads-not-dividing-output_dim": (
         dict(output_dim=10, num_heads=4),
-        "`output_dim` must be divisible by `num_heads` (4). Received: output_dim=10"),
+        "`output_dim` must be divisible by `num_heads`. Received: output_dim=10, num_heads=4"),
     "receptive_field-even": (dict(receptive_field=4),
                              "`receptive_field` must be odd. Received: receptive_field=4"),
     "receptive_field-zero": (
@@ -434,7 +434,7 @@ def test_bad_argument_raises(case):
 BUILD_ERRORS = {
     "num_heads-not-dividing-input-channels": (
         dict(output_dim=None, num_heads=4), (ROWS, COLS, CHANNELS),
-        "`output_dim` must be divisible by `num_heads` (4). Received: output_dim=6"),
+        "`output_dim` must be divisible by `num_heads`. Received: output_dim=6, num_heads=4"),
     "rank-3-input": (dict(), (ROWS, CHANNELS),
                      "rank 4 (batch, height, width, channels). Received: input_shape=(None, 6, 6)"),
     "relative-unknown-size": (

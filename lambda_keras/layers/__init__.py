@@ -6,6 +6,8 @@
   measures them where a model runs;
 - `sequence`: `SequenceLambdaLayer`, the same equations for sequences (batch, n, d), a separate
   context, causal and padding masks.
+- `shared`: what both layers share: hyper-parameter checks, projections and norms, the content
+  term.
 """
 
 from lambda_keras.layers import formulations

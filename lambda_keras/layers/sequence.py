@@ -59,9 +59,10 @@ import keras
 from keras import ops
 
 from lambda_keras import utils
-from lambda_keras.layers.lambda_layer import (
+from lambda_keras.layers.shared import (
     _positive_int,
     build_projections,
+    check_heads_divide,
     content_output,
     init_shared_config,
     project,
@@ -176,11 +177,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         self._check_lengths(inputs_shape[1], context_shape[1])
         self._output_dim = self.output_dim or depth
-        if self._output_dim % self.num_heads:
-            raise ValueError(
-                f"`output_dim` must be divisible by `num_heads` ({self.num_heads}). "
-                f"Received: output_dim={self._output_dim}"
-            )
+        check_heads_divide(self._output_dim, self.num_heads)
         self.value_dim = self._output_dim // self.num_heads
         self._separate_context = separate
         self._context_depth = context_depth

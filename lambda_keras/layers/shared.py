@@ -1,0 +1,158 @@
+"""What both lambda layers share (`LambdaLayer`, images; `SequenceLambdaLayer`, sequences).
+
+- `init_shared_config`: validates and stores the paper's d, |k|, |h|, |u|, r, the norm settings
+  and the initializers (`check_heads_divide`, the size bounds MAX_DIM / MAX_RECEPTIVE_FIELD);
+- `build_projections`, `project`: W_Q, W_K, W_V without bias and the query/value norms (batch
+  norm, the paper's; layer norm for causal sequences), giving q, key logits and values;
+- `content_output`: the content lambda, shared by every query, applied to every query.
+"""
+
+import numpy as np
+import keras
+from keras import ops
+
+from lambda_keras import utils
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
+        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
+    return int(value)
+
+
+# A bound on what one layer's arguments may ask for: every size below is far above any lambda
+# network (paper: |k| = 16, |h| = 4, |u| <= 4, r <= 23, d <= 2048), far below what would try to
+# allocate terabytes (key_dim=2**40 would ask for 2**40 * channels floats).
+MAX_DIM = 2**16  # output_dim, key_dim, num_heads, intra_depth
+MAX_RECEPTIVE_FIELD = 2**10 + 1  # r: the scope of a 1024 x 1024 map
+
+
+def _check_weight_size(output_dim, key_dim, num_heads, intra_depth, receptive_field):
+    """ValueError for sizes beyond MAX_DIM / MAX_RECEPTIVE_FIELD (typos, hostile configs)."""
+    for name, value, bound in (("output_dim", output_dim, MAX_DIM), ("key_dim", key_dim, MAX_DIM),
+                               ("num_heads", num_heads, MAX_DIM),
+                               ("intra_depth", intra_depth, MAX_DIM),
+                               ("receptive_field", receptive_field, MAX_RECEPTIVE_FIELD)):
+        if value is not None and value > bound:
+            raise ValueError(
+                f"`{name}` must be at most {bound} (a sane bound: lambda networks use far smaller "
+                "sizes, and the layer's weights grow with it). "
+                f"Received: {name}={value!r}")
+    if key_dim * num_heads > MAX_DIM:  # the query projection's width |h| |k|
+        raise ValueError(f"`key_dim` * `num_heads` must be at most {MAX_DIM}. "
+                         f"Received: key_dim={key_dim}, num_heads={num_heads}")
+
+
+def build_projections(layer, depth, context_depth):
+    """Create the projections and batch norms of a lambda layer on `layer`.
+
+    W_Q [depth, h*k], W_K [context_depth, k*u], W_V [context_depth, v*u] (no bias), in this
+    order, with the paper's initialisation (Appendix C): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~
+    N(0, d^-1/2) unless `layer.<query|key|value>_initializer` overrides it; batch norms
+    `query_norm` (h*k channels) and `value_norm` (v*u channels), layer norms where
+    `layer.normalization` is "layer". `layer` provides key_dim, num_heads, intra_depth,
+    value_dim, the initializers, norm_momentum, norm_epsilon and its dtype policy.
+    """
+    k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
+
+    def init(override, stddev):
+        return override or keras.initializers.RandomNormal(stddev=stddev)
+
+    layer.query_kernel = layer.add_weight(
+        name="query_kernel", shape=(depth, h * k),
+        initializer=init(layer.query_initializer, (k * depth) ** -0.5))
+    layer.key_kernel = layer.add_weight(
+        name="key_kernel", shape=(context_depth, k * u),
+        initializer=init(layer.key_initializer, context_depth ** -0.5))
+    layer.value_kernel = layer.add_weight(
+        name="value_kernel", shape=(context_depth, v * u),
+        initializer=init(layer.value_initializer, context_depth ** -0.5))
+    for name, channels in (("query_norm", h * k), ("value_norm", v * u)):
+        if getattr(layer, "normalization", "batch") == "layer":  # SequenceLambdaLayer's option
+            norm = keras.layers.LayerNormalization(epsilon=layer.norm_epsilon, name=name,
+                                                   dtype=layer.dtype_policy)
+        else:
+            norm = keras.layers.BatchNormalization(momentum=layer.norm_momentum,
+                                                   epsilon=layer.norm_epsilon, name=name,
+                                                   dtype=layer.dtype_policy)
+        norm.build((None, None, channels))
+        setattr(layer, name, norm)
+
+
+def project(layer, x, context, dtype, training=None, mask=None, context_mask=None):
+    """Queries, key logits and values of `layer` (made by `build_projections`).
+
+    x [b, n, d], context [b, m, d_c]; mask / context_mask: None or [b, n] / [b, m] positions
+    that count in the batch-norm statistics. Returns q [b, n, h, k] and values [b, m, v, u] in
+    `dtype`, key logits [b, m, k, u] in float32 (before the softmax over m).
+    """
+    k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
+    compute_dtype = layer.compute_dtype
+    batch = ops.shape(x)[0]
+    q = ops.matmul(x, ops.cast(layer.query_kernel, compute_dtype))  # [b, n, h*k]
+    # Keys are projected in float32 (k*u channels, cheap): rounded low-precision logits would
+    # make the softmax and its gradients inaccurate under mixed precision.
+    keys = ops.matmul(ops.cast(context, "float32"),
+                      ops.cast(layer.key_kernel, "float32"))  # [b, m, k*u]
+    values = ops.matmul(context, ops.cast(layer.value_kernel, compute_dtype))  # [b, m, v*u]
+    q = _normalise(layer.query_norm, q, training, mask)  # [b, n, h*k], statistics in float32
+    values = _normalise(layer.value_norm, values, training, context_mask)  # [b, m, v*u]
+    q = ops.reshape(ops.cast(q, dtype), (batch, -1, h, k))  # [b, n, h, k]
+    values = ops.reshape(ops.cast(values, dtype), (batch, -1, v, u))  # [b, m, v, u]
+    keys = ops.reshape(keys, (batch, -1, k, u))  # [b, m, k, u]
+    return q, keys, values
+
+
+def _normalise(norm, x, training, mask):
+    """Batch norm with its statistics over the unmasked positions, or layer norm (per position:
+    no statistics across positions, nothing to mask)."""
+    if isinstance(norm, keras.layers.BatchNormalization):
+        return norm(x, training=training, mask=mask)
+    return norm(x)
+
+
+def content_output(q, keys, values):
+    """Content term: the lambda shared by every query, applied to every query.
+
+    q [b, n, h, k], normalised keys [b, m, k, u], values [b, m, v, u]. Returns [b, n, h, v].
+    """
+    content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
+    return ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
+
+
+def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, receptive_field,
+                       norm_momentum, norm_epsilon, initializers):
+    """Validates and stores on `layer` the hyper-parameters every lambda layer shares.
+
+    The paper's d (`output_dim`, None: the input depth), |k|, |h|, |u| and r, the batch-norm
+    settings and the (query, key, value, position) initializers; each bad value raises naming its
+    argument. Used by `LambdaLayer` and `SequenceLambdaLayer`.
+    """
+    layer.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
+    layer.key_dim = _positive_int("key_dim", key_dim)
+    layer.num_heads = _positive_int("num_heads", num_heads)
+    layer.intra_depth = _positive_int("intra_depth", intra_depth)
+    layer.receptive_field = _positive_int("receptive_field", receptive_field)
+    if layer.receptive_field % 2 == 0:
+        raise ValueError(
+            f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}")
+    layer.norm_momentum = utils.check_number("norm_momentum", norm_momentum, low=0.0, high=1.0,
+                                             high_open=True)
+    layer.norm_epsilon = utils.check_number("norm_epsilon", norm_epsilon, low=0.0, low_open=True)
+    _check_weight_size(layer.output_dim, layer.key_dim, layer.num_heads, layer.intra_depth,
+                       layer.receptive_field)
+    (layer.query_initializer, layer.key_initializer, layer.value_initializer,
+     layer.position_initializer) = (_optional_initializer(i) for i in initializers)
+    if layer.output_dim is not None:
+        check_heads_divide(layer.output_dim, layer.num_heads)
+
+
+def check_heads_divide(output_dim, num_heads):
+    """The |h| heads split d into value depths |v| = d / |h|; names both values when not."""
+    if output_dim % num_heads:
+        raise ValueError(f"`output_dim` must be divisible by `num_heads`. "
+                         f"Received: output_dim={output_dim}, num_heads={num_heads}")
+
+
+def _optional_initializer(initializer):
+    return None if initializer is None else keras.initializers.get(initializer)
