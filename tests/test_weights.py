@@ -425,8 +425,8 @@ def test_non_finite_safetensors_are_refused_naming_the_tensor(timm_state, tmp_pa
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
-def _tiny_model():
-    return lambda_keras.LambdaResNet50(weights=None, input_shape=(32, 32, 3), classes=3,
+def _tiny_model(weights=None):
+    return lambda_keras.LambdaResNet50(weights=weights, input_shape=(32, 32, 3), classes=3,
                                        layout="CCCL")
 
 
@@ -461,6 +461,77 @@ def test_keras_weights_of_a_wrong_dtype_are_refused(tmp_path):
     with pytest.raises(ValueError, match="non-floating-point") as info:
         W.load_weights(model, path, "lambda_resnet50")
     assert f"{names[0]} (int64)" in str(info.value)
+    for key, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+TINY_X = np.random.default_rng(3).random((2, 32, 32, 3)).astype("float32")
+
+
+def _outputs(model):
+    return keras.ops.convert_to_numpy(model(TINY_X, training=False))
+
+
+@pytest.fixture(scope="module", params=["adam", "sgd-ema"])
+def fitted_file(request, tmp_path_factory):
+    """(path, source model): save_weights of a compiled model after one fit step.
+
+    Keras writes the optimizer under "optimizer/": its int iteration counter, learning rate and
+    slot variables (Adam's moments; momentum and EMA copies for "sgd-ema").
+    """
+    import h5py
+
+    source = _tiny_model()
+    optimizer = (keras.optimizers.Adam() if request.param == "adam"
+                 else keras.optimizers.SGD(momentum=0.9, use_ema=True))
+    source.compile(optimizer, "sparse_categorical_crossentropy", run_eagerly=True)  # no tracing
+    source.fit(TINY_X, np.array([0, 2]), batch_size=2, epochs=1, verbose=0)
+    path = str(tmp_path_factory.mktemp("fitted") / f"{request.param}.weights.h5")
+    source.save_weights(path)
+    with h5py.File(path, "r") as f:  # what the test is about: the file holds optimizer state
+        assert f["optimizer/vars/0"].dtype.kind == "i"
+        assert len(f["optimizer/vars"]) > 2 * len(source.trainable_weights)
+    return path, source
+
+
+def test_keras_file_of_a_fitted_model_loads_without_its_optimizer(fitted_file):
+    path, source = fitted_file
+    expected = _outputs(source)
+    assert np.abs(_outputs(_tiny_model()) - expected).max() > 1e-3  # not equal by chance
+    model = _tiny_model(weights=path)
+    saved = weights_by_path(source)
+    for key, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, saved[key], err_msg=key)
+    np.testing.assert_array_equal(_outputs(model), expected)
+    # A compiled model takes the weights too; its own optimizer is left alone.
+    compiled = _tiny_model()
+    compiled.compile(keras.optimizers.Adam(), "sparse_categorical_crossentropy")
+    W.load_weights(compiled, path, "lambda_resnet50")
+    np.testing.assert_array_equal(_outputs(compiled), expected)
+    assert int(compiled.optimizer.iterations.numpy()) == 0
+
+
+@pytest.mark.parametrize("fitted_file", ["adam"], indirect=True)
+@pytest.mark.parametrize("fault", ["missing", "mis-shaped"])
+def test_keras_file_of_a_fitted_model_is_still_strict(fitted_file, fault, tmp_path):
+    import h5py
+
+    path = str(tmp_path / "broken.weights.h5")
+    with open(fitted_file[0], "rb") as src, open(path, "wb") as dst:
+        dst.write(src.read())
+    with h5py.File(path, "r+") as f:
+        names = []
+        f.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+        name = next(n for n in names if n.startswith("layers/batch_normalization/"))  # stem BN
+        shape = f[name].shape
+        del f[name]
+        if fault == "mis-shaped":
+            f.create_dataset(name, data=np.ones((shape[0] + 1,), "float32"))
+    model = _tiny_model()
+    before = weights_by_path(model)
+    with pytest.raises(ValueError, match="left unchanged") as info:
+        W.load_weights(model, path, "lambda_resnet50")
+    assert "stem_conv1_bn" in str(info.value)  # Keras' own error, naming the layer
     for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 

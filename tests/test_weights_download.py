@@ -154,10 +154,29 @@ def test_stalled_download_times_out_and_leaves_no_file(preset_from, monkeypatch)
         with pytest.raises(ValueError, match="timed out") as info:
             small_26t(weights="imagenet")
         assert time.monotonic() - start < 10  # would hang forever without a timeout
-        assert "nothing was kept" in str(info.value)
+        _assert_says_what_to_do(str(info.value), cached)
         assert not any(cached.parent.iterdir())  # no partial file under any name
     finally:
         server.close()
+
+
+def _assert_says_what_to_do(message, cached):
+    """The download error names the ways out: no weights, a local file, the cache path."""
+    assert "nothing was kept" in message
+    ways_out = ("`weights=None`", "timm model.safetensors", "Keras .weights.h5", f"at {cached}.")
+    for way_out in ways_out:
+        assert way_out in message, (way_out, message)
+
+
+def test_offline_download_says_what_to_do(preset_from):
+    with socket.socket() as closed:  # a port nobody listens on: connection refused, at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    cached = preset_from(f"http://127.0.0.1:{port}/model.safetensors", None)
+    with pytest.raises(ValueError, match="Cause: URLError") as info:
+        small_26t(weights="imagenet")
+    _assert_says_what_to_do(str(info.value), cached)
+    assert not cached.exists()
 
 
 def test_download_timeout_argument(preset_from, tmp_path):

@@ -15,7 +15,8 @@ presets, model names and preprocessing metadata are data in presets.py (re-expor
 Implemented:
 - `validate_weights` (called by the builders before any layer is built) and `load_weights` (after):
   `weights` is None, "imagenet", a preset name, or a path to a timm `.safetensors` file (converted
-  on load, read with safetensors' NumPy API: no torch at run time) or a Keras `.weights.h5` file.
+  on load, read with safetensors' NumPy API: no torch at run time) or a Keras `.weights.h5` file
+  (the optimizer state in the file of a compiled model is skipped, strict.OPTIMIZER_GROUP).
   Pickle checkpoints (.pth .pt .bin .ckpt .pkl) are refused: no pickle ever runs.
 - Strict loading: every checkpoint tensor is used and every model weight is set, otherwise a
   ValueError names the missing / unexpected / mis-shaped tensors and the model is left untouched
@@ -26,8 +27,9 @@ Implemented:
   into the Keras cache (`models/` under `KERAS_HOME`, honoured at call time) under a temporary name
   (utils.temp_path) that becomes the cache name only once the sha256 (when known) and the strict
   load into the model passed: a stalled, truncated, hash-mismatched, unreadable or non-fitting
-  download leaves nothing in the cache and raises. A cached file that fails the strict load
-  because of the file (unreadable, non-finite tensors, or tensors that do not fit the preset's own
+  download leaves nothing in the cache and raises, naming the ways out (`weights=None`, a local
+  file, the file placed at its cache path). A cached file that fails the strict load because of
+  the file (unreadable, non-finite tensors, or tensors that do not fit the preset's own
   architecture) is quarantined (renamed `*.rejected`, the reason in the error): the next call
   downloads again. Leftovers of killed downloads are removed.
 - Non-finite tensors (NaN/inf) are refused at load, naming them; the model is left unchanged.

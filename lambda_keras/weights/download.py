@@ -135,7 +135,9 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
     The download is written under a temporary name and renamed to the cache name only after the
     sha256 (when known) and `verify` (or, without `verify`, parsing the file) passed: a stalled,
     truncated, mismatched or unreadable download leaves no file in the cache and raises
-    ValueError. A cached file whose sha256 does not match is quarantined and downloaded again.
+    ValueError, whose message names the ways out (`weights=None`, a local file, or the file placed
+    at its cache path). A cached file whose sha256 does not match is quarantined and downloaded
+    again.
     """
     preset = name if isinstance(name, Preset) else PRESETS[name]
     cache_dir = cache_dir or _cache_dir()
@@ -180,7 +182,10 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
             raise
         raise ValueError(
             f"Downloading the weights of {preset.name!r} from {preset.url} failed; nothing was "
-            f"kept in the cache ({target}). Cause: {error}") from error
+            "kept in the cache. Without the download: pass `weights=None` (random "
+            "initialisation), pass the path of a local file as `weights` (a timm "
+            "model.safetensors or a Keras .weights.h5), or place the file from that "
+            f"URL at {target}. Cause: {error}") from error
     os.replace(partial, target)
     return target
 

@@ -11,6 +11,11 @@ from lambda_keras.models import CLASSIFIER
 from lambda_keras.weights.timm_format import read_safetensors, timm_to_keras
 
 MAX_LISTED = 12  # names listed per category in a strict-loading error
+# NOTE: Keras 3's save_weights writes a compiled model's optimizer (iteration counter, learning
+# rate, slot and EMA variables, a LossScaleOptimizer's inner optimizer) under this top-level
+# group, beside the model's "layers" and "vars"; a model built by a builder has no optimizer, so
+# load_weights never reads it. Layout as measured on Keras 3.15, not a documented format.
+OPTIMIZER_GROUP = "optimizer"
 
 
 def _listed(names):
@@ -98,10 +103,11 @@ def _keras_load(model, path):
 
 
 def _check_h5_dtypes(path):
-    """ValueError naming the datasets of a .weights.h5 file that are not floating point.
+    """ValueError naming the model datasets of a .weights.h5 file that are not floating point.
 
-    Every weight of a lambda_keras model is a float; Keras would silently cast integers.
-    A file h5py cannot open is left to Keras' own error.
+    Every weight of a lambda_keras model is a float; Keras would silently cast integers. The
+    optimizer's state (`OPTIMIZER_GROUP`, with its integer iteration counter) is not the model's
+    and is not checked. A file h5py cannot open is left to Keras' own error.
     """
     import h5py
 
@@ -112,7 +118,8 @@ def _check_h5_dtypes(path):
     bad = []
     with f:
         f.visititems(lambda name, obj: bad.append(f"{name} ({obj.dtype})")
-                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind != "f" else None)
+                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind != "f"
+                     and name.split("/")[0] != OPTIMIZER_GROUP else None)
     if bad:
         raise ValueError(f"{path!r} holds {len(bad)} non-floating-point weight tensors: "
                          f"{_listed(bad)}. The model was left unchanged.")
@@ -123,8 +130,13 @@ def load_keras_file(model, path):
 
     A file whose classifier does not fit (or a headless file) loads into the backbone only when
     the model's classifier cannot take it, with a warning; the classifier then keeps its values.
+    The optimizer state in the file of a compiled model is skipped (`OPTIMIZER_GROUP`); a
+    compiled `model` is loaded through an uncompiled view of its layers, so that its own
+    optimizer is left alone too.
     """
     _check_h5_dtypes(path)
+    if getattr(model, "optimizer", None) is not None and getattr(model, "inputs", None):
+        model = keras.Model(model.inputs, model.outputs, name=model.name)  # same variables
     snapshot = [v.numpy() for v in model.weights]
 
     def restore():
