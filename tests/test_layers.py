@@ -100,6 +100,11 @@ def test_one_position_map_matches_the_reference_without_warnings(training):
         actual = keras.ops.convert_to_numpy(layer(x, training=training))
     assert_close(actual, reference_lambda_layer(layer, x, training=training), atol=1e-5,
                  what="1 x 1 map")
+    with tf.GradientTape() as tape:
+        loss = keras.ops.sum(layer(x, training=training))
+    gradient = tape.gradient(loss, layer.key_kernel.value)
+    assert gradient is not None  # connected (Keras warns of variables without gradients) ...
+    np.testing.assert_array_equal(gradient, 0.0)  # ... and zero, as a one-position softmax's
 
 
 def test_reference_detects_a_wrong_offset():

@@ -256,9 +256,11 @@ class LambdaLayer(keras.layers.Layer):
 
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
         q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
-        # Softmax over m, in float32; over a single position (a 1 x 1 map) it is 1, and Keras
-        # warns that a softmax over a size-1 axis "is likely not what you intended".
-        keys = ops.softmax(keys, axis=1) if keys.shape[1] != 1 else ops.ones_like(keys)
+        # Softmax over m, in float32. Over a single position (a 1 x 1 map) Keras warns that a
+        # size-1 softmax "is likely not what you intended"; there it is exp(k - max k) / sum =
+        # exp(k - k): softmax's value (1) and gradient (0), and the key kernel stays connected
+        # (ones_like would make Keras' optimizer warn that it has no gradient).
+        keys = ops.softmax(keys, axis=1) if keys.shape[1] != 1 else ops.exp(keys - keys)
         keys = ops.cast(keys, lambda_dtype)  # [b, m, k, u]
         out_rows, out_cols = rows, cols
         queries = q  # the queries at the output positions
