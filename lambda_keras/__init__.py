@@ -35,6 +35,7 @@ _ATTRIBUTES = {
     "LambdaResNet26RPT256": "models",
     "build_lambda_resnet": "models",
     "get_model": "models",
+    "load_model": "models",
     "resolve_model": "models",
     "convert_timm": "weights",
     "decode_predictions": "weights",

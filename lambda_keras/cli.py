@@ -63,7 +63,7 @@ def resolve_model_arg(model, weights=None):
             raise SystemExit(f"error: --model file not found: {model}")
         if not os.path.isfile(model):
             raise SystemExit(f"error: --model is not a regular file: {model}")
-        if weights is not None and weights.lower() != NO_WEIGHTS:
+        if weights is not None:
             raise ValueError(f"--weights {weights} would be ignored: the .keras file {model} "
                              f"carries its own weights (--weights goes with a model name)")
         return model, None
@@ -132,7 +132,8 @@ def _cmd_predict(args):
     size = model.input_shape[1] or args.image_size or preprocessing.input_size[0]
     preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
     labels = class_names(args.labels, model.output_shape[-1])
-    top = utils.check_int("--top", args.top, high=len(labels))
+    top = min(5, len(labels)) if args.top is None else args.top
+    top = utils.check_int("--top", top, high=len(labels))
     for path in args.images:
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image not found: {path}")
@@ -155,7 +156,8 @@ def _cmd_autotune(args):
     phases = tuple(phase.strip() for phase in args.phases.split(","))
     # The picks are stored per compute dtype: tune under the policy `train` will run with.
     with utils.dtype_policy(args.mixed_precision or "float32"):
-        model = load_model(args.model, NO_WEIGHTS, args.image_size)  # weights don't change times
+        model = load_model(args.model, None if args.model.endswith(".keras") else NO_WEIGHTS,
+                           args.image_size)  # weights don't change times
     # A .keras file's layers keep the policies they were saved with.
     precision = utils.model_precision(model)
     if args.mixed_precision and precision != args.mixed_precision:
@@ -218,10 +220,16 @@ def _cmd_train(args):
 
     model, weights = resolve_model_arg(args.model, args.weights)
     overrides = training.parse_recipe_overrides(args.set or [])
+    for field in ("epochs", "batch_size", "image_size"):  # their flags and --set both set them
+        flag = getattr(args, field)
+        if flag is not None and field in overrides and overrides[field] != flag:
+            raise ValueError(f"--{field.replace('_', '-')} {flag} and --set {field}="
+                             f"{overrides[field]} disagree; give one")
+        if flag is not None:
+            overrides[field] = flag
     validation = None if args.validation_data == "none" else args.validation_data
     result = training.train(
-        model, args.data, recipe=args.recipe, output_dir=args.output, epochs=args.epochs,
-        batch_size=args.batch_size, image_size=args.image_size, weights=weights,
+        model, args.data, recipe=args.recipe, output_dir=args.output, weights=weights,
         validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir, **overrides)
@@ -340,7 +348,7 @@ def build_parser():
     p = sub.add_parser("predict", help="print the top-5 labels of images")
     p.add_argument("images", nargs="+")
     model_args(p)
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=int, default=None, help="default: 5 (fewer classes: all)")
     p.add_argument("--labels", default=None,
                    help="labels.txt, one name per line (default: ImageNet names for 1000 "
                         "classes, else the class numbers)")

@@ -238,6 +238,24 @@ def get_model(name, **kwargs):
     return BUILDERS[resolved.arch](**kwargs)
 
 
+def load_model(filepath, **kwargs):
+    """`keras.saving.load_model` of a file with lambda_keras layers (a `train` checkpoint, a
+    saved LambdaResNet or any model using `LambdaLayer`).
+
+    `import lambda_keras` imports no Keras, so Keras knows the package's layers (and the
+    optimizer of `train`'s checkpoints) only once their modules are loaded; this loads them, then
+    calls Keras' own loader (`safe_mode` and every other argument as there).
+
+    Example:
+    >>> model = lambda_keras.load_model("runs/digits/checkpoints/best.keras")
+    """
+    from lambda_keras import layers  # noqa: F401 (registers LambdaLayer, SequenceLambdaLayer)
+
+    if keras.backend.backend() == "tensorflow":  # training is TensorFlow's (README: Backends)
+        from lambda_keras.training import optimizer  # noqa: F401 (registers MomentumL2)
+    return keras.saving.load_model(filepath, **kwargs)
+
+
 # --------------------------------------------------------------------------- public builders
 _DOC = """Instantiates the {title} architecture{source}.
 

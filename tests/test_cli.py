@@ -84,6 +84,11 @@ def test_predict_names_the_classes_of_any_model(tmp_path, capsys):
     assert "Received: 2 labels" in line
     _one_error_line(capsys, ["predict", str(image_path), "--model", path, "--top", "11"],
                     "--top", "11")
+    three = _save_tiny_model(tmp_path / "three.keras", 3)  # the default top 5 -> all 3
+    assert cli.main(["predict", str(image_path), "--model", three]) == 0
+    assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]] == [
+        str(i) for i in np.argsort(-keras.saving.load_model(three).predict(
+            np.asarray(data.eval_transform(image, prep))[None], verbose=0)[0])]
 
 
 def test_predict_image_size_of_a_keras_file(tmp_path, capsys):
@@ -324,6 +329,29 @@ def test_train_resolves_every_name(name, arch, default, flag, monkeypatch, capsy
     assert _last_json(capsys) == {"done": True}
 
 
+def test_train_recipe_fields_by_flag_or_set(monkeypatch, capsys):
+    """--epochs / --batch-size / --image-size and --set FIELD=VALUE reach the recipe alike."""
+    from lambda_keras import training
+
+    seen = []
+
+    class Result:
+        def summary(self):
+            return {}
+
+    monkeypatch.setattr(training, "train",
+                        lambda model, data_spec, **kwargs: seen.append(kwargs) or Result())
+    argv = ["train", "--model", "lambda_resnet50", "--weights", "none"]
+    assert cli.main(argv + ["--set", "epochs=3", "--set", "batch_size=16", "--image-size",
+                            "64"]) == 0
+    assert cli.main(argv + ["--epochs", "3", "--set", "epochs=3"]) == 0  # agreeing: fine
+    assert [{k: kw.get(k) for k in ("epochs", "batch_size", "image_size")} for kw in seen] == [
+        {"epochs": 3, "batch_size": 16, "image_size": 64},
+        {"epochs": 3, "batch_size": None, "image_size": None}]
+    _one_error_line(capsys, argv + ["--epochs", "2", "--set", "epochs=3"], "--epochs 2",
+                    "epochs=3")
+
+
 def test_python_api_uses_the_same_defaults():
     from lambda_keras import models
     from lambda_keras.training import model_setup
@@ -440,11 +468,12 @@ def test_weights_that_is_not_a_file(kind, tmp_path, capsys):
 
 @pytest.mark.parametrize("command", [["predict", "x.png"], ["evaluate", "--data", "digits"],
                                      ["train"]])
-def test_weights_beside_a_keras_file_is_refused_not_ignored(tiny_model_path, command, tmp_path,
-                                                            capsys):
+@pytest.mark.parametrize("weights", ["imagenet", "none"])
+def test_weights_beside_a_keras_file_is_refused_not_ignored(tiny_model_path, command, weights,
+                                                            tmp_path, capsys):
     output = ["--output", str(tmp_path / "run")] if command[0] == "train" else []
     line = _one_error_line(capsys, [*command, "--model", tiny_model_path, *output,
-                                    "--weights", "imagenet"], tiny_model_path, "--weights")
+                                    "--weights", weights], tiny_model_path, "--weights")
     assert "carries its own weights" in line
     assert not (tmp_path / "run").exists()
 

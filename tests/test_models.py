@@ -600,3 +600,33 @@ def test_outputs_logits_is_the_one_rule_for_training_and_export():
     with pytest.raises(ValueError, match="activation='sigmoid'"):
         models.outputs_logits(head(keras.layers.Dense(3, activation="sigmoid")))
     assert serving.models.outputs_logits is model_setup.outputs_logits is models.outputs_logits
+
+
+def test_load_model_registers_the_package_layers_in_a_fresh_process(tmp_path):
+    """`import lambda_keras` imports no Keras, so Keras' own loader does not know the package's
+    layers in a fresh process; `lambda_keras.load_model` loads them (round trip: same outputs)."""
+    import subprocess
+    import sys
+
+    model = lambda_keras.LambdaResNet50(weights=None, input_shape=(32, 32, 3), classes=3,
+                                        layout="CCCL")
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    x = np.random.default_rng(0).random((1, 32, 32, 3)).astype("float32")
+    np.save(tmp_path / "x.npy", x)
+    script = (
+        "import sys, numpy as np, lambda_keras, keras\n"
+        "try:\n"
+        "    keras.saving.load_model(sys.argv[1])\n"
+        "    print('keras: loaded')\n"
+        "except Exception as error:\n"
+        "    print('keras:', type(error).__name__)\n"
+        "model = lambda_keras.load_model(sys.argv[1])\n"
+        "np.save(sys.argv[2], keras.ops.convert_to_numpy(model(np.load(sys.argv[3]))))\n")
+    result = subprocess.run(
+        [sys.executable, "-c", script, path, str(tmp_path / "y.npy"), str(tmp_path / "x.npy")],
+        capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "keras: TypeError" in result.stdout  # what the function is for
+    np.testing.assert_allclose(np.load(tmp_path / "y.npy"),
+                               keras.ops.convert_to_numpy(model(x)), rtol=1e-5, atol=1e-6)
