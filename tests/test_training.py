@@ -385,6 +385,30 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path):
     assert training.temp_path(path).endswith(".keras")  # Keras checks the suffix
 
 
+def test_validation_data_of_other_classes_is_refused_before_training(tmp_path):
+    """Label i must name one class in both splits: other class names (the same count would
+    train and report a meaningless accuracy) or another count (it failed after an epoch)."""
+    from PIL import Image
+
+    def folder(root, names):
+        for name in names:
+            os.makedirs(root / name)
+            for i in range(5):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(root / name / f"{i}.png")
+        return f"folder:{root}"
+
+    train_spec = folder(tmp_path / "train", ["cat", "dog"])
+    out = tmp_path / "run"
+    for names, shown in ((["ant", "bee"], r"\(2: 'ant', 'bee'\)"),
+                         (["cat", "dog", "eel"], r"\(3: 'cat', 'dog', 'eel'\)")):
+        spec = folder(tmp_path / "_".join(names), names)
+        with pytest.raises(ValueError, match=rf"validation data's classes {shown} are not the "
+                                             r"training data's \(2: 'cat', 'dog'\)"):
+            training.train(tiny_lambda_net, train_spec, "scratch", output_dir=out,
+                           validation_spec=spec, batch_size=2, **TINY)
+    assert not out.exists()
+
+
 def test_refused_train_creates_no_output_folders(tmp_path):
     out = tmp_path / "run"
     for bad in (dict(epochs=0), dict(jit_compile="yes"), dict(steps_per_epoch=0)):
@@ -402,8 +426,8 @@ def _short_run(out, **kwargs):
 
 def test_resume_refuses_a_backup_that_is_not_this_runs(tmp_path):
     """A backup claiming a later epoch than the run has (it used to train nothing, exit 0 and
-    delete the backup), a corrupt or foreign state.json, another model: a clear error naming the
-    file and the folder to delete; the backup stays."""
+    delete the backup), a corrupt or foreign state.json, another model, other settings (seed,
+    recipe, sizes): a clear error naming the file and the folder to delete; the backup stays."""
     out = tmp_path / "run"
     backup = out / "backup"
 
@@ -433,6 +457,15 @@ def test_resume_refuses_a_backup_that_is_not_this_runs(tmp_path):
                                          rf"'other_net'. {delete}"):
         training.train(other_net, "digits", "scratch", output_dir=out, epochs=4,
                        steps_per_epoch=3, validation_spec=None, **TINY)
+    # The same model and output_dir with other settings: an explicit other seed, a recipe field,
+    # the data's size (each named; "auto" would resume silently with the backup's).
+    with pytest.raises(ValueError, match=rf"written with seed 0; this run asks for 1. {delete}"):
+        _short_run(out, epochs=4, seed=1)
+    with pytest.raises(ValueError, match=r"other settings: base_learning_rate \S+ \(now 0.5\), "
+                                         rf"batch_size 64 \(now 32\). {delete}"):
+        _short_run(out, epochs=4, batch_size=32, base_learning_rate=0.5)
+    with pytest.raises(ValueError, match=r"other settings: image_size 32 \(now 48\)"):
+        _short_run(out, epochs=4, image_size=48)
     # Corrupt and foreign state files.
     original = (backup / "state.json").read_text()
     for text, problem in (("{not json", r"it is not readable JSON"),

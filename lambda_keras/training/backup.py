@@ -42,6 +42,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, save_freq=save_freq, delete_checkpoint=False)
         self.phase = 0
         self.seed = None
+        self.run = None  # what defines the run (recipe, data, sizes): JSON data, see `check`
         self._skip = 0
 
     @property
@@ -77,8 +78,10 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._refuse(f"its weights file {name!r} is not a file in {self.backup_dir}")
         return state
 
-    def check(self, state, *, epochs, phases, steps_per_epoch, model):
-        """Refuses a `state` that does not fit this run (epoch/step/phase range, model)."""
+    def check(self, state, *, epochs, phases, steps_per_epoch, model, seed=None):
+        """Refuses a `state` that does not fit this run: epoch/step/phase range, model, an
+        explicit `seed` other than the backup's, and what defines the run (`self.run`: recipe,
+        data, sizes; absent in older backups), naming the fields that differ."""
         epoch, step, phase = state["epoch"], state["step"], state["phase"]
         if epoch > epochs or (epoch == epochs and step) or step >= steps_per_epoch:
             self._refuse(f"it is at epoch {epoch} step {step}, past the end of this run "
@@ -88,6 +91,14 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         for key, value in (("model", model.name), ("num_weights", len(model.weights))):
             if key in state and state[key] != value:
                 self._refuse(f"it was written for {key} {state[key]!r}; this run has {value!r}")
+        if seed is not None and seed != state["seed"]:
+            self._refuse(f"it was written with seed {state['seed']}; this run asks for {seed}")
+        saved_run, run = state.get("run"), _as_json(self.run)
+        if saved_run is not None and run is not None and saved_run != run:
+            changed = sorted(key for key in {*saved_run, *run}
+                             if saved_run.get(key) != run.get(key))
+            self._refuse("it was written by a run with other settings: " + ", ".join(
+                f"{key} {saved_run.get(key)!r} (now {run.get(key)!r})" for key in changed))
 
     def restore(self, model, state):
         """Load the backup into `model` (compiled); returns (epoch, step) to resume at."""
@@ -151,9 +162,15 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
                 previous_name = json.load(f).get("weights")
         write_json(self.state_path, {
             "epoch": epoch, "step": step, "phase": self.phase, "seed": self.seed,
-            "weights": name, "model": self.model.name, "num_weights": len(self.model.weights)})
+            "weights": name, "model": self.model.name, "num_weights": len(self.model.weights),
+            "run": _as_json(self.run)})
         if previous_name and previous_name != name and os.path.basename(previous_name) == \
                 previous_name:
             old = os.path.join(self.backup_dir, previous_name)
             if os.path.exists(old):
                 os.remove(old)
+
+
+def _as_json(value):
+    """`value` as it reads back from state.json (tuples become lists), for comparisons."""
+    return None if value is None else json.loads(json.dumps(value, default=str))

@@ -98,7 +98,17 @@ def training_data(data_spec, recipe, *, image_size, preprocessing, seed,
     if val_spec == data_spec and val_info.split == info.split:
         raise ValueError(f"The validation data would be the training split {info.split!r}; "
                          f"pass validation_spec. Received: validation_spec={validation_spec!r}")
+    if tuple(val_info.class_names) != tuple(info.class_names):
+        raise ValueError(f"The validation data's classes {_first(val_info.class_names)} are not "
+                         f"the training data's {_first(info.class_names)} (label i must mean "
+                         f"one class in both). Received: validation_spec={validation_spec!r}")
     return train_ds, val_ds, info
+
+
+def _first(names, count=5):
+    names = list(names)
+    shown = ", ".join(map(repr, names[:count]))
+    return f"({len(names)}: {shown}{', ...' if len(names) > count else ''})"
 
 
 def _fit_phases(model, recipe, strategy, *, train_data, val_ds, steps, state, backup, callbacks,
@@ -239,6 +249,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
                              save_freq=recipe.backup_every)
     utils.remove_temporaries(backup.backup_dir)
     state = backup.saved_state()
+    seed_argument = seed
     seed = state["seed"] if state else (random.randrange(2**31) if seed is None else seed)
     backup.seed = seed
     keras.utils.set_random_seed(seed)
@@ -261,6 +272,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         validation_spec=validation_spec, static_shapes=is_tpu_strategy(strategy),
         data_dir=data_dir)
     steps = _steps_per_epoch(steps_per_epoch, info, recipe)
+    backup.run = {**dataclasses.asdict(recipe), "image_size": size, "data": data_spec,
+                  "validation": validation_spec, "steps_per_epoch": steps,
+                  "precision": precision}
 
     # 4. The model; it must compute in the precision asked for ("auto": any, a given model or
     # file keeps its own), and the backup must fit it and this run.
@@ -274,7 +288,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         model, None if requested_precision == "auto" else precision, source)
     if state:
         backup.check(state, epochs=recipe.epochs, phases=len(_phases(recipe)),
-                     steps_per_epoch=steps, model=model)
+                     steps_per_epoch=steps, model=model, seed=seed_argument)
 
     # 5. Output folders (only now: a refused run writes nothing) and callbacks.
     if chief:
