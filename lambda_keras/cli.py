@@ -232,7 +232,8 @@ def _cmd_train(args):
         model, args.data, recipe=args.recipe, output_dir=args.output, weights=weights,
         validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
-        seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir, **overrides)
+        seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir,
+        verify_images=args.verify_images, **overrides)
     print(json.dumps(result.summary(), indent=2, default=str))
 
 
@@ -304,6 +305,9 @@ def build_parser():
     model_args(p)
     p.add_argument("--data", default="digits", help="tfds:NAME[:split] | folder:PATH | digits")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--verify-images", action="store_true",
+                   help="decode every image of a folder: spec before training (slow; finds "
+                        "damage inside complete files)")
     p.add_argument("--validation-data", default="auto", help="a spec, 'auto' or 'none'")
     p.add_argument("--recipe", default="finetune", action=_RecipeOrHelp,
                    help="a recipe name (default: %(default)s); `--recipe help` lists them all")

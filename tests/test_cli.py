@@ -505,6 +505,29 @@ def test_corrupted_backup_is_one_line_naming_state_json(tmp_path, capsys):
     assert "from scratch" in line
 
 
+def test_train_verify_images_names_a_file_damaged_inside(tmp_path, capsys):
+    """--verify-images (train's `verify_images`): a PNG whose data is damaged (header and end
+    intact) is named before training; without the flag it would stop training mid-epoch."""
+    import io
+
+    root = tmp_path / "images"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(root / name / f"{i}.png")
+    png = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)).save(
+        png, "PNG")
+    damaged = bytearray(png.getvalue())
+    damaged[damaged.index(b"IDAT") + 6] ^= 0xFF  # the image data's CRC no longer matches
+    (root / "b" / "damaged.png").write_bytes(bytes(damaged))
+    line = _one_error_line(capsys, ["train", "--model", "lambda_resnet50", "--weights", "none",
+                                    "--data", f"folder:{root}", "--verify-images",
+                                    "--output", str(tmp_path / "run")], "damaged.png")
+    assert "cannot be decoded" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_symlink_loop_in_a_data_folder(tiny_model_path, tmp_path, capsys):
     root = tmp_path / "images"
     for name in ("a", "b"):

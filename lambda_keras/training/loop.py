@@ -21,6 +21,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import data as data_lib
+from lambda_keras.data.sources import parse_spec
 from lambda_keras import utils
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
@@ -75,26 +76,34 @@ def _phases(recipe):
 
 
 def training_data(data_spec, recipe, *, image_size, preprocessing, seed,
-                  validation_spec="auto", static_shapes=False, data_dir=None):
+                  validation_spec="auto", static_shapes=False, data_dir=None,
+                  verify_images=False):
     """(train, validation or None, DatasetInfo) for `recipe`: one-hot labels, global batches.
 
     The training set repeats forever as one deterministic stream (for a given seed): the batch
     of global step g is element g, whichever run reads it, which is what resuming relies on.
-    `static_shapes` (TPU) also drops the last partial validation batch.
+    `static_shapes` (TPU) also drops the last partial validation batch. `verify_images`:
+    decode every file of a 'folder:' spec before training (data.make_dataset).
     NOTE: on a TPU the few validation examples of that partial batch are not evaluated.
     """
     options = dict(image_size=image_size, batch_size=recipe.batch_size,
                    preprocessing=preprocessing, one_hot=True, data_dir=data_dir)
+
+    def verify(spec):  # the option applies to folder specs only
+        return verify_images and parse_spec(spec)[0] == "folder"
+
     train_ds, info = data_lib.make_dataset(
         data_spec, "train", training=True, augment=recipe.augment,
         randaugment_layers=recipe.randaugment_layers,
         randaugment_magnitude=recipe.randaugment_magnitude, mixup_alpha=recipe.mixup_alpha,
-        cutmix_alpha=recipe.cutmix_alpha, seed=seed, repeat=True, **options)
+        cutmix_alpha=recipe.cutmix_alpha, seed=seed, repeat=True,
+        verify_images=verify(data_spec), **options)
     if validation_spec is None or validation_spec == "none":
         return train_ds, None, info
     val_spec = data_spec if validation_spec == "auto" else validation_spec
     val_ds, val_info = data_lib.make_dataset(val_spec, "validation", training=False,
-                                             drop_remainder=static_shapes, **options)
+                                             drop_remainder=static_shapes,
+                                             verify_images=verify(val_spec), **options)
     if val_spec == data_spec and val_info.split == info.split:
         raise ValueError(f"The validation data would be the training split {info.split!r}; "
                          f"pass validation_spec. Received: validation_spec={validation_spec!r}")
@@ -178,8 +187,8 @@ def _steps_per_epoch(steps_per_epoch, info, recipe):
 def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=None,
           batch_size=None, image_size=None, weights="default", validation_spec="auto", tpu=None,
           strategy=None, jit_compile="auto", mixed_precision=None, steps_per_epoch=None,
-          seed=None, deterministic=False, data_dir=None, verbose="auto", callbacks=(),
-          **recipe_overrides):
+          seed=None, deterministic=False, data_dir=None, verify_images=False, verbose="auto",
+          callbacks=(), **recipe_overrides):
     """Train `model` on `data_spec` with `recipe`; resumes from `output_dir` after a crash.
 
     Args:
@@ -207,6 +216,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             resumed run sees the same data).
         deterministic: `tf.config.experimental.enable_op_determinism()` (process-wide).
         data_dir: tensorflow-datasets data directory.
+        verify_images: decode every image of a 'folder:' spec before training (slow; finds
+            damage inside complete files, which would otherwise stop training mid-epoch).
         verbose: Keras' `fit` verbosity ("auto", 0, 1, 2).
         callbacks: extra Keras callbacks (they run before train's own).
 
@@ -270,7 +281,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     train_ds, val_ds, info = training_data(
         data_spec, recipe, image_size=size, preprocessing=preprocessing, seed=seed,
         validation_spec=validation_spec, static_shapes=is_tpu_strategy(strategy),
-        data_dir=data_dir)
+        data_dir=data_dir, verify_images=verify_images)
     steps = _steps_per_epoch(steps_per_epoch, info, recipe)
     backup.run = {**dataclasses.asdict(recipe), "image_size": size, "data": data_spec,
                   "validation": validation_spec, "steps_per_epoch": steps,
