@@ -341,8 +341,11 @@ def build_parser():
     p.add_argument("--version", type=int, default=None)
     p.add_argument("--overwrite", action="store_true")
     p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None)
-    p.add_argument("--calibration-data", default="digits")
-    p.add_argument("--calibration-steps", type=int, default=256)
+    p.add_argument("--calibration-data", default="digits",
+                   help="int8 only: a data spec of images like the model's inputs "
+                        "(default: %(default)s, the bundled digits)")
+    p.add_argument("--calibration-steps", type=int, default=256,
+                   help="int8 only: images to calibrate on (default: %(default)s)")
     p.add_argument("--labels", default=None,
                    help="labels.txt, one name per line (default: ImageNet names for 1000 "
                         "classes, else the class numbers)")

@@ -501,6 +501,14 @@ def test_litert_runner_batches_and_integer_io(tiny_model, tmp_path):
     np.testing.assert_allclose(runner.predict(images, batch_size=2), expected, atol=1e-5)
     np.testing.assert_allclose(runner(images[:1]), expected[:1], atol=1e-5)  # resized back
     assert "FULLY_CONNECTED" in runner.ops
+    # Another size, no batch axis: a clear error (LiteRT itself: XNNPack's "failed to reshape
+    # runtimeNode"), and the runner stays usable.
+    for wrong in (images[:, :16], images[0]):
+        with pytest.raises(ValueError, match=r"`inputs` must have shape \[batch, 32, 32, 3\] "
+                                             rf"for this model. Received: inputs shape "
+                                             rf"{re.escape(str(wrong.shape))}"):
+            runner(wrong)
+    np.testing.assert_allclose(runner(images), expected, atol=1e-5)
 
     # A file with int8 input/output tensors (converted here directly): the runner (de)quantizes.
     converter = tf.lite.TFLiteConverter.from_keras_model(tiny_model)

@@ -424,6 +424,14 @@ class LiteRTRunner:
 
     def __call__(self, inputs):
         inputs = np.asarray(inputs, dtype="float32")
+        # [-1, H, W, C]: -1 where the model takes any size (the batch).
+        expected = list(self._input.get("shape_signature", self._input["shape"]))
+        if len(inputs.shape) != len(expected) or any(
+                size not in (-1, got) for size, got in zip(expected[1:], inputs.shape[1:])):
+            wanted = ", ".join("batch" if i == 0 else ("any" if d == -1 else str(d))
+                               for i, d in enumerate(expected))
+            raise ValueError(f"`inputs` must have shape [{wanted}] for this model. "
+                             f"Received: inputs shape {inputs.shape}")
         if inputs.shape != self._shape:
             self.interpreter.resize_tensor_input(self._input["index"], list(inputs.shape))
             # The first allocation applies XNNPACK, whose C++ "Created ... delegate" line would
