@@ -387,7 +387,8 @@ def test_atomic_save_never_leaves_a_half_written_file(tmp_path):
 
 def test_validation_data_of_other_classes_is_refused_before_training(tmp_path):
     """Label i must name one class in both splits: other class names (the same count would
-    train and report a meaningless accuracy) or another count (it failed after an epoch)."""
+    train and report a meaningless accuracy) or another count (it failed after an epoch). One
+    class alone is refused too (it trained to loss 0, accuracy 1)."""
     from PIL import Image
 
     def folder(root, names):
@@ -399,6 +400,9 @@ def test_validation_data_of_other_classes_is_refused_before_training(tmp_path):
 
     train_spec = folder(tmp_path / "train", ["cat", "dog"])
     out = tmp_path / "run"
+    with pytest.raises(ValueError, match=r"needs at least 2 classes; .* has \(1: 'cat'\)"):
+        training.train(tiny_lambda_net, folder(tmp_path / "one", ["cat"]), "scratch",
+                       output_dir=out, batch_size=2, **TINY)
     for names, shown in ((["ant", "bee"], r"\(2: 'ant', 'bee'\)"),
                          (["cat", "dog", "eel"], r"\(3: 'cat', 'dog', 'eel'\)")):
         spec = folder(tmp_path / "_".join(names), names)

@@ -98,6 +98,10 @@ def training_data(data_spec, recipe, *, image_size, preprocessing, seed,
         randaugment_magnitude=recipe.randaugment_magnitude, mixup_alpha=recipe.mixup_alpha,
         cutmix_alpha=recipe.cutmix_alpha, seed=seed, repeat=True,
         verify_images=verify(data_spec), **options)
+    if info.num_classes < 2:
+        raise ValueError(f"Training a classifier needs at least 2 classes; {data_spec!r} has "
+                         f"{_first(info.class_names)}: a one-class model "
+                         f"learns nothing (loss 0, accuracy 1). Received: data_spec={data_spec!r}")
     if validation_spec is None or validation_spec == "none":
         return train_ds, None, info
     val_spec = data_spec if validation_spec == "auto" else validation_spec
