@@ -21,8 +21,8 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import data as data_lib
-from lambda_keras.data.sources import parse_spec
 from lambda_keras import utils
+from lambda_keras.data.sources import parse_spec
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.backup import ResumableBackup
