@@ -68,6 +68,8 @@ def test_train_argument_errors(tmp_path, fake_tpu):
             training.train(given, output_dir=tmp_path / "run", weights="imagenet", **TINY)
         with pytest.raises(ValueError, match=r"has its own .*Received: weights='imagenet'"):
             training.evaluate(given, weights="imagenet")
+    with pytest.raises(ValueError, match=r"takes 32x32 images; .* Received: image_size=64"):
+        training.evaluate(tiny_lambda_net((32, 32, 3), 10), image_size=64)
     outside = tiny_lambda_net((32, 32, 3), 10)  # made outside the strategy's scope
     with pytest.raises(ValueError, match=r"must be created inside `strategy.scope\(\)`"):
         training.train(outside, output_dir=tmp_path, **TINY,

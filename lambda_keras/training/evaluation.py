@@ -34,6 +34,8 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)
     size = image_size or model_setup.default_image_size(model, weights)
+    if isinstance(model, keras.Model):
+        model_setup.check_image_size(model, size)
     if preprocessing is None:
         preprocessing = model_setup.preprocessing_for(model, weights, size)
     dataset, info = data_lib.make_dataset(

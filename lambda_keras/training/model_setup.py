@@ -123,13 +123,18 @@ def resolve_weights(model, weights):
     return weights
 
 
-def check_model(model, strategy, classes, image_size):
-    """A keras.Model passed to train() fits the data and was made in the strategy's scope."""
+def check_image_size(model, image_size):
+    """A model of a fixed input size takes images of that size only."""
     fixed = model.input_shape[1:3]
     if None not in fixed and tuple(fixed) != (image_size, image_size):
         raise ValueError(f"`model` takes {fixed[0]}x{fixed[1]} images; the run's image size is "
                          f"{image_size} (the recipe's or the argument). "
                          f"Received: image_size={image_size!r}")
+
+
+def check_model(model, strategy, classes, image_size):
+    """A keras.Model passed to train() fits the data and was made in the strategy's scope."""
+    check_image_size(model, image_size)
     if model.output_shape[-1] != classes:
         raise ValueError(f"`model` has {model.output_shape[-1]} outputs; the data has {classes} "
                          f"classes. Received: model={model.name!r}")
