@@ -45,9 +45,10 @@ Normalisation of queries and values (`normalization=`): batch norm, as the paper
 with `causal=True`, whose default is layer norm. NOTE: the paper is silent on causal sequences'
 normalisation. Batch-norm statistics in training are moments over every position of the batch,
 so an output at n would depend on the inputs after n while training (measured before this
-default: past outputs moved by several times their scale when the future changed); layer norm normalises each
-position over its own channels, as causal transformers and causal linear attention do. A causal
-layer may still ask for "batch" (old files load so), and is warned that training is not causal.
+default: past outputs moved by several times their scale when the future changed); layer norm
+normalises each position over its own channels, as causal transformers and causal linear
+attention do. A causal layer may still ask for "batch" (old files load so), and is warned that
+its training is not causal.
 
 Memory: "local" and no position term are linear in n (causal or not, self context); "relative",
 "global" and "local" with a separate context build the n x m embedding map (Theta(n m k u)).

@@ -155,9 +155,9 @@ def check_precision(model, precision, source):
     actual = utils.model_precision(model)
     if precision is not None and actual != precision:
         raise ValueError(f"`mixed_precision` applies when train() builds the model from a builder "
-                         f"name; {source} computes in {actual!r}. To train it in {precision!r}, build it under "
-                         f"that policy (`lambda_keras.utils.dtype_policy`) and load its weights; "
-                         f"to train it as it is, leave `mixed_precision` out. "
+                         f"name; {source} computes in {actual!r}. To train it in {precision!r}, "
+                         f"build it under that policy (`lambda_keras.utils.dtype_policy`) and "
+                         f"load its weights; to train it as it is, leave `mixed_precision` out. "
                          f"Received: mixed_precision={precision!r}")
 
 
