@@ -26,26 +26,23 @@ TOP_K = 5
 DEFAULT_WEIGHTS = "default"
 
 
-def zoo_default_weights(name):
-    """The default weights of a model name (None for a .keras path or an unknown name)."""
+def _resolve(name):
+    """models.resolve_model(name) (registry key, builder or preset name), or None for a .keras
+    path or an unknown name."""
     from lambda_keras import models
 
     try:
-        return models.resolve_model(name).default_weights
+        return models.resolve_model(name)
     except (TypeError, ValueError):
         return None
 
 
 def zoo_builder(name):
-    """(registry key, builder) of any model name (models.resolve_model: registry key, builder or
-    preset name), or (None, None)."""
+    """(registry key, builder) of any model name, or (None, None)."""
     from lambda_keras import models
 
-    try:
-        arch = models.resolve_model(name).arch
-    except (TypeError, ValueError):
-        return None, None
-    return arch, models.BUILDERS[arch]
+    resolved = _resolve(name)
+    return (None, None) if resolved is None else (resolved.arch, models.BUILDERS[resolved.arch])
 
 
 def default_image_size(model, weights):
@@ -115,7 +112,8 @@ def resolve_weights(model, weights):
             ignoring it would train or evaluate other weights than the ones asked for.
     """
     if weights == DEFAULT_WEIGHTS:
-        return zoo_default_weights(model) if isinstance(model, str) else None
+        resolved = _resolve(model) if isinstance(model, str) else None
+        return None if resolved is None else resolved.default_weights
     if weights is not None and (isinstance(model, keras.Model) or is_model_file(model)):
         raise ValueError("`weights` loads pretrained weights into a model built from a builder "
                          "name or callable; a keras.Model or .keras file has its own (load others "
