@@ -191,11 +191,21 @@ def _cmd_export(args):
         raise ValueError(f"--output {args.output} exists and is not a directory (export writes "
                          "a folder there)")
 
+    tflite_path = os.path.join(args.output, f"model_{args.quantization or 'float32'}.tflite")
+    if args.format in ("tflite", "all") and os.path.exists(tflite_path) and not args.overwrite:
+        raise FileExistsError(f"{tflite_path} exists (from an earlier export); pass --overwrite "
+                              "to replace it or another --output")  # before writing anything
     model = load_model(args.model, args.weights, args.image_size)
     name = None if args.model.endswith(".keras") else args.model  # any model name
     preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
                                                tuple(model.input_shape[1:3]))
     labels = class_names(args.labels, model.output_shape[-1])
+    representative = None  # the calibration data is checked before anything is written
+    if args.format in ("tflite", "all") and args.quantization == "int8":
+        representative, _ = data.make_dataset(
+            args.calibration_data, split="train", image_size=model.input_shape[1],
+            batch_size=1, training=False, preprocessing=preprocessing)
+        representative = representative.take(args.calibration_steps)
     if args.format in ("saved_model", "all"):
         path = export.saved_model(model, os.path.join(args.output, "saved_model"),
                                   version=args.version, preprocessing=preprocessing,
@@ -203,15 +213,8 @@ def _cmd_export(args):
                                   warmup=not args.no_warmup)
         print(f"SavedModel: {path}")
     if args.format in ("tflite", "all"):
-        representative = None
-        if args.quantization == "int8":
-            representative, _ = data.make_dataset(
-                args.calibration_data, split="train", image_size=model.input_shape[1],
-                batch_size=1, training=False, preprocessing=preprocessing)
-            representative = representative.take(args.calibration_steps)
-        filename = f"model_{args.quantization or 'float32'}.tflite"
-        path = export.tflite(model, os.path.join(args.output, filename),
-                             quantization=args.quantization, representative_data=representative)
+        path = export.tflite(model, tflite_path, quantization=args.quantization,
+                             representative_data=representative, overwrite=args.overwrite)
         print(f"TFLite: {path}")
 
 
@@ -339,7 +342,8 @@ def build_parser():
     p.add_argument("--output", default="export")
     p.add_argument("--format", choices=("saved_model", "tflite", "all"), default="all")
     p.add_argument("--version", type=int, default=None)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --version directory or .tflite file")
     p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None)
     p.add_argument("--calibration-data", default="digits",
                    help="int8 only: a data spec of images like the model's inputs "

@@ -179,6 +179,20 @@ def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
+def test_export_again_refuses_to_replace_a_tflite_file(tiny_model_path, tmp_path, capsys):
+    out = tmp_path / "export"
+    out.mkdir()
+    earlier = out / "model_float32.tflite"
+    earlier.write_bytes(b"an earlier export")
+    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--output", str(out)],
+                           earlier, "--overwrite")
+    assert earlier.read_bytes() == b"an earlier export"
+    assert sorted(p.name for p in out.iterdir()) == ["model_float32.tflite"], line  # no SavedModel
+    assert cli.main(["export", "--model", tiny_model_path, "--format", "tflite", "--output",
+                     str(out), "--overwrite"]) == 0
+    assert earlier.read_bytes()[4:8] == b"TFL3"  # the flatbuffer's identifier
+
+
 def test_evaluate_reports_the_models_accuracy(tmp_path, capsys):
     tiny_model_path = _save_tiny_model(tmp_path / "digits.keras", 10)
     assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "digits",

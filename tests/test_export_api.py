@@ -189,6 +189,10 @@ def test_tflite_argument_errors(tiny_model, tmp_path):
     with pytest.raises(ValueError, match=r"array of shape \(3, 32\)"):
         export.tflite(tiny_model, path, quantization="int8", representative_data=np.zeros((3, 32)))
     assert list(tmp_path.iterdir()) == []
+    path.write_bytes(b"kept")
+    with pytest.raises(FileExistsError, match="m.tflite' exists; pass overwrite=True"):
+        export.tflite(tiny_model, path, overwrite=False)
+    assert path.read_bytes() == b"kept"
 
 
 def test_tflite_int8_from_a_labelled_dataset(tiny_model, tmp_path):

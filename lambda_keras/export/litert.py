@@ -299,7 +299,8 @@ def _check_quantization_scales(flatbuffer):
             "quantized model compute garbage. Remove the infinite constant from the model.")
 
 
-def tflite(model, path, quantization=None, representative_data=None, float_ops=INT8_FLOAT_OPS):
+def tflite(model, path, quantization=None, representative_data=None, float_ops=INT8_FLOAT_OPS,
+           overwrite=True):
     """Converts `model` to a LiteRT (TFLite) flatbuffer at `path` with built-in ops only.
 
     The file computes the model's call only: inputs are normalised images, as for Keras (the
@@ -319,6 +320,8 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
             float, which LiteRT's CPU kernels run faster than int8 (2x-20x, see
             benchmarks/README.md). `()` gives a full-integer model (integer-only accelerators,
             microcontrollers). The written file is checked: no other operator computes in float.
+        overwrite: replace an existing file at `path` (as `keras.Model.save`); False refuses
+            one (FileExistsError) before converting.
 
     Returns:
         `path`.
@@ -347,6 +350,9 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"`path` must be a file path, not a directory. Received: path={path!r}")
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it or choose "
+                              "another `path`.")
     samples = None
     if quantization == "int8":
         if len(model.inputs) != 1:
