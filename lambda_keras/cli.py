@@ -236,7 +236,7 @@ def _cmd_train(args):
         validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir,
-        verify_images=args.verify_images, **overrides)
+        verify_images=args.verify_images, overwrite=args.overwrite, **overrides)
     print(json.dumps(result.summary(), indent=2, default=str))
 
 
@@ -326,6 +326,8 @@ def build_parser():
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a recipe field (repeatable), e.g. --set drop_path_rate=0.1")
     p.add_argument("--output", default="runs/train")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier finished run in --output (a killed run resumes)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a model on a dataset spec")

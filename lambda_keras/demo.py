@@ -80,7 +80,8 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     _step("training")
     result = training.train(model_name, data_spec, recipe, output_dir=output_dir,
                             epochs=epochs, image_size=image_size,
-                            weights="imagenet" if cached else None, seed=0)
+                            weights="imagenet" if cached else None, seed=0,
+                            overwrite=True)  # the demo's own folder: a rerun replaces it
     model = result.model
     preprocessing = weights.replace_input_size(weights.resolve_preprocessing(model_name),
                                                (image_size, image_size))

@@ -358,10 +358,11 @@ def test_train_recipe_fields_by_flag_or_set(monkeypatch, capsys):
     argv = ["train", "--model", "lambda_resnet50", "--weights", "none"]
     assert cli.main(argv + ["--set", "epochs=3", "--set", "batch_size=16", "--image-size",
                             "64"]) == 0
-    assert cli.main(argv + ["--epochs", "3", "--set", "epochs=3"]) == 0  # agreeing: fine
-    assert [{k: kw.get(k) for k in ("epochs", "batch_size", "image_size")} for kw in seen] == [
-        {"epochs": 3, "batch_size": 16, "image_size": 64},
-        {"epochs": 3, "batch_size": None, "image_size": None}]
+    assert cli.main(argv + ["--epochs", "3", "--set", "epochs=3", "--overwrite"]) == 0  # agree
+    assert [{k: kw.get(k) for k in ("epochs", "batch_size", "image_size", "overwrite")}
+            for kw in seen] == [
+        {"epochs": 3, "batch_size": 16, "image_size": 64, "overwrite": False},
+        {"epochs": 3, "batch_size": None, "image_size": None, "overwrite": True}]
     _one_error_line(capsys, argv + ["--epochs", "2", "--set", "epochs=3"], "--epochs 2",
                     "epochs=3")
 

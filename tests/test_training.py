@@ -492,6 +492,27 @@ def test_resume_refuses_a_backup_that_is_not_this_runs(tmp_path):
     assert sorted(os.listdir(backup)) == files
 
 
+def test_rerun_of_a_finished_run_is_refused_unless_overwrite(tmp_path):
+    """A finished run leaves no backup: rerunning its call used to train anew over its
+    checkpoints, history and TensorBoard logs. Now refused, everything kept; overwrite=True
+    replaces the earlier run's files, the new history holding only the new run's epochs."""
+    out = tmp_path / "run"
+    _short_run(out, epochs=2)
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert {"result.json", "history.json", "best.keras", "last.keras"} <= {p.name for p in files}
+    events = [p for p in files if p.name.startswith("events.")]
+    assert events and not (out / "backup").exists()
+    with pytest.raises(ValueError, match=r"holds an earlier run \(result.json, history.json, "
+                                         r"checkpoints/best.keras, checkpoints/last.keras\) and "
+                                         r"no backup to resume from; pass overwrite=True"):
+        _short_run(out, epochs=1)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # untouched
+    result = _short_run(out, epochs=1, overwrite=True)
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1]
+    assert len(result.history["loss"]) == 1
+    assert not any(p.exists() for p in events)  # the earlier run's TensorBoard logs went too
+
+
 def test_training_stops_at_the_first_non_finite_loss_keeping_the_last_good_state(tmp_path):
     class Poison(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):

@@ -16,6 +16,7 @@ pipeline, so with those a resumed run sees the same images but other augmentatio
 import dataclasses
 import os
 import random
+import shutil
 
 import keras
 import tensorflow as tf
@@ -179,6 +180,13 @@ def output_paths(output_dir):
     return paths
 
 
+def _finished_run_files(paths):
+    """The files of an earlier run in the output folder (names relative to it)."""
+    keys = ("result", "history_json", "best", "last")
+    root = os.path.dirname(paths["result"])
+    return [os.path.relpath(paths[key], root) for key in keys if os.path.exists(paths[key])]
+
+
 def _steps_per_epoch(steps_per_epoch, info, recipe):
     steps = info.steps_per_epoch if steps_per_epoch is None else steps_per_epoch
     if (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1
@@ -191,8 +199,8 @@ def _steps_per_epoch(steps_per_epoch, info, recipe):
 def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=None,
           batch_size=None, image_size=None, weights="default", validation_spec="auto", tpu=None,
           strategy=None, jit_compile="auto", mixed_precision=None, steps_per_epoch=None,
-          seed=None, deterministic=False, data_dir=None, verify_images=False, verbose="auto",
-          callbacks=(), **recipe_overrides):
+          seed=None, deterministic=False, data_dir=None, verify_images=False, overwrite=False,
+          verbose="auto", callbacks=(), **recipe_overrides):
     """Train `model` on `data_spec` with `recipe`; resumes from `output_dir` after a crash.
 
     Args:
@@ -222,6 +230,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         data_dir: tensorflow-datasets data directory.
         verify_images: decode every image of a 'folder:' spec before training (slow; finds
             damage inside complete files, which would otherwise stop training mid-epoch).
+        overwrite: what to do when `output_dir` holds an earlier run's checkpoints, history or
+            result and no backup to resume from: False refuses (ValueError, nothing touched),
+            True deletes them (and its TensorBoard logs) and trains anew.
         verbose: Keras' `fit` verbosity ("auto", 0, 1, 2).
         callbacks: extra Keras callbacks (they run before train's own).
 
@@ -230,8 +241,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         (every `recipe.backup_every` steps and every epoch end) to the same final weights.
 
     Raises:
-        ValueError / TypeError: a bad argument, or a backup in `output_dir` that does not belong
-            to this run (the message names the file to delete); nothing is written then.
+        ValueError / TypeError: a bad argument, a backup in `output_dir` that does not belong
+            to this run (the message names the file to delete), or a finished run there without
+            `overwrite=True`; nothing is written then.
         training.NonFiniteError: the loss or a BN statistic became non-finite; the last good
             checkpoint and backup are kept.
 
@@ -264,6 +276,12 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
                              save_freq=recipe.backup_every)
     utils.remove_temporaries(backup.backup_dir)
     state = backup.saved_state()
+    finished = [] if state or not chief else _finished_run_files(paths)
+    if finished and not overwrite:
+        raise ValueError(
+            f"`output_dir` holds an earlier run ({', '.join(finished)}) and no backup to resume "
+            "from; pass overwrite=True (CLI: --overwrite) to replace it, or another `output_dir`. "
+            f"Received: output_dir={os.fspath(output_dir)!r}")
     seed_argument = seed
     seed = state["seed"] if state else (random.randrange(2**31) if seed is None else seed)
     backup.seed = seed
@@ -306,6 +324,11 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
                      steps_per_epoch=steps, model=model, seed=seed_argument)
 
     # 5. Output folders (only now: a refused run writes nothing) and callbacks.
+    if finished:  # overwrite=True: the earlier run's files go before this run writes its own
+        for key in ("result", "history_json", "plot", "best", "last"):
+            if os.path.exists(paths[key]):
+                os.remove(paths[key])
+        shutil.rmtree(paths["tensorboard"], ignore_errors=True)
     if chief:
         for key in ("checkpoints", "tensorboard"):
             os.makedirs(paths[key], exist_ok=True)
