@@ -394,7 +394,8 @@ def build_parser():
     p.add_argument("--data", default="digits")
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--output", default="runs/demo")
+    p.add_argument("--output", default="runs/demo",
+                   help="its folder (default: %(default)s; a rerun replaces the run there)")
     p.set_defaults(func=_cmd_demo)
     for p in sub.choices.values():  # --verbose before or after the subcommand
         p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
