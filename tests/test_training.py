@@ -580,6 +580,50 @@ def test_mirrored_two_logical_cpus_equals_one_device(tmp_path):
     assert numbers["plain_bn_diff"] > 10 * max(numbers["diff"], 1e-5)
 
 
+MIRRORED_RESUME = """
+import json
+import keras
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from lambda_keras import training
+from helpers import tiny_lambda_net
+
+class Stop(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if int(self.model.optimizer.iterations.numpy()) == 7:  # backups at 2, 4, 5, 6
+            raise KeyboardInterrupt
+
+def run(out, callbacks=()):
+    return training.train(tiny_lambda_net, "digits", "scratch", output_dir=out, epochs=2,
+                          batch_size=32, steps_per_epoch=5, backup_every=2, image_size=32,
+                          validation_spec=None, seed=0, verbose=0, deterministic=True,
+                          strategy=training.resolve_strategy(devices=["/cpu:0", "/cpu:1"]),
+                          callbacks=list(callbacks))
+try:
+    run(sys.argv[1] + "resumed", [Stop()])
+except KeyboardInterrupt:
+    pass
+with open(sys.argv[1] + "resumed/backup/state.json") as f:
+    state = json.load(f)
+print(json.dumps({"state": [state["epoch"], state["step"]],
+                  "resumed": run(sys.argv[1] + "resumed").history,
+                  "reference": run(sys.argv[1] + "reference").history}))
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_resume_mid_epoch_keeps_the_epochs_averages(tmp_path):
+    """The resumed epoch's metric totals come back into MirroredStrategy's per-replica (sum on
+    read) variables: the history equals an uninterrupted run's."""
+    out = json.loads(_run_script(tmp_path, MIRRORED_RESUME, tmp_path / "run-").stdout.strip()
+                     .splitlines()[-1])
+    assert out["state"] == [1, 1]  # killed mid-epoch 2: its first step's totals in the backup
+    assert out["resumed"].keys() == out["reference"].keys()
+    for key, values in out["resumed"].items():
+        np.testing.assert_allclose(values, out["reference"][key], rtol=1e-6, err_msg=key)
+
+
 MULTI_WORKER = """
 import numpy as np
 from lambda_keras import training
@@ -690,6 +734,11 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path):
     # data stream is a function of the global step, and op determinism fixes the reduction
     # order; any skipped or replayed step would move the weights by about the learning rate.
     assert max_relative_diff(a, b) == 0.0
-    with open(resumed / "history.json") as f:
-        assert json.load(f)["epoch"] == [1, 2, 3]
+    # The resumed epoch's loss and accuracy average all its 10 steps, 2 of them before the
+    # kill (the backup keeps the running totals), as in the uninterrupted run.
+    history, expected = (json.loads((run / "history.json").read_text())
+                         for run in (resumed, reference))
+    assert history["epoch"] == [1, 2, 3] and history.keys() == expected.keys()
+    for key in history:  # loss, accuracy, top5_accuracy, val_..., learning_rate
+        np.testing.assert_allclose(history[key], expected[key], rtol=1e-6, err_msg=key)
     assert not os.path.exists(resumed / "backup")

@@ -6,7 +6,10 @@ mid-epoch replays that epoch from mid-epoch weights; it also writes its files in
 (model + optimizer state, hence the schedule position and the EMA) under a new name, then
 `state.json` pointing at it, both renamed into place. `restore(model, state)` loads them; `train`
 feeds the data stream from the saved global step, and the first `step` steps of the resumed epoch
-are skipped by this callback (see `on_train_begin`).
+are skipped by this callback (see `on_train_begin`). A mid-epoch backup also keeps the epoch's
+running metric totals (`metrics`: `model.metrics_variables`), restored when the epoch begins
+again, so the epoch's logged loss and accuracy average all its steps (Keras would average only
+the steps after the restart).
 
 A backup that cannot belong to the run being resumed (unreadable or foreign `state.json`, an epoch
 or step past the run's end, another model, a weights file that does not load) stops `train` with
@@ -19,6 +22,7 @@ import os
 import shutil
 
 import keras
+import numpy as np
 
 from lambda_keras import utils
 from lambda_keras.training.callbacks import write_json
@@ -44,6 +48,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         self.seed = None
         self.run = None  # what defines the run (recipe, data, sizes): JSON data, see `check`
         self._skip = 0
+        self._metrics = None  # the resumed epoch's running metric totals, set on its begin
 
     @property
     def state_path(self):
@@ -112,6 +117,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self._refuse(f"its weights file {path} does not load into this model "
                          f"({type(error).__name__}: {first[:300]})")
         self._skip = state["step"] // model.steps_per_execution
+        self._metrics = state.get("metrics") if state["step"] else None
         return state["epoch"], state["step"]
 
     def delete(self):
@@ -139,6 +145,19 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._current_epoch = epoch
+        # Keras has just reset the metrics: the resumed epoch continues the running totals
+        # (loss, top-1, ...) of its steps before the backup, so its logged averages cover every
+        # step of the epoch, as in an uninterrupted run.
+        saved, self._metrics = self._metrics, None
+        if saved is None:
+            return
+        variables = self.model.metrics_variables
+        shapes = [tuple(v.shape) for v in variables]
+        if not isinstance(saved, list) or [np.shape(value) for value in saved] != shapes:
+            self._refuse(f"its running metric totals do not fit this model's metrics (shapes "
+                         f"{shapes})")
+        for variable, value in zip(variables, saved):
+            variable.assign(np.asarray(value, variable.dtype))
 
     def on_train_batch_end(self, batch, logs=None):
         if not logs:
@@ -163,7 +182,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         write_json(self.state_path, {
             "epoch": epoch, "step": step, "phase": self.phase, "seed": self.seed,
             "weights": name, "model": self.model.name, "num_weights": len(self.model.weights),
-            "run": _as_json(self.run)})
+            "run": _as_json(self.run), **({"metrics": [
+                keras.ops.convert_to_numpy(v).tolist() for v in self.model.metrics_variables]}
+                if step else {})})
         if previous_name and previous_name != name and os.path.basename(previous_name) == \
                 previous_name:
             old = os.path.join(self.backup_dir, previous_name)

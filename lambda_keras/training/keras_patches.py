@@ -2,6 +2,7 @@
 
 - `symbolic_build_from_spec`: Keras' symbolic build pulls a batch from a new iterator of the
   training data (reshuffling it, and failing across workers, keras-team/keras#20585).
+  `build_from_spec` is that build, run early (a resumed run restores its metrics' totals).
 - `fix_multi_worker`: scalar step logs fail `strategy.reduce` under MultiWorkerMirroredStrategy
   (tensorflow/tensorflow#72388).
 """
@@ -22,6 +23,17 @@ def symbolic_build_from_spec(model, strategy, element_spec):
     per-replica batch give `_symbolic_build` the same shapes without touching the data."""
     if getattr(model, "_distribute_strategy", None) is None:
         return  # default strategy: Keras builds while tracing, no extra iterator
+
+    def maybe_symbolic_build(self, iterator=None, data_batch=None):
+        build_from_spec(self, strategy, element_spec)
+
+    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+
+
+def build_from_spec(model, strategy, element_spec):
+    """Builds a compiled model's loss and metrics now (Keras' symbolic build, from the specs of
+    the per-replica batch), which Keras otherwise does when the first step is traced: a resumed
+    run restores the metrics' running totals before that (training/backup.py)."""
     replicas = strategy.num_replicas_in_sync
 
     def per_replica(spec):
@@ -29,13 +41,8 @@ def symbolic_build_from_spec(model, strategy, element_spec):
         return tf.TensorSpec([max(batch // replicas, 1) if batch else 1] + spec.shape[1:],
                              spec.dtype)
 
-    specs = tf.nest.map_structure(per_replica, element_spec)
-
-    def maybe_symbolic_build(self, iterator=None, data_batch=None):
-        with strategy.scope():
-            self._symbolic_build(data_batch=specs)
-
-    model._maybe_symbolic_build = types.MethodType(maybe_symbolic_build, model)
+    with strategy.scope():
+        model._symbolic_build(data_batch=tf.nest.map_structure(per_replica, element_spec))
 
 
 def fix_multi_worker(model, strategy):

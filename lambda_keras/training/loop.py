@@ -152,6 +152,7 @@ def _fit_phases(model, recipe, strategy, *, train_data, val_ds, steps, state, ba
         backup.phase = index
         epoch, step = phase.first_epoch, 0
         if state and state["phase"] == index:
+            keras_patches.build_from_spec(model, strategy, train_ds.element_spec)  # metrics
             epoch, step = backup.restore(model, state)
         state = None
         if epoch >= phase.end_epoch:
