@@ -271,6 +271,38 @@ def test_folder_spec_reads_class_folders(tmp_path):
     assert len(dataset_batches(ds)) == 3
 
 
+def test_folder_spec_reads_webp_and_bmp_and_names_a_cut_webp(tmp_path):
+    """Every format tf.io.decode_image reads (predict reads them too): lossless WebP and BMP
+    decode to their exact pixels; a WebP shorter than its RIFF header says, or a RIFF file that
+    is not WebP, is named before training."""
+    pixels = {"blue": np.full((6, 6, 3), COLOURS["blue"], np.uint8),
+              "red": np.random.default_rng(0).integers(0, 256, (6, 6, 3), np.uint8)}
+    for name, image in pixels.items():
+        os.makedirs(tmp_path / "ok" / name)
+        Image.fromarray(image).save(tmp_path / "ok" / name / "a.webp", lossless=True)
+        Image.fromarray(image).save(tmp_path / "ok" / name / "b.bmp")
+    preprocessing = data.Preprocessing(input_size=(6, 6), crop_pct=1.0, mean=(0, 0, 0),
+                                       std=(1 / 255,) * 3)
+    ds, info = data.make_dataset(f"folder:{tmp_path / 'ok'}", "all", training=False,
+                                 image_size=6, batch_size=4, preprocessing=preprocessing)
+    images, labels = dataset_batches(ds)[0]
+    assert info.class_names == ("blue", "red") and info.num_examples == 4
+    for image, label in zip(images, labels):
+        np.testing.assert_allclose(image, pixels[info.class_names[label]], atol=1e-3)
+    webp = (tmp_path / "ok" / "red" / "a.webp").read_bytes()
+    assert webp[:4] == b"RIFF" and webp[8:12] == b"WEBP"
+    os.makedirs(tmp_path / "bad" / "red")
+    _write_images(tmp_path / "bad", {"blue": 2})
+    cut = tmp_path / "bad" / "red" / "cut.webp"
+    cut.write_bytes(webp[:-10])
+    wave = tmp_path / "bad" / "red" / "sound.webp"
+    wave.write_bytes(b"RIFF" + (36).to_bytes(4, "little") + b"WAVEfmt " + bytes(28))
+    with pytest.raises(ValueError, match=rf"2 unreadable image.*{re.escape(str(cut))} "
+                                         rf"\(truncated; cannot be decoded.*{re.escape(str(wave))} "
+                                         r"\(not a BMP, GIF, JPEG, PNG, WebP image\)"):
+        data.make_dataset(f"folder:{tmp_path / 'bad'}", "all")
+
+
 def test_folder_spec_with_split_folders(tmp_path):
     _write_images(tmp_path / "train", {"red": 3, "blue": 2})
     _write_images(tmp_path / "val", {"red": 1, "blue": 2})

@@ -1,6 +1,6 @@
 """Image folders as a source: `folder:PATH` specs.
 
-Class sub-folders of images (.jpg, .jpeg, .png, .gif, .bmp), like
+Class sub-folders of images (.jpg, .jpeg, .png, .gif, .bmp, .webp), like
 `keras.utils.image_dataset_from_directory`. If PATH has split folders (`train/`, `val/` or
 `validation/`, `test/`), each holding class folders, `split` picks one; otherwise PATH holds the
 class folders and a fixed stratified 80/20 hold-out gives "train" and "validation"/"test" ("all"
@@ -8,28 +8,30 @@ reads everything).
 
 Every file is checked before training starts, and a problem names its path: non-image files,
 files whose header is not an image, unreadable files, truncated files (a PNG without its IEND
-chunk, a JPEG without its end marker, a GIF without its trailer, a BMP shorter than its header
-says; such a file is decoded to confirm) and empty class folders. `verify_images=True` decodes
+chunk, a JPEG without its end marker, a GIF without its trailer, a BMP or WebP shorter than its
+header says; such a file is decoded to confirm) and empty class folders. `verify_images=True` decodes
 every image up front instead (slow; it also finds damage inside a complete file).
 """
 
 import concurrent.futures
 import os
+import re
 
 import numpy as np
 import tensorflow as tf
 
 from lambda_keras.data.sources import Source, holdout_indices
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png")
-# File signatures of the formats tf.io.decode_image reads: (leading bytes, format).
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# File signatures of the formats tf.io.decode_image reads: (pattern of the leading bytes, format).
 IMAGE_SIGNATURES = (
-    (b"\xff\xd8\xff", "JPEG"),
-    (b"\x89PNG\r\n\x1a\n", "PNG"),
-    (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"),
-    (b"BM", "BMP"),
+    (re.compile(b"\xff\xd8\xff"), "JPEG"),
+    (re.compile(b"\x89PNG\r\n\x1a\n"), "PNG"),
+    (re.compile(b"GIF8[79]a"), "GIF"),
+    (re.compile(b"BM"), "BMP"),
+    (re.compile(b"RIFF.{4}WEBP", re.DOTALL), "WebP"),  # RIFF, its size, WEBP
 )
+_HEAD_BYTES = 12
 # Split folders of a `folder:` dataset, by logical split, in order of preference.
 FOLDER_SPLIT_DIRS = {
     "train": ("train",),
@@ -82,6 +84,8 @@ def _looks_complete(head, tail, size):
         return b";" in tail  # the trailer byte 0x3B
     if head.startswith(b"BM") and len(head) >= 6:
         return size >= int.from_bytes(head[2:6], "little")  # the size the header declares
+    if head.startswith(b"RIFF"):
+        return size >= 8 + int.from_bytes(head[4:8], "little")  # RIFF's header + its chunk
     return True
 
 
@@ -90,13 +94,13 @@ def _header_problem(path):
     why not. A file whose end looks cut short is decoded to confirm (`_decode_problem`)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(8)
+            head = f.read(_HEAD_BYTES)
             size = os.fstat(f.fileno()).st_size
             f.seek(max(size - _TAIL_BYTES, 0))
             tail = f.read()
     except OSError as error:
         return f"{path} (unreadable: {error.strerror})"
-    if not any(head.startswith(signature) for signature, _ in IMAGE_SIGNATURES):
+    if not any(signature.match(head) for signature, _ in IMAGE_SIGNATURES):
         formats = sorted({name for _, name in IMAGE_SIGNATURES})
         return f"{path} (not a {', '.join(formats)} image)"
     if not _looks_complete(head, tail, size):
