@@ -14,11 +14,14 @@ none for the paper family; `--weights none` starts from random weights.
 command's own settings (oneDNN and the pooled allocator, as its other subcommands run): the
 picks serve `train`, `evaluate`, `export` and `predict` on this machine, and programs that run
 with the same settings. Picks are stored per compute dtype: `--mixed-precision` tunes for the
-policy `train --mixed-precision` will use.
+policy `train --mixed-precision` will use. A `.keras` file that takes any input size is tuned at
+`--image-size` (a copy built for that size: the lambda layers' map sizes follow from it).
 
 Errors: every expected failure (a bad argument, a file that is missing, unreadable or not what it
 should be) prints one `error:` line naming the file or argument and exits with status 2; the
-traceback is printed only with `--verbose`.
+traceback is printed only with `--verbose`. Messages name the command line's own arguments
+(`--image-size`, `src`), not the Python arguments they become: integer flags are checked
+(`check_int_flags`) before anything is built.
 
 Logging: unless `--verbose`, TensorFlow's C++ log lines are silenced: `TF_CPP_MIN_LOG_LEVEL=3`
 (unless the user set it) for what TensorFlow logs after its import, and the native stderr
@@ -94,16 +97,52 @@ def load_model(model, weights=None, image_size=None, classes=None):
             raise ValueError(f"--model {name} could not be loaded as a Keras model: "
                              f"{type(error).__name__}: {error}") from error
         fixed = loaded.input_shape[1:3]
-        if image_size and None not in fixed and tuple(fixed) != (image_size, image_size):
+        if image_size is not None and None not in fixed and tuple(fixed) != (image_size,) * 2:
             raise ValueError(f"--image-size {image_size}: {name} takes {fixed[0]}x{fixed[1]} "
                              "images")
         return loaded
     kwargs = {"weights": weights}
-    if image_size:
+    if image_size is not None:
         kwargs["input_shape"] = (image_size, image_size, 3)
     if classes:
         kwargs["classes"] = classes
     return models.get_model(name, **kwargs)
+
+
+# Integer flags and the least value each takes (--image-size: `image_size_floor`); --top is
+# checked against the model's classes in predict.
+INT_FLAGS = {"batch_size": 1, "repeats": 1, "epochs": 1, "steps_per_epoch": 1,
+             "calibration_steps": 1, "version": 0}
+
+
+def image_size_floor(args):
+    """The least `--image-size`: the networks' (they downsample by 32) for a model name and for
+    `train` (its recipes'); any positive size for a `.keras` file (it says what it takes)."""
+    from lambda_keras.models import MIN_INPUT_SIZE
+
+    model = getattr(args, "model", None) or ""
+    return 1 if model.endswith(".keras") and args.command != "train" else MIN_INPUT_SIZE
+
+
+def check_int_flags(args):
+    """Checks the integer flags given (`INT_FLAGS`, `--image-size`) before anything is built or
+    measured; a message names the flag, e.g. "`--image-size` must be an int >= 32. Received:
+    --image-size=0"."""
+    for field, low in INT_FLAGS.items():
+        if getattr(args, field, None) is not None:
+            utils.check_int(f"--{field.replace('_', '-')}", getattr(args, field), low=low)
+    if getattr(args, "image_size", None) is not None:
+        utils.check_int("--image-size", args.image_size, low=image_size_floor(args))
+
+
+def at_image_size(model, size):
+    """A copy of `model` (input of any size) whose layers are built for `size` x `size` inputs:
+    what `autotune` measures (the lambda layers' map sizes). Its weights are not copied (the
+    times do not depend on them); its layers keep their dtype policies."""
+    import keras
+
+    return keras.models.clone_model(
+        model, input_tensors=keras.Input((size, size, model.input_shape[-1] or 3)))
 
 
 def class_names(labels, classes):
@@ -164,6 +203,8 @@ def _cmd_autotune(args):
         raise ValueError(f"--mixed-precision applies when autotune builds the model; "
                          f"{args.model} computes in {precision!r}. "
                          f"Received: --mixed-precision {args.mixed_precision}")
+    if args.image_size is not None and None in model.input_shape[1:3]:  # a file of any size
+        model = at_image_size(model, args.image_size)
     report = formulations.autotune(model, batch_size=args.batch_size, phases=phases,
                                    jit_compile=args.jit_compile, repeats=args.repeats)
     print(f"device: {report['device']}")
@@ -172,15 +213,38 @@ def _cmd_autotune(args):
                           for name, result in entry["results"].items())
         print(f"{key}: {entry['formulation']} (ms: {times}; {', '.join(entry['layers'])})")
     if report["dynamic"]:
-        print(f"not tuned (dynamic map size, the convolution): {', '.join(report['dynamic'])}")
+        print(f"not tuned (dynamic map size, the convolution; --image-size gives one): "
+              f"{', '.join(report['dynamic'])}")
     print(f"stored in {formulations.autotuning.cache_path()}" if report["picks"]
           else "no lambda layer of static map size: nothing stored")
 
 
 def _cmd_convert(args):
     from lambda_keras import weights
+    from lambda_keras.weights.loading import PICKLE_SUFFIXES
+    from lambda_keras.weights.timm_format import SAFETENSORS_SUFFIX
 
-    path = weights.convert_timm(args.src, args.dst, arch_name=args.model)
+    # Checked here, so that the messages name `src` and `--model` (convert_timm's name the
+    # Python arguments: `weights`, `arch_name`).
+    if not args.src.lower().endswith(SAFETENSORS_SUFFIX):
+        pickle = args.src.lower().endswith(PICKLE_SUFFIXES)
+        raise ValueError(f"src must be a timm {SAFETENSORS_SUFFIX} file"
+                         + (" (pickle checkpoints are refused: loading one can run code)"
+                            if pickle else "") + f". Received: src {args.src}")
+    if not os.path.isfile(args.src):
+        problem = "is not a regular file" if os.path.exists(args.src) else "does not exist"
+        raise ValueError(f"src {problem}. Received: src {args.src}")
+    arch = None
+    if args.model is not None:
+        try:
+            arch = presets.resolve_model_name(args.model).arch
+        except ValueError:
+            pass
+        if arch not in presets.IMAGENET_PRESETS:
+            raise ValueError(f"--model must name a model with timm weights: "
+                             f"{', '.join(presets.IMAGENET_PRESETS)} (or their builder or preset "
+                             f"names). Received: --model {args.model}")
+    path = weights.convert_timm(args.src, args.dst, arch_name=arch)
     print(f"wrote {path}")
 
 
@@ -302,51 +366,67 @@ def build_parser():
                        help="'imagenet', a preset, a .safetensors/.weights.h5 path or 'none' "
                             "(default: the model name's: its preset / 'imagenet' for the timm "
                             "variants, none for the paper family)")
-        p.add_argument("--image-size", type=int, default=None)
+        p.add_argument("--image-size", type=int, default=None,
+                       help="input height and width (default: the weights' or the "
+                            "architecture's; a .keras file's own)")
 
     p = sub.add_parser("train", help="train or fine-tune a model on a dataset spec")
     model_args(p)
-    p.add_argument("--data", default="digits", help="tfds:NAME[:split] | folder:PATH | digits")
+    p.add_argument("--data", default="digits",
+                   help="tfds:NAME[:split] | folder:PATH | digits (default: %(default)s)")
     p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
     p.add_argument("--verify-images", action="store_true",
                    help="decode every image of a folder: spec before training (slow; finds "
                         "damage inside complete files)")
-    p.add_argument("--validation-data", default="auto", help="a spec, 'auto' or 'none'")
+    p.add_argument("--validation-data", default="auto",
+                   help="a spec, 'auto' or 'none' (default: %(default)s)")
     p.add_argument("--recipe", default="finetune", action=_RecipeOrHelp,
                    help="a recipe name (default: %(default)s); `--recipe help` lists them all")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=None, help="global batch size")
-    p.add_argument("--steps-per-epoch", type=int, default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: the recipe's")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="global batch size (default: the recipe's)")
+    p.add_argument("--steps-per-epoch", type=int, default=None,
+                   help="default: one pass over the data")
     p.add_argument("--tpu", default=None, help="TPU name/address, 'local' or 'auto'")
     p.add_argument("--mixed-precision", default=None,
-                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"))
-    p.add_argument("--jit-compile", default="auto", type=_jit_flag, help="auto | true | false")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--deterministic", action="store_true")
+                   choices=("auto", "float32", "mixed_float16", "mixed_bfloat16"),
+                   help="dtype policy (default: the recipe's precision)")
+    p.add_argument("--jit-compile", default="auto", type=_jit_flag,
+                   help="auto (XLA on a single GPU) | true | false (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="seeds the model and the data order (default: drawn, kept for a resume)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="TensorFlow op determinism (reproducible, slower)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="override a recipe field (repeatable), e.g. --set drop_path_rate=0.1")
-    p.add_argument("--output", default="runs/train")
+    p.add_argument("--output", default="runs/train",
+                   help="the run's folder (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an earlier finished run in --output (a killed run resumes)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="top-1/top-5 of a model on a dataset spec")
     model_args(p)
-    p.add_argument("--data", required=True)
-    p.add_argument("--data-dir", default=None)
-    p.add_argument("--split", default="validation")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--tpu", default=None)
+    p.add_argument("--data", required=True, help="tfds:NAME[:split] | folder:PATH | digits")
+    p.add_argument("--data-dir", default=None, help="tensorflow-datasets data_dir")
+    p.add_argument("--split", default="validation",
+                   help="the split to evaluate on (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=64, help="(default: %(default)s)")
+    p.add_argument("--tpu", default=None, help="TPU name/address, 'local' or 'auto'")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="SavedModel for TF Serving and/or TFLite")
     model_args(p)
-    p.add_argument("--output", default="export")
-    p.add_argument("--format", choices=("saved_model", "tflite", "all"), default="all")
-    p.add_argument("--version", type=int, default=None)
+    p.add_argument("--output", default="export",
+                   help="the folder written to (default: %(default)s)")
+    p.add_argument("--format", choices=("saved_model", "tflite", "all"), default="all",
+                   help="(default: %(default)s)")
+    p.add_argument("--version", type=int, default=None,
+                   help="SavedModel version directory (default: the next integer)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --version directory or .tflite file")
-    p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None)
+    p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None,
+                   help="TFLite only (default: none, float32)")
     p.add_argument("--calibration-data", default="digits",
                    help="int8 only: a data spec of images like the model's inputs "
                         "(default: %(default)s, the bundled digits)")
@@ -359,7 +439,7 @@ def build_parser():
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="print the top-5 labels of images")
-    p.add_argument("images", nargs="+")
+    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, GIF, BMP, WebP)")
     model_args(p)
     p.add_argument("--top", type=int, default=None, help="default: 5 (fewer classes: all)")
     p.add_argument("--labels", default=None,
@@ -370,12 +450,18 @@ def build_parser():
     p = sub.add_parser("autotune", help="time the lambda layers' formulations on this machine; "
                                         '"auto" then uses the fastest')
     p.add_argument("--model", required=True, help="model name or a .keras file")
-    p.add_argument("--image-size", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--phases", default="fwd,train", help="fwd (inference), train or fwd,train")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size the layers are timed at (default: the model's; a .keras "
+                        "file that takes any size is tuned only with it)")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="batch the formulations are timed at (default: %(default)s)")
+    p.add_argument("--phases", default="fwd,train",
+                   help="fwd (inference), train or fwd,train (default: %(default)s)")
     p.add_argument("--jit-compile", default="auto", type=_jit_flag,
-                   help="auto (XLA on a single GPU, as `train`) | true | false")
-    p.add_argument("--repeats", type=int, default=5)
+                   help="auto (XLA on a single GPU, as `train`) | true | false "
+                        "(default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=5,
+                   help="timed calls per formulation, the median counts (default: %(default)s)")
     p.add_argument("--mixed-precision", default=None,
                    choices=("float32", "mixed_float16", "mixed_bfloat16"),
                    help="the dtype policy `train --mixed-precision` will use (default: float32, "
@@ -383,17 +469,18 @@ def build_parser():
     p.set_defaults(func=_cmd_autotune)
 
     p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")
-    p.add_argument("src")
-    p.add_argument("dst")
+    p.add_argument("src", help="the timm .safetensors checkpoint")
+    p.add_argument("dst", help="the .weights.h5 file to write")
     p.add_argument("--model", default=None,
                    help="model name (inferred from the file if omitted)")
     p.set_defaults(func=_cmd_convert)
 
     p = sub.add_parser("demo", help="the main job: train on the bundled digits, export, verify")
-    p.add_argument("--model", default="lambda_resnet26t", help="model name")
-    p.add_argument("--data", default="digits")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--model", default="lambda_resnet26t",
+                   help="model name (default: %(default)s)")
+    p.add_argument("--data", default="digits", help="a data spec (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=64, help="(default: %(default)s)")
     p.add_argument("--output", default="runs/demo",
                    help="its folder (default: %(default)s; a rerun replaces the run there)")
     p.set_defaults(func=_cmd_demo)
@@ -408,6 +495,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
     try:
+        check_int_flags(args)
         return args.func(args) or 0
     except EXPECTED_ERRORS as error:
         if args.verbose:

@@ -12,6 +12,7 @@ the file is merged and replaced atomically, and an unreadable one is ignored wit
 import contextlib
 import json
 import os
+import re
 import warnings
 
 import keras
@@ -268,3 +269,29 @@ def test_enabled_reads_the_switch():
     assert autotuning.cache_path({"KERAS_HOME": "/k"}) == "/k/lambda_keras/autotune.json"
     assert autotuning.cache_path({autotuning.CACHE_ENV: "/x.json", "KERAS_HOME": "/k"}) == \
         "/x.json"
+
+
+def test_a_model_name_is_refused_naming_the_argument():
+    with pytest.raises(TypeError, match=r"`model` must be a built Keras model.*get_model.*"
+                                        r"Received: model='lambda_resnet26t' of type str"):
+        autotuning.autotune("lambda_resnet26t")
+
+
+@pytest.mark.parametrize("where", ["variable", "argument", "under a file"])
+def test_a_file_that_cannot_be_written_is_refused_before_measuring(where, store, tmp_path,
+                                                                   monkeypatch):
+    """Was: measured everything, then a raw IsADirectoryError on the rename (all lost)."""
+    monkeypatch.setattr(autotuning, "measure", lambda *args, **kwargs: pytest.fail("measured"))
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    path, kwargs, given_by = {
+        "variable": (tmp_path, {}, autotuning.CACHE_ENV),
+        "argument": (tmp_path, {"path": str(tmp_path)}, "path"),
+        "under a file": (blocker / "autotune.json", {}, autotuning.CACHE_ENV),
+    }[where]
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(path))
+    problem = "is a directory" if path == tmp_path else f"{blocker} is not a directory"
+    received = f"Received: {given_by}={str(path)!r}"
+    with pytest.raises(ValueError, match=f"{re.escape(problem)}.*{re.escape(received)}"):
+        autotuning.autotune(small_model(), **kwargs)
+    assert os.listdir(tmp_path) == ["a file"]

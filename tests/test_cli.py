@@ -552,3 +552,134 @@ def test_symlink_loop_in_a_data_folder(tiny_model_path, tmp_path, capsys):
     line = _one_error_line(capsys, ["evaluate", "--model", tiny_model_path,
                                     "--data", f"folder:{root}"], "loop")
     assert "symlink loop" in line and "not images" not in line
+
+
+# --- the command line names its own arguments -----------------------------------------------
+def _argv(command, tmp_path, *flags):
+    """`command` with `flags`, and an --output under tmp_path for the commands that write one."""
+    writes = command[0] in ("train", "export", "demo")
+    return [*command, *flags, *(["--output", str(tmp_path / "out")] if writes else [])]
+
+
+@pytest.mark.parametrize("command", [
+    ["autotune"], ["predict", "x.png"], ["evaluate", "--data", "digits"], ["export"], ["train"],
+    ["demo"]])
+@pytest.mark.parametrize("size", ["0", "-5", "16"])
+def test_image_size_out_of_range_names_the_flag(command, size, tmp_path, capsys):
+    """0 was ignored (the default size was used), -5 and 16 were refused naming the builder's
+    `input_shape`: every command refuses them naming --image-size, before building anything."""
+    argv = _argv(command, tmp_path, "--model", "lambda_resnet26t", "--image-size", size)
+    line = _one_error_line(capsys, argv, f"Received: --image-size={size}", ">= 32")
+    assert "input_shape" not in line and "image_size=" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_image_size_of_a_keras_file_is_any_positive_size(tiny_model_path, tmp_path, capsys):
+    """A .keras file says what it takes: any positive size passes the flag's check (its own
+    check then names its size), 0 does not."""
+    _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "0"],
+                    "`--image-size` must be an int >= 1", "Received: --image-size=0")
+    _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "16"],
+                    "--image-size 16", f"{SIZE}x{SIZE}")
+
+
+@pytest.mark.parametrize("argv, flag, low", [
+    (["autotune", "--model", "lambda_resnet26t"], "--batch-size", 1),
+    (["autotune", "--model", "lambda_resnet26t"], "--repeats", 1),
+    (["evaluate", "--model", "lambda_resnet26t", "--data", "digits"], "--batch-size", 1),
+    (["export", "--model", "lambda_resnet26t"], "--calibration-steps", 1),
+    (["export", "--model", "lambda_resnet26t"], "--version", 0),
+    (["train", "--model", "lambda_resnet26t"], "--epochs", 1),
+    (["train", "--model", "lambda_resnet26t"], "--steps-per-epoch", 1),
+    (["demo"], "--epochs", 1),
+])
+def test_integer_flags_name_themselves(argv, flag, low, tmp_path, capsys):
+    line = _one_error_line(capsys, _argv(argv, tmp_path, flag, str(low - 1)),
+                           f"`{flag}` must be an int >= {low}", f"Received: {flag}={low - 1}")
+    assert f"Received: {flag[2:].replace('-', '_')}=" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_autotune_tunes_a_keras_file_of_any_size_at_image_size(tmp_path, monkeypatch, capsys):
+    """A file saved with keras.Input((None, None, 3)): --image-size gives the map sizes (was:
+    "not tuned (dynamic map size)", the flag ignored); without it, nothing is stored."""
+    from lambda_keras.layers.formulations import autotuning
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((None, None, 3)),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5, name="lambda"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    path = str(tmp_path / "dyn.keras")
+    model.save(path)
+    store = tmp_path / "autotune.json"
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(store))
+    argv = ["autotune", "--model", path, "--batch-size", "1", "--repeats", "1", "--phases", "fwd"]
+    assert cli.main(argv) == 0
+    assert "not tuned (dynamic map size" in capsys.readouterr().out and not store.exists()
+    assert cli.main([*argv, "--image-size", "24"]) == 0
+    out = capsys.readouterr().out
+    (_, picks), = json.loads(store.read_text())["picks"].items()
+    (key, entry), = picks.items()
+    assert key.endswith(" 12x12 float32 fwd") and entry["layers"] == ["lambda"], key
+    assert "not tuned" not in out and f"{key}: {entry['formulation']}" in out
+
+
+def test_autotune_to_a_directory_is_refused_before_measuring(tiny_model_path, tmp_path,
+                                                            monkeypatch, capsys):
+    from lambda_keras.layers.formulations import autotuning
+
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(autotuning, "measure", lambda *args, **kwargs: pytest.fail("measured"))
+    _one_error_line(capsys, ["autotune", "--model", tiny_model_path],
+                    autotuning.CACHE_ENV, repr(str(tmp_path)), "is a directory")
+
+
+def test_convert_names_src_and_model(tmp_path, monkeypatch, capsys):
+    """The CLI's own names (`src`, `--model`), not convert_timm's (`weights`, `arch_name`);
+    a valid --model reaches convert_timm as its architecture."""
+    from lambda_keras import weights
+
+    dst = str(tmp_path / "out.weights.h5")
+    folder = tmp_path / "model.safetensors"
+    folder.mkdir()
+    for src, names in ((tmp_path / "missing.safetensors", ["does not exist"]),
+                       (folder, ["not a regular file"]),
+                       (tmp_path / "model.pth", ["pickle checkpoints are refused"]),
+                       (tmp_path / "model.npz", [".safetensors file. Received"])):
+        line = _one_error_line(capsys, ["convert", str(src), dst], "src", f"Received: src {src}",
+                               *names)
+        assert "weights=" not in line
+    src = tmp_path / "timm.safetensors"
+    src.write_bytes(b"{}")
+    for model in ("lambda_resnet50", "resnet9000"):
+        line = _one_error_line(capsys, ["convert", str(src), dst, "--model", model],
+                               f"Received: --model {model}", "lambda_resnet26t")
+        assert "arch_name" not in line
+    seen = []
+    monkeypatch.setattr(weights, "convert_timm",
+                        lambda src, dst, arch_name: seen.append(arch_name) or dst)
+    for model, arch in (("LambdaResNet26T", "lambda_resnet26t"), (None, None),
+                        ("lambda_resnet26t.c1_in1k", "lambda_resnet26t")):
+        assert cli.main(["convert", str(src), dst, *(["--model", model] if model else [])]) == 0
+        assert seen.pop() == arch and f"wrote {dst}" in capsys.readouterr().out
+
+
+def test_every_option_has_help_and_shows_its_default():
+    """Every argument of every subcommand explains itself; one with a default says it."""
+    import argparse
+
+    subcommands = next(a for a in cli.build_parser()._actions
+                       if isinstance(a, argparse._SubParsersAction)).choices
+    assert set(subcommands) == {"train", "evaluate", "export", "predict", "autotune", "convert",
+                                "demo"}
+    for command, parser in subcommands.items():
+        for action in parser._actions:
+            name = f"{command} {'/'.join(action.option_strings) or action.dest}"
+            assert action.help and action.help.strip(), name
+            shown = action.default not in (None, False, argparse.SUPPRESS)
+            assert not shown or "%(default)s" in action.help, name
+        parser.format_help()  # every %(default)s expands

@@ -12,7 +12,8 @@ As cuDNN's benchmark mode, it is opt-in: nothing is measured unless `autotune` i
 it off with `LAMBDA_KERAS_AUTOTUNE=0` ("auto" ignores the stored picks; the rule alone), or
 delete the file. The file: `LAMBDA_KERAS_AUTOTUNE_CACHE`, default `lambda_keras/autotune.json`
 under `KERAS_HOME` (~/.keras); written atomically (a temporary file renamed over it), and an
-unreadable one is ignored with a warning, never half-read.
+unreadable one is ignored with a warning, never half-read. A path that cannot be written (a
+directory, under a file, in a read-only folder) is refused before anything is measured.
 
 NOTE: a pick holds for the batch size it was measured at (recorded in each entry; the layer
 cannot see the batch of a call when it chooses); the formulations' memory grows with the batch
@@ -95,6 +96,34 @@ def _write(picks, path):
         merged.setdefault(device, {}).update(entries)
     text = json.dumps({"format": FORMAT_VERSION, "picks": merged}, indent=1, sort_keys=True)
     utils.atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _check_writable(path, given_by):
+    """Raises ValueError unless `_write` can write the file `path`: not a directory, its nearest
+    existing folder writable. `given_by`: what set the path (`autotune`'s argument, the
+    variable), for the message. Run before measuring, so that no measurement is lost."""
+    problem = None
+    if os.path.isdir(path):
+        problem = "is a directory; it must name a file"
+    else:
+        parent = os.path.dirname(os.path.abspath(path))
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            problem = f"cannot be created: {parent} is not a directory"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"cannot be written: the folder {parent} is not writable"
+    if problem:
+        raise ValueError(f"The autotune file {path} {problem}. Received: {given_by}")
+
+
+def _given_by(path):
+    """What set `autotune`'s file: its `path` argument, `CACHE_ENV` or the default."""
+    if path is not None:
+        return f"path={path!r}"
+    if os.environ.get(CACHE_ENV):
+        return f"{CACHE_ENV}={os.environ[CACHE_ENV]!r}"
+    return f"the default file under KERAS_HOME ({CACHE_ENV} unset)"
 
 
 def device_key(runtime):
@@ -383,7 +412,8 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
             median counts. A formulation 10x slower than the best on its first call is not
             repeated.
         memory_limit_bytes: formulations whose n x m tensors would pass it are not run.
-        path: the file (default `cache_path()`).
+        path: the file (default `cache_path()`); one that cannot be written (a directory,
+            a read-only folder) is refused before anything is measured.
 
     Returns:
         {"device": device key, "picks": {layer key: entry}, "dynamic": names of layers of
@@ -399,6 +429,10 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     """
     import keras
 
+    if not isinstance(model, keras.layers.Layer):
+        raise TypeError(f"`model` must be a built Keras model or layer (a model name: build it "
+                        f"first, e.g. `lambda_keras.get_model(name, weights=None)`). Received: "
+                        f"model={model!r:.100} of type {type(model).__name__}")
     if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):
         raise ValueError(f"`phases` must be a non-empty tuple of {PHASES}. Received: "
                          f"phases={phases!r}")
@@ -412,6 +446,9 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     jit_compile = resolve_jit_compile(jit_compile, backend)
     runtime = current_runtime(jit_compile)
     layers, dynamic = lambda_layers(model)
+    given_by, path = _given_by(path), path or cache_path()
+    if layers:
+        _check_writable(path, given_by)
     picks = {}
     for layer, size in layers:
         for phase in phases:
@@ -429,7 +466,7 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
                           .strftime("%Y-%m-%d")}
     device = device_key(runtime)
     if picks:
-        _write({device: picks}, path or cache_path())
+        _write({device: picks}, path)
     return {"device": device, "picks": picks, "dynamic": dynamic}
 
 
