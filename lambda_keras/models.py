@@ -49,20 +49,23 @@ def outputs_logits(model):
     """Whether `model` outputs logits (True) or probabilities (False), from its last layer.
 
     The one rule of the package (training picks `from_logits`, export applies softmax in-graph):
-    a softmax layer or activation gives probabilities, a linear one (no activation) logits.
+    a softmax layer, activation or `keras.ops.softmax` call gives probabilities, a linear layer
+    (no activation) logits. The last layer is the operation that makes the (first) output, where
+    the model records it (functional and Sequential models), else `model.layers[-1]`.
 
     Raises:
         ValueError: the last layer applies another activation (sigmoid, relu, ...).
     """
-    last = model.layers[-1]
-    if isinstance(last, keras.layers.Softmax):
+    history = getattr((getattr(model, "outputs", None) or [None])[0], "_keras_history", None)
+    last = history[0] if history else model.layers[-1]
+    if type(last).__name__ == "Softmax":  # keras.layers.Softmax, or the op of ops.softmax
         return False
     name = getattr(getattr(last, "activation", None), "__name__", None)
     if name in ("softmax", "linear"):
         return name == "linear"
     raise ValueError(
         "A classifier's last layer must apply softmax or no activation (logits). Received: last "
-        f"layer {last.name!r} with activation={name!r}")
+        f"layer {last.name!r} ({type(last).__name__}) with activation={name!r}")
 
 
 def resolve_architecture(arch_name, **overrides):

@@ -212,7 +212,8 @@ def model_precision(model):
 
 def _output_layers(model):
     """ids of the layers of a functional `model` that make its outputs: the last weighted layer
-    on each output's path and the weightless ones after it."""
+    on each output's path and the weightless ones after it (layers, or `keras.ops` calls in the
+    graph, which are operations without weights)."""
     found, tensors = set(), list(getattr(model, "outputs", None) or [])
     while tensors:
         history = getattr(tensors.pop(), "_keras_history", None)
@@ -220,6 +221,6 @@ def _output_layers(model):
             continue
         layer = history[0]
         found.add(id(layer))
-        if not layer.weights:  # an activation, a reshape: look further back
+        if not getattr(layer, "weights", None):  # an activation, a reshape: look further back
             tensors.extend(layer._inbound_nodes[history[1]].input_tensors)
     return found

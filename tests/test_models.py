@@ -599,6 +599,13 @@ def test_outputs_logits_is_the_one_rule_for_training_and_export():
     assert models.outputs_logits(head(keras.layers.Dense(3), keras.layers.Softmax())) is False
     with pytest.raises(ValueError, match="activation='sigmoid'"):
         models.outputs_logits(head(keras.layers.Dense(3, activation="sigmoid")))
+    # keras.ops calls in a functional graph are operations, not layers (not in model.layers,
+    # whose last is then the linear Dense): what makes the output decides.
+    inputs = keras.Input((4,))
+    logits = keras.layers.Dense(3)(inputs)
+    assert models.outputs_logits(keras.Model(inputs, keras.ops.softmax(logits))) is False
+    with pytest.raises(ValueError, match=r"\(Sigmoid\) with activation=None"):
+        models.outputs_logits(keras.Model(inputs, keras.ops.sigmoid(logits)))
     assert serving.models.outputs_logits is model_setup.outputs_logits is models.outputs_logits
 
 

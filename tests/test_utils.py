@@ -58,3 +58,9 @@ def test_model_precision_reads_the_layers_not_the_model_object(tmp_path):
                                  keras.layers.Dense(2, dtype="mixed_float16")])
     assert utils.model_precision(both) == "mixed_bfloat16+mixed_float16"
     assert utils.model_precision(keras.Sequential([keras.Input((4,))])) == "float32"
+    # A keras.ops call at the head is an operation without weights (it crashed here once).
+    with utils.dtype_policy("mixed_bfloat16"):
+        inputs = keras.Input((4,))
+        ops_head = keras.Model(inputs, keras.ops.softmax(
+            keras.layers.Dense(2, dtype="float32")(keras.layers.Dense(3)(inputs))))
+    assert utils.model_precision(ops_head) == "mixed_bfloat16"
