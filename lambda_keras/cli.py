@@ -63,9 +63,9 @@ def resolve_model_arg(model, weights=None):
     """
     if model.endswith(".keras"):
         if not os.path.exists(model):
-            raise SystemExit(f"error: --model file not found: {model}")
+            raise FileNotFoundError(f"--model file not found: {model}")
         if not os.path.isfile(model):
-            raise SystemExit(f"error: --model is not a regular file: {model}")
+            raise ValueError(f"--model is not a regular file: {model}")
         if weights is not None:
             raise ValueError(f"--weights {weights} would be ignored: the .keras file {model} "
                              f"carries its own weights (--weights goes with a model name)")
@@ -73,7 +73,7 @@ def resolve_model_arg(model, weights=None):
     try:
         resolved = presets.resolve_model_name(model)
     except ValueError:
-        raise SystemExit(f"error: unknown --model {model!r}; valid: "
+        raise ValueError(f"unknown --model {model!r}; valid: "
                          f"{', '.join(presets.model_names())} or a .keras file") from None
     if weights is None:
         return resolved.arch, resolved.default_weights
@@ -326,7 +326,7 @@ def _cmd_demo(args):
 
     model, _ = resolve_model_arg(args.model)
     if model.endswith(".keras"):
-        raise SystemExit("error: demo --model takes a model name, not a .keras file")
+        raise ValueError("demo --model takes a model name, not a .keras file")
     summary = demo.run(model_name=model, data_spec=args.data, epochs=args.epochs,
                        image_size=args.image_size, output_dir=args.output)
     return 0 if summary["meets_target"] else 1
