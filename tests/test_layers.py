@@ -477,6 +477,16 @@ def test_built_relative_layer_rejects_another_size():
         layer(random_input((BATCH, 5, 5, CHANNELS)))
 
 
+def test_built_layer_rejects_another_channel_count():
+    """Keras' input check names the axis (it was TensorFlow's MatMul shape error)."""
+    layer = make_layer()
+    layer(random_input())
+    with pytest.raises(ValueError, match=re.escape(
+            f"expected axis -1 of input shape to have value {CHANNELS}, but received input "
+            f"with shape (2, 6, 7, {CHANNELS + 2})")):
+        layer(random_input((2, ROWS, COLS, CHANNELS + 2)))
+
+
 @pytest.mark.parametrize("implementation", formulations.STATIC_ONLY)
 def test_static_formulations_reject_dynamic_size(implementation):
     layer = make_layer(position="conv", receptive_field=3, implementation=implementation)

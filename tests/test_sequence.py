@@ -7,6 +7,7 @@ independent of the layer's einsums, cumulative sums and window slicing.
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -163,28 +164,47 @@ def test_padded_separate_context_matches_reference(position):
     assert_close(out, _reference(layer, x, context, mask, context_mask), 2e-5)
 
 
-def _future_changes_past(layer, x, training):
+def _future_changes_past(layer, x, training, scale=3.0):
     """Largest change of the outputs at positions <= t when the inputs after t change (several
-    t), relative to the outputs' scale; asserts that the future itself does change."""
+    t; new inputs of standard deviation `scale`), relative to the outputs' scale; asserts that
+    the future itself does change."""
     before = keras.ops.convert_to_numpy(layer(x, training=training))
     worst = 0.0
     for t in (0, 4, 10):
         changed = x.copy()
-        changed[:, t + 1:] = 3 * np.random.default_rng(t).standard_normal(changed[:, t + 1:].shape)
+        changed[:, t + 1:] = scale * np.random.default_rng(t).standard_normal(
+            changed[:, t + 1:].shape)
         after = keras.ops.convert_to_numpy(layer(changed, training=training))
         assert np.abs(after[:, t + 1:] - before[:, t + 1:]).max() > 1e-3  # the future matters
         worst = max(worst, np.abs(after[:, :t + 1] - before[:, :t + 1]).max())
     return worst / np.abs(before).max()
 
 
+@pytest.mark.parametrize("scale", [3.0, 1000.0])
 @pytest.mark.parametrize("training", [False, True])
 @pytest.mark.parametrize("position", ["local", "relative", "global", None])
-def test_causal_output_ignores_the_future(position, training):
-    """Also while training: the default layer norm has no statistics across positions."""
+def test_causal_output_ignores_the_future(position, training, scale):
+    """Also while training: the default layer norm has no statistics across positions. Also a
+    future of large inputs: its key logits (keys are not normalised) lie hundreds above the
+    past's, which once underflowed the past's softmax (one max over all positions)."""
     x = _data(n=12)
     layer = _layer(x, position=position, causal=True)
     assert layer.normalization == "layer"
-    assert _future_changes_past(layer, x, training) < 1e-6
+    assert _future_changes_past(layer, x, training, scale) < 1e-6
+
+
+@pytest.mark.parametrize("position", ["local", None])
+def test_causal_keys_hundreds_apart_match_the_reference(position):
+    """Each prefix's softmax is its own (the float64 loop reference normalises each prefix by
+    its own max), with key logits far beyond float32's exp range apart."""
+    x = _data(n=9)
+    x[:, 5:] *= 1000.0
+    layer = _layer(x, position=position, causal=True)
+    logits = x @ keras.ops.convert_to_numpy(layer.key_kernel)  # [b, n, k u]
+    assert np.ptp(logits, axis=1).max() > 200  # the premise: exp(-200) underflows float32
+    out = keras.ops.convert_to_numpy(layer(x, training=False))
+    assert_close(out, _reference(layer, x), 2e-5)
+    assert_close(out[:, :5], keras.ops.convert_to_numpy(layer(x[:, :5], training=False)), 2e-5)
 
 
 def test_causal_batch_norm_is_warned_as_not_causal_in_training():
@@ -291,6 +311,19 @@ def test_dynamic_length_with_local_position():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SequenceLambdaLayer(**kwargs)
+
+
+def test_built_layer_names_another_depth_and_a_mask_of_another_length():
+    layer = SequenceLambdaLayer(8, key_dim=4, num_heads=2, receptive_field=3)
+    layer(_data(n=7))
+    with pytest.raises(ValueError, match=re.escape(
+            "expected axis -1 of input shape to have value 6, but received input with shape "
+            "(2, 7, 5)")):
+        layer(_data(n=7, d=5))
+    with pytest.raises(ValueError, match=re.escape(
+            "`mask` must be [batch, length] of its sequence, (2, 7). Received: mask shape "
+            "(2, 4)")):
+        layer(_data(n=7), mask=_padding(2, 4, [4, 2]))
 
 
 def test_bad_causal_type():

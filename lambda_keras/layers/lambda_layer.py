@@ -184,6 +184,8 @@ class LambdaLayer(keras.layers.Layer):
             raise ValueError(
                 f"The channel axis of the input must be defined. Received: input_shape={input_shape}"
             )
+        # Later calls with another channel count fail in Keras' check, naming the axis.
+        self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
         self._output_dim = self.output_dim or channels
         check_heads_divide(self._output_dim, self.num_heads)
         self.value_dim = self._output_dim // self.num_heads

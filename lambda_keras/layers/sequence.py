@@ -27,13 +27,14 @@ Masks:
   separate context of the same length). NOTE: the paper's Appendix B.2 (recalled, UNCONFIRMED in
   detail) says a causal mask rules out the one shared content lambda: each query needs a prefix
   sum of K^T V over m <= n (like causal linear attention, Theta(b n k v) memory), and the position
-  part masks E[n, m] to zero where m > n. Implemented so: the content lambda is
-  `ops.cumsum` over m of the outer products K[m] V[m]^T (memory Theta(b n k v u), linear in n, no
-  n x m map), and the keys' softmax over m is causal too: the running normalisation
-  exp(k_m - c) / sum_{m' <= n} exp(k_m' - c), computed in float32. NOTE: the paper does not say how
-  its causal softmax is stabilised; c is the max over all (unmasked) m, a per-key constant that
-  cancels in the ratio. Where a prefix's logits all lie ~87 below that max (float32 underflow) its
-  lambda is zero instead of its softmax; keys are normalised projections, far from that range.
+  part masks E[n, m] to zero where m > n. Implemented so: the content lambda is a prefix sum
+  over m of the outer products K[m] V[m]^T (memory Theta(b n k v u), linear in n, no n x m map),
+  and the keys' softmax over m is causal too: the running normalisation
+  exp(k_m) / sum_{m' <= n} exp(k_m'), computed in float32. NOTE: the paper does not say how its
+  causal softmax is stabilised; each prefix is normalised by its own running max (an associative
+  scan, the online softmax), not by the max over all m: keys are not normalised (only q and V
+  are), and a later logit ~87 above an earlier prefix's would otherwise underflow that prefix's
+  lambda to zero, so the future would change the past.
   Position lambdas: "local" keeps only the offsets <= 0 (linear memory); "relative"/"global" zero
   E[n, m] for m > n.
 - Padding (`mask` [batch, n] for the queries, `context_mask` [batch, m] for a separate context;
@@ -177,6 +178,8 @@ class SequenceLambdaLayer(keras.layers.Layer):
                 f"Received: inputs_shape={inputs_shape}, context_shape={context_shape}"
             )
         self._check_lengths(inputs_shape[1], context_shape[1])
+        # Later calls with another depth fail in Keras' check, naming the axis.
+        self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: depth})
         self._output_dim = self.output_dim or depth
         check_heads_divide(self._output_dim, self.num_heads)
         self.value_dim = self._output_dim // self.num_heads
@@ -255,6 +258,13 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         if not separate:
             context_mask = mask if context_mask is None else context_mask
+        for name, given, sequence in (("mask", mask, inputs),
+                                      ("context_mask", context_mask, context)):
+            expected = tuple(sequence.shape[:2])  # [batch, length]
+            if given is not None and None not in (*given.shape, *expected) and (
+                    tuple(given.shape) != expected):
+                raise ValueError(f"`{name}` must be [batch, length] of its sequence, {expected}. "
+                                 f"Received: {name} shape {tuple(given.shape)}")
         h, v = self.num_heads, self.value_dim
         compute_dtype = self.compute_dtype
         # float16 overflows past 65504: accumulate lambdas in float32 there (as LambdaLayer).
@@ -367,26 +377,91 @@ def _masked_softmax(keys, cmask):
 
 def _causal_content_output(q, keys, values, cmask, dtype):
     """Causal content term: y[b,n,h,v] = sum_k q[b,n,h,k] lambda^c_n[b,k,v], with
-    lambda^c_n = sum_u sum_{m<=n} exp(K[m]) V[m] / sum_{m<=n} exp(K[m]) (prefix sums over m).
+    lambda^c_n = sum_u sum_{m<=n} exp(K[m]) V[m] / sum_{m<=n} exp(K[m]) (a softmax over m <= n).
 
     q [b, n, h, k], keys [b, m, k, u] (float32), values [b, m, v, u] (padded rows zero),
     cmask None or float32 [b, m]; n == m. Memory Theta(b n k v u): no n x m map.
+    The prefixes come from an associative scan over m of (running max, sum of exp, sum of exp
+    times V), each pair of partial sums rescaled to their common max (the online softmax of
+    Milakov & Gimelshein 2018, FlashAttention's): every prefix is normalised by its own max, so
+    no later logit, however large, can underflow an earlier prefix to zero.
     """
     keys = ops.cast(keys, "float32")  # [b, m, k, u]
-    if cmask is None:
-        peak = ops.max(keys, axis=1, keepdims=True)  # [b, 1, k, u]
-        weights = ops.exp(keys - peak)  # [b, m, k, u]
-    else:
+    ones = ops.ones_like(keys)  # exp(k_m - k_m): each position's own sum
+    if cmask is not None:  # padded positions: no weight, and a max that never wins
         mask4 = cmask[:, :, None, None]  # [b, m, 1, 1]
-        peak = ops.max(ops.where(mask4 > 0, keys, -1e30), axis=1, keepdims=True)  # [b, 1, k, u]
-        weights = ops.exp(ops.minimum(keys - peak, 0.0)) * mask4  # [b, m, k, u]
-    # Running normalisation: the softmax over m' <= n, per query position n (= m).
-    normaliser = ops.cumsum(weights, axis=1)  # [b, n, k, u]
-    outer = ops.einsum("bmku,bmvu->bmkvu", ops.cast(weights, dtype), values)  # [b, m, k, v, u]
-    prefix = ops.cumsum(outer, axis=1)  # [b, n, k, v, u]: sum over m <= n
-    scale = ops.cast(1.0 / ops.maximum(normaliser, 1e-30), dtype)  # [b, n, k, u]
+        keys = ops.where(mask4 > 0, keys, -1e30)
+        ones = ones * mask4
+    numerator = ops.einsum("bmku,bmvu->bmkvu", ops.cast(ones, dtype), values)  # [b, m, k, v, u]
+
+    def combine(earlier, later):
+        (peak_a, sum_a, num_a), (peak_b, sum_b, num_b) = earlier, later
+        peak = ops.maximum(peak_a, peak_b)  # [b, *, k, u]
+        scale_a, scale_b = ops.exp(peak_a - peak), ops.exp(peak_b - peak)  # each <= 1
+        return (peak, sum_a * scale_a + sum_b * scale_b,
+                num_a * ops.cast(scale_a, dtype)[:, :, :, None, :]
+                + num_b * ops.cast(scale_b, dtype)[:, :, :, None, :])
+
+    identity = (-1e30, 0.0, 0.0)  # combine(identity, x) == x
+    _, total, prefix = _inclusive_scan(combine, (keys, ones, numerator), identity)
+    scale = ops.cast(1.0 / ops.maximum(total, 1e-30), dtype)  # [b, n, k, u]; total >= 1 unpadded
     content = ops.einsum("bnkvu,bnku->bnkv", prefix, scale)  # [b, n, k, v]
     return ops.einsum("bnhk,bnkv->bnhv", q, content)  # [b, n, h, v]
+
+
+def _inclusive_scan(combine, elems, identity):
+    """Inclusive scan over axis 1 with an associative `combine`: out[:, n] combines elems[:, :n+1].
+
+    A static length takes the work-efficient odd/even recursion (Ladner & Fischer 1980, what
+    `ops.associative_scan` does; that op's TensorFlow form fails under XLA and takes no unknown
+    length): work and memory linear in n. A length known only when the graph runs (TensorFlow,
+    `Input((None, d))`) takes a doubling scan (Hillis & Steele 1986: ceil(log2 n) steps, step j
+    combining each element with the one 2**j before it, `identity` before the start) in an
+    `ops.while_loop`.
+    """
+    if elems[0].shape[1] is not None:
+        return _odd_even_scan(combine, elems)
+    length = ops.shape(elems[0])[1]
+
+    def shifted(x, fill, offset):  # x[:, i - offset], `fill` where i < offset
+        shape = [dim if dim is not None else ops.shape(x)[i] for i, dim in enumerate(x.shape)]
+        padded = ops.concatenate([ops.full(shape, fill, x.dtype), x], axis=1)  # [b, 2n, ...]
+        return ops.slice(padded, [0, length - offset] + [0] * (len(shape) - 2), shape)
+
+    def step(offset, *state):
+        before = tuple(shifted(x, fill, offset) for x, fill in zip(state, identity))
+        return (offset * 2, *combine(before, state))
+
+    _, *scanned = ops.while_loop(lambda offset, *state: offset < length, step, (1, *elems))
+    return tuple(scanned)
+
+
+def _odd_even_scan(combine, elems):
+    """`_inclusive_scan` of a static length n: the pairs (0, 1), (2, 3), ... are combined and
+    scanned (the results at odd positions), then each even position combines the result
+    before it with its own element. Pairs come from reshapes, not strided slices (whose
+    gradients XLA's TensorFlow bridge mis-shapes)."""
+    n = elems[0].shape[1]
+    if n < 2:
+        return elems
+    half = n // 2
+    split = [ops.reshape(x[:, :2 * half], (-1, half, 2) + tuple(x.shape[2:])) for x in elems]
+    first = tuple(x[:, :, 0] for x in split)  # positions 0, 2, ..., 2 half - 2
+    second = tuple(x[:, :, 1] for x in split)  # positions 1, 3, ..., 2 half - 1
+    odd = _odd_even_scan(combine, combine(first, second))  # results at 1, 3, ...: half
+    later = tuple(ops.concatenate([f[:, 1:], x[:, 2 * half:]], axis=1)  # positions 2, 4, ...
+                  for f, x in zip(first, elems))
+    rest = combine(tuple(x[:, :(n - 1) // 2] for x in odd), later)
+    even = tuple(ops.concatenate([f[:, :1], r], axis=1) for f, r in zip(first, rest))  # 0, 2, ...
+    return tuple(_interleave(e, o) for e, o in zip(even, odd))
+
+
+def _interleave(even, odd):
+    """[e0, o0, e1, o1, ...] along axis 1; `even` has as many or one more."""
+    count = odd.shape[1]
+    pairs = ops.stack([even[:, :count], odd], axis=2)  # [b, count, 2, ...]
+    pairs = ops.reshape(pairs, (-1, 2 * count) + tuple(odd.shape[2:]))  # [b, 2 count, ...]
+    return pairs if even.shape[1] == count else ops.concatenate([pairs, even[:, count:]], axis=1)
 
 
 def _local_position_output(q, values, table, causal):
