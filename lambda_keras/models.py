@@ -26,6 +26,7 @@ a builder is given `weights`; the weights package sits above models.py.
 """
 
 import dataclasses
+import numbers
 import sys
 
 import keras
@@ -114,12 +115,12 @@ def _input_shape(input_shape, arch, include_top, weights):
     if input_shape is None:
         size = arch.image_size if (include_top or static_needed) else None
         return (size, size, 3)
-    input_shape = tuple(input_shape)
-    if len(input_shape) != 3 or any(
-            s is not None and (isinstance(s, bool) or not isinstance(s, int))
+    if not isinstance(input_shape, (tuple, list)) or len(input_shape) != 3 or any(
+            s is not None and (isinstance(s, bool) or not isinstance(s, numbers.Integral))
             for s in input_shape):
         raise ValueError(f"`input_shape` must be (height, width, channels) of ints or None. "
-                         f"Received: input_shape={input_shape}")
+                         f"Received: input_shape={input_shape!r}")
+    input_shape = tuple(None if s is None else int(s) for s in input_shape)
     if input_shape[-1] is None or input_shape[-1] < 1:
         raise ValueError("`input_shape` must give a positive number of channels (channels last). "
                          f"Received: input_shape={input_shape}")
@@ -159,6 +160,15 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
     if features and include_top:
         raise ValueError("`features=True` returns the c2..c5 maps and needs include_top=False. "
                          f"Received: include_top={include_top!r}")
+    if features and pooling is not None:
+        raise ValueError("`features=True` returns the c2..c5 maps, unpooled. "
+                         f"Received: pooling={pooling!r}")
+    pretrained_heads = (keras.activations.get("softmax"), keras.activations.get(None))
+    if weights is not None and include_top and (
+            keras.activations.get(classifier_activation) not in pretrained_heads):
+        # As keras.applications: pretrained classifiers give logits or their softmax.
+        raise ValueError("With pretrained weights `classifier_activation` must be None or "
+                         f"'softmax'. Received: classifier_activation={classifier_activation!r}")
     if weights is not None:
         from lambda_keras import weights as weights_lib  # above this module; loaded on demand
 
@@ -167,6 +177,11 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
         if len(input_tensor.shape) != 4:
             raise ValueError("`input_tensor` must be a batch of images (rank 4). "
                              f"Received: input_tensor.shape={tuple(input_tensor.shape)}")
+        if input_shape is not None and (not isinstance(input_shape, (tuple, list))
+                                        or tuple(input_shape) != tuple(input_tensor.shape[1:])):
+            raise ValueError("`input_shape` and `input_tensor` disagree (give one). Received: "
+                             f"input_shape={input_shape!r}, input_tensor.shape="
+                             f"{tuple(input_tensor.shape)}")
         if not keras.backend.is_keras_tensor(input_tensor):
             input_tensor = keras.Input(tensor=input_tensor, name="images")
         shape = _input_shape(tuple(input_tensor.shape[1:]), arch, include_top, weights)

@@ -44,10 +44,26 @@ def _raises(argument, builder=lambda_keras.LambdaResNet50, received=None, **kwar
     (dict(drop_rate=-0.1), "drop_rate", "-0.1"),
     (dict(classes=0), "classes", "0"),
     (dict(features=True), "include_top", None),
+    (dict(features=True, include_top=False, pooling="avg"), "pooling", "'avg'"),
+    (dict(input_shape=64), "input_shape", "input_shape=64"),
+    (dict(input_shape="64x64"), "input_shape", "'64x64'"),
+    (dict(weights="imagenet", classifier_activation="relu"), "classifier_activation", "'relu'"),
     (dict(bottleneck_ratio=4), "bottleneck_ratio", None),  # unknown override
 ])
 def test_bad_arguments_raise(kwargs, argument, received):
     _raises(argument, received=received, **kwargs)
+
+
+def test_input_shape_and_input_tensor_must_agree_and_numpy_sizes_build():
+    import keras
+
+    tensor = keras.Input((SIZE, SIZE, 3))
+    _raises("`input_shape` and `input_tensor` disagree", builder=lambda_keras.LambdaResNet26T,
+            received=f"input_shape=(96, 96, 3), input_tensor.shape=(None, {SIZE}, {SIZE}, 3)",
+            input_tensor=tensor, input_shape=(96, 96, 3), weights=None)
+    agreeing = small_model(input_tensor=tensor, input_shape=(SIZE, SIZE, 3))
+    numpy_sized = small_model(input_shape=(np.int64(SIZE), np.int32(SIZE), 3))
+    assert agreeing.input_shape == numpy_sized.input_shape == (None, SIZE, SIZE, 3)
 
 
 def test_non_bool_flag_is_a_type_error():
