@@ -188,14 +188,43 @@ def test_architecture_mismatch_is_refused(checkpoint):
                                    input_shape=(SIZE, SIZE, 3))
 
 
-def test_headless_checkpoint_needs_a_headless_model(timm_state, tmp_path):
+def _assert_classifier_advice(message, source, tensor, file_classes):
+    """The error of a checkpoint whose classifier a 1000-class model cannot take."""
+    assert source in message and tensor in message, message
+    if file_classes is None:
+        assert "has no classifier" in message and "include_top=False" in message, message
+    else:
+        assert f"has {file_classes} classes" in message, message
+        assert f"classes={file_classes}" in message and "include_top=False" in message, message
+    assert "'predictions' layer has 1000" in message, message
+    assert message.count("left unchanged") == 1, message
+
+
+def test_other_classes_into_a_default_model_are_refused(timm_state, tmp_path):
+    # A 10-class checkpoint and `classes` left at 1000: refused, not a random 1000-class head.
+    message = _strict_error(timm_state, tmp_path, classes=1000)
+    assert ("head.fc.weight (10, 2048) -> predictions/kernel: converted (2048, 10), model "
+            "(2048, 1000)") in message, message
+    _assert_classifier_advice(message, str(tmp_path / "bad.safetensors"), "head.fc.weight", 10)
+
+
+def test_headless_checkpoint_needs_a_headless_model(timm_state, loaded, tmp_path):
     state = {k: v for k, v in timm_state.items() if not k.startswith("head.")}
-    message = _strict_error(state, tmp_path)
+    message = _strict_error(state, tmp_path, classes=1000)
+    assert "2 model weights missing" in message, message
     assert "predictions/kernel" in message and "predictions/bias" in message, message
-    # ... and loads into include_top=False.
-    model = small_26t(weights=save_state(state, tmp_path / "headless.safetensors"),
-                      include_top=False)
-    assert model.weights
+    _assert_classifier_advice(message, str(tmp_path / "bad.safetensors"), "head.fc.weight", None)
+    # ... and loads into include_top=False, or as the backbone of a new classifier.
+    path = save_state(state, tmp_path / "headless.safetensors")
+    got = weights_by_path(small_26t(weights=path, include_top=False))
+    assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
+    keras.utils.set_random_seed(3)
+    model = small_26t(weights=path, classes=7)
+    keras.utils.set_random_seed(3)
+    fresh = weights_by_path(small_26t(classes=7))
+    for key, value in weights_by_path(model).items():
+        expected = fresh[key] if key.startswith("predictions/") else loaded[key]
+        np.testing.assert_array_equal(value, expected, err_msg=key)
 
 
 def test_include_top_false_loads_all_but_the_classifier(checkpoint, loaded):
@@ -287,14 +316,54 @@ def test_convert_timm_round_trip(checkpoint, loaded, tmp_path):
     model = small_26t(weights=dst)
     for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, loaded[key], err_msg=key)
-    # Keras files follow the same classifier rule.
-    headless = small_26t(weights=dst, include_top=False)
-    np.testing.assert_array_equal(weights_by_path(headless)["stage4_block2_conv3/kernel"],
-                                  loaded["stage4_block2_conv3/kernel"])
-    with pytest.warns(UserWarning, match="classifier"):
-        other = small_26t(weights=dst, classes=7)
-    np.testing.assert_array_equal(weights_by_path(other)["stem_conv1_bn/beta"],
-                                  loaded["stem_conv1_bn/beta"])
+
+
+def _load_without_warnings(**kwargs):
+    """small_26t(**kwargs), failing on any warning of lambda_keras' (none for a new head)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = small_26t(**kwargs)
+    ours = [str(w.message) for w in caught if "lambda_keras" in (w.filename or "")]
+    assert not ours, ours
+    return model
+
+
+@pytest.fixture(scope="module")
+def keras_files(checkpoint, tmp_path_factory):
+    """The 10-class checkpoint as Keras files: (with its classifier, headless)."""
+    folder = tmp_path_factory.mktemp("keras_files")
+    full = W.convert_timm(checkpoint, folder / "full.weights.h5")
+    headless = str(folder / "headless.weights.h5")
+    small_26t(weights=full, include_top=False).save_weights(headless)
+    return full, headless
+
+
+@pytest.mark.parametrize("which", ["full", "headless"])
+def test_keras_files_follow_the_classifier_rule(keras_files, loaded, which):
+    # The rule of the safetensors files: include_top=False and other classes (a new classifier)
+    # load, without a warning; a model of the default 1000 classes refuses the file.
+    path = keras_files[which == "headless"]
+    got = weights_by_path(_load_without_warnings(weights=path, include_top=False))
+    assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
+    for key, value in got.items():
+        np.testing.assert_array_equal(value, loaded[key], err_msg=key)
+    keras.utils.set_random_seed(3)
+    model = _load_without_warnings(weights=path, classes=7)
+    keras.utils.set_random_seed(3)
+    fresh = weights_by_path(small_26t(classes=7))
+    for key, value in weights_by_path(model).items():
+        expected = fresh[key] if key.startswith("predictions/") else loaded[key]
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+    model = small_26t(classes=1000)
+    before = weights_by_path(model)
+    with pytest.raises(ValueError) as info:
+        W.load_weights(model, path, "lambda_resnet26t")
+    _assert_classifier_advice(str(info.value), path, "layers/dense/vars/0",
+                              None if which == "headless" else CLASSES)
+    for key, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
 
 
 def test_keras_file_of_another_architecture_leaves_the_model_unchanged(checkpoint, tmp_path):
@@ -317,6 +386,39 @@ def test_convert_timm_arguments(checkpoint, tmp_path, kwargs, message):
     kwargs["dst"] = str(tmp_path / kwargs["dst"])
     with pytest.raises(ValueError, match=message):
         W.convert_timm(checkpoint, **kwargs)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_convert_timm_refuses_non_finite_tensors(timm_state, tmp_path, value):
+    state = dict(timm_state)
+    bad = "stages.2.1.self_attn.conv_lambda.bias"
+    state[bad] = np.full_like(state[bad], value)
+    src = save_state(state, tmp_path / "nan.safetensors")
+    dst = tmp_path / "out.weights.h5"
+    with pytest.raises(ValueError, match="non-finite") as info:
+        W.convert_timm(src, dst)
+    assert bad in str(info.value) and f"Nothing was written to {str(dst)!r}" in str(info.value)
+    assert os.listdir(tmp_path) == ["nan.safetensors"]
+
+
+def test_convert_timm_checks_dst_before_converting(checkpoint, tmp_path, monkeypatch):
+    dst = tmp_path / "out.weights.h5"
+    dst.mkdir()
+    monkeypatch.setattr(W.loading, "read_safetensors", lambda path: pytest.fail("src read"))
+    with pytest.raises(ValueError, match="`dst` is a directory") as info:
+        W.convert_timm(checkpoint, dst)
+    assert f"Received: dst={str(dst)!r}" in str(info.value)
+    assert not any(dst.iterdir()) and os.listdir(tmp_path) == ["out.weights.h5"]
+
+
+def test_upper_case_keras_suffix_is_refused(checkpoint, tmp_path):
+    # Keras reads ".weights.h5" only: the suffix check must not pass what Keras then refuses.
+    path = str(W.convert_timm(checkpoint, tmp_path / "model.weights.h5"))
+    upper = path.replace(".weights.h5", ".WEIGHTS.H5")
+    os.rename(path, upper)
+    with pytest.raises(ValueError, match="lower-case suffix .weights.h5") as info:
+        small_26t(weights=upper)
+    assert f"Received: weights={upper!r}" in str(info.value)
 
 
 def test_infer_timm_arch_from_keys(timm_reference):
@@ -420,7 +522,8 @@ def test_non_finite_safetensors_are_refused_naming_the_tensor(timm_state, tmp_pa
     before = weights_by_path(model)
     with pytest.raises(ValueError, match="non-finite") as info:
         W.load_weights(model, path, "lambda_resnet26t")
-    assert bad in str(info.value) and "left unchanged" in str(info.value)
+    assert bad in str(info.value)
+    assert str(info.value).count("The model was left unchanged.") == 1, str(info.value)
     for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 
@@ -440,7 +543,8 @@ def test_non_finite_keras_weights_are_refused_naming_the_weight(tmp_path):
     before = weights_by_path(model)
     with pytest.raises(ValueError, match="non-finite") as info:
         W.load_weights(model, path, "lambda_resnet50")
-    assert "stem_conv1/kernel" in str(info.value) and "left unchanged" in str(info.value)
+    assert "stem_conv1/kernel" in str(info.value)
+    assert str(info.value).count("The model was left unchanged.") == 1, str(info.value)
     for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
 

@@ -21,7 +21,7 @@ import pytest
 from lambda_keras import weights as W
 
 from helpers import weights_by_path
-from timm_checkpoints import make_timm_reference, save_state, small_26t
+from timm_checkpoints import CLASSES, make_timm_reference, save_state, small_26t
 
 
 @pytest.fixture(scope="module")
@@ -37,14 +37,17 @@ def _sha256(path):
 
 @pytest.fixture
 def preset_from(monkeypatch, tmp_path):
-    """Point the lambda_resnet26t preset at `url` (with `sha256`) and the cache into tmp_path."""
+    """Point the lambda_resnet26t preset at `url` (with `sha256`) and the cache into tmp_path.
+
+    The preset's classes become the checkpoint's (`CLASSES`) unless `num_classes` is given.
+    """
     cache = tmp_path / "keras_home"
     monkeypatch.setenv("KERAS_HOME", str(cache))
     name = "lambda_resnet26t.c1_in1k"
 
-    def point(url, sha256):
-        monkeypatch.setitem(W.PRESETS, name,
-                            dataclasses.replace(W.PRESETS[name], url=url, sha256=sha256))
+    def point(url, sha256, num_classes=CLASSES):
+        monkeypatch.setitem(W.PRESETS, name, dataclasses.replace(
+            W.PRESETS[name], url=url, sha256=sha256, num_classes=num_classes))
         return cache / "models" / f"{name}.safetensors"
 
     return point
@@ -63,6 +66,11 @@ def test_imagenet_downloads_verifies_and_caches(checkpoint, loaded, preset_from,
     model = small_26t(weights="lambda_resnet26t.c1_in1k")
     np.testing.assert_array_equal(weights_by_path(model)["stem_conv1/kernel"],
                                   loaded["stem_conv1/kernel"])
+    # Fine-tuning: other classes than the preset's get a new classifier, the rest is loaded.
+    model = small_26t(weights="imagenet", classes=CLASSES + 3)
+    got = weights_by_path(model)
+    assert got["predictions/kernel"].shape == (2048, CLASSES + 3)
+    np.testing.assert_array_equal(got["stem_conv1/kernel"], loaded["stem_conv1/kernel"])
 
 
 def test_hash_mismatch_leaves_no_file(checkpoint, preset_from):
@@ -267,3 +275,35 @@ def test_non_finite_download_is_not_cached(timm_state, preset_from, tmp_path):
     with pytest.raises(ValueError, match="head.fc.bias"):
         small_26t(weights="imagenet")
     assert not any(cached.parent.iterdir())
+
+
+def test_cached_file_of_other_classes_is_refused(checkpoint, preset_from):
+    # A 10-class file under the name of the 1000-class preset: not the preset's file.
+    cached = preset_from(f"file://{checkpoint}", None, num_classes=1000)
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(open(checkpoint, "rb").read())
+    model = small_26t(classes=1000)
+    before = weights_by_path(model)
+    with pytest.raises(ValueError) as info:
+        W.load_weights(model, "imagenet", "lambda_resnet26t")
+    message = str(info.value)
+    for part in (str(cached), "head.fc.weight", "has 10 classes", "layer has 1000",
+                 "classes=10", "include_top=False", "downloads them again"):
+        assert part in message, (part, message)
+    assert not cached.exists() and (cached.parent / (cached.name + ".rejected")).is_file()
+    for key, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_directory_at_the_cache_path_is_named(preset_from, monkeypatch):
+    monkeypatch.setattr(W.download, "DOWNLOAD_TIMEOUT", 0.5)
+    server = _SilentServer()  # a download would stall: the error must come before one
+    try:
+        cached = preset_from(server.url, None)
+        (cached / "inside").mkdir(parents=True)
+        with pytest.raises(ValueError, match="is a directory") as info:
+            small_26t(weights="imagenet")
+        assert str(cached) in str(info.value) and "Downloading" not in str(info.value)
+        assert not server.accepted and (cached / "inside").is_dir()
+    finally:
+        server.close()

@@ -20,9 +20,12 @@ Implemented:
   Pickle checkpoints (.pth .pt .bin .ckpt .pkl) are refused: no pickle ever runs.
 - Strict loading: every checkpoint tensor is used and every model weight is set, otherwise a
   ValueError names the missing / unexpected / mis-shaped tensors and the model is left untouched
-  (values are assigned only after everything was checked). The classifier ("predictions") is
-  skipped when the model has none (include_top=False) or a different number of classes, as
-  keras.applications does; timm's `num_batches_tracked` counters are ignored (Keras BN has none).
+  (values are assigned only after everything was checked). The classifier ("predictions"), the
+  same for both formats (strict.py): skipped when the model has none (include_top=False) or was
+  built for other `classes` than the default 1000 (a new classifier, for fine-tuning); a model of
+  1000 classes refuses a checkpoint without a classifier or with another number of classes, the
+  error naming both counts and the ways out (`classes=<the file's>`, include_top=False). timm's
+  `num_batches_tracked` counters are ignored (Keras BN has none).
 - Downloads (urllib, `download.DOWNLOAD_TIMEOUT` seconds for the connection and for each read) go
   into the Keras cache (`models/` under `KERAS_HOME`, honoured at call time) under a temporary name
   (utils.temp_path) that becomes the cache name only once the sha256 (when known) and the strict
@@ -30,10 +33,13 @@ Implemented:
   download leaves nothing in the cache and raises, naming the ways out (`weights=None`, a local
   file, the file placed at its cache path). A cached file that fails the strict load because of
   the file (unreadable, non-finite tensors, or tensors that do not fit the preset's own
-  architecture) is quarantined (renamed `*.rejected`, the reason in the error): the next call
-  downloads again. Leftovers of killed downloads are removed.
+  architecture, its 1000-class classifier included) is quarantined (renamed `*.rejected`, the
+  reason in the error): the next call downloads again. Leftovers of killed downloads are removed;
+  a directory at a cache path is named before any download.
 - Non-finite tensors (NaN/inf) are refused at load, naming them; the model is left unchanged.
-- `convert_timm(src, dst)` writes a Keras `.weights.h5` (the `lambda-keras convert` command).
+- `convert_timm(src, dst)` writes a Keras `.weights.h5` (the `lambda-keras convert` command); a
+  `src` holding non-finite tensors, or a `dst` that is a directory, is refused before anything is
+  written. Keras reads `.weights.h5` only in lower case: `X.WEIGHTS.H5` is refused, naming it.
 - `preprocess_input` and `decode_predictions` with the 1000 ImageNet class names bundled in
   assets/imagenet_classes.txt (WordNet ids in the standard sorted order, torchvision's names).
 

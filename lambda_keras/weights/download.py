@@ -101,19 +101,19 @@ def file_fault(preset, path):
     """Why the file `path` cannot be the weights of `preset`, or None when it can.
 
     The file is at fault when it is not a readable safetensors file, holds non-finite tensors, or
-    does not fit the preset's own architecture (headless, so the classifier's size is free). A
-    model built with other overrides that cannot take a good file is not the file's fault.
+    does not fit the preset's own architecture, its classifier of `preset.num_classes` included.
+    A model built with other overrides that cannot take a good file is not the file's fault.
     """
     try:
         state = read_safetensors(path)
-        check_finite(state, path)
+        check_finite(state, path, outcome="")
     except ValueError as error:
         return str(error)
     height, width = preset.preprocessing.input_size
-    reference = models.build_lambda_resnet(preset.arch, include_top=False, weights=None,
+    reference = models.build_lambda_resnet(preset.arch, weights=None, classes=preset.num_classes,
                                            input_shape=(height, width, 3))
     converted, unconverted = timm_to_keras(state)
-    return strict_problems(reference, converted, path, unconverted)
+    return strict_problems(reference, converted, path, unconverted, keeps_own=False)
 
 
 def _quarantine(path):
@@ -137,7 +137,8 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
     truncated, mismatched or unreadable download leaves no file in the cache and raises
     ValueError, whose message names the ways out (`weights=None`, a local file, or the file placed
     at its cache path). A cached file whose sha256 does not match is quarantined and downloaded
-    again.
+    again. A directory (or anything but a regular file) at the cache path raises ValueError
+    naming it, before any download.
     """
     preset = name if isinstance(name, Preset) else PRESETS[name]
     cache_dir = cache_dir or _cache_dir()
@@ -149,6 +150,11 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
         pass
     target = _download_target(cache_dir, f"{preset.name}{SAFETENSORS_SUFFIX}")
     os.makedirs(os.path.dirname(target), exist_ok=True)
+    if os.path.lexists(target) and not os.path.isfile(target):  # the download could not land
+        kind = "a directory" if os.path.isdir(target) else "not a regular file"
+        raise ValueError(
+            f"The cache path of the weights of {preset.name!r}, {target}, is {kind}: remove or "
+            "rename it (the file is kept there), or pass the path of a local file as `weights`.")
     if os.path.isfile(target):
         if preset.sha256 is None or _sha256_of(target) == preset.sha256:
             if verify is not None:

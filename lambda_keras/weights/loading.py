@@ -6,8 +6,14 @@ import os
 from lambda_keras import models, utils
 from lambda_keras.presets import IMAGENET_PRESETS, PRESETS, preset_for, resolve_model_name
 from lambda_keras.weights.download import load_preset
-from lambda_keras.weights.strict import assign_strict, load_keras_file, load_timm_file
+from lambda_keras.weights.strict import (
+    assign_strict,
+    check_finite,
+    load_keras_file,
+    load_timm_file,
+)
 from lambda_keras.weights.timm_format import (
+    CLASSIFIER_KERNEL,
     SAFETENSORS_SUFFIX,
     infer_timm_arch,
     read_safetensors,
@@ -18,8 +24,11 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt", ".pkl", ".pickle")
 KERAS_WEIGHTS_SUFFIX = ".weights.h5"
 
 
-def check_file_kind(path):
-    """Raise ValueError unless `path` names a safetensors or Keras weights file that exists."""
+def check_file_kind(path, arg="weights"):
+    """Raise ValueError unless `path` names a safetensors or Keras weights file that exists.
+
+    `arg` is the argument the messages name.
+    """
     lowered = path.lower()
     if lowered.endswith(PICKLE_SUFFIXES):
         raise ValueError(
@@ -27,29 +36,38 @@ def check_file_kind(path):
             "checkpoint's .safetensors file instead (timm models on the Hugging Face hub ship "
             "model.safetensors), or convert it where you trust it: `safetensors.torch.save_file("
             "torch.load(path, weights_only=True), 'model.safetensors')`. "
-            f"Received: weights={path!r}")
+            f"Received: {arg}={path!r}")
     if not lowered.endswith((SAFETENSORS_SUFFIX, KERAS_WEIGHTS_SUFFIX)):
         raise ValueError(
-            "`weights` must be None, 'imagenet', a preset name "
+            f"`{arg}` must be None, 'imagenet', a preset name "
             f"{tuple(PRESETS)}, or the path to a {SAFETENSORS_SUFFIX} (timm) or "
-            f"{KERAS_WEIGHTS_SUFFIX} (Keras) file. Received: weights={path!r}")
+            f"{KERAS_WEIGHTS_SUFFIX} (Keras) file. Received: {arg}={path!r}")
+    if lowered.endswith(KERAS_WEIGHTS_SUFFIX) and not path.endswith(KERAS_WEIGHTS_SUFFIX):
+        raise ValueError(f"Keras reads weights files only under the lower-case suffix "
+                         f"{KERAS_WEIGHTS_SUFFIX}; rename the file. Received: {arg}={path!r}")
     if not os.path.exists(path):
-        raise ValueError(f"The weights file does not exist. Received: weights={path!r}")
+        raise ValueError(f"The weights file does not exist. Received: {arg}={path!r}")
+    check_not_special(path, arg)
+
+
+def check_not_special(path, arg):
+    """Raise ValueError if `path` is a directory, device, pipe or socket (a missing path is
+    fine); `arg` is the argument the messages name."""
     if os.path.isdir(path):
-        raise ValueError("`weights` is a directory, not a weights file. "
-                         f"Received: weights={path!r}")
-    if not os.path.isfile(path):
-        raise ValueError("`weights` is not a regular file (a device, pipe or socket); pass a "
-                         f"weights file. Received: weights={path!r}")
+        raise ValueError(f"`{arg}` is a directory, not a weights file. Received: {arg}={path!r}")
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise ValueError(f"`{arg}` is not a regular file (a device, pipe or socket); pass a "
+                         f"weights file. Received: {arg}={path!r}")
 
 
 def validate_weights(weights, arch_name, include_top=True, classes=1000):
     """Check `weights` for the builder of `arch_name` before any layer is built.
 
-    `include_top=False` or `classes != 1000` are valid with pretrained weights: everything but
-    the classifier is loaded.
+    `include_top=False` or `classes` other than strict.DEFAULT_CLASSES (1000) are valid with
+    pretrained weights: everything but the classifier is loaded when the checkpoint's does not
+    fit (the rule is in strict.py; a model of the default classes must take the checkpoint's).
     """
-    del include_top, classes  # every combination loads (the classifier is skipped if it differs)
+    del include_top, classes  # every combination may load (decided by the checkpoint's tensors)
     if weights is None:
         return
     if isinstance(weights, os.PathLike):
@@ -87,10 +105,12 @@ def convert_timm(src, dst, arch_name=None):
     src, dst = os.fspath(src), os.fspath(dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
         raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
-    check_file_kind(src)
+    check_not_special(dst, "dst")  # before the conversion, not at the final rename
     if not src.lower().endswith(SAFETENSORS_SUFFIX):
         raise ValueError(f"`src` must be a timm {SAFETENSORS_SUFFIX} file. Received: src={src!r}")
+    check_file_kind(src, "src")
     state = read_safetensors(src)
+    check_finite(state, src, outcome=f"Nothing was written to {dst!r}.")
     if arch_name is None:
         arch = infer_timm_arch(state)
     else:
@@ -101,7 +121,7 @@ def convert_timm(src, dst, arch_name=None):
         if arch not in IMAGENET_PRESETS:
             raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)} (or their "
                              f"builder or preset names). Received: arch_name={arch_name!r}")
-    head = state.get("head.fc.weight")
+    head = state.get(CLASSIFIER_KERNEL)
     model = models.build_lambda_resnet(
         arch, include_top=head is not None, weights=None,
         classes=1000 if head is None else int(head.shape[0]))

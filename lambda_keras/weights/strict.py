@@ -1,16 +1,30 @@
 """Strict, all-or-nothing loading: every checkpoint tensor used, every model weight set, nothing
-non-finite; otherwise a ValueError naming the tensors and an unchanged model."""
+non-finite; otherwise a ValueError naming the tensors and an unchanged model.
 
+The classifier rule (`_matched`, the same for safetensors and `.weights.h5` files): a model
+without a classifier (include_top=False) loads everything else; a model built for the builders'
+default `classes` (DEFAULT_CLASSES, ImageNet's) must take the checkpoint's classifier, and a
+checkpoint without one or with another number of classes is refused (`classifier_advice`: pass
+`classes=<the file's>` or include_top=False); any other `classes` is an explicit request for a new
+classifier (fine-tuning), which keeps its initial values when the checkpoint's does not fit.
+"""
+
+import inspect
 import os
+import re
 import warnings
 
 import numpy as np
 import keras
 
-from lambda_keras.models import CLASSIFIER
-from lambda_keras.weights.timm_format import read_safetensors, timm_to_keras
+from lambda_keras.models import CLASSIFIER, build_lambda_resnet
+from lambda_keras.weights.timm_format import CLASSIFIER_KERNEL, read_safetensors, timm_to_keras
 
 MAX_LISTED = 12  # names listed per category in a strict-loading error
+UNCHANGED = "The model was left unchanged."
+# The builders' default `classes` (ImageNet's 1000): a model built for it takes the checkpoint's
+# classifier or refuses the checkpoint; other classes ask for a new one (the module docstring).
+DEFAULT_CLASSES = inspect.signature(build_lambda_resnet).parameters["classes"].default
 # NOTE: Keras 3's save_weights writes a compiled model's optimizer (iteration counter, learning
 # rate, slot and EMA variables, a LossScaleOptimizer's inner optimizer) under this top-level
 # group, beside the model's "layers" and "vars"; a model built by a builder has no optimizer, so
@@ -24,21 +38,61 @@ def _listed(names):
     return ", ".join(names[:MAX_LISTED]) + more
 
 
-def _classifier_mismatch(converted, targets):
-    """True when the model has no classifier or one shaped differently from the checkpoint's."""
-    model_keys = [k for k in targets if k.startswith(f"{CLASSIFIER}/")]
-    if not model_keys:
-        return True
-    return any(k in converted and tuple(converted[k][0].shape) != tuple(targets[k].shape)
-               for k in model_keys)
+def classifier_classes(model):
+    """The number of classes of `model`'s classifier, or None when it has none."""
+    shapes = [v.shape for v in model.weights if v.path == f"{CLASSIFIER}/kernel"]
+    return int(shapes[0][-1]) if shapes else None
 
 
-def strict_problems(model, converted, source, unconverted=()):
-    """The strict-loading error message for `model` (see `assign_strict`), or None if it fits."""
+def keeps_own_classifier(model):
+    """Whether `model` keeps its classifier's initial values when a checkpoint's does not fit:
+    it has none, or was built for other classes than DEFAULT_CLASSES (a new classifier)."""
+    return classifier_classes(model) != DEFAULT_CLASSES
+
+
+def classifier_advice(source, file_classes, model_classes, tensor):
+    """Why the classifier of `source` (`tensor`; `file_classes` None: absent) does not fit a model
+    of `model_classes` classes that must take it, and the ways out."""
+    if file_classes is None:
+        found = f"{source!r} has no classifier ({tensor} is absent)"
+        way_out = "include_top=False to load everything else"
+    else:
+        found = f"The classifier of {source!r} ({tensor}) has {file_classes} classes"
+        way_out = (f"classes={file_classes} to match the file, or include_top=False to load "
+                   "everything but the classifier")
+    return (f"{found}; the model's {CLASSIFIER!r} layer has {model_classes}. Pass {way_out} "
+            f"(`classes` other than {DEFAULT_CLASSES} ask for a new classifier: its initial "
+            "values are kept, for fine-tuning).")
+
+
+def _matched(model, converted, source, keeps_own=None):
+    """The classifier rule (module docstring) applied to `model` and `converted`.
+
+    Returns (targets, converted, advice): the model's {path: variable} and the checkpoint's
+    tensors left to match each other (without the classifier when the model keeps its own) and
+    `classifier_advice` when the model must take a classifier that does not fit, else None.
+    `keeps_own` overrides `keeps_own_classifier(model)` (file_fault: a preset's own classes).
+    """
     targets = {v.path: v for v in model.weights}
-    if _classifier_mismatch(converted, targets):
-        converted = {k: v for k, v in converted.items() if not k.startswith(f"{CLASSIFIER}/")}
-        targets = {k: v for k, v in targets.items() if not k.startswith(f"{CLASSIFIER}/")}
+    head = [k for k in targets if k.startswith(f"{CLASSIFIER}/")]
+    if head and all(k in converted and tuple(converted[k][0].shape) == tuple(targets[k].shape)
+                    for k in head):
+        return targets, converted, None
+    if not head or (keeps_own_classifier(model) if keeps_own is None else keeps_own):
+        return ({k: v for k, v in targets.items() if k not in head},
+                {k: v for k, v in converted.items() if not k.startswith(f"{CLASSIFIER}/")}, None)
+    kernel = converted.get(f"{CLASSIFIER}/kernel")
+    file_classes = None if kernel is None else int(kernel[0].shape[-1])
+    model_classes = classifier_classes(model)
+    if file_classes == model_classes:  # the kernel fits: the bias is reported as mis-shaped
+        return targets, converted, None
+    tensor = CLASSIFIER_KERNEL if kernel is None else kernel[1]
+    return targets, converted, classifier_advice(source, file_classes, model_classes, tensor)
+
+
+def strict_problems(model, converted, source, unconverted=(), keeps_own=None):
+    """The strict-loading error message for `model` (see `assign_strict`), or None if it fits."""
+    targets, converted, advice = _matched(model, converted, source, keeps_own)
     missing = [k for k in targets if k not in converted]
     unexpected = list(unconverted) + [
         f"{name} (-> {k})" for k, (_, name, _) in converted.items() if k not in targets]
@@ -53,34 +107,33 @@ def strict_problems(model, converted, source, unconverted=()):
         for label, items in (("model weights missing from the checkpoint", missing),
                              ("unexpected checkpoint tensors", unexpected),
                              ("mis-shaped tensors", mis_shaped)) if items]
-    return f"Cannot load {source!r} into model {model.name!r}: " + "; ".join(problems) + "."
+    message = f"Cannot load {source!r} into model {model.name!r}: " + "; ".join(problems) + "."
+    return message if advice is None else f"{message} {advice}"
 
 
 def assign_strict(model, converted, source, unconverted=()):
     """Assign {weight path: (array, source name, source shape)} to `model`, all or nothing.
 
-    The classifier is skipped when the model has none or a different number of classes.
-    Raises ValueError naming every missing, unexpected and mis-shaped tensor; the model is then
-    unchanged.
+    The classifier follows the rule of the module docstring. Raises ValueError naming every
+    missing, unexpected and mis-shaped tensor; the model is then unchanged.
     """
     problems = strict_problems(model, converted, source, unconverted)
     if problems:
-        raise ValueError(problems + " The model was left unchanged.")
-    targets = {v.path: v for v in model.weights}
-    if _classifier_mismatch(converted, targets):
-        targets = {k: v for k, v in targets.items() if not k.startswith(f"{CLASSIFIER}/")}
+        raise ValueError(f"{problems} {UNCHANGED}")
+    targets, converted, _ = _matched(model, converted, source)
     for key, variable in targets.items():
         variable.assign(converted[key][0].astype(variable.dtype))
 
 
-def check_finite(state, source):
-    """ValueError naming the tensors of {name: array} that hold NaN or infinity."""
+def check_finite(state, source, outcome=UNCHANGED):
+    """ValueError naming the tensors of {name: array} that hold NaN or infinity; the message ends
+    with `outcome` (what the caller left as it was)."""
     bad = [name for name, array in state.items()
            if np.issubdtype(np.asarray(array).dtype, np.inexact)
            and not np.isfinite(array).all()]
     if bad:
         raise ValueError(f"{source!r} holds non-finite values (NaN or infinity) in {len(bad)} "
-                         f"tensors: {_listed(bad)}. The model was left unchanged.")
+                         f"tensors: {_listed(bad)}. {outcome}".rstrip())
 
 
 def load_timm_file(model, path):
@@ -99,7 +152,6 @@ def _keras_load(model, path):
                if f"{os.sep}saving{os.sep}" in (w.filename or "")]
     if skipped:
         raise ValueError(f"Keras skipped part of the file: {skipped[0]}")
-    check_finite({v.path: v.numpy() for v in model.weights}, path)  # caller restores on error
 
 
 def _check_h5_dtypes(path):
@@ -122,17 +174,38 @@ def _check_h5_dtypes(path):
                      and name.split("/")[0] != OPTIMIZER_GROUP else None)
     if bad:
         raise ValueError(f"{path!r} holds {len(bad)} non-floating-point weight tensors: "
-                         f"{_listed(bad)}. The model was left unchanged.")
+                         f"{_listed(bad)}. {UNCHANGED}")
+
+
+def _h5_classifier(model, path):
+    """(dataset, classes) of the classifier kernel in the Keras weights file `path`, classes None
+    when the file has no classifier.
+
+    NOTE: Keras 3 saves a functional model's layers under layers/<name>: the layer class's
+    snake_case name, numbered in `model.layers` order (dense, dense_1, ...), and each layer's
+    variables under vars/<i> in creation order (a Dense: kernel, bias). Layout as measured on
+    Keras 3.15, like OPTIMIZER_GROUP.
+    """
+    import h5py
+
+    classifier = model.get_layer(CLASSIFIER)
+    index = [layer for layer in model.layers if type(layer) is type(classifier)].index(classifier)
+    name = re.sub("([a-z])([A-Z])", r"\1_\2",
+                  re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(classifier).__name__)).lower()
+    dataset = f"layers/{name}{f'_{index}' if index else ''}/vars/0"
+    with h5py.File(path, "r") as f:
+        return dataset, (int(f[dataset].shape[-1]) if dataset in f else None)
 
 
 def load_keras_file(model, path):
     """Keras .weights.h5 via model.load_weights, restored on failure (no partial model).
 
-    A file whose classifier does not fit (or a headless file) loads into the backbone only when
-    the model's classifier cannot take it, with a warning; the classifier then keeps its values.
-    The optimizer state in the file of a compiled model is skipped (`OPTIMIZER_GROUP`); a
-    compiled `model` is loaded through an uncompiled view of its layers, so that its own
-    optimizer is left alone too.
+    The classifier follows the rule of the module docstring: a file whose classifier does not
+    fit (or a headless file) loads into the backbone only when the model keeps its own
+    classifier, which then keeps its initial values; a model of DEFAULT_CLASSES classes refuses
+    it (`classifier_advice`). The optimizer state in the file of a compiled model is skipped
+    (`OPTIMIZER_GROUP`); a compiled `model` is loaded through an uncompiled view of its layers,
+    so that its own optimizer is left alone too.
     """
     _check_h5_dtypes(path)
     if getattr(model, "optimizer", None) is not None and getattr(model, "inputs", None):
@@ -144,25 +217,36 @@ def load_keras_file(model, path):
             variable.assign(value)
 
     try:
+        _load_by_the_rule(model, path, restore)
+        check_finite({v.path: v.numpy() for v in model.weights}, path)
+    except Exception:
+        restore()
+        raise
+
+
+def _load_by_the_rule(model, path, restore):
+    """Loads `path` into `model`, or into its backbone when the classifier is what does not fit
+    and the model keeps its own; raises ValueError otherwise (the caller restores the model)."""
+    try:
         _keras_load(model, path)
         return
     except Exception as error:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError
         restore()
         first_error = error
-    try:
-        classifier = model.get_layer(CLASSIFIER)
-    except ValueError:
-        classifier = None
-    if classifier is not None:
-        backbone = keras.Model(model.inputs, classifier.input)
+    model_classes = classifier_classes(model)
+    if model_classes is not None:
         try:
-            _keras_load(backbone, path)
-            warnings.warn(
-                f"{path!r}: the classifier did not fit the model's {CLASSIFIER!r} layer; every "
-                "other weight was loaded and the classifier kept its initial values.",
-                stacklevel=3)
-            return
-        except Exception:  # noqa: BLE001
-            restore()
+            _keras_load(keras.Model(model.inputs, model.get_layer(CLASSIFIER).input), path)
+        except Exception:  # noqa: BLE001 - not (only) the classifier: first_error says what
+            pass
+        else:
+            if keeps_own_classifier(model):
+                return  # a new classifier was asked for: it keeps its initial values
+            dataset, file_classes = _h5_classifier(model, path)
+            if file_classes != model_classes:
+                raise ValueError(
+                    f"Cannot load {path!r} into model {model.name!r}. "
+                    f"{classifier_advice(path, file_classes, model_classes, dataset)} "
+                    f"{UNCHANGED}") from first_error
     raise ValueError(f"Cannot load {path!r} into model {model.name!r}: {first_error} "
-                     "The model was left unchanged.") from first_error
+                     f"{UNCHANGED}") from first_error

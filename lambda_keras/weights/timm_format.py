@@ -9,6 +9,7 @@ from lambda_keras.models import CLASSIFIER
 from lambda_keras.presets import IMAGENET_PRESETS
 
 SAFETENSORS_SUFFIX = ".safetensors"
+CLASSIFIER_KERNEL = "head.fc.weight"  # timm's classifier kernel, [classes, features]
 
 
 def read_safetensors(path):
@@ -67,7 +68,7 @@ _RULES = (
     (rf"{_BLOCK}self_attn\.conv_lambda\.bias", lambda m: f"{_block(m)}lambda/position_bias", None),
     (rf"{_BLOCK}self_attn\.pos_emb",
      lambda m: f"{_block(m)}lambda/position_embeddings", lambda w: w[:, :, None, :]),
-    (r"head\.fc\.weight", lambda m: f"{CLASSIFIER}/kernel", np.transpose),
+    (re.escape(CLASSIFIER_KERNEL), lambda m: f"{CLASSIFIER}/kernel", np.transpose),
     (r"head\.fc\.bias", lambda m: f"{CLASSIFIER}/bias", None),
 )
 _QKV = re.compile(rf"{_BLOCK}self_attn\.qkv\.weight")
