@@ -224,8 +224,8 @@ def _cmd_convert(args):
     from lambda_keras.weights.loading import PICKLE_SUFFIXES
     from lambda_keras.weights.timm_format import SAFETENSORS_SUFFIX
 
-    # Checked here, so that the messages name `src` and `--model` (convert_timm's name the
-    # Python arguments: `weights`, `arch_name`).
+    # Checked here, so that the messages name the command line's `src` and `--model` (the
+    # architecture goes to convert_timm's `arch_name`).
     if not args.src.lower().endswith(SAFETENSORS_SUFFIX):
         pickle = args.src.lower().endswith(PICKLE_SUFFIXES)
         raise ValueError(f"src must be a timm {SAFETENSORS_SUFFIX} file"
