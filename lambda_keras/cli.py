@@ -136,13 +136,15 @@ def check_int_flags(args):
 
 
 def at_image_size(model, size):
-    """A copy of `model` (input of any size) whose layers are built for `size` x `size` inputs:
-    what `autotune` measures (the lambda layers' map sizes). Its weights are not copied (the
-    times do not depend on them); its layers keep their dtype policies."""
+    """A copy of `model` (input of any size) whose layers are built for `size` x `size` inputs,
+    with its weights and its layers' dtype policies: what `autotune` measures (the lambda
+    layers' map sizes) and `export` writes (static shapes)."""
     import keras
 
-    return keras.models.clone_model(
+    copy = keras.models.clone_model(
         model, input_tensors=keras.Input((size, size, model.input_shape[-1] or 3)))
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def class_names(labels, classes):
@@ -260,6 +262,11 @@ def _cmd_export(args):
         raise FileExistsError(f"{tflite_path} exists (from an earlier export); pass --overwrite "
                               "to replace it or another --output")  # before writing anything
     model = load_model(args.model, args.weights, args.image_size)
+    if None in model.input_shape[1:3]:  # a .keras file that takes any size
+        if args.image_size is None:
+            raise ValueError(f"--model {args.model} takes images of any size; pass --image-size "
+                             "for the exported model's input (the served signatures resize to it)")
+        model = at_image_size(model, args.image_size)
     name = None if args.model.endswith(".keras") else args.model  # any model name
     preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
                                                tuple(model.input_shape[1:3]))

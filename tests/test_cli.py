@@ -627,6 +627,32 @@ def test_autotune_tunes_a_keras_file_of_any_size_at_image_size(tmp_path, monkeyp
     assert "not tuned" not in out and f"{key}: {entry['formulation']}" in out
 
 
+def test_export_of_a_keras_file_of_any_size_takes_image_size(tmp_path, capsys):
+    """A file saved with keras.Input((None, None, 3)) exports at --image-size, with its weights
+    (was: an error about `input_size=(None, None)`); without the flag, an error naming it."""
+    from lambda_keras.export import LiteRTRunner
+
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([
+        keras.Input((None, None, 3)),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+    path = str(tmp_path / "dyn.keras")
+    model.save(path)
+    _one_error_line(capsys, ["export", "--model", path, "--output", str(tmp_path / "none")],
+                    "takes images of any size", "--image-size")
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "out"
+    assert cli.main(["export", "--model", path, "--format", "tflite", "--image-size", "24",
+                     "--output", str(out)]) == 0
+    x = np.random.default_rng(3).normal(size=(1, 24, 24, 3)).astype("float32")
+    runner = LiteRTRunner(out / "model_float32.tflite")
+    np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-5)
+
+
 def test_autotune_to_a_directory_is_refused_before_measuring(tiny_model_path, tmp_path,
                                                             monkeypatch, capsys):
     from lambda_keras.layers.formulations import autotuning
