@@ -425,7 +425,15 @@ CONSTRUCTOR_ERRORS = {
                                    "needs `position=\"conv\"`. Received: position='global'"),
     "feature_size": (dict(position="relative", feature_size=(6, 0)),
                      "Received: feature_size=(6, 0)"),
+    "feature_size-conv": (dict(position="conv", feature_size=(6, 7)),
+                          "position='conv' has none. Received: feature_size=(6, 7)"),
 }
+
+
+def test_old_config_with_feature_size_beside_conv_still_loads():
+    """Before the refusal above, feature_size was ignored beside "conv"; saved configs load."""
+    config = {**LambdaLayer(position="conv").get_config(), "feature_size": (6, 7)}
+    assert LambdaLayer.from_config(config).feature_size is None
 
 
 @pytest.mark.parametrize("case", CONSTRUCTOR_ERRORS)

@@ -165,6 +165,10 @@ class LambdaLayer(keras.layers.Layer):
             )
         self.position = position
         self.feature_size = _spatial_pair("feature_size", feature_size)
+        if self.feature_size is not None and position not in ("relative", "global"):
+            raise ValueError('`feature_size` sizes the "relative" and "global" embeddings; '
+                             f"position={position!r} has none. Received: "
+                             f"feature_size={feature_size!r}")
         if strides not in (1, 2) or isinstance(strides, bool):
             raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
         self.strides = int(strides)
@@ -383,6 +387,13 @@ class LambdaLayer(keras.layers.Layer):
             rows = None if rows is None else shrink(rows)
             cols = None if cols is None else shrink(cols)
         return (batch, rows, cols, self.output_dim or channels)
+
+    @classmethod
+    def from_config(cls, config):
+        # Files saved before `feature_size` was refused beside "conv" (where it was ignored).
+        if config.get("position") not in ("relative", "global"):
+            config = {**config, "feature_size": None}
+        return super().from_config(config)
 
     def get_config(self):
         config = super().get_config()
