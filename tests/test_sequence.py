@@ -313,6 +313,41 @@ def test_bad_arguments(kwargs, message):
         SequenceLambdaLayer(**kwargs)
 
 
+@pytest.mark.parametrize("scale", [3.0, 300.0])
+def test_causal_content_term_and_its_gradients_match_a_quadratic_form(scale):
+    """The scan (linear memory) against the n x m form: a softmax over m <= n per query row, by
+    TensorFlow's own softmax; outputs and the gradients in q, K and V, with and without padding,
+    key logits 3 or 300 apart."""
+    from lambda_keras.layers import sequence
+
+    rng = np.random.default_rng(0)
+    b, n, k, v, u, h = 2, 11, 4, 3, 2, 2
+    q, keys, values, weights = (tf.constant(rng.standard_normal(shape), tf.float32) for shape in
+                                ((b, n, h, k), (b, n, k, u), (b, n, v, u), (b, n, h, v)))
+    keys = keys * scale
+    lengths = np.array([[7], [11]])
+
+    def quadratic(q, keys, values, cmask):
+        allowed = np.tril(np.ones((n, n), bool))[None, :, :, None, None]  # [1, n, m, 1, 1]
+        if cmask is not None:
+            allowed = allowed & (cmask.numpy() > 0)[:, None, :, None, None]
+        logits = tf.where(allowed, keys[:, None], -np.inf)  # [b, n, m, k, u]
+        softmax = tf.nn.softmax(logits, axis=2)
+        return tf.einsum("bnhk,bnmku,bmvu->bnhv", q, softmax, values)
+
+    for cmask in (None, tf.constant((np.arange(n)[None] < lengths).astype("float32"))):
+        results = []
+        for form in (lambda *a: sequence._causal_content_output(*a, "float32"), quadratic):
+            with tf.GradientTape() as tape:
+                tape.watch([q, keys, values])
+                out = form(q, keys, values * (1 if cmask is None else cmask[:, :, None, None]),
+                           cmask)
+                loss = tf.reduce_sum(out * weights)
+            results.append([out, *tape.gradient(loss, [q, keys, values])])
+        for name, scan, expected in zip(("output", "d/dq", "d/dK", "d/dV"), *results):
+            assert_close(scan.numpy(), expected.numpy(), 1e-5, name)
+
+
 def test_built_layer_names_another_depth_and_a_mask_of_another_length():
     layer = SequenceLambdaLayer(8, key_dim=4, num_heads=2, receptive_field=3)
     layer(_data(n=7))
