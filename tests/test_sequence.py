@@ -293,8 +293,9 @@ def test_dynamic_length_with_local_position():
     layer = SequenceLambdaLayer(8, key_dim=4, num_heads=2, receptive_field=3, causal=True)
     fn = tf.function(lambda t: layer(t, training=False),
                      input_signature=[tf.TensorSpec((None, None, 6), "float32")])
-    x = _data(n=7)
-    np.testing.assert_allclose(fn(x), layer(x, training=False), rtol=1e-5, atol=1e-6)
+    for n in (7, 37):  # one block of the causal content term, and three (the last short)
+        x = _data(n=n)
+        np.testing.assert_allclose(fn(x), layer(x, training=False), rtol=1e-5, atol=1e-6)
     assert tuple(fn(_data(n=4)).shape) == (2, 4, 8)
 
 
@@ -321,11 +322,11 @@ def test_causal_content_term_and_its_gradients_match_a_quadratic_form(scale):
     from lambda_keras.layers import sequence
 
     rng = np.random.default_rng(0)
-    b, n, k, v, u, h = 2, 11, 4, 3, 2, 2
+    b, n, k, v, u, h = 2, 2 * sequence.CAUSAL_BLOCK + 5, 4, 3, 2, 2  # 3 blocks, the last short
     q, keys, values, weights = (tf.constant(rng.standard_normal(shape), tf.float32) for shape in
                                 ((b, n, h, k), (b, n, k, u), (b, n, v, u), (b, n, h, v)))
     keys = keys * scale
-    lengths = np.array([[7], [11]])
+    lengths = np.array([[sequence.CAUSAL_BLOCK + 3], [n]])  # padding inside the second block
 
     def quadratic(q, keys, values, cmask):
         allowed = np.tril(np.ones((n, n), bool))[None, :, :, None, None]  # [1, n, m, 1, 1]
