@@ -31,10 +31,11 @@ Masks:
   over m of the outer products K[m] V[m]^T (memory Theta(b n k v u), linear in n, no n x m map),
   and the keys' softmax over m is causal too: the running normalisation
   exp(k_m) / sum_{m' <= n} exp(k_m'), computed in float32. NOTE: the paper does not say how its
-  causal softmax is stabilised; each prefix is normalised by its own running max (an associative
-  scan, the online softmax), not by the max over all m: keys are not normalised (only q and V
-  are), and a later logit ~87 above an earlier prefix's would otherwise underflow that prefix's
-  lambda to zero, so the future would change the past.
+  causal softmax is stabilised; each prefix is normalised by its own running max (the online
+  softmax, in blocks of CAUSAL_BLOCK positions carried by an associative scan), not by the max
+  over all m: keys are not normalised (only q and V are), and a later logit ~87 above an earlier
+  prefix's would otherwise underflow that prefix's lambda to zero, so the future would change
+  the past.
   Position lambdas: "local" keeps only the offsets <= 0 (linear memory); "relative"/"global" zero
   E[n, m] for m > n.
 - Padding (`mask` [batch, n] for the queries, `context_mask` [batch, m] for a separate context;
@@ -438,8 +439,8 @@ def _causal_content_output(q, keys, values, cmask, dtype):
     peak = ops.maximum(local_peak, carried_peak[:, :, None])  # [b, L, C, k, u]
     seen = ops.logical_and(causal, valid[:, :, None])  # [b, L, C(i), C(m), 1, 1]: m <= i, kept
     weights = ops.exp(ops.where(seen, keys[:, :, None] - peak[:, :, :, None], -1e30))
+    # weights: [b, L, C(i), C(m), k, u], each <= 1
     carry = ops.exp(carried_peak[:, :, None] - peak)  # [b, L, C, k, u], <= 1
-    # weights [b, L, C(i), C(m), k, u]
     total = ops.sum(weights, axis=3) + carry * carried_sum[:, :, None]  # [b, L, C, k, u]
     prefix = (ops.einsum("bjimku,bjmvu->bjikvu", ops.cast(weights, dtype), values)
               + ops.cast(carry, dtype)[:, :, :, :, None, :] * carried_num[:, :, None])
