@@ -17,11 +17,12 @@ from lambda_keras.layers import LambdaLayer
 SIZE = 32
 
 
-def _save_tiny_model(path, classes):
-    """A small LambdaLayer classifier saved as .keras; returns the path."""
+def _save_tiny_model(path, classes, size=SIZE):
+    """A small LambdaLayer classifier saved as .keras (size None: any image size); returns the
+    path."""
     keras.utils.set_random_seed(1)
     model = keras.Sequential([
-        keras.Input((SIZE, SIZE, 3)),
+        keras.Input((size, size, 3)),
         keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
         LambdaLayer(key_dim=8, num_heads=2, receptive_field=5),
         keras.layers.GlobalAveragePooling2D(),
@@ -632,16 +633,8 @@ def test_export_of_a_keras_file_of_any_size_takes_image_size(tmp_path, capsys):
     (was: an error about `input_size=(None, None)`); without the flag, an error naming it."""
     from lambda_keras.export import LiteRTRunner
 
-    keras.utils.set_random_seed(2)
-    model = keras.Sequential([
-        keras.Input((None, None, 3)),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(3, activation="softmax"),
-    ])
-    path = str(tmp_path / "dyn.keras")
-    model.save(path)
+    path = _save_tiny_model(str(tmp_path / "dyn.keras"), classes=3, size=None)
+    model = keras.saving.load_model(path)
     _one_error_line(capsys, ["export", "--model", path, "--output", str(tmp_path / "none")],
                     "takes images of any size", "--image-size")
     assert not (tmp_path / "none").exists()

@@ -200,6 +200,18 @@ def _assert_classifier_advice(message, source, tensor, file_classes):
     assert message.count("left unchanged") == 1, message
 
 
+def _assert_new_classifier_on_the_loaded_backbone(build, loaded):
+    """`build(classes=7)` (a new 7-class classifier on pretrained weights) equals the checkpoint
+    `loaded` but for the classifier, which keeps the initial values of a fresh model's."""
+    keras.utils.set_random_seed(3)
+    model = build(classes=7)
+    keras.utils.set_random_seed(3)
+    fresh = weights_by_path(small_26t(classes=7))
+    for key, value in weights_by_path(model).items():
+        expected = fresh[key] if key.startswith("predictions/") else loaded[key]
+        np.testing.assert_array_equal(value, expected, err_msg=key)
+
+
 def test_other_classes_into_a_default_model_are_refused(timm_state, tmp_path):
     # A 10-class checkpoint and `classes` left at 1000: refused, not a random 1000-class head.
     message = _strict_error(timm_state, tmp_path, classes=1000)
@@ -218,13 +230,8 @@ def test_headless_checkpoint_needs_a_headless_model(timm_state, loaded, tmp_path
     path = save_state(state, tmp_path / "headless.safetensors")
     got = weights_by_path(small_26t(weights=path, include_top=False))
     assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
-    keras.utils.set_random_seed(3)
-    model = small_26t(weights=path, classes=7)
-    keras.utils.set_random_seed(3)
-    fresh = weights_by_path(small_26t(classes=7))
-    for key, value in weights_by_path(model).items():
-        expected = fresh[key] if key.startswith("predictions/") else loaded[key]
-        np.testing.assert_array_equal(value, expected, err_msg=key)
+    _assert_new_classifier_on_the_loaded_backbone(
+        lambda **kwargs: small_26t(weights=path, **kwargs), loaded)
 
 
 def test_include_top_false_loads_all_but_the_classifier(checkpoint, loaded):
@@ -349,13 +356,8 @@ def test_keras_files_follow_the_classifier_rule(keras_files, loaded, which):
     assert set(loaded) - set(got) == {"predictions/kernel", "predictions/bias"}
     for key, value in got.items():
         np.testing.assert_array_equal(value, loaded[key], err_msg=key)
-    keras.utils.set_random_seed(3)
-    model = _load_without_warnings(weights=path, classes=7)
-    keras.utils.set_random_seed(3)
-    fresh = weights_by_path(small_26t(classes=7))
-    for key, value in weights_by_path(model).items():
-        expected = fresh[key] if key.startswith("predictions/") else loaded[key]
-        np.testing.assert_array_equal(value, expected, err_msg=key)
+    _assert_new_classifier_on_the_loaded_backbone(
+        lambda **kwargs: _load_without_warnings(weights=path, **kwargs), loaded)
     model = small_26t(classes=1000)
     before = weights_by_path(model)
     with pytest.raises(ValueError) as info:
