@@ -182,7 +182,7 @@ def _cmd_predict(args):
             image = tf.io.decode_image(tf.io.read_file(path), channels=3,
                                        expand_animations=False)  # [H, W, 3] uint8
         except tf.errors.OpError as error:
-            raise ValueError(f"{path} is not a readable image (PNG, JPEG, GIF, BMP, WebP): "
+            raise ValueError(f"{path} is not a readable image ({data.IMAGE_FORMATS}): "
                              f"{error.message}") from None
         batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
         probabilities = np.asarray(model.predict(batch, verbose=0))[0]  # [classes]
@@ -446,7 +446,8 @@ def build_parser():
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("predict", help="print the top-5 labels of images")
-    p.add_argument("images", nargs="+", help="image files (PNG, JPEG, GIF, BMP, WebP)")
+    p.add_argument("images", nargs="+",
+                   help="image files (PNG, JPEG, GIF, BMP; WebP where TensorFlow reads it)")
     model_args(p)
     p.add_argument("--top", type=int, default=None, help="default: 5 (fewer classes: all)")
     p.add_argument("--labels", default=None,

@@ -271,6 +271,22 @@ def test_folder_spec_reads_class_folders(tmp_path):
     assert len(dataset_batches(ds)) == 3
 
 
+def test_a_tensorflow_without_webp_names_webp_files_as_not_images(tmp_path):
+    """TensorFlow 2.18 (the lowest pin) has no WebP decoder: there .webp files are named as files
+    that are not images, before training; where it has one, they are images (below)."""
+    _write_images(tmp_path, {"red": 2, "blue": 2})
+    Image.new("RGB", (6, 6)).save(tmp_path / "red" / "x.webp", lossless=True)
+    spec = f"folder:{tmp_path}"
+    if data.folders.WEBP:
+        assert data.make_dataset(spec, "all", image_size=16)[1].num_examples == 5
+        assert ".webp" in data.IMAGE_EXTENSIONS and "WebP" in data.IMAGE_FORMATS
+    else:
+        with pytest.raises(ValueError, match=rf"not images.*{re.escape(str(tmp_path))}.*x\.webp"):
+            data.make_dataset(spec, "all", image_size=16)
+        assert ".webp" not in data.IMAGE_EXTENSIONS and "WebP" not in data.IMAGE_FORMATS
+
+
+@pytest.mark.skipif(not data.folders.WEBP, reason="this TensorFlow decodes no WebP (test above)")
 def test_folder_spec_reads_webp_and_bmp_and_names_a_cut_webp(tmp_path):
     """Every format tf.io.decode_image reads (predict reads them too): lossless WebP and BMP
     decode to their exact pixels; a WebP shorter than its RIFF header says, or a RIFF file that

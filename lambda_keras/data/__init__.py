@@ -38,13 +38,15 @@ from lambda_keras.data.augment import (
     OPS as RANDAUGMENT_OPS, RANDAUGMENT_MAX_MAGNITUDE, RandAugment, make_randaugment)
 from lambda_keras.data.sources import (
     HOLDOUT_FRACTION, HOLDOUT_SEED, HOLDOUT_SPLITS, SCHEMES)
-from lambda_keras.data.folders import FOLDER_SPLIT_DIRS, IMAGE_EXTENSIONS, IMAGE_SIGNATURES
+from lambda_keras.data.folders import (FOLDER_SPLIT_DIRS, IMAGE_EXTENSIONS, IMAGE_FORMATS,
+                                       IMAGE_SIGNATURES)
 from lambda_keras.data.tfds_source import TFDS_SHUFFLE_BUFFER
 from lambda_keras.data.pipeline import AUGMENTS, DatasetInfo, make_dataset
 
 __all__ = [
     "AUGMENTS", "DEFAULT_PREPROCESSING", "DatasetInfo", "FOLDER_SPLIT_DIRS", "HOLDOUT_FRACTION",
-    "HOLDOUT_SEED", "HOLDOUT_SPLITS", "IMAGE_EXTENSIONS", "IMAGE_SIGNATURES", "Preprocessing",
+    "HOLDOUT_SEED", "HOLDOUT_SPLITS", "IMAGE_EXTENSIONS", "IMAGE_FORMATS", "IMAGE_SIGNATURES",
+    "Preprocessing",
     "RANDAUGMENT_MAX_MAGNITUDE", "RANDAUGMENT_OPS", "RANDOM_RESIZED_CROP_RATIO",
     "RANDOM_RESIZED_CROP_SCALE", "RESIZE_METHODS", "RandAugment", "SCHEMES",
     "TFDS_SHUFFLE_BUFFER", "eval_transform", "make_dataset", "make_randaugment", "normalize",

@@ -1,6 +1,6 @@
 """Image folders as a source: `folder:PATH` specs.
 
-Class sub-folders of images (.jpg, .jpeg, .png, .gif, .bmp, .webp), like
+Class sub-folders of images (.jpg, .jpeg, .png, .gif, .bmp; .webp where TensorFlow reads it), like
 `keras.utils.image_dataset_from_directory`. If PATH has split folders (`train/`, `val/` or
 `validation/`, `test/`), each holding class folders, `split` picks one; otherwise PATH holds the
 class folders and a fixed stratified 80/20 hold-out gives "train" and "validation"/"test" ("all"
@@ -22,15 +22,18 @@ import tensorflow as tf
 
 from lambda_keras.data.sources import Source, holdout_indices
 
-IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png", ".webp")
+# NOTE: tf.io.decode_image reads WebP from the TensorFlow that has tf.io.decode_webp on (not
+# 2.18, the lowest supported; 2.21 does): WebP files count as images only there.
+WEBP = hasattr(tf.io, "decode_webp")
+IMAGE_EXTENSIONS = (".bmp", ".gif", ".jpeg", ".jpg", ".png") + ((".webp",) if WEBP else ())
 # File signatures of the formats tf.io.decode_image reads: (pattern of the leading bytes, format).
 IMAGE_SIGNATURES = (
     (re.compile(b"\xff\xd8\xff"), "JPEG"),
     (re.compile(b"\x89PNG\r\n\x1a\n"), "PNG"),
     (re.compile(b"GIF8[79]a"), "GIF"),
     (re.compile(b"BM"), "BMP"),
-    (re.compile(b"RIFF.{4}WEBP", re.DOTALL), "WebP"),  # RIFF, its size, WEBP
-)
+) + (((re.compile(b"RIFF.{4}WEBP", re.DOTALL), "WebP"),) if WEBP else ())  # RIFF, size, WEBP
+IMAGE_FORMATS = ", ".join(sorted({name for _, name in IMAGE_SIGNATURES}))  # for messages
 _HEAD_BYTES = 12
 # Split folders of a `folder:` dataset, by logical split, in order of preference.
 FOLDER_SPLIT_DIRS = {
@@ -101,8 +104,7 @@ def _header_problem(path):
     except OSError as error:
         return f"{path} (unreadable: {error.strerror})"
     if not any(signature.match(head) for signature, _ in IMAGE_SIGNATURES):
-        formats = sorted({name for _, name in IMAGE_SIGNATURES})
-        return f"{path} (not a {', '.join(formats)} image)"
+        return f"{path} (not a {IMAGE_FORMATS} image)"
     if not _looks_complete(head, tail, size):
         problem = _decode_problem(path)
         return problem and problem.replace("(cannot be decoded:", "(truncated; cannot be decoded:")
