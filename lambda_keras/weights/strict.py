@@ -11,7 +11,6 @@ classifier (fine-tuning), which keeps its initial values when the checkpoint's d
 
 import inspect
 import os
-import re
 import warnings
 
 import numpy as np
@@ -182,16 +181,17 @@ def _h5_classifier(model, path):
     when the file has no classifier.
 
     NOTE: Keras 3 saves a functional model's layers under layers/<name>: the layer class's
-    snake_case name, numbered in `model.layers` order (dense, dense_1, ...), and each layer's
-    variables under vars/<i> in creation order (a Dense: kernel, bias). Layout as measured on
-    Keras 3.15, like OPTIMIZER_GROUP.
+    snake_case name (Keras' own `naming.to_snake_case`, which its saving_lib calls), numbered in
+    `model.layers` order (dense, dense_1, ...), and each layer's variables under vars/<i> in
+    creation order (a Dense: kernel, bias). Layout as measured on Keras 3.15, like
+    OPTIMIZER_GROUP.
     """
     import h5py
+    from keras.src.utils.naming import to_snake_case  # private, as the file layout it names
 
     classifier = model.get_layer(CLASSIFIER)
     index = [layer for layer in model.layers if type(layer) is type(classifier)].index(classifier)
-    name = re.sub("([a-z])([A-Z])", r"\1_\2",
-                  re.sub("(.)([A-Z][a-z]+)", r"\1_\2", type(classifier).__name__)).lower()
+    name = to_snake_case(type(classifier).__name__)
     dataset = f"layers/{name}{f'_{index}' if index else ''}/vars/0"
     with h5py.File(path, "r") as f:
         return dataset, (int(f[dataset].shape[-1]) if dataset in f else None)
