@@ -19,7 +19,8 @@ def load_tables(folder):
 
 
 def recorded_runtime(data, engine):
-    """The `formulations.Runtime` a table's engine ran in (as its worker recorded it)."""
+    """The `formulations.Runtime` a table's engine ran in (as its worker recorded it; a what-if
+    run's `rows`, `python -m benchmarks.formulations --rows`, as its kind of CPU)."""
     from lambda_keras import runtime
     from lambda_keras.layers import formulations
 
@@ -28,8 +29,8 @@ def recorded_runtime(data, engine):
                                 onednn=bool(record.get("onednn")),
                                 pooled_allocator=record.get("pooled_allocator", True),
                                 device=record.get("device", "cpu"),
-                                cpu=runtime.cpu_kind(data["machine"]["cpu_model"],
-                                                     data["machine"]["cpu_flags"]))
+                                cpu=record.get("rows") or runtime.cpu_kind(
+                                    data["machine"]["cpu_model"], data["machine"]["cpu_flags"]))
 
 
 def rule_pick(data, cell):

@@ -3,7 +3,7 @@
     python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
                                       [--sizes 14,28] [--out benchmarks/results/formulations]
                                       [--machine TAG] [--table] [--picks-only]
-                                      [--versus-timm]
+                                      [--versus-timm] [--rows KIND --out DIR]
 
 Measures "queries_first", "query_windows", "lambdas_first", "row_windows" and "conv" (selected
 through `LambdaLayer(implementation=...)`) side by side, forward (`training=False`) and forward +
@@ -24,9 +24,8 @@ r 23 |u| 1 ("r23") and r 7 |u| 4 ("r7u4"), maps 14^2-112^2 (and 7^2, c5's map at
 a run of `--sizes 7`), and the strided r 23 layer
 ("r23s2": a 3 x 3 stride-2 average pool follows, as in the first block of a LambdaResNet stage)
 and r 7 |u| 4 strided ("r7u4s2") at 14^2-56^2; timm's r 9 layer ("r9", and "r9s2" with its 2 x 2
-stride-2 pool) at 14^2 and 28^2 (the other CPUs' tables predate some of these: the Xeon's has
-neither r 9 nor "r7u4s2" nor strided 56^2 nor 7^2, the AVX2 EPYC's no "r7u4s2", strided 56^2,
-r 9 at 28^2 or 7^2).
+stride-2 pool) at 14^2 and 28^2 (the AVX2 EPYC's table predates some of these: it has no
+"r7u4s2", strided 56^2, r 9 at 28^2 or 7^2; the Xeon's no 7^2).
 
 Per cell (engine, shape, size, phase): each formulation gets one warm-up call (tracing, XLA
 compilation) and one timed probe call; a formulation whose probe is > 10x the best probe is not
@@ -41,7 +40,9 @@ time of that formulation. Results: one table per kind of CPU, `results/formulati
 (`lambda_keras.runtime.cpu_kind()`: "intel-avx512", "amd-avx2", "amd-avx512"; per engine:
 machine, oneDNN state, package versions; per cell: every formulation's statistics, the fastest,
 auto's pick and ratio).
-The rule must hold on every table (tests/test_formulation_rule.py);
+`--rows KIND` is a what-if run: "auto" and query windows' blocks follow the rule rows of another
+measured kind of CPU (the engines' records name it), to see whether that kind's rows would serve
+this one. The rule must hold on every table (tests/test_formulation_rule.py);
 benchmarks/formulation_tables.py reads them (`--table`, `--versus-timm`).
 """
 
@@ -167,6 +168,10 @@ def run_engine(engine, settings, threads, out_path, log=print):
 
     if keras.backend.backend() != backend:
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
+    if settings.get("rows"):  # a what-if run: the rule and plans of another kind of CPU
+        from lambda_keras import runtime as runtime_module
+
+        runtime_module._process_cpu_kind = lambda: settings["rows"]  # noqa: SLF001
     steps_for = autotuning.STEPS[backend]
     batch, width = settings["batch"], settings["width"]
     if settings.get("picks_only"):
@@ -341,6 +346,11 @@ def parse_args(argv):
                         help="comma-separated shapes (default: all); the stored cells of the "
                              "other shapes are kept")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--rows", default=None,
+                        help="what-if run: trace \"auto\" and size query windows' blocks with the "
+                             "rule rows of this kind of CPU (e.g. amd-avx512) instead of this "
+                             "machine's; the table records it (use --out: it is not this CPU's "
+                             "table)")
     parser.add_argument("--rounds", default=None,
                         help="SLOW,OTHERS: round-robin calls per formulation after the probe, in "
                              "cells whose best probe is over budget_s and in the others "
@@ -371,6 +381,16 @@ def parse_args(argv):
     if unknown:
         parser.error(f"unknown shapes {unknown}: choose from {list(SHAPES)}. "
                      f"Received: --shapes={args.shapes!r}")
+    if args.rows:
+        from lambda_keras.layers.formulations import rule
+
+        kinds = ("intel-avx512", *rule.CPU_RULES)  # LOCAL_RULE's rows are the Xeon's
+        if args.rows not in kinds:
+            parser.error(f"`--rows` must be a measured kind of CPU out of {kinds}. "
+                         f"Received: --rows={args.rows!r}")
+        if not args.out:
+            parser.error("`--rows` needs `--out`: a what-if run is not this CPU's table. "
+                         f"Received: --rows={args.rows!r} without --out")
     return args
 
 
@@ -389,6 +409,8 @@ def main(argv=None):
         settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
     if args.rounds:
         settings["rounds"] = tuple(int(r) for r in args.rounds.split(","))
+    if args.rows:
+        settings["rows"] = args.rows
     shapes = args.shapes.split(",")
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else TABLES)
     os.makedirs(out_dir, exist_ok=True)
@@ -445,7 +467,8 @@ def main(argv=None):
         run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
                    wall_s=round(time.time() - t0, 1), load_before=load_before,
                    load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
-        record = dict(runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update)
+        record = dict(runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
+                      **({"rows": settings["rows"]} if settings.get("rows") else {}))
         merge_run(data, engine, cells, shapes, record, run)
         common.write_json(path, data)
         print(f"[formulations] {engine}: {len(cells)} cells, {run['wall_s']:.0f} s -> {path}",

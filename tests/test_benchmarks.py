@@ -431,3 +431,38 @@ def test_paired_refuses_unknown_engines_and_phases(capsys):
         with pytest.raises(SystemExit):
             paired.parse_args(argv)
         assert named in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_formulations_what_if_run_traces_the_rows_of_another_kind_of_cpu(tmp_path):
+    """`--rows KIND` times a table with the rule rows of another measured CPU: its worker traces
+    "auto" with that kind's rows (a cell where they pick differently from this CPU's), and the
+    table records the kind, so `rule_pick` recomputes the same picks."""
+    from lambda_keras.layers import formulations
+
+    here = runtime.cpu_kind()
+    without_avx512 = formulations.cpu_rows(here) is formulations.WITHOUT_AVX512_RULE
+    other = "intel-avx512" if without_avx512 else "amd-avx2"
+    # TensorFlow's malloc allocator, r 7 |u| 4 at 20^2 (8 scopes), forward: the convolution on the
+    # CPU without AVX-512 (query windows on maps of up to 6 scopes), query windows with AVX-512.
+    picks = {cpu: formulations.choose(
+        "conv", 20, 20, False, num_heads=4, key_dim=16, value_dim=8, intra_depth=4,
+        receptive_field=7, runtime=formulations.Runtime("tensorflow", pooled_allocator=False,
+                                                        cpu=cpu))
+        for cpu in (other, here)}
+    assert picks[other] != picks[here], picks
+    assert formulations_suite.main(["--quick", "--engines", "tf_malloc", "--shapes", "r7u4",
+                                    "--sizes", "20", "--rows", other, "--out",
+                                    str(tmp_path)]) == 0
+    data = _load(tmp_path, f"{here}.json")
+    assert data["engines"]["tf_malloc"]["rows"] == other
+    (cell,) = [c for c in data["cells"] if c["phase"] == "fwd"]
+    assert cell["auto"] == picks[other] == formulation_tables.rule_pick(data, cell)
+
+
+def test_formulations_what_if_run_needs_a_measured_kind_and_its_own_folder(capsys, tmp_path):
+    for argv, named in ((["--rows", "arm-neon", "--out", str(tmp_path)], "arm-neon"),
+                        (["--rows", "amd-avx2"], "--out")):
+        with pytest.raises(SystemExit):
+            formulations_suite.parse_args(argv)
+        assert named in capsys.readouterr().err

@@ -103,7 +103,8 @@ def test_strided_layers_take_query_windows_where_measured_fastest():
         assert choose((14, 14), False, runtime, strides=2) == "queries_first"
     assert choose((28, 28), False, TORCH) == "conv"
     assert choose((28, 28), False, XLA) == "queries_first"
-    assert choose((56, 56), False, ONEDNN) == "query_windows"
+    assert choose((56, 56), False, dataclasses.replace(ONEDNN, cpu="amd-avx512")) \
+        == "query_windows"
     assert choose((112, 112), False, ONEDNN) == "conv"
     malloc = formulations.Runtime("tensorflow", pooled_allocator=False)
     assert choose((28, 28), True, malloc) == "row_windows"
@@ -253,10 +254,12 @@ def test_strided_query_windows_only_on_maps_timed_with_them():
 
 def test_query_windows_blocks_only_where_measured():
     """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
-    only where they were measured faster: on the CPU without AVX-512, unstrided layers with
-    r > 11; columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
+    only where they were measured faster, in unstrided layers with r > 11: on the CPU without
+    AVX-512, columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
     blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
-    pooled allocator), XLA and JAX; 1 column and 2-scope blocks elsewhere."""
+    pooled allocator), XLA and JAX; on the CPUs with AVX-512 (the AMD rows, which the Xeon's
+    second table took), 2 columns and half-scope blocks without oneDNN and under TF's XLA,
+    half-scope blocks in oneDNN training; 1 column and 2-scope blocks elsewhere."""
     def blocks(runtime, training, **kwargs):
         found = formulations.window_blocks(runtime, training, **kwargs)
         return found["block_columns"], found["block_scopes"]
@@ -275,9 +278,14 @@ def test_query_windows_blocks_only_where_measured():
     assert blocks(dataclasses.replace(JAX, cpu="amd-avx2"), True) == (2, 0.5)
     assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
     assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH):
+    for cpu in ("intel-avx512", "amd-avx512"):
+        avx512 = {name: dataclasses.replace(runtime, cpu=cpu) for name, runtime in dict(
+            onednn=ONEDNN, tf=NO_ONEDNN, xla=XLA, jax=JAX, torch=TORCH).items()}
+        assert blocks(avx512["onednn"], False) == (1, 2)
+        assert blocks(avx512["onednn"], True) == (1, 0.5)
         for training in (False, True):
-            assert blocks(runtime, training) == (1, 2)
+            assert blocks(avx512["tf"], training) == blocks(avx512["xla"], training) == (2, 0.5)
+            assert blocks(avx512["jax"], training) == blocks(avx512["torch"], training) == (1, 2)
     assert blocks(dataclasses.replace(TORCH, cpu="amd-avx2"), True) == (1, 2)
     for _, key, rule in ALL_ROWS:
         assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
@@ -288,11 +296,13 @@ def test_query_windows_blocks_only_where_measured():
 def test_batch_parts_only_where_measured():
     """The position term in independent parts of the batch (formulations.batch_parts) only
     where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
-    CPU without AVX-512 and pooled on the AMD CPU with it, query windows of unstrided layers with
+    CPU without AVX-512 and pooled on the CPUs with it, query windows of unstrided layers with
     r > 11."""
-    assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu="amd-avx512"), False,
-                                    "query_windows") == 1
-    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2, dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")):
+    for cpu in ("intel-avx512", "amd-avx512"):
+        assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu=cpu), False,
+                                        "query_windows") == 1
+    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2, NO_ONEDNN,
+                    dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")):
         assert formulations.batch_parts(runtime, False, "query_windows") == 4
         assert formulations.batch_parts(runtime, True, "query_windows") == 1
         assert formulations.batch_parts(runtime, False, "query_windows", strides=2) == 1
@@ -301,7 +311,7 @@ def test_batch_parts_only_where_measured():
             assert formulations.batch_parts(runtime, False, formulation) == 1
     amd = [dataclasses.replace(runtime, cpu=cpu) for runtime in (ONEDNN, XLA, JAX, TORCH)
            for cpu in ("amd-avx2", "amd-avx512")]
-    for runtime in (ONEDNN, NO_ONEDNN, XLA, JAX, TORCH, *amd):
+    for runtime in (ONEDNN, XLA, JAX, TORCH, *amd):
         for training in (False, True):
             assert formulations.batch_parts(runtime, training, "query_windows") == 1
 
@@ -343,23 +353,27 @@ def test_rule_tables_of_several_machines():
 
 
 def test_each_kind_of_cpu_gets_its_measured_rows_or_those_of_its_simd_width():
-    """rule.py, CPU_RULES: the AMD CPUs' own rows; an unmeasured kind those of the measured one
-    with the same SIMD width (a guess, documented); no CPU rows on a GPU."""
-    assert formulations.cpu_rows("intel-avx512") == {}
+    """rule.py, CPU_RULES: each measured CPU's own rows; an unmeasured kind those of a measured
+    one with the same SIMD width (a guess, documented); no CPU rows on a GPU."""
+    assert formulations.cpu_rows("intel-avx512") is formulations.INTEL_AVX512_RULE
     assert formulations.cpu_rows("amd-avx2") is formulations.WITHOUT_AVX512_RULE
     assert formulations.cpu_rows("amd-avx512") is formulations.AMD_AVX512_RULE
     assert formulations.cpu_rows("intel-avx2") is formulations.WITHOUT_AVX512_RULE
     assert formulations.cpu_rows("arm-simd") is formulations.WITHOUT_AVX512_RULE
-    assert formulations.cpu_rows("cpu-avx512") == {}
+    assert formulations.cpu_rows("cpu-avx512") is formulations.INTEL_AVX512_RULE
     amd = {name: dataclasses.replace(runtime, cpu="amd-avx512") for name, runtime in
            dict(onednn=ONEDNN, xla=XLA).items()}
     # The r 23 forward at 112^2: the AVX-512 convolution with oneDNN on both AVX-512 CPUs
-    # (AMD: 462 vs 686 ms for query windows); under XLA query windows on the AMD CPUs (AMD with
-    # AVX-512: 645 vs 1787 ms for row windows), row windows on the Xeon (query windows not
-    # measured there at 112^2).
+    # (AMD: 462 vs 686 ms for query windows); under XLA query windows on both (AMD with AVX-512:
+    # 645 vs 1787 ms for row windows; the Xeon 991 vs 1688 ms, where its first table had not
+    # timed query windows at 112^2 and row windows were picked).
     assert choose((112, 112), False, amd["onednn"]) == choose((112, 112), False, ONEDNN) == "conv"
-    assert choose((112, 112), False, amd["xla"]) == "query_windows"
-    assert choose((112, 112), False, XLA) == "row_windows"
+    assert choose((112, 112), False, amd["xla"]) == choose((112, 112), False, XLA) \
+        == "query_windows"
+    # The Xeon's oneDNN forward: the convolution from 56^2 (r 23: 122 / 128 ms vs 150 / 161 for
+    # query windows in two runs), where the AMD CPU takes query windows.
+    assert choose((56, 56), False, ONEDNN) == "conv"
+    assert choose((56, 56), False, amd["onednn"]) == "query_windows"
     assert formulations.window_blocks(amd["xla"], False) == dict(block_columns=2,
                                                                   block_scopes=0.5)
     # With TensorFlow's malloc allocator and the separate products, forward: query windows up to
@@ -377,23 +391,25 @@ def test_each_kind_of_cpu_gets_its_measured_rows_or_those_of_its_simd_width():
     assert choose((14, 14), True, malloc, receptive_field=9) == "queries_first"
     assert choose((14, 14), True, malloc, receptive_field=9, strides=2) == "query_windows"
     amd_jax = dataclasses.replace(JAX, cpu="amd-avx512")
-    assert choose((28, 28), True, amd_jax, receptive_field=7, intra_depth=4) == "conv"
-    assert choose((28, 28), True, JAX, receptive_field=7, intra_depth=4) == "query_windows"
+    assert choose((28, 28), True, amd_jax, receptive_field=7, intra_depth=4) \
+        == choose((28, 28), True, JAX, receptive_field=7, intra_depth=4) == "conv"
     # oneDNN: r 7 |u| 4 forward at 56^2 (64 scopes) takes the convolution (query windows 1.19x /
     # 1.20x in two runs), at 28^2 query windows; training at 112^2, r 23, query windows in
-    # half-scope blocks (2.1 vs 5.3 s for row windows, the Xeon's pick).
+    # half-scope blocks (2.1 vs 5.3 s for row windows; the Xeon too since its second table:
+    # 3.2 vs 6.4 s).
     assert choose((56, 56), False, amd["onednn"], receptive_field=7, intra_depth=4) == "conv"
     assert choose((28, 28), False, amd["onednn"], receptive_field=7, intra_depth=4) \
         == "query_windows"
-    assert choose((112, 112), True, amd["onednn"]) == "query_windows"
-    assert choose((112, 112), True, ONEDNN) == "row_windows"
-    # Without oneDNN too (2.9 vs 4.1 s), in 2 query columns per block; since the separate
-    # products for r 7 |u| 4 as well (3.8 vs 4.8 s for the convolution).
+    assert choose((112, 112), True, amd["onednn"]) == choose((112, 112), True, ONEDNN) \
+        == "query_windows"
+    assert formulations.window_blocks(ONEDNN, True) == dict(block_columns=1, block_scopes=0.5)
+    # Without oneDNN too (2.9 vs 4.1 s; the Xeon 4.0 vs 5.6 s), in 2 query columns per block;
+    # since the separate products for r 7 |u| 4 as well (3.8 vs 4.8 s for the convolution).
     amd_tf = dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")
-    assert choose((112, 112), True, amd_tf) == "query_windows"
+    assert choose((112, 112), True, amd_tf) == choose((112, 112), True, NO_ONEDNN) \
+        == "query_windows"
     assert choose((112, 112), True, amd_tf, receptive_field=7, intra_depth=4) == "query_windows"
     assert formulations.window_blocks(amd_tf, True) == dict(block_columns=2, block_scopes=0.5)
-    assert choose((112, 112), True, NO_ONEDNN) == "row_windows"
     # PyTorch training at 112^2, r 23: the convolution (5.8-8.4 vs 7.4-10.0 s for row windows).
     assert choose((112, 112), True, dataclasses.replace(TORCH, cpu="amd-avx512")) == "conv"
     assert choose((112, 112), True, TORCH) == "row_windows"

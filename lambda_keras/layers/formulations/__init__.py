@@ -28,8 +28,8 @@ same r x r convolution with one input channel is fast with TensorFlow's oneDNN k
 slower without them (TensorFlow enables oneDNN by default only on CPUs with AVX-512), and slow
 under XLA (TF `jit_compile=True`, JAX); without oneDNN, TensorFlow's malloc allocator makes large
 temporaries dear; the CPU matters too (the same engine ranks formulations differently with and
-without AVX-512, and XLA differently on an Intel and an AMD CPU with AVX-512). `choose` is the
-rule: a pure function of the shapes and of the `Runtime` (backend, XLA or not, oneDNN state, CPU
+without AVX-512, and some cells differently on an Intel and an AMD CPU with AVX-512). `choose` is
+the rule: a pure function of the shapes and of the `Runtime` (backend, XLA or not, oneDNN state, CPU
 allocator, device, kind of CPU) the layer traces under. Its thresholds come from
 `benchmarks/formulations.py`, run on three kinds of CPU (`lambda_keras.runtime.cpu_kind()`: an
 Intel Xeon with AVX-512, an AMD EPYC with AVX2 only and one with AVX-512;
@@ -83,6 +83,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     CPU_RULES,
     ENGINES,
     GPU_RULE,
+    INTEL_AVX512_RULE,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,

@@ -62,7 +62,10 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
 # pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
 # with AVX2 (benchmarks/results/formulations/, summarised in benchmarks/README.md "Formulations
-# per backend"); times quoted below are the Xeon's unless marked. In this order:
+# per backend"); times quoted below are the Xeon's first table's (2026-12-02) unless marked.
+# These rows are the base that each measured CPU's rows modify (CPU_RULES: the Xeon's own since
+# its second table, INTEL_AVX512_RULE) and the rows of what no table measured (TensorFlow on a
+# GPU: a guess). In this order:
 # - "queries_first": where the scope covers a good part of the map (n <= dense_scope r^2) and
 #   q.E's h x m x u map per query is at most `queries_first` times the k x v lambda it replaces
 #   (1: no more memory than the lambdas, what every engine does; 4: up to 32^2 maps at the
@@ -75,7 +78,7 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 #   the n x m formulations or row windows to win). Memory per
 #   position does not grow with the map, but at 112^2 (batch 8) the window scores and their
 #   spread take 3-4 GiB forward and ~7-10 GiB in training (half-scope blocks; the suite does
-#   not run 2-scope blocks there, ~11 GiB), and the Xeon's table stops at 56^2. An unstrided
+#   not run 2-scope blocks there, ~11 GiB; the Xeon's first table stopped at 56^2). An unstrided
 #   layer's query windows with r > 11 group `block_columns` query columns per batched-matmul
 #   item and cut tall maps into blocks of `block_scopes` scopes of query rows (`window_blocks`;
 #   other layers: 1 column, 2 scopes);
@@ -198,7 +201,7 @@ LOCAL_RULE = {
                               window_scopes=6),
 }
 # Rows that differ on a CPU without AVX-512 (measured on an AMD EPYC with AVX2,
-# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on the Xeon and the EPYC elsewhere).
+# results/formulations/amd-avx2.json; LOCAL_RULE's rows hold on the EPYC elsewhere).
 # - Without oneDNN, TensorFlow's (Eigen's) batched matmul runs query windows' many small
 #   products ([B h, rows S] x [rows S, v] per query column) at ~25 GFLOP/s where one large GEMM
 #   of the same FLOPs runs at ~75: grouping query columns (C = S + G - 1 window columns, C / S
@@ -227,8 +230,8 @@ LOCAL_RULE = {
 #   3.9-4.2 GiB, 3.1 / 3.9 GiB without / with oneDNN in half-scope blocks, against 1.0
 #   (convolution) and 1.4-1.6 GiB (row windows). JAX only with 2 columns per block (below;
 #   in 1 column 3.55 vs 3.32 s for row windows); not PyTorch (3.29 vs 1.66 s for the
-#   convolution). The Xeon's table stops query windows at 56^2 (its oneDNN convolution was
-#   the faster one there at 56^2 already).
+#   convolution). The Xeon's first table stopped query windows at 56^2 (its second: see
+#   INTEL_AVX512_RULE).
 # - PyTorch forward: row windows below 50^2 for r > 11 (28^2 r 23: 68 vs 97 ms for the
 #   convolution; the earlier run 166 vs 198), the convolution from 56^2 (415 vs 570 ms).
 # - Query windows forward (r > 11, unstrided) in blocks of half a scope of query rows (12 rows
@@ -365,9 +368,40 @@ AMD_AVX512_RULE = {
     ("torch", "train"): dict(LOCAL_RULE[("torch", "train")], local=(SMALL_R_CONV, CONV_FROM_50,
                                                                     ROW_WINDOWS), window_scopes=12),
 }
-# The measured kinds of CPU (`lambda_keras.runtime.cpu_kind()`) with rows of their own; the
-# Intel Xeon with AVX-512 ("intel-avx512") has LOCAL_RULE's (see `cpu_rows`).
-CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE}
+# Rows of the Intel Xeon with AVX-512 (and AMX; 2 cores, TensorFlow's oneDNN on by default),
+# measured again with this code (results/formulations/intel-avx512.json, 2026-12-05; LOCAL_RULE
+# came from its first table, 2026-12-02, before query windows' half-scope blocks, 2 query columns,
+# batch parts and separate products). The suite with LOCAL_RULE's rows there: 8 of 216 cells
+# beyond 1.2x, all where the AMD EPYC with AVX-512 already had rows of its own, so the Xeon takes
+# AMD_AVX512_RULE but for four rows. Whole layer, batch 8, d 256, the suite's medians:
+# - the AMD rows: query windows up to 112^2 without oneDNN (r 23 forward at 112^2: 1010 ms vs
+#   1771 for row windows, LOCAL_RULE's pick), under XLA (r 23 forward 991 vs 1688 ms; r 7 |u| 4
+#   at 112^2 535 / 2180 ms forward / training vs 783 / 3116 for the convolution), with TensorFlow's
+#   malloc allocator in training on maps of 2-12 scopes (timm's r 9 at 28^2: 83 vs 110 ms for row
+#   windows); in training at 112^2 in half-scope blocks (r 23: 3.2 / 4.0 / 2.8 s with oneDNN /
+#   without / XLA vs 6.4 / 5.6 / 6.0 s for row windows; 2-scope blocks, ~11 GiB, were not run).
+# - oneDNN forward: query windows up to 28^2 and 12 scopes, the convolution beyond (r 23 at 56^2:
+#   122 / 128 ms vs 150 / 161 for query windows in two runs; r 7 |u| 4 at 28^2, 16 scopes: 26 vs
+#   30 ms; at 56^2 105 vs 121). The AMD CPU took query windows up to 16 scopes.
+# - oneDNN training: query windows on maps of up to 12 scopes (r 7 |u| 4 at 28^2 / 56^2: the
+#   convolution, 106 / 450 ms vs 132 / 541; r 9 at 28^2, 9.7 scopes: query windows 48 vs 78 ms).
+# - the malloc allocator's forward: query windows up to 112^2 on maps of up to 24 scopes (r 23 at
+#   112^2, 23.7 scopes: 1864 vs 2237 ms for row windows), the convolution beyond (r 7 |u| 4 at
+#   56^2 / 112^2: 261 / 1170 ms vs 316 / 1375 for query windows).
+# - PyTorch training: LOCAL_RULE's row windows beyond query windows (r 23 at 112^2: 6.1 s vs 7.6
+#   for the AMD row's convolution), query windows on maps of up to 12 scopes (r 9 at 28^2: 66 vs
+#   116 ms for the convolution).
+INTEL_AVX512_RULE = {
+    **AMD_AVX512_RULE,
+    ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_28,
+                               window_scopes=12),
+    ("tf_onednn", "train"): dict(AMD_AVX512_RULE[("tf_onednn", "train")], window_scopes=12),
+    ("tf_malloc", "fwd"): dict(AMD_AVX512_RULE[("tf_malloc", "fwd")], window_scopes=24),
+    ("torch", "train"): dict(LOCAL_RULE[("torch", "train")], window_scopes=12),
+}
+# The measured kinds of CPU (`lambda_keras.runtime.cpu_kind()`) with rows of their own.
+CPU_RULES = {"amd-avx2": WITHOUT_AVX512_RULE, "amd-avx512": AMD_AVX512_RULE,
+             "intel-avx512": INTEL_AVX512_RULE}
 
 # Rows on a GPU (measured on one NVIDIA H200 with JAX 0.11 and PyTorch 2.11 (CUDA 13), Keras
 # 3.15, results/formulations/nvidia-h200.json, 2026-12-04; TensorFlow was not installable
@@ -491,11 +525,11 @@ def rule_for(runtime, phase):
 
 def cpu_rows(cpu):
     """The rows of CPU kind `cpu` (`runtime.cpu_kind()`) that differ from LOCAL_RULE: its own
-    where it was measured (CPU_RULES), else those of the measured kind with the same SIMD width
-    (AVX-512: the Xeon's, none; without: the AMD EPYC's, WITHOUT_AVX512_RULE)."""
+    where it was measured (CPU_RULES), else those of a measured kind with the same SIMD width
+    (AVX-512: the Xeon's, INTEL_AVX512_RULE; without: the AMD EPYC's, WITHOUT_AVX512_RULE)."""
     if cpu in CPU_RULES:
         return CPU_RULES[cpu]
-    return {} if cpu.endswith("-avx512") else WITHOUT_AVX512_RULE
+    return INTEL_AVX512_RULE if cpu.endswith("-avx512") else WITHOUT_AVX512_RULE
 
 
 def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, intra_depth,
