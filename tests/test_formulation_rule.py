@@ -41,7 +41,8 @@ ONEDNN = formulations.Runtime("tensorflow", onednn=True)
 NO_ONEDNN = formulations.Runtime("tensorflow", onednn=False)
 NO_ONEDNN_AVX2 = formulations.Runtime("tensorflow", onednn=False, cpu="amd-avx2")
 MALLOC_AVX2 = formulations.Runtime("tensorflow", pooled_allocator=False, cpu="amd-avx2")
-# (kind of CPU, (engine, phase), row) of every rule table; LOCAL_RULE's rows are the Xeon's.
+# (kind of CPU, (engine, phase), row) of every rule table; LOCAL_RULE's rows (the base, from the
+# Xeon's first table) are held to the Xeon's table.
 ALL_ROWS = [("intel-avx512", key, rule) for key, rule in formulations.LOCAL_RULE.items()] + [
     (cpu, key, rule) for cpu, rows in formulations.CPU_RULES.items() for key, rule in rows.items()]
 XLA = formulations.Runtime("tensorflow", xla=True, onednn=True)
@@ -234,7 +235,7 @@ def test_gpu_rows_are_closed_and_apply_on_gpus_only():
 def test_strided_query_windows_only_on_maps_timed_with_them():
     """Strided layers take query windows on maps of up to STRIDED_WINDOWS on every engine: the
     suite timed strided layers there, with every engine, on one kind of CPU at least (the
-    EPYC-512's 56^2; the other tables stop at 28^2, NOTE in the rule)."""
+    EPYC-512's and the Xeon's 56^2; the AVX2 EPYC's table stops at 28^2, NOTE in the rule)."""
     low, high = formulations.STRIDED_WINDOWS
     for key in formulations.LOCAL_RULE:
         timed = max(_largest_map_timing_query_windows(machine, key, strided=True)

@@ -146,9 +146,11 @@ UP_TO_112 = (0, 112 * 112)
 # took row windows or the convolution there, 1.8-3.7x slower. Whatever the map in scopes (the
 # rows' `window_scopes` are for unstrided layers): timm's r 9 strided layer at 28^2 (9.7 scopes,
 # 2026-12-04) took query windows as the fastest on every engine, 1.6-6.2x the next formulation,
-# where JAX's and PyTorch's training rows took the convolution, 4.5x / 3.3x slower. NOTE: the Xeon
-# and the EPYC without AVX-512 timed strided layers up to 28^2 (r 23) only; their 56^2 and r 9
-# follow this CPU's margins.
+# where JAX's and PyTorch's training rows took the convolution, 4.5x / 3.3x slower. The Xeon's
+# second table (2026-12-05) agrees on every engine: strided r 23 at 56^2 query windows 74-259 ms
+# forward against 118-396 for the next, 320-698 ms in training against 925-1415; strided r 9 at
+# 28^2 1.7-4.3x the next. NOTE: the EPYC without AVX-512 timed strided layers up to 28^2 (r 23)
+# only; its 56^2 and r 9 follow the AVX-512 CPUs' margins.
 STRIDED_WINDOWS = UP_TO_56
 SMALL_BLOCKS = 0.5  # query windows' blocks of query rows, in scopes (see WITHOUT_AVX512_RULE)
 LOCAL_RULE = {
