@@ -373,15 +373,17 @@ AMD_AVX512_RULE = {
 # Rows of the Intel Xeon with AVX-512 (and AMX; 2 cores, TensorFlow's oneDNN on by default),
 # measured again with this code (results/formulations/intel-avx512.json, 2026-12-05; LOCAL_RULE
 # came from its first table, 2026-12-02, before query windows' half-scope blocks, 2 query columns,
-# batch parts and separate products). The suite with LOCAL_RULE's rows there: 8 of 216 cells
-# beyond 1.2x, all where the AMD EPYC with AVX-512 already had rows of its own, so the Xeon takes
-# AMD_AVX512_RULE but for four rows. Whole layer, batch 8, d 256, the suite's medians:
+# batch parts and separate products). The suite with LOCAL_RULE's rows there: 9 of 216 cells
+# beyond 1.2x (two more at 1.20x), all where the AMD EPYC with AVX-512 already had rows of its
+# own, so the Xeon takes AMD_AVX512_RULE but for four rows. Whole layer, batch 8, d 256, the
+# suite's medians:
 # - the AMD rows: query windows up to 112^2 without oneDNN (r 23 forward at 112^2: 1010 ms vs
 #   1771 for row windows, LOCAL_RULE's pick), under XLA (r 23 forward 991 vs 1688 ms; r 7 |u| 4
 #   at 112^2 535 / 2180 ms forward / training vs 783 / 3116 for the convolution), with TensorFlow's
-#   malloc allocator in training on maps of 2-12 scopes (timm's r 9 at 28^2: 83 vs 110 ms for row
-#   windows); in training at 112^2 in half-scope blocks (r 23: 3.2 / 4.0 / 2.8 s with oneDNN /
-#   without / XLA vs 6.4 / 5.6 / 6.0 s for row windows; 2-scope blocks, ~11 GiB, were not run).
+#   malloc allocator in training and on JAX forward on maps of 2-12 scopes (timm's r 9 at 28^2: 83
+#   vs 110 ms for row windows; JAX 35 vs 64 ms for the convolution); in training at 112^2 in
+#   half-scope blocks (r 23: 3.2 / 4.0 / 2.8 s with oneDNN / without / XLA vs 6.4 / 5.6 / 6.0 s
+#   for row windows; 2-scope blocks, ~11 GiB, were not run).
 # - oneDNN forward: query windows up to 28^2 and 12 scopes, the convolution beyond (r 23 at 56^2:
 #   122 / 128 ms vs 150 / 161 for query windows in two runs; r 7 |u| 4 at 28^2, 16 scopes: 26 vs
 #   30 ms; at 56^2 105 vs 121). The AMD CPU took query windows up to 16 scopes.
