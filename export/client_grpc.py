@@ -11,6 +11,7 @@ import argparse
 import sys
 
 SIGNATURE = "serving_bytes"
+START_SERVER = "start one with export/serve.sh [MODEL_BASE_PATH] (see export/README.md)"
 
 
 def build_request(images, model, signature=SIGNATURE, version=None):
@@ -35,7 +36,15 @@ def predict(address, request, timeout=30.0):
 
     with grpc.insecure_channel(address) as channel:
         stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        response = stub.Predict(request, timeout=timeout)
+        try:
+            response = stub.Predict(request, timeout=timeout)
+        except grpc.RpcError as error:
+            if error.code() not in (grpc.StatusCode.UNAVAILABLE,
+                                    grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise SystemExit(f"{error.code().name}: {error.details()}") from None
+            raise SystemExit(f"no TF Serving gRPC API answered at {address} "
+                             f"({error.code().name}: {error.details()}); {START_SERVER}, or "
+                             "pass its host:port with --address") from None
     return {name: tf.make_ndarray(tensor) for name, tensor in response.outputs.items()}
 
 

@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 
 SIGNATURE = "serving_bytes"
+START_SERVER = "start one with export/serve.sh [MODEL_BASE_PATH] (see export/README.md)"
 
 
 def build_body(images, signature=SIGNATURE):
@@ -34,6 +35,10 @@ def predict(url, model, body, version=None, timeout=30.0):
             return json.loads(response.read())["predictions"]
     except urllib.error.HTTPError as error:  # TF Serving explains bad requests in the body
         raise SystemExit(f"HTTP {error.code}: {error.read().decode('utf-8', 'replace')}") from None
+    except (urllib.error.URLError, OSError) as error:  # no server there (refused, timed out)
+        reason = getattr(error, "reason", error)
+        raise SystemExit(f"no TF Serving REST API answered at {url} ({reason}); "
+                         f"{START_SERVER}, or pass its address with --url") from None
 
 
 def format_predictions(paths, predictions):

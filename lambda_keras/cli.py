@@ -85,6 +85,7 @@ def load_model(model, weights=None, image_size=None, classes=None):
     import keras
 
     from lambda_keras import models
+    from lambda_keras.training import model_setup
 
     name, weights = resolve_model_arg(model, weights)
     if name.endswith(".keras"):
@@ -96,10 +97,9 @@ def load_model(model, weights=None, image_size=None, classes=None):
         except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ValueError(f"--model {name} could not be loaded as a Keras model: "
                              f"{type(error).__name__}: {error}") from error
-        fixed = loaded.input_shape[1:3]
-        if image_size is not None and None not in fixed and tuple(fixed) != (image_size,) * 2:
-            raise ValueError(f"--image-size {image_size}: {name} takes {fixed[0]}x{fixed[1]} "
-                             "images")
+        if image_size is not None:
+            model_setup.check_image_size(loaded, image_size, model_arg=f"--model {name}",
+                                         size_arg="--image-size")
         return loaded
     kwargs = {"weights": weights}
     if image_size is not None:
@@ -147,44 +147,65 @@ def at_image_size(model, size):
     return copy
 
 
+def model_preprocessing(model_arg, model, image_size=None):
+    """How the images of `model` (what `--model` `model_arg` loaded) are prepared: a `.keras`
+    file's record of its training run (`presets.preprocessing_beside`; DEFAULT_PREPROCESSING
+    where there is none), a model name's preset's. At the model's input size, else `image_size`,
+    else the preprocessing's own."""
+    if model_arg.endswith(".keras"):
+        preprocessing = presets.preprocessing_beside(model_arg) or presets.DEFAULT_PREPROCESSING
+    else:
+        preprocessing = presets.resolve_preprocessing(model_arg)
+    height, width = model.input_shape[1:3]
+    size = height or image_size or preprocessing.input_size[0]
+    return presets.replace_input_size(preprocessing, (size, width or size))
+
+
 def class_names(labels, classes):
     """`--labels` (a labels.txt) or, without it, ImageNet's names for 1000 classes and "0", "1",
-    ... for any other number (a model trained on the digits, on folders)."""
+    ... for any other number (a model trained on the digits, on folders); messages name
+    `--labels`."""
     from lambda_keras import weights
     from lambda_keras.export import serving
 
     if labels is None and classes == 1000:
         return [name for _, name in weights.imagenet_classes()]
-    return serving.resolve_labels(labels, classes)
+    return serving.resolve_labels(labels, classes, "--labels")
+
+
+def read_image(path):
+    """An image file (a predict argument) -> [H, W, 3] uint8 tensor; errors name the file."""
+    import tensorflow as tf
+
+    from lambda_keras import data
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        raise ValueError(f"{path} is not a readable image ({data.IMAGE_FORMATS}): "
+                         f"{error.message}") from None
 
 
 def _cmd_predict(args):
     import numpy as np
-    import tensorflow as tf
 
-    from lambda_keras import data, weights
+    from lambda_keras import data
 
     name, weights_arg = resolve_model_arg(args.model, args.weights)
     if weights_arg is None and not name.endswith(".keras"):
         print(f"note: {args.model} has no pretrained weights here: these are the predictions of "
               "a randomly initialised model (pass --weights FILE)", file=sys.stderr)
     model = load_model(args.model, args.weights, args.image_size)
-    preprocessing = weights.resolve_preprocessing(None if name.endswith(".keras") else args.model)
-    size = model.input_shape[1] or args.image_size or preprocessing.input_size[0]
-    preprocessing = weights.replace_input_size(preprocessing, (size, model.input_shape[2] or size))
+    preprocessing = model_preprocessing(args.model, model, args.image_size)
     labels = class_names(args.labels, model.output_shape[-1])
     top = min(5, len(labels)) if args.top is None else args.top
     top = utils.check_int("--top", top, high=len(labels))
+    for path in args.images:  # all are decoded once first: a bad file stops before any output
+        read_image(path)
     for path in args.images:
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"image not found: {path}")
-        try:
-            image = tf.io.decode_image(tf.io.read_file(path), channels=3,
-                                       expand_animations=False)  # [H, W, 3] uint8
-        except tf.errors.OpError as error:
-            raise ValueError(f"{path} is not a readable image ({data.IMAGE_FORMATS}): "
-                             f"{error.message}") from None
-        batch = data.eval_transform(image, preprocessing)[None]  # [1, h, w, 3] normalised
+        batch = data.eval_transform(read_image(path), preprocessing)[None]  # [1, h, w, 3]
         probabilities = np.asarray(model.predict(batch, verbose=0))[0]  # [classes]
         print(path)
         for i in np.argsort(-probabilities, kind="stable")[:top]:  # best first
@@ -223,65 +244,58 @@ def _cmd_autotune(args):
 
 def _cmd_convert(args):
     from lambda_keras import weights
-    from lambda_keras.weights.loading import PICKLE_SUFFIXES
-    from lambda_keras.weights.timm_format import SAFETENSORS_SUFFIX
+    from lambda_keras.weights import loading
 
-    # Checked here, so that the messages name the command line's `src` and `--model` (the
-    # architecture goes to convert_timm's `arch_name`).
-    if not args.src.lower().endswith(SAFETENSORS_SUFFIX):
-        pickle = args.src.lower().endswith(PICKLE_SUFFIXES)
-        raise ValueError(f"src must be a timm {SAFETENSORS_SUFFIX} file"
-                         + (" (pickle checkpoints are refused: loading one can run code)"
-                            if pickle else "") + f". Received: src {args.src}")
-    if not os.path.isfile(args.src):
-        problem = "is not a regular file" if os.path.exists(args.src) else "does not exist"
-        raise ValueError(f"src {problem}. Received: src {args.src}")
-    arch = None
-    if args.model is not None:
-        try:
-            arch = presets.resolve_model_name(args.model).arch
-        except ValueError:
-            pass
-        if arch not in presets.IMAGENET_PRESETS:
-            raise ValueError(f"--model must name a model with timm weights: "
-                             f"{', '.join(presets.IMAGENET_PRESETS)} (or their builder or preset "
-                             f"names). Received: --model {args.model}")
-    path = weights.convert_timm(args.src, args.dst, arch_name=arch)
+    # Checked here too (convert_timm's own checks), before the file is read; the messages name
+    # the command line's `src` and `--model` (the architecture goes to convert_timm's
+    # `arch_name`, and `arch_arg` names it when the tensors do not tell it).
+    loading.check_timm_file(args.src, "src")
+    arch = None if args.model is None else loading.resolve_timm_arch(args.model, "--model")
+    path = weights.convert_timm(args.src, args.dst, arch_name=arch, arch_arg="--model")
     print(f"wrote {path}")
 
 
-def _cmd_export(args):
-    from lambda_keras import data, export, weights
-
+def check_output_folder(args):
+    """`--output` of train and export: a folder (missing or a directory), checked first."""
     if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--output {args.output} exists and is not a directory (export writes "
-                         "a folder there)")
+        raise ValueError(f"--output {args.output} exists and is not a directory ({args.command} "
+                         "writes a folder there)")
 
+
+def _cmd_export(args):
+    from lambda_keras import data, export
+    from lambda_keras.export import litert, serving
+
+    check_output_folder(args)
+    saved_model_dir = os.path.join(args.output, "saved_model")
     tflite_path = os.path.join(args.output, f"model_{args.quantization or 'float32'}.tflite")
-    if args.format in ("tflite", "all") and os.path.exists(tflite_path) and not args.overwrite:
-        raise FileExistsError(f"{tflite_path} exists (from an earlier export); pass --overwrite "
-                              "to replace it or another --output")  # before writing anything
+    if args.format in ("saved_model", "all"):  # before writing anything
+        serving.check_version_directory(saved_model_dir, args.version, args.overwrite,
+                                        version_arg="--version", overwrite_arg="--overwrite")
+    if args.format in ("tflite", "all"):  # before writing anything (the SavedModel comes first)
+        litert.check_tflite_path(tflite_path, args.overwrite, path_arg="--output",
+                                 overwrite_arg="--overwrite")
+    int8 = args.format in ("tflite", "all") and args.quantization == "int8"
+    if int8:
+        data.check_spec(args.calibration_data, arg="--calibration-data")
     model = load_model(args.model, args.weights, args.image_size)
     if None in model.input_shape[1:3]:  # a .keras file that takes any size
         if args.image_size is None:
             raise ValueError(f"--model {args.model} takes images of any size; pass --image-size "
                              "for the exported model's input (the served signatures resize to it)")
         model = at_image_size(model, args.image_size)
-    name = None if args.model.endswith(".keras") else args.model  # any model name
-    preprocessing = weights.replace_input_size(weights.resolve_preprocessing(name),
-                                               tuple(model.input_shape[1:3]))
+    preprocessing = model_preprocessing(args.model, model)
     labels = class_names(args.labels, model.output_shape[-1])
     representative = None  # the calibration data is checked before anything is written
-    if args.format in ("tflite", "all") and args.quantization == "int8":
+    if int8:
         representative, _ = data.make_dataset(
             args.calibration_data, split="train", image_size=model.input_shape[1],
             batch_size=1, training=False, preprocessing=preprocessing)
         representative = representative.take(args.calibration_steps)
     if args.format in ("saved_model", "all"):
-        path = export.saved_model(model, os.path.join(args.output, "saved_model"),
-                                  version=args.version, preprocessing=preprocessing,
-                                  labels=labels, overwrite=args.overwrite,
-                                  warmup=not args.no_warmup)
+        path = export.saved_model(model, saved_model_dir, version=args.version,
+                                  preprocessing=preprocessing, labels=labels,
+                                  overwrite=args.overwrite, warmup=not args.no_warmup)
         print(f"SavedModel: {path}")
     if args.format in ("tflite", "all"):
         path = export.tflite(model, tflite_path, quantization=args.quantization,
@@ -289,8 +303,16 @@ def _cmd_export(args):
         print(f"TFLite: {path}")
 
 
-def _cmd_train(args):
+def resolve_tpu(args):
+    """The strategy of `--tpu` (messages name the flag), or None without it (train and evaluate
+    then pick theirs)."""
     from lambda_keras import training
+
+    return None if args.tpu is None else training.resolve_strategy(args.tpu, tpu_arg="--tpu")
+
+
+def _cmd_train(args):
+    from lambda_keras import data, training
 
     model, weights = resolve_model_arg(args.model, args.weights)
     overrides = training.parse_recipe_overrides(args.set or [])
@@ -302,9 +324,14 @@ def _cmd_train(args):
         if flag is not None:
             overrides[field] = flag
     validation = None if args.validation_data == "none" else args.validation_data
+    # train's own checks, early, naming the flags: the output folder, the data, the TPU.
+    check_output_folder(args)
+    data.check_spec(args.data, data_dir=args.data_dir, arg="--data")
+    if validation not in (None, "auto"):
+        data.check_spec(validation, data_dir=args.data_dir, arg="--validation-data")
     result = training.train(
         model, args.data, recipe=args.recipe, output_dir=args.output, weights=weights,
-        validation_spec=validation, tpu=args.tpu, jit_compile=args.jit_compile,
+        validation_spec=validation, strategy=resolve_tpu(args), jit_compile=args.jit_compile,
         mixed_precision=args.mixed_precision, steps_per_epoch=args.steps_per_epoch,
         seed=args.seed, deterministic=args.deterministic, data_dir=args.data_dir,
         verify_images=args.verify_images, overwrite=args.overwrite, **overrides)
@@ -312,19 +339,18 @@ def _cmd_train(args):
 
 
 def _cmd_evaluate(args):
-    from lambda_keras import training
+    from lambda_keras import data, training
 
-    preprocessing = None  # a .keras file: training.evaluate's default
+    data.check_spec(args.data, data_dir=args.data_dir, arg="--data")
+    preprocessing = None  # a .keras file: training.evaluate's (its record, else the default)
     if args.model.endswith(".keras"):
         model = resolve_model_arg(args.model, args.weights)[0]
     else:  # the name's default weights and preprocessing, as everywhere
         model = load_model(args.model, args.weights, args.image_size)
-        size = args.image_size or model.input_shape[1]
-        preprocessing = presets.replace_input_size(presets.resolve_preprocessing(args.model),
-                                                   (size, model.input_shape[2] or size))
+        preprocessing = model_preprocessing(args.model, model, args.image_size)
     metrics = training.evaluate(model, args.data, split=args.split, batch_size=args.batch_size,
                                 image_size=args.image_size, preprocessing=preprocessing,
-                                tpu=args.tpu, data_dir=args.data_dir)
+                                strategy=resolve_tpu(args), data_dir=args.data_dir)
     print(json.dumps(metrics, indent=2, default=str))
 
 

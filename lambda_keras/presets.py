@@ -13,6 +13,9 @@ so the CLI, data pipelines and export code can read it cheaply.
   default for `weights`: a preset name means its weights, a builder or registry key means the
   builder's default (keras.applications: "imagenet" where weights exist, else None).
 - `resolve_preprocessing` / `replace_input_size`: the Preprocessing of any model name.
+- `save_preprocessing` / `preprocessing_beside`: the Preprocessing a run trained with, kept in
+  PREPROCESSING_FILE beside its `.keras` checkpoints (a `.keras` file has no room for it), so
+  that evaluating, predicting with or exporting a checkpoint prepares images as training did.
 
 NOTE: the Hugging Face files' sha256 digests are not recorded here (this project was built without
 access to the hub), so `sha256=None` for every preset: the download is then verified by parsing the
@@ -20,8 +23,10 @@ safetensors file and by the strict load (every tensor name and shape must match)
 """
 
 import dataclasses
+import json
+import os
 
-from lambda_keras import architectures
+from lambda_keras import architectures, utils
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -189,9 +194,42 @@ def resolve_preprocessing(name):
 
 def replace_input_size(preprocessing, input_size):
     """`preprocessing` (a Preprocessing or model name) evaluated at another (height, width)."""
-    size = (input_size, input_size) if isinstance(input_size, int) else tuple(input_size)
-    if len(size) != 2 or any(isinstance(s, bool) or not isinstance(s, int) or s <= 0
-                             for s in size):
-        raise ValueError("`input_size` must be a positive int or (height, width). "
-                         f"Received: input_size={input_size!r}")
+    size = utils.check_size_pair("input_size", input_size)
     return dataclasses.replace(resolve_preprocessing(preprocessing), input_size=size)
+
+
+# NOTE: timm keeps a model's data config (crop, interpolation, mean/std) in its pretrained_cfg
+# beside the weights; a `.keras` archive has no field for it, so a run writes this file into its
+# checkpoints folder (lambda_keras.training) and readers of a `.keras` file look beside it.
+PREPROCESSING_FILE = "preprocessing.json"
+
+
+def save_preprocessing(directory, preprocessing):
+    """Writes `preprocessing` (a Preprocessing) to `directory`/PREPROCESSING_FILE, atomically;
+    returns the path."""
+    path = os.path.join(directory, PREPROCESSING_FILE)
+    utils.atomic_write_bytes(path, json.dumps(dataclasses.asdict(preprocessing), indent=1)
+                             .encode())
+    return path
+
+
+def preprocessing_beside(model_path):
+    """The Preprocessing recorded beside the `.keras` file `model_path` (PREPROCESSING_FILE in its
+    folder, written by the run that trained it), or None where there is none.
+
+    Raises:
+        ValueError: the file exists but does not describe a Preprocessing (names the file).
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))),
+                        PREPROCESSING_FILE)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            fields = json.load(f)
+        recorded = Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
+                                    for key, value in fields.items()})
+    except (OSError, ValueError, TypeError) as error:
+        raise ValueError(f"{path} (the preprocessing recorded beside {os.fspath(model_path)!r}) "
+                         f"is not a preprocessing record: {error}. Remove or mend it.") from error
+    return recorded

@@ -1,14 +1,18 @@
 """The few helpers shared by the package's modules, one home each.
 
-- Argument validation: `check_int`, `check_number`, `check_bool`, `check_choice`. Every message
-  names the argument and the received value (`` `key_dim` must be a positive int. Received:
-  key_dim=0 ``). Booleans are never accepted as numbers, nor strings as booleans.
+- Argument validation: `check_int`, `check_size_pair`, `check_number`, `check_bool`,
+  `check_choice`. Every message
+  names the argument and the received value (`` `key_dim` must be an int >= 1. Received:
+  key_dim=0 ``). As in Keras, a value of the wrong type (a float where an int is due, a string)
+  raises TypeError, one of the right type out of range ValueError. Booleans are never accepted
+  as numbers, nor strings as booleans.
 - Native stderr: `native_stderr_silenced`, for C++ log lines that no setting turns off.
 - Keras' global dtype policy for a block: `dtype_policy` (builds under a mixed-precision policy);
   the policy a model really computes in: `model_precision` (its layers', not the Model's).
 - Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
   appears under its final name only once it is complete; a failure leaves the previous file as it
   was and removes the half-written one.
+- Leftovers of killed writers: `remove_temporaries`, `process_alive` (is a pid's writer alive).
 
 This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_policy` and
 `model_precision`).
@@ -40,6 +44,34 @@ def check_int(name, value, *, low=1, high=None, optional=False):
     if value < low or (high is not None and value > high):
         raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
     return int(value)
+
+
+def check_size_pair(name, value, *, optional=False):
+    """`value`, an int or a (height, width) pair of ints, all >= 1, as a (height, width) tuple.
+
+    An int n means (n, n); None passes when `optional`.
+
+    Raises:
+        TypeError: `value` is neither an int nor a sequence of ints (bools and floats are
+            refused).
+        ValueError: a sequence of other than two sizes, or a size below 1.
+    """
+    if optional and value is None:
+        return None
+    kind = "an int >= 1 or a (height, width) pair of them" + (" or None" if optional else "")
+    message = f"`{name}` must be {kind}. Received: {name}={value!r}"
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        sizes = (value, value)
+    else:
+        try:
+            sizes = tuple(value)
+        except TypeError:
+            raise TypeError(message) from None
+    if any(isinstance(s, bool) or not isinstance(s, numbers.Integral) for s in sizes):
+        raise TypeError(message)
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(message)
+    return tuple(int(s) for s in sizes)
 
 
 def check_number(name, value, *, low=None, high=None, low_open=False, high_open=False,
@@ -148,6 +180,21 @@ def remove_temporaries(directory):
         for name in os.listdir(directory):
             if TEMP_MARK in name:
                 os.remove(os.path.join(directory, name))
+
+
+def process_alive(pid):
+    """Whether process `pid` runs on this host, for leftovers named by their writer's pid.
+
+    A live process of another user counts (its files are not ours to remove); so does any other
+    refusal of the probe: when in doubt, a leftover is kept.
+    """
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):  # OverflowError: no pid is that large
+        return False
+    except OSError:  # PermissionError: exists, owned by someone else
+        return True
+    return True
 
 
 # --------------------------------------------------------------------------- native stderr

@@ -1,5 +1,5 @@
 """Shared pytest setup: quiet TensorFlow logs, no stored autotune picks, seeds, the weights tests'
-timm checkpoint."""
+timm checkpoint, the training tests' recording fakes of the TPU API (`fake_tpu`)."""
 
 import atexit
 import os
@@ -25,6 +25,40 @@ def _seed_and_policy():
     keras.mixed_precision.set_dtype_policy("float32")
     yield
     keras.mixed_precision.set_dtype_policy("float32")
+
+
+# The TPU API of tests/test_training.py and tests/test_training_distributed.py (no TPU here).
+class _Recorder:
+    def __init__(self):
+        self.calls = []
+
+
+@pytest.fixture
+def fake_tpu(monkeypatch):
+    """The TPU API replaced by recording fakes; `TPUStrategy` is a class of that name."""
+    import tensorflow as tf
+
+    calls = _Recorder().calls
+
+    class TPUStrategy:
+        def __init__(self, resolver):
+            calls.append(("TPUStrategy", resolver))
+            self.num_replicas_in_sync = 8
+
+    class TPUClusterResolver:
+        def __init__(self, tpu=None):
+            calls.append(("TPUClusterResolver", tpu))
+            if tpu is None:  # what "auto" meets on a machine without a TPU
+                raise ValueError("Please provide a TPU Name to connect to.")
+
+    monkeypatch.setattr(tf.distribute, "TPUStrategy", TPUStrategy)
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", TPUClusterResolver)
+    monkeypatch.setattr(tf.config, "experimental_connect_to_cluster",
+                        lambda r: calls.append(("connect", r)))
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system",
+                        lambda r: calls.append(("initialize", r)))
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    return calls
 
 
 # The small timm checkpoint of the weights tests (tests/timm_checkpoints.py). Each module that

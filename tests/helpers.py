@@ -11,8 +11,10 @@ file, eager execution) and works for a single layer as well as a whole `keras.Mo
 - `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Softmax").
 
 And shared fixtures: `tiny_lambda_net` (a few thousand weights around a real LambdaLayer),
-`weights_by_path` and `max_relative_diff` (training and weight tests); `small_model` and
-`images` (LambdaResNet-50 at 64x64, 10 classes: the model and argument tests);
+`weights_by_path` and `max_relative_diff` (training and weight tests), `TINY` (the train()
+arguments of the tiny runs); `small_model` and `images` (LambdaResNet-50 at 64x64, 10 classes:
+the model and argument tests), `activate_residual_branches` and the structure read off layer
+names (`lambda_layers`, `lambda_blocks_per_stage`, `blocks_per_stage`: the model tests);
 `SMALL_DATA` and `dataset_batches` (the data and augmentation tests).
 
 Gradients use `tf.GradientTape`: TensorFlow is the tested backend (DESIGN.md). Losses are
@@ -21,6 +23,7 @@ a batch-normalised output has zero gradient).
 """
 
 import copy
+import re
 
 import numpy as np
 import keras
@@ -192,6 +195,9 @@ def tiny_lambda_net(input_shape, classes, **unused):
     return keras.Model(inputs, outputs, name="tiny_lambda_net")
 
 
+TINY = dict(image_size=32, seed=0, verbose=0)  # train() arguments of the tiny runs
+
+
 def weights_by_path(model):
     """{variable path: a NumPy copy of its value} of every weight of `model`."""
     return {v.path: np.array(keras.ops.convert_to_numpy(v)) for v in model.weights}
@@ -218,6 +224,49 @@ def images(batch=2, height=SIZE, width=SIZE, seed=0):
 def small_model(**kwargs):
     """LambdaResNet-50 on 64x64 images with 10 classes (default paper placement)."""
     return lambda_keras.LambdaResNet50(**{**SMALL, **kwargs})
+
+
+def activate_residual_branches(model, low=0.1, high=0.3, seed=1):
+    """Sets the zero-initialised last BN gamma of every block to non-zero values.
+
+    At initialisation `conv3_bn` gamma is 0 (ResNet-RS), so every residual branch outputs exactly
+    zero: nothing behind it (conv1, conv2 / lambda, conv3, squeeze-excitation) gets a gradient,
+    and eager/XLA or float32/bfloat16 comparisons would not see those layers at all. Gammas of
+    0.1-0.3 keep the inference-mode activations O(1) (BN moving statistics are still 0/1, so
+    gamma 1 grows the activations by orders of magnitude over 16 blocks).
+    """
+    rng = np.random.default_rng(seed)
+    layers = [layer for layer in model.layers
+              if re.fullmatch(r"stage\d_block\d+_conv3_bn", layer.name)]
+    assert layers, "no block-final BN found"
+    for layer in layers:
+        layer.gamma.assign(rng.uniform(low, high, layer.gamma.shape))
+    return model
+
+
+def lambda_layers(model):
+    """The LambdaLayers of `model`, in layer order."""
+    return [layer for layer in model.layers if isinstance(layer, LambdaLayer)]
+
+
+def lambda_blocks_per_stage(model):
+    """Number of LambdaLayers per stage c2..c5, read off their names stage{s}_block{b}_lambda."""
+    counts = [0, 0, 0, 0]
+    for layer in lambda_layers(model):
+        match = re.fullmatch(r"stage(\d)_block(\d+)_lambda", layer.name)
+        assert match, f"unexpected LambdaLayer name {layer.name}"
+        counts[int(match.group(1)) - 1] += 1
+    return tuple(counts)
+
+
+def blocks_per_stage(model):
+    """Number of residual blocks per stage c2..c5, read off their names stage{s}_block{b}_out."""
+    counts = [0, 0, 0, 0]
+    for layer in model.layers:
+        match = re.fullmatch(r"stage(\d)_block(\d+)_out", layer.name)
+        if match:
+            counts[int(match.group(1)) - 1] += 1
+    return tuple(counts)
 
 
 # ----------------------------------------------------------------- the data pipeline tests

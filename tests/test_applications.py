@@ -17,7 +17,7 @@ Size sweep (independent expectation: every stride-2 step maps n to ceil(n / 2), 
 ceil(size / 4, 8, 16, 32)): heights 32, 41, ..., 320 (step 9: all 32 residues mod 32) with other
 widths, by symbolic shape inference (`compute_output_spec`) on one dynamic-size model per builder;
 blocks.ResidualAdd refuses any broadcast residual during that inference. The deeper paper builders
-are swept over `PARITY_SIZES` in test_models.py's family test. Real forward passes check the
+are swept over `PARITY_SIZES` in test_models_family.py's family test. Real forward passes check the
 sizes of the issue (48, 100, 200, 240 px: odd maps before the strided lambda block, where timm's
 own model fails) against a NumPy ceil-mode pool and against a static-size build.
 """

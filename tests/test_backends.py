@@ -18,7 +18,7 @@ each against an independent expectation:
 - timm parity: the same architecture loaded from a timm `lambda_resnet26t` safetensors file gives
   timm's logits (<= 1e-4 relative);
 - LambdaResNet26RPT256 ("relative" positions, fixed 256 px input) builds and runs; the other
-  builders share the generic builder these use (tests/test_models.py covers them on TensorFlow);
+  builders share the generic builder these use (tests/test_models*.py cover them on TensorFlow);
 - `.keras` and `.weights.h5` round trips of that LambdaResNet26T on that backend: identical
   outputs;
 - a fit step of a small model with "conv" and "relative" lambda layers: finite losses, every
@@ -367,7 +367,8 @@ def run_checks(backend, workdir):
     check("saving/LambdaResNet26T", lambda: outcome["saving"])
     check("timm_parity/lambda_resnet26t", lambda: _timm_parity(workdir))
     # LambdaResNet26T is built above; 26RPT256 adds "relative" positions and a fixed input size.
-    # (LambdaResNet50TS and the paper family share their generic builder: tests/test_models.py.)
+    # (LambdaResNet50TS and the paper family share their generic builder:
+    # tests/test_models_family.py.)
     check("builders/LambdaResNet26RPT256", lambda: _builder_check("LambdaResNet26RPT256"))
     check("fit/lambda_layers", _fit)
 

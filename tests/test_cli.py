@@ -3,6 +3,7 @@ tested in the module tests): predict agrees with the model itself, export writes
 that reproduces the model, evaluate reports the accuracy the model really has, and user errors
 exit with a message instead of a traceback."""
 
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ import keras
 import pytest
 from PIL import Image
 
-from lambda_keras import cli, data, weights
+from lambda_keras import cli, data, presets, weights
 from lambda_keras.layers import LambdaLayer
 
 SIZE = 32
@@ -55,6 +56,40 @@ def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
     assert [line.split(None, 1)[1] for line in printed[1:6]] == [label for _, label, _ in expected]
     np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:6]],
                                [score for _, _, score in expected], atol=1e-4)
+
+
+def test_a_checkpoint_is_predicted_and_exported_with_its_recorded_preprocessing(tmp_path, capsys):
+    """`train` records its preprocessing beside its checkpoints (presets.PREPROCESSING_FILE);
+    `predict` and `export` of such a file prepare images that way (here a 0.5 crop, bilinear),
+    not the default way, and the served model computes what predict prints."""
+    import tensorflow as tf
+
+    (tmp_path / "run").mkdir()
+    path = _save_tiny_model(tmp_path / "run" / "best.keras", 10)  # scores far from uniform
+    recorded = dataclasses.replace(presets.DEFAULT_PREPROCESSING, crop_pct=0.5,
+                                   interpolation="bilinear", input_size=(SIZE, SIZE))
+    presets.save_preprocessing(str(tmp_path / "run"), recorded)
+    image = np.random.default_rng(0).integers(0, 256, (48, 40, 3), dtype=np.uint8)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(image).save(image_path)
+    model = keras.saving.load_model(path)
+    probs = {prep.crop_pct: model.predict(np.asarray(data.eval_transform(image, prep))[None],
+                                          verbose=0)[0]
+             for prep in (recorded, weights.replace_input_size(None, (SIZE, SIZE)))}
+    assert np.abs(probs[0.5] - probs[0.875]).max() > 1e-3  # the crop shows in the scores
+
+    assert cli.main(["predict", str(image_path), "--model", path, "--top", "3"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    order = np.argsort(-probs[0.5], kind="stable")[:3]
+    np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:4]],
+                               probs[0.5][order], atol=1e-4)
+
+    out = tmp_path / "export"
+    assert cli.main(["export", "--model", path, "--format", "saved_model", "--output",
+                     str(out), "--no-warmup"]) == 0
+    served = tf.saved_model.load(str(out / "saved_model" / "1")).signatures["serving_bytes"]
+    result = served(image_bytes=tf.constant([image_path.read_bytes()]))
+    np.testing.assert_allclose(np.asarray(result["probabilities"])[0], probs[0.5], atol=1e-4)
 
 
 def test_predict_names_the_classes_of_any_model(tmp_path, capsys):
@@ -120,7 +155,7 @@ def test_predict_image_size_of_a_keras_file(tmp_path, capsys):
     fixed = _save_tiny_model(tmp_path / "fixed.keras", 1000)
     for command in (["predict", str(image_path)], ["export", "--output", str(tmp_path / "out")]):
         line = _one_error_line(capsys, [*command, "--model", fixed, "--image-size", "40"],
-                               "--image-size 40", f"{SIZE}x{SIZE}")
+                               "Received: --image-size=40", f"{SIZE}x{SIZE}")
         assert fixed in line
     assert not (tmp_path / "out").exists()
 
@@ -194,6 +229,19 @@ def test_export_again_refuses_to_replace_a_tflite_file(tiny_model_path, tmp_path
     assert earlier.read_bytes()[4:8] == b"TFL3"  # the flatbuffer's identifier
 
 
+def test_export_onto_an_existing_version_names_the_flags(tiny_model_path, tmp_path, capsys):
+    """Was "pass overwrite=True ... `version`" (saved_model's own names), after loading."""
+    version = tmp_path / "export" / "saved_model" / "1"
+    version.mkdir(parents=True)
+    (version / "saved_model.pb").write_bytes(b"an earlier export")
+    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--format",
+                                    "saved_model", "--version", "1", "--output",
+                                    str(tmp_path / "export")],
+                           version, "pass --overwrite", "`--version`")
+    assert "overwrite=True" not in line and "`version`" not in line
+    assert os.listdir(version) == ["saved_model.pb"]
+
+
 def test_evaluate_reports_the_models_accuracy(tmp_path, capsys):
     tiny_model_path = _save_tiny_model(tmp_path / "digits.keras", 10)
     assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "digits",
@@ -224,7 +272,7 @@ def test_bad_model_arguments_exit_with_a_message(argv, message, capsys):
 
 def test_unknown_data_spec_is_reported_not_raised(tiny_model_path, capsys):
     assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "ftp:nowhere"]) == 2
-    assert "spec" in capsys.readouterr().err
+    assert "Received: --data='ftp:nowhere'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ model names
@@ -459,6 +507,15 @@ def test_predict_on_a_non_image_file(tiny_model_path, tmp_path, capsys):
     assert "not a readable image" in line
 
 
+def test_predict_reads_every_image_before_printing_any(tiny_model_path, tmp_path, capsys):
+    good, bad = tmp_path / "good.png", tmp_path / "notimg.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
+    bad.write_text("not an image\n")
+    assert cli.main(["predict", str(good), str(bad), "--model", tiny_model_path]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and "notimg.png is not a readable image" in captured.err
+
+
 def test_export_output_at_an_existing_file(tiny_model_path, tmp_path, capsys):
     existing = tmp_path / "export"
     existing.write_bytes(b"precious")
@@ -580,7 +637,7 @@ def test_image_size_of_a_keras_file_is_any_positive_size(tiny_model_path, tmp_pa
     _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "0"],
                     "`--image-size` must be an int >= 1", "Received: --image-size=0")
     _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "16"],
-                    "--image-size 16", f"{SIZE}x{SIZE}")
+                    "Received: --image-size=16", f"{SIZE}x{SIZE}")
 
 
 @pytest.mark.parametrize("argv, flag, low", [
@@ -597,6 +654,71 @@ def test_integer_flags_name_themselves(argv, flag, low, tmp_path, capsys):
     line = _one_error_line(capsys, _argv(argv, tmp_path, flag, str(low - 1)),
                            f"`{flag}` must be an int >= {low}", f"Received: {flag}={low - 1}")
     assert f"Received: {flag[2:].replace('-', '_')}=" not in line
+    assert not (tmp_path / "out").exists()
+
+
+TRAIN = ["train", "--model", "lambda_resnet50", "--weights", "none"]
+
+
+@pytest.mark.parametrize("argv, names, library_name", [
+    ([*TRAIN, "--data", "folder:/nope"],
+     ["`--data` names a folder that does not exist", "Received: --data='folder:/nope'"], "spec"),
+    ([*TRAIN, "--validation-data", "mnist"],
+     ["`--validation-data` must be 'tfds:NAME[:SPLIT]'", "Received: --validation-data='mnist'"],
+     "spec"),
+    (["evaluate", "--model", "lambda_resnet50", "--data", "folder:/nope"],
+     ["`--data` names a folder", "Received: --data='folder:/nope'"], "spec"),
+    (["export", "--model", "lambda_resnet50", "--format", "tflite", "--quantization", "int8",
+      "--calibration-data", "folder:/nope"],
+     ["`--calibration-data` names a folder", "Received: --calibration-data='folder:/nope'"],
+     "spec"),
+    ([*TRAIN, "--output", "{file}"], ["--output {file} exists and is not a directory"],
+     "output_dir"),
+    (["predict", "{file}", "--model", "{tiny}", "--labels", "missing.txt"],
+     ["`--labels` names a file that cannot be read", "No such file or directory",
+      "Received: --labels='missing.txt'"], "`labels`"),
+])
+def test_flags_name_themselves_not_the_python_arguments(argv, names, library_name,
+                                                        tiny_model_path, tmp_path, capsys):
+    """Was "`spec` ...", "`output_dir` ...", "[Errno 2] ... 'missing.txt'"; refused before
+    anything is built or written."""
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"precious")
+    argv = [arg.format(file=afile, tiny=tiny_model_path) for arg in argv]
+    if argv[0] == "train" and "--output" not in argv:
+        argv += ["--output", str(tmp_path / "out")]
+    names = [name.format(file=afile) for name in names]
+    line = _one_error_line(capsys, argv, *names)
+    assert library_name not in line
+    assert sorted(os.listdir(tmp_path)) == ["afile"] and afile.read_bytes() == b"precious"
+
+
+def test_train_without_a_tpu_names_the_flag(fake_tpu, monkeypatch, tiny_model_path, tmp_path,
+                                           capsys):
+    """Was a traceback of InvalidArgumentError: No OpKernel ... 'ConfigureDistributedTPU'
+    (--tpu local), or `error: <urlopen error ...>` (a TPU name, looked up over the network)."""
+    import urllib.error
+
+    import tensorflow as tf
+
+    def initialize_tpu_system(resolver):  # what TF 2.21 raises on a machine without a TPU
+        raise tf.errors.NotFoundError(None, None, "TPUs not found in the cluster. Failed in "
+                                      "initialization: No OpKernel was registered to support "
+                                      "Op 'ConfigureDistributedTPU'")
+
+    class TPUClusterResolver:
+        def __init__(self, tpu=None):
+            if tpu != "local":
+                raise urllib.error.URLError("[Errno -2] Name or service not known")
+
+    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", initialize_tpu_system)
+    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", TPUClusterResolver)
+    for command in (TRAIN, ["evaluate", "--model", tiny_model_path, "--data", "digits"]):
+        _one_error_line(capsys, _argv([*command, "--tpu", "local"], tmp_path),
+                        "No TPU found for --tpu='local'", "TPUs not found in the cluster")
+        _one_error_line(capsys, _argv([*command, "--tpu", "mytpu"], tmp_path),
+                        "TPU named by --tpu='mytpu' could not be resolved",
+                        "Name or service not known")
     assert not (tmp_path / "out").exists()
 
 
@@ -659,31 +781,39 @@ def test_autotune_to_a_directory_is_refused_before_measuring(tiny_model_path, tm
 def test_convert_names_src_and_model(tmp_path, monkeypatch, capsys):
     """The CLI's own names (`src`, `--model`), not convert_timm's (`weights`, `arch_name`);
     a valid --model reaches convert_timm as its architecture."""
+    from safetensors.numpy import save_file
+
     from lambda_keras import weights
 
     dst = str(tmp_path / "out.weights.h5")
     folder = tmp_path / "model.safetensors"
     folder.mkdir()
     for src, names in ((tmp_path / "missing.safetensors", ["does not exist"]),
-                       (folder, ["not a regular file"]),
-                       (tmp_path / "model.pth", ["pickle checkpoints are refused"]),
+                       (folder, ["is a directory"]),
+                       (tmp_path / "model.pth", ["Pickle checkpoints are refused"]),
                        (tmp_path / "model.npz", [".safetensors file. Received"])):
-        line = _one_error_line(capsys, ["convert", str(src), dst], "src", f"Received: src {src}",
+        line = _one_error_line(capsys, ["convert", str(src), dst], f"Received: src={str(src)!r}",
                                *names)
         assert "weights=" not in line
     src = tmp_path / "timm.safetensors"
     src.write_bytes(b"{}")
     for model in ("lambda_resnet50", "resnet9000"):
         line = _one_error_line(capsys, ["convert", str(src), dst, "--model", model],
-                               f"Received: --model {model}", "lambda_resnet26t")
+                               f"Received: --model={model!r}", "lambda_resnet26t")
         assert "arch_name" not in line
+    line = _one_error_line(capsys, ["convert", str(src), dst], src, "as `src`")
+    assert "or a Keras .weights.h5 file" not in line  # was: convert refuses those
+    foreign = tmp_path / "foreign.safetensors"  # another architecture's tensors
+    save_file({"stem.conv1.conv.weight": np.zeros((4, 3, 3, 3), np.float32)}, str(foreign))
+    line = _one_error_line(capsys, ["convert", str(foreign), dst], "pass `--model`")
+    assert "arch_name" not in line and not os.path.exists(dst)
     seen = []
-    monkeypatch.setattr(weights, "convert_timm",
-                        lambda src, dst, arch_name: seen.append(arch_name) or dst)
+    monkeypatch.setattr(weights, "convert_timm", lambda src, dst, arch_name, arch_arg:
+                        seen.append((arch_name, arch_arg)) or dst)
     for model, arch in (("LambdaResNet26T", "lambda_resnet26t"), (None, None),
                         ("lambda_resnet26t.c1_in1k", "lambda_resnet26t")):
         assert cli.main(["convert", str(src), dst, *(["--model", model] if model else [])]) == 0
-        assert seen.pop() == arch and f"wrote {dst}" in capsys.readouterr().out
+        assert seen.pop() == (arch, "--model") and f"wrote {dst}" in capsys.readouterr().out
 
 
 def test_every_option_has_help_and_shows_its_default():

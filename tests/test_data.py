@@ -497,6 +497,20 @@ def test_tfds_errors(tfds_dir, tmp_path):
         data.make_dataset("tfds:lambda_keras_test_colours:extra", data_dir=tfds_dir)
 
 
+def test_check_spec_names_the_argument_given(tfds_dir, tmp_path):
+    """The early check of a spec (the command line's --data, --validation-data,
+    --calibration-data): make_dataset's messages, naming `arg`; a good spec passes."""
+    for spec, message in (
+            ("mnist", r"`--data` must be 'tfds:NAME\[:SPLIT\]'.*Received: --data='mnist'"),
+            (f"folder:{tmp_path / 'nope'}", r"`--data` names a folder that does not exist"),
+            ("tfds:no_such_dataset_xyz", r"`--data` names no tensorflow-datasets dataset"),
+            ("tfds:lambda_keras_test_colours", r"not prepared")):
+        with pytest.raises(ValueError, match=message):
+            data.check_spec(spec, data_dir=str(tmp_path), arg="--data")
+    for spec in ("digits", f"folder:{tmp_path}", "tfds:lambda_keras_test_colours:train"):
+        data.check_spec(spec, data_dir=tfds_dir)
+
+
 # --------------------------------------------------------------------------------------------
 # Argument errors
 

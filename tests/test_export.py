@@ -18,6 +18,7 @@ import base64
 import json
 import os
 import re
+import socket
 import struct
 import subprocess
 import sys
@@ -391,6 +392,24 @@ def test_client_output_formatting():
     body = rest.build_body([b"\xff\xd8\xffJPEG"])
     assert body == {"signature_name": "serving_bytes",
                     "instances": [{"b64": base64.b64encode(b"\xff\xd8\xffJPEG").decode()}]}
+
+
+@pytest.mark.parametrize("client, flag, address", [
+    ("client_rest", "--url", "http://127.0.0.1:{port}"),
+    ("client_grpc", "--address", "127.0.0.1:{port}"),
+])
+def test_client_without_a_server_says_how_to_start_one(client, flag, address, tmp_path):
+    """Was a URLError (REST) or RpcError (gRPC) traceback."""
+    with socket.socket() as closed:  # a port nobody listens on: connection refused, at once
+        closed.bind(("127.0.0.1", 0))
+        address = address.format(port=closed.getsockname()[1])
+    image = tmp_path / "a.jpg"
+    image.write_bytes(b"\xff\xd8\xffJPEG")
+    with pytest.raises(SystemExit) as info:
+        load_client(client).main([str(image), flag, address])
+    message = str(info.value.code)  # printed on stderr, exit status 1
+    assert "\n" not in message and f"answered at {address}" in message, message
+    assert "export/serve.sh" in message and flag in message, message
 
 
 @pytest.mark.parametrize("name, expected", [

@@ -397,7 +397,7 @@ def test_static_size_modes_run_under_a_dynamic_signature(position):
 
 # ------------------------------------------------------------------------------- errors
 CONSTRUCTOR_ERRORS = {
-    "key_dim-zero": (dict(key_dim=0), "`key_dim` must be a positive integer. Received: key_dim=0"),
+    "key_dim-zero": (dict(key_dim=0), "`key_dim` must be an int >= 1. Received: key_dim=0"),
     "key_dim-negative": (dict(key_dim=-4), "Received: key_dim=-4"),
     "num_heads-not-dividing-output_dim": (
         dict(output_dim=10, num_heads=4),
@@ -406,7 +406,7 @@ CONSTRUCTOR_ERRORS = {
                              "`receptive_field` must be odd. Received: receptive_field=4"),
     "receptive_field-zero": (
         dict(receptive_field=0),
-        "`receptive_field` must be a positive integer. Received: receptive_field=0"),
+        "`receptive_field` must be an int >= 1. Received: receptive_field=0"),
     "receptive_field-negative": (dict(receptive_field=-3), "Received: receptive_field=-3"),
     "strides": (dict(strides=3), "`strides` must be 1 or 2. Received: strides=3"),
     "position": (dict(position="local"), "`position` must be one of ('conv', 'relative', "
@@ -540,7 +540,8 @@ def test_compute_output_shape_rejects_rank_3():
     (dict(output_dim=2**20, num_heads=4), ValueError, "output_dim=1048576"),
     (dict(receptive_field=2**20 + 1), ValueError, "receptive_field=1048577"),
     (dict(key_dim=2**10, num_heads=2**7), ValueError, "key_dim=1024, num_heads=128"),
-    (dict(key_dim=True), ValueError, "key_dim=True"),
+    (dict(key_dim=True), TypeError, "key_dim=True"),  # a bool is not a size
+    (dict(num_heads=4.0), TypeError, "num_heads=4.0"),  # nor a float
 ])
 def test_unchecked_arguments_are_refused(kwargs, error, received):
     with pytest.raises(error) as info:

@@ -3,7 +3,12 @@
 `dtype_policy` sets Keras' global policy for a block (layers built in it compute in it) and
 restores the previous one after, also when the block raises (callers: `train`, the CLI's
 `autotune`, the mixed-precision tests). `model_precision` reads the policy a model computes in
-off its layers, where the Model object's own policy can say otherwise."""
+off its layers, where the Model object's own policy can say otherwise. `check_size_pair` (the
+layers' `feature_size`, the data's `image_size`, presets' `input_size`) and `process_alive` (stale
+leftovers of exports and downloads) are shared by callers that pin only a few of their cases."""
+
+import os
+import re
 
 import keras
 import pytest
@@ -64,3 +69,23 @@ def test_model_precision_reads_the_layers_not_the_model_object(tmp_path):
         ops_head = keras.Model(inputs, keras.ops.softmax(
             keras.layers.Dense(2, dtype="float32")(keras.layers.Dense(3)(inputs))))
     assert utils.model_precision(ops_head) == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("value, expected", [(5, (5, 5)), ((3, 4), (3, 4)), ([3, 4], (3, 4))])
+def test_check_size_pair_accepts_an_int_or_a_pair(value, expected):
+    assert utils.check_size_pair("size", value) == expected
+
+
+@pytest.mark.parametrize("value, error", [
+    ((6, 0), ValueError), ((32,), ValueError), (0, ValueError),  # ints, out of range or count
+    (2.5, TypeError), (True, TypeError), ((1.0, 2), TypeError), ("ab", TypeError),  # not ints
+])
+def test_check_size_pair_refusals_name_the_argument(value, error):
+    with pytest.raises(error, match=re.escape(f"`size` must be an int >= 1 or a (height, width) "
+                                              f"pair of them. Received: size={value!r}")):
+        utils.check_size_pair("size", value)
+
+
+def test_process_alive():
+    assert utils.process_alive(os.getpid())
+    assert not utils.process_alive(2**80)  # no pid is that large

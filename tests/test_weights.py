@@ -428,6 +428,8 @@ def test_infer_timm_arch_from_keys(timm_reference):
         assert W.infer_timm_arch(dict.fromkeys(keys)) == arch
     with pytest.raises(ValueError, match="pass `arch_name`"):
         W.infer_timm_arch({"stem.conv1.conv.weight": None})
+    with pytest.raises(ValueError, match="pass `--model`"):
+        W.infer_timm_arch({"stem.conv1.conv.weight": None}, "--model")
 
 
 # ---------------------------------------------------------------------- preprocessing
@@ -480,6 +482,11 @@ def test_preprocess_input_normalises():
     tensor_out = W.preprocess_input(keras.ops.convert_to_tensor(pixels))
     np.testing.assert_allclose(keras.ops.convert_to_numpy(tensor_out), expected, rtol=1e-6,
                                atol=1e-6)
+    # Was a NumPy broadcast error ("operands could not be broadcast together").
+    for x in (np.zeros((1, 8, 8, 2)), keras.ops.zeros((1, 8, 8, 4)), 3.0):
+        with pytest.raises(ValueError, match=r"`x` must be RGB images with 3 channels last "
+                                             r"\(\[\.\.\., 3\]\)\. Received: x of shape"):
+            W.preprocess_input(x, "LambdaResNet50TS")
 
 
 def test_decode_predictions(timm_reference):

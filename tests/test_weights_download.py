@@ -171,7 +171,8 @@ def test_stalled_download_times_out_and_leaves_no_file(preset_from, monkeypatch)
 def _assert_says_what_to_do(message, cached):
     """The download error names the ways out: no weights, a local file, the cache path."""
     assert "nothing was kept" in message
-    ways_out = ("`weights=None`", "timm model.safetensors", "Keras .weights.h5", f"at {cached}.")
+    ways_out = ("`weights=None`", "--weights none", "timm model.safetensors", "Keras .weights.h5",
+                f"at {cached}.")
     for way_out in ways_out:
         assert way_out in message, (way_out, message)
 

@@ -11,7 +11,7 @@ One concern per module:
 
 | module | what it holds |
 |---|---|
-| `pipeline.py` | `make_dataset`, `DatasetInfo`: source -> shuffle -> transform -> batch -> mix |
+| `pipeline.py` | `make_dataset`: source -> shuffle -> transform -> batch -> mix; `check_spec` |
 | `sources.py` | spec parsing (`SCHEMES`), the fixed 80/20 hold-out, the bundled `digits` |
 | `folders.py` | `folder:PATH` (class folders, split folders, every file checked up front) |
 | `tfds_source.py` | `tfds:NAME[:SPLIT]` (prepared tensorflow-datasets, never downloads) |
@@ -41,7 +41,7 @@ from lambda_keras.data.sources import (
 from lambda_keras.data.folders import (FOLDER_SPLIT_DIRS, IMAGE_EXTENSIONS, IMAGE_FORMATS,
                                        IMAGE_SIGNATURES)
 from lambda_keras.data.tfds_source import TFDS_SHUFFLE_BUFFER
-from lambda_keras.data.pipeline import AUGMENTS, DatasetInfo, make_dataset
+from lambda_keras.data.pipeline import AUGMENTS, DatasetInfo, check_spec, make_dataset
 
 __all__ = [
     "AUGMENTS", "DEFAULT_PREPROCESSING", "DatasetInfo", "FOLDER_SPLIT_DIRS", "HOLDOUT_FRACTION",
@@ -49,6 +49,6 @@ __all__ = [
     "Preprocessing",
     "RANDAUGMENT_MAX_MAGNITUDE", "RANDAUGMENT_OPS", "RANDOM_RESIZED_CROP_RATIO",
     "RANDOM_RESIZED_CROP_SCALE", "RESIZE_METHODS", "RandAugment", "SCHEMES",
-    "TFDS_SHUFFLE_BUFFER", "eval_transform", "make_dataset", "make_randaugment", "normalize",
-    "train_transform",
+    "TFDS_SHUFFLE_BUFFER", "check_spec", "eval_transform", "make_dataset", "make_randaugment",
+    "normalize", "train_transform",
 ]

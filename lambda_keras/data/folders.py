@@ -174,13 +174,20 @@ def _folder_split_dir(root, split):
     )
 
 
-def folder_source(argument, split, *, data_dir, training, seed, verify_images):
+def check_folder_root(argument, arg="spec"):
+    """The folder of a 'folder:PATH' spec (`argument` is PATH), which must be a directory;
+    `arg` is the argument the message names."""
     root = os.path.expanduser(argument)
     if not os.path.isdir(root):
         raise ValueError(
-            f"`spec` names a folder that does not exist: {root}. "
-            f"Received: spec='folder:{argument}'"
+            f"`{arg}` names a folder that does not exist: {root}. "
+            f"Received: {arg}='folder:{argument}'"
         )
+    return root
+
+
+def folder_source(argument, split, *, data_dir, training, seed, verify_images):
+    root = check_folder_root(argument)
     split_dir = _folder_split_dir(root, split)
     if split_dir is not None:
         class_names, paths, labels = _scan_class_folders(split_dir, verify_images)

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from lambda_keras import utils
 from lambda_keras.data.augment import make_randaugment, mix_batches
-from lambda_keras.data.folders import folder_source
+from lambda_keras.data.folders import check_folder_root, folder_source
 from lambda_keras.data.sources import digits_source, parse_spec
-from lambda_keras.data.tfds_source import tfds_source
+from lambda_keras.data.tfds_source import check_tfds_argument, tfds_source
 from lambda_keras.data.transforms import (
     RANDOM_RESIZED_CROP_SCALE, check_preprocessing, eval_transform, image_size_of,
     train_transform)
@@ -33,6 +33,27 @@ class DatasetInfo:
     class_names: tuple  # class index -> name
     num_examples: int  # examples in the split (one pass, before batching)
     steps_per_epoch: int  # batches in one pass over the split
+
+
+def check_spec(spec, *, data_dir=None, arg="spec"):
+    """Checks a dataset spec early, before anything is built: `make_dataset`'s checks of the
+    spec itself and of its source's presence (nothing is read).
+
+    Args:
+        spec: "tfds:NAME[:SPLIT]", "folder:PATH" or "digits".
+        data_dir: tensorflow-datasets data directory (tfds specs).
+        arg: how the messages name the spec (the command line's `--data`).
+
+    Raises:
+        TypeError: `spec` is not a string.
+        ValueError: an unknown scheme, a missing folder, or a tensorflow-datasets dataset that
+            does not exist or is not prepared in `data_dir`.
+    """
+    scheme, argument = parse_spec(spec, arg)
+    if scheme == "folder":
+        check_folder_root(argument, arg)
+    elif scheme == "tfds":
+        check_tfds_argument(argument, data_dir, arg)
 
 
 def load_source(spec, split, *, data_dir, training, seed, verify_images):

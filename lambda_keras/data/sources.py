@@ -39,21 +39,24 @@ class Source:
     shuffle_buffer: int  # default shuffle buffer for this source
 
 
-def parse_spec(spec):
-    """'tfds:NAME[:SPLIT]' | 'folder:PATH' | 'digits' -> (scheme, argument or None)."""
+def parse_spec(spec, arg="spec"):
+    """'tfds:NAME[:SPLIT]' | 'folder:PATH' | 'digits' -> (scheme, argument or None).
+
+    `arg` is the argument the messages name (the command line's `--data`, for instance).
+    """
     if not isinstance(spec, str):
-        raise TypeError(f"`spec` must be a string. Received: spec={spec!r}")
+        raise TypeError(f"`{arg}` must be a string. Received: {arg}={spec!r}")
     scheme, sep, argument = spec.partition(":")
     if scheme not in SCHEMES:
         raise ValueError(
-            "`spec` must be 'tfds:NAME[:SPLIT]', 'folder:PATH' or 'digits' (schemes: "
-            f"{', '.join(SCHEMES)}). Received: spec={spec!r}"
+            f"`{arg}` must be 'tfds:NAME[:SPLIT]', 'folder:PATH' or 'digits' (schemes: "
+            f"{', '.join(SCHEMES)}). Received: {arg}={spec!r}"
         )
     if scheme == "digits" and sep:
-        raise ValueError(f"`spec` 'digits' takes no argument. Received: spec={spec!r}")
+        raise ValueError(f"`{arg}` 'digits' takes no argument. Received: {arg}={spec!r}")
     if scheme in ("tfds", "folder") and not argument:
         what = "NAME" if scheme == "tfds" else "PATH"
-        raise ValueError(f"`spec` '{scheme}:' needs a {what}. Received: spec={spec!r}")
+        raise ValueError(f"`{arg}` '{scheme}:' needs a {what}. Received: {arg}={spec!r}")
     return scheme, argument or None
 
 

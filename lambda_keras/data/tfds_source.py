@@ -28,16 +28,16 @@ def _parse_tfds_argument(argument):
     return name, rest or None
 
 
-def _tfds_builder(name, data_dir):
+def _tfds_builder(name, data_dir, arg="spec"):
     import tensorflow_datasets as tfds
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError as error:
         raise ValueError(
-            f"`spec` names no tensorflow-datasets dataset: {name!r} "
+            f"`{arg}` names no tensorflow-datasets dataset: {name!r} "
             f"({str(error).splitlines()[0]}). "
-            f"See https://www.tensorflow.org/datasets/catalog. Received: spec='tfds:{name}'"
+            f"See https://www.tensorflow.org/datasets/catalog. Received: {arg}='tfds:{name}'"
         ) from None
     if not builder.is_prepared():
         manual = ""
@@ -56,6 +56,12 @@ def _tfds_builder(name, data_dir):
             f"data_dir (or set TFDS_DATA_DIR).{manual}"
         )
     return builder
+
+
+def check_tfds_argument(argument, data_dir=None, arg="spec"):
+    """Raise ValueError unless the NAME of a 'tfds:NAME[:SPLIT]' spec (`argument`) is a dataset
+    prepared in `data_dir`; `arg` is the argument the messages name."""
+    _tfds_builder(_parse_tfds_argument(argument)[0], data_dir, arg)
 
 
 def _tfds_split(builder, name, split):

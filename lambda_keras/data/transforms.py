@@ -16,6 +16,7 @@ import math
 
 import tensorflow as tf
 
+from lambda_keras import utils
 from lambda_keras.presets import DEFAULT_PREPROCESSING, Preprocessing
 
 RESIZE_METHODS = ("bilinear", "bicubic", "nearest")
@@ -43,16 +44,9 @@ def check_preprocessing(preprocessing):
 
 def image_size_of(image_size, preprocessing):
     """`image_size` (int, (h, w) or None for the preset's) -> (height, width)."""
-    size = preprocessing.input_size if image_size is None else image_size
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(size)
-    if len(size) != 2 or not all(type(s) is int and s > 0 for s in size):
-        raise ValueError(
-            "`image_size` must be a positive int or a (height, width) pair of positive ints. "
-            f"Received: image_size={image_size!r}"
-        )
-    return size
+    if image_size is None:
+        return utils.check_size_pair("preprocessing.input_size", preprocessing.input_size)
+    return utils.check_size_pair("image_size", image_size)
 
 
 def normalize(images, preprocessing=DEFAULT_PREPROCESSING):

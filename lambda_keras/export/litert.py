@@ -10,7 +10,8 @@ input and output tensors). For "int8":
 - the result is checked to be full-integer: every operator between the input QUANTIZE and the
   output DEQUANTIZE computes on integer tensors, and no calibrated range is unbounded.
 A refused conversion writes nothing; files are written atomically (`utils.atomic_write_bytes`),
-so a failure leaves a previous file intact.
+so a failure leaves a previous file intact. `check_tflite_path` is the destination's check, run
+early by the command line too (before its SavedModel is written).
 
 `LiteRTRunner` is the one place that runs a .tflite file (tests, benchmarks, demo, notebooks):
 float32 arrays in, float32 arrays out, any batch size, (de)quantizing integer input/output
@@ -299,6 +300,31 @@ def _check_quantization_scales(flatbuffer):
             "quantized model compute garbage. Remove the infinite constant from the model.")
 
 
+def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwrite=True"):
+    """`path` (str) if `tflite` may write a file there; checked before anything is converted.
+
+    Args:
+        path: the destination file.
+        overwrite: whether an existing file may be replaced.
+        path_arg, overwrite_arg: how the messages name the path and the way to allow replacing
+            (the command line checks its output file early with `--output`, `--overwrite`).
+
+    Raises:
+        TypeError: `path` is not a str or os.PathLike.
+        ValueError: `path` is a directory.
+        FileExistsError: `path` exists and `overwrite` is False.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"`{path_arg}` must be a file path. Received: {path_arg}={path!r}")
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{path!r} is a directory, not a file; choose another `{path_arg}`.")
+    if not overwrite and os.path.exists(path):
+        raise FileExistsError(f"{path!r} exists; pass {overwrite_arg} to replace it or choose "
+                              f"another `{path_arg}`.")
+    return path
+
+
 def tflite(model, path, quantization=None, representative_data=None, float_ops=INT8_FLOAT_OPS,
            overwrite=True):
     """Converts `model` to a LiteRT (TFLite) flatbuffer at `path` with built-in ops only.
@@ -345,14 +371,7 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
         raise ValueError(
             '`representative_data` is only used with quantization="int8". '
             f"Received: quantization={quantization!r}")
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"`path` must be a file path. Received: path={path!r}")
-    path = os.fspath(path)
-    if os.path.isdir(path):
-        raise ValueError(f"`path` must be a file path, not a directory. Received: path={path!r}")
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path!r} exists; pass overwrite=True to replace it or choose "
-                              "another `path`.")
+    path = check_tflite_path(path, overwrite)
     samples = None
     if quantization == "int8":
         if len(model.inputs) != 1:

@@ -98,24 +98,32 @@ def _resolve_preprocessing(preprocessing, model_size):
     return preprocessing
 
 
-def resolve_labels(labels, num_classes):
+def resolve_labels(labels, num_classes, arg="labels"):
     """Class names, one per class; a path reads one name per line; None: "0", "1", ...
 
+    `arg` is the argument the messages name (the command line's `--labels`).
+
     Raises:
-        ValueError: not one string per class, or a name with a line break.
+        ValueError: a file that cannot be read as UTF-8 text, not one string per class, or a
+            name with a line break.
     """
     if labels is None:
         return [str(i) for i in range(num_classes)]
     if isinstance(labels, (str, os.PathLike)):
-        with open(labels, encoding="utf-8") as f:
-            labels = f.read().splitlines()
+        try:
+            with open(labels, encoding="utf-8") as f:
+                labels = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            raise ValueError(f"`{arg}` names a file that cannot be read as a labels.txt "
+                             f"({reason}). Received: {arg}={os.fspath(labels)!r}") from error
     labels = list(labels)
     if len(labels) != num_classes or not all(isinstance(name, str) for name in labels):
         raise ValueError(
-            f"`labels` must be {num_classes} strings, one per class. "
+            f"`{arg}` must be {num_classes} strings, one per class. "
             f"Received: {len(labels)} labels starting {labels[:3]!r}")
     if any("\n" in name or "\r" in name for name in labels):
-        raise ValueError("`labels` must not contain line breaks (labels.txt has one per line).")
+        raise ValueError(f"`{arg}` must not contain line breaks (labels.txt has one per line).")
     return labels
 
 
@@ -252,32 +260,37 @@ def _check_export_dir(export_dir):
     return export_dir
 
 
-def _version_directory(export_dir, version, overwrite):
-    """The target export_dir/<version>, checked; `version` None picks the next integer."""
+def check_version_directory(export_dir, version, overwrite, *, version_arg="version",
+                            overwrite_arg="overwrite=True"):
+    """The version directory `saved_model` writes, export_dir/<version>, checked before
+    anything is written; `version` None picks the next integer.
+
+    Args:
+        export_dir: the model base path (a directory path).
+        version: the version (int >= 0) or None.
+        overwrite: whether a non-empty version directory may be replaced.
+        version_arg, overwrite_arg: how the messages name the version and the way to allow
+            replacing (the command line checks early with `--version`, `--overwrite`).
+
+    Raises:
+        ValueError: `version` is not an int >= 0.
+        FileExistsError: the version directory is not empty and `overwrite` is False, or is a
+            file.
+    """
     if version is None:
         existing = os.listdir(export_dir) if os.path.isdir(export_dir) else []
         numbers = [int(name) for name in existing
                    if _VERSION_NAME.match(name) and os.path.isdir(os.path.join(export_dir, name))]
         version = max(numbers, default=0) + 1
-    version = utils.check_int("version", version, low=0)
+    version = utils.check_int(version_arg, version, low=0)
     target = os.path.join(export_dir, str(version))
     if os.path.isdir(target) and os.listdir(target) and not overwrite:
         raise FileExistsError(
-            f"The version directory {target!r} exists and is not empty; pass overwrite=True to "
-            "replace it or choose another `version`.")
+            f"The version directory {target!r} exists and is not empty; pass {overwrite_arg} "
+            f"to replace it or choose another `{version_arg}`.")
     if os.path.exists(target) and not os.path.isdir(target):
         raise FileExistsError(f"{target!r} exists and is not a directory.")
     return target
-
-
-def _process_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's live process
-        return True
-    return True
 
 
 def remove_stale_staging(export_dir):
@@ -292,7 +305,7 @@ def remove_stale_staging(export_dir):
     host, removed = socket.gethostname(), []
     for name in sorted(os.listdir(export_dir)):
         match = _STAGING_NAME.match(name)
-        if match is None or match["host"] != host or _process_alive(int(match["pid"])):
+        if match is None or match["host"] != host or utils.process_alive(int(match["pid"])):
             continue
         shutil.rmtree(os.path.join(export_dir, name), ignore_errors=True)
         removed.append(name)
@@ -374,7 +387,7 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
     if warmup:
         _serving_apis()  # fail before writing anything
     export_dir = _check_export_dir(export_dir)
-    target = _version_directory(export_dir, version, overwrite)
+    target = check_version_directory(export_dir, version, overwrite)
     remove_stale_staging(export_dir)
 
     with _staging_directory(target) as staging, tempfile.TemporaryDirectory() as scratch:

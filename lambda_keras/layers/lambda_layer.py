@@ -77,19 +77,6 @@ POSITION_MODES = ("conv", "relative", "global", None)
 POOL_SIZES = (2, 3)
 
 
-def _spatial_pair(name, value):
-    if value is None:
-        return None
-    if isinstance(value, (int, np.integer)):
-        value = (value, value)
-    value = tuple(value)
-    if len(value) != 2 or any(not isinstance(s, (int, np.integer)) or s <= 0 for s in value):
-        raise ValueError(
-            f"`{name}` must be a positive int or a pair (height, width). Received: {name}={value!r}"
-        )
-    return tuple(int(s) for s in value)
-
-
 @keras.saving.register_keras_serializable(package="lambda_keras")
 class LambdaLayer(keras.layers.Layer):
     """Lambda layer with content and position lambdas, for channels-last images (B, H, W, C).
@@ -159,12 +146,8 @@ class LambdaLayer(keras.layers.Layer):
                            norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
                            initializers=(query_initializer, key_initializer, value_initializer,
                                          position_initializer))
-        if position not in POSITION_MODES:
-            raise ValueError(
-                f"`position` must be one of {POSITION_MODES}. Received: position={position!r}"
-            )
-        self.position = position
-        self.feature_size = _spatial_pair("feature_size", feature_size)
+        self.position = utils.check_choice("position", position, POSITION_MODES)
+        self.feature_size = utils.check_size_pair("feature_size", feature_size, optional=True)
         if self.feature_size is not None and position not in ("relative", "global"):
             raise ValueError('`feature_size` sizes the "relative" and "global" embeddings; '
                              f"position={position!r} has none. Received: "

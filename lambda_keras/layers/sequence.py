@@ -64,7 +64,6 @@ from keras import ops
 
 from lambda_keras import utils
 from lambda_keras.layers.shared import (
-    _positive_int,
     build_projections,
     check_heads_divide,
     content_output,
@@ -145,12 +144,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
                            norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
                            initializers=(query_initializer, key_initializer, value_initializer,
                                          position_initializer))
-        if position not in SEQUENCE_POSITION_MODES:
-            raise ValueError(
-                f"`position` must be one of {SEQUENCE_POSITION_MODES}. "
-                f"Received: position={position!r}"
-            )
-        self.position = position
+        self.position = utils.check_choice("position", position, SEQUENCE_POSITION_MODES)
         self.causal = utils.check_bool("causal", causal)
         if normalization is None:
             normalization = "layer" if self.causal else "batch"
@@ -162,10 +156,8 @@ class SequenceLambdaLayer(keras.layers.Layer):
                 "output at n depends on the inputs after n (inference uses the moving statistics "
                 "and is causal). normalization='layer' (the default when causal) keeps training "
                 "causal.", stacklevel=2)
-        self.sequence_length = (None if sequence_length is None
-                                else _positive_int("sequence_length", sequence_length))
-        self.context_length = (None if context_length is None
-                               else _positive_int("context_length", context_length))
+        self.sequence_length = utils.check_int("sequence_length", sequence_length, optional=True)
+        self.context_length = utils.check_int("context_length", context_length, optional=True)
         self.supports_masking = True
 
     # ---------------------------------------------------------------- build

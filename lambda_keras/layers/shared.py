@@ -7,17 +7,10 @@
 - `content_output`: the content lambda, shared by every query, applied to every query.
 """
 
-import numpy as np
 import keras
 from keras import ops
 
 from lambda_keras import utils
-
-
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ValueError(f"`{name}` must be a positive integer. Received: {name}={value!r}")
-    return int(value)
 
 
 # A bound on what one layer's arguments may ask for: every size below is far above any lambda
@@ -128,11 +121,11 @@ def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, re
     settings and the (query, key, value, position) initializers; each bad value raises naming its
     argument. Used by `LambdaLayer` and `SequenceLambdaLayer`.
     """
-    layer.output_dim = None if output_dim is None else _positive_int("output_dim", output_dim)
-    layer.key_dim = _positive_int("key_dim", key_dim)
-    layer.num_heads = _positive_int("num_heads", num_heads)
-    layer.intra_depth = _positive_int("intra_depth", intra_depth)
-    layer.receptive_field = _positive_int("receptive_field", receptive_field)
+    layer.output_dim = utils.check_int("output_dim", output_dim, optional=True)
+    layer.key_dim = utils.check_int("key_dim", key_dim)
+    layer.num_heads = utils.check_int("num_heads", num_heads)
+    layer.intra_depth = utils.check_int("intra_depth", intra_depth)
+    layer.receptive_field = utils.check_int("receptive_field", receptive_field)
     if layer.receptive_field % 2 == 0:
         raise ValueError(
             f"`receptive_field` must be odd. Received: receptive_field={receptive_field!r}")

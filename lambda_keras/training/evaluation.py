@@ -30,6 +30,7 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
     weights = model_setup.resolve_weights(model, weights)
+    given = model  # a file's recorded preprocessing is looked up beside it
     if model_setup.is_model_file(model):
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)
@@ -37,7 +38,7 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     if isinstance(model, keras.Model):
         model_setup.check_image_size(model, size)
     if preprocessing is None:
-        preprocessing = model_setup.preprocessing_for(model, weights, size)
+        preprocessing = model_setup.preprocessing_for(given, weights, size)
     dataset, info = data_lib.make_dataset(
         data_spec, split, image_size=size, batch_size=batch_size, training=False,
         preprocessing=preprocessing, one_hot=True, drop_remainder=is_tpu_strategy(strategy),

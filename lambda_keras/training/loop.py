@@ -22,8 +22,9 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import data as data_lib
-from lambda_keras import utils
+from lambda_keras import presets, utils
 from lambda_keras.data.sources import parse_spec
+from lambda_keras.presets import Preprocessing
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.backup import ResumableBackup
@@ -55,12 +56,18 @@ class TrainResult:
     plot: str
     tensorboard_dir: str
     seed: int = None
+    # The inputs' resize, crop and normalisation the run trained and validated with: what an
+    # evaluation or an export of this model must apply (`export.saved_model(preprocessing=)`).
+    preprocessing: Preprocessing = None
 
     def summary(self):
-        """JSON-ready: everything but the model and the history, the recipe as a dict."""
-        skipped = ("model", "history", "recipe")
+        """JSON-ready: everything but the model and the history; the recipe and the
+        preprocessing as dicts."""
+        skipped = ("model", "history", "recipe", "preprocessing")
         return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                   if f.name not in skipped}, "recipe": self.recipe.summary}
+                   if f.name not in skipped}, "recipe": self.recipe.summary,
+                "preprocessing": (None if self.preprocessing is None
+                                  else dataclasses.asdict(self.preprocessing))}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -290,7 +297,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     if deterministic:
         tf.config.experimental.enable_op_determinism()
 
-    # 3. The data, at the size of a given model (a .keras file is loaded first for that).
+    # 3. The data, at the size of a given model (a .keras file is loaded first for that), prepared
+    # as the model's weights were (a file: as recorded beside it).
+    given = model
     if isinstance(model, keras.Model):
         source = f"the keras.Model {model.name!r}"
     elif model_setup.is_model_file(model):
@@ -300,7 +309,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     else:
         source = f"the model built by {getattr(model, '__name__', model)!r}"
     size = recipe.image_size or model_setup.default_image_size(model, weights)
-    preprocessing = model_setup.preprocessing_for(model, weights, size)
+    preprocessing = model_setup.preprocessing_for(given, weights, size)
     train_ds, val_ds, info = training_data(
         data_spec, recipe, image_size=size, preprocessing=preprocessing, seed=seed,
         validation_spec=validation_spec, static_shapes=is_tpu_strategy(strategy),
@@ -334,6 +343,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         for key in ("checkpoints", "tensorboard"):
             os.makedirs(paths[key], exist_ok=True)
         utils.remove_temporaries(paths["checkpoints"])
+        # What evaluating, predicting with or exporting these checkpoints must apply.
+        presets.save_preprocessing(paths["checkpoints"], preprocessing)
     all_callbacks = make_callbacks(
         callbacks, chief=chief, paths=paths, state=state, backup=backup, recipe=recipe,
         has_validation=val_ds is not None, preprocessing=preprocessing,
@@ -363,7 +374,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         jit_compile=bool(model.jit_compile), output_dir=os.fspath(output_dir),
         best_checkpoint=written["best"], last_checkpoint=written["last"],
         history_json=written["history_json"], plot=written["plot"],
-        tensorboard_dir=written["tensorboard"], seed=seed)
+        tensorboard_dir=written["tensorboard"], seed=seed, preprocessing=preprocessing)
     if chief:
         write_json(paths["result"], result.summary())
     backup.delete()

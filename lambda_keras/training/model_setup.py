@@ -19,7 +19,7 @@ import os
 import keras
 import tensorflow as tf
 
-from lambda_keras import utils, weights as weights_lib
+from lambda_keras import presets, utils, weights as weights_lib
 from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
 TOP_K = 5
 # `weights=` of train() and evaluate(): a model name's own default weights (see resolve_weights).
@@ -63,8 +63,13 @@ def default_image_size(model, weights):
 
 
 def preprocessing_for(model, weights, image_size):
+    """How a run prepares `model`'s images at `image_size`: a `.keras` file's recorded
+    preprocessing (`presets.preprocessing_beside`), the preset's of ImageNet weights, else
+    DEFAULT_PREPROCESSING."""
     prep = weights_lib.DEFAULT_PREPROCESSING
-    if isinstance(weights, str) and (weights == "imagenet" or weights in weights_lib.PRESETS):
+    if is_model_file(model):
+        prep = presets.preprocessing_beside(model) or prep
+    elif isinstance(weights, str) and (weights == "imagenet" or weights in weights_lib.PRESETS):
         arch = zoo_builder(model)[0] if isinstance(model, str) else None
         prep = weights_lib.resolve_preprocessing(weights if weights != "imagenet" else arch)
     return dataclasses.replace(prep, input_size=(image_size, image_size))
@@ -121,13 +126,22 @@ def resolve_weights(model, weights):
     return weights
 
 
-def check_image_size(model, image_size):
-    """A model of a fixed input size takes images of that size only."""
+def check_image_size(model, image_size, *, model_arg="`model`", size_arg="image_size"):
+    """A model of a fixed input size takes images of that size only (None: any size).
+
+    Args:
+        model: a keras.Model.
+        image_size: the side of the square images the run feeds it.
+        model_arg, size_arg: how the message names the model and the size (the CLI's
+            `--model FILE` and `--image-size`).
+
+    Raises:
+        ValueError: `model` has a fixed input size other than `image_size`.
+    """
     fixed = model.input_shape[1:3]
     if None not in fixed and tuple(fixed) != (image_size, image_size):
-        raise ValueError(f"`model` takes {fixed[0]}x{fixed[1]} images; the run's image size is "
-                         f"{image_size} (the recipe's or the argument). "
-                         f"Received: image_size={image_size!r}")
+        raise ValueError(f"{model_arg} takes {fixed[0]}x{fixed[1]} images; the run's image size "
+                         f"is {image_size}. Received: {size_arg}={image_size!r}")
 
 
 def check_model(model, strategy, classes, image_size):

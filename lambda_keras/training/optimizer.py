@@ -19,7 +19,7 @@ lr * wd * w / (1 - 0.9), ten times Keras' decoupled `weight_decay` (w -= lr * wd
 NOTE: Keras' SGD keeps a velocity with the learning rate inside it (v = m v - lr g;
 w += m v - lr g). That equals the update above while the learning rate is constant and differs
 when it changes (warm-up, cosine): past gradients keep the learning rate of their step instead of
-the current one (tests/test_training.py measures both). `MomentumL2` keeps TF1's form, so its
+the current one (tests/test_recipes.py measures both). `MomentumL2` keeps TF1's form, so its
 steps equal the reference's under any schedule.
 NOTE: the L2 term is added to the gradients inside the optimizer, after they are summed over
 replicas and unscaled (mixed precision), rather than to the loss; the gradient is the same and the

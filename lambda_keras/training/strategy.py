@@ -38,14 +38,24 @@ def _tpu_resolver(tpu):
     return tf.distribute.cluster_resolver.TPUClusterResolver(tpu=None if tpu == "auto" else tpu)
 
 
-def _tpu_strategy(resolver, connect):
-    if connect:
-        tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
+def _tpu_strategy(resolver, connect, what):
+    """TPUStrategy over `resolver`'s TPUs; ValueError naming `what` when none can be used."""
+    try:
+        if connect:
+            tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+    except (tf.errors.OpError, RuntimeError, ValueError) as error:
+        # e.g. "local" without a TPU: NotFoundError "TPUs not found in the cluster. Failed in
+        # initialization: No OpKernel was registered to support Op 'ConfigureDistributedTPU' ..."
+        reason = (getattr(error, "message", None) or str(error)).split(". ")[0].strip()
+        raise ValueError(
+            f"No TPU found for {what}: TensorFlow could not initialise a TPU system there "
+            f"({type(error).__name__}: {reason}). Run on a TPU VM or name a reachable TPU; "
+            "without a TPU, leave it out to run on the CPU or GPUs.") from error
     return tf.distribute.TPUStrategy(resolver)
 
 
-def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None):
+def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None, tpu_arg="tpu"):
     """The `tf.distribute.Strategy` for this machine or cluster.
 
     Args:
@@ -53,26 +63,38 @@ def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None):
             `TPUClusterResolver` finds one, else go on) or a TPU name / "grpc://host:port".
         devices: explicit devices for a `MirroredStrategy` (e.g. ["/cpu:0", "/cpu:1"]).
         cluster_resolver: a ready TPU cluster resolver (used instead of building one).
+        tpu_arg: how the messages name `tpu` (the command line passes "--tpu").
 
     Order: TPU (`tpu` or `cluster_resolver`) -> `MultiWorkerMirroredStrategy` when TF_CONFIG has
     several workers -> `MirroredStrategy` over `devices` or over several GPUs -> the default
     strategy.
+
+    Raises:
+        ValueError: the TPU of `tpu` cannot be resolved (an unknown name: the Cloud TPU API or
+            the metadata server did not answer) or initialised (no TPU there).
     """
     if tpu is not None and not isinstance(tpu, str):
-        raise TypeError(f"`tpu` must be None, 'local', 'auto' or a TPU name/address string. "
-                        f"Received: tpu={tpu!r}")
+        raise TypeError(f"`{tpu_arg}` must be None, 'local', 'auto' or a TPU name/address "
+                        f"string. Received: {tpu_arg}={tpu!r}")
     if tpu is not None and not tpu:
-        raise ValueError("`tpu` must not be empty. Received: tpu=''")
+        raise ValueError(f"`{tpu_arg}` must not be empty. Received: {tpu_arg}=''")
     if cluster_resolver is not None:
-        return _tpu_strategy(cluster_resolver, connect=tpu != "local")
+        return _tpu_strategy(cluster_resolver, tpu != "local", "the given `cluster_resolver`")
     if tpu is not None:
         try:
             resolver = _tpu_resolver(tpu)
         except (ValueError, RuntimeError) as error:
             if tpu != "auto":
-                raise ValueError(f"No TPU found ({error}). Received: tpu={tpu!r}") from error
+                raise ValueError(f"No TPU found ({error}). Received: {tpu_arg}={tpu!r}") from error
+        except OSError as error:  # urllib's URLError: a TPU name is looked up over the network
+            if tpu != "auto":
+                raise ValueError(
+                    f"The TPU named by {tpu_arg}={tpu!r} could not be resolved: looking a TPU "
+                    "name up needs the Cloud TPU API and the GCE metadata server, which did not "
+                    f"answer ({getattr(error, 'reason', error)}). On a TPU VM pass 'local', "
+                    "elsewhere the TPU's grpc://host:port address.") from error
         else:
-            return _tpu_strategy(resolver, connect=tpu != "local")
+            return _tpu_strategy(resolver, tpu != "local", f"{tpu_arg}={tpu!r}")
     if _tf_config_cluster() is not None:
         return tf.distribute.MultiWorkerMirroredStrategy()
     if devices is not None:

@@ -41,23 +41,13 @@ def cached_weights(name, cache_dir=None):
     return path if os.path.isfile(path) else None
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # exists, owned by someone else
-        return True
-    return True
-
-
 def _remove_stale_partials(target):
     """Removes partial downloads of `target` left by processes that no longer run (killed)."""
     directory, name = os.path.split(target)
     stem = name.partition(".")[0] + utils.TEMP_MARK
     for leftover in os.listdir(directory):
         pid = leftover[len(stem):].partition(".")[0]
-        if leftover.startswith(stem) and pid.isdigit() and not _pid_alive(int(pid)):
+        if leftover.startswith(stem) and pid.isdigit() and not utils.process_alive(int(pid)):
             try:
                 os.remove(os.path.join(directory, leftover))
             except OSError:
@@ -188,10 +178,10 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
             raise
         raise ValueError(
             f"Downloading the weights of {preset.name!r} from {preset.url} failed; nothing was "
-            "kept in the cache. Without the download: pass `weights=None` (random "
-            "initialisation), pass the path of a local file as `weights` (a timm "
-            "model.safetensors or a Keras .weights.h5), or place the file from that "
-            f"URL at {target}. Cause: {error}") from error
+            "kept in the cache. Without the download: pass `weights=None` (command line: "
+            "--weights none) for random initialisation, pass the path of a local file as "
+            "`weights` (--weights FILE; a timm model.safetensors or a Keras .weights.h5), or "
+            f"place the file from that URL at {target}. Cause: {error}") from error
     os.replace(partial, target)
     return target
 

@@ -11,17 +11,32 @@ import keras
 from lambda_keras.presets import DEFAULT_PREPROCESSING, resolve_preprocessing
 
 
+def _check_rgb(shape):
+    if getattr(shape, "rank", 0) is None:  # a graph tensor of unknown rank: not checked
+        return
+    shape = tuple(shape)
+    if not shape or shape[-1] not in (3, None):
+        raise ValueError("`x` must be RGB images with 3 channels last ([..., 3]). "
+                         f"Received: x of shape {shape}")
+
+
 def preprocess_input(x, preprocessing=None):
     """Float RGB pixels in [0, 255], channels last -> ((x / 255) - mean) / std.
 
     `preprocessing` is a Preprocessing, a preset/architecture/builder name, or None (ImageNet
     mean/std). NumPy in -> NumPy float32 out; tensors in -> tensors out.
+
+    Raises:
+        ValueError: `x` does not end in 3 channels (RGB; a tensor's unknown last dimension is
+            not checked).
     """
     prep = DEFAULT_PREPROCESSING if preprocessing is None else resolve_preprocessing(preprocessing)
     if isinstance(x, (np.ndarray, list, tuple)):
         x = np.asarray(x, dtype="float32")
+        _check_rgb(x.shape)
         return ((x / 255.0 - np.float32(prep.mean)) / np.float32(prep.std)).astype("float32")
     x = keras.ops.cast(x, "float32")
+    _check_rgb(x.shape)
     mean = keras.ops.convert_to_tensor(prep.mean, "float32")
     std = keras.ops.convert_to_tensor(prep.std, "float32")
     return (x / 255.0 - mean) / std  # [..., 3]

@@ -1,5 +1,6 @@
 """The entry points of the builders and the command line: `validate_weights` (before a model is
-built), `load_weights` (after) and `convert_timm`."""
+built), `load_weights` (after) and `convert_timm`, whose argument checks (`check_timm_file`,
+`resolve_timm_arch`) the command line's `convert` runs too, naming its own arguments."""
 
 import os
 
@@ -46,7 +47,8 @@ def check_file_kind(path, arg="weights"):
         raise ValueError(f"Keras reads weights files only under the lower-case suffix "
                          f"{KERAS_WEIGHTS_SUFFIX}; rename the file. Received: {arg}={path!r}")
     if not os.path.exists(path):
-        raise ValueError(f"The weights file does not exist. Received: {arg}={path!r}")
+        raise ValueError(f"The weights file that `{arg}` names does not exist. "
+                         f"Received: {arg}={path!r}")
     check_not_special(path, arg)
 
 
@@ -58,6 +60,37 @@ def check_not_special(path, arg):
     if os.path.exists(path) and not os.path.isfile(path):
         raise ValueError(f"`{arg}` is not a regular file (a device, pipe or socket); pass a "
                          f"weights file. Received: {arg}={path!r}")
+
+
+def check_timm_file(path, arg="src"):
+    """Raise ValueError unless `path` names a timm `.safetensors` file that exists.
+
+    A pickle checkpoint gets `check_file_kind`'s refusal (why, and how to convert it); `arg` is
+    the argument the messages name (`convert_timm`'s `src`, the command line's too).
+    """
+    if not path.lower().endswith((SAFETENSORS_SUFFIX,) + PICKLE_SUFFIXES):
+        raise ValueError(f"`{arg}` must be a timm {SAFETENSORS_SUFFIX} file. "
+                         f"Received: {arg}={path!r}")
+    check_file_kind(path, arg)
+
+
+def resolve_timm_arch(name, arg="arch_name"):
+    """The architecture (IMAGENET_PRESETS key) of a model name with timm weights.
+
+    `name` may be the architecture, its builder or a preset name; `arg` is the argument the
+    message names (`convert_timm`'s `arch_name`, the command line's `--model`).
+
+    Raises:
+        ValueError: `name` names no model with timm weights.
+    """
+    try:
+        arch = resolve_model_name(name).arch
+    except (TypeError, ValueError):
+        arch = None
+    if arch not in IMAGENET_PRESETS:
+        raise ValueError(f"`{arg}` must be one of {tuple(IMAGENET_PRESETS)} (or their builder or "
+                         f"preset names): the models with timm weights. Received: {arg}={name!r}")
+    return arch
 
 
 def validate_weights(weights, arch_name, include_top=True, classes=1000):
@@ -96,31 +129,23 @@ def load_weights(model, weights, arch_name):
     return model
 
 
-def convert_timm(src, dst, arch_name=None):
+def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
     """Convert a timm `.safetensors` checkpoint to a Keras `.weights.h5` file; returns `dst`.
 
     Builds the matching lambda_keras model (classes from the checkpoint, headless if it has no
-    classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal.
+    classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal;
+    `arch_arg` is how the messages name it (the command line's `--model`).
     """
     src, dst = os.fspath(src), os.fspath(dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
         raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
     check_not_special(dst, "dst")  # before the conversion, not at the final rename
-    if not src.lower().endswith(SAFETENSORS_SUFFIX):
-        raise ValueError(f"`src` must be a timm {SAFETENSORS_SUFFIX} file. Received: src={src!r}")
-    check_file_kind(src, "src")
-    state = read_safetensors(src)
+    check_timm_file(src, "src")
+    state = read_safetensors(src, hint="Pass the model.safetensors file of a timm checkpoint "
+                                       "as `src` (a Keras .weights.h5 file needs no conversion).")
     check_finite(state, src, outcome=f"Nothing was written to {dst!r}.")
-    if arch_name is None:
-        arch = infer_timm_arch(state)
-    else:
-        try:
-            arch = resolve_model_name(arch_name).arch
-        except (TypeError, ValueError):
-            arch = None
-        if arch not in IMAGENET_PRESETS:
-            raise ValueError(f"`arch_name` must be one of {tuple(IMAGENET_PRESETS)} (or their "
-                             f"builder or preset names). Received: arch_name={arch_name!r}")
+    arch = (infer_timm_arch(state, arch_arg) if arch_name is None
+            else resolve_timm_arch(arch_name, arch_arg))
     head = state.get(CLASSIFIER_KERNEL)
     model = models.build_lambda_resnet(
         arch, include_top=head is not None, weights=None,

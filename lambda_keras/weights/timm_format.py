@@ -12,8 +12,15 @@ SAFETENSORS_SUFFIX = ".safetensors"
 CLASSIFIER_KERNEL = "head.fc.weight"  # timm's classifier kernel, [classes, features]
 
 
-def read_safetensors(path):
-    """{name: np.ndarray} of a safetensors file; ValueError naming the file if it is not one."""
+WEIGHTS_FILE_HINT = ("Pass the model.safetensors file of a timm checkpoint or a Keras "
+                     ".weights.h5 file.")
+
+
+def read_safetensors(path, hint=WEIGHTS_FILE_HINT):
+    """{name: np.ndarray} of a safetensors file; ValueError naming the file if it is not one.
+
+    `hint` ends the message: what the caller takes instead (by default, a weights file).
+    """
     from safetensors.numpy import load_file
 
     try:
@@ -21,8 +28,7 @@ def read_safetensors(path):
     except Exception as error:  # SafetensorError, OSError, or a dtype NumPy lacks
         raise ValueError(
             f"Could not read {path!r} as a safetensors file ({type(error).__name__}: {error}). "
-            "Pass the model.safetensors file of a timm checkpoint or a Keras .weights.h5 file."
-        ) from error
+            f"{hint}") from error
 
 
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "moving_mean",
@@ -116,8 +122,9 @@ def timm_to_keras(state):
     return converted, unconverted
 
 
-def infer_timm_arch(state):
-    """Architecture of a timm lambda-network state dict, from the tensors it holds."""
+def infer_timm_arch(state, arg="arch_name"):
+    """Architecture of a timm lambda-network state dict, from the tensors it holds; `arg` is
+    the argument that names the architecture instead (the command line's `--model`)."""
     keys = set(state)
     if any(k.endswith("self_attn.pos_emb") for k in keys):
         return "lambda_resnet26rpt_256"
@@ -125,5 +132,5 @@ def infer_timm_arch(state):
         return "lambda_resnet50ts"
     if "stages.3.1.self_attn.qkv.weight" in keys:
         return "lambda_resnet26t"
-    raise ValueError("Cannot tell which timm lambda network this checkpoint is; pass `arch_name` "
+    raise ValueError(f"Cannot tell which timm lambda network this checkpoint is; pass `{arg}` "
                      f"(one of {tuple(IMAGENET_PRESETS)}).")
