@@ -218,8 +218,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         data_spec: data.make_dataset spec: "digits", "tfds:NAME[:SPLIT]", "folder:PATH".
         recipe: a RECIPES name or a Recipe (`describe_recipes()` lists them); `epochs`,
             `batch_size` (global), `image_size` and any `**recipe_overrides` replace its fields.
-        output_dir: checkpoints/{best,last}.keras, tensorboard/, history.json, history.png,
-            result.json; backup/ (backup-workerN/ on other workers) while running.
+        output_dir: checkpoints/{best,last}.keras with checkpoints/preprocessing.json (how the
+            run prepared images; `presets.preprocessing_beside`), tensorboard/, history.json,
+            history.png, result.json; backup/ (backup-workerN/ on other workers) while running.
         weights: "default" (the model name's own weights, as `get_model` and the CLI: a
             preset's, "imagenet" for a timm variant's builder or key, none for the paper family
             and for callables), None (random initialisation), "imagenet", a preset or a file. A
