@@ -75,8 +75,9 @@ def _gpus():
     if not shutil.which("nvidia-smi"):
         return []
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=30, check=True).stdout
+        out = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name,memory.total", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=30, check=True).stdout
     except (OSError, subprocess.SubprocessError):
         return []
     return [line.strip() for line in out.splitlines() if line.strip()]
@@ -237,7 +238,8 @@ def peak_rss_bytes():
 
 
 class TFAllocatorPeak:
-    """Peak bytes in use of TensorFlow's CPU allocator during a `with` block (None if unsupported)."""
+    """Peak bytes in use of TensorFlow's CPU allocator during a `with` block (None if
+    unsupported)."""
 
     device = "CPU:0"
 

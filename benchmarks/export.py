@@ -46,7 +46,8 @@ STD = np.float32([0.229, 0.224, 0.225])
 
 
 def plan(settings, memory_budget_bytes):
-    return [[dict(suite="export", id="export/lambda_resnet50", model="lambda_resnet50", **settings)]]
+    return [[dict(suite="export", id="export/lambda_resnet50", model="lambda_resnet50",
+                  **settings)]]
 
 
 def _size_bytes(path):

@@ -4,8 +4,9 @@ All models are built with random weights (weights=None), 1000 classes, at `image
 compiled with SGD (momentum 0.9) and sparse categorical cross-entropy. Inference is
 `model.predict_on_batch(x)` and training `model.train_on_batch(x, y)` (forward, backward and the
 optimizer update), Keras' own execution paths with `jit_compile` as given (False is what
-`jit_compile="auto"` resolves to on a CPU-only machine). Throughput is batch / median step time. All models of one batch size are built in one process
-and timed round-robin (common.measure_interleaved), so that they see the same machine load.
+`jit_compile="auto"` resolves to on a CPU-only machine). Throughput is batch / median step time. All
+models of one batch size are built in one process and timed round-robin
+(common.measure_interleaved), so that they see the same machine load.
 Peak memory is the allocator method (common.py) over the timed steps, optimizer slots included.
 
 LambdaResNet-50 variants:

@@ -45,7 +45,8 @@ def _pyplot():
 
 
 def _series(suite, variant, phase, value):
-    points = sorted((r["positions"], value(r[phase])) for r in report._ok(suite).values()  # noqa: SLF001
+    points = sorted((r["positions"], value(r[phase]))
+                    for r in report._ok(suite).values()  # noqa: SLF001
                     if r.get("variant") == variant and value(r[phase]))
     return [p[0] for p in points], [p[1] for p in points]
 

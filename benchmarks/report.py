@@ -122,9 +122,9 @@ def _timm_target(layer_suite, peer_suite=None):
     speedups = [r["train_speedup"] for r in rows]
     speedups += [r["train_speedup_vs_timm_alone"] for r in rows if peer_suite]
     met = None if not rows or None in speedups else min(speedups) >= 1.0
-    return {"target": "lambda fwd+bwd at least as fast as timm's LambdaLayer (speedup = timm time / "
-                      "ours, >= 1 at every size, against timm timed round-robin with ours and "
-                      "against timm alone in its process)", "rows": rows, "met": met}
+    return {"target": "lambda fwd+bwd at least as fast as timm's LambdaLayer (speedup = timm "
+                      "time / ours, >= 1 at every size, against timm timed round-robin with ours "
+                      "and against timm alone in its process)", "rows": rows, "met": met}
 
 
 def model_params(model_suite):
@@ -197,7 +197,8 @@ def _export_target(export_suite):
     job = next(iter(_ok(export_suite).values()), None)
     formats = job["formats"] if job else {}
     fp32, int8 = formats.get("tflite_float32", {}), formats.get("tflite_int8", {})
-    speedup = _ratio(fp32.get("latency", {}).get("median_s"), int8.get("latency", {}).get("median_s"))
+    speedup = _ratio(fp32.get("latency", {}).get("median_s"),
+                     int8.get("latency", {}).get("median_s"))
     return {"target": f"TFLite int8 >= {INT8_TARGET_SPEEDUP:g}x faster than float32 per image",
             "float32_s": fp32.get("latency", {}).get("median_s"),
             "int8_s": int8.get("latency", {}).get("median_s"), "speedup": speedup,
@@ -375,8 +376,8 @@ def _targets_markdown(targets):
         for row in resnet["rows"]:
             ratios = ", ".join(f"{k} {_fmt(v)}x" for k, v in row["inference_ratio"].items())
             lines.append(f"| {row['model']} inference vs ResNet50 (>= 0.7x, >= 40% fewer params) | "
-                         f"{ratios}; params {_fmt(row['params'] and row['params'] / 1e6, '.1f')}M "
-                         f"({_fmt(row['params_reduction'] and 100 * row['params_reduction'], '.0f')}"
+                         f"{ratios}; params {_fmt(row['params'] and row['params'] / 1e6, '.1f')}M ("
+                         f"{_fmt(row['params_reduction'] and 100 * row['params_reduction'], '.0f')}"
                          f"% fewer) | {_met(row['met'])} |")
     xla = targets.get("xla")
     if xla and xla["rows"]:
@@ -399,7 +400,8 @@ def _layer_markdown(table):
     for title, phase, key in (("fwd+bwd time, ms (median [min-max])", "train", "time"),
                               ("forward time, ms (median)", "fwd", "time"),
                               ("fwd+bwd peak memory, MiB", "train", "memory")):
-        out += ["", f"**Layer {title}**, batch {table['batch']}, d={table['width']}:", "", head, sep]
+        out += ["", f"**Layer {title}**, batch {table['batch']}, d={table['width']}:", "",
+                head, sep]
         for row in table["rows"]:
             cells = []
             for size in sizes:
@@ -447,7 +449,8 @@ def _model_markdown(table):
         out.append(f"| {row['model']} | {_fmt(row['params'] and row['params'] / 1e6, '.1f')} | "
                    f"{infer} | {train} | {_fmt(peak and peak / common.GIB)} | "
                    f"{_fmt(row[f'infer_b{batches[-1]}_vs_resnet50'])} |")
-    extra = {k: v for k, v in table["params"].items() if k not in {r["model"] for r in table["rows"]}}
+    extra = {k: v for k, v in table["params"].items()
+             if k not in {r["model"] for r in table["rows"]}}
     if extra:
         out += ["", "Parameters of other layouts: " + ", ".join(
             f"{k} {v / 1e6:.2f}M" for k, v in sorted(extra.items()))]
@@ -465,7 +468,8 @@ def _export_markdown(table):
         size = row["file_bytes"]
         out.append(f"| {row['format']} | {_ms(row['median_s'])} [{_ms(row['min_s'])}-"
                    f"{_ms(row['max_s'])}] | {_fmt(size and size / 1e6, '.1f')} | "
-                   f"{_fmt(row['speedup_vs_tflite_float32'])} | {_fmt(row['max_abs_diff'], '.2g')} | "
+                   f"{_fmt(row['speedup_vs_tflite_float32'])} | "
+                   f"{_fmt(row['max_abs_diff'], '.2g')} | "
                    f"{_fmt(row['top1_agrees'], '')} |")
     return out
 
@@ -484,7 +488,8 @@ def describe_onednn(machine):
 def markdown(summary):
     machine = summary["machine"]
     packages = ", ".join(f"{k} {v}" for k, v in machine["packages"].items() if v)
-    loads = "; ".join(f"{k} {v[0][0]:.1f}->{v[1][0]:.1f}" for k, v in summary["load_average"].items())
+    loads = "; ".join(f"{k} {v[0][0]:.1f}->{v[1][0]:.1f}"
+                      for k, v in summary["load_average"].items())
     lines = [
         f"Machine: {machine['cpu_model']}, {machine['usable_cores']} usable cores "
         f"({machine['threads_used']} threads), {machine['memory_gib']} GiB, GPUs: "

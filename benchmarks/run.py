@@ -35,7 +35,8 @@ DEFAULT_BUDGET_GB = 16.0  # the model suite's batch-32 process needs ~12 GiB of 
 
 
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.run",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and repeats: checks that the code works (minutes)")
     parser.add_argument("--only", default=",".join(SUITES),
@@ -56,7 +57,8 @@ def parse_args(argv):
     suites = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = sorted(set(suites) - set(SUITES))
     if unknown or not suites:
-        parser.error(f"`--only` must name suites out of {tuple(SUITES)}. Received: --only={args.only!r}")
+        parser.error(f"`--only` must name suites out of {tuple(SUITES)}. "
+                     f"Received: --only={args.only!r}")
     args.suites = [s for s in SUITES if s in suites]
     if args.threads is None:
         args.threads = common.usable_cores()

@@ -1,4 +1,5 @@
-"""Worker process: `python -m benchmarks.worker JOBS.json RESULTS.jsonl` (started by common.run_groups).
+"""Worker process: `python -m benchmarks.worker JOBS.json RESULTS.jsonl`
+(started by common.run_groups).
 
 Runs each job of JOBS.json in order with the suite module named by its "suite" field and appends
 one JSON line per job to RESULTS.jsonl as soon as it is done, so that a process killed for memory

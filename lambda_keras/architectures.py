@@ -2,13 +2,13 @@
 
 Paper (PAPER.md section 3): LambdaResNets are ResNet-RS backbones (ResNet-D stem, average-pool
 shortcut, squeeze-excitation 0.25, dropout and stochastic depth growing with depth, zero-initialised
-last BN gamma) with lambda layers in every c5 block and in a few c4 blocks: "a single lambda layer in c4
-for LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for LambdaResNet-152/200/270/350
-and 8 lambda layers for LambdaResNet-420".
+last BN gamma) with lambda layers in every c5 block and in a few c4 blocks: "a single lambda layer
+in c4 for LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for
+LambdaResNet-152/200/270/350 and 8 lambda layers for LambdaResNet-420".
 NOTE: the paper does not say which c4 blocks hold the lambdas; they are spread evenly through c4
 (`spread_evenly`), which never picks the strided first block.
-NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up to 152, 0.25/0.1 for
-200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
+NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up to 152, 0.25/0.1
+for 200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
 270 @ 256, 350 and 420 @ 320) and 224 for 50/101/200 (the ablation size) — both UNCONFIRMED.
 
 NOTE: squeeze-excitation in lambda blocks (`se_in_lambda_blocks`, default False). Known: ResNet-RS
@@ -22,8 +22,8 @@ builders' docstrings. timm's published top-1 of its weights is preset metadata (
 
 timm variants (timm/models/byoanet.py): tiered stem 24-32-64 + max pool, strided 1x1 conv shortcut,
 no SE, lambda layers with r=9 convolution (or relative positions), 2x2 pooling for strides, and
-`timm`'s bias on the lambda convolution; their lambda blocks sit where timm's `interleave_blocks` puts
-them.
+`timm`'s bias on the lambda convolution; their lambda blocks sit where timm's `interleave_blocks`
+puts them.
 """
 
 import dataclasses
@@ -68,7 +68,8 @@ class Architecture:
 
 
 def spread_evenly(count, depth):
-    """0-based indices of `count` of `depth` blocks, evenly spaced; all blocks when count == depth."""
+    """0-based indices of `count` of `depth` blocks, evenly spaced; all blocks when
+    count == depth."""
     if not 0 <= count <= depth:
         raise ValueError(f"Cannot place {count} lambda blocks in a stage of {depth} blocks.")
     if count == depth:

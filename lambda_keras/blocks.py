@@ -2,13 +2,14 @@
 squeeze-excitation and stochastic depth, all as functional Keras code with hierarchical names.
 
 - Stems: "classic" (7x7/2 conv + 3x3/2 max pool, He et al. 2016: the plain ResNet-50 of the paper's
-  Table 3), "resnet_d" (ResNet-RS: 3x3 convs 32-32-64, the first of stride 2, then a stride-2 3x3 conv
-  in place of the max pool) and "tiered" (timm: 3x3 convs 24-32-64 + 3x3/2 max pool).
+  Table 3), "resnet_d" (ResNet-RS: 3x3 convs 32-32-64, the first of stride 2, then a stride-2 3x3
+  conv in place of the max pool) and "tiered" (timm: 3x3 convs 24-32-64 + 3x3/2 max pool).
 - Bottleneck: 1x1 -> (3x3 conv | lambda layer -> BN -> act) -> 1x1 -> BN (gamma zero-initialised) ->
   squeeze-excitation -> stochastic depth -> + shortcut -> act. A strided lambda block downsamples
   with an average pool after the lambda layer (paper: 3x3/2 "after the lambda layers ... in place of
   the strided convolution"; timm: 2x2/2).
-- Shortcut: "avg" (ResNet-D: 2x2/2 average pool, then 1x1 conv + BN) or "conv" (strided 1x1 conv + BN).
+- Shortcut: "avg" (ResNet-D: 2x2/2 average pool, then 1x1 conv + BN) or "conv"
+  (strided 1x1 conv + BN).
 - Residual additions never broadcast (`ResidualAdd`): the two branches must have the same shape,
   checked when the model is built and on every call whose shapes are known.
 

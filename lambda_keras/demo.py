@@ -77,7 +77,8 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     recipe = "finetune" if cached else "scratch"
     print(f"model {model_name}, data {data_spec!r} at {image_size}px, recipe {recipe!r}: "
           + (f"fine-tuning the cached ImageNet weights {cached}" if cached else
-             "no ImageNet weights in the Keras cache (no model hub offline): training from scratch"))
+             "no ImageNet weights in the Keras cache (no model hub offline): "
+             "training from scratch"))
 
     _step("training")
     result = training.train(model_name, data_spec, recipe, output_dir=output_dir,
@@ -99,7 +100,8 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     export_dir = os.path.join(output_dir, "export")
     saved = export.saved_model(model, os.path.join(export_dir, "saved_model"),
                                preprocessing=preprocessing, labels=info.class_names)
-    tflite_paths = {"float32": export.tflite(model, os.path.join(export_dir, "model_float32.tflite"))}
+    tflite_paths = {"float32": export.tflite(model,
+                                             os.path.join(export_dir, "model_float32.tflite"))}
     calibration = tf.data.Dataset.from_tensor_slices(images[:CALIBRATION_BATCHES]).batch(1)
     tflite_paths["int8"] = export.tflite(model, os.path.join(export_dir, "model_int8.tflite"),
                                          quantization="int8", representative_data=calibration)

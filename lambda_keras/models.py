@@ -1,8 +1,8 @@
 """LambdaResNet builders with the keras.applications signature, over the table in architectures.py.
 
-One generic builder (`build_lambda_resnet`) reads an `Architecture` row, applies overrides and builds
-a functional `keras.Model`; the public `LambdaResNet*` functions are thin wrappers, one per row,
-with their own names and docstrings (like keras.applications.ResNet50). Every layer has a
+One generic builder (`build_lambda_resnet`) reads an `Architecture` row, applies overrides and
+builds a functional `keras.Model`; the public `LambdaResNet*` functions are thin wrappers, one per
+row, with their own names and docstrings (like keras.applications.ResNet50). Every layer has a
 deterministic hierarchical name (`stage3_block2_lambda`, `stage3_block2_conv1_bn`), which is what
 lambda_keras.weights maps foreign checkpoints onto.
 
@@ -92,7 +92,8 @@ def resolve_architecture(arch_name, **overrides):
         if rate in overrides:
             overrides[rate] = utils.check_number(rate, overrides[rate], low=0.0, high=1.0,
                                                  high_open=True)
-    lambda_overrides = {k: overrides.pop(k) for k in architectures.LAMBDA_OVERRIDES if k in overrides}
+    lambda_overrides = {k: overrides.pop(k) for k in architectures.LAMBDA_OVERRIDES
+                        if k in overrides}
     if "layout" in overrides:
         overrides["lambda_blocks"] = architectures.lambda_blocks_from_layout(
             overrides.pop("layout"), arch.blocks)

@@ -101,7 +101,7 @@ class ModelName:
     arch: str  # architectures.ARCHITECTURES key
     builder: str  # public builder function name, e.g. "LambdaResNet26T"
     preset: str = None  # the preset the name names, if it names one
-    default_weights: str = None  # `weights` when the caller gives none: a preset, "imagenet" or None
+    default_weights: str = None  # `weights` when none is given: a preset, "imagenet" or None
 
 
 def _key(name):

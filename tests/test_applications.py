@@ -50,11 +50,13 @@ def ceil_div(n, d):
 
 
 # ------------------------------------------------------------ public names, docs, formats
-@pytest.mark.parametrize("name", sorted(a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()))
+@pytest.mark.parametrize(
+    "name", sorted(a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()))
 def test_builders_are_named_documented_functions(name):
     fn = builder(name)
     assert inspect.isfunction(fn)
-    assert fn.__name__ == name and fn.__qualname__ == name and fn.__module__ == "lambda_keras.models"
+    assert (fn.__name__ == name and fn.__qualname__ == name
+            and fn.__module__ == "lambda_keras.models")
     assert fn.__code__.co_name == name  # tracebacks show the builder's name
     for section in ("Args:", "Returns:", "Example:", "include_top", "weights", "pooling"):
         assert section in fn.__doc__, section
@@ -63,7 +65,8 @@ def test_builders_are_named_documented_functions(name):
     assert default == lambda_keras.resolve_model(name).default_weights
 
 
-@pytest.mark.parametrize("name", sorted(a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()))
+@pytest.mark.parametrize(
+    "name", sorted(a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()))
 def test_channels_first_is_refused_by_name(name):
     previous = keras.config.image_data_format()
     keras.config.set_image_data_format("channels_first")
@@ -235,5 +238,6 @@ def test_dynamic_size_model_equals_static_builds():
 
 @pytest.mark.parametrize("size", [31, 16])
 def test_below_the_minimum_size_is_refused(size):
-    with pytest.raises(ValueError, match=rf"at least 32x32.*Received: input_shape=\({size}, 64, 3\)"):
+    with pytest.raises(ValueError,
+                       match=rf"at least 32x32.*Received: input_shape=\({size}, 64, 3\)"):
         models.LambdaResNet26T(weights=None, include_top=False, input_shape=(size, 64, 3))

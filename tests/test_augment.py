@@ -20,10 +20,10 @@ from helpers import SMALL_DATA, dataset_batches
 def test_randaugment_path_runs_is_seeded_and_changes_images():
     common = dict(seed=5, **SMALL_DATA)
     plain = dataset_batches(data.make_dataset("digits", augment="imagenet", **common)[0].take(2))
-    rand = dataset_batches(data.make_dataset("digits", augment="randaugment", randaugment_magnitude=15,
-                                      **common)[0].take(2))
-    again = dataset_batches(data.make_dataset("digits", augment="randaugment", randaugment_magnitude=15,
-                                       **common)[0].take(2))
+    rand = dataset_batches(data.make_dataset("digits", augment="randaugment",
+                                             randaugment_magnitude=15, **common)[0].take(2))
+    again = dataset_batches(data.make_dataset("digits", augment="randaugment",
+                                              randaugment_magnitude=15, **common)[0].take(2))
     for (x0, y0), (x1, y1), (x2, _) in zip(plain, rand, again):
         np.testing.assert_array_equal(y0, y1)  # same seed: same shuffle, same crops and flips
         assert x1.shape == (16, 32, 32, 3) and np.isfinite(x1).all()

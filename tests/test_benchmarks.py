@@ -64,7 +64,8 @@ def test_quick_run_records_the_onednn_state_tensorflow_reports(quick_results):
     assert state["tf_enable_onednn_opts"] == onednn and state["allocator_statistics"] is True
     assert set(machine["cpu_flags"]) <= set(runtime.RECORDED_FLAGS)
     with open(os.path.join(out, "summary.md"), encoding="utf-8") as f:
-        assert f"oneDNN {'on' if onednn == '1' else 'off'} (TF_ENABLE_ONEDNN_OPTS={onednn})" in f.read()
+        assert (f"oneDNN {'on' if onednn == '1' else 'off'} (TF_ENABLE_ONEDNN_OPTS={onednn})"
+                in f.read())
 
 
 def test_machine_without_tensorflow_records_no_paths(monkeypatch):

@@ -36,7 +36,8 @@ from lambda_keras import data, export
 from lambda_keras.layers import LambdaLayer
 from lambda_keras.models import LambdaResNet26T, LambdaResNet50
 
-from export_helpers import PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png, tflite_run
+from export_helpers import (PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png,
+                            tflite_run)
 from reference import force_plan
 
 LABELS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]

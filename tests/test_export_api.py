@@ -25,7 +25,8 @@ from lambda_keras.data.transforms import _eval_resize_size  # timm's eval resize
 from lambda_keras.export import images as image_ops
 from lambda_keras.export import litert, serving
 from lambda_keras.layers import LambdaLayer
-from export_helpers import PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png, tflite_run
+from export_helpers import (PREPROCESSING, SERVING_TIMEOUT_S, SIZE, jpeg, load_client, png,
+                            tflite_run)
 
 
 def _tiny_classifier():

@@ -52,7 +52,8 @@ def test_paper_recipe_values_and_schedule():
 
 def _reference_momentum_l2(weights, grads_per_step, lrs, *, l2, momentum, decayed):
     """NumPy: tf.compat.v1 MomentumOptimizer(use_nesterov=True) on loss + l2 * sum(w^2) / 2 over
-    the `decayed` weights (ResNet-RS: every non-BN variable). Returns the weights after each step."""
+    the `decayed` weights (ResNet-RS: every non-BN variable). Returns the weights after each
+    step."""
     weights = {k: v.astype("float64") for k, v in weights.items()}
     accum = {k: np.zeros_like(v) for k, v in weights.items()}
     history = []

@@ -9,8 +9,8 @@ reads everything).
 Every file is checked before training starts, and a problem names its path: non-image files,
 files whose header is not an image, unreadable files, truncated files (a PNG without its IEND
 chunk, a JPEG without its end marker, a GIF without its trailer, a BMP or WebP shorter than its
-header says; such a file is decoded to confirm) and empty class folders. `verify_images=True` decodes
-every image up front instead (slow; it also finds damage inside a complete file).
+header says; such a file is decoded to confirm) and empty class folders. `verify_images=True`
+decodes every image up front instead (slow; it also finds damage inside a complete file).
 """
 
 import concurrent.futures

@@ -169,7 +169,8 @@ class LambdaLayer(keras.layers.Layer):
         channels = input_shape[-1]
         if channels is None:
             raise ValueError(
-                f"The channel axis of the input must be defined. Received: input_shape={input_shape}"
+                "The channel axis of the input must be defined. "
+                f"Received: input_shape={input_shape}"
             )
         # Later calls with another channel count fail in Keras' check, naming the axis.
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
@@ -244,7 +245,8 @@ class LambdaLayer(keras.layers.Layer):
         lambda_dtype = "float32" if compute_dtype == "float16" else compute_dtype
 
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
-        q, keys, values = project(self, x, x, lambda_dtype, training)  # [b,n,h,k] [b,m,k,u] [b,m,v,u]
+        # q [b, n, h, k], keys [b, m, k, u], values [b, m, v, u]
+        q, keys, values = project(self, x, x, lambda_dtype, training)
         # Softmax over m, in float32. Over a single position (a 1 x 1 map) Keras warns that a
         # size-1 softmax "is likely not what you intended"; there it is exp(k - max k) / sum =
         # exp(k - k): softmax's value (1) and gradient (0), and the key kernel stays connected
@@ -410,7 +412,8 @@ def _same_average_pool(x, rows, cols, pool_size=3):
     window of a map whose rows hold 0..7 gives 6.67, TF 6.5). Here: a "valid" pool over the map
     padded as TF pads it (the smaller half first), rescaled by the number of pixels inside each
     window.
-    x: [b, H, W, d] with static H, W (always static on PyTorch). Returns [b, ceil(H/2), ceil(W/2), d].
+    x: [b, H, W, d] with static H, W (always static on PyTorch).
+    Returns [b, ceil(H/2), ceil(W/2), d].
     """
     t = formulations.static_tables(_same_pool_tables, rows, cols, pool_size, like=x)
     x = ops.pad(x, ((0, 0), t["row_pads"], t["col_pads"], (0, 0)))  # [b, H + pad, W + pad, d]

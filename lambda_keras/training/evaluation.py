@@ -25,9 +25,9 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
 
     `model` is a keras.Model, a `.keras` file (its images prepared as the run that wrote it
     recorded beside it, `presets.preprocessing_beside`, unless `preprocessing` is given) or a
-    model name (with `weights`: "default", the name's own weights, as in `train`; None: random). The model is compiled here for evaluation
-    (a model passed in keeps its weights, not its compile settings). Returns {"loss", "top1",
-    "top5", "num_examples"}.
+    model name (with `weights`: "default", the name's own weights, as in `train`; None: random). The
+    model is compiled here for evaluation (a model passed in keeps its weights, not its compile
+    settings). Returns {"loss", "top1", "top5", "num_examples"}.
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
     weights = model_setup.resolve_weights(model, weights)

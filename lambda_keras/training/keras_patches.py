@@ -1,4 +1,5 @@
-"""Workarounds for Keras 3 `fit` under tf.distribute; each patches one model instance, nothing global.
+"""Workarounds for Keras 3 `fit` under tf.distribute;
+each patches one model instance, nothing global.
 
 - `symbolic_build_from_spec`: Keras' symbolic build pulls a batch from a new iterator of the
   training data (reshuffling it, and failing across workers, keras-team/keras#20585).

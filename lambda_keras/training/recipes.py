@@ -225,7 +225,8 @@ def describe_recipes():
               "drop path", "size", "EMA")
 
     def cell(value, default="arch"):
-        return default if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+        return (default if value is None
+                else f"{value:g}" if isinstance(value, float) else str(value))
 
     rows = []
     for recipe in RECIPES.values():
