@@ -149,11 +149,11 @@ def at_image_size(model, size):
 
 def model_preprocessing(model_arg, model, image_size=None):
     """How the images of `model` (what `--model` `model_arg` loaded) are prepared: a `.keras`
-    file's record of its training run (`presets.preprocessing_beside`; DEFAULT_PREPROCESSING
-    where there is none), a model name's preset's. At the model's input size, else `image_size`,
+    file's record of its training run (`presets.preprocessing_beside`: the default where there
+    is none), a model name's preset's. At the model's input size, else `image_size`,
     else the preprocessing's own."""
     if model_arg.endswith(".keras"):
-        preprocessing = presets.preprocessing_beside(model_arg) or presets.DEFAULT_PREPROCESSING
+        preprocessing = presets.preprocessing_beside(model_arg)
     else:
         preprocessing = presets.resolve_preprocessing(model_arg)
     height, width = model.input_shape[1:3]

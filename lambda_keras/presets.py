@@ -215,7 +215,7 @@ def save_preprocessing(directory, preprocessing):
 
 def preprocessing_beside(model_path):
     """The Preprocessing recorded beside the `.keras` file `model_path` (PREPROCESSING_FILE in its
-    folder, written by the run that trained it), or None where there is none.
+    folder, written by the run that trained it); DEFAULT_PREPROCESSING where there is none.
 
     Raises:
         ValueError: the file exists but does not describe a Preprocessing (names the file).
@@ -223,7 +223,7 @@ def preprocessing_beside(model_path):
     path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))),
                         PREPROCESSING_FILE)
     if not os.path.isfile(path):
-        return None
+        return DEFAULT_PREPROCESSING
     try:
         with open(path) as f:
             fields = json.load(f)

@@ -24,7 +24,6 @@ import tensorflow as tf
 from lambda_keras import data as data_lib
 from lambda_keras import presets, utils
 from lambda_keras.data.sources import parse_spec
-from lambda_keras.presets import Preprocessing
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.backup import ResumableBackup
@@ -58,7 +57,7 @@ class TrainResult:
     seed: int = None
     # The inputs' resize, crop and normalisation the run trained and validated with: what an
     # evaluation or an export of this model must apply (`export.saved_model(preprocessing=)`).
-    preprocessing: Preprocessing = None
+    preprocessing: presets.Preprocessing = None
 
     def summary(self):
         """JSON-ready: everything but the model and the history; the recipe and the

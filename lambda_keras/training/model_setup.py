@@ -68,7 +68,7 @@ def preprocessing_for(model, weights, image_size):
     DEFAULT_PREPROCESSING."""
     prep = weights_lib.DEFAULT_PREPROCESSING
     if is_model_file(model):
-        prep = presets.preprocessing_beside(model) or prep
+        prep = presets.preprocessing_beside(model)
     elif isinstance(weights, str) and (weights == "imagenet" or weights in weights_lib.PRESETS):
         arch = zoo_builder(model)[0] if isinstance(model, str) else None
         prep = weights_lib.resolve_preprocessing(weights if weights != "imagenet" else arch)
