@@ -1,5 +1,6 @@
 """Shared pytest setup: quiet TensorFlow logs, no stored autotune picks, seeds, the weights tests'
-timm checkpoint, the training tests' recording fakes of the TPU API (`fake_tpu`)."""
+timm checkpoint, the training and CLI tests' recording fakes of the TPU API (`fake_tpu`), the CLI
+tests' tiny .keras model (`tiny_model_path`)."""
 
 import atexit
 import os
@@ -27,7 +28,8 @@ def _seed_and_policy():
     keras.mixed_precision.set_dtype_policy("float32")
 
 
-# The TPU API of tests/test_training.py and tests/test_training_distributed.py (no TPU here).
+# The TPU API of tests/test_training.py, tests/test_training_distributed.py and
+# tests/test_cli_errors.py (no TPU here).
 class _Recorder:
     def __init__(self):
         self.calls = []
@@ -86,3 +88,13 @@ def loaded(checkpoint):
     from timm_checkpoints import small_26t
 
     return weights_by_path(small_26t(weights=checkpoint))
+
+
+# The tiny .keras model of the CLI tests (tests/test_cli.py, tests/test_cli_errors.py; saved by
+# tests/cli_helpers.py), one per module.
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    """Over the 1000 ImageNet classes, so that predict decodes ImageNet labels."""
+    from cli_helpers import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("cli") / "tiny.keras", 1000)

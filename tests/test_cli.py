@@ -1,11 +1,15 @@
 """The `lambda-keras` command, end to end on a tiny `.keras` model (the heavy paths behind it are
 tested in the module tests): predict agrees with the model itself, export writes a TFLite file
-that reproduces the model, evaluate reports the accuracy the model really has, and user errors
-exit with a message instead of a traceback."""
+that reproduces the model, evaluate reports the accuracy the model really has, autotune stores the
+fastest formulation it printed; every kind of model name means the same architecture and weights
+in every subcommand; TensorFlow's C++ log lines stay off the output, and every option has help.
+
+User errors (exit status 2 and one `error:` line, no traceback): tests/test_cli_errors.py. The tiny
+model and the check of an error line: tests/cli_helpers.py (the fixture `tiny_model_path`:
+conftest.py)."""
 
 import dataclasses
 import json
-import os
 
 import numpy as np
 import keras
@@ -15,30 +19,10 @@ from PIL import Image
 from lambda_keras import cli, data, presets, weights
 from lambda_keras.layers import LambdaLayer
 
-SIZE = 32
+from cli_helpers import SIZE, one_error_line, save_tiny_model
 
 
-def _save_tiny_model(path, classes, size=SIZE):
-    """A small LambdaLayer classifier saved as .keras (size None: any image size); returns the
-    path."""
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input((size, size, 3)),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(classes, activation="softmax", name="predictions"),
-    ])
-    model.save(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def tiny_model_path(tmp_path_factory):
-    """Over the 1000 ImageNet classes, so that predict decodes ImageNet labels."""
-    return _save_tiny_model(tmp_path_factory.mktemp("cli") / "tiny.keras", 1000)
-
-
+# ---------------------------------------------------------------------------------- predict
 def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
@@ -65,7 +49,7 @@ def test_a_checkpoint_is_predicted_and_exported_with_its_recorded_preprocessing(
     import tensorflow as tf
 
     (tmp_path / "run").mkdir()
-    path = _save_tiny_model(tmp_path / "run" / "best.keras", 10)  # scores far from uniform
+    path = save_tiny_model(tmp_path / "run" / "best.keras", 10)  # scores far from uniform
     recorded = dataclasses.replace(presets.DEFAULT_PREPROCESSING, crop_pct=0.5,
                                    interpolation="bilinear", input_size=(SIZE, SIZE))
     presets.save_preprocessing(str(tmp_path / "run"), recorded)
@@ -95,7 +79,7 @@ def test_a_checkpoint_is_predicted_and_exported_with_its_recorded_preprocessing(
 def test_predict_names_the_classes_of_any_model(tmp_path, capsys):
     """A model of 10 classes (what `train` on the digits writes): class numbers, or --labels;
     labels of another count and a --top past the classes are errors naming them."""
-    path = _save_tiny_model(tmp_path / "digits.keras", 10)
+    path = save_tiny_model(tmp_path / "digits.keras", 10)
     image = np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8)
     image_path = tmp_path / "photo.png"
     Image.fromarray(image).save(image_path)
@@ -115,12 +99,12 @@ def test_predict_names_the_classes_of_any_model(tmp_path, capsys):
         np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:]],
                                    probs[order], atol=1e-4)
     labels.write_text("a\nb\n")
-    line = _one_error_line(capsys, ["predict", str(image_path), "--model", path,
+    line = one_error_line(capsys, ["predict", str(image_path), "--model", path,
                                     "--labels", str(labels)], "10 strings")
     assert "Received: 2 labels" in line
-    _one_error_line(capsys, ["predict", str(image_path), "--model", path, "--top", "11"],
+    one_error_line(capsys, ["predict", str(image_path), "--model", path, "--top", "11"],
                     "--top", "11")
-    three = _save_tiny_model(tmp_path / "three.keras", 3)  # the default top 5 -> all 3
+    three = save_tiny_model(tmp_path / "three.keras", 3)  # the default top 5 -> all 3
     assert cli.main(["predict", str(image_path), "--model", three]) == 0
     assert [line.split()[1] for line in capsys.readouterr().out.splitlines()[1:]] == [
         str(i) for i in np.argsort(-keras.saving.load_model(three).predict(
@@ -152,14 +136,15 @@ def test_predict_image_size_of_a_keras_file(tmp_path, capsys):
     np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:6]],
                                [score for _, _, score in top], atol=1e-4)
     assert np.abs(probs[224] - probs[40]).max() > 0.01  # the size shows in the scores
-    fixed = _save_tiny_model(tmp_path / "fixed.keras", 1000)
+    fixed = save_tiny_model(tmp_path / "fixed.keras", 1000)
     for command in (["predict", str(image_path)], ["export", "--output", str(tmp_path / "out")]):
-        line = _one_error_line(capsys, [*command, "--model", fixed, "--image-size", "40"],
+        line = one_error_line(capsys, [*command, "--model", fixed, "--image-size", "40"],
                                "Received: --image-size=40", f"{SIZE}x{SIZE}")
         assert fixed in line
     assert not (tmp_path / "out").exists()
 
 
+# --------------------------------------------------------------------------------- autotune
 def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monkeypatch, capsys):
     from lambda_keras.layers.formulations import autotuning
 
@@ -202,6 +187,35 @@ def test_autotune_tunes_under_the_policy_train_will_use(tiny_model_path, tmp_pat
     assert "--mixed-precision" in error and "'float32'" in error and "mixed_bfloat16" in error
 
 
+def test_autotune_tunes_a_keras_file_of_any_size_at_image_size(tmp_path, monkeypatch, capsys):
+    """A file saved with keras.Input((None, None, 3)): --image-size gives the map sizes (was:
+    "not tuned (dynamic map size)", the flag ignored); without it, nothing is stored."""
+    from lambda_keras.layers.formulations import autotuning
+
+    keras.utils.set_random_seed(1)
+    model = keras.Sequential([
+        keras.Input((None, None, 3)),
+        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
+        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5, name="lambda"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    path = str(tmp_path / "dyn.keras")
+    model.save(path)
+    store = tmp_path / "autotune.json"
+    monkeypatch.setenv(autotuning.CACHE_ENV, str(store))
+    argv = ["autotune", "--model", path, "--batch-size", "1", "--repeats", "1", "--phases", "fwd"]
+    assert cli.main(argv) == 0
+    assert "not tuned (dynamic map size" in capsys.readouterr().out and not store.exists()
+    assert cli.main([*argv, "--image-size", "24"]) == 0
+    out = capsys.readouterr().out
+    (_, picks), = json.loads(store.read_text())["picks"].items()
+    (key, entry), = picks.items()
+    assert key.endswith(" 12x12 float32 fwd") and entry["layers"] == ["lambda"], key
+    assert "not tuned" not in out and f"{key}: {entry['formulation']}" in out
+
+
+# ------------------------------------------------------------------------- export, evaluate
 def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
     from lambda_keras.export import LiteRTRunner
 
@@ -215,35 +229,26 @@ def test_export_tflite_reproduces_the_model(tiny_model_path, tmp_path, capsys):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_export_again_refuses_to_replace_a_tflite_file(tiny_model_path, tmp_path, capsys):
-    out = tmp_path / "export"
-    out.mkdir()
-    earlier = out / "model_float32.tflite"
-    earlier.write_bytes(b"an earlier export")
-    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--output", str(out)],
-                           earlier, "--overwrite")
-    assert earlier.read_bytes() == b"an earlier export"
-    assert sorted(p.name for p in out.iterdir()) == ["model_float32.tflite"], line  # no SavedModel
-    assert cli.main(["export", "--model", tiny_model_path, "--format", "tflite", "--output",
-                     str(out), "--overwrite"]) == 0
-    assert earlier.read_bytes()[4:8] == b"TFL3"  # the flatbuffer's identifier
+def test_export_of_a_keras_file_of_any_size_takes_image_size(tmp_path, capsys):
+    """A file saved with keras.Input((None, None, 3)) exports at --image-size, with its weights
+    (was: an error about `input_size=(None, None)`); without the flag, an error naming it."""
+    from lambda_keras.export import LiteRTRunner
 
-
-def test_export_onto_an_existing_version_names_the_flags(tiny_model_path, tmp_path, capsys):
-    """Was "pass overwrite=True ... `version`" (saved_model's own names), after loading."""
-    version = tmp_path / "export" / "saved_model" / "1"
-    version.mkdir(parents=True)
-    (version / "saved_model.pb").write_bytes(b"an earlier export")
-    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--format",
-                                    "saved_model", "--version", "1", "--output",
-                                    str(tmp_path / "export")],
-                           version, "pass --overwrite", "`--version`")
-    assert "overwrite=True" not in line and "`version`" not in line
-    assert os.listdir(version) == ["saved_model.pb"]
+    path = save_tiny_model(str(tmp_path / "dyn.keras"), classes=3, size=None)
+    model = keras.saving.load_model(path)
+    one_error_line(capsys, ["export", "--model", path, "--output", str(tmp_path / "none")],
+                    "takes images of any size", "--image-size")
+    assert not (tmp_path / "none").exists()
+    out = tmp_path / "out"
+    assert cli.main(["export", "--model", path, "--format", "tflite", "--image-size", "24",
+                     "--output", str(out)]) == 0
+    x = np.random.default_rng(3).normal(size=(1, 24, 24, 3)).astype("float32")
+    runner = LiteRTRunner(out / "model_float32.tflite")
+    np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-5)
 
 
 def test_evaluate_reports_the_models_accuracy(tmp_path, capsys):
-    tiny_model_path = _save_tiny_model(tmp_path / "digits.keras", 10)
+    tiny_model_path = save_tiny_model(tmp_path / "digits.keras", 10)
     assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "digits",
                      "--image-size", str(SIZE)]) == 0
     metrics = _last_json(capsys)
@@ -260,19 +265,6 @@ def test_evaluate_reports_the_models_accuracy(tmp_path, capsys):
 def _last_json(capsys):
     out = capsys.readouterr().out
     return json.loads(out[out.index("{"):])
-
-
-@pytest.mark.parametrize("argv, message", [
-    (["predict", "x.png", "--model", "lambda_resnet9000"], "unknown --model"),
-    (["predict", "x.png", "--model", "missing.keras"], "--model file not found"),
-])
-def test_bad_model_arguments_exit_with_a_message(argv, message, capsys):
-    assert message in _one_error_line(capsys, argv)  # exit status 2, as every expected failure
-
-
-def test_unknown_data_spec_is_reported_not_raised(tiny_model_path, capsys):
-    assert cli.main(["evaluate", "--model", tiny_model_path, "--data", "ftp:nowhere"]) == 2
-    assert "Received: --data='ftp:nowhere'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ model names
@@ -411,7 +403,7 @@ def test_train_recipe_fields_by_flag_or_set(monkeypatch, capsys):
             for kw in seen] == [
         {"epochs": 3, "batch_size": 16, "image_size": 64, "overwrite": False},
         {"epochs": 3, "batch_size": None, "image_size": None, "overwrite": True}]
-    _one_error_line(capsys, argv + ["--epochs", "2", "--set", "epochs=3"], "--epochs 2",
+    one_error_line(capsys, argv + ["--epochs", "2", "--set", "epochs=3"], "--epochs 2",
                     "epochs=3")
 
 
@@ -429,6 +421,7 @@ def test_python_api_uses_the_same_defaults():
     assert model_setup.zoo_builder("resnet50") == (None, None)
 
 
+# ---------------------------------------------------------------------------- logs and help
 def test_cli_output_has_no_tensorflow_cpp_log_lines(tiny_model_path, tmp_path):
     """A fresh process (TensorFlow not yet imported): no C++ log lines (I0000 ..., E0000 ...,
     absl's "WARNING: All log messages before absl::InitializeLog()") on stderr."""
@@ -484,336 +477,6 @@ def test_train_recipe_help_lists_every_recipe_without_a_model(capsys):
     out = capsys.readouterr().out
     assert out.strip() == training.describe_recipes().strip()
     assert all(name in out for name in training.RECIPES)
-
-
-# --- issue 19: reliability ------------------------------------------------------------------
-# Every expected failure: exit status 2 and one `error:` line naming the file or argument on
-# stderr, no traceback; `--verbose` raises (the traceback) instead.
-def _one_error_line(capsys, argv, *names):
-    assert cli.main(argv) == 2
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for name in names:
-        assert str(name) in lines[0], lines[0]
-    return lines[0]
-
-
-def test_predict_on_a_non_image_file(tiny_model_path, tmp_path, capsys):
-    text = tmp_path / "notes.png"
-    text.write_text("not an image\n")
-    line = _one_error_line(capsys, ["predict", str(text), "--model", tiny_model_path], text)
-    assert "not a readable image" in line
-
-
-def test_predict_reads_every_image_before_printing_any(tiny_model_path, tmp_path, capsys):
-    good, bad = tmp_path / "good.png", tmp_path / "notimg.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(good)
-    bad.write_text("not an image\n")
-    assert cli.main(["predict", str(good), str(bad), "--model", tiny_model_path]) == 2
-    captured = capsys.readouterr()
-    assert captured.out == "" and "notimg.png is not a readable image" in captured.err
-
-
-def test_export_output_at_an_existing_file(tiny_model_path, tmp_path, capsys):
-    existing = tmp_path / "export"
-    existing.write_bytes(b"precious")
-    line = _one_error_line(capsys, ["export", "--model", tiny_model_path, "--format", "tflite",
-                                    "--output", str(existing)], existing, "--output")
-    assert "not a directory" in line
-    assert existing.read_bytes() == b"precious"  # nothing lost
-
-
-@pytest.mark.parametrize("kind", ["directory", "fifo"])
-def test_weights_that_is_not_a_file(kind, tmp_path, capsys):
-    path = tmp_path / "model.weights.h5"
-    if kind == "directory":
-        path.mkdir()
-    else:
-        os.mkfifo(path)
-    line = _one_error_line(capsys, ["predict", "x.png", "--model", "lambda_resnet50",
-                                    "--image-size", "32", "--weights", str(path)], path)
-    assert "does not exist" not in line
-    assert ("is a directory" if kind == "directory" else "not a regular file") in line
-
-
-@pytest.mark.parametrize("command", [["predict", "x.png"], ["evaluate", "--data", "digits"],
-                                     ["train"]])
-@pytest.mark.parametrize("weights", ["imagenet", "none"])
-def test_weights_beside_a_keras_file_is_refused_not_ignored(tiny_model_path, command, weights,
-                                                            tmp_path, capsys):
-    output = ["--output", str(tmp_path / "run")] if command[0] == "train" else []
-    line = _one_error_line(capsys, [*command, "--model", tiny_model_path, *output,
-                                    "--weights", weights], tiny_model_path, "--weights")
-    assert "carries its own weights" in line
-    assert not (tmp_path / "run").exists()
-
-
-def test_keras_file_of_random_bytes(tmp_path, capsys):
-    path = tmp_path / "model.keras"
-    path.write_bytes(np.random.default_rng(0).bytes(4096))
-    image = tmp_path / "x.png"
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
-    line = _one_error_line(capsys, ["predict", str(image), "--model", str(path)], path)
-    assert "not a Keras .keras file" in line and "File not found" not in line
-
-
-def test_verbose_keeps_the_traceback(tiny_model_path, tmp_path):
-    text = tmp_path / "notes.png"
-    text.write_text("not an image\n")
-    with pytest.raises(ValueError, match="not a readable image"):
-        cli.main(["predict", str(text), "--model", tiny_model_path, "--verbose"])
-
-
-def test_corrupted_backup_is_one_line_naming_state_json(tmp_path, capsys):
-    backup = tmp_path / "run" / "backup"
-    backup.mkdir(parents=True)
-    (backup / "state.json").write_text('{"epoch": 3, "step": ')  # cut mid-write
-    line = _one_error_line(capsys, ["train", "--model", "lambda_resnet50", "--weights", "none",
-                                    "--image-size", "32", "--epochs", "1", "--batch-size", "4",
-                                    "--steps-per-epoch", "1", "--output", str(tmp_path / "run")],
-                           "state.json")
-    assert "from scratch" in line
-
-
-def test_train_verify_images_names_a_file_damaged_inside(tmp_path, capsys):
-    """--verify-images (train's `verify_images`): a PNG whose data is damaged (header and end
-    intact) is named before training; without the flag it would stop training mid-epoch."""
-    import io
-
-    root = tmp_path / "images"
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        for i in range(5):
-            Image.fromarray(np.full((8, 8, 3), 50 * i, np.uint8)).save(root / name / f"{i}.png")
-    png = io.BytesIO()
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 16, 3), np.uint8)).save(
-        png, "PNG")
-    damaged = bytearray(png.getvalue())
-    damaged[damaged.index(b"IDAT") + 6] ^= 0xFF  # the image data's CRC no longer matches
-    (root / "b" / "damaged.png").write_bytes(bytes(damaged))
-    line = _one_error_line(capsys, ["train", "--model", "lambda_resnet50", "--weights", "none",
-                                    "--data", f"folder:{root}", "--verify-images",
-                                    "--output", str(tmp_path / "run")], "damaged.png")
-    assert "cannot be decoded" in line
-    assert not (tmp_path / "run").exists()
-
-
-def test_symlink_loop_in_a_data_folder(tiny_model_path, tmp_path, capsys):
-    root = tmp_path / "images"
-    for name in ("a", "b"):
-        (root / name).mkdir(parents=True)
-        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / name / "x.png")
-    (root / "a" / "loop").symlink_to(root / "a", target_is_directory=True)
-    line = _one_error_line(capsys, ["evaluate", "--model", tiny_model_path,
-                                    "--data", f"folder:{root}"], "loop")
-    assert "symlink loop" in line and "not images" not in line
-
-
-# --- the command line names its own arguments -----------------------------------------------
-def _argv(command, tmp_path, *flags):
-    """`command` with `flags`, and an --output under tmp_path for the commands that write one."""
-    writes = command[0] in ("train", "export", "demo")
-    return [*command, *flags, *(["--output", str(tmp_path / "out")] if writes else [])]
-
-
-@pytest.mark.parametrize("command", [
-    ["autotune"], ["predict", "x.png"], ["evaluate", "--data", "digits"], ["export"], ["train"],
-    ["demo"]])
-@pytest.mark.parametrize("size", ["0", "-5", "16"])
-def test_image_size_out_of_range_names_the_flag(command, size, tmp_path, capsys):
-    """0 was ignored (the default size was used), -5 and 16 were refused naming the builder's
-    `input_shape`: every command refuses them naming --image-size, before building anything."""
-    argv = _argv(command, tmp_path, "--model", "lambda_resnet26t", "--image-size", size)
-    line = _one_error_line(capsys, argv, f"Received: --image-size={size}", ">= 32")
-    assert "input_shape" not in line and "image_size=" not in line
-    assert not (tmp_path / "out").exists()
-
-
-def test_image_size_of_a_keras_file_is_any_positive_size(tiny_model_path, tmp_path, capsys):
-    """A .keras file says what it takes: any positive size passes the flag's check (its own
-    check then names its size), 0 does not."""
-    _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "0"],
-                    "`--image-size` must be an int >= 1", "Received: --image-size=0")
-    _one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--image-size", "16"],
-                    "Received: --image-size=16", f"{SIZE}x{SIZE}")
-
-
-@pytest.mark.parametrize("argv, flag, low", [
-    (["autotune", "--model", "lambda_resnet26t"], "--batch-size", 1),
-    (["autotune", "--model", "lambda_resnet26t"], "--repeats", 1),
-    (["evaluate", "--model", "lambda_resnet26t", "--data", "digits"], "--batch-size", 1),
-    (["export", "--model", "lambda_resnet26t"], "--calibration-steps", 1),
-    (["export", "--model", "lambda_resnet26t"], "--version", 0),
-    (["train", "--model", "lambda_resnet26t"], "--epochs", 1),
-    (["train", "--model", "lambda_resnet26t"], "--steps-per-epoch", 1),
-    (["demo"], "--epochs", 1),
-])
-def test_integer_flags_name_themselves(argv, flag, low, tmp_path, capsys):
-    line = _one_error_line(capsys, _argv(argv, tmp_path, flag, str(low - 1)),
-                           f"`{flag}` must be an int >= {low}", f"Received: {flag}={low - 1}")
-    assert f"Received: {flag[2:].replace('-', '_')}=" not in line
-    assert not (tmp_path / "out").exists()
-
-
-TRAIN = ["train", "--model", "lambda_resnet50", "--weights", "none"]
-
-
-@pytest.mark.parametrize("argv, names, library_name", [
-    ([*TRAIN, "--data", "folder:/nope"],
-     ["`--data` names a folder that does not exist", "Received: --data='folder:/nope'"], "spec"),
-    ([*TRAIN, "--validation-data", "mnist"],
-     ["`--validation-data` must be 'tfds:NAME[:SPLIT]'", "Received: --validation-data='mnist'"],
-     "spec"),
-    (["evaluate", "--model", "lambda_resnet50", "--data", "folder:/nope"],
-     ["`--data` names a folder", "Received: --data='folder:/nope'"], "spec"),
-    (["export", "--model", "lambda_resnet50", "--format", "tflite", "--quantization", "int8",
-      "--calibration-data", "folder:/nope"],
-     ["`--calibration-data` names a folder", "Received: --calibration-data='folder:/nope'"],
-     "spec"),
-    ([*TRAIN, "--output", "{file}"], ["--output {file} exists and is not a directory"],
-     "output_dir"),
-    (["predict", "{file}", "--model", "{tiny}", "--labels", "missing.txt"],
-     ["`--labels` names a file that cannot be read", "No such file or directory",
-      "Received: --labels='missing.txt'"], "`labels`"),
-])
-def test_flags_name_themselves_not_the_python_arguments(argv, names, library_name,
-                                                        tiny_model_path, tmp_path, capsys):
-    """Was "`spec` ...", "`output_dir` ...", "[Errno 2] ... 'missing.txt'"; refused before
-    anything is built or written."""
-    afile = tmp_path / "afile"
-    afile.write_bytes(b"precious")
-    argv = [arg.format(file=afile, tiny=tiny_model_path) for arg in argv]
-    if argv[0] == "train" and "--output" not in argv:
-        argv += ["--output", str(tmp_path / "out")]
-    names = [name.format(file=afile) for name in names]
-    line = _one_error_line(capsys, argv, *names)
-    assert library_name not in line
-    assert sorted(os.listdir(tmp_path)) == ["afile"] and afile.read_bytes() == b"precious"
-
-
-def test_train_without_a_tpu_names_the_flag(fake_tpu, monkeypatch, tiny_model_path, tmp_path,
-                                           capsys):
-    """Was a traceback of InvalidArgumentError: No OpKernel ... 'ConfigureDistributedTPU'
-    (--tpu local), or `error: <urlopen error ...>` (a TPU name, looked up over the network)."""
-    import urllib.error
-
-    import tensorflow as tf
-
-    def initialize_tpu_system(resolver):  # what TF 2.21 raises on a machine without a TPU
-        raise tf.errors.NotFoundError(None, None, "TPUs not found in the cluster. Failed in "
-                                      "initialization: No OpKernel was registered to support "
-                                      "Op 'ConfigureDistributedTPU'")
-
-    class TPUClusterResolver:
-        def __init__(self, tpu=None):
-            if tpu != "local":
-                raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(tf.tpu.experimental, "initialize_tpu_system", initialize_tpu_system)
-    monkeypatch.setattr(tf.distribute.cluster_resolver, "TPUClusterResolver", TPUClusterResolver)
-    for command in (TRAIN, ["evaluate", "--model", tiny_model_path, "--data", "digits"]):
-        _one_error_line(capsys, _argv([*command, "--tpu", "local"], tmp_path),
-                        "No TPU found for --tpu='local'", "TPUs not found in the cluster")
-        _one_error_line(capsys, _argv([*command, "--tpu", "mytpu"], tmp_path),
-                        "TPU named by --tpu='mytpu' could not be resolved",
-                        "Name or service not known")
-    assert not (tmp_path / "out").exists()
-
-
-def test_autotune_tunes_a_keras_file_of_any_size_at_image_size(tmp_path, monkeypatch, capsys):
-    """A file saved with keras.Input((None, None, 3)): --image-size gives the map sizes (was:
-    "not tuned (dynamic map size)", the flag ignored); without it, nothing is stored."""
-    from lambda_keras.layers.formulations import autotuning
-
-    keras.utils.set_random_seed(1)
-    model = keras.Sequential([
-        keras.Input((None, None, 3)),
-        keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu"),
-        LambdaLayer(key_dim=8, num_heads=2, receptive_field=5, name="lambda"),
-        keras.layers.GlobalAveragePooling2D(),
-        keras.layers.Dense(10, activation="softmax"),
-    ])
-    path = str(tmp_path / "dyn.keras")
-    model.save(path)
-    store = tmp_path / "autotune.json"
-    monkeypatch.setenv(autotuning.CACHE_ENV, str(store))
-    argv = ["autotune", "--model", path, "--batch-size", "1", "--repeats", "1", "--phases", "fwd"]
-    assert cli.main(argv) == 0
-    assert "not tuned (dynamic map size" in capsys.readouterr().out and not store.exists()
-    assert cli.main([*argv, "--image-size", "24"]) == 0
-    out = capsys.readouterr().out
-    (_, picks), = json.loads(store.read_text())["picks"].items()
-    (key, entry), = picks.items()
-    assert key.endswith(" 12x12 float32 fwd") and entry["layers"] == ["lambda"], key
-    assert "not tuned" not in out and f"{key}: {entry['formulation']}" in out
-
-
-def test_export_of_a_keras_file_of_any_size_takes_image_size(tmp_path, capsys):
-    """A file saved with keras.Input((None, None, 3)) exports at --image-size, with its weights
-    (was: an error about `input_size=(None, None)`); without the flag, an error naming it."""
-    from lambda_keras.export import LiteRTRunner
-
-    path = _save_tiny_model(str(tmp_path / "dyn.keras"), classes=3, size=None)
-    model = keras.saving.load_model(path)
-    _one_error_line(capsys, ["export", "--model", path, "--output", str(tmp_path / "none")],
-                    "takes images of any size", "--image-size")
-    assert not (tmp_path / "none").exists()
-    out = tmp_path / "out"
-    assert cli.main(["export", "--model", path, "--format", "tflite", "--image-size", "24",
-                     "--output", str(out)]) == 0
-    x = np.random.default_rng(3).normal(size=(1, 24, 24, 3)).astype("float32")
-    runner = LiteRTRunner(out / "model_float32.tflite")
-    np.testing.assert_allclose(runner(x), model.predict(x, verbose=0), atol=1e-5)
-
-
-def test_autotune_to_a_directory_is_refused_before_measuring(tiny_model_path, tmp_path,
-                                                            monkeypatch, capsys):
-    from lambda_keras.layers.formulations import autotuning
-
-    monkeypatch.setenv(autotuning.CACHE_ENV, str(tmp_path))
-    monkeypatch.setattr(autotuning, "measure", lambda *args, **kwargs: pytest.fail("measured"))
-    _one_error_line(capsys, ["autotune", "--model", tiny_model_path],
-                    autotuning.CACHE_ENV, repr(str(tmp_path)), "is a directory")
-
-
-def test_convert_names_src_and_model(tmp_path, monkeypatch, capsys):
-    """The CLI's own names (`src`, `--model`), not convert_timm's (`weights`, `arch_name`);
-    a valid --model reaches convert_timm as its architecture."""
-    from safetensors.numpy import save_file
-
-    from lambda_keras import weights
-
-    dst = str(tmp_path / "out.weights.h5")
-    folder = tmp_path / "model.safetensors"
-    folder.mkdir()
-    for src, names in ((tmp_path / "missing.safetensors", ["does not exist"]),
-                       (folder, ["is a directory"]),
-                       (tmp_path / "model.pth", ["Pickle checkpoints are refused"]),
-                       (tmp_path / "model.npz", [".safetensors file. Received"])):
-        line = _one_error_line(capsys, ["convert", str(src), dst], f"Received: src={str(src)!r}",
-                               *names)
-        assert "weights=" not in line
-    src = tmp_path / "timm.safetensors"
-    src.write_bytes(b"{}")
-    for model in ("lambda_resnet50", "resnet9000"):
-        line = _one_error_line(capsys, ["convert", str(src), dst, "--model", model],
-                               f"Received: --model={model!r}", "lambda_resnet26t")
-        assert "arch_name" not in line
-    line = _one_error_line(capsys, ["convert", str(src), dst], src, "as `src`")
-    assert "or a Keras .weights.h5 file" not in line  # was: convert refuses those
-    foreign = tmp_path / "foreign.safetensors"  # another architecture's tensors
-    save_file({"stem.conv1.conv.weight": np.zeros((4, 3, 3, 3), np.float32)}, str(foreign))
-    line = _one_error_line(capsys, ["convert", str(foreign), dst], "pass `--model`")
-    assert "arch_name" not in line and not os.path.exists(dst)
-    seen = []
-    monkeypatch.setattr(weights, "convert_timm", lambda src, dst, arch_name, arch_arg:
-                        seen.append((arch_name, arch_arg)) or dst)
-    for model, arch in (("LambdaResNet26T", "lambda_resnet26t"), (None, None),
-                        ("lambda_resnet26t.c1_in1k", "lambda_resnet26t")):
-        assert cli.main(["convert", str(src), dst, *(["--model", model] if model else [])]) == 0
-        assert seen.pop() == (arch, "--model") and f"wrote {dst}" in capsys.readouterr().out
 
 
 def test_every_option_has_help_and_shows_its_default():

@@ -133,7 +133,7 @@ def test_package_import_is_light_and_public_names_load_on_use():
 
 
 def test_get_model_uses_the_names_default_weights():
-    # A paper name: no weights (a timm name would download "imagenet": test_weights.py).
+    # A paper name: no weights (a timm name would download "imagenet": test_weights_download.py).
     model = lambda_keras.get_model("LambdaResNet50", **SMALL)
     assert model.name == "lambda_resnet50" and model.output_shape == (None, CLASSES)
     with pytest.raises(ValueError, match=r"Unknown model name.*LambdaResNet26T.*resnet9"):
