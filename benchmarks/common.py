@@ -442,10 +442,15 @@ def run_groups(groups, threads, timeout_s, memory_budget_bytes, isolate, log=pri
 
 
 def write_json(path, data):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=False)
-        f.write("\n")
+    """Writes `data` as indented JSON to `path` atomically (never half-written)."""
+    write_text(path, json.dumps(data, indent=1) + "\n")
+
+
+def write_text(path, text):
+    """Writes `text` to `path` atomically (`lambda_keras.utils.atomic_write_bytes`)."""
+    from lambda_keras import utils  # not at module level: a worker loads PyTorch before TF
+
+    utils.atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def read_json_folder(folder):

@@ -136,8 +136,7 @@ def main(argv=None):
     summary["plots"] = plots.make_all(suites, args.out)
     common.write_json(os.path.join(args.out, "summary.json"), summary)
     markdown = report.markdown(summary)
-    with open(os.path.join(args.out, "summary.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
+    common.write_text(os.path.join(args.out, "summary.md"), markdown)
     log("\n" + markdown)
     log(f"done in {summary['duration_s'] / 60:.1f} min; results in {args.out}")
     return 0

@@ -16,8 +16,6 @@ import traceback
 
 from benchmarks.common import setup_torch
 
-SUITES = {"layer": "benchmarks.layer", "peer": "benchmarks.peer", "model": "benchmarks.model",
-          "export": "benchmarks.export", "backends": "benchmarks.backends"}
 
 
 def main(argv):
@@ -31,7 +29,7 @@ def main(argv):
     for index, job in enumerate(jobs):
         started = time.perf_counter()
         try:
-            module = importlib.import_module(SUITES[job["suite"]])
+            module = importlib.import_module(f"benchmarks.{job['suite']}")  # run.SUITES
             result = {**job, "status": "ok",
                       **module.run_job(job, threads=threads, isolated=index == 0)}
         except Exception as error:  # noqa: BLE001 - recorded, the next job still runs
