@@ -29,6 +29,7 @@ import sys
 
 from benchmarks import common, report
 from benchmarks import model as model_suite
+from lambda_keras import runtime
 
 # backend: jit_compile (what Keras' "auto" resolves to there on a CPU)
 BACKENDS = {"tensorflow": False, "jax": True, "torch": False}
@@ -70,7 +71,7 @@ def main(argv=None):
                         help=f"comma-separated, out of {','.join(BACKENDS)} (default: all)")
     parser.add_argument("--batch", type=int, default=FULL["batch"])
     parser.add_argument("--image-size", type=int, default=FULL["image_size"])
-    parser.add_argument("--threads", type=int, default=common.usable_cores())
+    parser.add_argument("--threads", type=int, default=runtime.usable_cores())
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--out", required=True, help="the JSON record to write")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)

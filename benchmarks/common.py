@@ -119,7 +119,7 @@ def machine_description(threads, onednn=None):
         "cpu_model": runtime.cpu_model(),
         "cpu_flags": runtime.cpu_flags(),
         "logical_cores": os.cpu_count(),
-        "usable_cores": usable_cores(),
+        "usable_cores": runtime.usable_cores(),
         "threads_used": threads,
         "memory_gib": _meminfo_gib(),
         "memory_available_gib_at_start": _meminfo_gib("MemAvailable"),
@@ -133,11 +133,6 @@ def machine_description(threads, onednn=None):
 
 def load_average():
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def usable_cores():
-    """The cores this process may run on (its CPU affinity where the OS tells it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 # -------------------------------------------------------------------------------- timing

@@ -41,8 +41,6 @@ TFLITE_FORMATS = (
     ("tflite_int8", "int8", None),
     ("tflite_int8_full_integer", "int8", ()),
 )
-MEAN = np.float32([0.485, 0.456, 0.406])
-STD = np.float32([0.229, 0.224, 0.225])
 
 
 def plan(settings, memory_budget_bytes):
@@ -97,7 +95,7 @@ def run_job(job, threads, isolated):
                                         classes=job["classes"])
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
-    image = (pixels / 255.0 - MEAN) / STD  # [1, H, W, 3] normalised
+    image = lambda_keras.preprocess_input(pixels)  # [1, H, W, 3], ImageNet mean and std
     calibration = rng.standard_normal((job["calibration_images"], size, size, 3)).astype("float32")
     reference = np.asarray(model.predict_on_batch(image), "float32")
     weight_bytes = sum(int(np.prod(v.shape)) * 4 for v in model.variables)

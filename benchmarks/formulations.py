@@ -57,6 +57,7 @@ import time
 import numpy as np
 
 from benchmarks import common
+from lambda_keras import runtime
 
 FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first",
                 "query_windows")  # probe order
@@ -117,7 +118,6 @@ def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
 def _runtime_description(backend):
     """The backend's version and state, and the device the layer runs on ("cpu", "gpu", "tpu"
     as `runtime.current_runtime` sees it, and its name)."""
-    from lambda_keras import runtime
     from lambda_keras.layers.formulations import autotuning
 
     device = runtime.current_runtime().device
@@ -125,8 +125,6 @@ def _runtime_description(backend):
                    "device_name": autotuning.device_name(backend, device)}
     if backend == "tensorflow":
         import tensorflow as tf
-
-        from lambda_keras import runtime
 
         description.update(onednn=runtime.onednn_active(), version=tf.__version__,
                            pooled_allocator=runtime.pooled_allocator_active())
@@ -169,18 +167,16 @@ def run_engine(engine, settings, threads, out_path, log=print):
     if keras.backend.backend() != backend:
         raise RuntimeError(f"KERAS_BACKEND is {keras.backend.backend()}, expected {backend}")
     if settings.get("rows"):  # a what-if run: the rule and plans of another kind of CPU
-        from lambda_keras import runtime as runtime_module
-
-        runtime_module._process_cpu_kind = lambda: settings["rows"]  # noqa: SLF001
+        runtime._process_cpu_kind = lambda: settings["rows"]  # noqa: SLF001
     steps_for = autotuning.STEPS[backend]
     batch, width = settings["batch"], settings["width"]
     if settings.get("picks_only"):
         return _record_picks(engine, settings, steps_for, jit_compile, out_path)
     hopeless_before = {}  # (shape, phase) -> {formulation: size after which it is not run}
-    runtime = formulations.current_runtime(jit_compile)  # the one the steps trace in
+    traced_in = formulations.current_runtime(jit_compile)  # the one the steps trace in
     for shape_name, shape in _shapes(settings).items():
         blocks = {phase: formulations.window_blocks(
-            runtime, phase == "train", shape.get("strides", 1),
+            traced_in, phase == "train", shape.get("strides", 1),
             shape["receptive_field"]) for phase in PHASES}  # query_windows' blocks here
         for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
@@ -396,7 +392,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads = args.threads or common.usable_cores()
+    threads = args.threads or runtime.usable_cores()
     if args.worker:
         settings = json.loads(args.settings)
         run_engine(args.worker, settings, threads, args.jsonl)
@@ -415,8 +411,6 @@ def main(argv=None):
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else TABLES)
     os.makedirs(out_dir, exist_ok=True)
     from benchmarks import formulation_tables
-    from lambda_keras import runtime
-
     if args.versus_timm or args.plot:
         tables = formulation_tables.load_tables(out_dir)
         if args.plot:
@@ -454,10 +448,10 @@ def main(argv=None):
               f"{' '.join(f'{k}={v}' for k, v in env_update.items()) or 'defaults'})", flush=True)
         t0, load_before = time.time(), common.load_average()
         process = subprocess.run(command, env=env, cwd=common.REPO_ROOT)
-        runtime = {}
+        described = {}
         if os.path.exists(jsonl + ".runtime"):
             with open(jsonl + ".runtime", encoding="utf-8") as f:
-                runtime = json.load(f)
+                described = json.load(f)
             os.remove(jsonl + ".runtime")
         cells = []
         if os.path.exists(jsonl):
@@ -467,7 +461,7 @@ def main(argv=None):
         run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
                    wall_s=round(time.time() - t0, 1), load_before=load_before,
                    load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
-        record = dict(runtime, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
+        record = dict(described, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
                       **({"rows": settings["rows"]} if settings.get("rows") else {}))
         merge_run(data, engine, cells, shapes, record, run)
         common.write_json(path, data)
@@ -504,8 +498,6 @@ def _update_picks(path, engines, threads):
     runtime on this machine's table; on another machine's table (not re-traceable here) from the
     rule and the runtime recorded with it (the engine gets `picks_from: "rule"`)."""
     from benchmarks import formulation_tables
-    from lambda_keras import runtime
-
     with open(path, encoding="utf-8") as f:
         data = json.load(f)
     foreign = os.path.basename(path) != f"{runtime.cpu_kind()}.json"

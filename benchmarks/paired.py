@@ -33,6 +33,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import formulations as suite
+from lambda_keras import runtime
 
 PEER = "timm"
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5)
@@ -179,8 +180,6 @@ def _run_worker(name, size, phase, settings, threads):
 
 def run(engines, settings, phases, threads, log=print):
     """Every (size, phase) cell: `pairs` rounds of one process per engine and one for timm."""
-    from lambda_keras import runtime
-
     data = dict(suite="paired", settings=settings, shape=dict(suite.LAYER, **suite.SHAPES["r23"]),
                 engines=list(engines), machine=common.machine_description(threads),
                 cpu_kind=runtime.cpu_kind(), started=time.strftime("%Y-%m-%d %H:%M"), cells=[])
@@ -237,7 +236,7 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    threads = args.threads or common.usable_cores()
+    threads = args.threads or runtime.usable_cores()
     if args.worker:
         result = time_in_this_process(args.worker, int(args.size), args.phase,
                                       json.loads(args.settings), int(args.threads))

@@ -24,6 +24,7 @@ import tempfile
 import time
 
 from benchmarks import backends, common, export, layer, model, peer, plots, report
+from lambda_keras import runtime
 
 SUITES = {"layer": layer, "peer": peer, "model": model, "export": export, "backends": backends}
 # Suites whose jobs each get their own process in a full run: a layer map size (its variants
@@ -61,7 +62,7 @@ def parse_args(argv):
                      f"Received: --only={args.only!r}")
     args.suites = [s for s in SUITES if s in suites]
     if args.threads is None:
-        args.threads = common.usable_cores()
+        args.threads = runtime.usable_cores()
     if args.threads <= 0:
         parser.error(f"`--threads` must be positive. Received: --threads={args.threads}")
     args.onednn = None if args.onednn == "default" else args.onednn

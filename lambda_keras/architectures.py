@@ -6,7 +6,10 @@ last BN gamma) with lambda layers in every c5 block and in a few c4 blocks: "a s
 in c4 for LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for
 LambdaResNet-152/200/270/350 and 8 lambda layers for LambdaResNet-420".
 NOTE: the paper does not say which c4 blocks hold the lambdas; they are spread evenly through c4
-(`spread_evenly`), which never picks the strided first block.
+(`spread_evenly`), which for the paper's counts never picks c4's strided first block. Every c5
+block is a lambda block, the strided first one included: the paper's strided lambda blocks
+downsample with an average pool after the lambda layer (PAPER.md 3.1), and timm's lambda_resnet26t
+has a lambda layer in its strided first c5 block too.
 NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up to 152, 0.25/0.1
 for 200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
 270 @ 256, 350 and 420 @ 320) and 224 for 50/101/200 (the ablation size) — both UNCONFIRMED.
@@ -69,7 +72,13 @@ class Architecture:
 
 def spread_evenly(count, depth):
     """0-based indices of `count` of `depth` blocks, evenly spaced; all blocks when
-    count == depth."""
+    count == depth.
+
+    The k-th pick (k = 1..count) is block floor(k * depth / (count + 1) + 0.5) - 1: the first
+    (strided) block is picked when depth / (count + 1) < 1.5, i.e. for counts above about two
+    thirds of the stage (spread_evenly(1, 2) == (0,), spread_evenly(2, 3) == (0, 1)); never for
+    the paper family's c4 counts.
+    """
     if not 0 <= count <= depth:
         raise ValueError(f"Cannot place {count} lambda blocks in a stage of {depth} blocks.")
     if count == depth:

@@ -59,7 +59,8 @@ def resolve_model_arg(model, weights=None):
     """`--model` and `--weights` -> (registry key or .keras path, weights to load).
 
     Names go through the package's resolver; `weights` None means the name's default weights,
-    "none" means random initialisation.
+    "none" means random initialisation. Weights given are checked for the model here, before
+    anything is built, the messages naming `--weights`.
     """
     if model.endswith(".keras"):
         if not os.path.exists(model):
@@ -77,13 +78,20 @@ def resolve_model_arg(model, weights=None):
                          f"{', '.join(presets.model_names())} or a .keras file") from None
     if weights is None:
         return resolved.arch, resolved.default_weights
-    return resolved.arch, None if weights.lower() == NO_WEIGHTS else weights
+    if weights.lower() == NO_WEIGHTS:
+        return resolved.arch, None
+    from lambda_keras.weights import loading
+
+    loading.validate_weights(weights, resolved.arch, arg="--weights")
+    return resolved.arch, weights
 
 
-def load_model(model, weights=None, image_size=None, classes=None):
-    """A model name (+ weights, see `resolve_model_arg`) or a `.keras` file -> keras.Model."""
-    import keras
+def load_model(model, weights=None, image_size=None):
+    """A model name (+ weights, see `resolve_model_arg`) or a `.keras` file -> keras.Model.
 
+    A `.keras` file is loaded with `lambda_keras.models.load_model` (the package's layers and
+    optimizer registered, Keras' safe mode on).
+    """
     from lambda_keras import models
     from lambda_keras.training import model_setup
 
@@ -93,7 +101,7 @@ def load_model(model, weights=None, image_size=None, classes=None):
             raise ValueError(f"--model {name} is not a Keras .keras file (not a zip archive); "
                              "it may be truncated or corrupted")
         try:
-            loaded = keras.saving.load_model(name, safe_mode=True)
+            loaded = models.load_model(name, safe_mode=True)
         except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
             raise ValueError(f"--model {name} could not be loaded as a Keras model: "
                              f"{type(error).__name__}: {error}") from error
@@ -104,8 +112,6 @@ def load_model(model, weights=None, image_size=None, classes=None):
     kwargs = {"weights": weights}
     if image_size is not None:
         kwargs["input_shape"] = (image_size, image_size, 3)
-    if classes:
-        kwargs["classes"] = classes
     return models.get_model(name, **kwargs)
 
 
@@ -216,6 +222,10 @@ def _cmd_autotune(args):
     from lambda_keras.layers import formulations
 
     phases = tuple(phase.strip() for phase in args.phases.split(","))
+    if any(phase not in formulations.autotuning.PHASES for phase in phases):
+        raise ValueError(f"`--phases` must be a comma-separated list of "
+                         f"{', '.join(formulations.autotuning.PHASES)}. "
+                         f"Received: --phases={args.phases!r}")
     # The picks are stored per compute dtype: tune under the policy `train` will run with.
     with utils.dtype_policy(args.mixed_precision or "float32"):
         model = load_model(args.model, None if args.model.endswith(".keras") else NO_WEIGHTS,

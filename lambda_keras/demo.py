@@ -15,12 +15,12 @@
 """
 
 import dataclasses
-import json
 import os
-import platform
 import time
 
 import numpy as np
+
+from lambda_keras import runtime
 
 TARGET_ACCURACY = 0.95
 CALIBRATION_BATCHES = 128  # int8 calibration images (batch 1)
@@ -29,14 +29,9 @@ CALIBRATION_BATCHES = 128  # int8 calibration images (batch 1)
 def _machine():
     import tensorflow as tf
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return f"{cpu}, {os.cpu_count()} cores, TF {tf.__version__}, GPU: {gpus or 'none'}"
+    return (f"{runtime.cpu_model()}, {runtime.usable_cores()} cores, TF {tf.__version__}, "
+            f"GPU: {gpus or 'none'}")
 
 
 def _step(message):
@@ -69,6 +64,7 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     import tensorflow as tf
 
     from lambda_keras import export, training, weights
+    from lambda_keras.training.callbacks import write_json
 
     start = time.time()
     output_dir = os.path.abspath(output_dir)
@@ -130,8 +126,7 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
                   "tensorboard": result.tensorboard_dir, "saved_model": saved, **{
                       f"tflite_{k}": v for k, v in tflite_paths.items()}},
     }
-    with open(os.path.join(output_dir, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(output_dir, "summary.json"), summary)
     _step(f"done in {summary['duration_s']:.0f} s")
     for name, path in summary["paths"].items():
         print(f"  {name:16s} {path}")

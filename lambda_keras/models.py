@@ -17,8 +17,11 @@ per-stage lambda-block counts spread evenly as for the paper family ((0, 0, 6, 3
 `features=True` (with include_top=False) returns the c2..c5 maps (strides 4, 8, 16, 32) as a dict,
 e.g. for a Mask R-CNN / FPN backbone as in the paper's COCO experiments.
 
-Input sizes: every size >= 32 builds, static or dynamic; each stride-2 step keeps ceil(n / 2)
-(blocks.py), so the c5 map is ceil(size / 32) and the classifier's output is (batch, classes).
+Input sizes: every static size >= 32 builds; each stride-2 step keeps ceil(n / 2) (blocks.py),
+so the c5 map is ceil(size / 32) and the classifier's output is (batch, classes). A dynamic size
+(None) builds only where the lambda layers use local (convolution) position embeddings or none:
+`position="relative"` or `"global"` (LambdaResNet26RPT256) makes embeddings for one map size and
+needs a static input size (the architecture's image size by default).
 Residual additions never broadcast (blocks.ResidualAdd). Only "channels_last" is supported.
 
 Weights: this module imports lambda_keras.weights (download, conversion, strict loading) only when
@@ -70,10 +73,27 @@ def outputs_logits(model):
 
 
 def resolve_architecture(arch_name, **overrides):
-    """The table row of the model `arch_name` (any model name) with overrides applied.
+    """The architecture (table row) of a model name with overrides applied.
 
-    Overrides: `layout` (architectures.lambda_blocks_from_layout), the Architecture fields of
-    architectures.ARCHITECTURE_OVERRIDES and the LambdaSpec fields (architectures.LAMBDA_OVERRIDES).
+    Args:
+        arch_name: any model name: registry key, builder or preset name (see `resolve_model`).
+        **overrides: `layout` (architectures.lambda_blocks_from_layout), the Architecture fields
+            of architectures.ARCHITECTURE_OVERRIDES (`stem`, `stem_width`, `shortcut`,
+            `activation`, `se_ratio`, `se_in_lambda_blocks`, `drop_rate`, `drop_path_rate`)
+            and the LambdaSpec fields (architectures.LAMBDA_OVERRIDES: `key_dim`, `num_heads`,
+            ...; checked when the lambda layers are built).
+
+    Returns:
+        An `architectures.Architecture` (a frozen dataclass).
+
+    Raises:
+        TypeError: `arch_name` is not a string, or an override is of the wrong type.
+        ValueError: an unknown model name or override, an override value out of range, or a
+            bad `layout`.
+
+    Example:
+    >>> resolve_architecture("LambdaResNet50", layout="CCLL").lambda_blocks
+    ((), (), (0, 1, 2, 3, 4, 5), (0, 1, 2))
     """
     arch = architectures.ARCHITECTURES[resolve_model(arch_name).arch]
     valid = ("layout",) + architectures.ARCHITECTURE_OVERRIDES + architectures.LAMBDA_OVERRIDES
@@ -94,6 +114,10 @@ def resolve_architecture(arch_name, **overrides):
                                                  high_open=True)
     lambda_overrides = {k: overrides.pop(k) for k in architectures.LAMBDA_OVERRIDES
                         if k in overrides}
+    if lambda_overrides.get("position", "") is None:
+        # timm's bias belongs to its position lambdas: without positions there is none (a bias
+        # asked for explicitly is refused by LambdaLayer).
+        lambda_overrides.setdefault("position_bias", False)
     if "layout" in overrides:
         overrides["lambda_blocks"] = architectures.lambda_blocks_from_layout(
             overrides.pop("layout"), arch.blocks)
@@ -141,14 +165,57 @@ def _input_shape(input_shape, arch, include_top, weights):
 def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=None,
                         input_shape=None, pooling=None, classes=1000,
                         classifier_activation="softmax", name=None, features=False, **overrides):
-    """Builds the LambdaResNet `arch_name` (keras.applications API); see `LambdaResNet50`.
+    """Instantiates the LambdaResNet `arch_name` (keras.applications API).
 
-    The generic builder behind every public `LambdaResNet*` function: `arch_name` is any model
-    name (registry key, builder or preset name; see `resolve_model`) and `weights` defaults to
-    None whatever the name (use `get_model` for a name's default weights).
+    The generic builder behind every public `LambdaResNet*` function, whose docstrings describe
+    each model. Unlike them, `weights` defaults to None whatever the name (`get_model` gives a
+    name's default weights).
+
+    Args:
+        arch_name: any model name: registry key ("lambda_resnet50"), builder
+            ("LambdaResNet50") or preset name ("lambda_resnet26t.c1_in1k"); see `resolve_model`.
+        include_top: whether to include the classifier head (global average pooling, dropout
+            where the architecture has it, a dense layer named "predictions").
+        weights: `None` (random initialization), `"imagenet"` or a preset name (the models with
+            timm weights), or the path to a timm `.safetensors` or Keras `.weights.h5` file.
+        input_tensor: optional Keras tensor (output of `keras.Input()`) to use as the image
+            input.
+        input_shape: optional `(height, width, channels)`, channels last, each side at least 32
+            or `None` (see the module docstring for dynamic sizes). Defaults to the
+            architecture's `(image_size, image_size, 3)` with `include_top=True` or relative /
+            global positions, else `(None, None, 3)`.
+        pooling: with `include_top=False`: `None` (the 4D c5 map), `"avg"` or `"max"`.
+        classes: number of classes of the classifier.
+        classifier_activation: activation of the classifier (`"softmax"`, `None` for logits,
+            ...); with pretrained weights only `"softmax"` or `None`.
+        name: name of the model. Defaults to the registry key.
+        features: with `include_top=False` and `pooling=None`, output a dict of the c2..c5 maps
+            (strides 4, 8, 16, 32) instead of the c5 map.
+        **overrides: architecture overrides (see `resolve_architecture`): `layout`, `stem`,
+            `stem_width`, `shortcut`, `activation`, `se_ratio`, `se_in_lambda_blocks`,
+            `drop_rate`, `drop_path_rate` and the lambda layer's `key_dim`, `num_heads`,
+            `intra_depth`, `position`, `receptive_field`, `pool_size`, `position_bias`,
+            `implementation`.
 
     Returns:
-        A `keras.Model` named `name` (default: the registry key).
+        A `keras.Model`: `(batch, classes)` with the top, `(batch, 2048)` pooled, the c5 map
+        `(batch, ceil(H / 32), ceil(W / 32), 2048)`, or the dict of c2..c5 maps (`features`).
+
+    Raises:
+        TypeError: an argument of the wrong type (`include_top`, `features`, `classes`,
+            `weights`, an override).
+        ValueError: an unknown model name or override, a bad value or combination (`pooling`,
+            `features` with `include_top` or `pooling`, `classifier_activation` with pretrained
+            weights, `input_shape` / `input_tensor`, `weights` this model has none of or a
+            file of another kind), or the `channels_first` data format, all before the network
+            is built; or the weights cannot be loaded (a failed download, a checkpoint that
+            does not fit the model).
+
+    Example:
+    >>> model = build_lambda_resnet("lambda_resnet50", input_shape=(64, 64, 3), classes=10,
+    ...                             layout="CCLL")
+    >>> model.output_shape
+    (None, 10)
     """
     arch = resolve_architecture(arch_name, **overrides)
     _check_data_format(arch.builder)
@@ -173,7 +240,7 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
     if weights is not None:
         from lambda_keras import weights as weights_lib  # above this module; loaded on demand
 
-        weights_lib.validate_weights(weights, arch.name, include_top=include_top, classes=classes)
+        weights_lib.validate_weights(weights, arch.name)
     if input_tensor is not None:
         if len(input_tensor.shape) != 4:
             raise ValueError("`input_tensor` must be a batch of images (rank 4). "
@@ -258,12 +325,24 @@ def get_model(name, **kwargs):
 
 
 def load_model(filepath, **kwargs):
-    """`keras.saving.load_model` of a file with lambda_keras layers (a `train` checkpoint, a
-    saved LambdaResNet or any model using `LambdaLayer`).
+    """Loads a `.keras` file holding lambda_keras layers.
 
-    `import lambda_keras` imports no Keras, so Keras knows the package's layers (and the
-    optimizer of `train`'s checkpoints) only once their modules are loaded; this loads them, then
-    calls Keras' own loader (`safe_mode` and every other argument as there).
+    A `train` checkpoint, a saved LambdaResNet or any model using `LambdaLayer`. `import
+    lambda_keras` imports no Keras, so Keras knows the package's layers (and the optimizer of
+    `train`'s checkpoints, on TensorFlow) only once their modules are loaded; this loads them,
+    then calls `keras.saving.load_model`.
+
+    Args:
+        filepath: path of the `.keras` file.
+        **kwargs: passed to `keras.saving.load_model`: `custom_objects`, `compile`,
+            `safe_mode` (default True: no Python lambdas are deserialized).
+
+    Returns:
+        The `keras.Model` saved in the file.
+
+    Raises:
+        ValueError: as `keras.saving.load_model`, e.g. a missing file or one that is not a
+            Keras archive.
 
     Example:
     >>> model = lambda_keras.load_model("runs/digits/checkpoints/best.keras")

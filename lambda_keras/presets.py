@@ -1,7 +1,8 @@
 """Weight presets and model names, as data: what a name means and how its images are prepared.
 
 This module is pure data plus small lookups; it imports nothing heavy (no Keras, no TensorFlow),
-so the CLI, data pipelines and export code can read it cheaply.
+so the CLI, data pipelines and export code can read it cheaply. (Only `preprocessing_beside`,
+checking a record it found, loads lambda_keras.data's check, and with it TensorFlow.)
 
 - `Preprocessing`: eval resize + center crop and normalisation of a model's inputs.
 - `PRESETS`: the published weights (source URL, sha256, preprocessing, classes, top-1, licence).
@@ -150,8 +151,9 @@ def resolve_model_name(name):
                      f"Received: name={name!r}")
 
 
-def preset_for(weights, arch_name):
-    """The Preset that `weights` ("imagenet" or a preset name) means for the model `arch_name`."""
+def preset_for(weights, arch_name, arg="weights"):
+    """The Preset that `weights` ("imagenet" or a preset name) means for the model `arch_name`;
+    `arg` is how the message names `weights` (the command line's `--weights`)."""
     arch = resolve_model_name(arch_name).arch
     name = IMAGENET_PRESETS.get(arch) if weights == "imagenet" else weights
     if name is None or name not in PRESETS or PRESETS[name].arch != arch:
@@ -159,17 +161,28 @@ def preset_for(weights, arch_name):
         raise ValueError(
             f"No pretrained weights {weights!r} for architecture {arch_name!r}. Builders with "
             f"ImageNet weights: {with_weights}; the paper's LambdaResNet-50..420 have no "
-            f"published weights. Received: weights={weights!r}")
+            f"published weights. Received: {arg}={weights!r}")
     return PRESETS[name]
 
 
 # ------------------------------------------------------------------------ preprocessing
-def resolve_preprocessing(name):
-    """Preprocessing for a model name (see `resolve_model_name`) or a Preprocessing.
+def resolve_preprocessing(name, *, arg="name"):
+    """The Preprocessing of a model name, a Preprocessing or None.
 
-    A preset name gets that preset's; an architecture with weights gets its ImageNet preset's; the
-    paper family (no weights) gets the ImageNet defaults (crop 0.875, bicubic, ImageNet mean/std)
-    at its image size; None gives DEFAULT_PREPROCESSING.
+    Args:
+        name: a model name (registry key, builder or preset name; see `resolve_model_name`), a
+            `Preprocessing` (returned as is) or None (`DEFAULT_PREPROCESSING`). A preset name
+            gets that preset's preprocessing, an architecture with ImageNet weights its preset's,
+            the paper family (no weights) the ImageNet defaults (crop 0.875, bicubic, ImageNet
+            mean/std) at its architecture's image size.
+        arg: how the messages name `name` (a caller's own argument, e.g. `preprocessing`).
+
+    Returns:
+        A `Preprocessing`.
+
+    Raises:
+        TypeError: `name` is neither a string, a Preprocessing nor None.
+        ValueError: `name` is an unknown model name (the message lists the valid ones).
 
     Example:
     >>> resolve_preprocessing("LambdaResNet50TS").crop_pct
@@ -179,12 +192,15 @@ def resolve_preprocessing(name):
         return DEFAULT_PREPROCESSING
     if isinstance(name, Preprocessing):
         return name
+    if not isinstance(name, str):
+        raise TypeError(f"`{arg}` must be a Preprocessing, None or a model name. "
+                        f"Received: {arg}={name!r}")
     try:
         resolved = resolve_model_name(name)
-    except (TypeError, ValueError):
+    except ValueError:
         raise ValueError(
             f"No preprocessing is known for {name!r}; valid: a Preprocessing, None or a model "
-            f"name ({', '.join(model_names())}). Received: name={name!r}") from None
+            f"name ({', '.join(model_names())}). Received: {arg}={name!r}") from None
     preset = resolved.preset or IMAGENET_PRESETS.get(resolved.arch)
     if preset is not None:
         return PRESETS[preset].preprocessing
@@ -195,7 +211,8 @@ def resolve_preprocessing(name):
 def replace_input_size(preprocessing, input_size):
     """`preprocessing` (a Preprocessing or model name) evaluated at another (height, width)."""
     size = utils.check_size_pair("input_size", input_size)
-    return dataclasses.replace(resolve_preprocessing(preprocessing), input_size=size)
+    return dataclasses.replace(resolve_preprocessing(preprocessing, arg="preprocessing"),
+                               input_size=size)
 
 
 # NOTE: timm keeps a model's data config (crop, interpolation, mean/std) in its pretrained_cfg
@@ -218,7 +235,8 @@ def preprocessing_beside(model_path):
     folder, written by the run that trained it); DEFAULT_PREPROCESSING where there is none.
 
     Raises:
-        ValueError: the file exists but does not describe a Preprocessing (names the file).
+        ValueError: the file exists but does not describe a Preprocessing: not a JSON object,
+            an unknown field, or a field of the wrong type or out of range (names the file).
     """
     path = os.path.join(os.path.dirname(os.path.abspath(os.fspath(model_path))),
                         PREPROCESSING_FILE)
@@ -227,9 +245,45 @@ def preprocessing_beside(model_path):
     try:
         with open(path) as f:
             fields = json.load(f)
-        recorded = Preprocessing(**{key: tuple(value) if isinstance(value, list) else value
-                                    for key, value in fields.items()})
+        recorded = _recorded_preprocessing(fields)
     except (OSError, ValueError, TypeError) as error:
         raise ValueError(f"{path} (the preprocessing recorded beside {os.fspath(model_path)!r}) "
                          f"is not a preprocessing record: {error}. Remove or mend it.") from error
     return recorded
+
+
+def _recorded_preprocessing(fields):
+    """The Preprocessing of the fields read from a PREPROCESSING_FILE (missing fields: the
+    defaults); every field checked. Raises TypeError or ValueError naming the field."""
+    if not isinstance(fields, dict):
+        raise ValueError("it must hold a JSON object of Preprocessing fields. Received: "
+                         f"{json.dumps(fields)[:80]}")
+    names = tuple(field.name for field in dataclasses.fields(Preprocessing))
+    unknown = sorted(set(fields) - set(names))
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; the fields are {names}")
+    default = dataclasses.asdict(DEFAULT_PREPROCESSING)
+    value = {name: fields.get(name, default[name]) for name in names}
+    recorded = Preprocessing(
+        input_size=utils.check_size_pair("input_size", value["input_size"]),
+        crop_pct=utils.check_number("crop_pct", value["crop_pct"], low=0, low_open=True, high=1),
+        interpolation=value["interpolation"],
+        mean=_check_channels("mean", value["mean"]),
+        std=_check_channels("std", value["std"], positive=True))
+    # The one home of the accepted interpolations (RESIZE_METHODS); the readers of a record
+    # (the CLI, training) load lambda_keras.data anyway.
+    from lambda_keras.data.transforms import check_preprocessing
+
+    check_preprocessing(recorded)
+    return recorded
+
+
+def _check_channels(name, value, positive=False):
+    """`value`, one finite number per RGB channel (> 0 when `positive`), as a tuple of floats."""
+    kind = f"3 finite numbers{' > 0' if positive else ''} (one per RGB channel)"
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    if len(value) != 3:
+        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+    return tuple(utils.check_number(name, v, low=0 if positive else None, low_open=positive)
+                 for v in value)

@@ -8,7 +8,8 @@ statistics, so benchmarks and the formulation choice of the lambda layer ask Ten
 than reading the environment variable:
 
 - `cpu_flags()`: the SIMD features of this CPU that TensorFlow's default depends on;
-  `has_avx512()`: whether they include AVX-512; `cpu_model()`: its model name; `cpu_kind()`:
+  `has_avx512()`: whether they include AVX-512; `cpu_model()`: its model name;
+  `usable_cores()`: the cores this process may run on; `cpu_kind()`:
   "<vendor>-<widest SIMD>" ("intel-avx512", "amd-avx2", "amd-avx512"), the kind of CPU the lambda
   layer's rule has rows for and benchmark tables are named by.
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
@@ -95,6 +96,11 @@ def cpu_model():
     import platform
 
     return platform.processor() or platform.machine()
+
+
+def usable_cores():
+    """The cores this process may run on (its CPU affinity where the OS tells it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def cpu_kind(model=None, flags=None):

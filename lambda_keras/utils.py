@@ -90,14 +90,14 @@ def check_number(name, value, *, low=None, high=None, low_open=False, high_open=
     kind = "a finite number" + (f" {bounds}" if bounds else "") + (" or None" if optional else "")
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"`{name}` must be {kind}. Received: {name}={value!r}")
-    value = float(value)
+    received, value = value, float(value)
     bad = value != value or value in (float("inf"), float("-inf"))
     if low is not None:
         bad = bad or value < low or (low_open and value == low)
     if high is not None:
         bad = bad or value > high or (high_open and value == high)
     if bad:
-        raise ValueError(f"`{name}` must be {kind}. Received: {name}={value!r}")
+        raise ValueError(f"`{name}` must be {kind}. Received: {name}={received!r}")
     return value
 
 
@@ -170,16 +170,30 @@ def atomic_write_bytes(path, data):
     atomic_write(path, write)
 
 
-def remove_temporaries(directory):
-    """Removes the leftovers (`TEMP_MARK` in the name) of writes a kill interrupted in `directory`.
+def remove_temporaries(directory, name=None):
+    """Removes the leftovers of writes a kill interrupted in `directory`: files of `temp_path`'s
+    form whose writer (the pid in their name) no longer runs; with `name`, only those of that
+    file. Such files are never read (their names say they are incomplete); a live writer's file
+    is kept, so two processes writing in one directory never remove each other's. A missing
+    directory is fine.
 
-    Such files are never read: their names say they are incomplete. A missing directory is fine.
+    Args:
+        directory: the folder to clean.
+        name: optional final file name (e.g. "weights.safetensors"): only its leftovers.
     """
     directory = os.fspath(directory)
-    if os.path.isdir(directory):
-        for name in os.listdir(directory):
-            if TEMP_MARK in name:
-                os.remove(os.path.join(directory, name))
+    if not os.path.isdir(directory):
+        return
+    stem = None if name is None else name.partition(".")[0] + TEMP_MARK
+    for leftover in os.listdir(directory):
+        if TEMP_MARK not in leftover or (stem is not None and not leftover.startswith(stem)):
+            continue
+        pid = leftover.partition(TEMP_MARK)[2].partition(".")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            try:
+                os.remove(os.path.join(directory, leftover))
+            except OSError:  # removed meanwhile by another process
+                pass
 
 
 def process_alive(pid):

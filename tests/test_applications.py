@@ -65,6 +65,33 @@ def test_builders_are_named_documented_functions(name):
     assert default == lambda_keras.resolve_model(name).default_weights
 
 
+# Public functions beside the builders: (module, name, whether the Example runs offline).
+DOCUMENTED = (("models", "build_lambda_resnet", True), ("models", "resolve_architecture", True),
+              ("models", "load_model", False), ("presets", "resolve_preprocessing", True),
+              ("weights", "preprocess_input", True), ("weights", "decode_predictions", True),
+              ("weights", "convert_timm", False), ("weights", "download_preset", False))
+
+
+@pytest.mark.parametrize("module, name, runs", DOCUMENTED)
+def test_public_functions_have_keras_style_docstrings(module, name, runs):
+    """A one-line summary, then Args, Returns, Raises and Example sections; the examples that
+    need no file or download run as doctests."""
+    import doctest
+    import importlib
+
+    fn = getattr(importlib.import_module(f"lambda_keras.{module}"), name)
+    summary, blank = fn.__doc__.splitlines()[:2]
+    assert summary.endswith(".") and not blank.strip(), fn.__doc__
+    for section in ("\n    Args:\n", "\n    Returns:\n", "\n    Raises:\n", "\n    Example:\n"):
+        assert section in fn.__doc__, section
+    if runs:
+        finder = doctest.DocTestFinder(recurse=False)
+        globs = {"np": np, "lambda_keras": lambda_keras, name: fn}
+        for test in finder.find(fn, name, globs=globs):
+            result = doctest.DocTestRunner(verbose=False).run(test)
+            assert result.failed == 0 and result.attempted > 0, name
+
+
 @pytest.mark.parametrize(
     "name", sorted(a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()))
 def test_channels_first_is_refused_by_name(name):

@@ -129,6 +129,17 @@ def test_randaugment_arguments_and_pixel_ops_match_the_reference():
     assert max(rows.max() - rows.min(), columns.max() - columns.min()) + 1 <= 80
 
 
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(num_layers=0), ValueError, "`num_layers` must be an int >= 1. Received: num_layers=0"),
+    (dict(num_layers=2.0), TypeError, "Received: num_layers=2.0"),
+    (dict(magnitude=31), ValueError,
+     "`magnitude` must be a finite number >= 0 and <= 30. Received: magnitude=31"),
+])
+def test_randaugment_refusals_name_the_constructor_arguments(kwargs, error, message):
+    with pytest.raises(error, match=message):
+        data.RandAugment(**kwargs)
+
+
 def _check_soft_labels(labels, num_classes):
     assert labels.dtype == np.float32 and labels.shape[1] == num_classes
     np.testing.assert_allclose(labels.sum(axis=1), 1.0, atol=1e-5)

@@ -66,7 +66,7 @@ def check_autotune(workdir):
     path = os.path.join(str(workdir), "autotune.json")
     with picks_stored_at(path):
         model = small_model()
-        report = autotuning.autotune(model, batch_size=2, repeats=2, path=path)
+        report = autotuning.autotune(model, batch_size=2, repeats=2)
         picks = report["picks"]
         assert len(picks) == 4, sorted(picks)  # (unstrided, strided) x (fwd, train)
         for key, entry in picks.items():
@@ -119,7 +119,7 @@ def check_autotune_mixed_precision(workdir, policy):
     layer = model.get_layer("mixed")
     path = os.path.join(str(workdir), f"autotune-{policy}.json")
     with picks_stored_at(path):
-        report = autotuning.autotune(model, batch_size=2, repeats=1, path=path)
+        report = autotuning.autotune(model, batch_size=2, repeats=1)
         x = random_input((2, MAP, MAP, 6))
         for phase, training in TRAINING.items():
             key = autotuning.layer_key(layer, MAP, MAP, phase)
@@ -266,6 +266,12 @@ def test_enabled_reads_the_switch():
     assert autotuning.enabled({})
     assert autotuning.enabled({autotuning.ENV: "1"})
     assert not any(autotuning.enabled({autotuning.ENV: v}) for v in ("0", "false", "OFF", "no"))
+    # One list of the values that turn the picks off, read by `enabled` and named in its docs
+    # (the docs listed 0/false/off while the code also took "no").
+    assert autotuning.OFF_VALUES == ("0", "false", "off", "no")
+    assert "OFF_VALUES" in autotuning.enabled.__doc__
+    assert not any(autotuning.enabled({autotuning.ENV: f" {v.upper()} "})
+                   for v in autotuning.OFF_VALUES)
     assert autotuning.cache_path({"KERAS_HOME": "/k"}) == "/k/lambda_keras/autotune.json"
     assert autotuning.cache_path({autotuning.CACHE_ENV: "/x.json", "KERAS_HOME": "/k"}) == \
         "/x.json"
@@ -277,7 +283,7 @@ def test_a_model_name_is_refused_naming_the_argument():
         autotuning.autotune("lambda_resnet26t")
 
 
-@pytest.mark.parametrize("where", ["variable", "argument", "under a file"])
+@pytest.mark.parametrize("where", ["variable", "under a file"])
 def test_a_file_that_cannot_be_written_is_refused_before_measuring(where, store, tmp_path,
                                                                    monkeypatch):
     """Was: measured everything, then a raw IsADirectoryError on the rename (all lost)."""
@@ -286,7 +292,6 @@ def test_a_file_that_cannot_be_written_is_refused_before_measuring(where, store,
     blocker.write_text("")
     path, kwargs, given_by = {
         "variable": (tmp_path, {}, autotuning.CACHE_ENV),
-        "argument": (tmp_path, {"path": str(tmp_path)}, "path"),
         "under a file": (blocker / "autotune.json", {}, autotuning.CACHE_ENV),
     }[where]
     monkeypatch.setenv(autotuning.CACHE_ENV, str(path))
@@ -295,3 +300,13 @@ def test_a_file_that_cannot_be_written_is_refused_before_measuring(where, store,
     with pytest.raises(ValueError, match=f"{re.escape(problem)}.*{re.escape(received)}"):
         autotuning.autotune(small_model(), **kwargs)
     assert os.listdir(tmp_path) == ["a file"]
+
+
+def test_the_file_is_named_by_the_variable_only(store, tmp_path, monkeypatch):
+    """`LAMBDA_KERAS_AUTOTUNE_CACHE` is the one way to name the file, for `autotune` and the
+    layers alike. Was: `autotune(path=...)` wrote its picks there while "auto" read the
+    variable's file, so a path of its own was silently never used."""
+    monkeypatch.setattr(autotuning, "measure", lambda *args, **kwargs: pytest.fail("measured"))
+    with pytest.raises(TypeError, match="path"):
+        autotuning.autotune(small_model(), path=str(tmp_path / "elsewhere.json"))
+    assert not (tmp_path / "elsewhere.json").exists()

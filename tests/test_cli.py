@@ -161,7 +161,7 @@ def test_autotune_stores_the_fastest_it_printed(tiny_model_path, tmp_path, monke
     assert f"device: {device}" in out and f"{key}: {entry['formulation']} (ms: " in out
     assert key.endswith(" 16x16 float32 fwd") and f"stored in {path}" in out
     assert cli.main(["autotune", "--model", tiny_model_path, "--phases", "fwd,predict"]) == 2
-    assert "`phases` must be" in capsys.readouterr().err
+    assert "`--phases` must be" in capsys.readouterr().err
 
 
 def test_autotune_tunes_under_the_policy_train_will_use(tiny_model_path, tmp_path, monkeypatch,
@@ -362,9 +362,11 @@ def test_evaluate_resolves_every_name(name, arch, default, recorded_builds, monk
 
 @pytest.mark.parametrize("name,arch,default", NAMES)
 @pytest.mark.parametrize("flag", [None, "none", "my.weights.h5"])
-def test_train_resolves_every_name(name, arch, default, flag, monkeypatch, capsys):
+def test_train_resolves_every_name(name, arch, default, flag, monkeypatch, tmp_path, capsys):
     from lambda_keras import training
 
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "my.weights.h5").write_bytes(b"")  # --weights are checked before train runs
     seen = {}
 
     class Result:
@@ -405,6 +407,23 @@ def test_train_recipe_fields_by_flag_or_set(monkeypatch, capsys):
         {"epochs": 3, "batch_size": None, "image_size": None, "overwrite": True}]
     one_error_line(capsys, argv + ["--epochs", "2", "--set", "epochs=3"], "--epochs 2",
                     "epochs=3")
+
+
+def test_keras_files_load_through_the_packages_loader(tiny_model_path, monkeypatch):
+    """`.keras` files load with lambda_keras.models.load_model (the package's layers and
+    optimizer registered), safe mode on; `load_model` takes no `classes` (no caller gave it)."""
+    import inspect
+
+    from lambda_keras import models
+
+    calls = []
+    real = models.load_model
+    monkeypatch.setattr(models, "load_model",
+                        lambda path, **kwargs: calls.append((path, kwargs)) or real(path, **kwargs))
+    model = cli.load_model(tiny_model_path)
+    assert calls == [(tiny_model_path, {"safe_mode": True})]
+    assert model.output_shape == (None, 1000)
+    assert list(inspect.signature(cli.load_model).parameters) == ["model", "weights", "image_size"]
 
 
 def test_python_api_uses_the_same_defaults():

@@ -293,6 +293,34 @@ def test_autotune_to_a_directory_is_refused_before_measuring(tiny_model_path, tm
                     autotuning.CACHE_ENV, repr(str(tmp_path)), "is a directory")
 
 
+def test_autotune_phases_names_the_flag(tiny_model_path, monkeypatch, capsys):
+    """Was "`phases` must be a non-empty tuple ... Received: phases=('bad',)"; refused before the
+    model is loaded."""
+    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: pytest.fail("loaded"))
+    line = one_error_line(capsys, ["autotune", "--model", tiny_model_path, "--phases", "fwd,bad"],
+                          "`--phases` must be a comma-separated list of fwd, train",
+                          "Received: --phases='fwd,bad'")
+    assert "phases=(" not in line
+
+
+@pytest.mark.parametrize("command", [["predict", "x.png"], ["evaluate", "--data", "digits"],
+                                     ["export"], ["train"]])
+@pytest.mark.parametrize("weights, message", [
+    ("imagenet", "No pretrained weights 'imagenet' for architecture 'lambda_resnet50'"),
+    ("lambda_resnet26t.c1_in1k", "No pretrained weights 'lambda_resnet26t.c1_in1k'"),
+    ("model.pth", "Pickle checkpoints are refused"),
+    ("missing.weights.h5", "does not exist"),
+])
+def test_weights_name_the_flag(command, weights, message, tmp_path, capsys):
+    """Was "... Received: weights='imagenet'" (the Python argument); refused before anything is
+    built or written."""
+    argv = [*command, "--model", "lambda_resnet50", "--weights", weights]
+    line = one_error_line(capsys, _argv(argv, tmp_path), message,
+                          f"Received: --weights={weights!r}")
+    assert "weights=" not in line.replace("--weights=", "")
+    assert not (tmp_path / "out").exists()
+
+
 def test_convert_names_src_and_model(tmp_path, monkeypatch, capsys):
     """The CLI's own names (`src`, `--model`), not convert_timm's (`weights`, `arch_name`);
     a valid --model reaches convert_timm as its architecture."""

@@ -11,12 +11,20 @@ import os
 
 import pytest
 
-from lambda_keras import demo
+from lambda_keras import demo, utils
 
 
 @pytest.mark.slow
-def test_short_demo_evaluates_and_exports_what_it_trained(tmp_path):
+def test_short_demo_evaluates_and_exports_what_it_trained(tmp_path, monkeypatch):
+    written, atomic_write_bytes = [], utils.atomic_write_bytes
+
+    def recording_write(path, data):
+        written.append(os.path.basename(path))
+        atomic_write_bytes(path, data)
+
+    monkeypatch.setattr(utils, "atomic_write_bytes", recording_write)
     returned = demo.run(epochs=1, image_size=32, output_dir=str(tmp_path / "demo"))
+    assert "summary.json" in written  # written atomically, like the run's result.json
     with open(tmp_path / "demo" / "result.json") as f:
         trained = json.load(f)  # the training run's summary
     with open(tmp_path / "demo" / "summary.json") as f:

@@ -159,6 +159,11 @@ def test_mixed_precision_subclassed_model_is_refused_with_the_way_out(tmp_path):
     (dict(preprocessing=weights.DEFAULT_PREPROCESSING), ValueError,
      r"must match the model's input size \(32, 32\)"),
     (dict(preprocessing={"input_size": (32, 32)}), TypeError, "must be a lambda_keras"),
+    (dict(version="1"), TypeError, r"`version` must be an int >= 0. Received: version='1'"),
+    (dict(preprocessing=weights.Preprocessing(input_size=(32, 32), crop_pct=1.5)), ValueError,
+     r"`preprocessing.crop_pct` must be in \(0, 1\]. Received: preprocessing.crop_pct=1.5"),
+    (dict(preprocessing=weights.Preprocessing(input_size=(32, 32), interpolation="area")),
+     ValueError, r"Received: preprocessing.interpolation='area'"),
 ])
 def test_saved_model_argument_errors(tiny_model, tmp_path, kwargs, error, match):
     with pytest.raises(error, match=match):
@@ -189,6 +194,13 @@ def test_tflite_argument_errors(tiny_model, tmp_path):
         export.tflite(tiny_model, path, quantization="dynamic", representative_data=np.zeros(3))
     with pytest.raises(ValueError, match=r"array of shape \(3, 32\)"):
         export.tflite(tiny_model, path, quantization="int8", representative_data=np.zeros((3, 32)))
+    with pytest.raises(ValueError, match=r'`float_ops` is only used with quantization="int8"\. '
+                                         r"Received: quantization='float16', float_ops=\('MUL',\)"):
+        export.tflite(tiny_model, path, quantization="float16", float_ops=("MUL",))
+    with pytest.raises(ValueError, match=r"Received: quantization=None, float_ops=\(\)"):
+        export.tflite(tiny_model, path, float_ops=())
+    with pytest.raises(TypeError, match="`overwrite` must be a bool. Received: overwrite=1"):
+        export.tflite(tiny_model, path, overwrite=1)
     assert list(tmp_path.iterdir()) == []
     path.write_bytes(b"kept")
     with pytest.raises(FileExistsError, match="m.tflite' exists; pass overwrite=True"):
@@ -487,7 +499,7 @@ def test_int8_result_is_checked_integer_and_failures_keep_the_old_file(tiny_mode
 
 @pytest.mark.parametrize("float_ops, error, match", [
     ("BATCH_MATMUL", TypeError, "sequence of TFLite operator names"),
-    (None, TypeError, "sequence of TFLite operator names"),
+    ({"MUL": 1}, TypeError, "sequence of TFLite operator names"),
     (("BATCHMATMUL",), ValueError, r"unknown \['BATCHMATMUL'\]"),
 ])
 def test_int8_float_ops_argument(tiny_model, tmp_path, float_ops, error, match):
@@ -495,6 +507,21 @@ def test_int8_float_ops_argument(tiny_model, tmp_path, float_ops, error, match):
         export.tflite(tiny_model, tmp_path / "m.tflite", quantization="int8",
                       representative_data=np.zeros((2, 32, 32, 3), "float32"), float_ops=float_ops)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_float_ops_none_means_the_default(tiny_model, tmp_path, monkeypatch):
+    seen = []
+
+    def convert(model, quantization, samples, float_ops):
+        seen.append(float_ops)
+        raise RuntimeError("stopped before converting")
+
+    monkeypatch.setattr(litert, "_convert", convert)
+    for kwargs in ({}, {"float_ops": None}):
+        with pytest.raises(RuntimeError, match="stopped before converting"):
+            export.tflite(tiny_model, tmp_path / "m.tflite", quantization="int8",
+                          representative_data=np.zeros((2, 32, 32, 3), "float32"), **kwargs)
+    assert seen == [litert.INT8_FLOAT_OPS] * 2
 
 
 # ------------------------------------------------------------------------- the one LiteRT runner

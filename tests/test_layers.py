@@ -408,10 +408,10 @@ CONSTRUCTOR_ERRORS = {
         dict(receptive_field=0),
         "`receptive_field` must be an int >= 1. Received: receptive_field=0"),
     "receptive_field-negative": (dict(receptive_field=-3), "Received: receptive_field=-3"),
-    "strides": (dict(strides=3), "`strides` must be 1 or 2. Received: strides=3"),
+    "strides": (dict(strides=3), "`strides` must be an int in [1, 2]. Received: strides=3"),
     "position": (dict(position="local"), "`position` must be one of ('conv', 'relative', "
                                          "'global', None). Received: position='local'"),
-    "pool_size": (dict(pool_size=4), "`pool_size` must be 3 (paper) or 2 (timm). "
+    "pool_size": (dict(pool_size=4), "`pool_size` must be an int in [2, 3]. "
                                      "Received: pool_size=4"),
     "implementation": (dict(implementation="fft"),
                        "`implementation` must be one of ('auto', 'queries_first', "
@@ -427,6 +427,15 @@ CONSTRUCTOR_ERRORS = {
                      "Received: feature_size=(6, 0)"),
     "feature_size-conv": (dict(position="conv", feature_size=(6, 7)),
                           "position='conv' has none. Received: feature_size=(6, 7)"),
+    # Was accepted and built no bias (get_config kept True).
+    "position_bias-none": (dict(position=None, position_bias=True),
+                           "`position_bias` is a bias of the position lambdas; position=None "
+                           "has none. Received: position_bias=True with position=None"),
+    # Was accepted and never used (no position term to compute).
+    "implementation-none": (dict(position=None, implementation="row_windows"),
+                            '`implementation="row_windows"` computes the position term; '
+                            "position=None has none (leave implementation=\"auto\"). "
+                            "Received: position=None"),
 }
 
 
@@ -434,6 +443,33 @@ def test_old_config_with_feature_size_beside_conv_still_loads():
     """Before the refusal above, feature_size was ignored beside "conv"; saved configs load."""
     config = {**LambdaLayer(position="conv").get_config(), "feature_size": (6, 7)}
     assert LambdaLayer.from_config(config).feature_size is None
+
+
+def test_old_config_with_position_arguments_beside_no_position_still_loads():
+    """Before their refusal above, position_bias and a formulation were ignored beside
+    position=None; saved configs load as what they built."""
+    config = {**LambdaLayer(position=None).get_config(), "position_bias": True,
+              "implementation": "row_windows"}
+    restored = LambdaLayer.from_config(config)
+    assert (restored.position_bias, restored.implementation) == (False, "auto")
+
+
+@pytest.mark.parametrize("name, value, error", [
+    ("strides", 2.0, TypeError),  # was accepted (2.0 in (1, 2)) and made 2
+    ("strides", "2", TypeError),
+    ("strides", True, TypeError),
+    ("strides", 3, ValueError),
+    ("strides", 0, ValueError),
+    ("pool_size", 3.0, TypeError),  # was accepted and made 3
+    ("pool_size", "3", TypeError),
+    ("pool_size", 4, ValueError),
+])
+def test_strides_and_pool_size_are_ints_in_range(name, value, error):
+    """As utils' checks: TypeError for a value of the wrong type, ValueError out of range."""
+    low = 1 if name == "strides" else 2
+    with pytest.raises(error, match=re.escape(
+            f"`{name}` must be an int in [{low}, {low + 1}]. Received: {name}={value!r}")):
+        LambdaLayer(**{name: value})
 
 
 @pytest.mark.parametrize("case", CONSTRUCTOR_ERRORS)
@@ -447,7 +483,9 @@ def test_bad_argument_raises(case):
 BUILD_ERRORS = {
     "num_heads-not-dividing-input-channels": (
         dict(output_dim=None, num_heads=4), (ROWS, COLS, CHANNELS),
-        "`output_dim` must be divisible by `num_heads`. Received: output_dim=6, num_heads=4"),
+        # Was "Received: output_dim=6": an output_dim the user never gave.
+        "`num_heads` must divide the input depth when `output_dim` is None (the output keeps "
+        "the input's depth). Received: output_dim=None (input depth 6), num_heads=4"),
     "rank-3-input": (dict(), (ROWS, CHANNELS),
                      "rank 4 (batch, height, width, channels). Received: input_shape=(None, 6, 6)"),
     "relative-unknown-size": (

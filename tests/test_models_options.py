@@ -332,6 +332,21 @@ def test_lambda_overrides_reach_the_layers(overrides):
     assert np.all(np.isfinite(keras.ops.convert_to_numpy(model(images()))))
 
 
+def test_no_positions_drop_the_timm_position_bias():
+    """timm's architectures carry a bias on their position lambdas; `position=None` leaves no
+    position lambdas to bias, so the builder drops it, and only an explicit bias is refused."""
+    model = lambda_keras.LambdaResNet26T(weights=None, input_shape=(SIZE, SIZE, 3),
+                                         classes=CLASSES, position=None)
+    configs = [layer.get_config() for layer in lambda_layers(model)]
+    assert configs and all(c["position"] is None and not c["position_bias"] for c in configs)
+    default = lambda_keras.LambdaResNet26T(weights=None, input_shape=(SIZE, SIZE, 3),
+                                           classes=CLASSES)
+    assert all(layer.get_config()["position_bias"] for layer in lambda_layers(default))
+    with pytest.raises(ValueError, match="position_bias"):
+        lambda_keras.LambdaResNet26T(weights=None, input_shape=(SIZE, SIZE, 3), classes=CLASSES,
+                                     position=None, position_bias=True)
+
+
 def test_name_override():
     assert small_model(name="my_net").name == "my_net"
 

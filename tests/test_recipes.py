@@ -50,6 +50,16 @@ def test_paper_recipe_values_and_schedule():
     assert isinstance(restored, training.MomentumL2) and restored.l2 == 4e-5
 
 
+def test_momentum_l2_refuses_a_str_l2_exclude():
+    # A str would be split into its letters ("g", "a", "m", ...) and exclude nothing meant.
+    with pytest.raises(TypeError, match=r"`l2_exclude` must be a list or tuple of variable names"
+                                        r".*Received: l2_exclude='gamma'"):
+        training.MomentumL2(0.1, l2=4e-5, l2_exclude="gamma")
+    with pytest.raises(TypeError, match="Received: l2_exclude=None"):
+        training.MomentumL2(0.1, l2=4e-5, l2_exclude=None)
+    assert training.MomentumL2(0.1, l2_exclude=["gamma"]).l2_exclude == ("gamma",)
+
+
 def _reference_momentum_l2(weights, grads_per_step, lrs, *, l2, momentum, decayed):
     """NumPy: tf.compat.v1 MomentumOptimizer(use_nesterov=True) on loss + l2 * sum(w^2) / 2 over
     the `decayed` weights (ResNet-RS: every non-BN variable). Returns the weights after each

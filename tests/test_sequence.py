@@ -299,6 +299,56 @@ def test_dynamic_length_with_local_position():
     assert tuple(fn(_data(n=4)).shape) == (2, 4, 8)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("position", ["relative", "global"])
+def test_given_lengths_run_on_inputs_of_unknown_length(position, causal):
+    """With `sequence_length`, "relative"/"global" layers build and trace on an unknown length
+    (`Input((None, d))`, a tf.function signature) and give the static-length layer's outputs
+    with the same weights; a known wrong length is still refused. Was: every trace of an
+    unknown length raised "made for (sequence_length, context_length)"."""
+    x = _data()
+    static = _layer(x, position=position, causal=causal)
+    config = {**static.get_config(), "name": "given", "sequence_length": 9}
+    inputs = keras.Input((None, 6))
+    layer = SequenceLambdaLayer.from_config(config)
+    model = keras.Model(inputs, layer(inputs))
+    assert model.output_shape == (None, None, 12)
+    layer.set_weights(static.get_weights())
+    expected = keras.ops.convert_to_numpy(static(x, training=False))
+    assert_close(model(x, training=False), expected, 1e-6)
+    traced = tf.function(lambda t: layer(t, training=False),
+                         input_signature=[tf.TensorSpec((None, None, 6), "float32")])
+    assert_close(traced(x), expected, 1e-6)
+    for call in (layer, model):
+        with pytest.raises(ValueError, match=re.escape(
+                f'`position="{position}"` embeddings are made for (sequence_length, '
+                "context_length)=(9, 9). Received: (8, 8)")):
+            call(_data(n=8))
+
+
+@pytest.mark.parametrize("position", ["local", None])
+@pytest.mark.parametrize("name", ["sequence_length", "context_length"])
+def test_lengths_beside_a_mode_without_static_embeddings_are_refused(name, position):
+    """They size the "relative"/"global" embeddings only (they were silently ignored here);
+    configs saved before the refusal still load, without them."""
+    with pytest.raises(ValueError, match=re.escape(
+            f'`{name}` sizes the "relative" and "global" embeddings; position={position!r} '
+            f"has none. Received: {name}=9")):
+        SequenceLambdaLayer(position=position, **{name: 9})
+    old = {**SequenceLambdaLayer(position=position).get_config(), name: 9}
+    assert getattr(SequenceLambdaLayer.from_config(old), name) is None
+
+
+def test_heads_not_dividing_the_input_depth_name_the_default_output_dim():
+    """Without `output_dim` the input depth is d: the message says so (it reported an
+    output_dim the user never gave)."""
+    with pytest.raises(ValueError, match=re.escape(
+            "`num_heads` must divide the input depth when `output_dim` is None (the output "
+            "keeps the input's depth). Received: output_dim=None (input depth 6), "
+            "num_heads=4")):
+        SequenceLambdaLayer(key_dim=4, num_heads=4)(_data())
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(output_dim=10, num_heads=4), "output_dim"),
     (dict(position="conv"), "position"),

@@ -30,8 +30,12 @@ from lambda_keras import LambdaLayer, data, presets, training, utils
 def test_train_argument_errors(tmp_path, fake_tpu):
     with pytest.raises(ValueError, match=r"Unknown recipe field\(s\) \['lr'\]"):
         training.train(tiny_lambda_net, output_dir=tmp_path, lr=0.1)
-    with pytest.raises(ValueError, match=r"`jit_compile` must be True, False or 'auto'"):
+    with pytest.raises(ValueError, match=r"`jit_compile` must be one of \(True, False, 'auto'\)\. "
+                                         r"Received: jit_compile='yes'"):
         training.train(tiny_lambda_net, output_dir=tmp_path, jit_compile="yes")
+    for number in (1, 0):  # equal to True/False but not bools: refused, not passed on
+        with pytest.raises(ValueError, match=f"Received: jit_compile={number}"):
+            training.resolve_jit_compile(number, tf.distribute.get_strategy())
     with pytest.raises(ValueError, match=r"`model` must be a builder name .* "
                                          r"Received: model='resnet50'"):
         training.train("resnet50", output_dir=tmp_path, **TINY)

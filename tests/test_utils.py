@@ -86,6 +86,34 @@ def test_check_size_pair_refusals_name_the_argument(value, error):
         utils.check_size_pair("size", value)
 
 
+@pytest.mark.parametrize("value", [-1, 0, 5, float("nan")])
+def test_check_number_reports_the_value_received(value):
+    # An int stays an int in the message (timeout=-1, not the converted -1.0).
+    with pytest.raises(ValueError, match=re.escape(
+            f"`timeout` must be a finite number > 0 and <= 4. Received: timeout={value!r}") + "$"):
+        utils.check_number("timeout", value, low=0, low_open=True, high=4)
+    assert utils.check_number("timeout", 3, low=0) == 3.0
+    assert isinstance(utils.check_number("timeout", 3, low=0), float)
+
+
 def test_process_alive():
     assert utils.process_alive(os.getpid())
     assert not utils.process_alive(2**80)  # no pid is that large
+
+
+def test_remove_temporaries_keeps_live_writers_files(tmp_path):
+    """A leftover of a killed writer (its pid runs no more) goes; a live writer's temporary file
+    (this process's, as `temp_path` names it) and every other file stay; `name` narrows the
+    cleaning to one file's leftovers."""
+    dead_pid = 2**22 + 17  # above Linux's pid_max: no such process
+    live = utils.temp_path(tmp_path / "best.keras")
+    dead = tmp_path / f"best.tmp-{dead_pid}.keras"
+    other_dead = tmp_path / f"last.tmp-{dead_pid}.keras"
+    kept = [tmp_path / "best.keras", tmp_path / "notes.tmp-x.txt"]  # no pid: not ours
+    for path in (live, dead, other_dead, *kept):
+        open(path, "wb").close()
+    utils.remove_temporaries(tmp_path, "best.keras")
+    assert not dead.exists() and other_dead.exists() and os.path.exists(live)
+    utils.remove_temporaries(tmp_path)
+    assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(live)] + [p.name for p in kept])
+    utils.remove_temporaries(tmp_path / "missing")  # a missing directory is fine

@@ -19,7 +19,7 @@ import pytest
 import keras
 
 import lambda_keras
-from lambda_keras import models
+from lambda_keras import models, presets
 from lambda_keras import weights as W
 
 from helpers import assert_close, max_abs_diff, weights_by_path
@@ -438,6 +438,48 @@ def test_replace_input_size():
         W.replace_input_size(prep, (0, 3))
 
 
+@pytest.mark.parametrize("record, expected", [
+    ('[0.5, 0.5]', "JSON object of Preprocessing fields"),  # was AttributeError (a traceback)
+    ("null", "JSON object of Preprocessing fields"),
+    ('{"input_size": "224"}', "Received: input_size='224'"),
+    ('{"input_size": [224, 0]}', "Received: input_size=[224, 0]"),
+    ('{"crop_pct": 1.5}', "Received: crop_pct=1.5"),
+    ('{"crop_pct": "0.9"}', "Received: crop_pct='0.9'"),
+    ('{"interpolation": "lanczos"}', "interpolation='lanczos'"),
+    ('{"mean": [0.5, 0.5]}', "Received: mean=[0.5, 0.5]"),
+    ('{"std": [0.2, 0.0, 0.2]}', "Received: std=0.0"),
+    ('{"size": 224}', "unknown field(s) ['size']"),
+])
+def test_preprocessing_record_that_is_not_one_names_the_file(record, expected, tmp_path):
+    (tmp_path / presets.PREPROCESSING_FILE).write_text(record)
+    with pytest.raises(ValueError) as info:
+        presets.preprocessing_beside(tmp_path / "best.keras")
+    message = str(info.value)
+    assert str(tmp_path / presets.PREPROCESSING_FILE) in message and expected in message
+
+
+def test_preprocessing_record_round_trip_and_int_size(tmp_path):
+    prep = W.Preprocessing(input_size=(64, 48), crop_pct=0.9, interpolation="bilinear")
+    presets.save_preprocessing(tmp_path, prep)
+    assert presets.preprocessing_beside(tmp_path / "best.keras") == prep
+    # An int size means (n, n), as everywhere (was kept as the int 224, which broke later).
+    (tmp_path / presets.PREPROCESSING_FILE).write_text('{"input_size": 224}')
+    assert presets.preprocessing_beside(tmp_path / "best.keras").input_size == (224, 224)
+
+
+def test_preprocessing_arguments_are_named_as_the_caller_names_them():
+    """Was ValueError "... Received: name=42" for preprocess_input(x, 42)."""
+    x = np.zeros((1, 4, 4, 3), "float32")
+    with pytest.raises(TypeError, match=r"`preprocessing` must be .* Received: preprocessing=42"):
+        W.preprocess_input(x, 42)
+    with pytest.raises(ValueError, match=r"Received: preprocessing='resnet50'"):
+        W.preprocess_input(x, "resnet50")
+    with pytest.raises(TypeError, match=r"Received: preprocessing=\[0\.5\]"):
+        W.replace_input_size([0.5], 224)
+    with pytest.raises(TypeError, match=r"Received: name=42"):
+        W.resolve_preprocessing(42)
+
+
 def test_preprocess_input_normalises():
     pixels = np.random.default_rng(0).uniform(0, 255, (2, 4, 4, 3)).astype("float32")
     expected = (pixels / 255.0 - np.array(W.IMAGENET_MEAN)) / np.array(W.IMAGENET_STD)
@@ -471,6 +513,10 @@ def test_decode_predictions(timm_reference):
         W.decode_predictions(np.zeros((2, 10)))
     with pytest.raises(ValueError, match="Received: top=0"):
         W.decode_predictions(preds, top=0)
+    # A wrong type is a TypeError (was ValueError); NumPy integers are integers.
+    with pytest.raises(TypeError, match=r"`top` must be an int in \[1, 1000\]. Received: top=2.0"):
+        W.decode_predictions(preds, top=2.0)
+    assert W.decode_predictions(preds, top=np.int64(1))[0] == [decoded[0][0]]
 
 
 def test_module_import_is_torch_free():

@@ -188,6 +188,16 @@ def test_offline_download_says_what_to_do(preset_from):
     assert not cached.exists()
 
 
+def test_unknown_preset_name_is_named(tmp_path):
+    """Was a bare KeyError; refused before anything is downloaded or written."""
+    with pytest.raises(ValueError, match=r"`name` must be a preset name, one of \(.*"
+                                         r"'lambda_resnet26t\.c1_in1k'.*Received: name='resnet50'"):
+        W.download_preset("resnet50", cache_dir=str(tmp_path))
+    with pytest.raises(TypeError, match="Received: name=42"):
+        W.download_preset(42, cache_dir=str(tmp_path))
+    assert not any(tmp_path.iterdir())
+
+
 def test_download_timeout_argument(preset_from, tmp_path):
     server = _SilentServer()
     try:

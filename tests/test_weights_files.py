@@ -9,6 +9,7 @@ timm's checkpoints (parity, mapping, strict loading, conversion, preprocessing):
 the downloads and the cache: test_weights_download.py.
 """
 
+import inspect
 import json
 import os
 import pickle
@@ -110,6 +111,17 @@ def test_imagenet_without_a_preset_lists_the_builders():
         W.validate_weights("imagenet", "lambda_resnet152")
     for builder in ("LambdaResNet26T", "LambdaResNet50TS", "LambdaResNet26RPT256"):
         assert builder in str(info.value)
+
+
+def test_validate_weights_names_the_callers_argument():
+    """`arg` names `weights` as the caller does (the CLI's `--weights`); `include_top` and
+    `classes`, which it never checked, are no longer its parameters."""
+    with pytest.raises(ValueError, match=r"No pretrained weights.*Received: --weights='imagenet'"):
+        W.validate_weights("imagenet", "lambda_resnet50", arg="--weights")
+    with pytest.raises(ValueError, match=r"Received: --weights='x\.pth'"):
+        W.validate_weights("x.pth", "lambda_resnet50", arg="--weights")
+    assert list(inspect.signature(W.validate_weights).parameters) == [
+        "weights", "arch_name", "arg"]
 
 
 def test_weights_of_a_wrong_type():

@@ -212,8 +212,8 @@ class RandAugment:
 
     def __init__(self, num_layers=2, magnitude=10, *, ops=OPS, translate_const=TRANSLATE_CONST,
                  seed=None):
-        self.num_layers = utils.check_int("randaugment_layers", num_layers, low=1)
-        self.magnitude = utils.check_number("randaugment_magnitude", magnitude, low=0,
+        self.num_layers = utils.check_int("num_layers", num_layers, low=1)
+        self.magnitude = utils.check_number("magnitude", magnitude, low=0,
                                             high=RANDAUGMENT_MAX_MAGNITUDE)
         unknown = [op for op in ops if op not in OPS]
         if not ops or unknown:

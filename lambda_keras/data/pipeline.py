@@ -10,7 +10,7 @@ import math
 import tensorflow as tf
 
 from lambda_keras import utils
-from lambda_keras.data.augment import make_randaugment, mix_batches
+from lambda_keras.data.augment import RANDAUGMENT_MAX_MAGNITUDE, make_randaugment, mix_batches
 from lambda_keras.data.folders import check_folder_root, folder_source
 from lambda_keras.data.sources import digits_source, parse_spec
 from lambda_keras.data.tfds_source import check_tfds_argument, tfds_source
@@ -154,15 +154,40 @@ def make_dataset(
     Returns:
         (dataset, DatasetInfo). Images float32 (B, H, W, 3); labels int32 (B,) or float32
         (B, num_classes); B is static when `drop_remainder`.
+
+    Raises:
+        TypeError: an argument of the wrong type: a `spec` or `split` that is not a str, a
+            non-int `batch_size` / `shuffle_buffer` / `randaugment_layers`, a non-number alpha
+            or magnitude, a flag (`training`, `one_hot`, `repeat`, `drop_remainder`,
+            `verify_images`) that is not a bool, a `preprocessing` that is not a Preprocessing.
+        ValueError: a value out of range or not applicable: an unknown scheme, split or
+            `augment`; `batch_size` < 1 or larger than the split with `drop_remainder`; an
+            alpha, magnitude or `crop_scale` out of its range; `one_hot=False` with MixUp or
+            CutMix; `data_dir` with a non-tfds spec or `verify_images` with a non-folder spec;
+            a missing folder or unprepared tensorflow-datasets dataset (never downloaded); a
+            preprocessing with an unknown interpolation or a crop_pct outside (0, 1].
+
+    Example:
+
+    ```python
+    train_ds, info = data.make_dataset("digits", "train", image_size=64, batch_size=32,
+                                       augment="randaugment", seed=0)
+    val_ds, _ = data.make_dataset("digits", "validation", image_size=64, batch_size=32)
+    model.fit(train_ds, validation_data=val_ds, epochs=5)  # info.num_classes outputs
+    ```
     """
     if not isinstance(split, str) or not split:
-        raise ValueError(f"`split` must be a non-empty string. Received: split={split!r}")
+        error = ValueError if isinstance(split, str) else TypeError
+        raise error(f"`split` must be a non-empty string. Received: split={split!r}")
     if augment not in AUGMENTS:
         raise ValueError(f"`augment` must be one of {AUGMENTS}. Received: augment={augment!r}")
     utils.check_int("batch_size", batch_size, low=1)
     utils.check_int("shuffle_buffer", shuffle_buffer, low=1, optional=True)
     utils.check_number("mixup_alpha", mixup_alpha, low=0)
     utils.check_number("cutmix_alpha", cutmix_alpha, low=0, high=1)
+    utils.check_int("randaugment_layers", randaugment_layers, low=1)  # RandAugment's, our names
+    utils.check_number("randaugment_magnitude", randaugment_magnitude, low=0,
+                       high=RANDAUGMENT_MAX_MAGNITUDE)
     if not (
         isinstance(crop_scale, (tuple, list))
         and len(crop_scale) == 2
@@ -176,6 +201,7 @@ def make_dataset(
     for name, flag in (("training", training), ("one_hot", one_hot),
                        ("drop_remainder", drop_remainder)):
         utils.check_bool(name, flag, optional=True)
+    utils.check_bool("repeat", repeat)
     utils.check_bool("verify_images", verify_images)
     preprocessing = DEFAULT_PREPROCESSING if preprocessing is None else preprocessing
     check_preprocessing(preprocessing)

@@ -25,6 +25,13 @@ RANDOM_RESIZED_CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
 
 def check_preprocessing(preprocessing):
+    """Refuses a `preprocessing` the transforms cannot apply (the one check: data, export).
+
+    Raises:
+        TypeError: `preprocessing` is not a `lambda_keras.weights.Preprocessing`.
+        ValueError: its interpolation is not one of `RESIZE_METHODS`, or its crop_pct is not in
+            (0, 1].
+    """
     if not isinstance(preprocessing, Preprocessing):
         raise TypeError(
             "`preprocessing` must be a lambda_keras.weights.Preprocessing. "
@@ -33,12 +40,12 @@ def check_preprocessing(preprocessing):
     if preprocessing.interpolation not in RESIZE_METHODS:
         raise ValueError(
             f"`preprocessing.interpolation` must be one of {RESIZE_METHODS}. "
-            f"Received: interpolation={preprocessing.interpolation!r}"
+            f"Received: preprocessing.interpolation={preprocessing.interpolation!r}"
         )
     if not 0.0 < preprocessing.crop_pct <= 1.0:
         raise ValueError(
             "`preprocessing.crop_pct` must be in (0, 1]. "
-            f"Received: crop_pct={preprocessing.crop_pct!r}"
+            f"Received: preprocessing.crop_pct={preprocessing.crop_pct!r}"
         )
 
 
@@ -50,7 +57,27 @@ def image_size_of(image_size, preprocessing):
 
 
 def normalize(images, preprocessing=DEFAULT_PREPROCESSING):
-    """Pixels in 0..255 (any dtype, channels last) -> float32 ((pixels / 255) - mean) / std."""
+    """Pixels in 0..255 (any dtype, channels last) -> float32 ((pixels / 255) - mean) / std.
+
+    Args:
+        images: a tensor or array of RGB pixels in 0..255, shape (..., 3) (one image, a batch).
+        preprocessing: a `lambda_keras.weights.Preprocessing`, whose `mean` and `std` (of pixels
+            / 255, per channel) are used; default `DEFAULT_PREPROCESSING` (ImageNet's).
+
+    Returns:
+        A float32 tensor of the shape of `images`.
+
+    Raises:
+        TypeError: `preprocessing` is not a Preprocessing.
+        ValueError: `preprocessing` has an unknown interpolation or a crop_pct outside (0, 1]
+            (`check_preprocessing`, shared by every transform).
+
+    Example:
+
+    >>> x = normalize(tf.fill([2, 8, 8, 3], 255.0))  # white images
+    >>> x.shape, round(float(x[0, 0, 0, 0]), 4)  # (1 - 0.485) / 0.229
+    (TensorShape([2, 8, 8, 3]), 2.2489)
+    """
     check_preprocessing(preprocessing)
     images = tf.cast(images, tf.float32) / 255.0  # (..., 3)
     mean = tf.constant(preprocessing.mean, tf.float32)  # (3,)
@@ -89,6 +116,27 @@ def eval_transform(image, preprocessing=DEFAULT_PREPROCESSING, image_size=None):
 
     Resizes the shorter side to floor(size / crop_pct) with `preprocessing.interpolation`, center
     crops `image_size` (default `preprocessing.input_size`) and normalises: float32 (..., H, W, 3).
+
+    Args:
+        image: RGB pixels in 0..255 (any dtype), (h, w, 3) or (b, h, w, 3); a batch shares one
+            size.
+        preprocessing: a `lambda_keras.weights.Preprocessing` (crop_pct, interpolation, mean,
+            std, input_size); default `DEFAULT_PREPROCESSING`.
+        image_size: int or (height, width) of the result; default `preprocessing.input_size`.
+
+    Returns:
+        A float32 tensor (H, W, 3) or (b, H, W, 3), normalised as `normalize`.
+
+    Raises:
+        TypeError: `preprocessing` is not a Preprocessing, or `image_size` not an int or a pair
+            of ints.
+        ValueError: an unknown interpolation, a crop_pct outside (0, 1], or a size below 1.
+
+    Example:
+
+    >>> image = tf.zeros([480, 640, 3], tf.uint8)
+    >>> eval_transform(image, image_size=224).shape  # resized to 256 x 341, then cropped
+    TensorShape([224, 224, 3])
     """
     check_preprocessing(preprocessing)
     size = image_size_of(image_size, preprocessing)
@@ -118,6 +166,32 @@ def train_transform(
     (a callable on float 0..255 images such as `make_randaugment()`; one with a true `takes_seed`
     attribute is called with a stateless seed derived from `seed`), then `normalize`.
     `seed` is a stateless seed, shape (2,) int; None draws one (not reproducible).
+
+    Args:
+        image: one RGB image of pixels in 0..255 (any dtype), (h, w, 3).
+        preprocessing: a `lambda_keras.weights.Preprocessing` (interpolation, mean, std,
+            input_size; its crop_pct is the evaluation's); default `DEFAULT_PREPROCESSING`.
+        image_size: int or (height, width) of the result; default `preprocessing.input_size`.
+        seed: a (2,) int stateless seed; the result is a function of `image` and `seed`.
+        augmenter: None or a callable on float32 (H, W, 3) images in 0..255 returning the same
+            shape (`make_randaugment()`).
+        scale: (min, max) area fraction of the random crop (ImageNet's (0.08, 1.0)).
+        ratio: (min, max) aspect ratio of the random crop (3/4, 4/3).
+
+    Returns:
+        A float32 tensor (H, W, 3), normalised as `normalize`.
+
+    Raises:
+        TypeError: `preprocessing` is not a Preprocessing, or `image_size` not an int or a pair
+            of ints.
+        ValueError: an unknown interpolation, a crop_pct outside (0, 1], or a size below 1.
+
+    Example:
+
+    >>> image = tf.zeros([100, 120, 3], tf.uint8)
+    >>> train_transform(image, image_size=64, seed=[1, 2],
+    ...                 augmenter=make_randaugment(2, 10)).shape
+    TensorShape([64, 64, 3])
     """
     check_preprocessing(preprocessing)
     size = image_size_of(image_size, preprocessing)

@@ -325,7 +325,7 @@ def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwr
     return path
 
 
-def tflite(model, path, quantization=None, representative_data=None, float_ops=INT8_FLOAT_OPS,
+def tflite(model, path, quantization=None, representative_data=None, float_ops=None,
            overwrite=True):
     """Converts `model` to a LiteRT (TFLite) flatbuffer at `path` with built-in ops only.
 
@@ -341,16 +341,27 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
             array [samples, H, W, 3] or a tf.data.Dataset of images or (images, labels); checked
             (not empty, finite, the model's input shape) before converting.
         float_ops: for "int8" only: TFLite operator types kept in float32 (with DEQUANTIZE and
-            QUANTIZE around them), every other operator is integer. The default keeps the lambda
-            layers' activation x activation BATCH_MATMULs and the squeeze-excitation MULs in
-            float, which LiteRT's CPU kernels run faster than int8 (2x-20x, see
-            benchmarks/README.md). `()` gives a full-integer model (integer-only accelerators,
-            microcontrollers). The written file is checked: no other operator computes in float.
+            QUANTIZE around them), every other operator is integer. The default (None:
+            `litert.INT8_FLOAT_OPS`, ("BATCH_MATMUL", "MUL")) keeps the lambda layers'
+            activation x activation BATCH_MATMULs and the squeeze-excitation MULs in float,
+            which LiteRT's CPU kernels run faster than int8 (2x-20x, see benchmarks/README.md).
+            `()` gives a full-integer model (integer-only accelerators, microcontrollers). The
+            written file is checked: no other operator computes in float.
         overwrite: replace an existing file at `path` (as `keras.Model.save`); False refuses
             one (FileExistsError) before converting.
 
     Returns:
         `path`.
+
+    Raises:
+        TypeError: `model` is not a keras.Model, `path` not a file path, `overwrite` not a bool,
+            `float_ops` not a sequence of str, or `representative_data` not numeric images.
+        ValueError: an unknown `quantization`; `representative_data` missing for "int8" or given
+            (like `float_ops`) with another quantization; calibration data that is empty,
+            non-finite or not the model's input shape; an unknown operator in `float_ops`;
+            `path` a directory; a model with several inputs for "int8"; or an "int8" result
+            with float operators besides `float_ops` or unbounded calibration ranges.
+        FileExistsError: `path` exists and `overwrite` is False.
 
     Example:
 
@@ -371,6 +382,11 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
         raise ValueError(
             '`representative_data` is only used with quantization="int8". '
             f"Received: quantization={quantization!r}")
+    if quantization != "int8" and float_ops is not None:
+        raise ValueError(
+            '`float_ops` is only used with quantization="int8". '
+            f"Received: quantization={quantization!r}, float_ops={float_ops!r}")
+    overwrite = utils.check_bool("overwrite", overwrite)
     path = check_tflite_path(path, overwrite)
     samples = None
     if quantization == "int8":
@@ -378,7 +394,7 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=I
             raise ValueError("int8 calibration supports models with one input. Received: "
                              f"{len(model.inputs)} inputs")
         samples = calibration_samples(representative_data, tuple(model.inputs[0].shape))
-        float_ops = _check_float_ops(float_ops)
+        float_ops = _check_float_ops(INT8_FLOAT_OPS if float_ops is None else float_ops)
     else:
         float_ops = ()
     flatbuffer = _convert(float32_model(model), quantization, samples, float_ops)

@@ -43,6 +43,7 @@ import tensorflow as tf
 from lambda_keras import data, models
 from lambda_keras import utils
 from lambda_keras import weights
+from lambda_keras.data.transforms import check_preprocessing
 from lambda_keras.export import images as image_ops
 
 SIGNATURE_IMAGES = "serving_default"
@@ -78,23 +79,12 @@ def _resolve_preprocessing(preprocessing, model_size):
         preprocessing = weights.DEFAULT_PREPROCESSING
         if model_size is not None:
             preprocessing = weights.replace_input_size(preprocessing, model_size)
-    if not isinstance(preprocessing, weights.Preprocessing):
-        raise TypeError(
-            "`preprocessing` must be a lambda_keras.weights.Preprocessing. Received: "
-            f"preprocessing={preprocessing!r}")
+    check_preprocessing(preprocessing)  # type, interpolation, crop_pct
     size = tuple(int(s) for s in preprocessing.input_size)
     if model_size is not None and size != model_size:
         raise ValueError(
             f"`preprocessing.input_size` must match the model's input size {model_size}. "
             f"Received: preprocessing.input_size={preprocessing.input_size!r}")
-    if not 0.0 < preprocessing.crop_pct <= 1.0:
-        raise ValueError(
-            "`preprocessing.crop_pct` must be in (0, 1]. "
-            f"Received: crop_pct={preprocessing.crop_pct!r}")
-    if preprocessing.interpolation not in data.RESIZE_METHODS:
-        raise ValueError(
-            f"`preprocessing.interpolation` must be one of {data.RESIZE_METHODS}. "
-            f"Received: interpolation={preprocessing.interpolation!r}")
     return preprocessing
 
 
@@ -273,7 +263,8 @@ def check_version_directory(export_dir, version, overwrite, *, version_arg="vers
             replacing (the command line checks early with `--version`, `--overwrite`).
 
     Raises:
-        ValueError: `version` is not an int >= 0.
+        TypeError: `version` is not an int (a str such as "1", a float, a bool).
+        ValueError: `version` is an int below 0.
         FileExistsError: the version directory is not empty and `overwrite` is False, or is a
             file.
     """
@@ -368,6 +359,18 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
 
     Returns:
         The version directory written, `export_dir/<version>`.
+
+    Raises:
+        TypeError: `model` is not a keras.Model, `export_dir` not a path, `preprocessing` not a
+            Preprocessing, `version` or `top_k` not an int, `warmup` or `overwrite` not a bool.
+        ValueError: `model` is not a classifier of RGB images (one [batch, H, W, 3] input, one
+            [batch, classes] softmax or logits output); `preprocessing` has another input size
+            than a static model, an unknown interpolation or a crop_pct outside (0, 1]; `labels`
+            is not one string per class, has line breaks or names an unreadable file; `top_k`
+            < 1; `version` < 0; `export_dir` is an existing file.
+        FileExistsError: the version directory is not empty and `overwrite` is False.
+        ImportError: `warmup` is True and tensorflow-serving-api is not installed.
+        All are raised before anything is written.
 
     Example:
 

@@ -24,8 +24,9 @@ Implemented (paper section in brackets):
   (the same function, formed at the pooled positions: the pool is linear in the queries, so the
   content term takes the pooled queries, and where q . E is formed first the pool is applied to
   its maps, or folded into the window scores, before they meet V);
-- the paper's initialisation (Appendix C): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2),
-  E ~ N(0, 1); every initializer can be overridden.
+- the paper's initialisation as recalled from its Appendix C (UNCONFIRMED in detail, PAPER.md
+  1.6): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1); every initializer can be
+  overridden.
 
 The position term sum_k q_n^h[k] lambda^p_n[k, v] has five formulations, all the same function
 (`lambda_keras.layers.formulations`): "queries_first" (q . E first; small maps),
@@ -37,7 +38,8 @@ in the positions) and "conv" (the paper's lambda convolution; any input size).
 forward vs training, and what runs the layer: the Keras backend, XLA or not (TF
 `jit_compile=True`; JAX always), TensorFlow's oneDNN state and CPU allocator
 (`formulations.choose`, with the table it came from). A formulation name forces that one.
-NOTE: the paper chooses between its einsum and the lambda convolution by map size only; the
+NOTE: the paper chooses between its einsum and the lambda convolution by the map size and |u|
+(recalled, UNCONFIRMED, PAPER.md 6: the convolution only where n > 85^2 or |u| > 1); the
 convolution of a 1-channel map with an r x r kernel is fast only with TF's oneDNN kernels (7x
 slower without them, 10x slower under XLA on CPU), so the choice also depends on the runtime.
 
@@ -83,11 +85,13 @@ class LambdaLayer(keras.layers.Layer):
 
     Args:
         output_dim: output channels d; must be divisible by `num_heads`. Defaults to the input's.
-        key_dim: query/key depth |k| (paper default 16).
-        num_heads: number of queries |h| per position (paper default 4); value depth = d / |h|.
-        intra_depth: intra-depth |u| (paper default 1; 4 with a 7x7 scope is the larger variant).
+        key_dim: query/key depth |k| (paper default 16 [C3], PAPER.md 1.7).
+        num_heads: number of queries |h| per position (paper default 4 [C3]); value depth =
+            d / |h|.
+        intra_depth: intra-depth |u| (paper default 1 [C3]; the larger variant has 4 [C, Table 3]
+            with a 7x7 scope [C3]).
         position: "conv" (local lambda convolution), "relative", "global" or None (content only).
-        receptive_field: odd scope size r of the "conv" mode (paper default 23).
+        receptive_field: odd scope size r of the "conv" mode (paper default 23 [C3]).
         feature_size: (H, W) the "relative"/"global" embeddings are made for; defaults to the
             static input size seen in `build`.
         strides: 1, or 2 to average-pool the output.
@@ -96,9 +100,10 @@ class LambdaLayer(keras.layers.Layer):
             measured fastest where the layer runs, see module docstring) or one of
             "queries_first", "lambdas_first" (any position mode, static map size),
             "query_windows", "row_windows" (position "conv", static size) and "conv" (position
-            "conv", any size). All give the same outputs. The value "einsum" of earlier releases
-            is read as "auto".
-        position_bias: add a learned bias per key channel to the position lambdas (timm's layer).
+            "conv", any size). All give the same outputs; with position=None (no position term)
+            only "auto". The value "einsum" of earlier releases is read as "auto".
+        position_bias: add a learned bias per key channel to the position lambdas (timm's
+            layer); needs a position term (refused with position=None).
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
         query_initializer, key_initializer, value_initializer, position_initializer: override the
             paper's initialisation.
@@ -152,16 +157,14 @@ class LambdaLayer(keras.layers.Layer):
             raise ValueError('`feature_size` sizes the "relative" and "global" embeddings; '
                              f"position={position!r} has none. Received: "
                              f"feature_size={feature_size!r}")
-        if strides not in (1, 2) or isinstance(strides, bool):
-            raise ValueError(f"`strides` must be 1 or 2. Received: strides={strides!r}")
-        self.strides = int(strides)
-        if pool_size not in POOL_SIZES or isinstance(pool_size, bool):
-            raise ValueError(
-                f"`pool_size` must be 3 (paper) or 2 (timm). Received: pool_size={pool_size!r}"
-            )
-        self.pool_size = int(pool_size)
+        self.strides = utils.check_int("strides", strides, high=2)
+        self.pool_size = utils.check_int("pool_size", pool_size, low=min(POOL_SIZES),
+                                         high=max(POOL_SIZES))  # 3: paper, 2: timm
         self.implementation = _implementation(implementation, position)
         self.position_bias = utils.check_bool("position_bias", position_bias)
+        if self.position_bias and position is None:
+            raise ValueError("`position_bias` is a bias of the position lambdas; position=None "
+                             "has none. Received: position_bias=True with position=None")
 
     # ---------------------------------------------------------------- build
     def build(self, input_shape):
@@ -174,8 +177,8 @@ class LambdaLayer(keras.layers.Layer):
             )
         # Later calls with another channel count fail in Keras' check, naming the axis.
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
+        check_heads_divide(self.output_dim, self.num_heads, input_depth=channels)
         self._output_dim = self.output_dim or channels
-        check_heads_divide(self._output_dim, self.num_heads)
         self.value_dim = self._output_dim // self.num_heads
         self._embedding_size = self._resolve_feature_size(input_shape)
         # The map size "auto" chooses for, when static (formulations.autotune measures it).
@@ -200,7 +203,7 @@ class LambdaLayer(keras.layers.Layer):
             # One embedding per (query n, context m) pair: [n, m, u, k].
             self.position_embeddings = self.add_weight(
                 name="position_embeddings", shape=(n, n, u, k), initializer=position_init)
-        if self.position is not None and self.position_bias:
+        if self.position_bias:  # (refused without a position term)
             self.position_bias_weight = self.add_weight(
                 name="position_bias", shape=(k,), initializer="zeros")
 
@@ -378,6 +381,10 @@ class LambdaLayer(keras.layers.Layer):
         # Files saved before `feature_size` was refused beside "conv" (where it was ignored).
         if config.get("position") not in ("relative", "global"):
             config = {**config, "feature_size": None}
+        # Files saved before `position_bias` and a formulation were refused beside
+        # position=None (where neither was used).
+        if "position" in config and config["position"] is None:
+            config = {**config, "position_bias": False, "implementation": "auto"}
         return super().from_config(config)
 
     def get_config(self):
@@ -449,6 +456,11 @@ def _implementation(implementation, position):
         raise ValueError(
             f'`implementation="{implementation}"` computes the local lambda convolution and '
             f'needs `position="conv"`. Received: position={position!r}'
+        )
+    if implementation != "auto" and position is None:
+        raise ValueError(
+            f'`implementation="{implementation}"` computes the position term; position=None '
+            'has none (leave implementation="auto"). Received: position=None'
         )
     return implementation
 

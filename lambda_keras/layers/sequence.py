@@ -81,15 +81,17 @@ class SequenceLambdaLayer(keras.layers.Layer):
 
     Args:
         output_dim: output depth d; must be divisible by `num_heads`. Defaults to the input's.
-        key_dim: query/key depth |k| (paper default 16).
-        num_heads: number of queries |h| per position (paper default 4); value depth = d / |h|.
-        intra_depth: intra-depth |u| (paper default 1).
+        key_dim: query/key depth |k| (paper default 16 [C3], PAPER.md 1.7).
+        num_heads: number of queries |h| per position (paper default 4 [C3]); value depth =
+            d / |h|.
+        intra_depth: intra-depth |u| (paper default 1 [C3]).
         position: "local" (window of `receptive_field` offsets), "relative" (offsets over static
             lengths), "global" (one embedding per (n, m) pair, static lengths) or None.
         receptive_field: odd window r of `position="local"`: offsets m - n in [-(r//2), r//2].
         causal: if True, query n sees only context positions m <= n.
-        sequence_length: static query length n the "relative"/"global" embeddings are made for;
-            defaults to the input's static length seen in `build`.
+        sequence_length: static query length n the "relative"/"global" embeddings are made for
+            (refused beside the other modes); defaults to the input's static length seen in
+            `build`. Given, the layer also runs on inputs of unknown length (`Input((None, d))`).
         context_length: static context length m for "relative"/"global"; defaults to the
             context's static length (the query length without a separate context).
         normalization: "batch" or "layer" norm of queries and values; None (default): "layer"
@@ -97,7 +99,8 @@ class SequenceLambdaLayer(keras.layers.Layer):
             else "batch" (the paper's).
         norm_momentum, norm_epsilon: normalisation settings (momentum: batch norm only).
         query_initializer, key_initializer, value_initializer, position_initializer: override the
-            paper's initialisation (W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1)).
+            paper's initialisation as recalled (UNCONFIRMED in detail, PAPER.md 1.6): W_Q ~
+            N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1).
 
     Call arguments:
         inputs: queries' input X [batch, n, d].
@@ -158,6 +161,11 @@ class SequenceLambdaLayer(keras.layers.Layer):
                 "causal.", stacklevel=2)
         self.sequence_length = utils.check_int("sequence_length", sequence_length, optional=True)
         self.context_length = utils.check_int("context_length", context_length, optional=True)
+        for name, value in (("sequence_length", sequence_length),
+                            ("context_length", context_length)):
+            if value is not None and self.position not in ("relative", "global"):
+                raise ValueError(f'`{name}` sizes the "relative" and "global" embeddings; '
+                                 f"position={position!r} has none. Received: {name}={value!r}")
         self.supports_masking = True
 
     # ---------------------------------------------------------------- build
@@ -174,8 +182,8 @@ class SequenceLambdaLayer(keras.layers.Layer):
         self._check_lengths(inputs_shape[1], context_shape[1])
         # Later calls with another depth fail in Keras' check, naming the axis.
         self.input_spec = keras.layers.InputSpec(ndim=3, axes={-1: depth})
+        check_heads_divide(self.output_dim, self.num_heads, input_depth=depth)
         self._output_dim = self.output_dim or depth
-        check_heads_divide(self._output_dim, self.num_heads)
         self.value_dim = self._output_dim // self.num_heads
         self._separate_context = separate
         self._context_depth = context_depth
@@ -245,7 +253,11 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         n_static, m_static = inputs.shape[1], context.shape[1]
         self._check_lengths(n_static, m_static)
-        if self._lengths is not None and (n_static, m_static) != self._lengths:
+        # An unknown length (a trace of `Input((None, d))`) is checked when the graph runs: the
+        # embeddings fix the lengths (`_position_output`).
+        if self._lengths is not None and any(
+                length is not None and length != made
+                for length, made in zip((n_static, m_static), self._lengths)):
             raise ValueError(
                 f'`position="{self.position}"` embeddings are made for (sequence_length, '
                 f"context_length)={self._lengths}. Received: {(n_static, m_static)}"
@@ -294,7 +306,8 @@ class SequenceLambdaLayer(keras.layers.Layer):
         table = ops.cast(self.position_embeddings, dtype)  # [r|n+m-1, u, k] or [n, m, u, k]
         if self.position == "local" and not separate:
             return _local_position_output(q, values, table, self.causal)
-        n, m = ops.shape(q)[1], ops.shape(values)[1]
+        # "relative"/"global": the embeddings fix the lengths, also under a dynamic signature.
+        n, m = self._lengths or (ops.shape(q)[1], ops.shape(values)[1])
         embeddings = _dense_embeddings(table, self.position, n, m, self.receptive_field,
                                        self.causal)  # [n, m, u, k]
         lambdas = ops.einsum("nmuk,bmvu->bnkv", embeddings, values)  # [b, n, k, v]
@@ -304,7 +317,12 @@ class SequenceLambdaLayer(keras.layers.Layer):
     @classmethod
     def from_config(cls, config):
         # Files saved before `normalization` existed: their layers were built with batch norms.
-        return super().from_config({"normalization": "batch", **config})
+        config = {"normalization": "batch", **config}
+        # Files saved before the lengths were refused beside "local"/None (where they were
+        # ignored).
+        if config.get("position") not in ("relative", "global"):
+            config = {**config, "sequence_length": None, "context_length": None}
+        return super().from_config(config)
 
     def compute_output_shape(self, inputs_shape, context_shape=None):
         inputs_shape = _rank3("inputs", inputs_shape)

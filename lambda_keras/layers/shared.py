@@ -14,8 +14,10 @@ from lambda_keras import utils
 
 
 # A bound on what one layer's arguments may ask for: every size below is far above any lambda
-# network (paper: |k| = 16, |h| = 4, |u| <= 4, r <= 23, d <= 2048), far below what would try to
-# allocate terabytes (key_dim=2**40 would ask for 2**40 * channels floats).
+# network (paper defaults |k| = 16, |h| = 4, r = 23 [C3, PAPER.md 1.7]; |u| = 1 or 4 [C, Table 3],
+# up to 8 in the ablations [C3, PAPER.md 2.3]; d = 64-512 in the LambdaResNets here, the
+# bottleneck widths), far below what would try to allocate terabytes (key_dim=2**40 would ask for
+# 2**40 * channels floats).
 MAX_DIM = 2**16  # output_dim, key_dim, num_heads, intra_depth
 MAX_RECEPTIVE_FIELD = 2**10 + 1  # r: the scope of a 1024 x 1024 map
 
@@ -40,11 +42,12 @@ def build_projections(layer, depth, context_depth):
     """Create the projections and batch norms of a lambda layer on `layer`.
 
     W_Q [depth, h*k], W_K [context_depth, k*u], W_V [context_depth, v*u] (no bias), in this
-    order, with the paper's initialisation (Appendix C): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~
-    N(0, d^-1/2) unless `layer.<query|key|value>_initializer` overrides it; batch norms
-    `query_norm` (h*k channels) and `value_norm` (v*u channels), layer norms where
-    `layer.normalization` is "layer". `layer` provides key_dim, num_heads, intra_depth,
-    value_dim, the initializers, norm_momentum, norm_epsilon and its dtype policy.
+    order, with the paper's initialisation as recalled (Appendix C; PAPER.md 1.6, UNCONFIRMED
+    in detail): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2) unless
+    `layer.<query|key|value>_initializer` overrides it; batch norms `query_norm` (h*k channels)
+    and `value_norm` (v*u channels), layer norms where `layer.normalization` is "layer".
+    `layer` provides key_dim, num_heads, intra_depth, value_dim, the initializers,
+    norm_momentum, norm_epsilon and its dtype policy.
     """
     k, u, h, v = layer.key_dim, layer.intra_depth, layer.num_heads, layer.value_dim
 
@@ -140,9 +143,19 @@ def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, re
         check_heads_divide(layer.output_dim, layer.num_heads)
 
 
-def check_heads_divide(output_dim, num_heads):
-    """The |h| heads split d into value depths |v| = d / |h|; names both values when not."""
-    if output_dim % num_heads:
+def check_heads_divide(output_dim, num_heads, input_depth=None):
+    """The |h| heads split d into value depths |v| = d / |h|; names the values when not.
+
+    d is `output_dim`, or where that is None (in `build`) the `input_depth`: then the message
+    says that the input depth was used, not an output_dim the user never gave.
+    """
+    if output_dim is None:
+        if input_depth % num_heads:
+            raise ValueError(
+                "`num_heads` must divide the input depth when `output_dim` is None (the output "
+                f"keeps the input's depth). Received: output_dim=None (input depth "
+                f"{input_depth}), num_heads={num_heads}")
+    elif output_dim % num_heads:
         raise ValueError(f"`output_dim` must be divisible by `num_heads`. "
                          f"Received: output_dim={output_dim}, num_heads={num_heads}")
 

@@ -6,7 +6,7 @@ import numpy as np
 from lambda_keras import data as data_lib
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
-from lambda_keras.training.model_setup import TOP_K
+from lambda_keras.training.model_setup import DEFAULT_WEIGHTS, TOP_K
 from lambda_keras.training.strategy import (
     is_tpu_strategy, resolve_jit_compile, resolve_strategy)
 
@@ -19,15 +19,52 @@ def evaluate_dataset(model, dataset, verbose=0):
 
 
 def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, image_size=None,
-             weights="default", preprocessing=None, tpu=None, strategy=None, jit_compile="auto",
-             data_dir=None, verbose="auto"):
+             weights=DEFAULT_WEIGHTS, preprocessing=None, tpu=None, strategy=None,
+             jit_compile="auto", data_dir=None, verbose="auto"):
     """Top-1, top-5 and loss (cross-entropy, no smoothing) of `model` on a split of `data_spec`.
 
-    `model` is a keras.Model, a `.keras` file (its images prepared as the run that wrote it
-    recorded beside it, `presets.preprocessing_beside`, unless `preprocessing` is given) or a
-    model name (with `weights`: "default", the name's own weights, as in `train`; None: random). The
-    model is compiled here for evaluation (a model passed in keeps its weights, not its compile
-    settings). Returns {"loss", "top1", "top5", "num_examples"}.
+    The model is compiled here for evaluation (a model passed in keeps its weights, not its
+    compile settings); the images are prepared by `lambda_keras.data.make_dataset`'s evaluation
+    transform (resize, center crop, normalise), never augmented.
+
+    Args:
+        model: a keras.Model, a `.keras` file or a model name ("lambda_resnet26t",
+            "LambdaResNet50", a preset name).
+        data_spec: a dataset spec: "tfds:NAME[:SPLIT]", "folder:PATH" or "digits".
+        split: the split evaluated ("validation", "test", "train", ...; `make_dataset`).
+        batch_size: examples per batch.
+        image_size: side of the square images; default the model's input size, the weights'
+            preset or the architecture's.
+        weights: for a model name only: "default" (`DEFAULT_WEIGHTS`, the name's own weights,
+            as in `train`), "imagenet", a preset name, a weights file, or None (random). A
+            keras.Model or `.keras` file has its own: other values than these two refuse it.
+        preprocessing: a `lambda_keras.weights.Preprocessing`; default what the weights were
+            trained with: for a `.keras` file the one its run recorded beside it
+            (`presets.preprocessing_beside`), the preset's for ImageNet weights, else
+            `DEFAULT_PREPROCESSING`.
+        tpu: a TPU to evaluate on (`resolve_strategy`); None: the default strategy.
+        strategy: a `tf.distribute.Strategy`, instead of `tpu`.
+        jit_compile: True, False or "auto" (`resolve_jit_compile`).
+        data_dir: tensorflow-datasets data directory (tfds specs only).
+        verbose: `keras.Model.evaluate`'s verbosity ("auto", 0, 1, 2).
+
+    Returns:
+        A dict {"loss", "top1", "top5" (floats), "num_examples" (int)}.
+
+    Raises:
+        TypeError: `model` is neither a keras.Model, a str/path nor a callable.
+        ValueError: an unknown model name, a missing `.keras` file, `weights` given for a
+            keras.Model or `.keras` file, a fixed-size model and another `image_size`, a model
+            with another number of outputs than the dataset's classes, or a bad argument of
+            `make_dataset` (spec, split, batch size).
+
+    Example:
+
+    ```python
+    metrics = training.evaluate("runs/digits/checkpoints/best.keras", "digits",
+                                image_size=64)
+    print(f"top-1 {metrics['top1']:.3f} on {metrics['num_examples']} images")
+    ```
     """
     strategy = resolve_strategy(tpu) if strategy is None else strategy
     weights = model_setup.resolve_weights(model, weights)

@@ -204,10 +204,11 @@ def _steps_per_epoch(steps_per_epoch, info, recipe):
 
 
 def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=None,
-          batch_size=None, image_size=None, weights="default", validation_spec="auto", tpu=None,
-          strategy=None, jit_compile="auto", mixed_precision=None, steps_per_epoch=None,
-          seed=None, deterministic=False, data_dir=None, verify_images=False, overwrite=False,
-          verbose="auto", callbacks=(), **recipe_overrides):
+          batch_size=None, image_size=None, weights=model_setup.DEFAULT_WEIGHTS,
+          validation_spec="auto", tpu=None, strategy=None, jit_compile="auto",
+          mixed_precision=None, steps_per_epoch=None, seed=None, deterministic=False,
+          data_dir=None, verify_images=False, overwrite=False, verbose="auto", callbacks=(),
+          **recipe_overrides):
     """Train `model` on `data_spec` with `recipe`; resumes from `output_dir` after a crash.
 
     Args:

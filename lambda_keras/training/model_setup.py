@@ -19,8 +19,9 @@ import os
 import keras
 import tensorflow as tf
 
-from lambda_keras import presets, utils, weights as weights_lib
+from lambda_keras import models, presets, utils, weights as weights_lib
 from lambda_keras.models import CLASSIFIER, outputs_logits  # CLASSIFIER: re-exported
+
 TOP_K = 5
 # `weights=` of train() and evaluate(): a model name's own default weights (see resolve_weights).
 DEFAULT_WEIGHTS = "default"
@@ -29,8 +30,6 @@ DEFAULT_WEIGHTS = "default"
 def _resolve(name):
     """models.resolve_model(name) (registry key, builder or preset name), or None for a .keras
     path or an unknown name."""
-    from lambda_keras import models
-
     try:
         return models.resolve_model(name)
     except (TypeError, ValueError):
@@ -39,8 +38,6 @@ def _resolve(name):
 
 def zoo_builder(name):
     """(registry key, builder) of any model name, or (None, None)."""
-    from lambda_keras import models
-
     resolved = _resolve(name)
     return (None, None) if resolved is None else (resolved.arch, models.BUILDERS[resolved.arch])
 
@@ -83,12 +80,10 @@ def build_model(model, *, image_size, classes, weights=None, recipe=None):
         model = os.fspath(model)
         if not os.path.exists(model):
             raise ValueError(f"`model` file does not exist. Received: model={model!r}")
-        return keras.saving.load_model(model)  # safe_mode=True by default
+        return models.load_model(model)  # registers the package's layers; safe_mode=True
     if isinstance(model, str):
         arch, builder = zoo_builder(model)
         if builder is None:
-            from lambda_keras import models
-
             raise ValueError(f"`model` must be a builder name ({sorted(models.BUILDERS)}), a "
                              f".keras file, a callable or a keras.Model. Received: model={model!r}")
         kwargs = {"weights": weights}

@@ -81,7 +81,8 @@ class MomentumL2(keras.optimizers.SGD):
         momentum: float in [0, 1].
         nesterov: Nesterov momentum.
         l2: the L2 coefficient (`weight_decay` of ResNet-RS; 4e-5 there).
-        l2_exclude: variable names (the last path component) without decay.
+        l2_exclude: a list or tuple of variable names (the last path component) without decay;
+            a single name is a one-element tuple (`("gamma",)`), not a str.
         **kwargs: Keras optimizer arguments (`use_ema`, `ema_momentum`, `name`, ...).
 
     Example:
@@ -94,6 +95,10 @@ class MomentumL2(keras.optimizers.SGD):
         super().__init__(learning_rate=learning_rate, momentum=float(momentum), nesterov=nesterov,
                          name=name, **kwargs)
         self.l2 = float(l2)
+        if isinstance(l2_exclude, str) or not isinstance(l2_exclude, (list, tuple)) or not all(
+                isinstance(name, str) for name in l2_exclude):
+            raise TypeError("`l2_exclude` must be a list or tuple of variable names such as "
+                            f"('gamma', 'beta'). Received: l2_exclude={l2_exclude!r}")
         self.l2_exclude = tuple(l2_exclude)
 
     def l2_applies(self, variable):

@@ -195,7 +195,29 @@ RECIPES = {r.name: r for r in (
 
 
 def get_recipe(name="finetune", **overrides):
-    """The recipe `name` of RECIPES (or a `Recipe`) with `overrides` applied to its fields."""
+    """The recipe `name` of RECIPES (or a `Recipe`) with `overrides` applied to its fields.
+
+    Args:
+        name: a RECIPES name ("finetune", "scratch", "paper-imagenet", "paper-50-160", ...;
+            `describe_recipes()` lists them) or a `Recipe`.
+        **overrides: new values of `Recipe` fields (all but `name` and `description`), checked
+            as the recipe's own (`epochs=1`, `batch_size=32`, `precision="mixed_bfloat16"`).
+
+    Returns:
+        A new frozen `Recipe` (the registered one is left as it is).
+
+    Raises:
+        ValueError: an unknown recipe name or field; a field value out of range (a
+            `freeze_backbone_epochs` not below `epochs`, a `backup_every` that is not a
+            multiple of `steps_per_execution`).
+        TypeError: a field value of the wrong type (a float `epochs`, a str `nesterov`).
+
+    Example:
+
+    >>> recipe = get_recipe("finetune", epochs=3, batch_size=32)
+    >>> (recipe.optimizer, recipe.epochs, recipe.batch_size)
+    ('adamw', 3, 32)
+    """
     if isinstance(name, Recipe):
         recipe = name
     elif name in RECIPES:

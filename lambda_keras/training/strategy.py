@@ -13,6 +13,7 @@ import os
 
 import tensorflow as tf
 
+from lambda_keras import utils
 from lambda_keras.training.recipes import PRECISIONS
 
 
@@ -152,9 +153,7 @@ def resolve_jit_compile(jit_compile, strategy):
       63 s with it (the lambda convolution compiles poorly on CPU, PERF_NOTES.md);
     - several GPUs / workers: False, as Keras' own "auto" (XLA and tf.distribute collectives).
     """
-    if jit_compile not in (True, False, "auto"):
-        raise ValueError("`jit_compile` must be True, False or 'auto'. "
-                         f"Received: jit_compile={jit_compile!r}")
+    utils.check_choice("jit_compile", jit_compile, (True, False, "auto"))  # not 1/0
     if jit_compile != "auto":
         return jit_compile
     if is_tpu_strategy(strategy) or strategy is not tf.distribute.get_strategy():

@@ -41,19 +41,6 @@ def cached_weights(name, cache_dir=None):
     return path if os.path.isfile(path) else None
 
 
-def _remove_stale_partials(target):
-    """Removes partial downloads of `target` left by processes that no longer run (killed)."""
-    directory, name = os.path.split(target)
-    stem = name.partition(".")[0] + utils.TEMP_MARK
-    for leftover in os.listdir(directory):
-        pid = leftover[len(stem):].partition(".")[0]
-        if leftover.startswith(stem) and pid.isdigit() and not utils.process_alive(int(pid)):
-            try:
-                os.remove(os.path.join(directory, leftover))
-            except OSError:
-                pass
-
-
 def _fetch(url, destination, timeout):
     """Writes the bytes at `url` to `destination`; returns their sha256 hex digest.
 
@@ -113,24 +100,40 @@ def _quarantine(path):
 
 
 def download_preset(name, cache_dir=None, timeout=None, verify=None):
-    """Download (or find in the cache) the file of preset `name`; returns its local path.
-
-    Args:
-        name: a preset name or `Preset`.
-        cache_dir: the Keras home (default: `KERAS_HOME` or ~/.keras); files go to its models/.
-        timeout: seconds allowed for connecting and for each read (default `DOWNLOAD_TIMEOUT`).
-        verify: called with the downloaded file's temporary path before it is kept (the strict
-            load into the model); a file it refuses for the file's own fault is not kept.
+    """Downloads (or finds in the cache) the weights file of the preset `name`.
 
     The download is written under a temporary name and renamed to the cache name only after the
     sha256 (when known) and `verify` (or, without `verify`, parsing the file) passed: a stalled,
-    truncated, mismatched or unreadable download leaves no file in the cache and raises
-    ValueError, whose message names the ways out (`weights=None`, a local file, or the file placed
-    at its cache path). A cached file whose sha256 does not match is quarantined and downloaded
-    again. A directory (or anything but a regular file) at the cache path raises ValueError
-    naming it, before any download.
+    truncated, mismatched or unreadable download leaves no file in the cache. A cached file whose
+    sha256 does not match is quarantined (renamed `*.rejected`) and downloaded again.
+
+    Args:
+        name: a preset name (a key of `PRESETS`, e.g. "lambda_resnet26t.c1_in1k") or a `Preset`.
+        cache_dir: the Keras home (default: `KERAS_HOME` or ~/.keras); files go to its models/
+            (/tmp/.keras/models where it is not writable, as `keras.utils.get_file`).
+        timeout: seconds allowed for connecting and for each read (default `DOWNLOAD_TIMEOUT`).
+        verify: called with the file's path before it is kept (the strict load into the model);
+            a file it refuses for the file's own fault is not kept.
+
+    Returns:
+        The local path of the safetensors file, `<cache_dir>/models/<preset>.safetensors`.
+
+    Raises:
+        TypeError: `name` is neither a string nor a Preset, or `timeout` is not a number.
+        ValueError: `name` is no preset; `timeout` is not > 0; the cache path is a directory or
+            another non-regular file (before any download); the download failed or the file was
+            refused (the message names the ways out: `weights=None`, a local file, or the file
+            placed at its cache path).
+
+    Example:
+    >>> path = download_preset("lambda_resnet26t.c1_in1k")  # downloads once, then cached
     """
-    preset = name if isinstance(name, Preset) else PRESETS[name]
+    if not isinstance(name, (str, Preset)):
+        raise TypeError(f"`name` must be a preset name or a Preset. Received: name={name!r}")
+    if isinstance(name, str) and name not in PRESETS:
+        raise ValueError(f"`name` must be a preset name, one of {tuple(PRESETS)}. "
+                         f"Received: name={name!r}")
+    preset = PRESETS[name] if isinstance(name, str) else name
     cache_dir = cache_dir or _cache_dir()
     timeout = DOWNLOAD_TIMEOUT if timeout is None else utils.check_number(
         "timeout", timeout, low=0, low_open=True)
@@ -151,7 +154,7 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
                 verify(target)
             return target
         _quarantine(target)
-    _remove_stale_partials(target)
+    utils.remove_temporaries(os.path.dirname(target), os.path.basename(target))
     partial = utils.temp_path(target)
     try:
         try:

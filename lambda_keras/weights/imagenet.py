@@ -8,7 +8,8 @@ import importlib.resources
 import numpy as np
 import keras
 
-from lambda_keras.presets import DEFAULT_PREPROCESSING, resolve_preprocessing
+from lambda_keras import utils
+from lambda_keras.presets import resolve_preprocessing
 
 
 def _check_rgb(shape):
@@ -21,16 +22,29 @@ def _check_rgb(shape):
 
 
 def preprocess_input(x, preprocessing=None):
-    """Float RGB pixels in [0, 255], channels last -> ((x / 255) - mean) / std.
+    """Normalises RGB pixels for a model: ((x / 255) - mean) / std.
 
-    `preprocessing` is a Preprocessing, a preset/architecture/builder name, or None (ImageNet
-    mean/std). NumPy in -> NumPy float32 out; tensors in -> tensors out.
+    Args:
+        x: float or integer RGB pixels in [0, 255], channels last (`[..., 3]`): a NumPy array,
+            a nested list or tuple, or a tensor.
+        preprocessing: whose mean and std: a `Preprocessing`, a model name (preset,
+            architecture or builder name, see `resolve_preprocessing`) or None (ImageNet's).
+
+    Returns:
+        float32 values of the shape of `x`: a NumPy array for NumPy, list or tuple input, else
+        a tensor.
 
     Raises:
-        ValueError: `x` does not end in 3 channels (RGB; a tensor's unknown last dimension is
-            not checked).
+        TypeError: `preprocessing` is neither a Preprocessing, a string nor None.
+        ValueError: `preprocessing` is an unknown model name, or `x` does not end in 3
+            channels (RGB; a tensor's unknown last dimension is not checked).
+
+    Example:
+    >>> x = preprocess_input(np.full((1, 256, 256, 3), 255.0), "LambdaResNet26T")
+    >>> x.shape, x.dtype
+    ((1, 256, 256, 3), dtype('float32'))
     """
-    prep = DEFAULT_PREPROCESSING if preprocessing is None else resolve_preprocessing(preprocessing)
+    prep = resolve_preprocessing(preprocessing, arg="preprocessing")
     if isinstance(x, (np.ndarray, list, tuple)):
         x = np.asarray(x, dtype="float32")
         _check_rgb(x.shape)
@@ -51,13 +65,31 @@ def imagenet_classes():
 
 
 def decode_predictions(preds, top=5):
-    """[B, 1000] scores -> per example a list of `top` (wordnet_id, name, score), best first."""
+    """The `top` ImageNet classes of each prediction, best first, as in keras.applications.
+
+    Args:
+        preds: scores of the 1000 ImageNet classes, `(samples, 1000)` (probabilities or
+            logits; a NumPy array or a tensor).
+        top: how many classes per sample, in [1, 1000].
+
+    Returns:
+        One list per sample of `top` `(wordnet_id, class_name, score)` tuples, highest score
+        first (ties: the lower class index first).
+
+    Raises:
+        TypeError: `top` is not an int.
+        ValueError: `preds` is not of shape `(samples, 1000)`, or `top` is out of range.
+
+    Example:
+    >>> preds = np.eye(1000)[[1]]  # class 1, a goldfish
+    >>> decode_predictions(preds, top=1)
+    [[('n01443537', 'goldfish', 1.0)]]
+    """
     preds = np.asarray(keras.ops.convert_to_numpy(preds))
     classes = imagenet_classes()
     if preds.ndim != 2 or preds.shape[1] != len(classes):
         raise ValueError("`decode_predictions` expects a batch of predictions of shape "
                          f"(samples, {len(classes)}). Received: preds.shape={preds.shape}")
-    if isinstance(top, bool) or not isinstance(top, int) or not 1 <= top <= len(classes):
-        raise ValueError(f"`top` must be an integer in [1, {len(classes)}]. Received: top={top!r}")
+    top = utils.check_int("top", top, high=len(classes))
     order = np.argsort(-preds, axis=1, kind="stable")[:, :top]  # [B, top]
     return [[(*classes[i], float(row[i])) for i in idx] for row, idx in zip(preds, order)]

@@ -93,25 +93,25 @@ def resolve_timm_arch(name, arg="arch_name"):
     return arch
 
 
-def validate_weights(weights, arch_name, include_top=True, classes=1000):
-    """Check `weights` for the builder of `arch_name` before any layer is built.
+def validate_weights(weights, arch_name, arg="weights"):
+    """Check `weights` for the builder of `arch_name` before any layer is built; `arg` is how
+    the messages name `weights` (the command line's `--weights`).
 
-    `include_top=False` or `classes` other than strict.DEFAULT_CLASSES (1000) are valid with
-    pretrained weights: everything but the classifier is loaded when the checkpoint's does not
-    fit (the rule is in strict.py; a model of the default classes must take the checkpoint's).
+    Every `include_top` and `classes` may go with pretrained weights, so they are not checked
+    here: everything but the classifier is loaded when the checkpoint's does not fit (the rule is
+    in strict.py; a model of the default classes must take the checkpoint's).
     """
-    del include_top, classes  # every combination may load (decided by the checkpoint's tensors)
     if weights is None:
         return
     if isinstance(weights, os.PathLike):
         weights = os.fspath(weights)
     if not isinstance(weights, str):
-        raise TypeError(f"`weights` must be None, 'imagenet' or a file path. "
-                        f"Received: weights={weights!r} of type {type(weights).__name__}")
+        raise TypeError(f"`{arg}` must be None, 'imagenet' or a file path. "
+                        f"Received: {arg}={weights!r} of type {type(weights).__name__}")
     if weights == "imagenet" or weights in PRESETS:
-        preset_for(weights, arch_name)
+        preset_for(weights, arch_name, arg)
         return
-    check_file_kind(weights)
+    check_file_kind(weights, arg)
 
 
 def load_weights(model, weights, arch_name):
@@ -130,11 +130,31 @@ def load_weights(model, weights, arch_name):
 
 
 def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
-    """Convert a timm `.safetensors` checkpoint to a Keras `.weights.h5` file; returns `dst`.
+    """Converts a timm `.safetensors` checkpoint to a Keras `.weights.h5` file.
 
-    Builds the matching lambda_keras model (classes from the checkpoint, headless if it has no
-    classifier), loads strictly and saves. `arch_name` defaults to the one the tensors reveal;
-    `arch_arg` is how the messages name it (the command line's `--model`).
+    Builds the matching lambda_keras model (the checkpoint's number of classes, headless if it
+    has no classifier), loads the tensors strictly (every tensor used, every weight set) and
+    saves its weights atomically: `dst` is written whole or not at all.
+
+    Args:
+        src: path of the timm `model.safetensors` file (pickle checkpoints are refused).
+        dst: path of the Keras weights file to write; must end with `.weights.h5`.
+        arch_name: the model the checkpoint is for (an architecture with timm weights, its
+            builder or preset name); default: the one its tensors reveal.
+        arch_arg: how the messages name `arch_name` (the command line's `--model`).
+
+    Returns:
+        `dst`.
+
+    Raises:
+        ValueError: `dst` does not end with `.weights.h5` or is a directory; `src` is missing,
+            not a `.safetensors` file, unreadable or holds non-finite tensors; `arch_name`
+            names no model with timm weights (or, without it, the tensors match none); the
+            tensors do not fit the model. Nothing is written then.
+
+    Example:
+    >>> convert_timm("model.safetensors", "lambda_resnet26t.weights.h5")
+    'lambda_resnet26t.weights.h5'
     """
     src, dst = os.fspath(src), os.fspath(dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):

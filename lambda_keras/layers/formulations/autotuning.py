@@ -9,9 +9,10 @@ CPU allocator), layer shape and phase in a JSON file. A layer with `implementati
 the stored pick wherever one matches, and the rule elsewhere.
 
 As cuDNN's benchmark mode, it is opt-in: nothing is measured unless `autotune` is called. Turn
-it off with `LAMBDA_KERAS_AUTOTUNE=0` ("auto" ignores the stored picks; the rule alone), or
-delete the file. The file: `LAMBDA_KERAS_AUTOTUNE_CACHE`, default `lambda_keras/autotune.json`
-under `KERAS_HOME` (~/.keras); written atomically (a temporary file renamed over it), and an
+it off with `LAMBDA_KERAS_AUTOTUNE=0` (or another of `OFF_VALUES`: "auto" ignores the stored
+picks; the rule alone), or delete the file. The file: `LAMBDA_KERAS_AUTOTUNE_CACHE`, default
+`lambda_keras/autotune.json` under `KERAS_HOME` (~/.keras), the one place `autotune` writes and
+the layers read (`cache_path`); written atomically (a temporary file renamed over it), and an
 unreadable one is ignored with a warning, never half-read. A path that cannot be written (a
 directory, under a file, in a read-only folder) is refused before anything is measured.
 
@@ -31,11 +32,12 @@ import warnings
 import numpy as np
 
 from lambda_keras import utils
-from lambda_keras.runtime import current_runtime
+from lambda_keras.runtime import cpu_model, current_runtime, usable_cores
 from lambda_keras.layers.formulations import rule
 from lambda_keras.layers.formulations.position_term import query_windows_shape
 
-ENV = "LAMBDA_KERAS_AUTOTUNE"  # "0" / "false" / "off": "auto" ignores the stored picks
+ENV = "LAMBDA_KERAS_AUTOTUNE"  # one of OFF_VALUES: "auto" ignores the stored picks
+OFF_VALUES = ("0", "false", "off", "no")  # values of ENV that turn the picks off (any case)
 CACHE_ENV = "LAMBDA_KERAS_AUTOTUNE_CACHE"  # path of the file
 FORMAT_VERSION = 1
 PHASES = ("fwd", "train")
@@ -45,9 +47,10 @@ HOPELESS = 10.0  # a formulation whose first timed call is this many times the b
 
 # ------------------------------------------------------------------------------- the store
 def enabled(environ=None):
-    """Whether "auto" uses stored picks (`LAMBDA_KERAS_AUTOTUNE` unset or not 0/false/off)."""
+    """Whether "auto" uses stored picks: `LAMBDA_KERAS_AUTOTUNE` unset or not one of
+    `OFF_VALUES` (any case, surrounding spaces ignored)."""
     value = (os.environ if environ is None else environ).get(ENV, "").strip().lower()
-    return value not in ("0", "false", "off", "no")
+    return value not in OFF_VALUES
 
 
 def cache_path(environ=None):
@@ -100,8 +103,8 @@ def _write(picks, path):
 
 def _check_writable(path, given_by):
     """Raises ValueError unless `_write` can write the file `path`: not a directory, its nearest
-    existing folder writable. `given_by`: what set the path (`autotune`'s argument, the
-    variable), for the message. Run before measuring, so that no measurement is lost."""
+    existing folder writable. `given_by`: what set the path (the variable or the default), for
+    the message. Run before measuring, so that no measurement is lost."""
     problem = None
     if os.path.isdir(path):
         problem = "is a directory; it must name a file"
@@ -117,10 +120,8 @@ def _check_writable(path, given_by):
         raise ValueError(f"The autotune file {path} {problem}. Received: {given_by}")
 
 
-def _given_by(path):
-    """What set `autotune`'s file: its `path` argument, `CACHE_ENV` or the default."""
-    if path is not None:
-        return f"path={path!r}"
+def _given_by():
+    """What set `autotune`'s file (`cache_path()`): `CACHE_ENV` or the default."""
     if os.environ.get(CACHE_ENV):
         return f"{CACHE_ENV}={os.environ[CACHE_ENV]!r}"
     return f"the default file under KERAS_HOME ({CACHE_ENV} unset)"
@@ -282,7 +283,7 @@ def _steps_torch(layer, x, jit_compile):  # noqa: ARG001 (eager)
 STEPS = {"tensorflow": _steps_tensorflow, "jax": _steps_jax, "torch": _steps_torch}
 
 
-def resolve_jit_compile(jit_compile, backend):
+def autotune_jit_compile(jit_compile, backend):
     """`jit_compile` of `autotune` for a backend: "auto" as the project's training runs it
     (TensorFlow: `lambda_keras.training.resolve_jit_compile` in the default strategy, XLA on a
     GPU and not on CPUs; JAX: always; PyTorch: never); a bool must be possible on the
@@ -397,8 +398,11 @@ def lambda_layers(model):
 
 
 def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=5,
-             memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES, path=None):
-    """Measures the formulations of every lambda layer of `model` here and stores the fastest.
+             memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES):
+    """Measures the formulations of every lambda layer of `model` here and stores the fastest,
+    in `cache_path()`: the file `LAMBDA_KERAS_AUTOTUNE_CACHE` names (default
+    `lambda_keras/autotune.json` under `KERAS_HOME`), the one the layers read. One that cannot
+    be written (a directory, a read-only folder) is refused before anything is measured.
 
     Args:
         model: a built Keras model or layer holding `LambdaLayer`s (nested ones too), e.g.
@@ -412,8 +416,6 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
             median counts. A formulation 10x slower than the best on its first call is not
             repeated.
         memory_limit_bytes: formulations whose n x m tensors would pass it are not run.
-        path: the file (default `cache_path()`); one that cannot be written (a directory,
-            a read-only folder) is refused before anything is measured.
 
     Returns:
         {"device": device key, "picks": {layer key: entry}, "dynamic": names of layers of
@@ -443,10 +445,10 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     if backend not in STEPS:
         raise ValueError(f"`autotune` times the layers on the {', '.join(STEPS)} backends. "
                          f"Received: KERAS_BACKEND={backend!r}")
-    jit_compile = resolve_jit_compile(jit_compile, backend)
+    jit_compile = autotune_jit_compile(jit_compile, backend)
     runtime = current_runtime(jit_compile)
     layers, dynamic = lambda_layers(model)
-    given_by, path = _given_by(path), path or cache_path()
+    given_by, path = _given_by(), cache_path()
     if layers:
         _check_writable(path, given_by)
     picks = {}
@@ -498,12 +500,4 @@ def device_name(backend, device):
         return torch.cuda.get_device_name(0)
     if device == "tpu":
         return "TPU"
-    model = "unknown CPU"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            model = next((line.split(":", 1)[1].strip() for line in f
-                          if line.startswith("model name")), model)
-    except OSError:
-        pass
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{model}, {cores} cores"
+    return f"{cpu_model()}, {usable_cores()} cores"
