@@ -39,6 +39,7 @@ from lambda_keras import presets, runtime, utils
 
 QUIET_LOG_LEVEL = "3"  # TF_CPP_MIN_LOG_LEVEL: 3 drops INFO, WARNING and ERROR (e.g. cuInit)
 NO_WEIGHTS = "none"
+PREDICT_BATCH = 32  # images per model call of `predict`
 
 
 def quiet_tensorflow(verbose=False):
@@ -208,11 +209,12 @@ def _cmd_predict(args):
     labels = class_names(args.labels, model.output_shape[-1])
     top = min(5, len(labels)) if args.top is None else args.top
     top = utils.check_int("--top", top, high=len(labels))
-    for path in args.images:  # all are decoded once first: a bad file stops before any output
-        read_image(path)
-    for path in args.images:
-        batch = data.eval_transform(read_image(path), preprocessing)[None]  # [1, h, w, 3]
-        probabilities = np.asarray(model.predict(batch, verbose=0))[0]  # [classes]
+    # Every image is decoded and prepared before any is predicted: a bad file stops the command
+    # before any output.
+    images = np.stack([data.eval_transform(read_image(path), preprocessing)
+                       for path in args.images])  # [N, h, w, 3]
+    scores = np.asarray(model.predict(images, batch_size=PREDICT_BATCH, verbose=0))  # [N, classes]
+    for path, probabilities in zip(args.images, scores):
         print(path)
         for i in np.argsort(-probabilities, kind="stable")[:top]:  # best first
             print(f"  {probabilities[i]:7.4f}  {labels[i]}")

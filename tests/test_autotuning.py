@@ -223,14 +223,20 @@ def test_an_unreadable_file_is_ignored_with_a_warning(store):
 
 
 def test_a_stored_pick_that_does_not_apply_is_ignored(store):
-    """A "relative" layer cannot run the local formulations: a stored "conv" is not used."""
+    """A "relative" layer cannot run the local formulations: a stored "conv" is not used. The
+    same key first holds an applicable pick the rule would not make, which is followed (the file
+    is read for this layer)."""
     layer = make_layer(position="relative")
     x = random_input((2, MAP, MAP, 6))
     layer(x)
     rule_pick = layer._last_formulation
+    other = next(f for f in ("queries_first", "lambdas_first") if f != rule_pick)
     device = autotuning.device_key(formulations.current_runtime())
-    autotuning._write({device: {autotuning.layer_key(layer, MAP, MAP, "fwd"): {
-        "formulation": "conv"}}}, str(store))
+    key = autotuning.layer_key(layer, MAP, MAP, "fwd")
+    autotuning._write({device: {key: {"formulation": other}}}, str(store))
+    layer(x)
+    assert layer._last_formulation == other
+    autotuning._write({device: {key: {"formulation": "conv"}}}, str(store))
     layer(x)
     assert layer._last_formulation == rule_pick
 

@@ -92,12 +92,15 @@ def test_quick_run_measures_every_configuration(quick_results):
     variants = list(layer_suite.VARIANTS) + ["timm_lambda"]
     assert measured == {(v, s) for v in variants for s in layer_suite.QUICK["sizes"]}
     for result in layer["results"]:
+        # Every layer computes its [batch, s, s, d] float32 output inside the measured call.
+        output_bytes = result["batch"] * result["size"] ** 2 * result["width"] * 4
         for phase in ("fwd", "train"):
             stats = result[phase]
             assert stats["min_s"] <= stats["median_s"] <= stats["max_s"]
             assert stats["repeats"] >= layer_suite.QUICK["timing"]["min_repeats"]
             if result["variant"] != "timm_lambda":  # TensorFlow: allocator statistics
-                assert stats["memory_method"] == "allocator" and stats["peak_bytes"] >= 0
+                assert stats["memory_method"] == "allocator", result["id"]
+                assert stats["peak_bytes"] >= output_bytes > 0, (result["id"], phase, stats)
     for record in _load(out, "model.json")["results"] if "model" in suites else ():
         if record.get("mode") == "train":  # a train_on_batch allocates activations and gradients
             stats = record["train"]

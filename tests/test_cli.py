@@ -24,22 +24,28 @@ from cli_helpers import SIZE, one_error_line, save_tiny_model
 
 # ---------------------------------------------------------------------------------- predict
 def test_predict_prints_the_models_own_top5(tiny_model_path, tmp_path, capsys):
+    """Each image's block: its path, then the model's own top 5 of that image (images of
+    several sizes, predicted in one batch, in the order given)."""
     rng = np.random.default_rng(0)
-    image = rng.integers(0, 256, (48, 40, 3), dtype=np.uint8)
-    image_path = tmp_path / "photo.png"
-    Image.fromarray(image).save(image_path)
+    images = {tmp_path / "photo.png": rng.integers(0, 256, (48, 40, 3), dtype=np.uint8),
+              tmp_path / "wide.png": rng.integers(0, 256, (30, 64, 3), dtype=np.uint8)}
+    for path, image in images.items():
+        Image.fromarray(image).save(path)
 
-    assert cli.main(["predict", str(image_path), "--model", tiny_model_path]) == 0
+    assert cli.main(["predict", *map(str, images), "--model", tiny_model_path]) == 0
     printed = capsys.readouterr().out.splitlines()
 
     model = keras.saving.load_model(tiny_model_path)
     prep = weights.replace_input_size(weights.resolve_preprocessing(None), (SIZE, SIZE))
-    probs = model.predict(np.asarray(data.eval_transform(image, prep))[None], verbose=0)
-    expected = weights.decode_predictions(probs, top=5)[0]
-    assert printed[0] == str(image_path)
-    assert [line.split(None, 1)[1] for line in printed[1:6]] == [label for _, label, _ in expected]
-    np.testing.assert_allclose([float(line.split()[0]) for line in printed[1:6]],
-                               [score for _, _, score in expected], atol=1e-4)
+    assert len(printed) == 6 * len(images)
+    for block, (path, image) in enumerate(images.items()):
+        lines = printed[6 * block:6 * block + 6]
+        probs = model.predict(np.asarray(data.eval_transform(image, prep))[None], verbose=0)
+        expected = weights.decode_predictions(probs, top=5)[0]
+        assert lines[0] == str(path)
+        assert [line.split(None, 1)[1] for line in lines[1:]] == [label for _, label, _ in expected]
+        np.testing.assert_allclose([float(line.split()[0]) for line in lines[1:]],
+                                   [score for _, _, score in expected], atol=1e-4)
 
 
 def test_a_checkpoint_is_predicted_and_exported_with_its_recorded_preprocessing(tmp_path, capsys):

@@ -12,6 +12,8 @@
 `FORMULATION_CASES` is pure data: tests/test_backends.py runs the same cases on JAX and PyTorch.
 """
 
+import inspect
+
 import numpy as np
 import keras
 import pytest
@@ -91,9 +93,19 @@ def test_queries_first_forms_match_the_reference_and_each_others_gradients(case,
     rule's BROADCAST_EMBEDDINGS_ENGINES) whose maps meet V in one matmul per image (as in
     TensorFlow without oneDNN: SEPARATE_PRODUCTS_ENGINES), on every machine whatever its engine:
     outputs against the NumPy reference in inference and training, and the gradients of one
-    against the other's (input and every weight)."""
+    against the other's (input and every weight). The forms that ran are recorded (the
+    `broadcast` and `separate_products` of every q . E first the layer formed)."""
     import tensorflow as tf
 
+    seen = []
+    for name in ("queries_first", "queries_first_pooled"):
+        def spy(*args, _original=getattr(formulations, name), **kwargs):
+            bound = inspect.signature(_original).bind(*args, **kwargs)
+            bound.apply_defaults()
+            seen.append((bound.arguments["broadcast"], bound.arguments["separate_products"]))
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(formulations, name, spy)
     x = random_input()
     gradients = {}
     for broadcast in (False, True):
@@ -108,6 +120,8 @@ def test_queries_first_forms_match_the_reference_and_each_others_gradients(case,
             loss = tf.reduce_sum(tf.sin(layer(inputs, training=True)))
         gradients[broadcast] = [g.numpy() for g in tape.gradient(
             loss, [inputs] + [w.value for w in layer.trainable_weights])]
+        assert seen and set(seen) == {(broadcast, broadcast)}, (broadcast, seen)
+        seen.clear()
     for einsum, broadcast in zip(gradients[False], gradients[True]):
         np.testing.assert_allclose(broadcast, einsum, rtol=1e-4, atol=1e-5 * np.abs(einsum).max())
 

@@ -36,6 +36,7 @@ from helpers import (
     lambda_blocks_per_stage,
     lambda_layers,
     small_model,
+    weights_by_path,
 )
 from lambda_keras.blocks import MaxPoolSymmetric, StochasticDepth
 
@@ -304,15 +305,27 @@ def test_drop_rate_override(drop_rate):
 
 def test_drop_path_rate_override(default_model):
     assert not any(isinstance(layer, StochasticDepth) for layer in default_model.layers)
-    model = small_model(drop_path_rate=0.2)
+    model = small_model(drop_path_rate=0.2, drop_rate=0.0)
     layers = [layer for layer in model.layers if isinstance(layer, StochasticDepth)]
     assert len(layers) == 16  # one per block
     for layer in layers:
         stage = int(re.fullmatch(r"stage(\d)_block\d+_drop_path", layer.name).group(1))
         # ResNet-RS: the rate grows linearly over the four block groups, rate * (group + 2) / 5.
         assert layer.rate == pytest.approx(0.2 * (stage + 1) / 5)
+    # Against the same weights without drop path (no head dropout in either): the identity in
+    # inference, the branches dropped or rescaled by 1 / (1 - rate) in training. Active branches:
+    # a zero branch is the same dropped or not.
+    activate_residual_branches(model)
+    reference = small_model(drop_rate=0.0)
+    values = weights_by_path(model)  # the layer order differs: copied by name
+    assert values.keys() == {v.path for v in reference.weights}
+    for variable in reference.weights:
+        variable.assign(values[variable.path])
     x = images()
-    np.testing.assert_array_equal(model(x, training=False), model(x, training=False))
+    np.testing.assert_array_equal(model(x, training=False), reference(x, training=False))
+    trained = keras.ops.convert_to_numpy(model(x, training=True))
+    expected = keras.ops.convert_to_numpy(reference(x, training=True))
+    assert np.abs(trained - expected).max() > 1e-3 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("overrides", [

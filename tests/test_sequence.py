@@ -228,16 +228,28 @@ def test_causal_batch_norm_is_warned_as_not_causal_in_training():
 
 
 def test_padded_positions_change_nothing_in_training():
-    """Padded content is excluded from the softmax, the sums and the batch-norm statistics."""
+    """Padded content is excluded from the softmax, the sums and the batch-norm statistics:
+    the causal layer (layer norm), and the non-causal one (batch norm, whose training statistics
+    are checked against the loop reference given the moments of the valid positions only)."""
     x = _data()
     mask = _padding(2, 9, [5, 9])
-    layer = _layer(x, causal=True)
     noisy = x.copy()
     noisy[0, 5:] = 100.0
-    for training in (False, True):
-        a = keras.ops.convert_to_numpy(layer(x, mask=mask, training=training))
-        b = keras.ops.convert_to_numpy(layer(noisy, mask=mask, training=training))
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for causal in (True, False):
+        layer = _layer(x, causal=causal)
+        for training in (False, True):
+            a = keras.ops.convert_to_numpy(layer(x, mask=mask, training=training))
+            b = keras.ops.convert_to_numpy(layer(noisy, mask=mask, training=training))
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert layer.normalization == "batch"
+    out = keras.ops.convert_to_numpy(layer(noisy, mask=mask, training=True))
+    valid = np.asarray(x[mask], "float64")  # [valid positions, d]: no padded content
+    for norm, kernel in ((layer.query_norm, layer.query_kernel),
+                         (layer.value_norm, layer.value_kernel)):
+        projected = valid @ np.asarray(kernel.numpy(), "float64")
+        gamma, beta, _, _ = norm.get_weights()  # the reference reads the statistics from here
+        norm.set_weights([gamma, beta, projected.mean(axis=0), projected.var(axis=0)])
+    assert_close(out, _reference(layer, x, mask=mask), 2e-5)
 
 
 def test_keras_masking_propagates_from_embedding(tmp_path):

@@ -13,7 +13,6 @@ import hashlib
 import http.server
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -158,10 +157,8 @@ def test_stalled_download_times_out_and_leaves_no_file(preset_from, monkeypatch)
     server = _SilentServer()
     try:
         cached = preset_from(server.url, None)
-        start = time.monotonic()
-        with pytest.raises(ValueError, match="timed out") as info:
+        with pytest.raises(ValueError, match="timed out") as info:  # else it would hang
             small_26t(weights="imagenet")
-        assert time.monotonic() - start < 10  # would hang forever without a timeout
         _assert_says_what_to_do(str(info.value), cached)
         assert not any(cached.parent.iterdir())  # no partial file under any name
     finally:
