@@ -29,7 +29,7 @@ import sys
 
 from benchmarks import common, report
 from benchmarks import model as model_suite
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 # backend: jit_compile (what Keras' "auto" resolves to there on a CPU)
 BACKENDS = {"tensorflow": False, "jax": True, "torch": False}
@@ -85,7 +85,7 @@ def main(argv=None):
     suite = {"suite": "backends", "quick": False, "settings": settings, "results": results,
              "machine": common.machine_description(args.threads)}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    common.write_json(args.out, suite)
+    utils.write_json(args.out, suite)
     print("\n".join(report.backends_markdown(report.backends_table(suite))))
 
 

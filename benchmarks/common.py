@@ -436,18 +436,6 @@ def run_groups(groups, threads, timeout_s, memory_budget_bytes, isolate, log=pri
     return results
 
 
-def write_json(path, data):
-    """Writes `data` as indented JSON to `path` atomically (never half-written)."""
-    write_text(path, json.dumps(data, indent=1) + "\n")
-
-
-def write_text(path, text):
-    """Writes `text` to `path` atomically (`lambda_keras.utils.atomic_write_bytes`)."""
-    from lambda_keras import utils  # not at module level: a worker loads PyTorch before TF
-
-    utils.atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def read_json_folder(folder):
     """{name without ".json": its data} of every *.json file in `folder`, in name order."""
     found = {}

@@ -57,7 +57,7 @@ import time
 import numpy as np
 
 from benchmarks import common
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first",
                 "query_windows")  # probe order
@@ -464,7 +464,7 @@ def main(argv=None):
         record = dict(described, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
                       **({"rows": settings["rows"]} if settings.get("rows") else {}))
         merge_run(data, engine, cells, shapes, record, run)
-        common.write_json(path, data)
+        utils.write_json(path, data)
         print(f"[formulations] {engine}: {len(cells)} cells, {run['wall_s']:.0f} s -> {path}",
               flush=True)
     failed = [e for e, d in data["engines"].items()
@@ -535,7 +535,7 @@ def _update_picks(path, engines, threads):
         measured["rule_engine"] = ENGINES[engine][3]  # the rule row it follows now
         measured.pop("picks_from", None)  # traced again
         print(f"[formulations] {engine}: picks re-recorded", flush=True)
-    common.write_json(path, data)
+    utils.write_json(path, data)
     return 0
 
 

@@ -33,7 +33,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks import formulations as suite
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 PEER = "timm"
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5)
@@ -256,7 +256,7 @@ def main(argv=None):
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-paired-") if args.quick else RESULTS)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{data['cpu_kind']}.json")
-    common.write_json(path, data)
+    utils.write_json(path, data)
     print(markdown_table(data))
     print(f"[paired] {path}")
     return 0

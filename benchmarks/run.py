@@ -24,7 +24,7 @@ import tempfile
 import time
 
 from benchmarks import backends, common, export, layer, model, peer, plots, report
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 SUITES = {"layer": layer, "peer": peer, "model": model, "export": export, "backends": backends}
 # Suites whose jobs each get their own process in a full run: a layer map size (its variants
@@ -124,7 +124,7 @@ def main(argv=None):
     for name in args.suites:
         suites[name] = run_suite(name, args, log)
         suites[name]["machine"] = machine
-        common.write_json(os.path.join(args.out, f"{name}.json"), suites[name])
+        utils.write_json(os.path.join(args.out, f"{name}.json"), suites[name])
     earlier = {} if args.quick else earlier_suites(args.out, args.suites)
     suites.update(earlier)
     summary = report.summarize(suites, machine, quick=args.quick,
@@ -135,9 +135,9 @@ def main(argv=None):
                                         "suites": args.suites,
                                         "suites_from_earlier_runs": sorted(earlier)})
     summary["plots"] = plots.make_all(suites, args.out)
-    common.write_json(os.path.join(args.out, "summary.json"), summary)
+    utils.write_json(os.path.join(args.out, "summary.json"), summary)
     markdown = report.markdown(summary)
-    common.write_text(os.path.join(args.out, "summary.md"), markdown)
+    utils.atomic_write_bytes(os.path.join(args.out, "summary.md"), markdown.encode("utf-8"))
     log("\n" + markdown)
     log(f"done in {summary['duration_s'] / 60:.1f} min; results in {args.out}")
     return 0

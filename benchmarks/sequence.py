@@ -20,14 +20,13 @@ are recorded with the results in `sequence.json`.
 """
 
 import argparse
-import json
 import os
 import pathlib
 import time
 
 # The package import asks for TensorFlow's pooled allocator (runtime.prefer_pooled_allocator),
 # whose statistics give the peak memory; it imports no TensorFlow.
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
@@ -103,7 +102,7 @@ def main(argv=None):
     results["wall_s"] = round(time.perf_counter() - start, 1)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sequence.json").write_text(json.dumps(results, indent=1) + "\n")
+    utils.write_json(out / "sequence.json", results)
     print(f"oneDNN active: {results['machine'].get('onednn_active')}; "
           f"wrote {out / 'sequence.json'}")
 

@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 TARGET_ACCURACY = 0.95
 CALIBRATION_BATCHES = 128  # int8 calibration images (batch 1)
@@ -64,7 +64,6 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
     import tensorflow as tf
 
     from lambda_keras import export, training, weights
-    from lambda_keras.training.callbacks import write_json
 
     start = time.time()
     output_dir = os.path.abspath(output_dir)
@@ -126,7 +125,7 @@ def run(model_name="lambda_resnet26t", data_spec="digits", epochs=10, image_size
                   "tensorboard": result.tensorboard_dir, "saved_model": saved, **{
                       f"tflite_{k}": v for k, v in tflite_paths.items()}},
     }
-    write_json(os.path.join(output_dir, "summary.json"), summary)
+    utils.write_json(os.path.join(output_dir, "summary.json"), summary)
     _step(f"done in {summary['duration_s']:.0f} s")
     for name, path in summary["paths"].items():
         print(f"  {name:16s} {path}")

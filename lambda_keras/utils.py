@@ -9,9 +9,9 @@
 - Native stderr: `native_stderr_silenced`, for C++ log lines that no setting turns off.
 - Keras' global dtype policy for a block: `dtype_policy` (builds under a mixed-precision policy);
   the policy a model really computes in: `model_precision` (its layers', not the Model's).
-- Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`. A file the package writes
-  appears under its final name only once it is complete; a failure leaves the previous file as it
-  was and removes the half-written one.
+- Atomic files: `temp_path`, `atomic_write`, `atomic_write_bytes`, `write_json`. A file the
+  package writes appears under its final name only once it is complete; a failure leaves the
+  previous file as it was and removes the half-written one.
 - Leftovers of killed writers: `remove_temporaries`, `process_alive` (is a pid's writer alive).
 
 This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_policy` and
@@ -19,6 +19,7 @@ This module imports nothing heavy (no TensorFlow; Keras only inside `dtype_polic
 """
 
 import contextlib
+import json
 import numbers
 import os
 import sys
@@ -168,6 +169,12 @@ def atomic_write_bytes(path, data):
             os.fsync(f.fileno())
 
     atomic_write(path, write)
+
+
+def write_json(path, obj):
+    """Writes `obj` as indented JSON (one trailing newline) to `path` atomically (see
+    `atomic_write`)."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=1) + "\n").encode("utf-8"))
 
 
 def remove_temporaries(directory, name=None):

@@ -19,7 +19,7 @@ from benchmarks import formulation_tables
 from benchmarks import formulations as formulations_suite
 from benchmarks import paired
 from benchmarks import layer as layer_suite
-from lambda_keras import runtime
+from lambda_keras import runtime, utils
 
 SUITES = ("layer", "peer", "model", "export", "backends")
 # Each target of the summary and the suites it is computed from.
@@ -356,7 +356,7 @@ def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
                        ("a.json", run("2026-12-04 02:00", {14: 2.5})),
                        ("c.json", run("2026-12-04 03:00", {14: 2.0})),
                        ("d.json", dict(suite="formulations", started="2026-12-04 00:00"))):
-        common.write_json(os.path.join(tmp_path, name), data)
+        utils.write_json(os.path.join(tmp_path, name), data)
     runs = paired.load_runs(tmp_path)
     assert [data["started"][-5:] for data in runs] == ["01:00", "02:00", "03:00"]
     assert paired.history_table(runs).splitlines()[2:] == [

@@ -25,7 +25,6 @@ import keras
 import numpy as np
 
 from lambda_keras import utils
-from lambda_keras.training.callbacks import write_json
 
 STATE = "state.json"
 # state.json: key -> (type, description); "model" and "num_weights" are absent in older backups.
@@ -179,7 +178,7 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
         if os.path.exists(self.state_path):
             with open(self.state_path) as f:
                 previous_name = json.load(f).get("weights")
-        write_json(self.state_path, {
+        utils.write_json(self.state_path, {
             "epoch": epoch, "step": step, "phase": self.phase, "seed": self.seed,
             "weights": name, "model": self.model.name, "num_weights": len(self.model.weights),
             "run": _as_json(self.run), **({"metrics": [

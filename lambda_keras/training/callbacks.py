@@ -20,11 +20,6 @@ from lambda_keras import utils
 IMAGE_SUMMARY_MAX = 16  # images of the first training batch shown in TensorBoard
 
 
-def write_json(path, obj):
-    """`obj` as indented JSON, written atomically."""
-    utils.atomic_write_bytes(path, json.dumps(obj, indent=1).encode())
-
-
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
     """`ModelCheckpoint` that writes to a temporary name and renames it into place; with an
     EMA optimizer it saves the EMA weights (swapped in by `ema_swapper`, then swapped back)."""
@@ -74,7 +69,7 @@ class TrainingLog(keras.callbacks.Callback):
         for key, values in self.history.items():
             if len(values) < known + 1:
                 values.append(None)
-        write_json(self.json_path, self.history)
+        utils.write_json(self.json_path, self.history)
         utils.atomic_write(self.plot_path, lambda path: plot_history(self.history, path))
 
 

@@ -27,7 +27,7 @@ from lambda_keras.data.sources import parse_spec
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.backup import ResumableBackup
-from lambda_keras.training.callbacks import TrainingLog, make_callbacks, write_json
+from lambda_keras.training.callbacks import TrainingLog, make_callbacks
 from lambda_keras.training.callbacks import IMAGE_SUMMARY_MAX
 from lambda_keras.training.evaluation import evaluate_dataset
 from lambda_keras.training.optimizer import make_optimizer
@@ -377,6 +377,6 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         history_json=written["history_json"], plot=written["plot"],
         tensorboard_dir=written["tensorboard"], seed=seed, preprocessing=preprocessing)
     if chief:
-        write_json(paths["result"], result.summary())
+        utils.write_json(paths["result"], result.summary())
     backup.delete()
     return result
