@@ -444,3 +444,12 @@ def read_json_folder(folder):
             with open(os.path.join(folder, name), encoding="utf-8") as f:
                 found[name[:-len(".json")]] = json.load(f)
     return found
+
+
+def position_mode(position):
+    """A LambdaLayer position mode as read from a result file: "conv", the name of the "local"
+    mode in files recorded before it was renamed (results/formulations/, results/paired/), as
+    "local" (lambda_keras/layers/lambda_layer.py, `LEGACY_POSITION_MODES`); others unchanged."""
+    from lambda_keras.layers.lambda_layer import LEGACY_POSITION_MODES
+
+    return LEGACY_POSITION_MODES.get(position, position) if isinstance(position, str) else position

@@ -34,12 +34,14 @@ def recorded_runtime(data, engine):
 
 
 def rule_pick(data, cell):
-    """What `formulations.choose` picks for a table's cell, from its recorded runtime."""
+    """What `formulations.choose` picks for a table's cell, from its recorded runtime (a table's
+    "position": "conv", the former name of "local", read as "local")."""
     from lambda_keras.layers import formulations
 
     shape, layer = data["shapes"][cell["shape"]], data["layer"]
     return formulations.choose(
-        layer["position"], cell["size"], cell["size"], cell["phase"] == "train",
+        common.position_mode(layer["position"]), cell["size"], cell["size"],
+        cell["phase"] == "train",
         num_heads=layer["num_heads"], key_dim=layer["key_dim"],
         value_dim=data["settings"]["width"] // layer["num_heads"],
         intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],

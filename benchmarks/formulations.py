@@ -85,7 +85,9 @@ SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive
 # r 9 (timm's LambdaResNet26T and 50TS: 16^2 and, strided, 32^2 at 256 px): 14^2, where `choose`
 # decides between q . E first and query windows by the scope, and 28^2.
 MAX_SIZE = {"r23s2": 56, "r7u4s2": 56, "r9": 28, "r9s2": 28}
-LAYER = dict(key_dim=16, num_heads=4, position="conv")
+# Tables recorded while "local" was named "conv" hold "position": "conv" (read as "local":
+# common.position_mode).
+LAYER = dict(key_dim=16, num_heads=4, position="local")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
 QUICK = dict(batch=2, width=32, sizes=(8, 16), rounds=(1, 1), budget_s=0.05)

@@ -42,7 +42,7 @@ class LambdaSpec:
     key_dim: int = 16  # |k|
     num_heads: int = 4  # |h|
     intra_depth: int = 1  # |u|
-    position: str = "conv"  # "conv", "relative", "global" or None
+    position: str = "local"  # "local", "relative", "global" or None
     receptive_field: int = 23  # scope r of the lambda convolution
     pool_size: int = 3  # 3: paper's 3x3/2 pool for strides; 2: timm's 2x2/2
     position_bias: bool = False  # timm's lambda convolution has a bias

@@ -19,9 +19,10 @@ e.g. for a Mask R-CNN / FPN backbone as in the paper's COCO experiments.
 
 Input sizes: every static size >= 32 builds; each stride-2 step keeps ceil(n / 2) (blocks.py),
 so the c5 map is ceil(size / 32) and the classifier's output is (batch, classes). A dynamic size
-(None) builds only where the lambda layers use local (convolution) position embeddings or none:
-`position="relative"` or `"global"` (LambdaResNet26RPT256) makes embeddings for one map size and
-needs a static input size (the architecture's image size by default).
+(None) builds only where the lambda layers use local position embeddings (`position="local"`,
+the lambda convolution) or none: `position="relative"` or `"global"` (LambdaResNet26RPT256) makes
+embeddings for one map size and needs a static input size (the architecture's image size by
+default).
 Residual additions never broadcast (blocks.ResidualAdd). Only "channels_last" is supported.
 
 Weights: this module imports lambda_keras.weights (download, conversion, strict loading) only when
@@ -35,6 +36,7 @@ import sys
 import keras
 
 from lambda_keras import architectures, blocks, utils
+from lambda_keras.layers.lambda_layer import resolve_position
 from lambda_keras.presets import IMAGENET_PRESETS, PRESETS, model_names
 from lambda_keras.presets import resolve_model_name as resolve_model
 
@@ -114,6 +116,8 @@ def resolve_architecture(arch_name, **overrides):
                                                  high_open=True)
     lambda_overrides = {k: overrides.pop(k) for k in architectures.LAMBDA_OVERRIDES
                         if k in overrides}
+    if "position" in lambda_overrides:  # the former name "conv" warns here, at the caller
+        lambda_overrides["position"] = resolve_position(lambda_overrides["position"])
     if lambda_overrides.get("position", "") is None:
         # timm's bias belongs to its position lambdas: without positions there is none (a bias
         # asked for explicitly is refused by LambdaLayer).

@@ -119,6 +119,17 @@ def check_choice(name, value, choices):
     return value
 
 
+def caller_stacklevel():
+    """`stacklevel` for `warnings.warn`, called in the function that warns: the first frame
+    outside this package, so a warning names the user's line however deep the package's own
+    calls run (Python 3.12's `skip_file_prefixes`, for every supported Python)."""
+    package = os.path.dirname(os.path.abspath(__file__)) + os.sep
+    frame, level = sys._getframe(1), 1  # level 1: the function that warns
+    while frame is not None and frame.f_code.co_filename.startswith(package):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
 # ---------------------------------------------------------------------------- atomic files
 def temp_path(path):
     """A sibling of `path` for writing before `os.replace`.

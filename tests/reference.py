@@ -67,7 +67,7 @@ def as_float64(tensor):
 def reference_embeddings(position, table, rows, cols):
     """E[n, m, u, k] of the paper, by explicit loops over query n and context m positions.
 
-    "conv": local r x r scope, E[n, m] = w[(m - n) + (r // 2, r // 2)] and zero outside the scope
+    "local": r x r scope, E[n, m] = w[(m - n) + (r // 2, r // 2)] and zero outside the scope
     (the lambda convolution with "same" zero padding; convolutions are cross-correlations).
     "relative": E[n, m] = R[(m - n) + (H - 1, W - 1)] over a (2H - 1) x (2W - 1) table.
     "global": the table is E itself.
@@ -75,8 +75,8 @@ def reference_embeddings(position, table, rows, cols):
     table = as_float64(table)
     if position == "global":
         return table
-    centre = (table.shape[0] // 2, table.shape[1] // 2) if position == "conv" else (rows - 1,
-                                                                                    cols - 1)
+    centre = (table.shape[0] // 2, table.shape[1] // 2) if position == "local" else (rows - 1,
+                                                                                     cols - 1)
     n = rows * cols
     embeddings = np.zeros((n, n) + table.shape[2:])
     for qi in range(rows):

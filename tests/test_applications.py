@@ -80,10 +80,12 @@ def test_public_functions_have_keras_style_docstrings(module, name, runs):
     import importlib
 
     fn = getattr(importlib.import_module(f"lambda_keras.{module}"), name)
-    summary, blank = fn.__doc__.splitlines()[:2]
-    assert summary.endswith(".") and not blank.strip(), fn.__doc__
-    for section in ("\n    Args:\n", "\n    Returns:\n", "\n    Raises:\n", "\n    Example:\n"):
-        assert section in fn.__doc__, section
+    # inspect.getdoc: Python 3.13 strips docstrings' indentation when compiling, older ones don't.
+    doc = inspect.getdoc(fn)
+    summary, blank = doc.splitlines()[:2]
+    assert summary.endswith(".") and not blank.strip(), doc
+    for section in ("\nArgs:\n", "\nReturns:\n", "\nRaises:\n", "\nExample:\n"):
+        assert section in doc, section
     if runs:
         finder = doctest.DocTestFinder(recurse=False)
         globs = {"np": np, "lambda_keras": lambda_keras, name: fn}

@@ -89,7 +89,7 @@ def check_autotune(workdir):
         layer = model.get_layer("first")
         x = random_input((2, MAP, MAP, 6))
         rule_pick = formulations.choose(
-            "conv", MAP, MAP, False, num_heads=layer.num_heads, key_dim=layer.key_dim,
+            "local", MAP, MAP, False, num_heads=layer.num_heads, key_dim=layer.key_dim,
             value_dim=layer.value_dim, intra_depth=layer.intra_depth, receptive_field=5,
             runtime=formulations.current_runtime())
         other = next(f for f in ("conv", "row_windows") if f != rule_pick)
@@ -239,6 +239,25 @@ def test_a_stored_pick_that_does_not_apply_is_ignored(store):
     autotuning._write({device: {key: {"formulation": "conv"}}}, str(store))
     layer(x)
     assert layer._last_formulation == rule_pick
+
+
+def test_a_pick_stored_under_the_former_position_name_is_read(store):
+    """Files written while "local" was named "conv" key its layers "conv r5 ...": still read; a
+    pick under the current key takes precedence."""
+    layer = make_layer(receptive_field=5)
+    x = random_input((2, MAP, MAP, 6))
+    layer(x)
+    first, second = (f for f in ("row_windows", "conv", "query_windows")
+                     if f != layer._last_formulation)
+    device = autotuning.device_key(formulations.current_runtime())
+    key = autotuning.layer_key(layer, MAP, MAP, "fwd")
+    assert key.startswith("local r5 h2 ")
+    autotuning._write({device: {"conv" + key[len("local"):]: {"formulation": first}}}, str(store))
+    layer(x)
+    assert layer._last_formulation == first
+    autotuning._write({device: {key: {"formulation": second}}}, str(store))
+    layer(x)
+    assert layer._last_formulation == second
 
 
 def test_dynamic_sizes_are_reported_not_tuned(store):

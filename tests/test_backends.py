@@ -21,7 +21,7 @@ each against an independent expectation:
   builders share the generic builder these use (tests/test_models*.py cover them on TensorFlow);
 - `.keras` and `.weights.h5` round trips of that LambdaResNet26T on that backend: identical
   outputs;
-- a fit step of a small model with "conv" and "relative" lambda layers: finite losses, every
+- a fit step of a small model with "local" and "relative" lambda layers: finite losses, every
   weight moves (Adam; BN statistics), finite outputs after it;
 - `autotune` (tests/test_autotuning.check_autotune): the stored picks are the fastest measured
   under that backend's compiler, "auto" follows them (and a stored pick the rule would not make,
@@ -123,7 +123,7 @@ def _mixed_precision_checks(check):
 
     from lambda_keras import utils
 
-    kwargs = dict(position="conv", receptive_field=3, intra_depth=4, position_bias=True)
+    kwargs = dict(position="local", receptive_field=3, intra_depth=4, position_bias=True)
     for policy, rtol in MIXED_PRECISION_RTOL.items():
         for phase, training in (("fwd", False), ("train", True)):
             def run(policy=policy, rtol=rtol, training=training):
@@ -222,7 +222,7 @@ def _builder_check(name):
 
 
 def _fit():
-    """A fit step of a small model with local ("conv") and "relative" lambda layers."""
+    """A fit step of a small model with "local" and "relative" lambda layers."""
     import keras
     from lambda_keras.layers import LambdaLayer
 

@@ -307,6 +307,21 @@ def test_versus_timm_on_the_committed_tables():
         assert column == {key: f"{ratio:.1f}x" for key, ratio in expected.items()}, name
 
 
+def test_tables_with_the_former_position_name_give_the_local_modes_picks():
+    """Tables recorded before the rename say "position": "conv", the former name of "local";
+    the rule's picks from them are the "local" mode's (`common.position_mode`), where
+    `formulations.choose` itself refuses "conv"."""
+    for data in formulation_tables.load_tables(formulations_suite.TABLES).values():
+        old, new = ({**data, "layer": {**data["layer"], "position": name}}
+                    for name in ("conv", "local"))
+        cells = [c for c in data["cells"] if c["engine"] in data["engines"]]
+        picks = [formulation_tables.rule_pick(old, cell) for cell in cells]
+        assert picks == [formulation_tables.rule_pick(new, cell) for cell in cells]
+        assert {"conv", "query_windows"} & set(picks)  # local formulations: not a whole-map mode
+    assert [common.position_mode(p) for p in ("conv", "local", "relative", None)] == [
+        "local", "local", "relative", None]
+
+
 # ---------------------------------------------------------------- paired layer vs timm
 def test_paired_rounds_rotate_and_ratios_are_per_round():
     """Each round rotates the process order (timm first, then last, ...), and a cell's speed-up
@@ -450,7 +465,7 @@ def test_formulations_what_if_run_traces_the_rows_of_another_kind_of_cpu(tmp_pat
     # TensorFlow's malloc allocator, r 7 |u| 4 at 20^2 (8 scopes), forward: the convolution on the
     # CPU without AVX-512 (query windows on maps of up to 6 scopes), query windows with AVX-512.
     picks = {cpu: formulations.choose(
-        "conv", 20, 20, False, num_heads=4, key_dim=16, value_dim=8, intra_depth=4,
+        "local", 20, 20, False, num_heads=4, key_dim=16, value_dim=8, intra_depth=4,
         receptive_field=7, runtime=formulations.Runtime("tensorflow", pooled_allocator=False,
                                                         cpu=cpu))
         for cpu in (other, here)}

@@ -50,7 +50,7 @@ JAX = formulations.Runtime("jax", xla=True)
 TORCH = formulations.Runtime("torch")
 
 
-def choose(size, training, runtime, position="conv", intra_depth=1, heads=4, key_dim=16,
+def choose(size, training, runtime, position="local", intra_depth=1, heads=4, key_dim=16,
            value_dim=64, receptive_field=23, strides=1):
     rows, cols = size
     return formulations.choose(position, rows, cols, training, num_heads=heads, key_dim=key_dim,
@@ -93,6 +93,9 @@ def test_rule_structural_choices():
     # A symbolic training flag (e.g. a Keras learning-phase tensor) counts as training.
     symbolic = keras.ops.convert_to_tensor(True)
     assert choose((56, 56), symbolic, ONEDNN) == choose((56, 56), True, ONEDNN)
+    # "conv", the former name of "local", is refused here, not read as a whole-map mode.
+    with pytest.raises(ValueError, match=r"former name of \"local\"\)\. Received: position='conv'"):
+        choose((56, 56), False, ONEDNN, position="conv")
 
 
 def test_strided_layers_take_query_windows_where_measured_fastest():

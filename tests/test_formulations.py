@@ -26,35 +26,35 @@ from reference import (PAPER, force_plan, make_layer, random_input, randomize_st
 # id: LambdaLayer arguments. Every formulation in every position mode it applies to, |u| 1 and 2,
 # strides, bias, r smaller and larger (23) than the 6 x 7 map.
 FORMULATION_CASES = {
-    "queries_first-conv-u2-bias": dict(implementation="queries_first", position="conv",
-                                       receptive_field=5, intra_depth=2, position_bias=True),
+    "queries_first-local-u2-bias": dict(implementation="queries_first", position="local",
+                                        receptive_field=5, intra_depth=2, position_bias=True),
     "queries_first-relative-s2": dict(implementation="queries_first", position="relative",
                                       strides=2),
-    "queries_first-conv-r23-s2p2-bias": dict(implementation="queries_first", position="conv",
-                                             strides=2, pool_size=2, position_bias=True),
+    "queries_first-local-r23-s2p2-bias": dict(implementation="queries_first", position="local",
+                                              strides=2, pool_size=2, position_bias=True),
     "queries_first-global-u2": dict(implementation="queries_first", position="global",
                                     intra_depth=2),
-    "lambdas_first-conv-r23": dict(implementation="lambdas_first", position="conv"),
+    "lambdas_first-local-r23": dict(implementation="lambdas_first", position="local"),
     "lambdas_first-relative-u2-bias": dict(implementation="lambdas_first", position="relative",
                                            intra_depth=2, position_bias=True),
     "lambdas_first-global-s2p2": dict(implementation="lambdas_first", position="global",
                                       strides=2, pool_size=2),
-    "query_windows-conv-u2-bias": dict(implementation="query_windows", position="conv",
-                                       receptive_field=5, intra_depth=2, position_bias=True),
-    "query_windows-conv-r23-s2": dict(implementation="query_windows", position="conv",
-                                      strides=2),
-    "query_windows-conv-r3-u2-s2p2-bias": dict(implementation="query_windows", position="conv",
-                                               receptive_field=3, intra_depth=2, strides=2,
-                                               pool_size=2, position_bias=True),
-    "row_windows-conv-u2-bias": dict(implementation="row_windows", position="conv",
-                                     receptive_field=5, intra_depth=2, position_bias=True),
-    "row_windows-conv-r23-s2": dict(implementation="row_windows", position="conv", strides=2),
-    "row_windows-conv-r3": dict(implementation="row_windows", position="conv", receptive_field=3),
-    "conv-conv-u2": dict(implementation="conv", position="conv", receptive_field=5,
-                         intra_depth=2),
-    "conv-conv-r23-s2p2-bias": dict(implementation="conv", position="conv", strides=2,
-                                    pool_size=2, position_bias=True),
-    "auto-conv": dict(implementation="auto", position="conv", receptive_field=5),
+    "query_windows-local-u2-bias": dict(implementation="query_windows", position="local",
+                                        receptive_field=5, intra_depth=2, position_bias=True),
+    "query_windows-local-r23-s2": dict(implementation="query_windows", position="local",
+                                       strides=2),
+    "query_windows-local-r3-u2-s2p2-bias": dict(implementation="query_windows", position="local",
+                                                receptive_field=3, intra_depth=2, strides=2,
+                                                pool_size=2, position_bias=True),
+    "row_windows-local-u2-bias": dict(implementation="row_windows", position="local",
+                                      receptive_field=5, intra_depth=2, position_bias=True),
+    "row_windows-local-r23-s2": dict(implementation="row_windows", position="local", strides=2),
+    "row_windows-local-r3": dict(implementation="row_windows", position="local", receptive_field=3),
+    "conv-local-u2": dict(implementation="conv", position="local", receptive_field=5,
+                          intra_depth=2),
+    "conv-local-r23-s2p2-bias": dict(implementation="conv", position="local", strides=2,
+                                     pool_size=2, position_bias=True),
+    "auto-local": dict(implementation="auto", position="local", receptive_field=5),
     "auto-relative": dict(implementation="auto", position="relative", intra_depth=2),
     "auto-none-u2-s2p3": dict(implementation="auto", position=None, intra_depth=2, strides=2),
 }
@@ -311,7 +311,7 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     q = tf.constant(rng.standard_normal((3, 22 * 9, 2, 4)).astype("float32"))
     values = tf.constant(rng.standard_normal((3, 22 * 9, 3, 2)).astype("float32"))
     kernel = tf.constant(rng.standard_normal((5, 5, 2, 4)).astype("float32"))
-    embeddings = formulations.position_embeddings(kernel, "conv", 22, 9)  # [n, m, u, k]
+    embeddings = formulations.position_embeddings(kernel, "local", 22, 9)  # [n, m, u, k]
 
     def position(q, values):
         if formulation == "queries_first":

@@ -41,26 +41,26 @@ from reference import (
 )
 
 # id: (layer arguments, training). Every mode, |u| 1 and 4, strides 1/2 x pools 3/2, bias, and
-# formulations of "conv" (also with the paper's 23 x 23 scope, larger than the map);
+# formulations of "local" (also with the paper's 23 x 23 scope, larger than the map);
 # tests/test_formulations.py forces every formulation in every mode.
 REFERENCE_CASES = {
-    "conv-lambdas_first": (dict(position="conv", implementation="lambdas_first",
-                                receptive_field=5), False),
-    "conv-conv": (dict(position="conv", implementation="conv", receptive_field=5), False),
-    "conv-row_windows-r23": (dict(position="conv", implementation="row_windows"), False),
-    "conv-conv-r23": (dict(position="conv", implementation="conv"), False),
-    "conv-auto-bias": (dict(position="conv", receptive_field=3, position_bias=True), False),
-    "conv-row_windows-u4-s2p3-bias": (dict(position="conv", implementation="row_windows",
-                                           intra_depth=4, receptive_field=7, strides=2,
-                                           position_bias=True), False),
-    "conv-conv-u4-s2p3-bias": (dict(position="conv", implementation="conv", intra_depth=4,
-                                    receptive_field=7, strides=2, position_bias=True), False),
-    "conv-lambdas_first-u4-s2p2": (dict(position="conv", implementation="lambdas_first",
-                                        intra_depth=4, receptive_field=3, strides=2,
-                                        pool_size=2), False),
-    "conv-conv-u4-s2p2": (dict(position="conv", implementation="conv", intra_depth=4,
-                               receptive_field=3, strides=2, pool_size=2), False),
-    "conv-conv-training": (dict(position="conv", implementation="conv", receptive_field=5), True),
+    "local-lambdas_first": (dict(position="local", implementation="lambdas_first",
+                                 receptive_field=5), False),
+    "local-conv": (dict(position="local", implementation="conv", receptive_field=5), False),
+    "local-row_windows-r23": (dict(position="local", implementation="row_windows"), False),
+    "local-conv-r23": (dict(position="local", implementation="conv"), False),
+    "local-auto-bias": (dict(position="local", receptive_field=3, position_bias=True), False),
+    "local-row_windows-u4-s2p3-bias": (dict(position="local", implementation="row_windows",
+                                            intra_depth=4, receptive_field=7, strides=2,
+                                            position_bias=True), False),
+    "local-conv-u4-s2p3-bias": (dict(position="local", implementation="conv", intra_depth=4,
+                                     receptive_field=7, strides=2, position_bias=True), False),
+    "local-lambdas_first-u4-s2p2": (dict(position="local", implementation="lambdas_first",
+                                         intra_depth=4, receptive_field=3, strides=2,
+                                         pool_size=2), False),
+    "local-conv-u4-s2p2": (dict(position="local", implementation="conv", intra_depth=4,
+                                receptive_field=3, strides=2, pool_size=2), False),
+    "local-conv-training": (dict(position="local", implementation="conv", receptive_field=5), True),
     "relative": (dict(position="relative"), False),
     "relative-u4-s2p3-bias": (dict(position="relative", intra_depth=4, strides=2,
                                    position_bias=True), False),
@@ -91,7 +91,7 @@ def test_matches_numpy_reference(case):
 def test_one_position_map_matches_the_reference_without_warnings(training):
     """A 1 x 1 map (c5 of a 32 px input): the keys' softmax over one position is 1; the layer
     gives the reference's outputs and Keras' size-1 softmax warning is not raised."""
-    layer = make_layer(position="conv", receptive_field=3)
+    layer = make_layer(position="local", receptive_field=3)
     x = random_input((BATCH, 1, 1, CHANNELS))
     layer.build(x.shape)
     randomize_statistics(layer)
@@ -110,7 +110,7 @@ def test_one_position_map_matches_the_reference_without_warnings(training):
 def test_reference_detects_a_wrong_offset():
     """The reference is sensitive: the conv kernel flipped (convolution instead of
     cross-correlation) gives a different output."""
-    layer = make_layer(position="conv", receptive_field=3)
+    layer = make_layer(position="local", receptive_field=3)
     x = random_input()
     layer.build(x.shape)
     expected = reference_lambda_layer(layer, x)
@@ -120,11 +120,11 @@ def test_reference_detects_a_wrong_offset():
 
 # -------------------------------------------------------------------- XLA, gradients
 XLA_CASES = {
-    "conv-row_windows": (dict(position="conv", implementation="row_windows", receptive_field=5),
-                         True),
-    "conv-auto": (dict(position="conv", receptive_field=5), False),
-    "conv-conv-u4-s2p3": (dict(position="conv", implementation="conv", intra_depth=4,
-                               receptive_field=3, strides=2, position_bias=True), True),
+    "local-row_windows": (dict(position="local", implementation="row_windows", receptive_field=5),
+                          True),
+    "local-auto": (dict(position="local", receptive_field=5), False),
+    "local-conv-u4-s2p3": (dict(position="local", implementation="conv", intra_depth=4,
+                                receptive_field=3, strides=2, position_bias=True), True),
     "relative-s2p2": (dict(position="relative", strides=2, pool_size=2), False),
     "global-u4": (dict(position="global", intra_depth=4, position_bias=True), True),
     "none": (dict(position=None), False),
@@ -144,12 +144,12 @@ def test_xla_matches_eager(case):
 
 
 GRADIENT_CASES = {
-    "conv-lambdas_first": dict(position="conv", implementation="lambdas_first",
-                               receptive_field=3, position_bias=True),
-    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=3,
-                             position_bias=True),
-    "conv-conv-u4": dict(position="conv", implementation="conv", intra_depth=4,
-                         receptive_field=3, position_bias=True),
+    "local-lambdas_first": dict(position="local", implementation="lambdas_first",
+                                receptive_field=3, position_bias=True),
+    "local-row_windows": dict(position="local", implementation="row_windows", receptive_field=3,
+                              position_bias=True),
+    "local-conv-u4": dict(position="local", implementation="conv", intra_depth=4,
+                          receptive_field=3, position_bias=True),
     "relative-s2": dict(position="relative", strides=2, position_bias=True),
     "global": dict(position="global", position_bias=True),
     "none": dict(position=None),
@@ -185,8 +185,8 @@ def _shift_equivariance_error(layer, shift, margin, size=12):
 
 
 @pytest.mark.parametrize("implementation", formulations.FORMULATIONS)
-def test_conv_mode_is_shift_equivariant(implementation):
-    layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
+def test_local_mode_is_shift_equivariant(implementation):
+    layer = make_layer(position="local", receptive_field=3, implementation=implementation)
     layer.build((1, 12, 12, CHANNELS))
     # Non-zero BN shifts: V(0) != 0 and q(0) != 0, so the zero padding breaks equivariance
     # within r // 2 of the border, and only there.
@@ -214,9 +214,9 @@ def test_global_mode_is_not_shift_equivariant():
 
 # ---------------------------------------------------------------------- mixed precision
 MIXED_CASES = {
-    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=5),
-    "conv-conv-u4-s2": dict(position="conv", implementation="conv", intra_depth=4,
-                            receptive_field=3, strides=2, position_bias=True),
+    "local-row_windows": dict(position="local", implementation="row_windows", receptive_field=5),
+    "local-conv-u4-s2": dict(position="local", implementation="conv", intra_depth=4,
+                             receptive_field=3, strides=2, position_bias=True),
     "relative": dict(position="relative", position_bias=True),
     "global-s2p2": dict(position="global", strides=2, pool_size=2),
     "none": dict(position=None),
@@ -253,7 +253,7 @@ def test_mixed_bfloat16_inference_is_finite_for_large_inputs(case):
 @pytest.mark.parametrize("policy", POLICIES)
 def test_key_softmax_runs_in_float32(policy):
     keras.mixed_precision.set_dtype_policy(policy)
-    layer = make_layer(position="conv", receptive_field=3)
+    layer = make_layer(position="local", receptive_field=3)
     x = random_input(scale=1e3)
     layer.build(x.shape)
     assert graph_op_dtypes(lambda t: layer(t, training=True), x, "Softmax") == ["float32"]
@@ -265,7 +265,7 @@ def test_key_softmax_runs_in_float32(policy):
 
 @pytest.mark.parametrize("policy,rtol", [("mixed_float16", 1e-2), ("mixed_bfloat16", 5e-2)])
 def test_mixed_precision_matches_float32(policy, rtol):
-    kwargs = dict(position="conv", receptive_field=3, intra_depth=4, position_bias=True)
+    kwargs = dict(position="local", receptive_field=3, intra_depth=4, position_bias=True)
     x = random_input()
     reference = make_layer(**kwargs)
     reference.build(x.shape)
@@ -283,14 +283,14 @@ def test_mixed_precision_matches_float32(policy, rtol):
 
 # ------------------------------------------------------------- config, saving, Sequential
 CONFIG_CASES = {
-    "conv-u4-s2-bias": dict(position="conv", intra_depth=4, receptive_field=3, strides=2,
-                            pool_size=2, implementation="conv", position_bias=True),
+    "local-u4-s2-bias": dict(position="local", intra_depth=4, receptive_field=3, strides=2,
+                             pool_size=2, implementation="conv", position_bias=True),
     "relative-feature-size-initializers": dict(
         position="relative", feature_size=(ROWS, COLS), query_initializer="he_normal",
         key_initializer=keras.initializers.RandomNormal(stddev=0.3),
         norm_momentum=0.99, norm_epsilon=1e-3),
     "global-s2": dict(position="global", strides=2),
-    "conv-row_windows": dict(position="conv", receptive_field=5, implementation="row_windows"),
+    "local-row_windows": dict(position="local", receptive_field=5, implementation="row_windows"),
     "relative-queries_first": dict(position="relative", implementation="queries_first"),
     "none": dict(position=None, output_dim=None, num_heads=3),
 }
@@ -318,7 +318,7 @@ def test_keras_save_and_reload(case, tmp_path):
 
 def test_dynamic_size_model_saves_and_reloads(tmp_path):
     inputs = keras.Input((None, None, CHANNELS))
-    model = keras.Model(inputs, make_layer(position="conv", receptive_field=3, strides=2)(inputs))
+    model = keras.Model(inputs, make_layer(position="local", receptive_field=3, strides=2)(inputs))
     reloaded = assert_keras_save_reload(model, random_input(), tmp_path)
     other = random_input((1, 9, 5, CHANNELS))
     assert max_abs_diff(reloaded(other), model(other)) == 0.0
@@ -348,8 +348,8 @@ def test_inside_sequential_trains_and_round_trips(tmp_path):
 
 # ------------------------------------------------------------------------------- shapes
 SHAPE_MODES = {
-    "conv-row_windows": dict(position="conv", implementation="row_windows", receptive_field=3),
-    "conv-conv": dict(position="conv", implementation="conv", receptive_field=3),
+    "local-row_windows": dict(position="local", implementation="row_windows", receptive_field=3),
+    "local-conv": dict(position="local", implementation="conv", receptive_field=3),
     "relative": dict(position="relative"),
     "global": dict(position="global"),
     "none": dict(position=None),
@@ -371,8 +371,8 @@ def test_compute_output_shape_matches_output(mode, stride, size):
 
 @pytest.mark.parametrize("stride", STRIDES)
 @pytest.mark.parametrize("implementation", ["auto", "conv"])
-def test_conv_mode_runs_with_dynamic_spatial_size(implementation, stride):
-    layer = make_layer(position="conv", receptive_field=3, implementation=implementation,
+def test_local_mode_runs_with_dynamic_spatial_size(implementation, stride):
+    layer = make_layer(position="local", receptive_field=3, implementation=implementation,
                        **STRIDES[stride])
     symbolic = layer(keras.Input((None, None, CHANNELS)))
     assert symbolic.shape == layer.compute_output_shape((None, None, None, CHANNELS))
@@ -409,8 +409,8 @@ CONSTRUCTOR_ERRORS = {
         "`receptive_field` must be an int >= 1. Received: receptive_field=0"),
     "receptive_field-negative": (dict(receptive_field=-3), "Received: receptive_field=-3"),
     "strides": (dict(strides=3), "`strides` must be an int in [1, 2]. Received: strides=3"),
-    "position": (dict(position="local"), "`position` must be one of ('conv', 'relative', "
-                                         "'global', None). Received: position='local'"),
+    "position": (dict(position="window"), "`position` must be one of ('local', 'relative', "
+                 "'global', None). Received: position='window'"),
     "pool_size": (dict(pool_size=4), "`pool_size` must be an int in [2, 3]. "
                                      "Received: pool_size=4"),
     "implementation": (dict(implementation="fft"),
@@ -420,13 +420,13 @@ CONSTRUCTOR_ERRORS = {
     "implementation-local-only": (
         dict(position="relative", implementation="row_windows"),
         '`implementation="row_windows"` computes the local lambda convolution and needs '
-        "`position=\"conv\"`. Received: position='relative'"),
+        "`position=\"local\"`. Received: position='relative'"),
     "implementation-conv-global": (dict(position="global", implementation="conv"),
-                                   "needs `position=\"conv\"`. Received: position='global'"),
+                                   "needs `position=\"local\"`. Received: position='global'"),
     "feature_size": (dict(position="relative", feature_size=(6, 0)),
                      "Received: feature_size=(6, 0)"),
-    "feature_size-conv": (dict(position="conv", feature_size=(6, 7)),
-                          "position='conv' has none. Received: feature_size=(6, 7)"),
+    "feature_size-local": (dict(position="local", feature_size=(6, 7)),
+                           "position='local' has none. Received: feature_size=(6, 7)"),
     # Was accepted and built no bias (get_config kept True).
     "position_bias-none": (dict(position=None, position_bias=True),
                            "`position_bias` is a bias of the position lambdas; position=None "
@@ -439,9 +439,9 @@ CONSTRUCTOR_ERRORS = {
 }
 
 
-def test_old_config_with_feature_size_beside_conv_still_loads():
-    """Before the refusal above, feature_size was ignored beside "conv"; saved configs load."""
-    config = {**LambdaLayer(position="conv").get_config(), "feature_size": (6, 7)}
+def test_old_config_with_feature_size_beside_local_still_loads():
+    """Before the refusal above, feature_size was ignored beside "local"; saved configs load."""
+    config = {**LambdaLayer(position="local").get_config(), "feature_size": (6, 7)}
     assert LambdaLayer.from_config(config).feature_size is None
 
 
@@ -535,7 +535,7 @@ def test_built_layer_rejects_another_channel_count():
 
 @pytest.mark.parametrize("implementation", formulations.STATIC_ONLY)
 def test_static_formulations_reject_dynamic_size(implementation):
-    layer = make_layer(position="conv", receptive_field=3, implementation=implementation)
+    layer = make_layer(position="local", receptive_field=3, implementation=implementation)
     traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
     with pytest.raises(ValueError, match=re.escape(
             f'`implementation="{implementation}"` needs a static spatial size (use "conv" or '
@@ -545,7 +545,7 @@ def test_static_formulations_reject_dynamic_size(implementation):
 
 def test_legacy_einsum_implementation_loads_as_auto():
     """Configs saved before the formulation names existed keep loading: "einsum" is "auto"."""
-    layer = make_layer(position="conv", receptive_field=3)
+    layer = make_layer(position="local", receptive_field=3)
     x = random_input()
     layer.build(x.shape)
     old_config = {**layer.get_config(), "implementation": "einsum"}

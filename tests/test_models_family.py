@@ -11,7 +11,7 @@ Independent expectations:
   maps entering the strided blocks builds; a forward pass gives probabilities.
 
 The family test builds the 1000-class heads so that its printed counts are the full models'
-(position="conv" weights do not depend on the input size) and runs them on 64x64 inputs.
+(position="local" weights do not depend on the input size) and runs them on 64x64 inputs.
 """
 
 import re

@@ -137,7 +137,7 @@ def test_non_square_inputs(height, width):
         assert np.all(np.isfinite(keras.ops.convert_to_numpy(outputs[name])))
 
 
-def test_undefined_input_size_with_conv_positions():
+def test_undefined_input_size_with_local_positions():
     model = lambda_keras.LambdaResNet50(include_top=False, pooling="avg")
     assert model.input_shape == (None, None, None, 3)
     assert model(images(height=64, width=96)).shape == (2, 2048)

@@ -12,8 +12,9 @@ Implemented (paper section in brackets):
 - multi-query heads |h| with |v| = output_dim / |h| and keys/values shared by the heads [3.2];
 - intra-depth |u| >= 1: keys, values and embeddings gain a u axis summed in the lambdas [4.3, B.4];
 - position lambdas, `position=`:
-  "conv"     the lambda convolution: E[n, m] = w[m - n + r // 2] on an r x r local scope with
-             zero padding ("same"); any input size [4.3];
+  "local"    the lambda convolution: E[n, m] = w[m - n + r // 2] on an r x r local scope with
+             zero padding ("same"); any input size [4.3] ("conv", its former name, is still
+             accepted: it warns, and saved configs that hold it load as "local");
   "relative" relative embeddings over the whole map: E[n, m] = R[m - n + (H-1, W-1)], a learned
              (2H-1) x (2W-1) table; translation-equivariant; static size [3.2];
   "global"   one free embedding per (n, m) pair; static size;
@@ -57,6 +58,8 @@ Deviations, each marked NOTE: below:
   checks, projections and norms, the content term) lives in shared.py.
 """
 
+import warnings
+
 import numpy as np
 import keras
 from keras import ops
@@ -75,7 +78,9 @@ from lambda_keras.layers.formulations import (  # noqa: F401 (re-exported, publi
     relative_offsets,
 )
 
-POSITION_MODES = ("conv", "relative", "global", None)
+POSITION_MODES = ("local", "relative", "global", None)
+# Former names of position modes: accepted with a DeprecationWarning, read silently from configs.
+LEGACY_POSITION_MODES = {"conv": "local"}
 POOL_SIZES = (2, 3)
 
 
@@ -90,8 +95,9 @@ class LambdaLayer(keras.layers.Layer):
             d / |h|.
         intra_depth: intra-depth |u| (paper default 1 [C3]; the larger variant has 4 [C, Table 3]
             with a 7x7 scope [C3]).
-        position: "conv" (local lambda convolution), "relative", "global" or None (content only).
-        receptive_field: odd scope size r of the "conv" mode (paper default 23 [C3]).
+        position: "local" (the r x r lambda convolution), "relative", "global" or None (content
+            only). "conv" is the former name of "local" (deprecated: it warns).
+        receptive_field: odd scope size r of the "local" mode (paper default 23 [C3]).
         feature_size: (H, W) the "relative"/"global" embeddings are made for; defaults to the
             static input size seen in `build`.
         strides: 1, or 2 to average-pool the output.
@@ -99,8 +105,8 @@ class LambdaLayer(keras.layers.Layer):
         implementation: how the position term is computed: "auto" (default: the formulation
             measured fastest where the layer runs, see module docstring) or one of
             "queries_first", "lambdas_first" (any position mode, static map size),
-            "query_windows", "row_windows" (position "conv", static size) and "conv" (position
-            "conv", any size). All give the same outputs; with position=None (no position term)
+            "query_windows", "row_windows" (position "local", static size) and "conv" (position
+            "local", any size). All give the same outputs; with position=None (no position term)
             only "auto". The value "einsum" of earlier releases is read as "auto".
         position_bias: add a learned bias per key channel to the position lambdas (timm's
             layer); needs a position term (refused with position=None).
@@ -130,7 +136,7 @@ class LambdaLayer(keras.layers.Layer):
         key_dim=16,
         num_heads=4,
         intra_depth=1,
-        position="conv",
+        position="local",
         receptive_field=23,
         feature_size=None,
         strides=1,
@@ -151,7 +157,7 @@ class LambdaLayer(keras.layers.Layer):
                            norm_momentum=norm_momentum, norm_epsilon=norm_epsilon,
                            initializers=(query_initializer, key_initializer, value_initializer,
                                          position_initializer))
-        self.position = utils.check_choice("position", position, POSITION_MODES)
+        self.position = position = resolve_position(position)
         self.feature_size = utils.check_size_pair("feature_size", feature_size, optional=True)
         if self.feature_size is not None and position not in ("relative", "global"):
             raise ValueError('`feature_size` sizes the "relative" and "global" embeddings; '
@@ -187,7 +193,7 @@ class LambdaLayer(keras.layers.Layer):
 
         build_projections(self, channels, channels)
         position_init = self.position_initializer or keras.initializers.RandomNormal(stddev=1.0)
-        if self.position == "conv":
+        if self.position == "local":
             r = self.receptive_field
             # Kernel of the lambda convolution, HWIO: [r, r, u, k].
             self.position_embeddings = self.add_weight(
@@ -378,7 +384,11 @@ class LambdaLayer(keras.layers.Layer):
 
     @classmethod
     def from_config(cls, config):
-        # Files saved before `feature_size` was refused beside "conv" (where it was ignored).
+        # Files saved while "local" was named "conv" (LEGACY_POSITION_MODES): read as "local",
+        # without the constructor's warning.
+        if isinstance(config.get("position"), str) and config["position"] in LEGACY_POSITION_MODES:
+            config = {**config, "position": LEGACY_POSITION_MODES[config["position"]]}
+        # Files saved before `feature_size` was refused beside "local" (where it was ignored).
         if config.get("position") not in ("relative", "global"):
             config = {**config, "feature_size": None}
         # Files saved before `position_bias` and a formulation were refused beside
@@ -444,6 +454,19 @@ def _same_pool_tables(rows, cols, pool_size):
                 scale=scale[None, :, :, None].astype("float32"))
 
 
+def resolve_position(position):
+    """Validated `position`; a former name (LEGACY_POSITION_MODES) warns, naming the caller
+    outside this package, and maps to its mode."""
+    new = LEGACY_POSITION_MODES.get(position) if isinstance(position, str) else None
+    if new is None:
+        return utils.check_choice("position", position, POSITION_MODES)
+    warnings.warn(f'position="{position}" is the former name of position="{new}"; pass '
+                  f'position="{new}" (the same layer, weights and outputs). Saved configs '
+                  f'that hold "{position}" load as "{new}".', DeprecationWarning,
+                  stacklevel=utils.caller_stacklevel())
+    return new
+
+
 def _implementation(implementation, position):
     """Validated `implementation`; the legacy "einsum" maps to "auto" (module docstring)."""
     implementation = formulations.LEGACY_IMPLEMENTATIONS.get(implementation, implementation)
@@ -455,7 +478,7 @@ def _implementation(implementation, position):
     if implementation in formulations.LOCAL_ONLY and position in ("relative", "global"):
         raise ValueError(
             f'`implementation="{implementation}"` computes the local lambda convolution and '
-            f'needs `position="conv"`. Received: position={position!r}'
+            f'needs `position="local"`. Received: position={position!r}'
         )
     if implementation != "auto" and position is None:
         raise ValueError(

@@ -10,17 +10,17 @@ reference of the paper):
   local scope covers most of the map. In a strided layer the average pool that follows is
   applied to those maps before . V (`queries_first_pooled`: the second contraction at a quarter
   of the positions).
-- "query_windows" (local "conv" mode): q . E first too, but in window coordinates: one GEMM
+- "query_windows" ("local" position mode): q . E first too, but in window coordinates: one GEMM
   gives every query's scores over its r x r window, which are spread over the context rows of
   its block of query rows and meet column windows of V in one batched matmul. A strided layer's
   pool is folded into that GEMM (the pooled query's window is (r + 2)^2; 9 taps x |k| deep), so
   nothing runs at the unpooled positions after it. Memory Theta(b n h r (r + block rows) u).
 - "lambdas_first": E . V first, 'nmuk,bmvu->bnkv' (the paper's global einsum), memory
   Theta(k n m + b n k v) with no batch-dependent n x m map; static sizes.
-- "row_windows" (local "conv" mode): the r x r scope as one einsum over row windows of V and
+- "row_windows" ("local" position mode): the r x r scope as one einsum over row windows of V and
   banded column matrices of the kernel; memory Theta(b n r v), linear in the positions; static
   sizes.
-- "conv" (local "conv" mode): a 2-D convolution over V with the value depth folded into the
+- "conv" ("local" position mode): a 2-D convolution over V with the value depth folded into the
   batch, the paper's lambda convolution; memory Theta(b n k v); any (dynamic) input size.
 
 Which one is fastest depends on the map size, on forward vs training, and on what runs it: the
@@ -104,6 +104,6 @@ IMPLEMENTATIONS = ("auto",) + FORMULATIONS
 # Values of `implementation` from earlier releases, mapped when a layer (or an old config) is
 # created. "einsum" meant "never the convolution" (for XLA); "auto" now knows about XLA itself.
 LEGACY_IMPLEMENTATIONS = {"einsum": "auto"}
-# Formulations that need the "conv" (local) position mode, and those that need a static size.
+# Formulations that need the "local" position mode, and those that need a static size.
 LOCAL_ONLY = ("query_windows", "row_windows", "conv")
 STATIC_ONLY = ("queries_first", "query_windows", "lambdas_first", "row_windows")

@@ -135,10 +135,16 @@ def device_key(runtime):
 
 def layer_key(layer, rows, cols, phase):
     """The shape of a call the picks are measured for: a LambdaLayer on a rows x cols map."""
-    scope = f"r{layer.receptive_field} " if layer.position == "conv" else ""
+    scope = f"r{layer.receptive_field} " if layer.position == "local" else ""
     return (f"{layer.position} {scope}h{layer.num_heads} k{layer.key_dim} v{layer.value_dim} "
             f"u{layer.intra_depth} s{layer.strides} p{layer.pool_size} {rows}x{cols} "
             f"{layer.compute_dtype} {phase}")
+
+
+def _legacy_layer_key(key):
+    """The key a file written while the "local" position mode was named "conv" holds for the
+    layer key `key` (still read), or None."""
+    return "conv" + key[len("local"):] if key.startswith("local ") else None
 
 
 def tuned_formulation(layer, rows, cols, training, runtime):
@@ -149,8 +155,9 @@ def tuned_formulation(layer, rows, cols, training, runtime):
     picks = stored_picks()
     if not picks:
         return None
-    entry = picks.get(device_key(runtime), {}).get(
-        layer_key(layer, rows, cols, rule.phase_of(training)))
+    entries = picks.get(device_key(runtime), {})
+    key = layer_key(layer, rows, cols, rule.phase_of(training))
+    entry = entries.get(key, entries.get(_legacy_layer_key(key)))
     formulation = entry.get("formulation") if isinstance(entry, dict) else None
     return formulation if formulation in candidates(layer) else None
 
@@ -161,7 +168,7 @@ def candidates(layer):
     from lambda_keras.layers import formulations
 
     return tuple(f for f in formulations.FORMULATIONS
-                 if layer.position == "conv" or f not in formulations.LOCAL_ONLY)
+                 if layer.position == "local" or f not in formulations.LOCAL_ONLY)
 
 
 def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_depth,

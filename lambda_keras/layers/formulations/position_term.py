@@ -77,9 +77,9 @@ def position_embeddings(table, position, rows, cols):
     """E for every (query, context) pair of a static rows x cols map: [n, m, u, k].
 
     Args:
-        table: "conv": the r x r kernel [r, r, u, k]; "relative": the (2H-1) x (2W-1) table
+        table: "local": the r x r kernel [r, r, u, k]; "relative": the (2H-1) x (2W-1) table
             [2H-1, 2W-1, u, k]; "global": E itself [n, m, u, k].
-        position: "conv", "relative" or "global".
+        position: "local", "relative" or "global".
     """
     if position == "global":
         return table  # [n, m, u, k]

@@ -58,7 +58,7 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # the AMD EPYC with AVX-512 only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
-# The local "conv" mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
+# The "local" position mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
 # pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
 # with AVX2 (benchmarks/results/formulations/, summarised in benchmarks/README.md "Formulations
@@ -541,11 +541,11 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     """The formulation "auto" uses for a rows x cols map (ints, or None when unknown).
 
     Args:
-        position: the layer's position mode, "conv", "relative" or "global".
-        rows, cols: the static map size, or None (dynamic: only "conv" applies).
+        position: the layer's position mode, "local", "relative" or "global".
+        rows, cols: the static map size, or None (dynamic: only the formulation "conv" applies).
         training: the call's `training`; a symbolic or truthy value counts as training.
         num_heads, key_dim, value_dim, intra_depth: |h|, |k|, |v|, |u|.
-        receptive_field: r of the "conv" mode (ignored by the other modes).
+        receptive_field: r of the "local" mode (ignored by the other modes).
         runtime: a `Runtime`.
         strides: the layer's strides (2: an average pool follows, which "queries_first" applies
             to its q . E maps and "query_windows" folds into its window scores).
@@ -553,6 +553,9 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     Returns:
         One of FORMULATIONS.
     """
+    if position not in ("local", "relative", "global"):
+        raise ValueError('`position` must be "local", "relative" or "global" ("conv" is the '
+                         f'former name of "local"). Received: position={position!r}')
     if not (isinstance(rows, int) and isinstance(cols, int)):
         return "conv"  # dynamic size: only the convolution applies ("relative"/"global" fix it)
     positions = rows * cols  # m = n: the whole map is the context of "relative"/"global"
@@ -560,7 +563,7 @@ def choose(position, rows, cols, training, *, num_heads, key_dim, value_dim, int
     # fewest FLOPs), unless a local scope covers only part of the map (see _rule).
     maps = num_heads * positions * intra_depth  # floats of one query's q.E maps
     small_maps = maps <= key_dim * value_dim
-    if position != "conv":
+    if position != "local":
         return "queries_first" if small_maps else "lambdas_first"
     rule = rule_for(runtime, phase_of(training))
     scope = receptive_field * receptive_field
