@@ -1,12 +1,15 @@
-"""Helpers shared by the export tests (tests/test_export.py, tests/test_export_api.py)."""
+"""Helpers shared by the export tests (tests/test_export.py, tests/test_export_api.py,
+tests/test_export_signatures.py)."""
 
 import importlib.util
 from pathlib import Path
 
 import numpy as np
+import keras
 import tensorflow as tf
 
 from lambda_keras import export, weights
+from lambda_keras.layers import LambdaLayer
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -33,3 +36,14 @@ def tflite_run(path, inputs):
     """Runs a .tflite file on a batch with the package's one LiteRT runner (XNNPACK on)."""
     runner = export.LiteRTRunner(path)
     return runner(inputs), runner.ops
+
+
+def tiny_classifier():
+    """A small seeded classifier holding a LambdaLayer: 32x32 RGB in, 3 softmax classes out."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu")(inputs)
+    x = LambdaLayer(key_dim=8, num_heads=4, receptive_field=5)(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs)
