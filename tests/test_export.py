@@ -10,8 +10,9 @@ No TF Serving binary runs in CI, so the contract the server relies on is tested 
 - LiteRT files run in ai-edge-litert's interpreter against the Keras model.
 
 Models: LambdaResNet-50 (paper layout) and the timm-compatible LambdaResNet-26T, both at 64 x 64
-with 10 classes (the digits), made "trained-ish" first (see `_trained_ish`). The API's arguments,
-files and TensorFlow's own tools are tests/test_export_api.py (a small model, fast).
+with 10 classes (the digits), made "trained-ish" first (see `_trained_ish`). The API's arguments
+and files are tests/test_export_api.py, TensorFlow's own tools and the clients' requests
+tests/test_export_signatures.py (a small model, fast).
 """
 
 import base64
