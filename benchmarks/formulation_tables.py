@@ -8,7 +8,7 @@ one machine, and the lambda layer's speed-up over timm's PyTorch layer across ma
 """
 
 from benchmarks import common
-from benchmarks.formulations import ENGINES, FORMULATIONS, PHASES
+from benchmarks.formulations import ENGINES, PHASES, PROBE_ORDER
 
 PHASE_NAMES = {"fwd": "inference", "train": "fwd+bwd"}  # column names of PHASES
 
@@ -59,9 +59,9 @@ def markdown_tables(data):
     """Per engine: each formulation's median (ms), auto's pick and its ratio to the fastest,
     and the ratio of auto's time to timm's PyTorch layer (r 23 shape)."""
     speedups = versus_timm(data)
-    lines = ["| engine | shape | map | phase | " + " | ".join(FORMULATIONS)
+    lines = ["| engine | shape | map | phase | " + " | ".join(PROBE_ORDER)
              + " | auto picks | auto / fastest | timm / auto |",
-             "|---" * (len(FORMULATIONS) + 7) + "|"]
+             "|---" * (len(PROBE_ORDER) + 7) + "|"]
     order = {name: i for i, name in enumerate(ENGINES)}
     cells = sorted((c for c in data["cells"] if c["engine"] in ENGINES),
                    key=lambda c: (order[c["engine"]], c["shape"], c["size"], c["phase"]))
@@ -72,7 +72,7 @@ def markdown_tables(data):
         speedup = f"{speedup:.1f}x" if speedup and cell["shape"] == "r23" else ""
         lines.append(
             f"| {cell['engine']} | {cell['shape']} | {cell['size']}² | {cell['phase']} | "
-            + " | ".join(_ms(results.get(f, {})) for f in FORMULATIONS)
+            + " | ".join(_ms(results.get(f, {})) for f in PROBE_ORDER)
             + f" | {cell['auto']} | {f'{ratio:.2f}x' if ratio else '-'} | {speedup} |")
     return "\n".join(lines)
 

@@ -59,8 +59,8 @@ import numpy as np
 from benchmarks import common
 from lambda_keras import runtime, utils
 
-FORMULATIONS = ("row_windows", "conv", "lambdas_first", "queries_first",
-                "query_windows")  # probe order
+# The package's formulations (lambda_keras.layers.formulations.FORMULATIONS) in the order probed.
+PROBE_ORDER = ("row_windows", "conv", "lambdas_first", "queries_first", "query_windows")
 # name: (KERAS_BACKEND, environment, jit_compile, rule engine of formulations.LOCAL_RULE)
 ENGINES = {
     "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
@@ -91,7 +91,6 @@ LAYER = dict(key_dim=16, num_heads=4, position="local")
 # rounds: (slow cells, others) round-robin calls after the probe; slow: best probe > budget_s.
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), rounds=(1, 2), budget_s=1.0)
 QUICK = dict(batch=2, width=32, sizes=(8, 16), rounds=(1, 1), budget_s=0.05)
-HOPELESS = 10.0  # probe slower than this many times the cell's best probe: not timed further
 # An n x m formulation slower than this many times the best at one size is not run at the larger
 # sizes of that shape and phase (`drop_from_larger_maps`).
 DROP_AFTER = 3.0
@@ -184,7 +183,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
             x = np.random.default_rng(0).standard_normal(
                 (batch, size, size, width)).astype("float32")
             steps = {f: steps_for(_make_layer(shape, f, size, width), x, jit_compile)
-                     for f in FORMULATIONS}
+                     for f in PROBE_ORDER}
             auto_layer = _make_layer(shape, "auto", size, width)
             _, auto_trace = steps_for(auto_layer, x, jit_compile)
             for phase in PHASES:
@@ -193,7 +192,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                             auto=_auto_pick(auto_layer, auto_trace, phase))
                 skipped = hopeless_before.setdefault((shape_name, phase), {})
                 probes = {}
-                for formulation in FORMULATIONS:
+                for formulation in PROBE_ORDER:
                     estimate = estimate_bytes(formulation, size, batch, shape, blocks[phase],
                                               phase)
                     if estimate > MEMORY_LIMIT_BYTES:
@@ -214,7 +213,7 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 best = min(probes.values())
                 timed = {}
                 for formulation, probe in probes.items():
-                    if probe > HOPELESS * best:
+                    if probe > autotuning.HOPELESS * best:  # as `autotune`: not timed further
                         if drop_from_larger_maps(formulation, probe, best):
                             skipped[formulation] = size
                         cell["results"][formulation] = dict(
@@ -321,7 +320,7 @@ def _time_timm(size, width, batch, threads, settings, out_path, log):
 
 def _describe(cell):
     parts = []
-    for formulation in FORMULATIONS:
+    for formulation in PROBE_ORDER:
         result = cell["results"].get(formulation, {})
         if "median_s" in result:
             mark = "!" if result["status"] == "hopeless" else ""

@@ -453,6 +453,14 @@ def test_paired_refuses_unknown_engines_and_phases(capsys):
 
 
 @pytest.mark.slow
+def test_formulation_suite_probes_every_formulation_of_the_package():
+    """A formulation added to the layer is timed by the suite too (its own probe order)."""
+    from lambda_keras.layers import formulations
+
+    assert sorted(formulations_suite.PROBE_ORDER) == sorted(formulations.FORMULATIONS)
+    assert len(set(formulations_suite.PROBE_ORDER)) == len(formulations_suite.PROBE_ORDER)
+
+
 def test_formulations_what_if_run_traces_the_rows_of_another_kind_of_cpu(tmp_path):
     """`--rows KIND` times a table with the rule rows of another measured CPU: its worker traces
     "auto" with that kind's rows (a cell where they pick differently from this CPU's), and the

@@ -42,7 +42,9 @@ CACHE_ENV = "LAMBDA_KERAS_AUTOTUNE_CACHE"  # path of the file
 FORMAT_VERSION = 1
 PHASES = ("fwd", "train")
 DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
-HOPELESS = 10.0  # a formulation whose first timed call is this many times the best: not repeated
+# A formulation whose first timed call is this many times the best is not repeated (here and in
+# the formulation benchmark, benchmarks/formulations.py).
+HOPELESS = 10.0
 
 
 # ------------------------------------------------------------------------------- the store
