@@ -42,9 +42,8 @@ _ATTRIBUTES = {
     "preprocess_input": "weights",
     "resolve_preprocessing": "presets",
 }
-_SUBMODULES = ("architectures", "blocks", "cli", "data", "demo", "export", "layers", "models",
-               "presets",
-               "runtime", "training", "utils", "weights")
+_SUBMODULES = ("architectures", "benchmark", "blocks", "cli", "data", "demo", "export", "layers",
+               "models", "presets", "runtime", "training", "utils", "weights")
 
 __all__ = [*_ATTRIBUTES, "data", "export", "training", "__version__"]
 

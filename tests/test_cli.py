@@ -510,8 +510,8 @@ def test_every_option_has_help_and_shows_its_default():
 
     subcommands = next(a for a in cli.build_parser()._actions
                        if isinstance(a, argparse._SubParsersAction)).choices
-    assert set(subcommands) == {"train", "evaluate", "export", "predict", "autotune", "convert",
-                                "demo"}
+    assert set(subcommands) == {"train", "evaluate", "export", "predict", "autotune", "bench",
+                                "convert", "demo"}
     for command, parser in subcommands.items():
         for action in parser._actions:
             name = f"{command} {'/'.join(action.option_strings) or action.dest}"

@@ -315,6 +315,25 @@ def autotune_jit_compile(jit_compile, backend):
     return jit_compile
 
 
+def time_round(steps, calls=1):
+    """One round of round-robin timing: each step of `steps` ({name: step}, steps of `STEPS`,
+    which return a float and so wait for the device) called `calls` times in a row, in the
+    dict's order; warm them up first. `measure` (formulations) and `lambda_keras.benchmark`
+    (models) time with it.
+
+    Returns:
+        {name: [seconds of each call]}.
+    """
+    seconds = {}
+    for name, step in steps.items():
+        seconds[name] = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            step()
+            seconds[name].append(time.perf_counter() - start)
+    return seconds
+
+
 def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False, repeats=5,
             memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES):
     """Times every applicable formulation of a built LambdaLayer's call on a map of `map_size`
@@ -351,22 +370,19 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
             step = STEPS[keras.backend.backend()](clone, x, jit_compile)[0][phase]
             try:
                 step()  # warm-up: tracing, compilation
-                start = time.perf_counter()
-                step()
+                first = time_round({formulation: step})[formulation]
             except Exception as error:  # noqa: BLE001 (an out-of-memory is a result here)
                 results[formulation] = {"skipped": f"{type(error).__name__}: {str(error)[:200]}"}
                 continue
-            steps[formulation] = (step, [time.perf_counter() - start])
+            steps[formulation] = (step, first)
         if not steps:
             raise RuntimeError(f"No formulation of {layer.name} could run on {rows}x{cols} maps: "
                                f"{results}")
         best = min(times[0] for _, times in steps.values())
         for _ in range(repeats - 1):  # round-robin: the formulations share the machine's moods
-            for step, times in steps.values():
-                if times[0] <= HOPELESS * best:
-                    start = time.perf_counter()
-                    step()
-                    times.append(time.perf_counter() - start)
+            hopeful = {f: step for f, (step, times) in steps.items() if times[0] <= HOPELESS * best}
+            for formulation, seconds in time_round(hopeful).items():
+                steps[formulation][1].extend(seconds)
     for formulation, (_, times) in steps.items():
         results[formulation] = {"ms": round(1000 * float(np.median(times)), 3)}
     return results

@@ -1,198 +1,20 @@
-"""The `lambda-keras` command: train, evaluate, export, predict, autotune, convert, demo.
-
-Each subcommand is a thin layer over the package's modules (training, data, export, weights);
-heavy modules are imported inside their subcommand, after the command line was
-parsed and TensorFlow's logging set.
-
-Models: `--model` takes any model name (registry key `lambda_resnet26t`, builder `LambdaResNet26T`
-or preset `lambda_resnet26t.c1_in1k`; resolved by lambda_keras.presets.resolve_model_name, the
-resolver of the Python API) or a `.keras` file (loaded with Keras' safe mode on). `--weights`
-defaults to what the name means everywhere: a preset's weights, "imagenet" for the timm variants,
-none for the paper family; `--weights none` starts from random weights.
-
-`autotune` times the lambda layers' formulations of a model (`lambda_keras.autotune`) under the
-command's own settings (oneDNN and the pooled allocator, as its other subcommands run): the
-picks serve `train`, `evaluate`, `export` and `predict` on this machine, and programs that run
-with the same settings. Picks are stored per compute dtype: `--mixed-precision` tunes for the
-policy `train --mixed-precision` will use. A `.keras` file that takes any input size is tuned at
-`--image-size` (a copy built for that size: the lambda layers' map sizes follow from it).
-
-Errors: every expected failure (a bad argument, a file that is missing, unreadable or not what it
-should be) prints one `error:` line naming the file or argument and exits with status 2; the
-traceback is printed only with `--verbose`. Messages name the command line's own arguments
-(`--image-size`, `src`), not the Python arguments they become: integer flags are checked
-(`check_int_flags`) before anything is built.
-
-Logging: unless `--verbose`, TensorFlow's C++ log lines are silenced: `TF_CPP_MIN_LOG_LEVEL=3`
-(unless the user set it) for what TensorFlow logs after its import, and the native stderr
-redirected to /dev/null while TensorFlow is imported (TF 2.21 writes its import-time lines, e.g.
-the oneDNN and CUDA notices, through absl before reading TF_CPP_MIN_LOG_LEVEL).
+"""The `lambda-keras` subcommands: each one's function (`_cmd_<name>`, a thin layer over the
+package's modules, imported inside it) and its parser (`build_parser`).
 """
 
 import argparse
 import json
 import os
 import sys
-import zipfile
 
-from lambda_keras import presets, runtime, utils
+from lambda_keras import utils
+from lambda_keras.cli.arguments import (
+    at_image_size, check_output_folder, class_names, load_model, model_preprocessing,
+    parse_phases, quiet_tensorflow, read_image, resolve_model_arg, resolve_tpu, timed_model)
 
-QUIET_LOG_LEVEL = "3"  # TF_CPP_MIN_LOG_LEVEL: 3 drops INFO, WARNING and ERROR (e.g. cuInit)
-NO_WEIGHTS = "none"
 PREDICT_BATCH = 32  # images per model call of `predict`
-
-
-def quiet_tensorflow(verbose=False):
-    """Silences TensorFlow's C++ logging for this process unless `verbose`; imports TensorFlow.
-
-    Must run before anything imports TensorFlow (it has no effect on the import-time lines of a
-    TensorFlow already imported).
-    """
-    if verbose:
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", QUIET_LOG_LEVEL)
-    if "tensorflow" not in sys.modules:
-        with utils.native_stderr_silenced():
-            import tensorflow  # noqa: F401
-
-
-def resolve_model_arg(model, weights=None):
-    """`--model` and `--weights` -> (registry key or .keras path, weights to load).
-
-    Names go through the package's resolver; `weights` None means the name's default weights,
-    "none" means random initialisation. Weights given are checked for the model here, before
-    anything is built, the messages naming `--weights`.
-    """
-    if model.endswith(".keras"):
-        if not os.path.exists(model):
-            raise FileNotFoundError(f"--model file not found: {model}")
-        if not os.path.isfile(model):
-            raise ValueError(f"--model is not a regular file: {model}")
-        if weights is not None:
-            raise ValueError(f"--weights {weights} would be ignored: the .keras file {model} "
-                             f"carries its own weights (--weights goes with a model name)")
-        return model, None
-    try:
-        resolved = presets.resolve_model_name(model)
-    except ValueError:
-        raise ValueError(f"unknown --model {model!r}; valid: "
-                         f"{', '.join(presets.model_names())} or a .keras file") from None
-    if weights is None:
-        return resolved.arch, resolved.default_weights
-    if weights.lower() == NO_WEIGHTS:
-        return resolved.arch, None
-    from lambda_keras.weights import loading
-
-    loading.validate_weights(weights, resolved.arch, arg="--weights")
-    return resolved.arch, weights
-
-
-def load_model(model, weights=None, image_size=None):
-    """A model name (+ weights, see `resolve_model_arg`) or a `.keras` file -> keras.Model.
-
-    A `.keras` file is loaded with `lambda_keras.models.load_model` (the package's layers and
-    optimizer registered, Keras' safe mode on).
-    """
-    from lambda_keras import models
-    from lambda_keras.training import model_setup
-
-    name, weights = resolve_model_arg(model, weights)
-    if name.endswith(".keras"):
-        if not zipfile.is_zipfile(name):  # Keras would say "File not found"
-            raise ValueError(f"--model {name} is not a Keras .keras file (not a zip archive); "
-                             "it may be truncated or corrupted")
-        try:
-            loaded = models.load_model(name, safe_mode=True)
-        except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as error:
-            raise ValueError(f"--model {name} could not be loaded as a Keras model: "
-                             f"{type(error).__name__}: {error}") from error
-        if image_size is not None:
-            model_setup.check_image_size(loaded, image_size, model_arg=f"--model {name}",
-                                         size_arg="--image-size")
-        return loaded
-    kwargs = {"weights": weights}
-    if image_size is not None:
-        kwargs["input_shape"] = (image_size, image_size, 3)
-    return models.get_model(name, **kwargs)
-
-
-# Integer flags and the least value each takes (--image-size: `image_size_floor`); --top is
-# checked against the model's classes in predict.
-INT_FLAGS = {"batch_size": 1, "repeats": 1, "epochs": 1, "steps_per_epoch": 1,
-             "calibration_steps": 1, "version": 0}
-
-
-def image_size_floor(args):
-    """The least `--image-size`: the networks' (they downsample by 32) for a model name and for
-    `train` (its recipes'); any positive size for a `.keras` file (it says what it takes)."""
-    from lambda_keras.models import MIN_INPUT_SIZE
-
-    model = getattr(args, "model", None) or ""
-    return 1 if model.endswith(".keras") and args.command != "train" else MIN_INPUT_SIZE
-
-
-def check_int_flags(args):
-    """Checks the integer flags given (`INT_FLAGS`, `--image-size`) before anything is built or
-    measured; a message names the flag, e.g. "`--image-size` must be an int >= 32. Received:
-    --image-size=0"."""
-    for field, low in INT_FLAGS.items():
-        if getattr(args, field, None) is not None:
-            utils.check_int(f"--{field.replace('_', '-')}", getattr(args, field), low=low)
-    if getattr(args, "image_size", None) is not None:
-        utils.check_int("--image-size", args.image_size, low=image_size_floor(args))
-
-
-def at_image_size(model, size):
-    """A copy of `model` (input of any size) whose layers are built for `size` x `size` inputs,
-    with its weights and its layers' dtype policies: what `autotune` measures (the lambda
-    layers' map sizes) and `export` writes (static shapes)."""
-    import keras
-
-    copy = keras.models.clone_model(
-        model, input_tensors=keras.Input((size, size, model.input_shape[-1] or 3)))
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def model_preprocessing(model_arg, model, image_size=None):
-    """How the images of `model` (what `--model` `model_arg` loaded) are prepared: a `.keras`
-    file's record of its training run (`presets.preprocessing_beside`: the default where there
-    is none), a model name's preset's. At the model's input size, else `image_size`,
-    else the preprocessing's own."""
-    if model_arg.endswith(".keras"):
-        preprocessing = presets.preprocessing_beside(model_arg)
-    else:
-        preprocessing = presets.resolve_preprocessing(model_arg)
-    height, width = model.input_shape[1:3]
-    size = height or image_size or preprocessing.input_size[0]
-    return presets.replace_input_size(preprocessing, (size, width or size))
-
-
-def class_names(labels, classes):
-    """`--labels` (a labels.txt) or, without it, ImageNet's names for 1000 classes and "0", "1",
-    ... for any other number (a model trained on the digits, on folders); messages name
-    `--labels`."""
-    from lambda_keras import weights
-    from lambda_keras.export import serving
-
-    if labels is None and classes == 1000:
-        return [name for _, name in weights.imagenet_classes()]
-    return serving.resolve_labels(labels, classes, "--labels")
-
-
-def read_image(path):
-    """An image file (a predict argument) -> [H, W, 3] uint8 tensor; errors name the file."""
-    import tensorflow as tf
-
-    from lambda_keras import data
-
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"image not found: {path}")
-    try:
-        return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-    except tf.errors.OpError as error:
-        raise ValueError(f"{path} is not a readable image ({data.IMAGE_FORMATS}): "
-                         f"{error.message}") from None
+DESCRIPTION = ("The `lambda-keras` command: train, evaluate, export, predict, autotune, bench, "
+               "convert, demo.")
 
 
 def _cmd_predict(args):
@@ -223,23 +45,8 @@ def _cmd_predict(args):
 def _cmd_autotune(args):
     from lambda_keras.layers import formulations
 
-    phases = tuple(phase.strip() for phase in args.phases.split(","))
-    if any(phase not in formulations.autotuning.PHASES for phase in phases):
-        raise ValueError(f"`--phases` must be a comma-separated list of "
-                         f"{', '.join(formulations.autotuning.PHASES)}. "
-                         f"Received: --phases={args.phases!r}")
-    # The picks are stored per compute dtype: tune under the policy `train` will run with.
-    with utils.dtype_policy(args.mixed_precision or "float32"):
-        model = load_model(args.model, None if args.model.endswith(".keras") else NO_WEIGHTS,
-                           args.image_size)  # weights don't change times
-    # A .keras file's layers keep the policies they were saved with.
-    precision = utils.model_precision(model)
-    if args.mixed_precision and precision != args.mixed_precision:
-        raise ValueError(f"--mixed-precision applies when autotune builds the model; "
-                         f"{args.model} computes in {precision!r}. "
-                         f"Received: --mixed-precision {args.mixed_precision}")
-    if args.image_size is not None and None in model.input_shape[1:3]:  # a file of any size
-        model = at_image_size(model, args.image_size)
+    phases = parse_phases(args.phases)
+    model = timed_model(args)
     report = formulations.autotune(model, batch_size=args.batch_size, phases=phases,
                                    jit_compile=args.jit_compile, repeats=args.repeats)
     print(f"device: {report['device']}")
@@ -254,6 +61,29 @@ def _cmd_autotune(args):
           else "no lambda layer of static map size: nothing stored")
 
 
+def _cmd_bench(args):
+    from lambda_keras import benchmark
+
+    phases = parse_phases(args.phases)  # every argument checked before anything is built
+    benchmark.check_baseline(args.baseline, arg="--baseline")
+    if args.output is not None and (not args.output.endswith(".json")
+                                    or os.path.isdir(args.output)):
+        raise ValueError(f"`--output` must name a .json file (written whole, replacing one "
+                         f"there). Received: --output={args.output!r}")
+    model = timed_model(args)
+    if None in model.input_shape[1:3]:
+        raise ValueError(f"--model {args.model} takes images of any size; pass --image-size")
+    with utils.dtype_policy(utils.model_precision(model)):  # the model's, a .keras file's too
+        baseline = benchmark.baseline_model(args.baseline, model.input_shape[1:],
+                                            model.output_shape[-1])  # None for "none"
+    result = benchmark.compare(model, baseline, batch_size=args.batch_size, phases=phases,
+                               rounds=args.rounds, calls=args.calls, jit_compile=args.jit_compile)
+    print(benchmark.format_report(result))
+    if args.output is not None:
+        utils.write_json(args.output, result)
+        print(f"wrote {args.output}")
+
+
 def _cmd_convert(args):
     from lambda_keras import weights
     from lambda_keras.weights import loading
@@ -265,13 +95,6 @@ def _cmd_convert(args):
     arch = None if args.model is None else loading.resolve_timm_arch(args.model, "--model")
     path = weights.convert_timm(args.src, args.dst, arch_name=arch, arch_arg="--model")
     print(f"wrote {path}")
-
-
-def check_output_folder(args):
-    """`--output` of train and export: a folder (missing or a directory), checked first."""
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise ValueError(f"--output {args.output} exists and is not a directory ({args.command} "
-                         "writes a folder there)")
 
 
 def _cmd_export(args):
@@ -313,14 +136,6 @@ def _cmd_export(args):
         path = export.tflite(model, tflite_path, quantization=args.quantization,
                              representative_data=representative, overwrite=args.overwrite)
         print(f"TFLite: {path}")
-
-
-def resolve_tpu(args):
-    """The strategy of `--tpu` (messages name the flag), or None without it (train and evaluate
-    then pick theirs)."""
-    from lambda_keras import training
-
-    return None if args.tpu is None else training.resolve_strategy(args.tpu, tpu_arg="--tpu")
 
 
 def _cmd_train(args):
@@ -398,7 +213,7 @@ class _RecipeOrHelp(argparse.Action):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="lambda-keras", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="lambda-keras", description=DESCRIPTION)
     parser.add_argument("--verbose", action="store_true",
                         help="keep TensorFlow's C++ log lines (silenced by default)")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -514,6 +329,33 @@ def build_parser():
                         "or a .keras file's own): picks are stored per compute dtype")
     p.set_defaults(func=_cmd_autotune)
 
+    p = sub.add_parser("bench", help="time a model against a keras.applications baseline "
+                                     "on this machine (interleaved, one process)")
+    p.add_argument("--model", required=True,
+                   help="model name (built with random weights) or a .keras file")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size (default: the model's; a .keras file that takes any size "
+                        "needs it)")
+    p.add_argument("--batch-size", type=int, default=8, help="(default: %(default)s)")
+    p.add_argument("--baseline", default="resnet50",
+                   help="resnet50 | resnet101 | resnet152 (weights=None, the model's input "
+                        "and classes) | none (default: %(default)s)")
+    p.add_argument("--phases", default="fwd",
+                   help="fwd (inference), train (forward + backward) or fwd,train "
+                        "(default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="rounds, each timing both models, the order alternating "
+                        "(default: %(default)s)")
+    p.add_argument("--calls", type=int, default=3,
+                   help="timed calls per model and round (default: %(default)s)")
+    p.add_argument("--jit-compile", default="auto", type=_jit_flag,
+                   help="auto (XLA on a single GPU) | true | false (default: %(default)s)")
+    p.add_argument("--mixed-precision", default=None,
+                   choices=("float32", "mixed_float16", "mixed_bfloat16"),
+                   help="dtype policy of both models (default: float32, or a .keras file's own)")
+    p.add_argument("--output", default=None, help="also write the results to this .json file")
+    p.set_defaults(func=_cmd_bench)
+
     p = sub.add_parser("convert", help="timm .safetensors -> Keras .weights.h5")
     p.add_argument("src", help="the timm .safetensors checkpoint")
     p.add_argument("dst", help="the .weights.h5 file to write")
@@ -534,33 +376,3 @@ def build_parser():
         p.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
                        help="keep TensorFlow's C++ log lines (silenced by default)")
     return parser
-
-
-def main(argv=None):
-    runtime.prefer_onednn()  # before TensorFlow is imported; see lambda_keras/runtime.py
-    args = build_parser().parse_args(argv)
-    quiet_tensorflow(args.verbose)  # before TensorFlow is imported, too
-    try:
-        check_int_flags(args)
-        return args.func(args) or 0
-    except EXPECTED_ERRORS as error:
-        if args.verbose:
-            raise
-        print(error_line(error), file=sys.stderr)
-        return 2
-
-
-# Failures of the user's input or files (OSError: missing, unreadable, looping, full disk).
-EXPECTED_ERRORS = (ValueError, TypeError, OSError)
-
-
-def error_line(error):
-    """One `error:` line: the message with its line breaks folded (Keras' messages span lines)."""
-    message = " ".join(str(error).split()) or type(error).__name__
-    if isinstance(error, OSError) and error.filename and str(error.filename) not in message:
-        message += f": {error.filename}"
-    return f"error: {message}"
-
-
-if __name__ == "__main__":
-    sys.exit(main())
