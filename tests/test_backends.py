@@ -27,6 +27,9 @@ each against an independent expectation:
   under that backend's compiler, "auto" follows them (and a stored pick the rule would not make,
   with the NumPy reference's outputs), `LAMBDA_KERAS_AUTOTUNE=0` restores the rule; and under
   `mixed_bfloat16` every formulation is timed in both phases (check_autotune_mixed_precision);
+- `lambda_keras.benchmark.compare` (tests/test_benchmark_cli.check_compare): both phases of a small
+  lambda model against a convolutional baseline, summaries and ratios from the recorded rounds,
+  the runtime record of that backend and its compiler;
 - the formulations' index and weight tables (`formulations.static_tables`): on PyTorch a layer's
   first call converts them into tensors and its later calls convert no NumPy array (each such
   conversion is a blocking host-to-device copy on a GPU), unless they exceed the kept bytes
@@ -58,7 +61,7 @@ RELATIVE_TOLERANCE = 1e-4
 # terms. Misplaced 3x3/2 pool windows (what this check guards) gave 0.34.
 PAPER_RELATIVE_TOLERANCE = 2e-3
 GROUPS = ("reference", "mixed_precision", "tf_parity", "timm_parity", "builders", "fit", "saving",
-          "autotune", "tables")
+          "autotune", "tables", "bench")
 
 
 def relative_error(actual, expected):
@@ -386,6 +389,13 @@ def run_checks(backend, workdir):
 
     check("autotune/mixed_bfloat16", autotune_mixed_precision)
     _table_checks(check, backend)
+
+    def bench():
+        from test_benchmark_cli import check_compare
+
+        return check_compare()
+
+    check("bench/compare", bench)
     results["_modules"] = dict(ok=True, detail=json.dumps(
         {"tensorflow_imported": "tensorflow" in sys.modules, "keras": keras.__version__,
          "gpu_precision": precision}),

@@ -19,6 +19,7 @@ import keras
 import pytest
 
 from lambda_keras import benchmark, cli, runtime
+from lambda_keras.layers import LambdaLayer
 from lambda_keras.layers.formulations import autotuning
 
 from cli_helpers import one_error_line, save_tiny_model
@@ -113,6 +114,42 @@ def test_bench_without_a_baseline_times_the_model_alone(tiny_model_path, tmp_pat
     assert phase == "fwd" and entry["baseline"] is None and entry["ratio"] is None
     assert len(entry["model"]["rounds_ms"]) == 2
     assert "ratio" not in printed and "| fwd |" in printed
+
+
+def check_compare():
+    """`compare` on the current backend (tests/test_backends.py runs it on JAX and PyTorch, the
+    test below on TensorFlow): a small lambda model against a small convolutional baseline, both
+    phases, each summary and ratio recomputed from the recorded rounds, and the runtime record
+    of this backend and its compiler. Returns a summary line."""
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((12, 12, 8))
+    features = LambdaLayer(key_dim=4, num_heads=2, receptive_field=5)(inputs)
+    model = keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(features), name="small")
+    baseline = keras.Sequential([keras.Input((12, 12, 8)), keras.layers.Conv2D(8, 3),
+                                 keras.layers.GlobalAveragePooling2D()], name="conv")
+    result = benchmark.compare(model, baseline, batch_size=2, phases=("fwd", "train"), rounds=2,
+                               calls=1)
+    assert list(result["results"]) == ["fwd", "train"], result["results"]
+    for phase, entry in result["results"].items():
+        for role in ("model", "baseline"):
+            times = entry[role]["rounds_ms"]
+            assert len(times) == 2 and min(times) > 0, (phase, role, times)
+            assert entry[role]["ms"] == pytest.approx(statistics.median(times))
+        ratios = [b / m for b, m in zip(entry["baseline"]["rounds_ms"],
+                                        entry["model"]["rounds_ms"])]
+        assert entry["ratio"]["median"] == pytest.approx(statistics.median(ratios)), phase
+    record, backend = result["runtime"], keras.backend.backend()
+    assert record["backend"] == backend and record["keras_version"] == keras.__version__
+    # "auto": XLA as the project runs each backend: JAX always, TensorFlow on a GPU, PyTorch never.
+    expected_xla = backend == "jax" or (backend == "tensorflow" and record["device_kind"] == "gpu")
+    assert record["jit_compile"] is expected_xla, record
+    assert "| train |" in benchmark.format_report(result)
+    return (f"{backend}: fwd {result['results']['fwd']['ratio']['median']:.2f}x, "
+            f"train {result['results']['train']['ratio']['median']:.2f}x the conv baseline")
+
+
+def test_compare_times_both_phases_on_tensorflow():
+    check_compare()
 
 
 def test_compare_gives_the_ratio_of_steps_of_known_cost(monkeypatch):
