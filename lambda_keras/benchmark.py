@@ -109,9 +109,7 @@ def compare(model, baseline=None, *, batch_size=8, phases=("fwd",), rounds=5, ca
             raise ValueError(f"`baseline` must compute in the model's dtype policy "
                              f"{utils.model_precision(model)!r}. Received: baseline in "
                              f"{utils.model_precision(baseline)!r}")
-    if isinstance(phases, str) or not phases or any(p not in autotuning.PHASES for p in phases):
-        raise ValueError(f"`phases` must be a non-empty tuple of {autotuning.PHASES}. "
-                         f"Received: phases={phases!r}")
+    phases = autotuning.check_phases(phases)
     batch_size = utils.check_int("batch_size", batch_size)
     rounds = utils.check_int("rounds", rounds)
     calls = utils.check_int("calls", calls)

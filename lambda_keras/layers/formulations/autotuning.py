@@ -315,6 +315,15 @@ def autotune_jit_compile(jit_compile, backend):
     return jit_compile
 
 
+def check_phases(phases):
+    """`phases` of `autotune` and `lambda_keras.benchmark.compare`: a non-empty tuple (or list)
+    of PHASES, returned as a tuple."""
+    if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):
+        raise ValueError(f"`phases` must be a non-empty tuple of {PHASES}. Received: "
+                         f"phases={phases!r}")
+    return tuple(phases)
+
+
 def time_round(steps, calls=1):
     """One round of round-robin timing: each step of `steps` ({name: step}, steps of `STEPS`,
     which return a float and so wait for the device) called `calls` times in a row, in the
@@ -460,9 +469,7 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
         raise TypeError(f"`model` must be a built Keras model or layer (a model name: build it "
                         f"first, e.g. `lambda_keras.get_model(name, weights=None)`). Received: "
                         f"model={model!r:.100} of type {type(model).__name__}")
-    if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):
-        raise ValueError(f"`phases` must be a non-empty tuple of {PHASES}. Received: "
-                         f"phases={phases!r}")
+    phases = check_phases(phases)
     batch_size = utils.check_int("batch_size", batch_size)
     repeats = utils.check_int("repeats", repeats)
     memory_limit_bytes = utils.check_int("memory_limit_bytes", memory_limit_bytes)
