@@ -144,9 +144,14 @@ def layer_key(layer, rows, cols, phase):
 
 
 def _legacy_layer_key(key):
-    """The key a file written while the "local" position mode was named "conv" holds for the
-    layer key `key` (still read), or None."""
-    return "conv" + key[len("local"):] if key.startswith("local ") else None
+    """The key a file written under a position mode's former name (`LEGACY_POSITION_MODES`:
+    "conv" for "local") holds for the layer key `key` (still read), or None."""
+    from lambda_keras.layers.lambda_layer import LEGACY_POSITION_MODES
+
+    for former, mode in LEGACY_POSITION_MODES.items():
+        if key.startswith(mode + " "):
+            return former + key[len(mode):]
+    return None
 
 
 def tuned_formulation(layer, rows, cols, training, runtime):
