@@ -83,8 +83,9 @@ def compare(model, baseline=None, *, batch_size=8, phases=("fwd",), rounds=5, ca
 
     Raises:
         TypeError: `model` or `baseline` is not a Keras model.
-        ValueError: a bad argument; a model of dynamic input size; a baseline that takes other
-            inputs or computes in another dtype policy; a backend without steps.
+        ValueError: a bad argument; a model of several inputs or of dynamic input size; a
+            baseline that takes other inputs or computes in another dtype policy; a backend
+            without steps.
 
     Example:
 
@@ -218,6 +219,10 @@ def _check_model(arg, model):
     if not isinstance(model, keras.Model):
         raise TypeError(f"`{arg}` must be a built Keras model. Received: {arg}={model!r:.100} "
                         f"of type {type(model).__name__}")
+    shape = model.input_shape
+    if not isinstance(shape, tuple) or not all(s is None or isinstance(s, int) for s in shape):
+        raise ValueError(f"`{arg}` must take one input, a batch of images. Received: {arg} "
+                         f"{model.name!r} with inputs of shapes {shape}")
     if None in tuple(model.input_shape[1:]):
         raise ValueError(f"`{arg}` must take inputs of a static size (build it for one, e.g. "
                          f"input_shape=(224, 224, 3)). Received: input shape {model.input_shape}")

@@ -36,7 +36,8 @@ import sys
 import keras
 
 from lambda_keras import architectures, blocks, utils
-from lambda_keras.layers.lambda_layer import resolve_position
+from lambda_keras.layers.lambda_layer import LambdaLayer, resolve_position
+from lambda_keras.layers.shared import MAX_DIM
 from lambda_keras.presets import IMAGENET_PRESETS, PRESETS, model_names
 from lambda_keras.presets import resolve_model_name as resolve_model
 
@@ -83,7 +84,8 @@ def resolve_architecture(arch_name, **overrides):
             of architectures.ARCHITECTURE_OVERRIDES (`stem`, `stem_width`, `shortcut`,
             `activation`, `se_ratio`, `se_in_lambda_blocks`, `drop_rate`, `drop_path_rate`)
             and the LambdaSpec fields (architectures.LAMBDA_OVERRIDES: `key_dim`, `num_heads`,
-            ...; checked when the lambda layers are built).
+            ...; checked here by LambdaLayer's own constructor, also where `layout` places no
+            lambda layer).
 
     Returns:
         An `architectures.Architecture` (a frozen dataclass).
@@ -106,8 +108,10 @@ def resolve_architecture(arch_name, **overrides):
         utils.check_choice("stem", overrides["stem"], tuple(blocks.STEMS))
     if "shortcut" in overrides:
         utils.check_choice("shortcut", overrides["shortcut"], SHORTCUTS)
-    if "stem_width" in overrides:
-        utils.check_int("stem_width", overrides["stem_width"], low=8)
+    if "stem_width" in overrides:  # the lambda layer's bound on its widths
+        utils.check_int("stem_width", overrides["stem_width"], low=8, high=MAX_DIM)
+    if "activation" in overrides:
+        _check_activation("activation", overrides["activation"])
     if "se_in_lambda_blocks" in overrides:
         utils.check_bool("se_in_lambda_blocks", overrides["se_in_lambda_blocks"])
     for rate in ("se_ratio", "drop_rate", "drop_path_rate"):
@@ -126,7 +130,19 @@ def resolve_architecture(arch_name, **overrides):
         overrides["lambda_blocks"] = architectures.lambda_blocks_from_layout(
             overrides.pop("layout"), arch.blocks)
     spec = dataclasses.replace(arch.lambda_spec, **lambda_overrides)
+    if lambda_overrides:  # the layer's checks, built or not (a name: no auto-name counter used)
+        LambdaLayer(name="lambda_overrides", **dataclasses.asdict(spec))
     return dataclasses.replace(arch, lambda_spec=spec, **overrides)
+
+
+def _check_activation(name, value):
+    """`value` as Keras reads an activation (a name, a callable or None), else ValueError
+    naming the argument `name` and `value` (Keras' own error names neither)."""
+    try:
+        return keras.activations.get(value)
+    except Exception as error:  # noqa: BLE001 - Keras raises ValueError or TypeError
+        raise ValueError(f"`{name}` must be a Keras activation: a name such as 'relu', a "
+                         f"callable or None. Received: {name}={value!r}") from error
 
 
 def _check_data_format(builder):
@@ -209,8 +225,9 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
         TypeError: an argument of the wrong type (`include_top`, `features`, `classes`,
             `weights`, an override).
         ValueError: an unknown model name or override, a bad value or combination (`pooling`,
-            `features` with `include_top` or `pooling`, `classifier_activation` with pretrained
-            weights, `input_shape` / `input_tensor`, `weights` this model has none of or a
+            an unknown `classifier_activation` or `activation`, `classifier_activation` with
+            pretrained weights, `features` with `include_top` or `pooling`, `input_shape` /
+            `input_tensor` (not a Keras tensor), `weights` this model has none of or a
             file of another kind), or the `channels_first` data format, all before the network
             is built; or the weights cannot be loaded (a failed download, a checkpoint that
             does not fit the model).
@@ -235,9 +252,9 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
     if features and pooling is not None:
         raise ValueError("`features=True` returns the c2..c5 maps, unpooled. "
                          f"Received: pooling={pooling!r}")
+    head = _check_activation("classifier_activation", classifier_activation)
     pretrained_heads = (keras.activations.get("softmax"), keras.activations.get(None))
-    if weights is not None and include_top and (
-            keras.activations.get(classifier_activation) not in pretrained_heads):
+    if weights is not None and include_top and head not in pretrained_heads:
         # As keras.applications: pretrained classifiers give logits or their softmax.
         raise ValueError("With pretrained weights `classifier_activation` must be None or "
                          f"'softmax'. Received: classifier_activation={classifier_activation!r}")
@@ -246,6 +263,11 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
 
         weights_lib.validate_weights(weights, arch.name)
     if input_tensor is not None:
+        if not keras.backend.is_keras_tensor(input_tensor):
+            # NOTE: as keras.applications (keras.Input(tensor=...) refuses all else): ValueError.
+            raise ValueError("`input_tensor` must be a Keras tensor (the output of `keras.Input()` "
+                             f"or of a layer). Received: input_tensor={input_tensor!r:.100} of "
+                             f"type {type(input_tensor).__name__}")
         if len(input_tensor.shape) != 4:
             raise ValueError("`input_tensor` must be a batch of images (rank 4). "
                              f"Received: input_tensor.shape={tuple(input_tensor.shape)}")
@@ -254,8 +276,6 @@ def build_lambda_resnet(arch_name, include_top=True, weights=None, input_tensor=
             raise ValueError("`input_shape` and `input_tensor` disagree (give one). Received: "
                              f"input_shape={input_shape!r}, input_tensor.shape="
                              f"{tuple(input_tensor.shape)}")
-        if not keras.backend.is_keras_tensor(input_tensor):
-            input_tensor = keras.Input(tensor=input_tensor, name="images")
         shape = _input_shape(tuple(input_tensor.shape[1:]), arch, include_top, weights)
         inputs = input_tensor
     else:

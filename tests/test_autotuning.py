@@ -272,6 +272,7 @@ def test_dynamic_sizes_are_reported_not_tuned(store):
     (dict(phases="fwd"), "`phases` must be"),
     (dict(phases=("fwd", "predict")), "`phases` must be"),
     (dict(phases=()), "`phases` must be"),
+    (dict(phases=5), r"`phases` must be .*Received: phases=5"),  # was "'int' ... not iterable"
     (dict(batch_size=0), "`batch_size` must be"),
     (dict(repeats=0), "`repeats` must be"),
     (dict(memory_limit_bytes=0), "`memory_limit_bytes` must be"),

@@ -189,6 +189,20 @@ def test_compare_refuses_a_baseline_of_other_inputs_or_policy():
         benchmark.compare("lambda_resnet26t")
 
 
+def test_compare_refuses_a_model_of_several_inputs_and_phases_of_a_wrong_type():
+    # Were NumPy's "'tuple' object cannot be interpreted as an integer" and "'int' object is
+    # not iterable".
+    first, second = keras.Input((8, 8, 3)), keras.Input((8, 8, 3))
+    pair = keras.Model([first, second], keras.layers.Add()([first, second]), name="pair")
+    with pytest.raises(ValueError, match=r"`model` must take one input, a batch of images\. "
+                                         r"Received: model 'pair' with inputs of shapes "
+                                         r"\[\(None, 8, 8, 3\), \(None, 8, 8, 3\)\]"):
+        benchmark.compare(pair, batch_size=1, rounds=1, calls=1)
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Dense(2)])
+    with pytest.raises(ValueError, match=r"`phases` must be .*Received: phases=5"):
+        benchmark.compare(model, phases=5)
+
+
 # --- errors: one line naming the flag, nothing built or written -------------------------------
 @pytest.mark.parametrize("flags, names", [
     (["--phases", "fwd,predict"], ["`--phases`", "fwd,predict"]),

@@ -60,6 +60,30 @@ def test_export_onto_an_existing_version_names_the_flags(tiny_model_path, tmp_pa
     assert os.listdir(version) == ["saved_model.pb"]
 
 
+@pytest.mark.parametrize("flags, names", [
+    (["--format", "saved_model", "--quantization", "int8", "--calibration-data", "folder:/nope"],
+     ["--quantization, --calibration-data would be ignored: --format saved_model writes no "
+      "TFLite file", "Received: --quantization='int8', --calibration-data='folder:/nope'"]),
+    (["--format", "saved_model", "--calibration-steps", "8"],
+     ["--calibration-steps would be ignored", "Received: --calibration-steps=8"]),
+    (["--format", "tflite", "--version", "3", "--labels", "labels.txt", "--no-warmup"],
+     ["--version, --labels, --no-warmup would be ignored: --format tflite writes no SavedModel",
+      "Received: --version=3, --labels='labels.txt', --no-warmup=True"]),
+    (["--format", "all", "--quantization", "dynamic", "--calibration-data", "digits"],
+     ["--calibration-data would be ignored: only --quantization int8 calibrates",
+      "Received: --calibration-data='digits'"]),
+    (["--calibration-steps", "8"], ["--calibration-steps would be ignored: only --quantization "
+                                    "int8 calibrates", "Received: --calibration-steps=8"]),
+])
+def test_export_flags_of_a_format_not_written_are_refused(flags, names, tiny_model_path,
+                                                          tmp_path, capsys):
+    """Were ignored (exit 0, a float32 SavedModel only for the first): each flag the export
+    would not use is named, before the model is loaded or anything is written."""
+    one_error_line(capsys, ["export", "--model", tiny_model_path, *flags, "--output",
+                            str(tmp_path / "out")], *names)
+    assert not (tmp_path / "out").exists()
+
+
 # --- issue 19: reliability ------------------------------------------------------------------
 def test_predict_on_a_non_image_file(tiny_model_path, tmp_path, capsys):
     text = tmp_path / "notes.png"
@@ -218,6 +242,31 @@ def test_integer_flags_name_themselves(argv, flag, low, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_seed_out_of_numpys_range_names_the_flag(seed, tmp_path, capsys):
+    """Was NumPy's "Seed must be between 0 and 2**32 - 1" (naming nothing), after the data was
+    read; now refused with the other integer flags, before anything is built."""
+    line = one_error_line(capsys, _argv(["train", "--model", "lambda_resnet26t"], tmp_path,
+                                        "--seed", seed),
+                          "`--seed` must be an int in [0, 4294967295]", f"Received: --seed={seed}")
+    assert "Received: seed=" not in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_split_names_the_flag(tiny_model_path, tmp_path, capsys):
+    """Was "`split` must be one of ... Received: split='bogus'" (make_dataset's argument), for
+    every source: the digits' hold-out, a folder of split folders."""
+    evaluate = ["evaluate", "--model", tiny_model_path, "--split"]
+    line = one_error_line(capsys, [*evaluate, "bogus", "--data", "digits"],
+                          "`--split` must be one of ('train', 'validation', 'val', 'test', 'all')",
+                          "Received: --split='bogus'")
+    assert "`split`" not in line and "split=" not in line.replace("--split=", "")
+    (tmp_path / "train" / "cat").mkdir(parents=True)  # split folders: train/ only
+    line = one_error_line(capsys, [*evaluate, "test", "--data", f"folder:{tmp_path}"],
+                          "`--split` has no split folder", "Received: --split='test'")
+    assert "`split`" not in line and "split=" not in line.replace("--split=", "")
+
+
 TRAIN = ["train", "--model", "lambda_resnet50", "--weights", "none"]
 
 
@@ -238,6 +287,8 @@ TRAIN = ["train", "--model", "lambda_resnet50", "--weights", "none"]
     (["predict", "{file}", "--model", "{tiny}", "--labels", "missing.txt"],
      ["`--labels` names a file that cannot be read", "No such file or directory",
       "Received: --labels='missing.txt'"], "`labels`"),
+    (["demo", "--data", "folder:/nope"],
+     ["`--data` names a folder that does not exist", "Received: --data='folder:/nope'"], "spec"),
 ])
 def test_flags_name_themselves_not_the_python_arguments(argv, names, library_name,
                                                         tiny_model_path, tmp_path, capsys):
@@ -246,7 +297,7 @@ def test_flags_name_themselves_not_the_python_arguments(argv, names, library_nam
     afile = tmp_path / "afile"
     afile.write_bytes(b"precious")
     argv = [arg.format(file=afile, tiny=tiny_model_path) for arg in argv]
-    if argv[0] == "train" and "--output" not in argv:
+    if argv[0] in ("train", "demo") and "--output" not in argv:
         argv += ["--output", str(tmp_path / "out")]
     names = [name.format(file=afile) for name in names]
     line = one_error_line(capsys, argv, *names)

@@ -85,6 +85,22 @@ def test_failed_export_leaves_nothing(tiny_model, tmp_path, monkeypatch):
     assert list((tmp_path / "base").iterdir()) == []
 
 
+def test_failed_export_removes_every_directory_it_created(tiny_model, tmp_path, monkeypatch):
+    """Was: only the last created parent (`base`) was removed, `a/` and `a/b/` stayed."""
+    def fail(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(serving, "warmup_requests", fail)  # fails after the SavedModel is written
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.saved_model(tiny_model, tmp_path / "a" / "b" / "base")
+    assert list(tmp_path.iterdir()) == []
+    existing = tmp_path / "existing"
+    existing.mkdir()  # an empty directory that was there before: kept
+    with pytest.raises(RuntimeError, match="disk full"):
+        export.saved_model(tiny_model, existing / "c" / "base")
+    assert list(tmp_path.iterdir()) == [existing] and list(existing.iterdir()) == []
+
+
 def test_missing_serving_api_is_explained(tiny_model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_serving", None)
     monkeypatch.setitem(sys.modules, "tensorflow_serving.apis", None)
@@ -162,7 +178,18 @@ def test_mixed_precision_subclassed_model_is_refused_with_the_way_out(tmp_path):
 
 @pytest.mark.parametrize("kwargs, error, match", [
     (dict(labels=["a", "b"]), ValueError, r"`labels` must be 3 strings"),
-    (dict(labels=["a", "b\nc", "d"]), ValueError, "line breaks"),
+    (dict(labels=["a", "b\nc", "d"]), ValueError,
+     r"must not contain line breaks.*Received: 'b\\nc' at index 1 of labels=\['a', 'b\\nc', 'd'\]"),
+    (dict(labels=["a", "b\r", "d"]), ValueError, r"line breaks.*Received: 'b\\r' at index 1"),
+    (dict(labels=["a", "b\u2028c", "d"]), ValueError, r"line breaks.*at index 1 of labels="),
+    (dict(labels=["", "", ""]), ValueError, r"`labels` must not hold empty names \(labels.txt "
+     r"would have an empty line.*Received: an empty name at index 0 of labels=\['', '', ''\]"),
+    (dict(labels=["a", "b", ""]), ValueError, r"empty names.*at index 2 of labels="),
+    (dict(labels=5), TypeError, r"`labels` must be a sequence of 3 class names or a labels.txt "
+     r"path. Received: labels=5 of type int"),
+    (dict(labels={"a", "b", "c"}), TypeError, r"`labels` must be a sequence.*of type set"),
+    (dict(labels=b"abc"), TypeError, r"`labels` must be a sequence.*labels=b'abc' of type bytes"),
+    (dict(labels=[1, 2, 3]), ValueError, r"`labels` must be 3 strings.*\[1, 2, 3\]"),
     (dict(top_k=0), ValueError, r"Received: top_k=0"),
     (dict(version=-1), ValueError, r"Received: version=-1"),
     (dict(preprocessing=weights.DEFAULT_PREPROCESSING), ValueError,
@@ -217,6 +244,20 @@ def test_tflite_argument_errors(tiny_model, tmp_path):
     assert path.read_bytes() == b"kept"
 
 
+def test_tflite_refuses_an_empty_path_before_converting(tiny_model, tmp_path, monkeypatch):
+    """Was: converted, then FileNotFoundError: '' from the final rename."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(litert, "_convert", _no_conversion)
+    with pytest.raises(ValueError,
+                       match=r"`path` must be a non-empty file path. Received: path=''"):
+        export.tflite(tiny_model, "")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _no_conversion(*args, **kwargs):
+    raise AssertionError("the converter must not run on refused arguments")
+
+
 def test_tflite_int8_from_a_labelled_dataset(tiny_model, tmp_path):
     images = _varied_images(16, seed=0)
     dataset = tf.data.Dataset.from_tensor_slices((images, np.zeros(16, "int64"))).batch(4)
@@ -269,6 +310,33 @@ def test_saved_model_refuses_a_file_as_export_dir(tiny_model, tmp_path):
         export.saved_model(tiny_model, 3, warmup=False)
 
 
+def test_saved_model_refuses_an_empty_export_dir(tiny_model, tmp_path, monkeypatch):
+    """Was: FileNotFoundError: '' (naming no argument)."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"`export_dir` must be a non-empty path \(the TF Serving "
+                                         r"model base path\). Received: export_dir=''"):
+        export.saved_model(tiny_model, "", warmup=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_automatic_version_over_a_file_says_it_was_chosen(tiny_model, tmp_path):
+    """Was: "'.../1' exists and is not a directory.", not saying that `version` was picked."""
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "1").write_bytes(b"not a version")
+    with pytest.raises(FileExistsError, match=r"1' exists and is not a directory: version 1 was "
+                                              r"chosen automatically \(`version` not given.*pass "
+                                              r"`version` to choose another version or remove "
+                                              r"the file"):
+        export.saved_model(tiny_model, base, warmup=False)
+    assert [p.name for p in base.iterdir()] == ["1"]
+    assert (base / "1").read_bytes() == b"not a version"
+    with pytest.raises(FileExistsError, match=r"1' exists and is not a directory; choose another "
+                                              r"`version` or remove the file"):
+        export.saved_model(tiny_model, base, version=1, warmup=False)
+    assert export.saved_model(tiny_model, base, version=2, warmup=False) == str(base / "2")
+
+
 def test_a_killed_exports_staging_directory_is_removed_later(tiny_model, tmp_path):
     host = socket.gethostname()
     finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
@@ -291,10 +359,6 @@ def test_a_killed_exports_staging_directory_is_removed_later(tiny_model, tmp_pat
 
 
 # --------------------------------------------------------- int8: calibration data and the result
-def _no_conversion(*args, **kwargs):
-    raise AssertionError("the converter must not run on refused calibration data")
-
-
 @pytest.mark.parametrize("make, error, match", [
     (lambda: np.zeros((0, 32, 32, 3), "float32"), ValueError, "at least one image"),
     (lambda: np.full((4, 32, 32, 3), np.nan, "float32"), ValueError,
@@ -436,6 +500,34 @@ def test_litert_runner_batches_and_integer_io(tiny_model, tmp_path):
     _assert_int8_close(probs, expected)
     with pytest.raises(TypeError, match="`model` must be a .tflite path or flatbuffer bytes"):
         export.LiteRTRunner(np.zeros(3))
+
+
+def test_litert_runner_refuses_missing_files_and_unreadable_content(tmp_path, monkeypatch):
+    """Was: LiteRT's own ValueErrors ("Could not open ...", "The model is not a valid Flatbuffer
+    buffer", "`model_path` or `model_content` must be specified."), naming no argument."""
+    missing = tmp_path / "missing.tflite"
+    with pytest.raises(FileNotFoundError, match=r"`model` must be a .tflite path or flatbuffer "
+                                                r"bytes; no file is at the path. Received: "
+                                                rf"model={re.escape(repr(str(missing)))}"):
+        export.LiteRTRunner(missing)
+    garbage = tmp_path / "garbage.tflite"
+    garbage.write_bytes(b"garbage" * 10)
+    for model, received in [(b"garbage" * 10, r"model=b'garbagegarbagega'\.\.\. \(70 bytes\)"),
+                            (bytearray(b"\0" * 8), r"model=b'\\x00.*' \(8 bytes\)"),
+                            (garbage, rf"model={re.escape(repr(str(garbage)))}"),
+                            (tmp_path, rf"model={re.escape(repr(str(tmp_path)))}")]:
+        with pytest.raises(ValueError, match=r"`model` must be a LiteRT \(.tflite\) flatbuffer, "
+                                             rf"which LiteRT could not read .*Received: {received}"
+                           ) as caught:
+            export.LiteRTRunner(model)
+        assert isinstance(caught.value.__cause__, ValueError)  # LiteRT's own message
+        assert str(caught.value.__cause__) in str(caught.value)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=r"`model` must be a non-empty .tflite path or flatbuffer "
+                                         r"bytes. Received: model=''"):
+        export.LiteRTRunner("")
+    with pytest.raises(ValueError, match=r"Received: model=b'' \(no bytes\)"):
+        export.LiteRTRunner(b"")
 
 
 QUANTIZE_SCRIPT = """

@@ -417,6 +417,12 @@ CONSTRUCTOR_ERRORS = {
                        "`implementation` must be one of ('auto', 'queries_first', "
                        "'query_windows', 'lambdas_first', 'row_windows', 'conv'). "
                        "Received: implementation='fft'"),
+    # A list was looked up in the dict of legacy names: "TypeError: unhashable type: 'list'".
+    "implementation-list": (dict(implementation=["auto"]),
+                            "`implementation` must be one of ('auto', 'queries_first', "
+                            "'query_windows', 'lambdas_first', 'row_windows', 'conv'). "
+                            "Received: implementation=['auto']"),
+    "implementation-none-value": (dict(implementation=None), "Received: implementation=None"),
     "implementation-local-only": (
         dict(position="relative", implementation="row_windows"),
         '`implementation="row_windows"` computes the local lambda convolution and needs '
@@ -512,6 +518,27 @@ def test_bad_input_shape_raises_at_build(case):
     kwargs, shape, message = BUILD_ERRORS[case]
     with pytest.raises(ValueError, match=re.escape(message)):
         make_layer(**kwargs)(keras.Input(shape))
+
+
+def test_input_without_channels_is_refused_at_build():
+    """Was a ZeroDivisionError in the initialisation (shared.build_projections)."""
+    with pytest.raises(ValueError, match=re.escape(
+            "The channel axis of the input must be at least 1. "
+            "Received: input_shape=(2, 8, 8, 0)")):
+        LambdaLayer(output_dim=8, receptive_field=3)(np.zeros((2, 8, 8, 0), "float32"))
+
+
+@pytest.mark.parametrize("name", ["query", "key", "value", "position"])
+@pytest.mark.parametrize("value", ["nope", 5])
+def test_bad_initializer_names_its_argument(name, value):
+    """Keras' "Could not interpret initializer identifier" named no argument: it is the cause."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"`{name}_initializer` must be None or a Keras initializer (a name such as "
+            f'"he_normal", a config dict, an Initializer or a callable). '
+            f"Received: {name}_initializer={value!r}")) as info:
+        LambdaLayer(**{f"{name}_initializer": value})
+    assert isinstance(info.value.__cause__, ValueError)
+    assert f"Could not interpret initializer identifier: {value}" in str(info.value.__cause__)
 
 
 def test_built_relative_layer_rejects_another_size():

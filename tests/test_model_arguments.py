@@ -66,6 +66,37 @@ def test_input_shape_and_input_tensor_must_agree_and_numpy_sizes_build():
     assert agreeing.input_shape == numpy_sized.input_shape == (None, SIZE, SIZE, 3)
 
 
+@pytest.mark.parametrize("kwargs,received", [
+    # Lambda overrides were checked only by the lambda layers: no lambda layer, no check.
+    (dict(layout="CCCC", key_dim=-1), "key_dim=-1"),
+    (dict(layout="CCCC", implementation="bogus"), "implementation='bogus'"),
+    (dict(layout="CCCC", position=None, position_bias=True), "position_bias=True"),
+    (dict(num_heads=2**17), "num_heads=131072"),  # the layer's MAX_DIM
+    (dict(stem_width=10**9), "stem_width=1000000000"),  # was an out-of-memory error
+    # Were Keras' "Could not interpret activation identifier", naming no argument (the
+    # classifier's only after the whole network was built).
+    (dict(activation="nope"), "activation='nope'"),
+    (dict(activation=5), "activation=5"),
+    (dict(classifier_activation="nope"), "classifier_activation='nope'"),
+    (dict(input_tensor=[1, 2], input_shape=None), "input_tensor=[1, 2] of type list"),  # was
+    # AttributeError: 'list' object has no attribute 'shape'
+    (dict(input_tensor=np.zeros((1, 32, 32, 3)), input_shape=None), "input_tensor=array("),
+])
+def test_bad_values_are_refused_before_any_layer_is_built(kwargs, received, monkeypatch):
+    from lambda_keras import blocks
+
+    def no_stem(*args, **kwargs):
+        raise AssertionError("the network was being built")
+
+    monkeypatch.setattr(blocks, "stem", no_stem)
+    kwargs = {"weights": None, "input_shape": (32, 32, 3), "classes": 3, **kwargs}
+    with pytest.raises(ValueError) as info:
+        lambda_keras.LambdaResNet50(**kwargs)
+    message = str(info.value)
+    assert f"`{received.split('=')[0]}`" in message and f"Received: {received}" in message, \
+        message
+
+
 def test_non_bool_flag_is_a_type_error():
     with pytest.raises(TypeError, match=r"`se_in_lambda_blocks` must be a bool.*'yes'"):
         small_model(se_in_lambda_blocks="yes")

@@ -447,6 +447,88 @@ def test_bad_inputs():
         cross(_data(n=6))
 
 
+@pytest.mark.parametrize("kind, keep", [("int32", 2), ("float32", 0.5)])
+def test_numeric_masks_count_as_booleans(kind, keep):
+    """As Keras' attention masks: nonzero keeps, whatever its value (a mask of 2s gave 4x the
+    outputs of the boolean one, through the masked sums and the batch-norm weights; 0.5s
+    scaled them too)."""
+    x, context = _data(n=6), _data(n=8, d=5, seed=1)
+    mask, context_mask = _padding(2, 6, [6, 4]), _padding(2, 8, [3, 8])
+    self_layer, cross = _layer(x), _layer(x, context)
+    for training in (False, True):
+        expected = keras.ops.convert_to_numpy(self_layer(x, mask=mask, training=training))
+        out = self_layer(x, mask=(mask * keep).astype(kind), training=training)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, atol=1e-6)
+        expected = keras.ops.convert_to_numpy(
+            cross(x, context=context, mask=mask, context_mask=context_mask, training=training))
+        out = cross(x, context=context, mask=(mask * keep).astype(kind),
+                    context_mask=(context_mask * keep).astype(kind), training=training)
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(out), expected, atol=1e-6)
+
+
+def test_list_masks_are_converted_and_strings_refused():
+    """Nested lists are converted (as Keras layers convert array-likes); they raised
+    AttributeError. A string is no mask: TypeError naming the argument and the value."""
+    x, context = _data(n=6), _data(n=8, d=5, seed=1)
+    mask, context_mask = _padding(2, 6, [6, 4]), _padding(2, 8, [3, 8])
+    layer = _layer(x)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(layer(x, mask=mask.tolist(), training=False)),
+        keras.ops.convert_to_numpy(layer(x, mask=mask, training=False)))
+    cross = _layer(x, context)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(cross(x, context=context, context_mask=context_mask.tolist(),
+                                         training=False)),
+        keras.ops.convert_to_numpy(cross(x, context=context, context_mask=context_mask,
+                                         training=False)))
+    with pytest.raises(TypeError, match=re.escape(
+            "`mask` must be a boolean (or numeric: nonzero keeps) [batch, length] tensor or "
+            "array. Received: mask='all'")):
+        layer(x, mask="all")
+    with pytest.raises(TypeError, match=re.escape("Received: context_mask='all'")):
+        cross(x, context=context, context_mask="all")
+    with pytest.raises(TypeError, match=re.escape(
+            "Received: mask of dtype string, shape (2, 6)")):
+        layer(x, mask=np.full((2, 6), "yes"))
+    with pytest.raises(TypeError, match=re.escape("Received: mask=[[True, True], [True]]")):
+        layer(x, mask=[[True, True], [True]])  # ragged
+
+
+@pytest.mark.parametrize("context_batch", [3, 1])
+def test_context_of_another_batch_size_is_refused(context_batch):
+    """Was TensorFlow's reshape error; a context batch of 1 is not broadcast (nor is it by
+    Keras' MultiHeadAttention)."""
+    with pytest.raises(ValueError, match=re.escape(
+            "`context` must have the batch size of `inputs`. Received: inputs batch size 2, "
+            f"context batch size {context_batch}")):
+        SequenceLambdaLayer(8, num_heads=2, receptive_field=3)(
+            _data(n=6), context=_data(batch=context_batch, n=7, d=5))
+
+
+@pytest.mark.parametrize("depth, context_depth", [(0, None), (6, 0)])
+def test_inputs_or_context_of_depth_zero_are_refused(depth, context_depth):
+    """Was a ZeroDivisionError in the initialisation (shared.build_projections)."""
+    x = np.zeros((2, 5, depth), "float32")
+    context = None if context_depth is None else np.zeros((2, 7, context_depth), "float32")
+    layer = SequenceLambdaLayer(8, num_heads=2, receptive_field=3)
+    shapes = (f"inputs_shape=(2, 5, {depth}), context_shape=(2, "
+              + (f"5, {depth})" if context is None else f"7, {context_depth})"))
+    with pytest.raises(ValueError, match=re.escape(
+            "The last (depth) axis of `inputs` and `context` must be at least 1. Received: "
+            + shapes)):
+        layer(x) if context is None else layer(x, context=context)
+
+
+@pytest.mark.parametrize("name", ["query", "key", "value", "position"])
+def test_bad_initializer_names_its_argument(name):
+    """Keras' "Could not interpret initializer identifier" named no argument: it is the cause."""
+    with pytest.raises(ValueError, match=re.escape(
+            f"`{name}_initializer` must be None or a Keras initializer")) as info:
+        SequenceLambdaLayer(**{f"{name}_initializer": 5})
+    assert f"Received: {name}_initializer=5" in str(info.value)
+    assert "Could not interpret initializer identifier: 5" in str(info.value.__cause__)
+
+
 # ------------------------------------------------------------------- JAX and PyTorch backends
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backends_match_tensorflow(backend, tmp_path):

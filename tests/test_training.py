@@ -27,7 +27,7 @@ from helpers import TINY, graph_op_dtypes, tiny_lambda_net, weights_by_path
 from lambda_keras import LambdaLayer, data, presets, training, utils
 
 
-def test_train_argument_errors(tmp_path, fake_tpu):
+def test_train_argument_errors(tmp_path):
     with pytest.raises(ValueError, match=r"Unknown recipe field\(s\) \['lr'\]"):
         training.train(tiny_lambda_net, output_dir=tmp_path, lr=0.1)
     with pytest.raises(ValueError, match=r"`jit_compile` must be one of \(True, False, 'auto'\)\. "
@@ -55,10 +55,66 @@ def test_train_argument_errors(tmp_path, fake_tpu):
                        strategy=training.resolve_strategy(devices=["/cpu:0"]))
     with pytest.raises(ValueError, match=r"`model` has 3 outputs; the data has 10 classes"):
         training.train(tiny_lambda_net((32, 32, 3), 3), output_dir=tmp_path, **TINY)
+
+    class TPUStrategy(tf.distribute.OneDeviceStrategy):  # a real Strategy with a TPU's replicas
+        num_replicas_in_sync = 8
+
     with pytest.raises(ValueError, match=r"divisible by the 8 replicas of TPUStrategy. "
                                          r"Received: batch_size=12"):
         training.train(tiny_lambda_net, output_dir=tmp_path, batch_size=12,
-                       strategy=training.resolve_strategy(cluster_resolver=object()), **TINY)
+                       strategy=TPUStrategy("/cpu:0"), **TINY)
+
+
+@pytest.mark.parametrize("bad, error, message", [
+    # Flags: "no" was taken as true (overwrite: test_rerun_of_a_finished_run_is_refused_...).
+    (dict(deterministic="no"), TypeError, r"`deterministic` must be a bool. "
+                                          r"Received: deterministic='no'"),
+    (dict(verify_images="no"), TypeError, r"`verify_images` must be a bool. "
+                                          r"Received: verify_images='no'"),
+    # Were NumPy's "Seed must be between 0 and 2**32 - 1", naming nothing.
+    (dict(seed=-1), ValueError, r"`seed` must be an int in \[0, 4294967295\] or None. "
+                                r"Received: seed=-1"),
+    (dict(seed=2**40), ValueError, r"Received: seed=1099511627776"),
+    (dict(seed="7"), TypeError, r"`seed` must be an int .*Received: seed='7'"),
+    # Were accepted (and passed on to Keras' progress bar).
+    (dict(verbose="loud"), ValueError, r"`verbose` must be one of \('auto', 0, 1, 2\). "
+                                       r"Received: verbose='loud'"),
+    (dict(verbose=7), ValueError, r"Received: verbose=7"),
+    # Were a TypeError / AttributeError from inside fit, after preprocessing.json and
+    # tensorboard/ were written.
+    (dict(callbacks=[1]), TypeError, r"`callbacks` must be None or a list of keras.callbacks."
+                                     r"Callback instances. Received: callbacks=\[1\]"),
+    (dict(callbacks=5), TypeError, r"Received: callbacks=5"),
+    (dict(callbacks=keras.callbacks.Callback()), TypeError, r"Received: callbacks=<"),
+    # Was AttributeError: 'str' object has no attribute 'num_replicas_in_sync'.
+    (dict(strategy="mirrored"), TypeError, r"`strategy` must be a tf.distribute.Strategy .*"
+                                           r"Received: strategy='mirrored'"),
+])
+def test_bad_plain_arguments_are_refused_before_anything_is_written(bad, error, message,
+                                                                    tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(error, match=message):
+        training.train(tiny_lambda_net, "digits", "scratch", output_dir=out,
+                       steps_per_epoch=2, validation_spec=None, **{**TINY, **bad})
+    assert not out.exists()
+
+
+def test_evaluate_argument_errors():
+    """Were: image_size=0 evaluated at the default size; verbose="loud" was accepted;
+    strategy="x" an AttributeError."""
+    dynamic = tiny_lambda_net((None, None, 3), 10)
+    for bad, error, message in (
+            (dict(image_size=0), ValueError, r"`image_size` must be an int >= 1 or None. "
+                                             r"Received: image_size=0"),
+            (dict(image_size=-1), ValueError, r"Received: image_size=-1"),
+            (dict(image_size="64"), TypeError, r"Received: image_size='64'"),
+            (dict(verbose="loud"), ValueError, r"`verbose` must be one of \('auto', 0, 1, 2\). "
+                                               r"Received: verbose='loud'"),
+            (dict(verbose=True), ValueError, r"Received: verbose=True"),
+            (dict(strategy="x"), TypeError, r"`strategy` must be a tf.distribute.Strategy .*"
+                                            r"Received: strategy='x'")):
+        with pytest.raises(error, match=message):
+            training.evaluate(dynamic, "digits", **{"verbose": 0, **bad})
 
 
 # --------------------------------------------------------------------------- training
@@ -400,7 +456,13 @@ def test_rerun_of_a_finished_run_is_refused_unless_overwrite(tmp_path):
                                          r"no backup to resume from; pass overwrite=True"):
         _short_run(out, epochs=1)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # untouched
-    result = _short_run(out, epochs=1, overwrite=True)
+    for value in ("no", 0):  # were taken as True / False: "no" deleted the earlier run
+        with pytest.raises(TypeError, match=rf"`overwrite` must be a bool. "
+                                            rf"Received: overwrite={value!r}"):
+            _short_run(out, epochs=1, overwrite=value)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files  # untouched
+    # callbacks=None means none, as in Keras' fit (was TypeError: 'NoneType' is not iterable).
+    result = _short_run(out, epochs=1, overwrite=True, callbacks=None)
     assert json.loads((out / "history.json").read_text())["epoch"] == [1]
     assert len(result.history["loss"]) == 1
     assert not any(p.exists() for p in events)  # the earlier run's TensorBoard logs went too

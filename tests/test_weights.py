@@ -172,6 +172,17 @@ def test_mis_shaped_tensor_is_named(timm_state, tmp_path):
             "converted (3, 3, 512, 128), model (1, 1, 512, 128)") in message, message
 
 
+def test_two_tensors_for_one_weight_are_refused(timm_state, tmp_path):
+    # pos_emb and conv_lambda.weight both map to position_embeddings; the second one (here of
+    # the very shape that fits) overwrote the first and loaded silently.
+    lam = timm_state["stages.2.1.self_attn.conv_lambda.weight"]  # [k, 1, r, r, 1]
+    pos_emb = np.ones((lam.shape[2], lam.shape[3], lam.shape[0]), "float32")  # [r, r, k]
+    message = _strict_error({**timm_state, "stages.2.1.self_attn.pos_emb": pos_emb}, tmp_path)
+    assert ("1 unexpected checkpoint tensors: stages.2.1.self_attn.pos_emb (-> "
+            "stage3_block2_lambda/position_embeddings, already taken by "
+            "stages.2.1.self_attn.conv_lambda.weight)") in message, message
+
+
 def test_every_problem_is_reported_at_once(timm_state, tmp_path):
     state = {k: v for k, v in timm_state.items() if not k.startswith("stages.3.1.self_attn")}
     state["head.extra"] = np.zeros((1,), "float32")
@@ -355,6 +366,22 @@ def test_convert_timm_arguments(checkpoint, tmp_path, kwargs, message):
         W.convert_timm(checkpoint, **kwargs)
 
 
+@pytest.mark.parametrize("src,dst,received", [
+    (None, "model.weights.h5", "src=None of type NoneType"),
+    (b"model.safetensors", "model.weights.h5", "src=b'model.safetensors' of type bytes"),
+    ("model.safetensors", 5, "dst=5 of type int"),
+])
+def test_convert_timm_paths_of_a_wrong_type(src, dst, received, tmp_path, monkeypatch):
+    # Was os.fspath's "expected str, bytes or os.PathLike object", naming neither argument.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(TypeError) as info:
+        W.convert_timm(src, dst)
+    message = str(info.value)
+    assert f"`{received.split('=')[0]}` must be a file path" in message, message
+    assert f"Received: {received}" in message, message
+    assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf])
 def test_convert_timm_refuses_non_finite_tensors(timm_state, tmp_path, value):
     state = dict(timm_state)
@@ -494,6 +521,32 @@ def test_preprocess_input_normalises():
         with pytest.raises(ValueError, match=r"`x` must be RGB images with 3 channels last "
                                              r"\(\[\.\.\., 3\]\)\. Received: x of shape"):
             W.preprocess_input(x, "LambdaResNet50TS")
+
+
+@pytest.mark.parametrize("x,error,received", [
+    (None, TypeError, "x=None"),
+    ("pixels", TypeError, "x='pixels'"),
+    (np.array([["a", "b", "c"]]), TypeError, "of dtype <U1"),
+    ([[0, None, 255]], TypeError, "x=[[0, None, 255]] of dtype object"),
+    ([[0, 1, 2], [3, 4]], ValueError, "x=[[0, 1, 2], [3, 4]]"),
+])
+def test_preprocess_input_refuses_what_is_not_pixels(x, error, received):
+    # Were NumPy/TensorFlow conversion errors naming no argument.
+    with pytest.raises(error) as info:
+        W.preprocess_input(x)
+    message = str(info.value)
+    assert "`x` must be" in message and received in message, message
+
+
+@pytest.mark.parametrize("preds,error,received", [
+    ([["a"] * 1000], TypeError, "preds of dtype <U1"),  # was NumPy's UFuncTypeError
+    ([[0.0] * 1000, [1.0]], ValueError, "preds=[[0.0, 0.0"),
+])
+def test_decode_predictions_refuses_what_is_not_scores(preds, error, received):
+    with pytest.raises(error) as info:
+        W.decode_predictions(preds)
+    message = str(info.value)
+    assert "`preds` must" in message and received in message, message
 
 
 def test_decode_predictions(timm_reference):

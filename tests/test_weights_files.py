@@ -2,8 +2,9 @@
 `weights` argument and the files it names. Refused: pickle checkpoints (never unpickled), corrupt
 and hostile safetensors files, paths that are not regular files, `weights` strings that name
 nothing and values of another type. Keras .weights.h5 files: non-finite or non-floating-point
-tensors refused, the model left unchanged; the file of a fitted model (optimizer state beside the
-weights) loads without its optimizer and as strictly as any.
+tensors refused, the model left unchanged; a file holding tensors no weight takes refused; the file
+of a fitted model (optimizer state beside the weights) loads without its optimizer and as strictly
+as any.
 
 timm's checkpoints (parity, mapping, strict loading, conversion, preprocessing): test_weights.py;
 the downloads and the cache: test_weights_download.py.
@@ -169,6 +170,45 @@ def test_keras_weights_of_a_wrong_dtype_are_refused(tmp_path):
     assert f"{names[0]} (int64)" in str(info.value)
     for key, value in weights_by_path(model).items():
         np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+@pytest.fixture(scope="module")
+def head_files(tmp_path_factory):
+    """(plain, extra): a tiny model's weights file, and that of the same model with one more
+    Dense layer after its classifier (layers/dense_1 in the file)."""
+    folder = tmp_path_factory.mktemp("heads")
+    source = _tiny_model()
+    plain, extra = str(folder / "plain.weights.h5"), str(folder / "extra.weights.h5")
+    source.save_weights(plain)
+    keras.Model(source.input, keras.layers.Dense(7)(source.output)).save_weights(extra)
+    return plain, extra
+
+
+# The three ways the classifier rule loads a file: all of it (the same classes), the backbone
+# only (other classes: a new classifier) and everything but the classifier (include_top=False).
+HEADS = [dict(classes=3), dict(classes=5), dict(include_top=False)]
+
+
+@pytest.mark.parametrize("head", HEADS, ids=["same-classes", "new-classifier", "headless"])
+def test_keras_file_with_unused_tensors_is_refused(head_files, head):
+    # Keras' load_weights ignores the groups of a file that no layer reads: the extra Dense
+    # loaded silently (README: a checkpoint that adds any tensor raises an error).
+    plain, extra = head_files
+    kwargs = dict(input_shape=(32, 32, 3), layout="CCCL", **head)
+    model = lambda_keras.LambdaResNet50(weights=None, **kwargs)
+    before = weights_by_path(model)
+    with pytest.raises(ValueError) as info:
+        W.load_weights(model, extra, "lambda_resnet50")
+    message = str(info.value)
+    assert (f"Cannot load {extra!r} into model 'lambda_resnet50': 2 unexpected checkpoint "
+            "tensors (the model has no weights for them): layers/dense_1/vars/0, "
+            "layers/dense_1/vars/1. The model was left unchanged.") == message, message
+    for key, value in weights_by_path(model).items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+    with pytest.raises(ValueError, match="layers/dense_1/vars/0"):
+        lambda_keras.LambdaResNet50(weights=extra, **kwargs)
+    # The file without the extra layer loads each way (the classifier rule skips its classifier).
+    lambda_keras.LambdaResNet50(weights=plain, **kwargs)
 
 
 TINY_X = np.random.default_rng(3).random((2, 32, 32, 3)).astype("float32")

@@ -30,7 +30,8 @@ Errors: every expected failure (a bad argument, a file that is missing, unreadab
 should be) prints one `error:` line naming the file or argument and exits with status 2; the
 traceback is printed only with `--verbose`. Messages name the command line's own arguments
 (`--image-size`, `src`), not the Python arguments they become: integer flags are checked
-(`check_int_flags`) before anything is built.
+(`check_int_flags`) before anything is built. A flag the command would ignore (export's TFLite
+flags with `--format saved_model`, its SavedModel flags with `--format tflite`) is refused.
 
 Logging: unless `--verbose`, TensorFlow's C++ log lines are silenced: `TF_CPP_MIN_LOG_LEVEL=3`
 (unless the user set it) for what TensorFlow logs after its import, and the native stderr

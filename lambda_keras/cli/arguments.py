@@ -4,6 +4,7 @@ labels, TPUs, and the checks that run before anything is built, their messages n
 Heavy modules (Keras, TensorFlow) are imported inside the functions.
 """
 
+import contextlib
 import os
 import sys
 import zipfile
@@ -88,10 +89,10 @@ def load_model(model, weights=None, image_size=None):
     return models.get_model(name, **kwargs)
 
 
-# Integer flags and the least value each takes (--image-size: `image_size_floor`); --top is
-# checked against the model's classes in predict.
+# Integer flags and the least value each takes, or (least, most) (--seed: NumPy's seeds);
+# --image-size: `image_size_floor`; --top is checked against the model's classes in predict.
 INT_FLAGS = {"batch_size": 1, "repeats": 1, "rounds": 1, "calls": 1, "epochs": 1,
-             "steps_per_epoch": 1, "calibration_steps": 1, "version": 0}
+             "steps_per_epoch": 1, "calibration_steps": 1, "version": 0, "seed": (0, 2**32 - 1)}
 
 
 def image_size_floor(args):
@@ -107,11 +108,31 @@ def check_int_flags(args):
     """Checks the integer flags given (`INT_FLAGS`, `--image-size`) before anything is built or
     measured; a message names the flag, e.g. "`--image-size` must be an int >= 32. Received:
     --image-size=0"."""
-    for field, low in INT_FLAGS.items():
+    for field, bounds in INT_FLAGS.items():
+        low, high = bounds if isinstance(bounds, tuple) else (bounds, None)
         if getattr(args, field, None) is not None:
-            utils.check_int(f"--{field.replace('_', '-')}", getattr(args, field), low=low)
+            utils.check_int(f"--{field.replace('_', '-')}", getattr(args, field), low=low,
+                            high=high)
     if getattr(args, "image_size", None) is not None:
         utils.check_int("--image-size", args.image_size, low=image_size_floor(args))
+
+
+@contextlib.contextmanager
+def flags_named(**flags):
+    """Re-raises the errors of the library calls inside that name a Python argument a flag gave
+    (`` `split` ... Received: split='bogus' ``: the data module's, whichever source checks the
+    split) naming the flag instead (`flags_named(split="--split")`)."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        for name, flag in flags.items():
+            if f"Received: {name}=" in message:
+                message = message.replace(f"`{name}`", f"`{flag}`").replace(
+                    f"Received: {name}=", f"Received: {flag}=")
+        if message == str(error):
+            raise
+        raise (TypeError if isinstance(error, TypeError) else ValueError)(message) from error
 
 
 def at_image_size(model, size):

@@ -9,10 +9,13 @@ import sys
 
 from lambda_keras import utils
 from lambda_keras.cli.arguments import (
-    at_image_size, check_output_folder, class_names, load_model, model_preprocessing,
-    parse_phases, quiet_tensorflow, read_image, resolve_model_arg, resolve_tpu, timed_model)
+    at_image_size, check_output_folder, class_names, flags_named, load_model,
+    model_preprocessing, parse_phases, quiet_tensorflow, read_image, resolve_model_arg,
+    resolve_tpu, timed_model)
 
 PREDICT_BATCH = 32  # images per model call of `predict`
+# Defaults of export's int8 calibration flags (None in the parser: a flag given is told apart).
+CALIBRATION_DATA, CALIBRATION_STEPS = "digits", 256
 DESCRIPTION = ("The `lambda-keras` command: train, evaluate, export, predict, autotune, bench, "
                "convert, demo.")
 
@@ -97,10 +100,38 @@ def _cmd_convert(args):
     print(f"wrote {path}")
 
 
+def _check_export_flags(args):
+    """Export flags that `--format` (or, for the calibration, `--quantization`) leaves unused are
+    refused, not ignored; the message names each one given, with its value."""
+    calibration = {"--calibration-data": args.calibration_data,
+                   "--calibration-steps": args.calibration_steps}
+    checks = []
+    if args.format == "tflite":
+        checks.append(({"--version": args.version, "--labels": args.labels,
+                        "--no-warmup": args.no_warmup or None},
+                       "--format tflite writes no SavedModel"))
+    if args.format == "saved_model":
+        checks.append(({"--quantization": args.quantization, **calibration},
+                       "--format saved_model writes no TFLite file"))
+    elif args.quantization != "int8":
+        checks.append((calibration, "only --quantization int8 calibrates"))
+    for flags, reason in checks:
+        given = {flag: value for flag, value in flags.items() if value is not None}
+        if given:
+            received = ", ".join(f"{flag}={value!r}" for flag, value in given.items())
+            raise ValueError(f"{', '.join(given)} would be ignored: {reason}. "
+                             f"Received: {received}")
+
+
 def _cmd_export(args):
     from lambda_keras import data, export
     from lambda_keras.export import litert, serving
 
+    _check_export_flags(args)
+    if args.calibration_data is None:
+        args.calibration_data = CALIBRATION_DATA
+    if args.calibration_steps is None:
+        args.calibration_steps = CALIBRATION_STEPS
     check_output_folder(args)
     saved_model_dir = os.path.join(args.output, "saved_model")
     tflite_path = os.path.join(args.output, f"model_{args.quantization or 'float32'}.tflite")
@@ -175,18 +206,21 @@ def _cmd_evaluate(args):
     else:  # the name's default weights and preprocessing, as everywhere
         model = load_model(args.model, args.weights, args.image_size)
         preprocessing = model_preprocessing(args.model, model, args.image_size)
-    metrics = training.evaluate(model, args.data, split=args.split, batch_size=args.batch_size,
-                                image_size=args.image_size, preprocessing=preprocessing,
-                                strategy=resolve_tpu(args), data_dir=args.data_dir)
+    with flags_named(split="--split"):  # the data sources check the split
+        metrics = training.evaluate(
+            model, args.data, split=args.split, batch_size=args.batch_size,
+            image_size=args.image_size, preprocessing=preprocessing,
+            strategy=resolve_tpu(args), data_dir=args.data_dir)
     print(json.dumps(metrics, indent=2, default=str))
 
 
 def _cmd_demo(args):
-    from lambda_keras import demo
+    from lambda_keras import data, demo
 
     model, _ = resolve_model_arg(args.model)
     if model.endswith(".keras"):
         raise ValueError("demo --model takes a model name, not a .keras file")
+    data.check_spec(args.data, arg="--data")  # before the demo starts (train's says `spec`)
     summary = demo.run(model_name=model, data_spec=args.data, epochs=args.epochs,
                        image_size=args.image_size, output_dir=args.output)
     return 0 if summary["meets_target"] else 1
@@ -287,11 +321,11 @@ def build_parser():
                    help="replace an existing --version directory or .tflite file")
     p.add_argument("--quantization", choices=("float16", "dynamic", "int8"), default=None,
                    help="TFLite only (default: none, float32)")
-    p.add_argument("--calibration-data", default="digits",
+    p.add_argument("--calibration-data", default=None,
                    help="int8 only: a data spec of images like the model's inputs "
-                        "(default: %(default)s, the bundled digits)")
-    p.add_argument("--calibration-steps", type=int, default=256,
-                   help="int8 only: images to calibrate on (default: %(default)s)")
+                        f"(default: {CALIBRATION_DATA}, the bundled digits)")
+    p.add_argument("--calibration-steps", type=int, default=None,
+                   help=f"int8 only: images to calibrate on (default: {CALIBRATION_STEPS})")
     p.add_argument("--labels", default=None,
                    help="labels.txt, one name per line (default: ImageNet names for 1000 "
                         "classes, else the class numbers)")

@@ -322,12 +322,15 @@ def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwr
 
     Raises:
         TypeError: `path` is not a str or os.PathLike.
-        ValueError: `path` is a directory.
+        ValueError: `path` is empty or a directory.
         FileExistsError: `path` exists and `overwrite` is False.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"`{path_arg}` must be a file path. Received: {path_arg}={path!r}")
     path = os.fspath(path)
+    if not path:
+        raise ValueError(
+            f"`{path_arg}` must be a non-empty file path. Received: {path_arg}={path!r}")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not a file; choose another `{path_arg}`.")
     if not overwrite and os.path.exists(path):
@@ -370,7 +373,7 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=N
         ValueError: an unknown `quantization`; `representative_data` missing for "int8" or given
             (like `float_ops`) with another quantization; calibration data that is empty,
             non-finite or not the model's input shape; an unknown operator in `float_ops`;
-            `path` a directory; a model with several inputs for "int8"; or an "int8" result
+            `path` empty or a directory; a model with several inputs for "int8"; or an "int8" result
             with float operators besides `float_ops` or unbounded calibration ranges.
         FileExistsError: `path` exists and `overwrite` is False.
 
@@ -444,6 +447,12 @@ class LiteRTRunner:
     Returns:
         The model's first output as float32 [batch, ...].
 
+    Raises:
+        TypeError: `model` is neither a path nor bytes.
+        FileNotFoundError: `model` is a path to no file.
+        ValueError: `model` is empty, not a readable LiteRT flatbuffer (LiteRT's message is the
+            cause) or a model with several inputs.
+
     Example:
 
     ```python
@@ -458,12 +467,29 @@ class LiteRTRunner:
 
         num_threads = utils.check_int("num_threads", num_threads, optional=True)
         if isinstance(model, (bytes, bytearray)):
-            self.interpreter = Interpreter(model_content=bytes(model), num_threads=num_threads)
+            if not model:
+                raise ValueError("`model` must be a .tflite path or flatbuffer bytes. Received: "
+                                 "model=b'' (no bytes)")
+            source = dict(model_content=bytes(model))
+            more = "..." if len(model) > 16 else ""
+            received = f"model={bytes(model[:16])!r}{more} ({len(model)} bytes)"
         elif isinstance(model, (str, os.PathLike)):
-            self.interpreter = Interpreter(model_path=os.fspath(model), num_threads=num_threads)
+            path = os.fspath(model)
+            if not path:
+                raise ValueError(f"`model` must be a non-empty .tflite path or flatbuffer bytes. "
+                                 f"Received: model={path!r}")
+            if not os.path.exists(path):
+                raise FileNotFoundError(f"`model` must be a .tflite path or flatbuffer bytes; "
+                                        f"no file is at the path. Received: model={path!r}")
+            source, received = dict(model_path=path), f"model={path!r}"
         else:
             raise TypeError("`model` must be a .tflite path or flatbuffer bytes. "
                             f"Received: model of type {type(model).__name__}")
+        try:
+            self.interpreter = Interpreter(**source, num_threads=num_threads)
+        except ValueError as error:  # LiteRT: "The model is not a valid Flatbuffer buffer", ...
+            raise ValueError(f"`model` must be a LiteRT (.tflite) flatbuffer, which LiteRT could "
+                             f"not read ({error}). Received: {received}") from error
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1:

@@ -23,12 +23,14 @@ variable is stored once, as the tf.Variable the functions capture (see `_build_a
 `variables/` directory is the size of the weights. Serving needs neither lambda_keras nor Keras.
 It is written to a hidden staging directory next to the target and renamed into place only when
 complete (TF Serving ignores non-integer directory names), so a failed export leaves no version
-directory behind; staging directories of exports that were killed are removed by the next export.
+directory behind, nor a parent directory it created; staging directories of exports that were
+killed are removed by the next export.
 
 NOTE: JPEGs are decoded with `dct_method="INTEGER_ACCURATE"` (libjpeg's ISLOW, what PIL uses);
 resizing is `tf.image.resize(antialias=True)`, close to but not bit-identical with PIL's.
 """
 
+import collections.abc
 import contextlib
 import os
 import re
@@ -88,14 +90,21 @@ def _resolve_preprocessing(preprocessing, model_size):
     return preprocessing
 
 
+def _preview(labels):
+    """`labels` for a message: its first five names."""
+    return repr(labels) if len(labels) <= 5 else repr(labels[:5])[:-1] + ", ...]"
+
+
 def resolve_labels(labels, num_classes, arg="labels"):
     """Class names, one per class; a path reads one name per line; None: "0", "1", ...
 
     `arg` is the argument the messages name (the command line's `--labels`).
 
     Raises:
-        ValueError: a file that cannot be read as UTF-8 text, not one string per class, or a
-            name with a line break.
+        TypeError: neither a path nor a sequence (a number, a set, a dict).
+        ValueError: a file that cannot be read as UTF-8 text, not one string per class, an
+            empty name (an empty line of labels.txt, which TensorFlow refuses) or a name with a
+            line break.
     """
     if labels is None:
         return [str(i) for i in range(num_classes)]
@@ -107,13 +116,27 @@ def resolve_labels(labels, num_classes, arg="labels"):
             reason = getattr(error, "strerror", None) or str(error)
             raise ValueError(f"`{arg}` names a file that cannot be read as a labels.txt "
                              f"({reason}). Received: {arg}={os.fspath(labels)!r}") from error
+    elif isinstance(labels, (bytes, bytearray)) or not isinstance(
+            labels, (collections.abc.Sequence, np.ndarray)):
+        # NOTE: a set (or a dict's keys) has no order to match the class indices with.
+        raise TypeError(
+            f"`{arg}` must be a sequence of {num_classes} class names or a labels.txt path. "
+            f"Received: {arg}={labels!r:.200} of type {type(labels).__name__}")
     labels = list(labels)
     if len(labels) != num_classes or not all(isinstance(name, str) for name in labels):
         raise ValueError(
             f"`{arg}` must be {num_classes} strings, one per class. "
             f"Received: {len(labels)} labels starting {labels[:3]!r}")
-    if any("\n" in name or "\r" in name for name in labels):
-        raise ValueError(f"`{arg}` must not contain line breaks (labels.txt has one per line).")
+    for i, name in enumerate(labels):
+        if not name:
+            raise ValueError(
+                f"`{arg}` must not hold empty names (labels.txt would have an empty line, which "
+                f"TensorFlow refuses). Received: an empty name at index {i} of "
+                f"{arg}={_preview(labels)}")
+        if name.splitlines() != [name]:  # "\n", "\r" and the other breaks str.splitlines knows
+            raise ValueError(
+                f"`{arg}` must not contain line breaks (labels.txt has one name per line). "
+                f"Received: {name!r} at index {i} of {arg}={_preview(labels)}")
     return labels
 
 
@@ -243,6 +266,9 @@ def _check_export_dir(export_dir):
             "`export_dir` must be a path (the TF Serving model base path). "
             f"Received: export_dir={export_dir!r}")
     export_dir = os.fspath(export_dir)
+    if not export_dir:
+        raise ValueError("`export_dir` must be a non-empty path (the TF Serving model base path). "
+                         f"Received: export_dir={export_dir!r}")
     if os.path.exists(export_dir) and not os.path.isdir(export_dir):
         raise ValueError(
             "`export_dir` must be a directory (the TF Serving model base path, which holds one "
@@ -266,9 +292,10 @@ def check_version_directory(export_dir, version, overwrite, *, version_arg="vers
         TypeError: `version` is not an int (a str such as "1", a float, a bool).
         ValueError: `version` is an int below 0.
         FileExistsError: the version directory is not empty and `overwrite` is False, or is a
-            file.
+            file (also the one picked for `version` None: the message says so).
     """
-    if version is None:
+    automatic = version is None
+    if automatic:
         existing = os.listdir(export_dir) if os.path.isdir(export_dir) else []
         numbers = [int(name) for name in existing
                    if _VERSION_NAME.match(name) and os.path.isdir(os.path.join(export_dir, name))]
@@ -280,7 +307,13 @@ def check_version_directory(export_dir, version, overwrite, *, version_arg="vers
             f"The version directory {target!r} exists and is not empty; pass {overwrite_arg} "
             f"to replace it or choose another `{version_arg}`.")
     if os.path.exists(target) and not os.path.isdir(target):
-        raise FileExistsError(f"{target!r} exists and is not a directory.")
+        if automatic:
+            raise FileExistsError(
+                f"{target!r} exists and is not a directory: version {version} was chosen "
+                f"automatically (`{version_arg}` not given: one more than the largest version "
+                f"directory); pass `{version_arg}` to choose another version or remove the file.")
+        raise FileExistsError(f"{target!r} exists and is not a directory; choose another "
+                              f"`{version_arg}` or remove the file.")
     return target
 
 
@@ -309,21 +342,47 @@ def _hidden_directory(kind, target):
     return tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(target))
 
 
+def _missing_directories(path):
+    """The directories `os.makedirs(path)` would create, deepest first."""
+    missing = []
+    path = os.path.abspath(path)
+    while not os.path.isdir(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    return missing
+
+
 @contextlib.contextmanager
 def _staging_directory(target):
-    """Yields a hidden temporary directory next to `target`, renamed onto it on success."""
+    """Yields a hidden temporary directory next to `target`, renamed onto it on success.
+
+    On failure the staging directory is removed, and so is every parent directory created for
+    it that is still empty (never one that existed before).
+    """
     parent = os.path.dirname(target)
-    created_parent = not os.path.isdir(parent)
-    os.makedirs(parent, exist_ok=True)
-    staging = _hidden_directory("tmp", target)
+    created = _missing_directories(parent)
+    try:
+        os.makedirs(parent, exist_ok=True)
+        staging = _hidden_directory("tmp", target)
+    except BaseException:
+        _remove_empty(created)
+        raise
     try:
         yield staging
         _move_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        if created_parent and not os.listdir(parent):
-            os.rmdir(parent)
+        _remove_empty(created)
         raise
+
+
+def _remove_empty(directories):
+    """Removes `directories` (deepest first) while they are empty."""
+    for directory in directories:
+        try:
+            os.rmdir(directory)
+        except OSError:  # missing, or not empty (another export wrote there meanwhile)
+            return
 
 
 def _move_into_place(staging, target):
@@ -362,13 +421,15 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
 
     Raises:
         TypeError: `model` is not a keras.Model, `export_dir` not a path, `preprocessing` not a
-            Preprocessing, `version` or `top_k` not an int, `warmup` or `overwrite` not a bool.
+            Preprocessing, `version` or `top_k` not an int, `warmup` or `overwrite` not a bool,
+            `labels` neither a sequence nor a path.
         ValueError: `model` is not a classifier of RGB images (one [batch, H, W, 3] input, one
             [batch, classes] softmax or logits output); `preprocessing` has another input size
             than a static model, an unknown interpolation or a crop_pct outside (0, 1]; `labels`
-            is not one string per class, has line breaks or names an unreadable file; `top_k`
-            < 1; `version` < 0; `export_dir` is an existing file.
-        FileExistsError: the version directory is not empty and `overwrite` is False.
+            is not one string per class, has empty names or line breaks or names an unreadable
+            file; `top_k` < 1; `version` < 0; `export_dir` is empty or an existing file.
+        FileExistsError: the version directory is not empty and `overwrite` is False, or is a
+            file.
         ImportError: `warmup` is True and tensorflow-serving-api is not installed.
         All are raised before anything is written.
 

@@ -123,6 +123,12 @@ class LambdaLayer(keras.layers.Layer):
         [batch, height, width, output_dim], or [batch, ceil(height / 2), ceil(width / 2),
         output_dim] with `strides=2` (`pool_size=2`: floor).
 
+    Raises:
+        ValueError: a bad argument value, named with the value received (an initializer Keras
+            cannot interpret: its error is the cause); in `build`, an input not of rank 4, of 0
+            or unknown channels, or not of the size the "relative"/"global" embeddings are for.
+        TypeError: a size or flag of the wrong type (a float, a string, a bool).
+
     Example:
 
     >>> layer = LambdaLayer(output_dim=64, key_dim=16, num_heads=4, receptive_field=7)
@@ -179,6 +185,11 @@ class LambdaLayer(keras.layers.Layer):
         if channels is None:
             raise ValueError(
                 "The channel axis of the input must be defined. "
+                f"Received: input_shape={input_shape}"
+            )
+        if channels == 0:  # no input to project (the initialisation would divide by 0)
+            raise ValueError(
+                "The channel axis of the input must be at least 1. "
                 f"Received: input_shape={input_shape}"
             )
         # Later calls with another channel count fail in Keras' check, naming the axis.
@@ -469,8 +480,9 @@ def resolve_position(position):
 
 def _implementation(implementation, position):
     """Validated `implementation`; the legacy "einsum" maps to "auto" (module docstring)."""
-    implementation = formulations.LEGACY_IMPLEMENTATIONS.get(implementation, implementation)
-    if implementation not in IMPLEMENTATIONS:
+    if isinstance(implementation, str):  # (a list is unhashable: no look-up)
+        implementation = formulations.LEGACY_IMPLEMENTATIONS.get(implementation, implementation)
+    if not isinstance(implementation, str) or implementation not in IMPLEMENTATIONS:
         raise ValueError(
             f"`implementation` must be one of {IMPLEMENTATIONS}. "
             f"Received: implementation={implementation!r}"

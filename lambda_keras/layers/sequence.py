@@ -104,14 +104,24 @@ class SequenceLambdaLayer(keras.layers.Layer):
 
     Call arguments:
         inputs: queries' input X [batch, n, d].
-        context: optional separate context C [batch, m, d_c]; defaults to `inputs`.
-        mask: optional boolean [batch, n]: False marks padded query positions (their outputs are
-            zeros); also the context mask when there is no separate context.
-        context_mask: optional boolean [batch, m] for a separate context.
+        context: optional separate context C [batch, m, d_c], of the batch size of `inputs`
+            (a batch of 1 is not broadcast); defaults to `inputs`.
+        mask: optional boolean [batch, n] (tensor, array or lists; numbers count as booleans,
+            nonzero: kept): False marks padded query positions (their outputs are zeros); also
+            the context mask when there is no separate context.
+        context_mask: optional boolean [batch, m] for a separate context (as `mask`).
         training: True for batch statistics in the query/value batch norms ("batch").
 
     Returns:
         [batch, n, output_dim].
+
+    Raises:
+        ValueError: a bad argument value, named with the value received (an initializer Keras
+            cannot interpret: its error is the cause); in `build`/`call`, inputs or a context
+            not of rank 3 or of depth 0, a context of another batch size, a mask of another
+            shape.
+        TypeError: a size or flag of the wrong type; a mask neither boolean nor numeric (a
+            string).
 
     Example:
 
@@ -177,6 +187,11 @@ class SequenceLambdaLayer(keras.layers.Layer):
         if depth is None or context_depth is None:
             raise ValueError(
                 "The last (depth) axis of `inputs` and `context` must be defined. "
+                f"Received: inputs_shape={inputs_shape}, context_shape={context_shape}"
+            )
+        if 0 in (depth, context_depth):  # nothing to project (the initialisation divides by it)
+            raise ValueError(
+                "The last (depth) axis of `inputs` and `context` must be at least 1. "
                 f"Received: inputs_shape={inputs_shape}, context_shape={context_shape}"
             )
         self._check_lengths(inputs_shape[1], context_shape[1])
@@ -251,6 +266,13 @@ class SequenceLambdaLayer(keras.layers.Layer):
                 f"`context` depth must be {self._context_depth} (as built). "
                 f"Received: context shape {tuple(context.shape)}"
             )
+        if separate and None not in (inputs.shape[0], context.shape[0]) and (
+                inputs.shape[0] != context.shape[0]):
+            # NOTE: a context batch of 1 is not broadcast either (nor in Keras' attention).
+            raise ValueError(
+                "`context` must have the batch size of `inputs`. Received: inputs batch size "
+                f"{inputs.shape[0]}, context batch size {context.shape[0]}"
+            )
         n_static, m_static = inputs.shape[1], context.shape[1]
         self._check_lengths(n_static, m_static)
         # An unknown length (a trace of `Input((None, d))`) is checked when the graph runs: the
@@ -262,6 +284,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
                 f'`position="{self.position}"` embeddings are made for (sequence_length, '
                 f"context_length)={self._lengths}. Received: {(n_static, m_static)}"
             )
+        mask, context_mask = _as_mask("mask", mask), _as_mask("context_mask", context_mask)
         if not separate:
             context_mask = mask if context_mask is None else context_mask
         for name, given, sequence in (("mask", mask, inputs),
@@ -370,6 +393,28 @@ def _rank3(name, shape):
 def _check_rank3(name, tensor):
     _rank3(name, tensor.shape)
     return tensor
+
+
+def _as_mask(name, mask):
+    """`mask` (None, a tensor, a NumPy array or nested lists) as a boolean tensor.
+
+    NOTE: as Keras' attention layers (`MultiHeadAttention`'s "defensive casting"), any nonzero
+    entry means "keep": a mask of 2s or 0.5s is the all-True mask, never a weight (it scaled the
+    outputs). Masks of other dtypes (strings) are refused.
+    """
+    if mask is None:
+        return None
+    kind = f"`{name}` must be a boolean (or numeric: nonzero keeps) [batch, length] tensor or array"
+    if isinstance(mask, (str, bytes)):
+        raise TypeError(f"{kind}. Received: {name}={mask!r}")
+    try:
+        mask = ops.convert_to_tensor(mask)
+    except (TypeError, ValueError) as error:  # ragged lists, objects
+        raise TypeError(f"{kind}. Received: {name}={mask!r}") from error
+    dtype = keras.backend.standardize_dtype(mask.dtype)
+    if dtype != "bool" and not dtype.startswith(("int", "uint", "float", "bfloat")):
+        raise TypeError(f"{kind}. Received: {name} of dtype {dtype}, shape {tuple(mask.shape)}")
+    return ops.cast(mask, "bool")
 
 
 def _masked_softmax(keys, cmask):

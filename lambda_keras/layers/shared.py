@@ -20,6 +20,8 @@ from lambda_keras import utils
 # 2**40 * channels floats).
 MAX_DIM = 2**16  # output_dim, key_dim, num_heads, intra_depth
 MAX_RECEPTIVE_FIELD = 2**10 + 1  # r: the scope of a 1024 x 1024 map
+# The projections `init_shared_config` takes initializers for, in the order it takes them.
+INITIALIZED = ("query", "key", "value", "position")
 
 
 def _check_weight_size(output_dim, key_dim, num_heads, intra_depth, receptive_field):
@@ -138,7 +140,8 @@ def init_shared_config(layer, *, output_dim, key_dim, num_heads, intra_depth, re
     _check_weight_size(layer.output_dim, layer.key_dim, layer.num_heads, layer.intra_depth,
                        layer.receptive_field)
     (layer.query_initializer, layer.key_initializer, layer.value_initializer,
-     layer.position_initializer) = (_optional_initializer(i) for i in initializers)
+     layer.position_initializer) = (_optional_initializer(f"{name}_initializer", initializer)
+                                    for name, initializer in zip(INITIALIZED, initializers))
     if layer.output_dim is not None:
         check_heads_divide(layer.output_dim, layer.num_heads)
 
@@ -160,5 +163,16 @@ def check_heads_divide(output_dim, num_heads, input_depth=None):
                          f"Received: output_dim={output_dim}, num_heads={num_heads}")
 
 
-def _optional_initializer(initializer):
-    return None if initializer is None else keras.initializers.get(initializer)
+def _optional_initializer(name, initializer):
+    """`keras.initializers.get(initializer)`, None kept; Keras' error (which names no argument)
+    becomes the cause of one that names `name` and the value."""
+    if initializer is None:
+        return None
+    try:
+        return keras.initializers.get(initializer)
+    except (ValueError, TypeError) as error:  # TypeError: a config dict with bad arguments
+        raise ValueError(
+            f"`{name}` must be None or a Keras initializer (a name such as \"he_normal\", a "
+            f"config dict, an Initializer or a callable). Received: {name}={initializer!r}"
+        ) from error
+

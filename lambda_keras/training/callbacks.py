@@ -4,6 +4,7 @@
   an EMA optimizer it saves the EMA weights.
 - `TrainingLog`: per-epoch metrics and learning rate -> `history.json` and a PNG (`plot_history`).
 - `BatchImages`: a training batch as a TensorBoard image summary.
+- `check_callbacks`: train's `callbacks=` argument, a list of Keras callbacks (None: none).
 - `make_callbacks`: the user's callbacks, EMA swap for validation, the chief's logs and
   checkpoints, the backup (last).
 """
@@ -189,6 +190,27 @@ def earlier_history(path, first_epoch):
 def _best_so_far(history, monitor):
     values = [v for v in (history or {}).get(monitor, []) if v is not None]
     return max(values) if values else None
+
+
+def check_callbacks(callbacks):
+    """train's `callbacks` as a list: None (no callbacks, as in `Model.fit`) or an iterable of
+    `keras.callbacks.Callback` instances.
+
+    Raises:
+        TypeError: `callbacks` is not iterable (a single callback: put it in a list) or holds
+            something other than a Callback.
+    """
+    if callbacks is None:
+        return []
+    message = ("`callbacks` must be None or a list of keras.callbacks.Callback instances. "
+               f"Received: callbacks={callbacks!r}")
+    try:
+        callbacks = list(callbacks)
+    except TypeError:
+        raise TypeError(message) from None
+    if not all(isinstance(c, keras.callbacks.Callback) for c in callbacks):
+        raise TypeError(message)
+    return callbacks
 
 
 def make_callbacks(extra, *, chief, paths, state, backup, recipe, has_validation, first_images,

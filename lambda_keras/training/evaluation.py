@@ -4,11 +4,14 @@ import keras
 import numpy as np
 
 from lambda_keras import data as data_lib
+from lambda_keras import utils
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.model_setup import DEFAULT_WEIGHTS, TOP_K
 from lambda_keras.training.strategy import (
-    is_tpu_strategy, resolve_jit_compile, resolve_strategy)
+    check_strategy, is_tpu_strategy, resolve_jit_compile, resolve_strategy)
+
+VERBOSITIES = ("auto", 0, 1, 2)  # what Keras' fit and evaluate take as `verbose`
 
 
 def evaluate_dataset(model, dataset, verbose=0):
@@ -52,11 +55,13 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
         A dict {"loss", "top1", "top5" (floats), "num_examples" (int)}.
 
     Raises:
-        TypeError: `model` is neither a keras.Model, a str/path nor a callable.
-        ValueError: an unknown model name, a missing `.keras` file, `weights` given for a
-            keras.Model or `.keras` file, a fixed-size model and another `image_size`, a model
-            with another number of outputs than the dataset's classes, or a bad argument of
-            `make_dataset` (spec, split, batch size).
+        TypeError: `model` is neither a keras.Model, a str/path nor a callable; `strategy` is
+            not a tf.distribute.Strategy; `image_size` is not an int.
+        ValueError: `image_size` < 1, a `verbose` other than "auto", 0, 1, 2, an unknown model
+            name, a missing `.keras` file, `weights` given for a keras.Model or `.keras` file, a
+            fixed-size model and another `image_size`, a model with another number of outputs
+            than the dataset's classes, or a bad argument of `make_dataset` (spec, split, batch
+            size).
 
     Example:
 
@@ -66,13 +71,15 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     print(f"top-1 {metrics['top1']:.3f} on {metrics['num_examples']} images")
     ```
     """
-    strategy = resolve_strategy(tpu) if strategy is None else strategy
+    image_size = utils.check_int("image_size", image_size, optional=True)  # 0: no default
+    utils.check_choice("verbose", verbose, VERBOSITIES)
+    strategy = resolve_strategy(tpu) if check_strategy(strategy) is None else strategy
     weights = model_setup.resolve_weights(model, weights)
     given = model  # a file's recorded preprocessing is looked up beside it
     if model_setup.is_model_file(model):
         with strategy.scope():
             model = model_setup.build_model(model, image_size=None, classes=None)
-    size = image_size or model_setup.default_image_size(model, weights)
+    size = model_setup.default_image_size(model, weights) if image_size is None else image_size
     if isinstance(model, keras.Model):
         model_setup.check_image_size(model, size)
     if preprocessing is None:

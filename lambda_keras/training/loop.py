@@ -27,14 +27,14 @@ from lambda_keras.data.sources import parse_spec
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.backup import ResumableBackup
-from lambda_keras.training.callbacks import TrainingLog, make_callbacks
+from lambda_keras.training.callbacks import TrainingLog, check_callbacks, make_callbacks
 from lambda_keras.training.callbacks import IMAGE_SUMMARY_MAX
-from lambda_keras.training.evaluation import evaluate_dataset
+from lambda_keras.training.evaluation import VERBOSITIES, evaluate_dataset
 from lambda_keras.training.optimizer import make_optimizer
 from lambda_keras.training.recipes import Recipe, get_recipe
 from lambda_keras.training.strategy import (
-    is_tpu_strategy, resolve_jit_compile, resolve_precision, resolve_strategy, strategy_name,
-    worker_index)
+    check_strategy, is_tpu_strategy, resolve_jit_compile, resolve_precision, resolve_strategy,
+    strategy_name, worker_index)
 
 
 @dataclasses.dataclass
@@ -227,14 +227,15 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             keras.Model or `.keras` file has its own (other than "default": ValueError).
         validation_spec: "auto" (the "validation" split of data_spec), another spec, or None
             (or "none": no validation).
-        tpu, strategy: see resolve_strategy; `strategy` overrides `tpu`.
+        tpu, strategy: see resolve_strategy; `strategy` (a tf.distribute.Strategy) overrides
+            `tpu`.
         jit_compile: True, False or "auto" (resolve_jit_compile).
         mixed_precision: None (the recipe's `precision`) or one of PRECISIONS. A keras.Model, a
             `.keras` file or a callable's model must already compute in it (else ValueError);
             with "auto" they keep their own.
         steps_per_epoch: default: one pass over the training split.
-        seed: seeds the model and the data order; None draws one (kept in the backup, so a
-            resumed run sees the same data).
+        seed: an int in [0, 2**32 - 1] (NumPy's seeds) seeding the model and the data order;
+            None draws one (kept in the backup, so a resumed run sees the same data).
         deterministic: `tf.config.experimental.enable_op_determinism()` (process-wide).
         data_dir: tensorflow-datasets data directory.
         verify_images: decode every image of a 'folder:' spec before training (slow; finds
@@ -243,16 +244,18 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             result and no backup to resume from: False refuses (ValueError, nothing touched),
             True deletes them (and its TensorBoard logs) and trains anew.
         verbose: Keras' `fit` verbosity ("auto", 0, 1, 2).
-        callbacks: extra Keras callbacks (they run before train's own).
+        callbacks: a list of extra Keras callbacks (they run before train's own); None: none.
 
     Returns:
         A TrainResult. Rerunning the same call after a kill continues from the last backup
         (every `recipe.backup_every` steps and every epoch end) to the same final weights.
 
     Raises:
-        ValueError / TypeError: a bad argument, a backup in `output_dir` that does not belong
-            to this run (the message names the file to delete), or a finished run there without
-            `overwrite=True`; nothing is written then.
+        ValueError / TypeError: a bad argument (e.g. `overwrite`, `deterministic` or
+            `verify_images` not a bool, `callbacks` not a list of Callbacks, a `verbose` other
+            than "auto", 0, 1, 2), a backup in `output_dir` that does not belong to this run (the
+            message names the file to delete), or a finished run there without
+            `overwrite=True`; nothing is written or deleted then.
         training.NonFiniteError: the loss or a BN statistic became non-finite; the last good
             checkpoint and backup are kept.
 
@@ -263,7 +266,15 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
                    weights="imagenet", output_dir="runs/flowers")
     ```
     """
-    # 1. The recipe, and where it runs.
+    # 1. The plain arguments (before anything is set, deleted or written), the recipe, and where
+    # it runs.
+    for name, flag in (("overwrite", overwrite), ("deterministic", deterministic),
+                       ("verify_images", verify_images)):
+        utils.check_bool(name, flag)  # "no" would be true
+    seed = utils.check_int("seed", seed, low=0, high=2**32 - 1, optional=True)
+    utils.check_choice("verbose", verbose, VERBOSITIES)
+    callbacks = check_callbacks(callbacks)
+    check_strategy(strategy)
     sizes = {"epochs": epochs, "batch_size": batch_size, "image_size": image_size}
     recipe = get_recipe(recipe, **{k: v for k, v in sizes.items() if v is not None},
                         **recipe_overrides)

@@ -6,6 +6,7 @@
   over several GPUs (or the given `devices`); else TF's default strategy.
 - `resolve_precision`, `resolve_jit_compile`: "auto" settings for that strategy.
 - `worker_index`, `strategy_name`, `is_tpu_strategy`: facts about it.
+- `check_strategy`: a `strategy=` argument of train / evaluate is a `tf.distribute.Strategy`.
 """
 
 import json
@@ -103,6 +104,20 @@ def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None, tpu_arg="
     if len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def check_strategy(strategy):
+    """`strategy` (train's, evaluate's) must be a `tf.distribute.Strategy` or None.
+
+    Raises:
+        TypeError: anything else (a name such as "mirrored": pass
+            `tf.distribute.MirroredStrategy()` or leave it to `resolve_strategy`).
+    """
+    if strategy is not None and not isinstance(strategy, tf.distribute.Strategy):
+        raise TypeError("`strategy` must be a tf.distribute.Strategy (e.g. "
+                        "`training.resolve_strategy()`) or None. "
+                        f"Received: strategy={strategy!r}")
+    return strategy
 
 
 def is_tpu_strategy(strategy):

@@ -21,6 +21,21 @@ def _check_rgb(shape):
                          f"Received: x of shape {shape}")
 
 
+def _is_number_dtype(dtype):
+    """Whether a tensor's `dtype` is a float, integer or bool (cast to 0 / 1) one."""
+    try:
+        return (keras.backend.is_float_dtype(dtype) or keras.backend.is_int_dtype(dtype)
+                or keras.backend.standardize_dtype(dtype) == "bool")
+    except ValueError:  # a dtype Keras does not know (strings, objects)
+        return False
+
+
+def _check_numbers(x, is_numbers, dtype):
+    if not is_numbers:
+        raise TypeError(f"`x` must be float or integer RGB pixels. Received: x={x!r:.100}"
+                        + ("" if dtype is None else f" of dtype {dtype}"))
+
+
 def preprocess_input(x, preprocessing=None):
     """Normalises RGB pixels for a model: ((x / 255) - mean) / std.
 
@@ -35,9 +50,11 @@ def preprocess_input(x, preprocessing=None):
         a tensor.
 
     Raises:
-        TypeError: `preprocessing` is neither a Preprocessing, a string nor None.
+        TypeError: `x` does not hold numbers (None, strings, objects), or `preprocessing` is
+            neither a Preprocessing, a string nor None.
         ValueError: `preprocessing` is an unknown model name, or `x` does not end in 3
-            channels (RGB; a tensor's unknown last dimension is not checked).
+            channels (RGB; a tensor's unknown last dimension is not checked) or is a ragged
+            nested list.
 
     Example:
     >>> x = preprocess_input(np.full((1, 256, 256, 3), 255.0), "LambdaResNet26T")
@@ -46,9 +63,18 @@ def preprocess_input(x, preprocessing=None):
     """
     prep = resolve_preprocessing(preprocessing, arg="preprocessing")
     if isinstance(x, (np.ndarray, list, tuple)):
-        x = np.asarray(x, dtype="float32")
+        try:
+            array = np.asarray(x)
+        except ValueError as error:  # ragged nested lists
+            raise ValueError(f"`x` must be RGB pixels of one shape ([..., 3]). "
+                             f"Received: x={x!r:.100} ({error})") from None
+        _check_numbers(x, array.dtype.kind in "biuf", array.dtype)
+        x = array.astype("float32")
         _check_rgb(x.shape)
         return ((x / 255.0 - np.float32(prep.mean)) / np.float32(prep.std)).astype("float32")
+    dtype = getattr(x, "dtype", None)
+    _check_numbers(x, x is not None and not isinstance(x, (str, bytes)) and (
+        dtype is None or _is_number_dtype(dtype)), dtype)
     x = keras.ops.cast(x, "float32")
     _check_rgb(x.shape)
     mean = keras.ops.convert_to_tensor(prep.mean, "float32")
@@ -77,7 +103,7 @@ def decode_predictions(preds, top=5):
         first (ties: the lower class index first).
 
     Raises:
-        TypeError: `top` is not an int.
+        TypeError: `top` is not an int, or `preds` holds other than numbers (strings).
         ValueError: `preds` is not of shape `(samples, 1000)`, or `top` is out of range.
 
     Example:
@@ -85,11 +111,19 @@ def decode_predictions(preds, top=5):
     >>> decode_predictions(preds, top=1)
     [[('n01443537', 'goldfish', 1.0)]]
     """
-    preds = np.asarray(keras.ops.convert_to_numpy(preds))
+    received = preds
     classes = imagenet_classes()
+    try:
+        preds = np.asarray(keras.ops.convert_to_numpy(preds))
+    except (TypeError, ValueError) as error:  # ragged nested lists, objects
+        raise ValueError(f"`preds` must be scores of shape (samples, {len(classes)}). "
+                         f"Received: preds={received!r:.100} ({error})") from None
     if preds.ndim != 2 or preds.shape[1] != len(classes):
         raise ValueError("`decode_predictions` expects a batch of predictions of shape "
                          f"(samples, {len(classes)}). Received: preds.shape={preds.shape}")
+    if preds.dtype.kind not in "biuf":
+        raise TypeError(f"`preds` must hold numbers (class scores). Received: preds of dtype "
+                        f"{preds.dtype}: {received!r:.100}")
     top = utils.check_int("top", top, high=len(classes))
     order = np.argsort(-preds, axis=1, kind="stable")[:, :top]  # [B, top]
     return [[(*classes[i], float(row[i])) for i in idx] for row, idx in zip(preds, order)]

@@ -147,6 +147,7 @@ def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
         `dst`.
 
     Raises:
+        TypeError: `src` or `dst` is not a path (a str or os.PathLike).
         ValueError: `dst` does not end with `.weights.h5` or is a directory; `src` is missing,
             not a `.safetensors` file, unreadable or holds non-finite tensors; `arch_name`
             names no model with timm weights (or, without it, the tensors match none); the
@@ -156,7 +157,7 @@ def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
     >>> convert_timm("model.safetensors", "lambda_resnet26t.weights.h5")
     'lambda_resnet26t.weights.h5'
     """
-    src, dst = os.fspath(src), os.fspath(dst)
+    src, dst = _path("src", src), _path("dst", dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):
         raise ValueError(f"`dst` must end with {KERAS_WEIGHTS_SUFFIX}. Received: dst={dst!r}")
     check_not_special(dst, "dst")  # before the conversion, not at the final rename
@@ -174,3 +175,12 @@ def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
     assign_strict(model, converted, src, unconverted)
     utils.atomic_write(dst, model.save_weights)  # never a half-written dst
     return dst
+
+
+def _path(arg, value):
+    """`value` (a str or os.PathLike) as a str; TypeError naming `arg` otherwise."""
+    path = os.fspath(value) if isinstance(value, os.PathLike) else value
+    if not isinstance(path, str):
+        raise TypeError(f"`{arg}` must be a file path (a str or os.PathLike). "
+                        f"Received: {arg}={value!r} of type {type(value).__name__}")
+    return path

@@ -176,9 +176,9 @@ def _check_h5_dtypes(path):
                          f"{_listed(bad)}. {UNCHANGED}")
 
 
-def _h5_classifier(model, path):
-    """(dataset, classes) of the classifier kernel in the Keras weights file `path`, classes None
-    when the file has no classifier.
+def _h5_classifier_group(model):
+    """The group of a Keras weights file that holds the classifier of `model` (for a model
+    without one, where a classifier appended to it would be saved): `layers/dense[_i]`.
 
     NOTE: Keras 3 saves a functional model's layers under layers/<name>: the layer class's
     snake_case name (Keras' own `naming.to_snake_case`, which its saving_lib calls), numbered in
@@ -186,15 +186,55 @@ def _h5_classifier(model, path):
     creation order (a Dense: kernel, bias). Layout as measured on Keras 3.15, like
     OPTIMIZER_GROUP.
     """
-    import h5py
     from keras.src.utils.naming import to_snake_case  # private, as the file layout it names
 
-    classifier = model.get_layer(CLASSIFIER)
-    index = [layer for layer in model.layers if type(layer) is type(classifier)].index(classifier)
-    name = to_snake_case(type(classifier).__name__)
-    dataset = f"layers/{name}{f'_{index}' if index else ''}/vars/0"
+    dense = [layer.name for layer in model.layers if type(layer) is keras.layers.Dense]
+    index = dense.index(CLASSIFIER) if CLASSIFIER in dense else len(dense)  # last, if absent
+    return f"layers/{to_snake_case('Dense')}{f'_{index}' if index else ''}"
+
+
+def _h5_classifier(model, path):
+    """(dataset, classes) of the classifier kernel in the Keras weights file `path`, classes None
+    when the file has no classifier (`_h5_classifier_group`)."""
+    import h5py
+
+    dataset = f"{_h5_classifier_group(model)}/vars/0"
     with h5py.File(path, "r") as f:
         return dataset, (int(f[dataset].shape[-1]) if dataset in f else None)
+
+
+def _h5_datasets(path):
+    """The names of the datasets of the Keras weights file `path`, but `OPTIMIZER_GROUP`'s."""
+    import h5py
+
+    names = []
+    with h5py.File(path, "r") as f:
+        f.visititems(lambda name, obj: names.append(name)
+                     if isinstance(obj, h5py.Dataset) and name.split("/")[0] != OPTIMIZER_GROUP
+                     else None)
+    return names
+
+
+def _check_all_used(model, path, name, skipped=None):
+    """ValueError naming the datasets of `path` that loading it into `model` left unused.
+
+    Keras' load_weights reads what the model's own save_weights writes and ignores the rest of
+    the file; what it reads is found by saving `model` (a temporary file). `skipped`: a group
+    the classifier rule leaves unused (the file's classifier); `name`: the model the message
+    names.
+    """
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        own = os.path.join(folder, "model.weights.h5")
+        model.save_weights(own)
+        read = set(_h5_datasets(own))
+    unused = [dataset for dataset in _h5_datasets(path) if dataset not in read
+              and (skipped is None or not dataset.startswith(f"{skipped}/"))]
+    if unused:
+        raise ValueError(f"Cannot load {path!r} into model {name!r}: {len(unused)} unexpected "
+                         f"checkpoint tensors (the model has no weights for them): "
+                         f"{_listed(unused)}. {UNCHANGED}")
 
 
 def load_keras_file(model, path):
@@ -203,7 +243,9 @@ def load_keras_file(model, path):
     The classifier follows the rule of the module docstring: a file whose classifier does not
     fit (or a headless file) loads into the backbone only when the model keeps its own
     classifier, which then keeps its initial values; a model of DEFAULT_CLASSES classes refuses
-    it (`classifier_advice`). The optimizer state in the file of a compiled model is skipped
+    it (`classifier_advice`). A file holding tensors that no weight takes (but the classifier's,
+    where the rule skips it) is refused, naming them (`_check_all_used`: Keras' own
+    load_weights ignores them). The optimizer state in the file of a compiled model is skipped
     (`OPTIMIZER_GROUP`); a compiled `model` is loaded through an uncompiled view of its layers,
     so that its own optimizer is left alone too.
     """
@@ -226,22 +268,28 @@ def load_keras_file(model, path):
 
 def _load_by_the_rule(model, path, restore):
     """Loads `path` into `model`, or into its backbone when the classifier is what does not fit
-    and the model keeps its own; raises ValueError otherwise (the caller restores the model)."""
+    and the model keeps its own; raises ValueError otherwise, also when the file holds tensors
+    that no weight took (`_check_all_used`; the caller restores the model)."""
+    model_classes = classifier_classes(model)
     try:
         _keras_load(model, path)
-        return
     except Exception as error:  # noqa: BLE001 - keras raises ValueError/KeyError/OSError
         restore()
         first_error = error
-    model_classes = classifier_classes(model)
+    else:  # all of the file is used, but its classifier where the model has none
+        _check_all_used(model, path, model.name,
+                        None if model_classes is not None else _h5_classifier_group(model))
+        return
     if model_classes is not None:
+        backbone = keras.Model(model.inputs, model.get_layer(CLASSIFIER).input)
         try:
-            _keras_load(keras.Model(model.inputs, model.get_layer(CLASSIFIER).input), path)
+            _keras_load(backbone, path)
         except Exception:  # noqa: BLE001 - not (only) the classifier: first_error says what
             pass
         else:
-            if keeps_own_classifier(model):
-                return  # a new classifier was asked for: it keeps its initial values
+            if keeps_own_classifier(model):  # a new classifier: it keeps its initial values
+                _check_all_used(backbone, path, model.name, _h5_classifier_group(model))
+                return
             dataset, file_classes = _h5_classifier(model, path)
             if file_classes != model_classes:
                 raise ValueError(

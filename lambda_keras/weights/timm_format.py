@@ -96,7 +96,8 @@ def _split_qkv(key, w, state):
 def timm_to_keras(state):
     """Map a timm state dict onto Keras weight paths.
 
-    Returns ({keras_path: (array, timm_key, timm_shape)}, [timm keys no rule converts]).
+    Returns ({keras_path: (array, timm_key, timm_shape)}, [timm keys no rule converts, or
+    that map onto a weight an earlier key already took]).
     """
     converted, unconverted = {}, []
     for key, tensor in state.items():
@@ -106,19 +107,27 @@ def timm_to_keras(state):
         try:
             if qkv:
                 layer = f"{_block(qkv)}lambda"
-                for part, array in zip(("query", "key", "value"), _split_qkv(key, tensor, state)):
-                    converted[f"{layer}/{part}_kernel"] = (array, key, tuple(tensor.shape))
-                continue
-            for pattern, path, convert in _RULES:
-                m = re.fullmatch(pattern, key)
-                if m:
-                    array = tensor if convert is None else convert(tensor)
-                    converted[path(m)] = (array, key, tuple(tensor.shape))
-                    break
+                parts = zip(("query", "key", "value"), _split_qkv(key, tensor, state))
+                targets = {f"{layer}/{part}_kernel": array for part, array in parts}
             else:
-                unconverted.append(key)
+                for pattern, path, convert in _RULES:
+                    m = re.fullmatch(pattern, key)
+                    if m:
+                        targets = {path(m): tensor if convert is None else convert(tensor)}
+                        break
+                else:
+                    unconverted.append(key)
+                    continue
         except (ValueError, IndexError):  # wrong rank or size: reported as unexpected
             unconverted.append(f"{key} {tuple(tensor.shape)}")
+            continue
+        taken = [path for path in targets if path in converted]
+        if taken:  # two tensors for one weight (pos_emb and conv_lambda): the second is unused
+            unconverted.append(f"{key} (-> {taken[0]}, already taken by "
+                               f"{converted[taken[0]][1]})")
+            continue
+        converted.update({path: (array, key, tuple(tensor.shape))
+                          for path, array in targets.items()})
     return converted, unconverted
 
 

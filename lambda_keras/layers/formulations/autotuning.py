@@ -322,8 +322,9 @@ def autotune_jit_compile(jit_compile, backend):
 
 def check_phases(phases):
     """`phases` of `autotune` and `lambda_keras.benchmark.compare`: a non-empty tuple (or list)
-    of PHASES, returned as a tuple."""
-    if isinstance(phases, str) or not phases or any(p not in PHASES for p in phases):
+    of PHASES, returned as a tuple; anything else (a string, a number) raises ValueError."""
+    if (not isinstance(phases, (tuple, list)) or not phases
+            or any(p not in PHASES for p in phases)):
         raise ValueError(f"`phases` must be a non-empty tuple of {PHASES}. Received: "
                          f"phases={phases!r}")
     return tuple(phases)
