@@ -99,6 +99,19 @@ def test_bad_plain_arguments_are_refused_before_anything_is_written(bad, error, 
     assert not out.exists()
 
 
+def test_data_specs_are_named_as_train_and_evaluate_name_them(tmp_path):
+    """Were make_dataset's `spec`, from inside step 3 of train, which has no such argument."""
+    out, missing = tmp_path / "run", f"folder:{tmp_path / 'missing'}"
+    with pytest.raises(ValueError, match=r"`data_spec` .*Received: data_spec='nope:x'"):
+        training.train(tiny_lambda_net, "nope:x", "scratch", output_dir=out, **TINY)
+    with pytest.raises(ValueError, match=rf"Received: validation_spec='{re.escape(missing)}'"):
+        training.train(tiny_lambda_net, "digits", "scratch", output_dir=out,
+                       validation_spec=missing, **TINY)
+    assert not out.exists()
+    with pytest.raises(TypeError, match=r"`data_spec` must be a string. Received: data_spec=3"):
+        training.evaluate(tiny_lambda_net((None, None, 3), 10), 3)
+
+
 def test_evaluate_argument_errors():
     """Were: image_size=0 evaluated at the default size; verbose="loud" was accepted;
     strategy="x" an AttributeError."""

@@ -220,7 +220,7 @@ def _cmd_demo(args):
     model, _ = resolve_model_arg(args.model)
     if model.endswith(".keras"):
         raise ValueError("demo --model takes a model name, not a .keras file")
-    data.check_spec(args.data, arg="--data")  # before the demo starts (train's says `spec`)
+    data.check_spec(args.data, arg="--data")  # before the demo starts (train names `data_spec`)
     summary = demo.run(model_name=model, data_spec=args.data, epochs=args.epochs,
                        image_size=args.image_size, output_dir=args.output)
     return 0 if summary["meets_target"] else 1

@@ -73,6 +73,7 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     """
     image_size = utils.check_int("image_size", image_size, optional=True)  # 0: no default
     utils.check_choice("verbose", verbose, VERBOSITIES)
+    data_lib.check_spec(data_spec, data_dir=data_dir, arg="data_spec")  # named as evaluate's own
     strategy = resolve_strategy(tpu) if check_strategy(strategy) is None else strategy
     weights = model_setup.resolve_weights(model, weights)
     given = model  # a file's recorded preprocessing is looked up beside it

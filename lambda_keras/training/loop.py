@@ -275,6 +275,9 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     utils.check_choice("verbose", verbose, VERBOSITIES)
     callbacks = check_callbacks(callbacks)
     check_strategy(strategy)
+    data_lib.check_spec(data_spec, data_dir=data_dir, arg="data_spec")  # named as train's own
+    if validation_spec not in ("auto", None, "none"):
+        data_lib.check_spec(validation_spec, data_dir=data_dir, arg="validation_spec")
     sizes = {"epochs": epochs, "batch_size": batch_size, "image_size": image_size}
     recipe = get_recipe(recipe, **{k: v for k, v in sizes.items() if v is not None},
                         **recipe_overrides)
