@@ -115,6 +115,78 @@ def _reference_checks(check):
             check(f"reference/{case}/{phase}", run)
 
 
+def _gradients(layer, x):
+    """[training output, d sum(sin(y)) / d input, / d each trainable weight] as NumPy, by the
+    backend's own autodiff (JAX: jax.grad of the stateless call; PyTorch: backward)."""
+    import keras
+
+    if keras.backend.backend() == "jax":
+        import jax
+        import jax.numpy as jnp
+
+        trainable = [v.value for v in layer.trainable_variables]
+        non_trainable = [v.value for v in layer.non_trainable_variables]
+
+        def loss(trainable, x):
+            y, _ = layer.stateless_call(trainable, non_trainable, x, training=True)
+            return jnp.sum(jnp.sin(y)), y
+
+        (_, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
+            trainable, jnp.asarray(x))
+        return [to_numpy(t) for t in [y, grads[1], *grads[0]]]
+    import torch
+
+    inputs = torch.tensor(x, requires_grad=True)
+    for variable in layer.trainable_variables:
+        variable.value.grad = None
+    y = layer(inputs, training=True)
+    torch.sin(y).sum().backward()
+    return [to_numpy(t.detach()) for t in [y, inputs.grad]
+            + [v.value.grad for v in layer.trainable_variables]]
+
+
+def _recomputation_checks(check):
+    """Query windows recomputed per batch part in training (`keras.remat`: jax.checkpoint,
+    torch.utils.checkpoint), as the plan of training calls on these backends says, give the
+    outputs and gradients of the maps stored, unstrided and strided (tests/test_formulations.py
+    does the same on TensorFlow)."""
+    import dataclasses
+
+    import keras
+
+    from lambda_keras.layers import LambdaLayer, formulations
+    from lambda_keras.layers.formulations import rule
+
+    x = np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32")
+    for strides in (1, 2):
+        def run(strides=strides):
+            assert rule.plan("query_windows", formulations.current_runtime(), True).rematerialize
+            results, wrapped, remat = [], [], keras.remat
+            keras.remat = lambda f: wrapped.append(f) or remat(f)  # counts what is recomputed
+            try:
+                for recomputed in (False, True):
+                    formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
+                        rule.plan(*a, **k), batch_parts=3, rematerialize=r)
+                    keras.utils.set_random_seed(4)
+                    layer = LambdaLayer(
+                        output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
+                        intra_depth=2, strides=strides, implementation="query_windows",
+                        position_bias=True,
+                        position_initializer=keras.initializers.RandomNormal(stddev=0.5))
+                    layer.build(x.shape)
+                    results.append(_gradients(layer, x))
+                    assert bool(wrapped) == recomputed, (recomputed, len(wrapped))
+            finally:
+                formulations.plan, keras.remat = rule.plan, remat
+            stored, recomputed = results
+            errors = [float(np.max(np.abs(a - e)) / max(1.0, np.max(np.abs(e))))
+                      for a, e in zip(recomputed, stored)]
+            assert len(errors) == 2 + len(layer.trainable_variables) and max(errors) <= 1e-5, errors
+            return f"{len(errors)} tensors, max relative difference {max(errors):.1e}"
+
+        check(f"reference/recomputed_query_windows-s{strides}", run)
+
+
 MIXED_PRECISION_RTOL = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}
 
 
@@ -358,6 +430,7 @@ def run_checks(backend, workdir):
         return detail
 
     _reference_checks(check)
+    _recomputation_checks(check)
     _mixed_precision_checks(check)
     outcome = {}
 

@@ -319,14 +319,14 @@ def test_batch_parts_only_where_measured():
     """The position term in independent parts of the batch (formulations.batch_parts) only
     where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
     CPU without AVX-512 and pooled on the CPUs with it, query windows of unstrided layers with
-    r > 11."""
+    r > 11; and in training wherever query windows are recomputed in the backward pass
+    (REMAT_PARTS parts: every engine but TensorFlow's XLA, any layer)."""
     for cpu in ("intel-avx512", "amd-avx512"):
         assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu=cpu), False,
                                         "query_windows") == 1
     for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2, NO_ONEDNN,
                     dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")):
         assert formulations.batch_parts(runtime, False, "query_windows") == 4
-        assert formulations.batch_parts(runtime, True, "query_windows") == 1
         assert formulations.batch_parts(runtime, False, "query_windows", strides=2) == 1
         assert formulations.batch_parts(runtime, False, "query_windows", receptive_field=9) == 1
         for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
@@ -334,16 +334,26 @@ def test_batch_parts_only_where_measured():
     amd = [dataclasses.replace(runtime, cpu=cpu) for runtime in (ONEDNN, XLA, JAX, TORCH)
            for cpu in ("amd-avx2", "amd-avx512")]
     for runtime in (ONEDNN, XLA, JAX, TORCH, *amd):
-        for training in (False, True):
-            assert formulations.batch_parts(runtime, training, "query_windows") == 1
+        assert formulations.batch_parts(runtime, False, "query_windows") == 1
+    for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH, *amd):
+        recomputed = runtime.engine != "xla"
+        for layer in (dict(), dict(strides=2), dict(receptive_field=7)):
+            assert formulations.batch_parts(runtime, True, "query_windows", **layer) == (
+                formulations.REMAT_PARTS if recomputed else 1), (runtime, layer)
+        assert formulations.rematerialized(runtime, True, "query_windows") == recomputed
+        assert not formulations.rematerialized(runtime, False, "query_windows")
+        for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
+            assert not formulations.rematerialized(runtime, True, formulation)
+            assert formulations.batch_parts(runtime, True, formulation) == 1
 
 
 def test_plan_gathers_what_the_rule_says_for_a_call():
     """`formulations.plan` holds, for one call, the rule's settings of the picked formulation:
     where a strided layer pools (folded into query windows' scores everywhere, on q . E first's
     maps where POOLED_MAPS_ENGINES says so, the output otherwise), query windows' blocks and
-    batch parts as `window_blocks` / `batch_parts` give them, and q . E's broadcast embeddings and
-    separate products without oneDNN in TensorFlow only."""
+    batch parts as `window_blocks` / `batch_parts` give them, their recomputation in training as
+    `rematerialized` says, and q . E's broadcast embeddings and separate products without oneDNN
+    in TensorFlow only."""
     amd_tf = dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")
     for runtime in (ONEDNN, NO_ONEDNN, amd_tf, MALLOC_AVX2, XLA, JAX, TORCH):
         without_onednn = runtime.engine in ("tf", "tf_malloc")
@@ -361,6 +371,8 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
                     assert plan.blocks == formulations.window_blocks(runtime, training, strides)
                     assert plan.batch_parts == formulations.batch_parts(runtime, training,
                                                                         formulation, strides)
+                    assert plan.rematerialize == formulations.rematerialized(
+                        runtime, training, formulation)
                     assert plan.broadcast_embeddings == plan.separate_products == without_onednn
     # The one place the CPU changes batch parts, seen through the plan.
     assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4

@@ -366,10 +366,11 @@ class LambdaLayer(keras.layers.Layer):
                 # The pool folded into the window scores: formed only at the pooled positions.
                 pool = (self.pool_size, self.strides) if plan.pool == "scores" else (1, 1)
                 return formulations.in_batch_parts(
-                    lambda q, values: formulations.query_windows(
+                    lambda q, values, table: formulations.query_windows(
                         q, values, table, rows, cols, *pool, **plan.blocks,
                         separate_products=plan.separate_products),
-                    plan.batch_parts, q, values)  # [b, n', h, v]
+                    plan.batch_parts, q, values, shared=(table,),
+                    rematerialize=plan.rematerialize)  # [b, n', h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

@@ -49,7 +49,8 @@ lambda layer of a model where it runs and stores the fastest; "auto" then uses t
 The package: `rule` (the measured rule tables for the `Runtime` a layer runs in, which
 lambda_keras/runtime.py describes and `current_runtime` detects; `choose`, and
 `plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
-blocks and batch parts, the engines' forms of the products),
+blocks and batch parts, whether training recomputes them in the backward pass, the engines' forms
+of the products),
 `autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
 code); everything is re-exported here.
 """
@@ -86,6 +87,8 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     INTEL_AVX512_RULE,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,
+    REMAT_PARTS,
+    REMATERIALIZED_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,
     STRIDED_WINDOWS,
     WITHOUT_AVX512_RULE,
@@ -95,6 +98,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     cpu_rows,
     phase_of,
     plan,
+    rematerialized,
     rule_for,
     window_blocks,
 )

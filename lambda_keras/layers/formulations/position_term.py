@@ -250,17 +250,23 @@ def conv(values, kernel, rows, cols):
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
 
-def in_batch_parts(function, parts, *tensors):
-    """function(*tensors) of tensors [b, ...], computed on up to `parts` balanced parts of a
-    static batch (at most one part per image) and concatenated in order: independent ops,
+def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False):
+    """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
+    of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`rule.batch_parts` says where that
-    pays). A dynamic batch (unknown while tracing) stays whole."""
+    pays). `shared` tensors go whole to every part. With `rematerialize`, each part is
+    recomputed in the backward pass instead of storing its intermediates (`keras.remat`; every
+    tensor it differentiates is an argument: TensorFlow's `recompute_grad` gives captured
+    tensors no gradient). A dynamic batch (unknown while tracing) stays whole, and is not
+    recomputed (a whole batch recomputed saves no memory in the layer's own step)."""
     batch = tensors[0].shape[0]
     parts = min(parts, batch or 1)
     if parts <= 1:
-        return function(*tensors)
+        return function(*tensors, *shared)
+    if rematerialize:
+        function = keras.remat(function)
     bounds = [batch * part // parts for part in range(parts + 1)]
-    return ops.concatenate([function(*(t[start:end] for t in tensors))
+    return ops.concatenate([function(*(t[start:end] for t in tensors), *shared)
                             for start, end in zip(bounds, bounds[1:])], axis=0)
 
 

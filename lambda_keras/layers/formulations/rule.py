@@ -58,6 +58,23 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # the AMD EPYC with AVX-512 only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
+# Engines whose training calls recompute query windows' window scores and their spread in the
+# backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of a static batch
+# (one image each at batch 8; `position_term.in_batch_parts`): the backward pass of one part then
+# holds one part's maps, not the batch's. A whole batch recomputed saves nothing in one layer's
+# step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2), and a dynamic
+# batch cannot be cut: both keep their maps. Whole layer, forward + backward, batch 8, d 256, |k| 16,
+# |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved (medians of 5-7 rounds,
+# 2026-12-05, a quiet host), time and TensorFlow allocator peak, stored / recomputed in parts:
+# oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
+# 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
+# 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
+# ms, 772 / 185 MiB; time ratios JAX 1.01 and PyTorch 0.90 at 56^2 (the parts alone: 0.86-1.03).
+# Not under TensorFlow's XLA, which merges the recomputation with the forward pass (56^2: 1.07x
+# the time, the same peak; benchmarks/README.md, optimisation 30).
+REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
+REMAT_PARTS = 8
+
 # The "local" position mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
 # pooled (BFC) CPU allocator except for "tf_malloc", on an Intel Xeon with AVX-512 and an AMD EPYC
@@ -462,10 +479,20 @@ def window_blocks(runtime, training, strides=1, receptive_field=23):
     return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
 
 
+def rematerialized(runtime, training, formulation):
+    """Whether a call recomputes its position term in the backward pass, per batch part:
+    "query_windows" in training on REMATERIALIZED_ENGINES."""
+    return (formulation == "query_windows" and phase_of(training) == "train"
+            and runtime.engine in REMATERIALIZED_ENGINES)
+
+
 def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
     """Into how many independent parts the position term of a static batch is cut
-    (`position_term.in_batch_parts`): the rule's `batch_parts` for "query_windows" in
-    unstrided layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    (`position_term.in_batch_parts`): REMAT_PARTS where it is recomputed (`rematerialized`),
+    else the rule's `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1
+    (see WITHOUT_AVX512_RULE)."""
+    if rematerialized(runtime, training, formulation):
+        return REMAT_PARTS
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
     return rule_for(runtime, phase_of(training))["batch_parts"]
@@ -481,6 +508,8 @@ class Plan:
         POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of the batch (`batch_parts`).
+    rematerialize: each part's position term recomputed in the backward pass, not stored
+        (`rematerialized`; only where the batch is static and cut into parts).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -492,6 +521,7 @@ class Plan:
     block_columns: int = 1
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
+    rematerialize: bool = False
     broadcast_embeddings: bool = False
     separate_products: bool = False
 
@@ -515,6 +545,7 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23):
     return Plan(formulation, pool=pool,
                 **window_blocks(runtime, training, strides, receptive_field),
                 batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field),
+                rematerialize=rematerialized(runtime, training, formulation),
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
 
