@@ -335,16 +335,55 @@ def test_batch_parts_only_where_measured():
            for cpu in ("amd-avx2", "amd-avx512")]
     for runtime in (ONEDNN, XLA, JAX, TORCH, *amd):
         assert formulations.batch_parts(runtime, False, "query_windows") == 1
+    large, small = formulations.REMAT_MIN_BYTES, formulations.REMAT_MIN_BYTES - 1
     for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH, *amd):
         recomputed = runtime.engine != "xla"
         for layer in (dict(), dict(strides=2), dict(receptive_field=7)):
-            assert formulations.batch_parts(runtime, True, "query_windows", **layer) == (
+            assert formulations.batch_parts(runtime, True, "query_windows", **layer,
+                                            image_map_bytes=large) == (
                 formulations.REMAT_PARTS if recomputed else 1), (runtime, layer)
-        assert formulations.rematerialized(runtime, True, "query_windows") == recomputed
-        assert not formulations.rematerialized(runtime, False, "query_windows")
+            for maps in (small, None):  # small maps, or of an unknown size: the whole batch
+                assert formulations.batch_parts(runtime, True, "query_windows", **layer,
+                                                image_map_bytes=maps) == 1, (runtime, layer)
+        assert formulations.rematerialized(runtime, True, "query_windows", large) == recomputed
+        for maps in (small, None):
+            assert not formulations.rematerialized(runtime, True, "query_windows", maps)
+        assert not formulations.rematerialized(runtime, False, "query_windows", large)
         for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
-            assert not formulations.rematerialized(runtime, True, formulation)
-            assert formulations.batch_parts(runtime, True, formulation) == 1
+            assert not formulations.rematerialized(runtime, True, formulation, large)
+            assert formulations.batch_parts(runtime, True, formulation,
+                                            image_map_bytes=large) == 1
+
+
+def test_recomputation_where_one_images_maps_are_large():
+    """Training recomputes query windows (`plan(...).rematerialize`) where one image's maps
+    take at least REMAT_MIN_BYTES: the measured cells it helped or cost at most 1.12x
+    (unstrided r 23 from 28^2, strided from 56^2, r 7 |u| 4 from 28^2), not those where the
+    parts' overhead cost 1.08-1.63x (14^2 maps, r 9 at 28^2, strided r 23 / r 7 |u| 4 at 28^2);
+    never under TensorFlow's XLA, never in inference, never for a map of unknown size."""
+    def recomputed(runtime, size, training=True, **layer):
+        return formulations.plan("query_windows", runtime, training, layer.pop("strides", 1),
+                                 layer.pop("receptive_field", 23), rows=size, cols=size,
+                                 **layer).rematerialize
+
+    for runtime in (ONEDNN, NO_ONEDNN, MALLOC_AVX2, JAX, TORCH):
+        assert recomputed(runtime, 28) and recomputed(runtime, 56) and recomputed(runtime, 112)
+        assert recomputed(runtime, 56, strides=2) and not recomputed(runtime, 28, strides=2)
+        assert recomputed(runtime, 28, receptive_field=7, intra_depth=4)
+        assert not recomputed(runtime, 14, receptive_field=7, intra_depth=4)
+        assert not recomputed(runtime, 28, receptive_field=7, intra_depth=4, strides=2)
+        assert not recomputed(runtime, 28, receptive_field=9)
+        assert not recomputed(runtime, 14, receptive_field=9, strides=2, pool_size=2)
+        assert not recomputed(runtime, 112, training=False)
+        assert not recomputed(runtime, None)
+        assert formulations.plan("query_windows", runtime, True, rows=56, cols=56).batch_parts \
+            == formulations.REMAT_PARTS
+    assert not recomputed(XLA, 112)
+    # The threshold reads the bytes `query_windows` forms (its geometry: query_windows_shape).
+    shape = formulations.query_windows_shape(28, 28, 23, block_scopes=0.5)
+    assert formulations.query_windows_bytes(28, 28, 23, 4, 1, block_scopes=0.5) == 4 * (
+        shape["blocks"] * shape["block"] * shape["groups"] * shape["group"] * 4
+        * shape["width"] * (shape["span"] + 1 + shape["context"]))
 
 
 def test_plan_gathers_what_the_rule_says_for_a_call():

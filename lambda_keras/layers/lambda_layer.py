@@ -282,8 +282,11 @@ class LambdaLayer(keras.layers.Layer):
         out = content_output(queries, keys, values)  # [b, n', h, v]
         if self.position is not None:
             runtime = formulations.current_runtime()
-            plan = formulations.plan(self._formulation(rows, cols, training, runtime), runtime,
-                                     training, self.strides, self.receptive_field)
+            plan = formulations.plan(
+                self._formulation(rows, cols, training, runtime), runtime, training,
+                self.strides, self.receptive_field, rows=rows, cols=cols,
+                num_heads=self.num_heads, intra_depth=self.intra_depth,
+                pool_size=self.pool_size)
             self._last_formulation = plan.formulation  # what this call traced (benchmarks read it)
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]

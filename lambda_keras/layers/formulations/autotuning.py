@@ -34,7 +34,7 @@ import numpy as np
 from lambda_keras import utils
 from lambda_keras.runtime import cpu_model, current_runtime, usable_cores
 from lambda_keras.layers.formulations import rule
-from lambda_keras.layers.formulations.position_term import query_windows_shape
+from lambda_keras.layers.formulations.position_term import query_windows_bytes
 
 ENV = "LAMBDA_KERAS_AUTOTUNE"  # one of OFF_VALUES: "auto" ignores the stored picks
 OFF_VALUES = ("0", "false", "off", "no")  # values of ENV that turn the picks off (any case)
@@ -182,17 +182,15 @@ def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_
                    receptive_field, strides=1, pool_size=3, blocks=None, phase="train"):
     """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
     3 forward + backward; for query_windows, of its window scores and their spread over a
-    block's context rows (`query_windows_shape`, with `blocks`: `window_blocks`; None: 1 column
+    block's context rows (`query_windows_bytes`, with `blocks`: `window_blocks`; None: 1 column
     and the default scopes per block). A batch cut into parts (`batch_parts`) counts whole: its
     parts run side by side. The other formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
     if formulation == "query_windows":
-        windows = query_windows_shape(rows, cols, receptive_field,
-                                      pool_size if strides == 2 else 1, strides, **(blocks or {}))
-        queries = (windows["blocks"] * windows["block"]) * (windows["groups"] * windows["group"])
-        per_query = h * u * windows["width"] * (windows["span"] + 1 + windows["context"])
-        return copies * queries * batch * per_query * 4
+        return copies * batch * query_windows_bytes(
+            rows, cols, receptive_field, h, u, pool_size if strides == 2 else 1, strides,
+            **(blocks or {}))
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(formulation, 0)
     positions = rows * cols
     return copies * positions * positions * per_pair * 4

@@ -309,6 +309,17 @@ def query_windows_shape(rows, cols, receptive_field, pool_size=1, strides=1, blo
                 group=group, width=strides * (group - 1) + span)
 
 
+def query_windows_bytes(rows, cols, receptive_field, num_heads, intra_depth, pool_size=1,
+                        strides=1, **blocks):
+    """Bytes (float32) of the window scores and their spread over a block's context rows that
+    `query_windows` forms for one image of a rows x cols map (`blocks`: its block_columns /
+    block_scopes): what training stores for the backward pass unless it recomputes them."""
+    shape = query_windows_shape(rows, cols, receptive_field, pool_size, strides, **blocks)
+    queries = shape["blocks"] * shape["block"] * shape["groups"] * shape["group"]
+    per_query = num_heads * intra_depth * shape["width"] * (shape["span"] + 1 + shape["context"])
+    return queries * per_query * 4
+
+
 def query_windows(q, values, kernel, rows, cols, pool_size=1, strides=1, block_columns=1,
                   block_scopes=QUERY_BLOCK_SCOPES, separate_products=False):
     """The position term q . E . V with q . E in window coordinates, pooled if strides = 2.

@@ -7,7 +7,8 @@ import dataclasses
 
 import numpy as np
 
-from lambda_keras.layers.formulations.position_term import QUERY_BLOCK_SCOPES
+from lambda_keras.layers.formulations.position_term import (QUERY_BLOCK_SCOPES,
+                                                            query_windows_bytes)
 
 # ------------------------------------------------------------------------------- the rule
 # Engines: how the position term is executed. "tf_onednn" / "tf": TensorFlow graph or eager
@@ -62,18 +63,25 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of a static batch
 # (one image each at batch 8; `position_term.in_batch_parts`): the backward pass of one part then
 # holds one part's maps, not the batch's. A whole batch recomputed saves nothing in one layer's
-# step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2), and a dynamic
-# batch cannot be cut: both keep their maps. Whole layer, forward + backward, batch 8, d 256, |k| 16,
-# |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved (medians of 5-7 rounds,
+# step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2), and a
+# dynamic batch cannot be cut: both keep their maps. Whole layer, forward + backward, batch 8,
+# d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved (medians of 5-7 rounds,
 # 2026-12-05, a quiet host), time and TensorFlow allocator peak, stored / recomputed in parts:
 # oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
 # ms, 772 / 185 MiB; time ratios JAX 1.01 and PyTorch 0.90 at 56^2 (the parts alone: 0.86-1.03).
 # Not under TensorFlow's XLA, which merges the recomputation with the forward pass (56^2: 1.07x
-# the time, the same peak; benchmarks/README.md, optimisation 30).
+# the time, the same peak; benchmarks/README.md, optimisation 30). Only where one image's maps
+# take at least REMAT_MIN_BYTES (`position_term.query_windows_bytes`; r 23: from 28^2 unstrided,
+# 14.3 MiB, from 56^2 strided, 23 MiB; r 7 |u| 4 from 28^2, 9.4 MiB): smaller maps save little
+# and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
+# MiB, 1.42 / 1.28x; r 9 at 14^2 1.63 / 1.27x, at 28^2 (3.4 MiB) 1.08 / 1.09x; strided r 9 at
+# 14^2 1.59 / 1.38x; strided r 7 |u| 4 at 28^2 (3.3 MiB) 1.21 / 1.10x; strided r 23 at 28^2
+# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN).
 REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
 REMAT_PARTS = 8
+REMAT_MIN_BYTES = 8 * 2**20
 
 # The "local" position mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
@@ -479,19 +487,23 @@ def window_blocks(runtime, training, strides=1, receptive_field=23):
     return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
 
 
-def rematerialized(runtime, training, formulation):
+def rematerialized(runtime, training, formulation, image_map_bytes=None):
     """Whether a call recomputes its position term in the backward pass, per batch part:
-    "query_windows" in training on REMATERIALIZED_ENGINES."""
+    "query_windows" in training on REMATERIALIZED_ENGINES whose maps take at least
+    REMAT_MIN_BYTES per image (`image_map_bytes`, `position_term.query_windows_bytes`; None,
+    unknown: no)."""
     return (formulation == "query_windows" and phase_of(training) == "train"
-            and runtime.engine in REMATERIALIZED_ENGINES)
+            and runtime.engine in REMATERIALIZED_ENGINES
+            and image_map_bytes is not None and image_map_bytes >= REMAT_MIN_BYTES)
 
 
-def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
+def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
+                image_map_bytes=None):
     """Into how many independent parts the position term of a static batch is cut
-    (`position_term.in_batch_parts`): REMAT_PARTS where it is recomputed (`rematerialized`),
-    else the rule's `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1
-    (see WITHOUT_AVX512_RULE)."""
-    if rematerialized(runtime, training, formulation):
+    (`position_term.in_batch_parts`): REMAT_PARTS where it is recomputed (`rematerialized`,
+    with `image_map_bytes`), else the rule's `batch_parts` for "query_windows" in unstrided
+    layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    if rematerialized(runtime, training, formulation, image_map_bytes):
         return REMAT_PARTS
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
@@ -509,7 +521,8 @@ class Plan:
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of the batch (`batch_parts`).
     rematerialize: each part's position term recomputed in the backward pass, not stored
-        (`rematerialized`; only where the batch is static and cut into parts).
+        (`rematerialized`: large query windows in training; only where the batch is static and
+        cut into parts).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -531,10 +544,19 @@ class Plan:
         return dict(block_columns=self.block_columns, block_scopes=self.block_scopes)
 
 
-def plan(formulation, runtime, training, strides=1, receptive_field=23):
+def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=None, cols=None,
+         num_heads=4, intra_depth=1, pool_size=3):
     """The `Plan` of a layer's call that computes `formulation` in `runtime` (a `Runtime`), for
-    the call's `training` and the layer's strides and r (what the rule says beyond the pick)."""
+    the call's `training` and the layer's strides and r (what the rule says beyond the pick);
+    `rows`, `cols` (ints of a static map, else None), `num_heads`, `intra_depth`, `pool_size`
+    size query windows' maps, which decide their recomputation in training."""
     engine = runtime.engine
+    blocks = window_blocks(runtime, training, strides, receptive_field)
+    image_map_bytes = None
+    if formulation == "query_windows" and isinstance(rows, int) and isinstance(cols, int):
+        image_map_bytes = query_windows_bytes(rows, cols, receptive_field, num_heads,
+                                              intra_depth, pool_size if strides == 2 else 1,
+                                              strides, **blocks)
     pool = None
     if strides == 2:
         pool = "output"
@@ -542,10 +564,10 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23):
             pool = "scores"
         elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
             pool = "maps"
-    return Plan(formulation, pool=pool,
-                **window_blocks(runtime, training, strides, receptive_field),
-                batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field),
-                rematerialize=rematerialized(runtime, training, formulation),
+    return Plan(formulation, pool=pool, **blocks,
+                batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field,
+                                        image_map_bytes),
+                rematerialize=rematerialized(runtime, training, formulation, image_map_bytes),
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
 
