@@ -65,8 +65,9 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # holds one part's maps, not the batch's. A whole batch recomputed saves nothing in one layer's
 # step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2), and a
 # dynamic batch cannot be cut: both keep their maps. Whole layer, forward + backward, batch 8,
-# d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved (medians of 5-7 rounds,
-# 2026-12-05, a quiet host), time and TensorFlow allocator peak, stored / recomputed in parts:
+# d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved
+# (medians of 5-7 rounds, 2026-12-05, a quiet host), time and TensorFlow allocator peak, stored /
+# recomputed in parts:
 # oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
