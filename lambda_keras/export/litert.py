@@ -488,8 +488,9 @@ class LiteRTRunner:
         try:
             self.interpreter = Interpreter(**source, num_threads=num_threads)
         except ValueError as error:  # LiteRT: "The model is not a valid Flatbuffer buffer", ...
+            reason = " ".join(str(error).split())  # one line (some versions end in "\n")
             raise ValueError(f"`model` must be a LiteRT (.tflite) flatbuffer, which LiteRT could "
-                             f"not read ({error}). Received: {received}") from error
+                             f"not read ({reason}). Received: {received}") from error
         inputs = self.interpreter.get_input_details()
         outputs = self.interpreter.get_output_details()
         if len(inputs) != 1:
