@@ -142,11 +142,33 @@ def temp_path(path):
     return os.path.join(directory, f"{stem}{TEMP_MARK}{os.getpid()}{dot}{rest}")
 
 
+@contextlib.contextmanager
+def created_directory(directory):
+    """Creates `directory` and its missing parents for a `with` block; if the block raises,
+    removes those it created while they are empty, deepest first (never one that existed
+    before), so that a failed write leaves the filesystem as it found it."""
+    created, missing = [], os.path.abspath(os.fspath(directory))
+    while not os.path.isdir(missing):
+        created.append(missing)
+        missing = os.path.dirname(missing)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        yield
+    except BaseException:
+        for path in created:
+            try:
+                os.rmdir(path)
+            except OSError:  # missing, or not empty (another writer used it meanwhile)
+                break
+        raise
+
+
 def atomic_write(path, write):
     """Calls `write(temporary_path)`, then renames the result onto `path`.
 
     `path` is never half-written: if `write` raises, the temporary file is removed and `path` keeps
-    its previous content. The parent directory is created if missing.
+    its previous content. The parent directory is created if missing (and removed again, with
+    any parent created for it, if `write` raises: `created_directory`).
 
     Args:
         path: the final file name.
@@ -157,17 +179,17 @@ def atomic_write(path, write):
         Whether `write` wrote a file (and `path` was replaced).
     """
     path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     temporary = temp_path(path)
-    try:
-        write(temporary)
-        if not os.path.exists(temporary):
-            return False
-        os.replace(temporary, path)
-        return True
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    with created_directory(os.path.dirname(os.path.abspath(path))):
+        try:
+            write(temporary)
+            if not os.path.exists(temporary):
+                return False
+            os.replace(temporary, path)
+            return True
+        finally:
+            if os.path.exists(temporary):
+                os.remove(temporary)
 
 
 def atomic_write_bytes(path, data):

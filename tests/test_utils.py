@@ -117,3 +117,23 @@ def test_remove_temporaries_keeps_live_writers_files(tmp_path):
     utils.remove_temporaries(tmp_path)
     assert sorted(os.listdir(tmp_path)) == sorted([os.path.basename(live)] + [p.name for p in kept])
     utils.remove_temporaries(tmp_path / "missing")  # a missing directory is fine
+
+
+def test_failed_atomic_write_leaves_no_directory_it_created(tmp_path):
+    """`atomic_write` creates the missing parents of `path`; a `write` that raises leaves none
+    of them (was: `a/b/` stayed after a failed TFLite or JSON write), and never removes a
+    directory that existed before; a write that succeeds keeps them."""
+    def fail(temporary):
+        with open(temporary, "wb") as f:
+            f.write(b"half")
+        raise RuntimeError("disk full")
+
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    for target in (tmp_path / "a" / "b" / "out.json", existing / "c" / "out.json"):
+        with pytest.raises(RuntimeError, match="disk full"):
+            utils.atomic_write(target, fail)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]
+    assert list(existing.iterdir()) == []
+    utils.write_json(tmp_path / "a" / "b" / "out.json", {"ok": True})
+    assert (tmp_path / "a" / "b" / "out.json").read_text() == '{\n "ok": true\n}\n'

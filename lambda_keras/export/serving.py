@@ -342,47 +342,21 @@ def _hidden_directory(kind, target):
     return tempfile.mkdtemp(prefix=prefix, dir=os.path.dirname(target))
 
 
-def _missing_directories(path):
-    """The directories `os.makedirs(path)` would create, deepest first."""
-    missing = []
-    path = os.path.abspath(path)
-    while not os.path.isdir(path):
-        missing.append(path)
-        path = os.path.dirname(path)
-    return missing
-
-
 @contextlib.contextmanager
 def _staging_directory(target):
     """Yields a hidden temporary directory next to `target`, renamed onto it on success.
 
     On failure the staging directory is removed, and so is every parent directory created for
-    it that is still empty (never one that existed before).
+    it that is still empty (never one that existed before: `utils.created_directory`).
     """
-    parent = os.path.dirname(target)
-    created = _missing_directories(parent)
-    try:
-        os.makedirs(parent, exist_ok=True)
+    with utils.created_directory(os.path.dirname(target)):
         staging = _hidden_directory("tmp", target)
-    except BaseException:
-        _remove_empty(created)
-        raise
-    try:
-        yield staging
-        _move_into_place(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        _remove_empty(created)
-        raise
-
-
-def _remove_empty(directories):
-    """Removes `directories` (deepest first) while they are empty."""
-    for directory in directories:
         try:
-            os.rmdir(directory)
-        except OSError:  # missing, or not empty (another export wrote there meanwhile)
-            return
+            yield staging
+            _move_into_place(staging, target)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def _move_into_place(staging, target):

@@ -160,17 +160,11 @@ def _check_h5_dtypes(path):
     optimizer's state (`OPTIMIZER_GROUP`, with its integer iteration counter) is not the model's
     and is not checked. A file h5py cannot open is left to Keras' own error.
     """
-    import h5py
-
     try:
-        f = h5py.File(path, "r")
+        datasets = _h5_datasets(path)
     except OSError:
         return
-    bad = []
-    with f:
-        f.visititems(lambda name, obj: bad.append(f"{name} ({obj.dtype})")
-                     if isinstance(obj, h5py.Dataset) and obj.dtype.kind != "f"
-                     and name.split("/")[0] != OPTIMIZER_GROUP else None)
+    bad = [f"{name} ({dtype})" for name, dtype in datasets.items() if dtype.kind != "f"]
     if bad:
         raise ValueError(f"{path!r} holds {len(bad)} non-floating-point weight tensors: "
                          f"{_listed(bad)}. {UNCHANGED}")
@@ -204,15 +198,16 @@ def _h5_classifier(model, path):
 
 
 def _h5_datasets(path):
-    """The names of the datasets of the Keras weights file `path`, but `OPTIMIZER_GROUP`'s."""
+    """{name: dtype} of the datasets of the Keras weights file `path`, but `OPTIMIZER_GROUP`'s
+    (OSError: h5py cannot open it)."""
     import h5py
 
-    names = []
+    datasets = {}
     with h5py.File(path, "r") as f:
-        f.visititems(lambda name, obj: names.append(name)
+        f.visititems(lambda name, obj: datasets.update({name: obj.dtype})
                      if isinstance(obj, h5py.Dataset) and name.split("/")[0] != OPTIMIZER_GROUP
                      else None)
-    return names
+    return datasets
 
 
 def _check_all_used(model, path, name, skipped=None):
