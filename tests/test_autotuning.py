@@ -166,6 +166,28 @@ def test_memory_guard_skips_the_formulations_over_the_limit(store):
         2 * 64 * 64 * 2 * 4
 
 
+def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
+    """Training recomputes large query windows per batch part (28^2, r 23; `Plan.rematerialize`),
+    so a step holds one part's maps: the guard counts those, and query windows are measured
+    under a limit that their whole batch's maps pass, while the n x m formulations, which store
+    theirs, are skipped."""
+    keras.utils.set_random_seed(0)
+    layer = make_layer(num_heads=4, key_dim=16, receptive_field=23)
+    layer.build((None, 28, 28, 8))
+    sizes = dict(num_heads=4, key_dim=16, intra_depth=1, receptive_field=23)
+    whole = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes)
+    part = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes,
+                                     recomputed_parts=formulations.REMAT_PARTS)
+    assert part == whole // formulations.REMAT_PARTS  # one image of 8
+    runtime = formulations.current_runtime()
+    assert formulations.plan("query_windows", runtime, True, 1, 23, rows=28, cols=28,
+                             num_heads=4).rematerialize
+    results = autotuning.measure(layer, (28, 28), "train", runtime, batch_size=8, repeats=1,
+                                 memory_limit_bytes=2 * part)
+    assert {f for f, r in results.items() if "ms" in r} == {"query_windows", "row_windows",
+                                                            "conv"}, results
+
+
 def test_under_xla_the_picks_are_stored_for_the_xla_engine(store):
     import tensorflow as tf
 

@@ -352,7 +352,9 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     where `formulations.rematerialized` says): the outputs and the gradients of the input and
     of every weight (the kernel's too: TensorFlow's recompute_grad differentiates only the
     recomputed function's arguments, so a captured kernel would get none) equal those of the
-    maps stored, unstrided and strided; only a batch cut into parts is recomputed."""
+    maps stored, unstrided and strided; only a batch cut into parts is recomputed. A dynamic
+    batch (traced without its size, as `fit` on a dataset without `drop_remainder`) is cut and
+    recomputed too, a part left empty (4 parts of 3 images) computing nothing."""
     import tensorflow as tf
 
     wrapped = []
@@ -360,7 +362,8 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts in ((False, 3), (True, 3), (True, 1)):
+    for recomputed, parts, dynamic in ((False, 3, False), (True, 3, False), (True, 1, False),
+                                       (True, 3, True), (True, 4, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
                    rematerialize=recomputed)
         keras.utils.set_random_seed(4)
@@ -368,15 +371,37 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
                             intra_depth=2, strides=strides, implementation="query_windows",
                             position_bias=True,
                             position_initializer=keras.initializers.RandomNormal(stddev=0.5))
-        step = tf.function(lambda x: _loss_and_gradients(layer, x))
+        signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]))] if dynamic else None
+        step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature)
         results.append([t.numpy() for t in step(x)])
-        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts)
+        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
         for actual, expected in zip(recomputed, stored):
             np.testing.assert_allclose(actual, expected, rtol=1e-5,
                                        atol=1e-5 * max(1.0, np.abs(expected).max()))
+
+
+def test_fit_on_arrays_recomputes_query_windows(monkeypatch):
+    """`fit` on arrays whose size is not a multiple of the batch size traces its step without
+    the batch's size (Keras relaxes it for the last, smaller batch); the position term of large
+    query windows is still cut into parts and recomputed, and the model learns."""
+    wrapped = []
+    remat = keras.remat
+    monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
+    keras.utils.set_random_seed(2)
+    model = keras.Sequential([
+        keras.Input((28, 28, 8)),
+        LambdaLayer(output_dim=16, key_dim=16, num_heads=4, receptive_field=23,
+                    implementation="query_windows"),  # 28^2, r 23: >= REMAT_MIN_BYTES per image
+        keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.Adam(1e-3), "mse")
+    x = random_input((10, 28, 28, 8))
+    y = x.mean(axis=(1, 2, 3))[:, None] * 10
+    history = model.fit(x, y, batch_size=4, epochs=3, verbose=0)
+    assert wrapped  # the step, traced without the batch size only, recomputes its parts
+    assert history.history["loss"][-1] < history.history["loss"][0], history.history
 
 
 def _loss_and_gradients(layer, x):
@@ -393,7 +418,8 @@ def _loss_and_gradients(layer, x):
 # One training step of a query-windows layer at 28^2 (batch 8, r 23, d 32) in TensorFlow graph
 # mode, planned as `plan` gives it but for (batch parts, rematerialize): the whole batch with its
 # maps stored (the layer before recomputation), 8 parts stored, 8 parts recomputed (the plan of
-# training calls); prints the allocator's peak of each step (MiB).
+# training calls), and those of a step traced without the batch's size; prints the allocator's
+# peak of each step (MiB).
 REMAT_MEMORY_SCRIPT = """
 import dataclasses, json
 import numpy as np
@@ -403,12 +429,14 @@ from lambda_keras.layers.formulations import autotuning, rule
 
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
-for name, parts, recomputed in (("whole", 1, False), ("parts", 8, False), ("recomputed", 8, True)):
+dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
+for name, parts, recomputed, spec in (("whole", 1, False, x), ("parts", 8, False, x),
+                                      ("recomputed", 8, True, x), ("dynamic", 8, True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
         rule.plan(*a, **k), batch_parts=parts, rematerialize=recomputed)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
-    step = autotuning.tensorflow_steps(layer, False)[1]
+    step = autotuning.tensorflow_steps(layer, False)[1].get_concrete_function(spec)
     step(x).numpy()  # traced, built, warm
     tf.config.experimental.reset_memory_stats("CPU:0")
     start = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -424,8 +452,9 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
     backward pass (the plan of training calls), lower the step's peak memory: stored, the
     window scores and their spread of the whole batch wait for the backward pass; recomputed,
     a part's exist only while that part is differentiated, and smaller parts also shrink the
-    forward pass' temporaries. Measured here 2.8-6.2x less than the whole batch stored and
-    1.5x less than the same parts stored. TensorFlow's allocator statistics, oneDNN off and on."""
+    forward pass' temporaries; so in a step traced without the batch's size. Measured here
+    2.8-6.2x less than the whole batch stored and 1.5x less than the same parts stored.
+    TensorFlow's allocator statistics, oneDNN off and on."""
     import json
     import os
     import subprocess
@@ -440,3 +469,4 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     assert peaks["recomputed"] < 0.5 * peaks["whole"], peaks
     assert peaks["recomputed"] < 0.8 * peaks["parts"], peaks
+    assert peaks["dynamic"] < 0.5 * peaks["whole"], peaks

@@ -179,16 +179,21 @@ def candidates(layer):
 
 
 def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_depth,
-                   receptive_field, strides=1, pool_size=3, blocks=None, phase="train"):
+                   receptive_field, strides=1, pool_size=3, blocks=None, phase="train",
+                   recomputed_parts=1):
     """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
     3 forward + backward; for query_windows, of its window scores and their spread over a
     block's context rows (`query_windows_bytes`, with `blocks`: `window_blocks`; None: 1 column
     and the default scopes per block). A batch cut into parts (`batch_parts`) counts whole: its
-    parts run side by side. The other formulations' tensors grow as n, not n x m."""
+    parts run side by side; but where each part is recomputed in the backward pass
+    (`Plan.rematerialize`; `recomputed_parts` parts), one part's maps (a part's step holds them:
+    at 56^2, batch 8, d 256, r 23, 244 MiB estimated; the step's measured peaks, the layer's
+    other tensors included, 315-616 MiB recomputed, 1.7-1.8 GiB stored). The other
+    formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
     if formulation == "query_windows":
-        return copies * batch * query_windows_bytes(
+        return copies * -(-batch // recomputed_parts) * query_windows_bytes(
             rows, cols, receptive_field, h, u, pool_size if strides == 2 else 1, strides,
             **(blocks or {}))
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(formulation, 0)
@@ -363,16 +368,19 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
     channels = layer.query_kernel.shape[0]
     x = np.random.default_rng(0).standard_normal((batch_size, rows, cols, channels))
     x = x.astype("float32")
-    blocks = formulations.window_blocks(runtime, phase == "train", layer.strides,
-                                        layer.receptive_field)
     results, steps = {}, {}  # steps: formulation -> (step, [seconds of its timed calls])
     with _quiet_retracing(keras.backend.backend()):
         for formulation in candidates(layer):
+            plan = formulations.plan(
+                formulation, runtime, phase == "train", layer.strides, layer.receptive_field,
+                rows=rows, cols=cols, num_heads=layer.num_heads, intra_depth=layer.intra_depth,
+                pool_size=layer.pool_size)
             estimate = estimate_bytes(
                 formulation, rows, cols, batch_size, num_heads=layer.num_heads,
                 key_dim=layer.key_dim, intra_depth=layer.intra_depth,
                 receptive_field=layer.receptive_field, strides=layer.strides,
-                pool_size=layer.pool_size, blocks=blocks, phase=phase)
+                pool_size=layer.pool_size, blocks=plan.blocks, phase=phase,
+                recomputed_parts=plan.batch_parts if plan.rematerialize else 1)
             if estimate > memory_limit_bytes:
                 results[formulation] = {"skipped": f"estimated {estimate / 2 ** 30:.1f} GiB > "
                                                    f"{memory_limit_bytes / 2 ** 30:.1f} GiB"}

@@ -257,17 +257,36 @@ def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False):
     pays). `shared` tensors go whole to every part. With `rematerialize`, each part is
     recomputed in the backward pass instead of storing its intermediates (`keras.remat`; every
     tensor it differentiates is an argument: TensorFlow's `recompute_grad` gives captured
-    tensors no gradient). A dynamic batch (unknown while tracing) stays whole, and is not
-    recomputed (a whole batch recomputed saves no memory in the layer's own step)."""
+    tensors no gradient); a dynamic batch (unknown while tracing: TensorFlow's graphs of `fit` on
+    a dataset without `drop_remainder`) is then cut too (`_in_dynamic_batch_parts`). A dynamic
+    batch not recomputed stays whole."""
     batch = tensors[0].shape[0]
-    parts = min(parts, batch or 1)
-    if parts <= 1:
+    if batch is not None:
+        parts = min(parts, batch)
+    if parts <= 1 or (batch is None and not rematerialize):
         return function(*tensors, *shared)
     if rematerialize:
         function = keras.remat(function)
+    if batch is None:
+        return _in_dynamic_batch_parts(function, parts, tensors, shared)
     bounds = [batch * part // parts for part in range(parts + 1)]
     return ops.concatenate([function(*(t[start:end] for t in tensors), *shared)
                             for start, end in zip(bounds, bounds[1:])], axis=0)
+
+
+def _in_dynamic_batch_parts(function, parts, tensors, shared):
+    """`in_batch_parts` of a batch whose size is a scalar tensor while tracing: the same
+    `parts` balanced parts, each computed only where it is not empty (a batch smaller than
+    `parts` leaves some empty; TensorFlow's gathers have no gradient on an empty batch)."""
+    batch = ops.shape(tensors[0])[0]
+    bounds = [batch * part // parts for part in range(parts + 1)]
+    last = function(*(t[bounds[-2]:] for t in tensors), *shared)  # never empty
+    outputs = [ops.cond(end > start,
+                        lambda start=start, end=end: function(
+                            *(t[start:end] for t in tensors), *shared),
+                        lambda: last[:0])
+               for start, end in zip(bounds[:-2], bounds[1:-1])]
+    return ops.concatenate(outputs + [last], axis=0)
 
 
 def pool_taps(size, pool_size, strides):

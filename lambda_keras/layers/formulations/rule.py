@@ -60,14 +60,14 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
 # Engines whose training calls recompute query windows' window scores and their spread in the
-# backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of a static batch
-# (one image each at batch 8; `position_term.in_batch_parts`): the backward pass of one part then
-# holds one part's maps, not the batch's. A whole batch recomputed saves nothing in one layer's
-# step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2), and a
-# dynamic batch cannot be cut: both keep their maps. Whole layer, forward + backward, batch 8,
-# d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced, interleaved
-# (medians of 5-7 rounds, 2026-12-05, a quiet host), time and TensorFlow allocator peak, stored /
-# recomputed in parts:
+# backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of the batch
+# (one image each at batch 8; a batch unknown while tracing is cut as it runs;
+# `position_term.in_batch_parts`): the backward pass of one part then holds one part's maps, not
+# the batch's. A whole batch recomputed saves nothing in one layer's step and costs the
+# recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2). Whole layer, forward +
+# backward, batch 8, d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced,
+# interleaved (medians of 5-7 rounds, 2026-12-05, a quiet host), time and TensorFlow allocator
+# peak, stored / recomputed in parts:
 # oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
@@ -79,7 +79,8 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
 # MiB, 1.42 / 1.28x; r 9 at 14^2 1.63 / 1.27x, at 28^2 (3.4 MiB) 1.08 / 1.09x; strided r 9 at
 # 14^2 1.59 / 1.38x; strided r 7 |u| 4 at 28^2 (3.3 MiB) 1.21 / 1.10x; strided r 23 at 28^2
-# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN).
+# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN). A dynamic batch, against
+# its maps stored: 0.90-1.18x the time, 0.28-0.34x the peak (28^2-112^2, oneDNN on and off).
 REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
 REMAT_PARTS = 8
 REMAT_MIN_BYTES = 8 * 2**20
@@ -500,10 +501,11 @@ def rematerialized(runtime, training, formulation, image_map_bytes=None):
 
 def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
                 image_map_bytes=None):
-    """Into how many independent parts the position term of a static batch is cut
-    (`position_term.in_batch_parts`): REMAT_PARTS where it is recomputed (`rematerialized`,
-    with `image_map_bytes`), else the rule's `batch_parts` for "query_windows" in unstrided
-    layers with r > 11, else 1 (see WITHOUT_AVX512_RULE)."""
+    """Into how many independent parts the position term of a batch is cut
+    (`position_term.in_batch_parts`; a dynamic batch only where it is recomputed): REMAT_PARTS
+    where it is recomputed (`rematerialized`, with `image_map_bytes`), else the rule's
+    `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1 (see
+    WITHOUT_AVX512_RULE)."""
     if rematerialized(runtime, training, formulation, image_map_bytes):
         return REMAT_PARTS
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
@@ -522,8 +524,7 @@ class Plan:
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of the batch (`batch_parts`).
     rematerialize: each part's position term recomputed in the backward pass, not stored
-        (`rematerialized`: large query windows in training; only where the batch is static and
-        cut into parts).
+        (`rematerialized`: large query windows in training, the batch cut into parts).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
