@@ -376,8 +376,12 @@ def test_recomputation_where_one_images_maps_are_large():
         assert not recomputed(runtime, 14, receptive_field=9, strides=2, pool_size=2)
         assert not recomputed(runtime, 112, training=False)
         assert not recomputed(runtime, None)
-        assert formulations.plan("query_windows", runtime, True, rows=56, cols=56).batch_parts \
-            == formulations.REMAT_PARTS
+        large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
+        assert large.batch_parts == formulations.REMAT_PARTS
+        # TensorFlow recomputes the images in a loop, JAX and PyTorch REMAT_PARTS unrolled parts.
+        assert large.image_loop == (runtime.engine in ("tf_onednn", "tf", "tf_malloc"))
+        assert not formulations.plan("query_windows", runtime, False, rows=56,
+                                     cols=56).image_loop  # an inference graph: no loop
     assert not recomputed(XLA, 112)
     # The threshold reads the bytes `query_windows` forms (its geometry: query_windows_shape).
     shape = formulations.query_windows_shape(28, 28, 23, block_scopes=0.5)
@@ -412,6 +416,8 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
                                                                         formulation, strides)
                     assert plan.rematerialize == formulations.rematerialized(
                         runtime, training, formulation)
+                    assert plan.image_loop == (plan.rematerialize and runtime.engine
+                                               in formulations.IMAGE_LOOP_ENGINES)
                     assert plan.broadcast_embeddings == plan.separate_products == without_onednn
     # The one place the CPU changes batch parts, seen through the plan.
     assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4

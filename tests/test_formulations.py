@@ -305,8 +305,9 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 @pytest.mark.parametrize("formulation", ["query_windows", "queries_first"])
 def test_batch_parts_equal_the_whole_batch(formulation):
     """The position term of a static batch cut into parts (balanced, at most one per image)
-    gives the whole batch's output and gradients, in its order; a dynamic batch (unknown
-    while tracing) stays whole."""
+    gives the whole batch's output and gradients, in its order; so do its images in a loop
+    (`image_loop`), the only cut of a dynamic batch (unknown while tracing), which otherwise
+    stays whole."""
     import tensorflow as tf
 
     rng = np.random.default_rng(11)
@@ -333,17 +334,31 @@ def test_batch_parts_equal_the_whole_batch(formulation):
         for actual, expected in zip(with_gradients(parts), whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
-    def traced(batch):  # (matmuls in the traced graph, the tf.function) for a batch size
-        function = tf.function(
-            lambda q, values: formulations.in_batch_parts(position, 4, q, values),
-            input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
-                             tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
-        operations = function.get_concrete_function().graph.get_operations()
-        return sum(op.type in ("MatMul", "BatchMatMulV2") for op in operations), function
+    def traced(batch, parts, image_loop=False):  # (the graph's operation types, its results)
+        @tf.function(input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
+                                      tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
+        def function(q, values):
+            with tf.GradientTape() as tape:
+                tape.watch([q, values])
+                out = formulations.in_batch_parts(position, parts, q, values,
+                                                  image_loop=image_loop)
+                loss = tf.reduce_sum(tf.sin(out))
+            return [out] + tape.gradient(loss, [q, values])
 
-    whole_matmuls, dynamic = traced(None)
-    assert whole_matmuls >= 2 and traced(3)[0] == 3 * whole_matmuls  # 3 parts vs 1 whole
-    np.testing.assert_allclose(dynamic(q, values).numpy(), whole[0], rtol=1e-5, atol=1e-5)
+        operations = function.get_concrete_function().graph.get_operations()
+        return [op.type for op in operations], [t.numpy() for t in function(q, values)]
+
+    def matmuls(types):
+        return sum(t in ("MatMul", "BatchMatMulV2") for t in types)
+
+    one_part = traced(3, 1)[0]
+    assert matmuls(one_part) >= 2 and matmuls(traced(3, 3)[0]) == 3 * matmuls(one_part)
+    loops = {"While", "StatelessWhile"}
+    for batch, image_loop in ((None, False), (3, True), (None, True)):
+        types, results = traced(batch, 4, image_loop)
+        assert bool(loops & set(types)) == image_loop, sorted(set(types))  # None: whole
+        for actual, expected in zip(results, whole):
+            np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("strides", [1, 2])
@@ -352,9 +367,9 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     where `formulations.rematerialized` says): the outputs and the gradients of the input and
     of every weight (the kernel's too: TensorFlow's recompute_grad differentiates only the
     recomputed function's arguments, so a captured kernel would get none) equal those of the
-    maps stored, unstrided and strided; only a batch cut into parts is recomputed. A dynamic
-    batch (traced without its size, as `fit` on a dataset without `drop_remainder`) is cut and
-    recomputed too, a part left empty (4 parts of 3 images) computing nothing."""
+    maps stored, unstrided and strided; only a batch cut into parts is recomputed: unrolled
+    parts (JAX, PyTorch) or the images in a loop (TensorFlow), the only cut of a dynamic batch
+    (traced without its size, as `fit` on a dataset without `drop_remainder`)."""
     import tensorflow as tf
 
     wrapped = []
@@ -362,10 +377,11 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts, dynamic in ((False, 3, False), (True, 3, False), (True, 1, False),
-                                       (True, 3, True), (True, 4, True)):
+    for recomputed, parts, loop, dynamic in ((False, 3, False, False), (True, 3, False, False),
+                                             (True, 1, False, False), (True, 3, True, False),
+                                             (True, 3, True, True), (True, 3, False, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
-                   rematerialize=recomputed)
+                   rematerialize=recomputed, image_loop=loop)
         keras.utils.set_random_seed(4)
         layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
                             intra_depth=2, strides=strides, implementation="query_windows",
@@ -374,7 +390,8 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
         signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]))] if dynamic else None
         step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature)
         results.append([t.numpy() for t in step(x)])
-        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic)
+        cut = parts > 1 and (loop or not dynamic)  # a dynamic batch without the loop: whole
+        assert bool(wrapped) == (recomputed and cut), (recomputed, parts, loop, dynamic)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
@@ -417,9 +434,9 @@ def _loss_and_gradients(layer, x):
 
 # One training step of a query-windows layer at 28^2 (batch 8, r 23, d 32) in TensorFlow graph
 # mode, planned as `plan` gives it but for (batch parts, rematerialize): the whole batch with its
-# maps stored (the layer before recomputation), 8 parts stored, 8 parts recomputed (the plan of
-# training calls), and those of a step traced without the batch's size; prints the allocator's
-# peak of each step (MiB).
+# maps stored (the layer before recomputation), 8 parts stored, 8 unrolled parts recomputed (the
+# plan of JAX and PyTorch), the images recomputed in a loop (TensorFlow's plan), and the loop of
+# a step traced without the batch's size; prints the allocator's peak of each step (MiB).
 REMAT_MEMORY_SCRIPT = """
 import dataclasses, json
 import numpy as np
@@ -430,10 +447,12 @@ from lambda_keras.layers.formulations import autotuning, rule
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
 dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
-for name, parts, recomputed, spec in (("whole", 1, False, x), ("parts", 8, False, x),
-                                      ("recomputed", 8, True, x), ("dynamic", 8, True, dynamic)):
+for name, parts, recomputed, loop, spec in (
+        ("whole", 1, False, False, x), ("parts", 8, False, False, x),
+        ("unrolled", 8, True, False, x), ("recomputed", 8, True, True, x),
+        ("dynamic", 8, True, True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
-        rule.plan(*a, **k), batch_parts=parts, rematerialize=recomputed)
+        rule.plan(*a, **k), batch_parts=parts, rematerialize=recomputed, image_loop=loop)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
     step = autotuning.tensorflow_steps(layer, False)[1].get_concrete_function(spec)
@@ -469,4 +488,5 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     assert peaks["recomputed"] < 0.5 * peaks["whole"], peaks
     assert peaks["recomputed"] < 0.8 * peaks["parts"], peaks
+    assert peaks["unrolled"] < 0.5 * peaks["whole"], peaks
     assert peaks["dynamic"] < 0.5 * peaks["whole"], peaks

@@ -85,6 +85,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
     CPU_RULES,
     ENGINES,
     GPU_RULE,
+    IMAGE_LOOP_ENGINES,
     INTEL_AVX512_RULE,
     LOCAL_RULE,
     POOLED_MAPS_ENGINES,

@@ -250,43 +250,41 @@ def conv(values, kernel, rows, cols):
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
 
-def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False):
+def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False,
+                   image_loop=False):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`rule.batch_parts` says where that
     pays). `shared` tensors go whole to every part. With `rematerialize`, each part is
     recomputed in the backward pass instead of storing its intermediates (`keras.remat`; every
     tensor it differentiates is an argument: TensorFlow's `recompute_grad` gives captured
-    tensors no gradient); a dynamic batch (unknown while tracing: TensorFlow's graphs of `fit` on
-    a dataset without `drop_remainder`) is then cut too (`_in_dynamic_batch_parts`). A dynamic
-    batch not recomputed stays whole."""
+    tensors no gradient). With `image_loop` (`Plan.image_loop`), the parts are the images, in a
+    loop (`_image_by_image`), the only cut of a dynamic batch (unknown while tracing:
+    TensorFlow's graphs of `fit` on a dataset without `drop_remainder`); without it, a dynamic
+    batch stays whole."""
     batch = tensors[0].shape[0]
     if batch is not None:
         parts = min(parts, batch)
-    if parts <= 1 or (batch is None and not rematerialize):
+    if parts <= 1 or (batch is None and not image_loop):
         return function(*tensors, *shared)
     if rematerialize:
         function = keras.remat(function)
-    if batch is None:
-        return _in_dynamic_batch_parts(function, parts, tensors, shared)
+    if image_loop:
+        return _image_by_image(function, tensors, shared)
     bounds = [batch * part // parts for part in range(parts + 1)]
     return ops.concatenate([function(*(t[start:end] for t in tensors), *shared)
                             for start, end in zip(bounds, bounds[1:])], axis=0)
 
 
-def _in_dynamic_batch_parts(function, parts, tensors, shared):
-    """`in_batch_parts` of a batch whose size is a scalar tensor while tracing: the same
-    `parts` balanced parts, each computed only where it is not empty (a batch smaller than
-    `parts` leaves some empty; TensorFlow's gathers have no gradient on an empty batch)."""
-    batch = ops.shape(tensors[0])[0]
-    bounds = [batch * part // parts for part in range(parts + 1)]
-    last = function(*(t[bounds[-2]:] for t in tensors), *shared)  # never empty
-    outputs = [ops.cond(end > start,
-                        lambda start=start, end=end: function(
-                            *(t[start:end] for t in tensors), *shared),
-                        lambda: last[:0])
-               for start, end in zip(bounds[:-2], bounds[1:-1])]
-    return ops.concatenate(outputs + [last], axis=0)
+def _image_by_image(function, tensors, shared):
+    """function(*tensors, *shared) mapped over the images of a batch (`ops.map`: TensorFlow's
+    while loop, which runs up to 10 images side by side). Each image is a static batch of one,
+    so the function keeps what static shapes give (`batched_matmul`'s separate products) where
+    the batch's size is unknown while tracing."""
+    def one_image(images):  # each [...]
+        return function(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
+
+    return ops.map(one_image, tuple(tensors))  # [b, ...]
 
 
 def pool_taps(size, pool_size, strides):

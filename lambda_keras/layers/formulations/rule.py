@@ -61,7 +61,7 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
 # Engines whose training calls recompute query windows' window scores and their spread in the
 # backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of the batch
-# (one image each at batch 8; a batch unknown while tracing is cut as it runs;
+# (one image each at batch 8; on TensorFlow the images in a loop, IMAGE_LOOP_ENGINES;
 # `position_term.in_batch_parts`): the backward pass of one part then holds one part's maps, not
 # the batch's. A whole batch recomputed saves nothing in one layer's step and costs the
 # recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2). Whole layer, forward +
@@ -79,11 +79,27 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
 # MiB, 1.42 / 1.28x; r 9 at 14^2 1.63 / 1.27x, at 28^2 (3.4 MiB) 1.08 / 1.09x; strided r 9 at
 # 14^2 1.59 / 1.38x; strided r 7 |u| 4 at 28^2 (3.3 MiB) 1.21 / 1.10x; strided r 23 at 28^2
-# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN). A dynamic batch, against
-# its maps stored: 0.90-1.18x the time, 0.28-0.34x the peak (28^2-112^2, oneDNN on and off).
+# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN). On TensorFlow the parts
+# are the images, in a loop (IMAGE_LOOP_ENGINES).
 REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
 REMAT_PARTS = 8
 REMAT_MIN_BYTES = 8 * 2**20
+
+# Engines whose recomputed parts are the batch's images, mapped in a loop (`ops.map`, TensorFlow's
+# while loop; `position_term.in_batch_parts`), not REMAT_PARTS unrolled parts: a batch whose size
+# is unknown while tracing can only be cut so, and in a static batch larger than REMAT_PARTS the
+# loop is faster. Whole layer, forward + backward, r 23, d 256, the Xeon, 2026-12-05, one process
+# per cell, interleaved medians of 3-9 rounds, time and TensorFlow allocator peak of the loop
+# against the 8 unrolled parts: batch 8, oneDNN 28^2 0.98x (79 / 73 MiB), 56^2 0.99x (665 / 625);
+# without 0.99x (70 / 66), 0.98x (482 / 496); batch 32, oneDNN 0.73x (167 / 338 MiB), 0.86x
+# (1160 / 1979), without 0.82x (171 / 347), 0.91x (831 / 1900). A dynamic batch, against its
+# maps stored (its only alternative): batch 8, oneDNN 0.80x (89 / 274 MiB), 1.03x (335 / 1813),
+# without 0.81x (60 / 297), 0.91x (341 / 1263); batch 32 at 28^2 0.77x (157 / 1118), 0.81x (141 /
+# 939). Training only: an inference graph with a loop is one the LiteRT int8 converter refuses
+# (its WHILE stays float), so forward passes of a dynamic batch stay whole (NOTE: a serving
+# signature's forward pass without oneDNN, image by image, measured 0.71-0.83x the whole batch's
+# time at 28^2-112^2: a gain left for an export that traces its own graph).
+IMAGE_LOOP_ENGINES = ("tf_onednn", "tf", "tf_malloc")
 
 # The "local" position mode, per (engine, phase). Measured at r = 7 (|u| = 4) and r = 23 (|u| = 1),
 # batch 8, d 256, |k| 16, |h| 4, maps 14^2-112^2 (strided r = 23: 14^2-28^2), TensorFlow with its
@@ -502,7 +518,7 @@ def rematerialized(runtime, training, formulation, image_map_bytes=None):
 def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
                 image_map_bytes=None):
     """Into how many independent parts the position term of a batch is cut
-    (`position_term.in_batch_parts`; a dynamic batch only where it is recomputed): REMAT_PARTS
+    (`position_term.in_batch_parts`; a dynamic batch only in `Plan.image_loop`): REMAT_PARTS
     where it is recomputed (`rematerialized`, with `image_map_bytes`), else the rule's
     `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1 (see
     WITHOUT_AVX512_RULE)."""
@@ -525,6 +541,7 @@ class Plan:
     batch_parts: independent parts of the batch (`batch_parts`).
     rematerialize: each part's position term recomputed in the backward pass, not stored
         (`rematerialized`: large query windows in training, the batch cut into parts).
+    image_loop: the recomputed parts are the images, in a loop (IMAGE_LOOP_ENGINES).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -537,6 +554,7 @@ class Plan:
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
     rematerialize: bool = False
+    image_loop: bool = False
     broadcast_embeddings: bool = False
     separate_products: bool = False
 
@@ -566,10 +584,12 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=
             pool = "scores"
         elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
             pool = "maps"
+    recomputed = rematerialized(runtime, training, formulation, image_map_bytes)
     return Plan(formulation, pool=pool, **blocks,
                 batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field,
                                         image_map_bytes),
-                rematerialize=rematerialized(runtime, training, formulation, image_map_bytes),
+                rematerialize=recomputed,
+                image_loop=recomputed and engine in IMAGE_LOOP_ENGINES,
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
 
