@@ -403,7 +403,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
 def test_fit_on_arrays_recomputes_query_windows(monkeypatch):
     """`fit` on arrays whose size is not a multiple of the batch size traces its step without
     the batch's size (Keras relaxes it for the last, smaller batch); the position term of large
-    query windows is still cut into parts and recomputed, and the model learns."""
+    query windows is still recomputed, image by image in a loop, and the model learns."""
     wrapped = []
     remat = keras.remat
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
