@@ -282,11 +282,8 @@ class LambdaLayer(keras.layers.Layer):
         out = content_output(queries, keys, values)  # [b, n', h, v]
         if self.position is not None:
             runtime = formulations.current_runtime()
-            plan = formulations.plan(
-                self._formulation(rows, cols, training, runtime), runtime, training,
-                self.strides, self.receptive_field, rows=rows, cols=cols,
-                num_heads=self.num_heads, intra_depth=self.intra_depth,
-                pool_size=self.pool_size)
+            plan = self._plan(self._formulation(rows, cols, training, runtime), rows, cols,
+                              training, runtime)
             self._last_formulation = plan.formulation  # what this call traced (benchmarks read it)
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
@@ -342,6 +339,15 @@ class LambdaLayer(keras.layers.Layer):
             num_heads=self.num_heads, key_dim=self.key_dim, value_dim=self.value_dim,
             intra_depth=self.intra_depth, receptive_field=self.receptive_field,
             runtime=runtime, strides=self.strides)
+
+    def _plan(self, formulation, rows, cols, training, runtime):
+        """`formulations.plan` of a call computing `formulation` on a rows x cols map (ints, or
+        tensors/None when dynamic), in `runtime`: this layer's settings. `autotune`'s memory
+        guard asks it too, so that it estimates what the call will run."""
+        return formulations.plan(formulation, runtime, training, self.strides,
+                                 self.receptive_field, rows=rows, cols=cols,
+                                 num_heads=self.num_heads, intra_depth=self.intra_depth,
+                                 pool_size=self.pool_size)
 
     def _embeddings(self, rows, cols, dtype):
         """E for every (query, context) pair of a static map: [n, m, u, k]."""

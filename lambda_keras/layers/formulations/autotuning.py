@@ -362,8 +362,6 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
     """
     import keras
 
-    from lambda_keras.layers import formulations
-
     rows, cols = map_size
     channels = layer.query_kernel.shape[0]
     x = np.random.default_rng(0).standard_normal((batch_size, rows, cols, channels))
@@ -371,10 +369,8 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
     results, steps = {}, {}  # steps: formulation -> (step, [seconds of its timed calls])
     with _quiet_retracing(keras.backend.backend()):
         for formulation in candidates(layer):
-            plan = formulations.plan(
-                formulation, runtime, phase == "train", layer.strides, layer.receptive_field,
-                rows=rows, cols=cols, num_heads=layer.num_heads, intra_depth=layer.intra_depth,
-                pool_size=layer.pool_size)
+            plan = layer._plan(  # noqa: SLF001 (own package): what the call would run
+                formulation, rows, cols, phase == "train", runtime)
             estimate = estimate_bytes(
                 formulation, rows, cols, batch_size, num_heads=layer.num_heads,
                 key_dim=layer.key_dim, intra_depth=layer.intra_depth,
