@@ -16,7 +16,7 @@ import numpy as np
 import keras
 
 from lambda_keras.layers import LambdaLayer, formulations
-from lambda_keras.layers.formulations import rule
+from lambda_keras.layers.formulations import execution
 
 BATCH, ROWS, COLS, CHANNELS = 2, 6, 7, 6  # odd width: exercises the pools' padding
 # The paper's sizes: |v| = 64, so k v = 1024 = h m on a 16 x 16 map.
@@ -38,7 +38,7 @@ def force_plan(monkeypatch, **settings):
     """Every LambdaLayer call (while `monkeypatch` lasts) plans its position term with `settings`
     (fields of `formulations.Plan`) in place of what the rule gives this machine."""
     monkeypatch.setattr(formulations, "plan", lambda *args, **kwargs: dataclasses.replace(
-        rule.plan(*args, **kwargs), **settings))
+        execution.plan(*args, **kwargs), **settings))
 
 
 def random_input(shape=(BATCH, ROWS, COLS, CHANNELS), scale=1.0, seed=0):

@@ -155,19 +155,20 @@ def _recomputation_checks(check):
     import keras
 
     from lambda_keras.layers import LambdaLayer, formulations
-    from lambda_keras.layers.formulations import rule
+    from lambda_keras.layers.formulations import execution
 
     x = np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32")
     for strides in (1, 2):
         def run(strides=strides):
-            assert rule.plan("query_windows", formulations.current_runtime(), True, rows=56,
-                             cols=56).rematerialize  # what this backend's training calls do
+            # what this backend's training calls do
+            assert execution.plan("query_windows", formulations.current_runtime(), True,
+                                  rows=56, cols=56).rematerialize
             results, wrapped, remat = [], [], keras.remat
             keras.remat = lambda f: wrapped.append(f) or remat(f)  # counts what is recomputed
             try:
                 for recomputed in (False, True):
                     formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
-                        rule.plan(*a, **k), batch_parts=3, rematerialize=r)
+                        execution.plan(*a, **k), batch_parts=3, rematerialize=r)
                     keras.utils.set_random_seed(4)
                     layer = LambdaLayer(
                         output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
@@ -178,7 +179,7 @@ def _recomputation_checks(check):
                     results.append(_gradients(layer, x))
                     assert bool(wrapped) == recomputed, (recomputed, len(wrapped))
             finally:
-                formulations.plan, keras.remat = rule.plan, remat
+                formulations.plan, keras.remat = execution.plan, remat
             stored, recomputed = results
             errors = [float(np.max(np.abs(a - e)) / max(1.0, np.max(np.abs(e))))
                       for a, e in zip(recomputed, stored)]

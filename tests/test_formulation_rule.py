@@ -1,5 +1,5 @@
 """Tests for the rule that picks a formulation of the lambda layer's position term
-(lambda_keras.layers.formulations.rule): `Runtime`, `choose`, `plan` and the measured tables.
+(lambda_keras.layers.formulations.rule): `Runtime`, `choose` and the measured tables.
 
 - The rule against its own measurements: in every cell of every machine's table
   (benchmarks/results/formulations/<machine>.json: the CPUs intel-avx512, amd-avx2, amd-avx512
@@ -8,10 +8,10 @@
   rule's; each row's query-window range stays within the maps the suite timed.
 - The rule's structure: dynamic sizes convolve, small maps contract q . E first, rows closed and
   ordered; each kind of CPU gets its measured rows or those of its SIMD width.
-- `plan`: where a strided layer pools, query windows' blocks and batch parts, the engines' forms.
 - The runtime the rule sees is the real one: XLA inside `tf.function(jit_compile=True)`, not
   outside; TensorFlow's oneDNN state as TF reports it.
-(The formulations' outputs are tested in tests/test_formulations.py.)
+(The plan of a call is tested in tests/test_execution.py, the formulations' outputs in
+tests/test_formulations.py.)
 """
 
 import dataclasses
@@ -272,157 +272,6 @@ def test_strided_query_windows_only_on_maps_timed_with_them():
                 assert choose((56, 56), training, on_cpu, strides=2) == "query_windows"
                 assert choose((28, 28), training, on_cpu, strides=2, receptive_field=9) \
                     == "query_windows", (runtime, cpu, training)
-
-
-def test_query_windows_blocks_only_where_measured():
-    """Grouped query columns and half-scope blocks of query rows (formulations.window_blocks)
-    only where they were measured faster, in unstrided layers with r > 11: on the CPU without
-    AVX-512, columns without oneDNN in TensorFlow and under XLA (TF and JAX), half-scope
-    blocks forward with TensorFlow, XLA and JAX, in training with TensorFlow (oneDNN on or off,
-    pooled allocator), XLA and JAX; on the CPUs with AVX-512 (the AMD rows, which the Xeon's
-    second table took), 2 columns and half-scope blocks without oneDNN and under TF's XLA,
-    half-scope blocks in oneDNN training; 1 column and 2-scope blocks elsewhere."""
-    def blocks(runtime, training, **kwargs):
-        found = formulations.window_blocks(runtime, training, **kwargs)
-        return found["block_columns"], found["block_scopes"]
-
-    assert blocks(NO_ONEDNN_AVX2, False) == (4, 0.5)
-    # The EPYC with AVX-512: 2 columns forward since the separate products.
-    assert blocks(dataclasses.replace(NO_ONEDNN_AVX2, cpu="amd-avx512"), False) == (2, 0.5)
-    assert blocks(NO_ONEDNN_AVX2, True) == (2, 0.5)
-    assert blocks(MALLOC_AVX2, None) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, cpu="amd-avx2"), False) == (1, 0.5)
-    assert blocks(dataclasses.replace(XLA, cpu="amd-avx2"), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(XLA, cpu="amd-avx2"), True) == (2, 0.5)
-    assert blocks(dataclasses.replace(ONEDNN, cpu="amd-avx2"), True) == (1, 0.5)
-    assert blocks(MALLOC_AVX2, True) == (2, 2)
-    assert blocks(dataclasses.replace(JAX, cpu="amd-avx2"), False) == (2, 0.5)
-    assert blocks(dataclasses.replace(JAX, cpu="amd-avx2"), True) == (2, 0.5)
-    assert blocks(NO_ONEDNN_AVX2, False, strides=2) == (1, 2)
-    assert blocks(NO_ONEDNN_AVX2, False, receptive_field=7) == (1, 2)
-    for cpu in ("intel-avx512", "amd-avx512"):
-        avx512 = {name: dataclasses.replace(runtime, cpu=cpu) for name, runtime in dict(
-            onednn=ONEDNN, tf=NO_ONEDNN, xla=XLA, jax=JAX, torch=TORCH).items()}
-        assert blocks(avx512["onednn"], False) == (1, 2)
-        assert blocks(avx512["onednn"], True) == (1, 0.5)
-        for training in (False, True):
-            assert blocks(avx512["tf"], training) == blocks(avx512["xla"], training) == (2, 0.5)
-            assert blocks(avx512["jax"], training) == blocks(avx512["torch"], training) == (1, 2)
-    assert blocks(dataclasses.replace(TORCH, cpu="amd-avx2"), True) == (1, 2)
-    for _, key, rule in ALL_ROWS:
-        assert isinstance(rule["block_columns"], int) and rule["block_columns"] >= 1, key
-        assert rule["block_scopes"] > 0, key
-        assert isinstance(rule["batch_parts"], int) and rule["batch_parts"] >= 1, key
-
-
-def test_batch_parts_only_where_measured():
-    """The position term in independent parts of the batch (formulations.batch_parts) only
-    where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
-    CPU without AVX-512 and pooled on the CPUs with it, query windows of unstrided layers with
-    r > 11; and in training wherever query windows are recomputed in the backward pass
-    (REMAT_PARTS parts: every engine but TensorFlow's XLA, any layer)."""
-    for cpu in ("intel-avx512", "amd-avx512"):
-        assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu=cpu), False,
-                                        "query_windows") == 1
-    for runtime in (NO_ONEDNN_AVX2, MALLOC_AVX2, NO_ONEDNN,
-                    dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")):
-        assert formulations.batch_parts(runtime, False, "query_windows") == 4
-        assert formulations.batch_parts(runtime, False, "query_windows", strides=2) == 1
-        assert formulations.batch_parts(runtime, False, "query_windows", receptive_field=9) == 1
-        for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
-            assert formulations.batch_parts(runtime, False, formulation) == 1
-    amd = [dataclasses.replace(runtime, cpu=cpu) for runtime in (ONEDNN, XLA, JAX, TORCH)
-           for cpu in ("amd-avx2", "amd-avx512")]
-    for runtime in (ONEDNN, XLA, JAX, TORCH, *amd):
-        assert formulations.batch_parts(runtime, False, "query_windows") == 1
-    large, small = formulations.REMAT_MIN_BYTES, formulations.REMAT_MIN_BYTES - 1
-    for runtime in (ONEDNN, NO_ONEDNN, NO_ONEDNN_AVX2, MALLOC_AVX2, XLA, JAX, TORCH, *amd):
-        recomputed = runtime.engine != "xla"
-        for layer in (dict(), dict(strides=2), dict(receptive_field=7)):
-            assert formulations.batch_parts(runtime, True, "query_windows", **layer,
-                                            image_map_bytes=large) == (
-                formulations.REMAT_PARTS if recomputed else 1), (runtime, layer)
-            for maps in (small, None):  # small maps, or of an unknown size: the whole batch
-                assert formulations.batch_parts(runtime, True, "query_windows", **layer,
-                                                image_map_bytes=maps) == 1, (runtime, layer)
-        assert formulations.rematerialized(runtime, True, "query_windows", large) == recomputed
-        for maps in (small, None):
-            assert not formulations.rematerialized(runtime, True, "query_windows", maps)
-        assert not formulations.rematerialized(runtime, False, "query_windows", large)
-        for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
-            assert not formulations.rematerialized(runtime, True, formulation, large)
-            assert formulations.batch_parts(runtime, True, formulation,
-                                            image_map_bytes=large) == 1
-
-
-def test_recomputation_where_one_images_maps_are_large():
-    """Training recomputes query windows (`plan(...).rematerialize`) where one image's maps
-    take at least REMAT_MIN_BYTES: the measured cells it helped or cost at most 1.12x
-    (unstrided r 23 from 28^2, strided from 56^2, r 7 |u| 4 from 28^2), not those where the
-    parts' overhead cost 1.08-1.63x (14^2 maps, r 9 at 28^2, strided r 23 / r 7 |u| 4 at 28^2);
-    never under TensorFlow's XLA, never in inference, never for a map of unknown size."""
-    def recomputed(runtime, size, training=True, **layer):
-        return formulations.plan("query_windows", runtime, training, layer.pop("strides", 1),
-                                 layer.pop("receptive_field", 23), rows=size, cols=size,
-                                 **layer).rematerialize
-
-    for runtime in (ONEDNN, NO_ONEDNN, MALLOC_AVX2, JAX, TORCH):
-        assert recomputed(runtime, 28) and recomputed(runtime, 56) and recomputed(runtime, 112)
-        assert recomputed(runtime, 56, strides=2) and not recomputed(runtime, 28, strides=2)
-        assert recomputed(runtime, 28, receptive_field=7, intra_depth=4)
-        assert not recomputed(runtime, 14, receptive_field=7, intra_depth=4)
-        assert not recomputed(runtime, 28, receptive_field=7, intra_depth=4, strides=2)
-        assert not recomputed(runtime, 28, receptive_field=9)
-        assert not recomputed(runtime, 14, receptive_field=9, strides=2, pool_size=2)
-        assert not recomputed(runtime, 112, training=False)
-        assert not recomputed(runtime, None)
-        large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
-        assert large.batch_parts == formulations.REMAT_PARTS
-        # TensorFlow recomputes the images in a loop, JAX and PyTorch REMAT_PARTS unrolled parts.
-        assert large.image_loop == (runtime.engine in ("tf_onednn", "tf", "tf_malloc"))
-        assert not formulations.plan("query_windows", runtime, False, rows=56,
-                                     cols=56).image_loop  # an inference graph: no loop
-    assert not recomputed(XLA, 112)
-    # The threshold reads the bytes `query_windows` forms (its geometry: query_windows_shape).
-    shape = formulations.query_windows_shape(28, 28, 23, block_scopes=0.5)
-    assert formulations.query_windows_bytes(28, 28, 23, 4, 1, block_scopes=0.5) == 4 * (
-        shape["blocks"] * shape["block"] * shape["groups"] * shape["group"] * 4
-        * shape["width"] * (shape["span"] + 1 + shape["context"]))
-
-
-def test_plan_gathers_what_the_rule_says_for_a_call():
-    """`formulations.plan` holds, for one call, the rule's settings of the picked formulation:
-    where a strided layer pools (folded into query windows' scores everywhere, on q . E first's
-    maps where POOLED_MAPS_ENGINES says so, the output otherwise), query windows' blocks and
-    batch parts as `window_blocks` / `batch_parts` give them, their recomputation in training as
-    `rematerialized` says, and q . E's broadcast embeddings and separate products without oneDNN
-    in TensorFlow only."""
-    amd_tf = dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")
-    for runtime in (ONEDNN, NO_ONEDNN, amd_tf, MALLOC_AVX2, XLA, JAX, TORCH):
-        without_onednn = runtime.engine in ("tf", "tf_malloc")
-        for training in (False, True):
-            for formulation in formulations.FORMULATIONS:
-                for strides in (1, 2):
-                    plan = formulations.plan(formulation, runtime, training, strides)
-                    expected_pool = "output" if strides == 2 else None
-                    if strides == 2 and formulation == "query_windows":
-                        expected_pool = "scores"
-                    elif strides == 2 and formulation == "queries_first":
-                        expected_pool = "output" if runtime.engine == "torch" else "maps"
-                    assert plan.formulation == formulation
-                    assert plan.pool == expected_pool, (runtime, formulation, strides)
-                    assert plan.blocks == formulations.window_blocks(runtime, training, strides)
-                    assert plan.batch_parts == formulations.batch_parts(runtime, training,
-                                                                        formulation, strides)
-                    assert plan.rematerialize == formulations.rematerialized(
-                        runtime, training, formulation)
-                    assert plan.image_loop == (plan.rematerialize and runtime.engine
-                                               in formulations.IMAGE_LOOP_ENGINES)
-                    assert plan.broadcast_embeddings == plan.separate_products == without_onednn
-    # The one place the CPU changes batch parts, seen through the plan.
-    assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4
-    assert formulations.plan("query_windows", amd_tf, False).blocks == dict(block_columns=2,
-                                                                            block_scopes=0.5)
 
 
 def test_rule_tables_of_several_machines():

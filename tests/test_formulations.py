@@ -442,7 +442,7 @@ import dataclasses, json
 import numpy as np
 import tensorflow as tf
 from lambda_keras.layers import LambdaLayer, formulations
-from lambda_keras.layers.formulations import autotuning, rule
+from lambda_keras.layers.formulations import autotuning, execution
 
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
@@ -452,7 +452,7 @@ for name, parts, recomputed, loop, spec in (
         ("unrolled", 8, True, False, x), ("recomputed", 8, True, True, x),
         ("dynamic", 8, True, True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
-        rule.plan(*a, **k), batch_parts=parts, rematerialize=recomputed, image_loop=loop)
+        execution.plan(*a, **k), batch_parts=parts, rematerialize=recomputed, image_loop=loop)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
     step = autotuning.tensorflow_steps(layer, False)[1].get_concrete_function(spec)

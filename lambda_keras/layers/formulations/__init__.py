@@ -47,8 +47,8 @@ lambda layer of a model where it runs and stores the fastest; "auto" then uses t
 (`autotuning`; `LAMBDA_KERAS_AUTOTUNE=0` turns them off).
 
 The package: `rule` (the measured rule tables for the `Runtime` a layer runs in, which
-lambda_keras/runtime.py describes and `current_runtime` detects; `choose`, and
-`plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
+lambda_keras/runtime.py describes and `current_runtime` detects, and `choose`), `execution`
+(`plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
 blocks and batch parts, whether training recomputes them in the backward pass, the engines' forms
 of the products),
 `autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
@@ -81,28 +81,30 @@ from lambda_keras.layers.formulations.autotuning import (  # noqa: F401
 from lambda_keras.runtime import Runtime, current_runtime  # noqa: F401 (what the rule reads)
 from lambda_keras.layers.formulations.rule import (  # noqa: F401
     AMD_AVX512_RULE,
-    BROADCAST_EMBEDDINGS_ENGINES,
     CPU_RULES,
     ENGINES,
     GPU_RULE,
-    IMAGE_LOOP_ENGINES,
     INTEL_AVX512_RULE,
     LOCAL_RULE,
+    STRIDED_WINDOWS,
+    WITHOUT_AVX512_RULE,
+    choose,
+    cpu_rows,
+    phase_of,
+    rule_for,
+)
+from lambda_keras.layers.formulations.execution import (  # noqa: F401
+    BROADCAST_EMBEDDINGS_ENGINES,
+    IMAGE_LOOP_ENGINES,
     POOLED_MAPS_ENGINES,
     REMAT_MIN_BYTES,
     REMAT_PARTS,
     REMATERIALIZED_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,
-    STRIDED_WINDOWS,
-    WITHOUT_AVX512_RULE,
     Plan,
     batch_parts,
-    choose,
-    cpu_rows,
-    phase_of,
     plan,
     rematerialized,
-    rule_for,
     window_blocks,
 )
 

@@ -254,7 +254,7 @@ def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False,
                    image_loop=False):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
-    which TensorFlow's graph executor runs side by side (`rule.batch_parts` says where that
+    which TensorFlow's graph executor runs side by side (`execution.batch_parts` says where that
     pays). `shared` tensors go whole to every part. With `rematerialize`, each part is
     recomputed in the backward pass instead of storing its intermediates (`keras.remat`; every
     tensor it differentiates is an argument: TensorFlow's `recompute_grad` gives captured

@@ -1,0 +1,193 @@
+"""How one call of a lambda layer computes the formulation the rule (rule.py) or `autotune` picked:
+its `Plan`, i.e. where a strided layer pools, query windows' blocks and batch parts, whether
+training recomputes them in the backward pass, and the forms of the products that an engine
+(`Runtime.engine`, rule.ENGINES) runs fastest. The engine tables below say where each applies,
+with the measurements they came from."""
+
+import dataclasses
+
+from lambda_keras.layers.formulations.position_term import (QUERY_BLOCK_SCOPES,
+                                                            query_windows_bytes)
+from lambda_keras.layers.formulations.rule import phase_of, rule_for
+
+# Engines where a strided layer's queries_first pools its q . E maps before they meet V
+# (queries_first_pooled). Measured in TF graph mode against pooling the output (the whole
+# strided layer at 28^2, batch 8, d 256, r 23, interleaved): 1.27x / 1.06x faster forward with
+# oneDNN on / off, 1.33x / 1.16x forward + backward; on JAX (jit, forward) 1.3x at 14^2 with
+# d 512 and 1.5x at 28^2; under XLA and on JAX the pooled q . E is the fastest formulation of the
+# strided 28^2 forward ("r23s2" cells). Not PyTorch: pooling the maps
+# made the layer 2.1x / 2.4x slower at 14^2 / 28^2 (Keras' channels-last pool and the padded
+# "same" pool copy them), so it pools the output.
+POOLED_MAPS_ENGINES = ("tf_onednn", "tf", "tf_malloc", "xla", "jax")
+
+# Engines where queries_first batches q . E over (b, n) with E broadcast over the batch instead
+# of the einsum (`position_term.queries_first`, `broadcast`). Measured on the AMD EPYC, 14^2,
+# batch 8, d 256, the layer alone (implementation="queries_first", one process per engine, old and
+# new interleaved, medians of 9 rounds of 5 calls; new / old, fwd and fwd+bwd): TensorFlow without
+# oneDNN r 23 0.77 / 0.99, strided r 23 0.91 / 0.89, r 9 0.78 / 0.95; with oneDNN 0.89 / 1.11,
+# 1.14 / 1.33, 1.03 / 1.02; XLA 0.90 / 1.30, 1.01 / 1.20, 1.00 / 1.27; JAX 1.04 / 0.92,
+# 0.98 / 0.97, 0.91 / 0.88; PyTorch 1.43 / 1.77, 1.31 / 1.41, 1.53 / 2.03. With E's transpose
+# folded into the matmul (TensorFlow): without oneDNN 0.82 / 0.88, 0.82 / 0.79, 0.79 / 0.91; with
+# oneDNN 1.08 / 1.05, 1.20 / 1.27; XLA 1.01 / 1.39, 1.03 / 1.14 (benchmarks/README.md,
+# optimisation 20). So TensorFlow without oneDNN only, on any CPU: the reason is TensorFlow's
+# batch-matmul sharding, not the CPU (NOTE: the Xeon with oneDNN forced off was not measured).
+BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
+
+# Engines where the many independent products of query windows (step 3: one per image, column group
+# and block of query rows) and of q . E first's maps times V (one per image) run as separate 2-D
+# matmuls of a static batch (`position_term.batched_matmul`) instead of one batched matmul.
+# TensorFlow without oneDNN runs such small items at a fraction of a 2-D matmul's speed: 56 products
+# [448, 728] x [728, 64] (query windows at 28^2) took 29.7 ms batched (39 GMAC/s), 19.1 ms as 2-D
+# matmuls (61 GMAC/s; one 2-D matmul of the same FLOPs: 17.9 ms). Whole layer, batch 8, d 256, AMD
+# EPYC with AVX-512, one process with both traced, interleaved, median of the paired ratios separate
+# / batched (5-15 rounds, 2026-12-03): without oneDNN, pooled allocator, query windows r 23 forward
+# 0.84 / 0.88 / 0.83 at 28^2 / 56^2 / 112^2, training 0.81 / 0.93 at 28^2 / 56^2; r 7 |u| 4 forward
+# 0.82 / 0.78 / 0.78 at 28^2 / 56^2 / 112^2; strided r 23 at 28^2 0.75; r 9 at 14^2 0.84; q . E
+# first r 23 at 14^2 0.88, strided (pooled maps) 0.94; malloc allocator 0.67 / 0.68 at 28^2 / 56^2.
+# Not with oneDNN (1.06 / 1.08 at 28^2 / 56^2: its batched matmul runs the products at 83 GMAC/s);
+# XLA, JAX and PyTorch not measured (their batched matmuls are not TensorFlow's). The cost: a larger
+# graph, traced once (r 23 at 112^2, 2240 products: 3.5 s for the first call against 2.4 s). Like
+# the broadcast embeddings, a property of TensorFlow's kernels, not of the CPU (NOTE: measured on
+# the AMD EPYC with AVX-512 only).
+SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
+
+# Engines whose training calls recompute query windows' window scores and their spread in the
+# backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of the batch
+# (one image each at batch 8; on TensorFlow the images in a loop, IMAGE_LOOP_ENGINES;
+# `position_term.in_batch_parts`): the backward pass of one part then holds one part's maps, not
+# the batch's. A whole batch recomputed saves nothing in one layer's step and costs the
+# recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2). Whole layer, forward +
+# backward, batch 8, d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced,
+# interleaved (medians of 5-7 rounds, 2026-12-05, a quiet host), time and TensorFlow allocator
+# peak, stored / recomputed in parts:
+# oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
+# 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
+# 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
+# ms, 772 / 185 MiB; time ratios JAX 1.01 and PyTorch 0.90 at 56^2 (the parts alone: 0.86-1.03).
+# Not under TensorFlow's XLA, which merges the recomputation with the forward pass (56^2: 1.07x
+# the time, the same peak; benchmarks/README.md, optimisation 30). Only where one image's maps
+# take at least REMAT_MIN_BYTES (`position_term.query_windows_bytes`; r 23: from 28^2 unstrided,
+# 14.3 MiB, from 56^2 strided, 23 MiB; r 7 |u| 4 from 28^2, 9.4 MiB): smaller maps save little
+# and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
+# MiB, 1.42 / 1.28x; r 9 at 14^2 1.63 / 1.27x, at 28^2 (3.4 MiB) 1.08 / 1.09x; strided r 9 at
+# 14^2 1.59 / 1.38x; strided r 7 |u| 4 at 28^2 (3.3 MiB) 1.21 / 1.10x; strided r 23 at 28^2
+# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN). On TensorFlow the parts
+# are the images, in a loop (IMAGE_LOOP_ENGINES).
+REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
+REMAT_PARTS = 8
+REMAT_MIN_BYTES = 8 * 2**20
+
+# Engines whose recomputed parts are the batch's images, mapped in a loop (`ops.map`, TensorFlow's
+# while loop; `position_term.in_batch_parts`), not REMAT_PARTS unrolled parts: a batch whose size
+# is unknown while tracing can only be cut so, and in a static batch larger than REMAT_PARTS the
+# loop is faster. Whole layer, forward + backward, r 23, d 256, the Xeon, 2026-12-05, one process
+# per cell, interleaved medians of 3-9 rounds, time and TensorFlow allocator peak of the loop
+# against the 8 unrolled parts: batch 8, oneDNN 28^2 0.98x (79 / 73 MiB), 56^2 0.99x (665 / 625);
+# without 0.99x (70 / 66), 0.98x (482 / 496); batch 32, oneDNN 0.73x (167 / 338 MiB), 0.86x
+# (1160 / 1979), without 0.82x (171 / 347), 0.91x (831 / 1900). A dynamic batch, against its
+# maps stored (its only alternative): batch 8, oneDNN 0.80x (89 / 274 MiB), 1.03x (335 / 1813),
+# without 0.81x (60 / 297), 0.91x (341 / 1263); batch 32 at 28^2 0.77x (157 / 1118), 0.81x (141 /
+# 939). Training only: an inference graph with a loop is one the LiteRT int8 converter refuses
+# (its WHILE stays float), so forward passes of a dynamic batch stay whole (NOTE: a serving
+# signature's forward pass without oneDNN, image by image, measured 0.71-0.83x the whole batch's
+# time at 28^2-112^2: a gain left for an export that traces its own graph).
+IMAGE_LOOP_ENGINES = ("tf_onednn", "tf", "tf_malloc")
+
+
+def window_blocks(runtime, training, strides=1, receptive_field=23):
+    """The blocks of `query_windows` in `runtime`: {"block_columns": query columns per block,
+    "block_scopes": query rows per block in scopes}, the rule's for unstrided layers with
+    r > 11, else 1 column and QUERY_BLOCK_SCOPES (see WITHOUT_AVX512_RULE)."""
+    if strides != 1 or receptive_field <= 11:
+        return dict(block_columns=1, block_scopes=QUERY_BLOCK_SCOPES)
+    rule = rule_for(runtime, phase_of(training))
+    return dict(block_columns=rule["block_columns"], block_scopes=rule["block_scopes"])
+
+
+def rematerialized(runtime, training, formulation, image_map_bytes=None):
+    """Whether a call recomputes its position term in the backward pass, per batch part:
+    "query_windows" in training on REMATERIALIZED_ENGINES whose maps take at least
+    REMAT_MIN_BYTES per image (`image_map_bytes`, `position_term.query_windows_bytes`; None,
+    unknown: no)."""
+    return (formulation == "query_windows" and phase_of(training) == "train"
+            and runtime.engine in REMATERIALIZED_ENGINES
+            and image_map_bytes is not None and image_map_bytes >= REMAT_MIN_BYTES)
+
+
+def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
+                image_map_bytes=None):
+    """Into how many independent parts the position term of a batch is cut
+    (`position_term.in_batch_parts`; a dynamic batch only in `Plan.image_loop`): REMAT_PARTS
+    where it is recomputed (`rematerialized`, with `image_map_bytes`), else the rule's
+    `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1 (see
+    WITHOUT_AVX512_RULE)."""
+    if rematerialized(runtime, training, formulation, image_map_bytes):
+        return REMAT_PARTS
+    if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
+        return 1
+    return rule_for(runtime, phase_of(training))["batch_parts"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """How one call computes its position term: the formulation and the rule's settings for it.
+
+    formulation: one of FORMULATIONS.
+    pool: where a strided layer's average pool applies: "scores" (folded into query windows'
+        window scores), "maps" (`queries_first_pooled`: on the q . E maps before they meet V;
+        POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
+    block_columns, block_scopes: query windows' blocks (`window_blocks`).
+    batch_parts: independent parts of the batch (`batch_parts`).
+    rematerialize: each part's position term recomputed in the backward pass, not stored
+        (`rematerialized`: large query windows in training, the batch cut into parts).
+    image_loop: the recomputed parts are the images, in a loop (IMAGE_LOOP_ENGINES).
+    broadcast_embeddings: q . E first with E broadcast over the batch
+        (BROADCAST_EMBEDDINGS_ENGINES).
+    separate_products: the products of q . E first and query windows as separate 2-D matmuls
+        (SEPARATE_PRODUCTS_ENGINES).
+    """
+
+    formulation: str
+    pool: str | None = None
+    block_columns: int = 1
+    block_scopes: float = QUERY_BLOCK_SCOPES
+    batch_parts: int = 1
+    rematerialize: bool = False
+    image_loop: bool = False
+    broadcast_embeddings: bool = False
+    separate_products: bool = False
+
+    @property
+    def blocks(self):
+        """query_windows' keyword arguments of its blocks."""
+        return dict(block_columns=self.block_columns, block_scopes=self.block_scopes)
+
+
+def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=None, cols=None,
+         num_heads=4, intra_depth=1, pool_size=3):
+    """The `Plan` of a layer's call that computes `formulation` in `runtime` (a `Runtime`), for
+    the call's `training` and the layer's strides and r (what the rule says beyond the pick);
+    `rows`, `cols` (ints of a static map, else None), `num_heads`, `intra_depth`, `pool_size`
+    size query windows' maps, which decide their recomputation in training."""
+    engine = runtime.engine
+    blocks = window_blocks(runtime, training, strides, receptive_field)
+    image_map_bytes = None
+    if formulation == "query_windows" and isinstance(rows, int) and isinstance(cols, int):
+        image_map_bytes = query_windows_bytes(rows, cols, receptive_field, num_heads,
+                                              intra_depth, pool_size if strides == 2 else 1,
+                                              strides, **blocks)
+    pool = None
+    if strides == 2:
+        pool = "output"
+        if formulation == "query_windows":
+            pool = "scores"
+        elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
+            pool = "maps"
+    recomputed = rematerialized(runtime, training, formulation, image_map_bytes)
+    return Plan(formulation, pool=pool, **blocks,
+                batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field,
+                                        image_map_bytes),
+                rematerialize=recomputed,
+                image_loop=recomputed and engine in IMAGE_LOOP_ENGINES,
+                broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
+                separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
