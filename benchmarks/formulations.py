@@ -1,6 +1,6 @@
 """Formulation suite: every position-term formulation of LambdaLayer on every engine.
 
-    python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,tf_xla,jax,torch]
+    python -m benchmarks.formulations [--quick] [--engines tf_onednn,tf,xla,jax,torch]
                                       [--sizes 14,28] [--out benchmarks/results/formulations]
                                       [--machine TAG] [--table] [--picks-only]
                                       [--versus-timm] [--rows KIND --out DIR]
@@ -13,7 +13,7 @@ backward (gradient of mean(y^2) with respect to the input and every trainable we
   the pooled (BFC) CPU allocator that every benchmark worker uses (common.worker_env);
 - "tf_malloc": as "tf", with TensorFlow's default allocator there (TF_CPU_ALLOCATOR_USE_BFC=false:
   malloc);
-- "tf_xla": TensorFlow `tf.function(jit_compile=True)` (oneDNN setting left at its default);
+- "xla": TensorFlow `tf.function(jit_compile=True)` (oneDNN setting left at its default);
 - "jax": the JAX backend, `jax.jit` of `stateless_call` (and of its `jax.value_and_grad`);
 - "torch": the PyTorch backend, eager (plus timm's PyTorch `LambdaLayer` at the r 23 shapes,
   benchmarks/peer.py, as the peer).
@@ -61,15 +61,15 @@ from lambda_keras import runtime, utils
 
 # The package's formulations (lambda_keras.layers.formulations.FORMULATIONS) in the order probed.
 PROBE_ORDER = ("row_windows", "conv", "lambdas_first", "queries_first", "query_windows")
-# name: (KERAS_BACKEND, environment, jit_compile, rule engine of formulations.LOCAL_RULE)
+# name (the rule's engine, formulations.ENGINES): (KERAS_BACKEND, environment, jit_compile)
 ENGINES = {
-    "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False, "tf_onednn"),
-    "tf": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, False, "tf"),
+    "tf_onednn": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "1"}, False),
+    "tf": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0"}, False),
     "tf_malloc": ("tensorflow", {"TF_ENABLE_ONEDNN_OPTS": "0", "TF_CPU_ALLOCATOR_USE_BFC": "false"},
-                  False, "tf_malloc"),
-    "tf_xla": ("tensorflow", {}, True, "xla"),
-    "jax": ("jax", {}, True, "jax"),
-    "torch": ("torch", {}, False, "torch"),
+                  False),
+    "xla": ("tensorflow", {}, True),
+    "jax": ("jax", {}, True),
+    "torch": ("torch", {}, False),
 }
 SHAPES = {"r23": dict(receptive_field=23, intra_depth=1), "r7u4": dict(receptive_field=7,
                                                                       intra_depth=4),
@@ -156,7 +156,7 @@ def _make_layer(shape, formulation, size, width, seed=0):
 
 def run_engine(engine, settings, threads, out_path, log=print):
     """All cells of one engine, in this process (KERAS_BACKEND and oneDNN already set)."""
-    backend, _, jit_compile, _ = ENGINES[engine]
+    backend, _, jit_compile = ENGINES[engine]
     if backend == "torch":
         common.setup_torch(threads)
     elif backend == "tensorflow":
@@ -437,7 +437,7 @@ def main(argv=None):
             data.update(engines=previous["engines"], cells=previous["cells"], settings=dict(
                 settings, sizes=sorted({*previous["settings"]["sizes"], *settings["sizes"]})))
     for engine in args.engines.split(","):
-        backend, env_update, jit_compile, rule = ENGINES[engine]
+        backend, env_update, jit_compile = ENGINES[engine]
         jsonl = os.path.join(out_dir, f".formulations-{engine}.jsonl")
         if os.path.exists(jsonl):
             os.remove(jsonl)
@@ -462,7 +462,7 @@ def main(argv=None):
         run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
                    wall_s=round(time.time() - t0, 1), load_before=load_before,
                    load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
-        record = dict(described, jit_compile=jit_compile, rule_engine=rule, environment=env_update,
+        record = dict(described, jit_compile=jit_compile, rule_engine=engine, environment=env_update,
                       **({"rows": settings["rows"]} if settings.get("rows") else {}))
         merge_run(data, engine, cells, shapes, record, run)
         utils.write_json(path, data)
@@ -503,7 +503,7 @@ def _update_picks(path, engines, threads):
         data = json.load(f)
     foreign = os.path.basename(path) != f"{runtime.cpu_kind()}.json"
     for engine in engines:
-        backend, env_update, _, _ = ENGINES[engine]
+        backend, env_update, _ = ENGINES[engine]
         measured = data["engines"].get(engine)
         if not measured:
             continue
@@ -512,7 +512,7 @@ def _update_picks(path, engines, threads):
                 if cell["engine"] == engine:
                     cell["auto"] = formulation_tables.rule_pick(data, cell)
                     _finish_cell(cell)
-            measured.update(rule_engine=ENGINES[engine][3], picks_from="rule")
+            measured.update(rule_engine=engine, picks_from="rule")
             print(f"[formulations] {engine}: picks recomputed from the rule", flush=True)
             continue
         settings = dict(data["settings"], sizes=measured.get("sizes", data["settings"]["sizes"]),
@@ -533,7 +533,7 @@ def _update_picks(path, engines, threads):
             if cell["engine"] == engine and key in picks:
                 cell["auto"] = picks[key]
                 _finish_cell(cell)
-        measured["rule_engine"] = ENGINES[engine][3]  # the rule row it follows now
+        measured["rule_engine"] = engine  # the rule row it follows now
         measured.pop("picks_from", None)  # traced again
         print(f"[formulations] {engine}: picks re-recorded", flush=True)
     utils.write_json(path, data)

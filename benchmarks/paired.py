@@ -53,7 +53,7 @@ def time_in_this_process(name, size, phase, settings, threads):
         forward, forward_backward = peer.step_functions(size, width, batch, threads)
         step, pick, backend = {"fwd": forward, "train": forward_backward}[phase], None, "torch"
     else:
-        backend, _, jit_compile, _ = suite.ENGINES[name]
+        backend, _, jit_compile = suite.ENGINES[name]
         if backend == "torch":
             common.setup_torch(threads)
         elif backend == "tensorflow":

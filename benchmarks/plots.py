@@ -31,7 +31,7 @@ LAYER_STYLE = {
 # The engines of the formulation suite (benchmarks/formulations.py).
 ENGINE_STYLE = {"tf_onednn": dict(color="tab:blue"), "tf": dict(color="tab:green"),
                 "tf_malloc": dict(color="tab:olive", linestyle=":"),
-                "tf_xla": dict(color="tab:cyan", linestyle="--"),
+                "xla": dict(color="tab:cyan", linestyle="--"),
                 "jax": dict(color="tab:red", linestyle="--"), "torch": dict(color="tab:purple")}
 
 
