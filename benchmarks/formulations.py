@@ -117,31 +117,11 @@ def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
 
 # ---------------------------------------------------------------------------- worker side
 def _runtime_description(backend):
-    """The backend's version and state, and the device the layer runs on ("cpu", "gpu", "tpu"
-    as `runtime.current_runtime` sees it, and its name)."""
-    from lambda_keras.layers.formulations import autotuning
-
+    """The backend's version and state (`runtime.backend_state`), and the device the layer runs
+    on ("cpu", "gpu", "tpu" as `runtime.current_runtime` sees it, and its name)."""
     device = runtime.current_runtime().device
-    description = {"backend": backend, "device": device,
-                   "device_name": autotuning.device_name(backend, device)}
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        description.update(onednn=runtime.onednn_active(), version=tf.__version__,
-                           pooled_allocator=runtime.pooled_allocator_active())
-    elif backend == "jax":
-        import jax
-
-        # None: XLA's default, which on NVIDIA GPUs since Ampere runs float32 matmuls in TF32.
-        description.update(version=jax.__version__,
-                           matmul_precision=jax.config.jax_default_matmul_precision)
-    else:
-        import torch
-
-        description.update(version=torch.__version__, mkldnn=torch.backends.mkldnn.is_available(),
-                           cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
-                           cudnn_tf32=torch.backends.cudnn.allow_tf32)
-    return description
+    return {"backend": backend, "device": device,
+            "device_name": runtime.device_name(backend, device), **runtime.backend_state(backend)}
 
 
 def _make_layer(shape, formulation, size, width, seed=0):

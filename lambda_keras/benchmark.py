@@ -148,11 +148,11 @@ def runtime_record(jit_compile, dtype_policy):
     """What the times were measured with: Keras backend and versions, device, engine (the lambda
     layer's rule row), CPU model, cores and `runtime.RECORDED_FLAGS`, `jit_compile`, dtype policy
     and its compute dtype; on the TensorFlow backend also `runtime.describe()` (oneDNN and the CPU
-    allocator, as TensorFlow reports them and as the variables are set)."""
+    allocator, as TensorFlow reports them and as the variables are set), on the others
+    `runtime.backend_state` (JAX's matmul precision, PyTorch's oneDNN and TF32 switches)."""
     import keras
 
     import lambda_keras
-    from lambda_keras.layers.formulations import autotuning
 
     backend = keras.backend.backend()
     current = runtime.current_runtime(jit_compile)
@@ -160,18 +160,18 @@ def runtime_record(jit_compile, dtype_policy):
         compute_dtype = keras.DTypePolicy(dtype_policy).compute_dtype
     except ValueError:  # layers in several policies ("float32+mixed_bfloat16")
         compute_dtype = dtype_policy
-    version = autotuning._backend_version(backend)  # noqa: SLF001 (own package)
+    state = runtime.backend_state(backend)
     measured = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    record = {"backend": backend, "backend_version": version, "keras_version": keras.__version__,
+    record = {"backend": backend, "backend_version": state.pop("version"),
+              "keras_version": keras.__version__,
               "lambda_keras_version": lambda_keras.__version__,
               "python_version": platform.python_version(), "device_kind": current.device,
-              "device": autotuning.device_name(backend, current.device),
+              "device": runtime.device_name(backend, current.device),
               "engine": current.engine, "jit_compile": bool(jit_compile),
               "dtype_policy": dtype_policy, "compute_dtype": compute_dtype,
               "cpu_model": runtime.cpu_model(), "cores": runtime.usable_cores(),
               "cpu_flags": runtime.cpu_flags(), "measured": measured}
-    if backend == "tensorflow":
-        record.update(runtime.describe())
+    record.update(runtime.describe() if backend == "tensorflow" else state)
     return record
 
 

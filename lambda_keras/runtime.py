@@ -15,6 +15,9 @@ than reading the environment variable:
 - `onednn_active()`: whether oneDNN is actually on in this process (imports TensorFlow).
 - `pooled_allocator_active()`: whether TensorFlow's CPU allocator pools memory (BFC or oneDNN's).
 - `describe()`: all of these, with the oneDNN and allocator variables as set, for result records.
+- `backend_version()`, `backend_state()`, `device_name()`: a Keras backend's version, the
+  settings that change its numbers or speed, and the name of the device it computes on (what
+  benchmark records and `autotune`'s picks name).
 - `Runtime`, `current_runtime()`: what executes the lambda layer being traced or run now (Keras
   backend, XLA or not, the oneDNN and allocator states, device, kind of CPU), from which its
   formulation rule picks a row (`Runtime.engine`, lambda_keras/layers/formulations/rule.py).
@@ -148,6 +151,57 @@ def describe():
             "tf_enable_onednn_opts": os.environ.get(ENV),
             "tf_cpu_allocator_use_bfc": os.environ.get(ALLOCATOR_ENV),
             "pooled_allocator_active": pooled_allocator_active()}
+
+
+def backend_version(backend):
+    """The version of the package behind a Keras backend ("tensorflow", "jax", "torch")."""
+    import importlib
+
+    return getattr(importlib.import_module(backend), "__version__", "?")
+
+
+def backend_state(backend):
+    """{"version", ...}: a Keras backend's package version and the settings that change its
+    numbers or speed, for result records: TensorFlow's oneDNN and CPU allocator ("onednn",
+    "pooled_allocator", as TensorFlow reports them), JAX's default matmul precision
+    ("matmul_precision"; None: XLA's default, TF32 on NVIDIA GPUs since Ampere), PyTorch's
+    oneDNN ("mkldnn") and TF32 switches ("cuda_matmul_tf32", "cudnn_tf32")."""
+    state = {"version": backend_version(backend)}
+    if backend == "tensorflow":
+        state.update(onednn=onednn_active(), pooled_allocator=pooled_allocator_active())
+    elif backend == "jax":
+        import jax
+
+        state.update(matmul_precision=jax.config.jax_default_matmul_precision)
+    elif backend == "torch":
+        import torch
+
+        state.update(mkldnn=torch.backends.mkldnn.is_available(),
+                     cuda_matmul_tf32=torch.backends.cuda.matmul.allow_tf32,
+                     cudnn_tf32=torch.backends.cudnn.allow_tf32)
+    return state
+
+
+@functools.lru_cache(maxsize=None)
+def device_name(backend, device):
+    """The name of the `device` ("cpu", "gpu", "tpu") a Keras backend computes on: the
+    accelerator's (first device), or the CPU's model and the cores this process may use."""
+    if device == "gpu" and backend == "tensorflow":
+        import tensorflow as tf
+
+        gpu = tf.config.list_physical_devices("GPU")[0]
+        return tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
+    if device in ("gpu", "tpu") and backend == "jax":
+        import jax
+
+        return jax.devices()[0].device_kind
+    if device == "gpu" and backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name(0)
+    if device == "tpu":
+        return "TPU"
+    return f"{cpu_model()}, {usable_cores()} cores"
 
 
 # ------------------------------------------------------------- what executes the lambda layer

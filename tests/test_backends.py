@@ -82,7 +82,8 @@ def builder_model(builder="LambdaResNet26T", **kwargs):
 
 
 def randomize_batch_norms(model, seed=0):
-    """Non-trivial BN affine and moving statistics (fresh ones are the identity)."""
+    """Non-trivial BN affine and moving statistics (fresh ones are the identity); returns
+    `model`."""
     import keras
 
     rng = np.random.default_rng(seed)
@@ -93,6 +94,7 @@ def randomize_batch_norms(model, seed=0):
             layer.beta.assign(rng.normal(0.0, 0.1, size))
             layer.moving_mean.assign(rng.normal(0.0, 0.1, size))
             layer.moving_variance.assign(rng.uniform(0.5, 1.5, size))
+    return model
 
 
 def to_numpy(x):

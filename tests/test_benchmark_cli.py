@@ -143,6 +143,18 @@ def check_compare():
     # "auto": XLA as the project runs each backend: JAX always, TensorFlow on a GPU, PyTorch never.
     expected_xla = backend == "jax" or (backend == "tensorflow" and record["device_kind"] == "gpu")
     assert record["jit_compile"] is expected_xla, record
+    # The backend's settings that change its numbers, as the backend reports them.
+    state = {"tensorflow": ("onednn_active", "pooled_allocator_active"),
+             "jax": ("matmul_precision",), "torch": ("mkldnn", "cuda_matmul_tf32", "cudnn_tf32")}
+    if backend == "jax":
+        import jax
+
+        assert record["matmul_precision"] == jax.config.jax_default_matmul_precision
+    elif backend == "torch":
+        import torch
+
+        assert record["cudnn_tf32"] is torch.backends.cudnn.allow_tf32
+    assert all(key in record for key in state[backend]), record
     assert "| train |" in benchmark.format_report(result)
     return (f"{backend}: fwd {result['results']['fwd']['ratio']['median']:.2f}x, "
             f"train {result['results']['train']['ratio']['median']:.2f}x the conv baseline")

@@ -20,9 +20,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Builds LambdaResNet-26T, loads or saves its weights, prints its logits on fixed images, what
 # TensorFlow reports about oneDNN and the formulation each lambda layer traced; argv: weights path,
-# "save" | "load", output .npy path. Before saving, the BNs get non-trivial statistics (as
-# test_backends.randomize_batch_norms) and the zero-initialised block-final gammas 0.1-0.3 (as
-# helpers.activate_residual_branches): else every residual branch, and so every lambda layer,
+# "save" | "load", output .npy path. Before saving, the BNs get non-trivial statistics
+# (test_backends.randomize_batch_norms) and the zero-initialised block-final gammas 0.1-0.3
+# (helpers.activate_residual_branches): else every residual branch, and so every lambda layer,
 # would add exactly zero to the logits. No softmax: a saturated one would hide differences.
 LOGITS_SCRIPT = """
 import json, sys
@@ -31,20 +31,16 @@ import keras
 from lambda_keras import models, runtime
 from lambda_keras.layers import LambdaLayer
 
+sys.path.insert(0, "tests")
+from helpers import activate_residual_branches
+from test_backends import randomize_batch_norms
+
 weights, mode, out = sys.argv[1:]
 keras.utils.set_random_seed(0)
 model = models.LambdaResNet26T(weights=None, input_shape=(64, 64, 3), classes=10,
                                classifier_activation=None)
 if mode == "save":
-    rng = np.random.default_rng(0)
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            size = layer.gamma.shape
-            low, high = (0.1, 0.3) if layer.name.endswith("_conv3_bn") else (0.5, 1.5)
-            layer.gamma.assign(rng.uniform(low, high, size))
-            layer.beta.assign(rng.normal(0.0, 0.1, size))
-            layer.moving_mean.assign(rng.normal(0.0, 0.1, size))
-            layer.moving_variance.assign(rng.uniform(0.5, 1.5, size))
+    activate_residual_branches(randomize_batch_norms(model))
     model.save_weights(weights)
 else:
     model.load_weights(weights)

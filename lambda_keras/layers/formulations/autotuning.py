@@ -32,7 +32,7 @@ import warnings
 import numpy as np
 
 from lambda_keras import utils
-from lambda_keras.runtime import cpu_model, current_runtime, usable_cores
+from lambda_keras.runtime import backend_version, current_runtime, device_name
 from lambda_keras.layers.formulations import rule
 from lambda_keras.layers.formulations.position_term import query_windows_bytes
 
@@ -131,7 +131,7 @@ def _given_by():
 
 def device_key(runtime):
     """What the picks are measured on: engine, backend and its version, device name."""
-    return f"{runtime.engine} | {runtime.backend} {_backend_version(runtime.backend)} | " \
+    return f"{runtime.engine} | {runtime.backend} {backend_version(runtime.backend)} | " \
            f"{device_name(runtime.backend, runtime.device)}"
 
 
@@ -510,34 +510,3 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     if picks:
         _write({device: picks}, path)
     return {"device": device, "picks": picks, "dynamic": dynamic}
-
-
-# ------------------------------------------------------------------- device identity
-@functools.lru_cache(maxsize=None)
-def _backend_version(backend):
-    import importlib
-
-    module = importlib.import_module(backend)
-    return getattr(module, "__version__", "?")
-
-
-@functools.lru_cache(maxsize=None)
-def device_name(backend, device):
-    """The accelerator's name (first device), or the CPU's model and the cores this process may
-    use."""
-    if device == "gpu" and backend == "tensorflow":
-        import tensorflow as tf
-
-        gpu = tf.config.list_physical_devices("GPU")[0]
-        return tf.config.experimental.get_device_details(gpu).get("device_name", "GPU")
-    if device in ("gpu", "tpu") and backend == "jax":
-        import jax
-
-        return jax.devices()[0].device_kind
-    if device == "gpu" and backend == "torch":
-        import torch
-
-        return torch.cuda.get_device_name(0)
-    if device == "tpu":
-        return "TPU"
-    return f"{cpu_model()}, {usable_cores()} cores"
