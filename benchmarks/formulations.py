@@ -33,7 +33,9 @@ timed further ("hopeless", its probe time is kept); the others are then timed ro
 (common.measure_interleaved), 1-2 more calls, and the median of the probe and those calls is
 reported. An n x m formulation (queries_first, lambdas_first) > 3x the cell's fastest, or any
 > 10x, is not run at larger sizes of that shape and phase (recorded as skipped, with the reason).
-Formulations whose n x m tensors would pass `MEMORY_LIMIT_BYTES` are skipped before they start.
+Formulations whose n x m tensors would pass `MEMORY_LIMIT_BYTES` are skipped before they start
+(`estimate_bytes`, as the call's plan holds them: query windows recomputed in training count one
+batch part's maps).
 The formulation "auto" picks in that runtime is recorded per cell (found by tracing the layer
 there: the XLA context, the oneDNN state and the backend are the real ones); its time is the
 time of that formulation. Results: one table per kind of CPU, `results/formulations/<tag>.json`
@@ -97,22 +99,30 @@ DROP_AFTER = 3.0
 QUADRATIC = ("queries_first", "lambdas_first")
 # 8 GiB: query windows at 112^2 run forward (~3.3 GiB estimated, 3.1-4.2 GiB measured peak with
 # TensorFlow's allocator) and forward + backward in half-scope blocks (~7 GiB estimated, 9.4-10.5
-# GiB process peak), not in 2-scope blocks (~11 GiB estimated).
+# GiB process peak); in 2-scope blocks (~11 GiB estimated stored) only where training recomputes
+# them per batch part (~1.4 GiB estimated: one part's). The tables recorded before the
+# recomputation (up to 2026-12-05) counted the whole batch there and skipped those cells.
 MEMORY_LIMIT_BYTES = 8 * 1024 ** 3
 PHASES = ("fwd", "train")
 TABLES = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")  # <cpu kind>.json
 PLOT = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations_versus_timm.png")
 
 
-def estimate_bytes(formulation, size, batch, shape, blocks=None, phase="train"):
-    """`formulations.estimate_bytes` of a suite cell (LAYER and `shape` on a size x size map)."""
+def estimate_bytes(formulation, size, batch, shape, phase, runtime):
+    """`formulations.estimate_bytes` of a suite cell (LAYER and `shape` on a size x size map)
+    whose calls run the `formulations.plan` of `runtime` (a `Runtime`): query windows' blocks,
+    and, where training recomputes them per batch part, one part's maps."""
     from lambda_keras.layers import formulations
 
+    layer = dict(num_heads=LAYER["num_heads"], intra_depth=shape["intra_depth"],
+                 pool_size=shape.get("pool_size", 3))
+    strides, receptive_field = shape.get("strides", 1), shape["receptive_field"]
+    plan = formulations.plan(formulation, runtime, phase == "train", strides, receptive_field,
+                             rows=size, cols=size, **layer)
     return formulations.estimate_bytes(
-        formulation, size, size, batch, num_heads=LAYER["num_heads"], key_dim=LAYER["key_dim"],
-        intra_depth=shape["intra_depth"], receptive_field=shape["receptive_field"],
-        strides=shape.get("strides", 1), pool_size=shape.get("pool_size", 3), blocks=blocks,
-        phase=phase)
+        formulation, size, size, batch, key_dim=LAYER["key_dim"], **layer,
+        receptive_field=receptive_field, strides=strides, blocks=plan.blocks, phase=phase,
+        recomputed_parts=plan.batch_parts if plan.rematerialize else 1)
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -156,9 +166,6 @@ def run_engine(engine, settings, threads, out_path, log=print):
     hopeless_before = {}  # (shape, phase) -> {formulation: size after which it is not run}
     traced_in = formulations.current_runtime(jit_compile)  # the one the steps trace in
     for shape_name, shape in _shapes(settings).items():
-        blocks = {phase: formulations.window_blocks(
-            traced_in, phase == "train", shape.get("strides", 1),
-            shape["receptive_field"]) for phase in PHASES}  # query_windows' blocks here
         for size in _sizes(shape_name, settings):
             x = np.random.default_rng(0).standard_normal(
                 (batch, size, size, width)).astype("float32")
@@ -173,8 +180,8 @@ def run_engine(engine, settings, threads, out_path, log=print):
                 skipped = hopeless_before.setdefault((shape_name, phase), {})
                 probes = {}
                 for formulation in PROBE_ORDER:
-                    estimate = estimate_bytes(formulation, size, batch, shape, blocks[phase],
-                                              phase)
+                    estimate = estimate_bytes(formulation, size, batch, shape, phase,
+                                              traced_in)
                     if estimate > MEMORY_LIMIT_BYTES:
                         cell["results"][formulation] = dict(
                             status="skipped", reason=f"estimated {common.gib(estimate):.1f} GiB "

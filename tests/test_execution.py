@@ -160,3 +160,25 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
     assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4
     assert formulations.plan("query_windows", amd_tf, False).blocks == dict(block_columns=2,
                                                                             block_scopes=0.5)
+
+
+def test_the_formulation_suites_memory_guard_counts_what_the_plan_holds():
+    """benchmarks/formulations.py skips a cell whose maps would pass its limit as the call's plan
+    holds them: a training step that recomputes query windows per batch part holds one part's
+    maps (r 23 at 112^2 in 2-scope blocks on PyTorch: ~11 GiB stored, one eighth recomputed),
+    one that does not (TensorFlow's XLA) the whole batch's; inference the whole batch's."""
+    from benchmarks import formulations as suite
+
+    shape, batch = suite.SHAPES["r23"], 8
+    image = formulations.query_windows_bytes(112, 112, 23, 4, 1)  # 1 column, 2-scope blocks
+    assert formulations.window_blocks(TORCH, True) == dict(block_columns=1, block_scopes=2)
+    assert 3 * batch * image > suite.MEMORY_LIMIT_BYTES  # stored: skipped before recomputation
+    recomputed = suite.estimate_bytes("query_windows", 112, batch, shape, "train", TORCH)
+    assert recomputed == 3 * image  # one image per part at batch 8
+    assert suite.estimate_bytes("query_windows", 112, batch, shape, "fwd", TORCH) == batch * image
+    xla_blocks = formulations.window_blocks(XLA, True)
+    assert suite.estimate_bytes("query_windows", 112, batch, shape, "train", XLA) == (
+        3 * batch * formulations.query_windows_bytes(112, 112, 23, 4, 1, **xla_blocks))
+    # The n x m formulations hold the whole batch's maps in every plan.
+    assert suite.estimate_bytes("queries_first", 56, batch, shape, "train", TORCH) == (
+        3 * batch * 4 * (56 * 56) ** 2 * 4)
