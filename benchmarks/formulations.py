@@ -449,7 +449,8 @@ def main(argv=None):
         run = dict(sizes=list(settings["sizes"]), returncode=process.returncode,
                    wall_s=round(time.time() - t0, 1), load_before=load_before,
                    load_after=common.load_average(), finished=time.strftime("%Y-%m-%d %H:%M"))
-        record = dict(described, jit_compile=jit_compile, rule_engine=engine, environment=env_update,
+        record = dict(described, jit_compile=jit_compile, rule_engine=engine,
+                      environment=env_update,
                       **({"rows": settings["rows"]} if settings.get("rows") else {}))
         merge_run(data, engine, cells, shapes, record, run)
         utils.write_json(path, data)

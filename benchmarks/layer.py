@@ -5,8 +5,8 @@ ResNet-50 bottleneck, in the full run):
 - LambdaLayer with the paper's defaults (|k| = 16, |h| = 4, |u| = 1, so |v| = 64) and position
   lambdas "local" (r = 23; implementation "auto", "row_windows", "conv"; "auto" also under XLA),
   "relative", "global", and None (content only); every formulation on every backend and
-  compiler is in the formulation suite (benchmarks/formulations.py). The variants "lambda_conv*"
-  are the "local" ones (the lambda convolution; their names key the recorded results);
+  compiler is in the formulation suite (benchmarks/formulations.py). The variants "lambda_local*"
+  are the "local" ones (the lambda convolution);
 - `keras.layers.MultiHeadAttention` over the flattened s*s positions, 8 heads of depth d / 8
   (global self-attention as in the paper's footnote);
 - `keras.layers.Conv2D(d, 3, padding="same")`.
@@ -34,11 +34,11 @@ FLOAT_BYTES = 4
 
 # name: (family, LambdaLayer keyword arguments, jit_compile)
 VARIANTS = {
-    "lambda_conv": ("lambda", dict(position="local"), False),
-    "lambda_conv_xla": ("lambda", dict(position="local"), True),
-    "lambda_conv_row_windows": ("lambda", dict(position="local", implementation="row_windows"),
-                                False),
-    "lambda_conv_conv": ("lambda", dict(position="local", implementation="conv"), False),
+    "lambda_local": ("lambda", dict(position="local"), False),
+    "lambda_local_xla": ("lambda", dict(position="local"), True),
+    "lambda_local_row_windows": ("lambda", dict(position="local",
+                                                implementation="row_windows"), False),
+    "lambda_local_conv": ("lambda", dict(position="local", implementation="conv"), False),
     "lambda_relative": ("lambda", dict(position="relative"), False),
     "lambda_global": ("lambda", dict(position="global"), False),
     "lambda_content": ("lambda", dict(position=None), False),
@@ -46,7 +46,7 @@ VARIANTS = {
     "conv3x3": ("conv", {}, False),
 }
 # The lambda variant the targets and the peer comparison use: the layer as users get it.
-DEFAULT_LAMBDA = "lambda_conv"
+DEFAULT_LAMBDA = "lambda_local"
 
 
 def _n2_estimate(copies, per_pair):

@@ -3,7 +3,7 @@ the GPU where PyTorch sees one, as the PyTorch backend of Keras puts its layers 
 
 timm's layer (timm/layers/lambda_layer.py) computes the local position lambdas with a Conv3d of
 kernel (r, r, 1) over the values, the paper's lambda convolution. It is built with the same
-hyper-parameters as the layer suite's "lambda_conv" (d -> d, |k| = 16, |h| = 4, r = 23; timm adds a
+hyper-parameters as the layer suite's "lambda_local" (d -> d, |k| = 16, |h| = 4, r = 23; timm adds a
 bias to the lambda convolution and always has |u| = 1). Inputs are channels-first [b, d, s, s].
 "fwd" runs in eval mode under `torch.inference_mode()`; "train" is forward + backward of
 mean(y^2) in train mode with the input requiring a gradient (no optimizer update), gradients

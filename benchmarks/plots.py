@@ -17,10 +17,10 @@ import statistics
 from benchmarks import report
 
 LAYER_STYLE = {
-    "lambda_conv": dict(color="tab:blue", marker="o", linewidth=2.5),
-    "lambda_conv_xla": dict(color="tab:cyan", marker="o", linestyle=":"),
-    "lambda_conv_row_windows": dict(color="tab:green", marker="o", linestyle="--"),
-    "lambda_conv_conv": dict(color="tab:purple", marker="o", linestyle="--"),
+    "lambda_local": dict(color="tab:blue", marker="o", linewidth=2.5),
+    "lambda_local_xla": dict(color="tab:cyan", marker="o", linestyle=":"),
+    "lambda_local_row_windows": dict(color="tab:green", marker="o", linestyle="--"),
+    "lambda_local_conv": dict(color="tab:purple", marker="o", linestyle="--"),
     "lambda_relative": dict(color="tab:brown", marker="D"),
     "lambda_global": dict(color="tab:pink", marker="D"),
     "lambda_content": dict(color="tab:olive", marker="v"),

@@ -176,7 +176,7 @@ def _xla_target(layer_suite, model_suite):
                      "xla_s": job[mode]["median_s"], "no_xla_s": _median(off, mode),
                      "speedup": _ratio(_median(off, mode), job[mode]["median_s"])})
     for job in ok_layer.values():
-        if job.get("variant") != "lambda_conv_xla":
+        if job.get("variant") != "lambda_local_xla":
             continue
         off = ok_layer.get(_layer_id(layer.DEFAULT_LAMBDA, job["size"]))
         for phase in ("fwd", "train"):
@@ -382,8 +382,9 @@ def _targets_markdown(targets):
     xla = targets.get("xla")
     if xla and xla["rows"]:
         parts = [f"{r['what']}: {_fmt(r['speedup'])}x" for r in xla["rows"]]
-        lines.append(f"| XLA on vs off (speedup) | {'; '.join(parts)} | "
-                     f"{'met' if xla['xla_at_least_as_fast'] else 'met by default (XLA off on CPU)' if xla['met'] else _met(None)} |")
+        status = ("met" if xla["xla_at_least_as_fast"] else
+                  "met by default (XLA off on CPU)" if xla["met"] else _met(None))
+        lines.append(f"| XLA on vs off (speedup) | {'; '.join(parts)} | {status} |")
     tflite = targets.get("tflite_int8_vs_float32")
     if tflite:
         lines.append(f"| TFLite int8 vs float32 (>= 2x) | {_fmt(tflite['speedup'])}x "

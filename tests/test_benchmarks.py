@@ -240,11 +240,11 @@ def test_oversized_configurations_are_planned_as_skipped():
     by_size = {job["size"]: job for job in jobs}
     assert "attention" in by_size[112]["planned_skips"]
     assert "attention" in by_size[28]["variants"]
-    assert "lambda_conv" in by_size[160]["variants"]
+    assert "lambda_local" in by_size[160]["variants"]
     records = layer_suite.expand([{**by_size[112], "status": "skipped", "reason": "killed"}])
     status = {r["variant"]: (r["status"], r["reason"]) for r in records}
     assert status["attention"][1].startswith("estimated n^2 memory")
-    assert status["lambda_conv"] == ("skipped", "killed")
+    assert status["lambda_local"] == ("skipped", "killed")
 
 
 # ------------------------------------------------------------- formulation suite summary
