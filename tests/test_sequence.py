@@ -381,14 +381,14 @@ def test_causal_content_term_and_its_gradients_match_a_quadratic_form(scale):
     """The scan (linear memory) against the n x m form: a softmax over m <= n per query row, by
     TensorFlow's own softmax; outputs and the gradients in q, K and V, with and without padding,
     key logits 3 or 300 apart."""
-    from lambda_keras.layers import sequence
+    from lambda_keras.layers import sequence_terms
 
     rng = np.random.default_rng(0)
-    b, n, k, v, u, h = 2, 2 * sequence.CAUSAL_BLOCK + 5, 4, 3, 2, 2  # 3 blocks, the last short
+    b, n, k, v, u, h = 2, 2 * sequence_terms.CAUSAL_BLOCK + 5, 4, 3, 2, 2  # 3 blocks, the last short
     q, keys, values, weights = (tf.constant(rng.standard_normal(shape), tf.float32) for shape in
                                 ((b, n, h, k), (b, n, k, u), (b, n, v, u), (b, n, h, v)))
     keys = keys * scale
-    lengths = np.array([[sequence.CAUSAL_BLOCK + 3], [n]])  # padding inside the second block
+    lengths = np.array([[sequence_terms.CAUSAL_BLOCK + 3], [n]])  # padding inside the second block
 
     def quadratic(q, keys, values, cmask):
         allowed = np.tril(np.ones((n, n), bool))[None, :, :, None, None]  # [1, n, m, 1, 1]
@@ -400,7 +400,7 @@ def test_causal_content_term_and_its_gradients_match_a_quadratic_form(scale):
 
     for cmask in (None, tf.constant((np.arange(n)[None] < lengths).astype("float32"))):
         results = []
-        for form in (lambda *a: sequence._causal_content_output(*a, "float32"), quadratic):
+        for form in (lambda *a: sequence_terms.causal_content_output(*a, "float32"), quadratic):
             with tf.GradientTape() as tape:
                 tape.watch([q, keys, values])
                 out = form(q, keys, values * (1 if cmask is None else cmask[:, :, None, None]),
