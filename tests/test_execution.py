@@ -57,7 +57,8 @@ def test_batch_parts_only_where_measured():
     where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
     CPU without AVX-512 and pooled on the CPUs with it, query windows of unstrided layers with
     r > 11; and in training wherever query windows are recomputed in the backward pass
-    (REMAT_PARTS parts: every engine but TensorFlow's XLA, any layer)."""
+    (the images in a loop, which the memory guards count as REMAT_PARTS parts: every engine
+    but TensorFlow's XLA, any layer)."""
     for cpu in ("intel-avx512", "amd-avx512"):
         assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu=cpu), False,
                                         "query_windows") == 1
@@ -115,10 +116,8 @@ def test_recomputation_where_one_images_maps_are_large():
         assert not recomputed(runtime, None)
         large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
         assert large.batch_parts == formulations.REMAT_PARTS
-        # TensorFlow recomputes the images in a loop, JAX and PyTorch REMAT_PARTS unrolled parts.
-        assert large.image_loop == (runtime.engine in ("tf_onednn", "tf", "tf_malloc"))
         assert not formulations.plan("query_windows", runtime, False, rows=56,
-                                     cols=56).image_loop  # an inference graph: no loop
+                                     cols=56).rematerialize  # an inference graph: no loop
     assert not recomputed(XLA, 112)
     # The threshold reads the bytes `query_windows` forms (its geometry: query_windows_shape).
     shape = formulations.query_windows_shape(28, 28, 23, block_scopes=0.5)
@@ -153,8 +152,6 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
                                                                         formulation, strides)
                     assert plan.rematerialize == formulations.rematerialized(
                         runtime, training, formulation)
-                    assert plan.image_loop == (plan.rematerialize and runtime.engine
-                                               in formulations.IMAGE_LOOP_ENGINES)
                     assert plan.broadcast_embeddings == plan.separate_products == without_onednn
     # The one place the CPU changes batch parts, seen through the plan.
     assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4
@@ -164,7 +161,7 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
 
 def test_the_formulation_suites_memory_guard_counts_what_the_plan_holds():
     """benchmarks/formulations.py skips a cell whose maps would pass its limit as the call's plan
-    holds them: a training step that recomputes query windows per batch part holds one part's
+    holds them: a training step that recomputes query windows image by image counts one part's
     maps (r 23 at 112^2 in 2-scope blocks on PyTorch: ~11 GiB stored, one eighth recomputed),
     one that does not (TensorFlow's XLA) the whole batch's; inference the whole batch's."""
     from benchmarks import formulations as suite

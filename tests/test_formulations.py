@@ -7,7 +7,7 @@
   and without the strided layer's pools folded in; the engines' forms of q . E first and of the
   products (broadcast embeddings, separate matmuls, parts of the batch) give the same outputs
   and gradients; a strided q . E first pools its maps and equals pooling the output; query
-  windows recomputed per batch part in training give the stored outputs and gradients, and
+  windows recomputed image by image in training give the stored outputs and gradients, and
   lower the step's peak memory (TensorFlow's allocator, oneDNN off and on).
 (The rule that picks a formulation is tested in tests/test_formulation_rule.py.)
 
@@ -305,9 +305,9 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 @pytest.mark.parametrize("formulation", ["query_windows", "queries_first"])
 def test_batch_parts_equal_the_whole_batch(formulation):
     """The position term of a static batch cut into parts (balanced, at most one per image)
-    gives the whole batch's output and gradients, in its order; so do its images in a loop
-    (`image_loop`), the only cut of a dynamic batch (unknown while tracing), which otherwise
-    stays whole."""
+    gives the whole batch's output and gradients, in its order; so do its images in a loop,
+    each recomputed in the backward pass (`rematerialize`), the only cut of a dynamic batch
+    (unknown while tracing), which otherwise stays whole."""
     import tensorflow as tf
 
     rng = np.random.default_rng(11)
@@ -316,7 +316,7 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     kernel = tf.constant(rng.standard_normal((5, 5, 2, 4)).astype("float32"))
     embeddings = formulations.position_embeddings(kernel, "local", 22, 9)  # [n, m, u, k]
 
-    def position(q, values):
+    def position(q, values, kernel, embeddings):  # a recomputed function captures no tensor
         if formulation == "queries_first":
             return formulations.queries_first(q, values, embeddings, broadcast=True)
         return formulations.query_windows(q, values, kernel, 22, 9, block_columns=2,
@@ -325,7 +325,8 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     def with_gradients(parts):
         with tf.GradientTape() as tape:
             tape.watch([q, values])
-            out = formulations.in_batch_parts(position, parts, q, values)
+            out = formulations.in_batch_parts(position, parts, q, values,
+                                              shared=(kernel, embeddings))
             loss = tf.reduce_sum(tf.sin(out))
         return [out.numpy()] + [g.numpy() for g in tape.gradient(loss, [q, values])]
 
@@ -334,14 +335,14 @@ def test_batch_parts_equal_the_whole_batch(formulation):
         for actual, expected in zip(with_gradients(parts), whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
-    def traced(batch, parts, image_loop=False):  # (the graph's operation types, its results)
+    def traced(batch, parts, loop=False):  # (the graph's operation types, its results)
         @tf.function(input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
                                       tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
         def function(q, values):
             with tf.GradientTape() as tape:
                 tape.watch([q, values])
                 out = formulations.in_batch_parts(position, parts, q, values,
-                                                  image_loop=image_loop)
+                                                  shared=(kernel, embeddings), rematerialize=loop)
                 loss = tf.reduce_sum(tf.sin(out))
             return [out] + tape.gradient(loss, [q, values])
 
@@ -354,22 +355,22 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     one_part = traced(3, 1)[0]
     assert matmuls(one_part) >= 2 and matmuls(traced(3, 3)[0]) == 3 * matmuls(one_part)
     loops = {"While", "StatelessWhile"}
-    for batch, image_loop in ((None, False), (3, True), (None, True)):
-        types, results = traced(batch, 4, image_loop)
-        assert bool(loops & set(types)) == image_loop, sorted(set(types))  # None: whole
+    for batch, loop in ((None, False), (3, True), (None, True)):
+        types, results = traced(batch, 4, loop)
+        assert bool(loops & set(types)) == loop, sorted(set(types))  # None: whole
         for actual, expected in zip(results, whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("strides", [1, 2])
 def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch):
-    """Training recomputes query windows per batch part in the backward pass (`keras.remat`,
+    """Training recomputes query windows image by image in the backward pass (`keras.remat`,
     where `formulations.rematerialized` says): the outputs and the gradients of the input and
     of every weight (the kernel's too: TensorFlow's recompute_grad differentiates only the
     recomputed function's arguments, so a captured kernel would get none) equal those of the
-    maps stored, unstrided and strided; only a batch cut into parts is recomputed: unrolled
-    parts (JAX, PyTorch) or the images in a loop (TensorFlow), the only cut of a dynamic batch
-    (traced without its size, as `fit` on a dataset without `drop_remainder`)."""
+    maps stored, unstrided and strided; only a batch cut into parts is recomputed, image by
+    image in a loop, also a dynamic batch (traced without its size, as `fit` on a dataset
+    without `drop_remainder`)."""
     import tensorflow as tf
 
     wrapped = []
@@ -377,11 +378,10 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts, loop, dynamic in ((False, 3, False, False), (True, 3, False, False),
-                                             (True, 1, False, False), (True, 3, True, False),
-                                             (True, 3, True, True), (True, 3, False, True)):
+    for recomputed, parts, dynamic in ((False, 3, False), (True, 3, False), (True, 1, False),
+                                       (True, 3, True), (False, 3, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
-                   rematerialize=recomputed, image_loop=loop)
+                   rematerialize=recomputed)
         keras.utils.set_random_seed(4)
         layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
                             intra_depth=2, strides=strides, implementation="query_windows",
@@ -390,8 +390,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
         signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]))] if dynamic else None
         step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature)
         results.append([t.numpy() for t in step(x)])
-        cut = parts > 1 and (loop or not dynamic)  # a dynamic batch without the loop: whole
-        assert bool(wrapped) == (recomputed and cut), (recomputed, parts, loop, dynamic)
+        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
@@ -434,9 +433,9 @@ def _loss_and_gradients(layer, x):
 
 # One training step of a query-windows layer at 28^2 (batch 8, r 23, d 32) in TensorFlow graph
 # mode, planned as `plan` gives it but for (batch parts, rematerialize): the whole batch with its
-# maps stored (the layer before recomputation), 8 parts stored, 8 unrolled parts recomputed (the
-# plan of JAX and PyTorch), the images recomputed in a loop (TensorFlow's plan), and the loop of
-# a step traced without the batch's size; prints the allocator's peak of each step (MiB).
+# maps stored (the layer before recomputation), 8 parts stored, the images recomputed in a loop
+# (the plan of training calls), and the loop of a step traced without the batch's size; prints
+# the allocator's peak of each step (MiB).
 REMAT_MEMORY_SCRIPT = """
 import dataclasses, json
 import numpy as np
@@ -447,12 +446,11 @@ from lambda_keras.layers.formulations import autotuning, execution
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
 dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
-for name, parts, recomputed, loop, spec in (
-        ("whole", 1, False, False, x), ("parts", 8, False, False, x),
-        ("unrolled", 8, True, False, x), ("recomputed", 8, True, True, x),
-        ("dynamic", 8, True, True, dynamic)):
+for name, parts, recomputed, spec in (
+        ("whole", 1, False, x), ("parts", 8, False, x), ("recomputed", 8, True, x),
+        ("dynamic", 8, True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
-        execution.plan(*a, **k), batch_parts=parts, rematerialize=recomputed, image_loop=loop)
+        execution.plan(*a, **k), batch_parts=parts, rematerialize=recomputed)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
     step = autotuning.tensorflow_steps(layer, False)[1].get_concrete_function(spec)
@@ -467,11 +465,11 @@ print(json.dumps(peaks))
 
 @pytest.mark.parametrize("onednn", ["0", "1"])
 def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
-    """Property: query windows in training, cut into batch parts each recomputed in the
-    backward pass (the plan of training calls), lower the step's peak memory: stored, the
-    window scores and their spread of the whole batch wait for the backward pass; recomputed,
-    a part's exist only while that part is differentiated, and smaller parts also shrink the
-    forward pass' temporaries; so in a step traced without the batch's size. Measured here
+    """Property: query windows in training, image by image each recomputed in the backward
+    pass (the plan of training calls), lower the step's peak memory: stored, the window scores
+    and their spread of the whole batch wait for the backward pass; recomputed, an image's exist
+    only while that image is differentiated, and smaller parts also shrink the forward pass'
+    temporaries; so in a step traced without the batch's size. Measured here
     2.8-6.2x less than the whole batch stored and 1.5x less than the same parts stored.
     TensorFlow's allocator statistics, oneDNN off and on."""
     import json
@@ -488,5 +486,4 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     assert peaks["recomputed"] < 0.5 * peaks["whole"], peaks
     assert peaks["recomputed"] < 0.8 * peaks["parts"], peaks
-    assert peaks["unrolled"] < 0.5 * peaks["whole"], peaks
     assert peaks["dynamic"] < 0.5 * peaks["whole"], peaks

@@ -379,7 +379,7 @@ class LambdaLayer(keras.layers.Layer):
                         q, values, table, rows, cols, *pool, **plan.blocks,
                         separate_products=plan.separate_products),
                     plan.batch_parts, q, values, shared=(table,),
-                    rematerialize=plan.rematerialize, image_loop=plan.image_loop)  # [b, n', h, v]
+                    rematerialize=plan.rematerialize)  # [b, n', h, v]
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

@@ -95,7 +95,6 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
 )
 from lambda_keras.layers.formulations.execution import (  # noqa: F401
     BROADCAST_EMBEDDINGS_ENGINES,
-    IMAGE_LOOP_ENGINES,
     POOLED_MAPS_ENGINES,
     REMAT_MIN_BYTES,
     REMAT_PARTS,

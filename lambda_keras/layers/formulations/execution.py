@@ -52,14 +52,15 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
 # Engines whose training calls recompute query windows' window scores and their spread in the
-# backward pass (`keras.remat`) instead of storing them, in `REMAT_PARTS` parts of the batch
-# (one image each at batch 8; on TensorFlow the images in a loop, IMAGE_LOOP_ENGINES;
-# `position_term.in_batch_parts`): the backward pass of one part then holds one part's maps, not
-# the batch's. A whole batch recomputed saves nothing in one layer's step and costs the
-# recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at 56^2). Whole layer, forward +
-# backward, batch 8, d 256, |k| 16, |h| 4, r 23, the Xeon, one process per cell with both traced,
-# interleaved (medians of 5-7 rounds, 2026-12-05, a quiet host), time and TensorFlow allocator
-# peak, stored / recomputed in parts:
+# backward pass (`keras.remat`) instead of storing them, image by image in a loop (`ops.map`:
+# TensorFlow's while loop, JAX's `lax.map`, a Python loop on PyTorch;
+# `position_term.in_batch_parts`): the backward pass of one image then holds that image's maps,
+# not the batch's, whatever the batch (also one whose size is unknown while tracing: TensorFlow's
+# graphs of `fit` on a dataset without `drop_remainder`). A whole batch recomputed saves nothing
+# in one layer's step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at
+# 56^2). Whole layer, forward + backward, batch 8, d 256, |k| 16, |h| 4, r 23, the Xeon, one
+# process per cell with both traced, interleaved (medians of 5-7 rounds, 2026-12-05, a quiet
+# host), time and TensorFlow allocator peak, stored / recomputed in 8 parts:
 # oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
@@ -71,27 +72,30 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
 # MiB, 1.42 / 1.28x; r 9 at 14^2 1.63 / 1.27x, at 28^2 (3.4 MiB) 1.08 / 1.09x; strided r 9 at
 # 14^2 1.59 / 1.38x; strided r 7 |u| 4 at 28^2 (3.3 MiB) 1.21 / 1.10x; strided r 23 at 28^2
-# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN). On TensorFlow the parts
-# are the images, in a loop (IMAGE_LOOP_ENGINES).
-REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
-REMAT_PARTS = 8
-REMAT_MIN_BYTES = 8 * 2**20
-
-# Engines whose recomputed parts are the batch's images, mapped in a loop (`ops.map`, TensorFlow's
-# while loop; `position_term.in_batch_parts`), not REMAT_PARTS unrolled parts: a batch whose size
-# is unknown while tracing can only be cut so, and in a static batch larger than REMAT_PARTS the
-# loop is faster. Whole layer, forward + backward, r 23, d 256, the Xeon, 2026-12-05, one process
-# per cell, interleaved medians of 3-9 rounds, time and TensorFlow allocator peak of the loop
-# against the 8 unrolled parts: batch 8, oneDNN 28^2 0.98x (79 / 73 MiB), 56^2 0.99x (665 / 625);
-# without 0.99x (70 / 66), 0.98x (482 / 496); batch 32, oneDNN 0.73x (167 / 338 MiB), 0.86x
-# (1160 / 1979), without 0.82x (171 / 347), 0.91x (831 / 1900). A dynamic batch, against its
-# maps stored (its only alternative): batch 8, oneDNN 0.80x (89 / 274 MiB), 1.03x (335 / 1813),
-# without 0.81x (60 / 297), 0.91x (341 / 1263); batch 32 at 28^2 0.77x (157 / 1118), 0.81x (141 /
-# 939). Training only: an inference graph with a loop is one the LiteRT int8 converter refuses
-# (its WHILE stays float), so forward passes of a dynamic batch stay whole (NOTE: a serving
+# (4.0 MiB) 1.09x; above it: r 7 |u| 4 at 28^2 0.92x without oneDNN).
+# The images in a loop against the 8 unrolled parts of the first version (same layer, the Xeon,
+# interleaved medians of 3-9 rounds): TensorFlow, 2026-12-05, time and allocator peak, batch 8
+# oneDNN 28^2 0.98x (79 / 73 MiB), 56^2 0.99x (665 / 625), without 0.99x (70 / 66), 0.98x (482 /
+# 496); batch 32 oneDNN 0.73x (167 / 338 MiB), 0.86x (1160 / 1979), without 0.82x (171 / 347),
+# 0.91x (831 / 1900); a dynamic batch against its maps stored (its only alternative): batch 8
+# oneDNN 0.80x (89 / 274 MiB), 1.03x (335 / 1813), without 0.81x (60 / 297), 0.91x (341 / 1263),
+# batch 32 at 28^2 0.77x (157 / 1118), 0.81x (141 / 939). JAX (jit), 2026-12-06, time and the
+# compiled step's temporary buffers (XLA's memory analysis), batch 8 28^2 0.78x (51 / 287 MiB;
+# stored 244: XLA scheduled the unrolled parts side by side, so they saved nothing), 56^2 0.95x
+# (302 / 1729; stored 1471), batch 32 0.73x (150 / 1149), 0.76x (601 / 6915); r 7 |u| 4 at
+# 28^2 / 56^2 0.84x / 1.05x, strided r 23 at 56^2 0.89x. PyTorch (eager), 2026-12-06, time and
+# the step's growth of peak RSS, batch 8 0.99x (74 / 93 MiB), 0.97x (379 / 420), batch 32 at
+# 28^2 0.97x (350 / 398). Training only: an inference graph with a loop is one the LiteRT int8
+# converter refuses (its WHILE stays float), so forward passes stay whole (NOTE: a serving
 # signature's forward pass without oneDNN, image by image, measured 0.71-0.83x the whole batch's
 # time at 28^2-112^2: a gain left for an export that traces its own graph).
-IMAGE_LOOP_ENGINES = ("tf_onednn", "tf", "tf_malloc")
+REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
+REMAT_MIN_BYTES = 8 * 2**20
+# `estimate_bytes` (autotune's and the formulation suite's memory guards) counts a recomputed
+# batch's maps as those of one part in REMAT_PARTS: the loop holds one image's at a time on JAX
+# and PyTorch, up to a few on TensorFlow (its while loop runs up to 10 images side by side; the
+# peaks measured above stay below that count).
+REMAT_PARTS = 8
 
 
 def window_blocks(runtime, training, strides=1, receptive_field=23):
@@ -105,7 +109,7 @@ def window_blocks(runtime, training, strides=1, receptive_field=23):
 
 
 def rematerialized(runtime, training, formulation, image_map_bytes=None):
-    """Whether a call recomputes its position term in the backward pass, per batch part:
+    """Whether a call recomputes its position term in the backward pass, image by image:
     "query_windows" in training on REMATERIALIZED_ENGINES whose maps take at least
     REMAT_MIN_BYTES per image (`image_map_bytes`, `position_term.query_windows_bytes`; None,
     unknown: no)."""
@@ -117,10 +121,10 @@ def rematerialized(runtime, training, formulation, image_map_bytes=None):
 def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
                 image_map_bytes=None):
     """Into how many independent parts the position term of a batch is cut
-    (`position_term.in_batch_parts`; a dynamic batch only in `Plan.image_loop`): REMAT_PARTS
-    where it is recomputed (`rematerialized`, with `image_map_bytes`), else the rule's
-    `batch_parts` for "query_windows" in unstrided layers with r > 11, else 1 (see
-    WITHOUT_AVX512_RULE)."""
+    (`position_term.in_batch_parts`): where it is recomputed (`rematerialized`, with
+    `image_map_bytes`), its images in a loop, which the memory guards count as REMAT_PARTS
+    parts; else the rule's `batch_parts` for "query_windows" in unstrided layers with r > 11
+    (a static batch's unrolled parts), else 1 (see WITHOUT_AVX512_RULE)."""
     if rematerialized(runtime, training, formulation, image_map_bytes):
         return REMAT_PARTS
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
@@ -138,9 +142,8 @@ class Plan:
         POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of the batch (`batch_parts`).
-    rematerialize: each part's position term recomputed in the backward pass, not stored
-        (`rematerialized`: large query windows in training, the batch cut into parts).
-    image_loop: the recomputed parts are the images, in a loop (IMAGE_LOOP_ENGINES).
+    rematerialize: the position term computed image by image in a loop, each image's recomputed
+        in the backward pass, not stored (`rematerialized`: large query windows in training).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -153,7 +156,6 @@ class Plan:
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
     rematerialize: bool = False
-    image_loop: bool = False
     broadcast_embeddings: bool = False
     separate_products: bool = False
 
@@ -188,6 +190,5 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=
                 batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field,
                                         image_map_bytes),
                 rematerialize=recomputed,
-                image_loop=recomputed and engine in IMAGE_LOOP_ENGINES,
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)

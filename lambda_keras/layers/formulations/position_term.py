@@ -250,27 +250,24 @@ def conv(values, kernel, rows, cols):
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
 
-def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False,
-                   image_loop=False):
+def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`execution.batch_parts` says where that
-    pays). `shared` tensors go whole to every part. With `rematerialize`, each part is
-    recomputed in the backward pass instead of storing its intermediates (`keras.remat`; every
-    tensor it differentiates is an argument: TensorFlow's `recompute_grad` gives captured
-    tensors no gradient). With `image_loop` (`Plan.image_loop`), the parts are the images, in a
-    loop (`_image_by_image`), the only cut of a dynamic batch (unknown while tracing:
-    TensorFlow's graphs of `fit` on a dataset without `drop_remainder`); without it, a dynamic
-    batch stays whole."""
+    pays); a batch of unknown size stays whole. `shared` tensors go whole to every part. With
+    `rematerialize` (and `parts` > 1), the images in a loop instead (`_image_by_image`, static
+    or dynamic batch), each recomputed in the backward pass instead of storing its
+    intermediates (`keras.remat`; every tensor it differentiates is an argument: TensorFlow's
+    `recompute_grad` gives captured tensors no gradient)."""
     batch = tensors[0].shape[0]
     if batch is not None:
         parts = min(parts, batch)
-    if parts <= 1 or (batch is None and not image_loop):
+    if parts <= 1:
         return function(*tensors, *shared)
     if rematerialize:
-        function = keras.remat(function)
-    if image_loop:
-        return _image_by_image(function, tensors, shared)
+        return _image_by_image(keras.remat(function), tensors, shared)
+    if batch is None:
+        return function(*tensors, *shared)
     bounds = [batch * part // parts for part in range(parts + 1)]
     return ops.concatenate([function(*(t[start:end] for t in tensors), *shared)
                             for start, end in zip(bounds, bounds[1:])], axis=0)
@@ -278,9 +275,9 @@ def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False,
 
 def _image_by_image(function, tensors, shared):
     """function(*tensors, *shared) mapped over the images of a batch (`ops.map`: TensorFlow's
-    while loop, which runs up to 10 images side by side). Each image is a static batch of one,
-    so the function keeps what static shapes give (`batched_matmul`'s separate products) where
-    the batch's size is unknown while tracing."""
+    while loop, which runs up to 10 images side by side; JAX's `lax.map`; a Python loop on
+    PyTorch). Each image is a static batch of one, so the function keeps what static shapes give
+    (`batched_matmul`'s separate products) where the batch's size is unknown while tracing."""
     def one_image(images):  # each [...]
         return function(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
 
