@@ -45,7 +45,10 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # 0.82 / 0.78 / 0.78 at 28^2 / 56^2 / 112^2; strided r 23 at 28^2 0.75; r 9 at 14^2 0.84; q . E
 # first r 23 at 14^2 0.88, strided (pooled maps) 0.94; malloc allocator 0.67 / 0.68 at 28^2 / 56^2.
 # Not with oneDNN (1.06 / 1.08 at 28^2 / 56^2: its batched matmul runs the products at 83 GMAC/s);
-# XLA, JAX and PyTorch not measured (their batched matmuls are not TensorFlow's). The cost: a larger
+# nor on the other engines (the Xeon, 2026-12-06, r 23, the same layer, interleaved medians of 5,
+# separate / batched, forward and training): XLA query windows 1.93 / 1.33 at 28^2, 2.36 / 1.43 at
+# 56^2, q . E first 1.01-1.03; JAX 1.17 / 1.68 and 1.43 / 4.09, q . E first 0.91-1.02; PyTorch
+# 0.98-1.07, q . E first 0.93-1.27 (their batched matmuls are not TensorFlow's). The cost: a larger
 # graph, traced once (r 23 at 112^2, 2240 products: 3.5 s for the first call against 2.4 s). Like
 # the broadcast embeddings, a property of TensorFlow's kernels, not of the CPU (NOTE: measured on
 # the AMD EPYC with AVX-512 only).
