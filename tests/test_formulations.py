@@ -370,7 +370,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     recomputed function's arguments, so a captured kernel would get none) equal those of the
     maps stored, unstrided and strided; only a batch cut into parts is recomputed, image by
     image in a loop, also a dynamic batch (traced without its size, as `fit` on a dataset
-    without `drop_remainder`)."""
+    without `drop_remainder`) and under XLA (`jit_compile=True`)."""
     import tensorflow as tf
 
     wrapped = []
@@ -378,8 +378,9 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts, dynamic in ((False, 3, False), (True, 3, False), (True, 1, False),
-                                       (True, 3, True), (False, 3, True)):
+    for recomputed, parts, dynamic, jit in ((False, 3, False, False), (True, 3, False, False),
+                                            (True, 1, False, False), (True, 3, True, False),
+                                            (False, 3, True, False), (True, 3, False, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
                    rematerialize=recomputed)
         keras.utils.set_random_seed(4)
@@ -388,9 +389,10 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
                             position_bias=True,
                             position_initializer=keras.initializers.RandomNormal(stddev=0.5))
         signature = [tf.TensorSpec((None,) + tuple(x.shape[1:]))] if dynamic else None
-        step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature)
+        step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature,
+                           jit_compile=jit)
         results.append([t.numpy() for t in step(x)])
-        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic)
+        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic, jit)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
@@ -432,17 +434,18 @@ def _loss_and_gradients(layer, x):
 
 
 # One training step of a query-windows layer at 28^2 (batch 8, r 23, d 32) in TensorFlow graph
-# mode, planned as `plan` gives it but for (batch parts, rematerialize): the whole batch with its
-# maps stored (the layer before recomputation), 8 parts stored, the images recomputed in a loop
-# (the plan of training calls), and the loop of a step traced without the batch's size; prints
-# the allocator's peak of each step (MiB).
+# mode (argv: "graph", or "xla" for jit_compile=True), planned as `plan` gives it but for (batch
+# parts, rematerialize): the whole batch with its maps stored (the layer before recomputation), 8
+# parts stored, the images recomputed in a loop (the plan of training calls), and the loop of a
+# step traced without the batch's size; prints the allocator's peak of each step (MiB).
 REMAT_MEMORY_SCRIPT = """
-import dataclasses, json
+import dataclasses, json, sys
 import numpy as np
 import tensorflow as tf
 from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.layers.formulations import autotuning, execution
 
+JIT = sys.argv[1] == "xla"
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
 dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
@@ -453,7 +456,7 @@ for name, parts, recomputed, spec in (
         execution.plan(*a, **k), batch_parts=parts, rematerialize=recomputed)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
-    step = autotuning.tensorflow_steps(layer, False)[1].get_concrete_function(spec)
+    step = autotuning.tensorflow_steps(layer, JIT)[1].get_concrete_function(spec)
     step(x).numpy()  # traced, built, warm
     tf.config.experimental.reset_memory_stats("CPU:0")
     start = tf.config.experimental.get_memory_info("CPU:0")["current"]
@@ -463,15 +466,16 @@ print(json.dumps(peaks))
 """
 
 
-@pytest.mark.parametrize("onednn", ["0", "1"])
-def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
+@pytest.mark.parametrize("onednn, compiler", [("0", "graph"), ("1", "graph"), ("1", "xla")])
+def test_recomputed_query_windows_in_parts_lower_training_memory(onednn, compiler):
     """Property: query windows in training, image by image each recomputed in the backward
     pass (the plan of training calls), lower the step's peak memory: stored, the window scores
     and their spread of the whole batch wait for the backward pass; recomputed, an image's exist
     only while that image is differentiated, and smaller parts also shrink the forward pass'
     temporaries; so in a step traced without the batch's size. Measured here
     2.8-6.2x less than the whole batch stored and 1.5x less than the same parts stored.
-    TensorFlow's allocator statistics, oneDNN off and on."""
+    TensorFlow's allocator statistics, oneDNN off and on, and under XLA (`jit_compile=True`,
+    which had merged the earlier unrolled parts' recomputation away: the same peak)."""
     import json
     import os
     import subprocess
@@ -480,7 +484,8 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn):
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPU_ALLOCATOR_USE_BFC="true",
                TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    result = subprocess.run([sys.executable, "-c", REMAT_MEMORY_SCRIPT], env=env, cwd=root,
+    result = subprocess.run([sys.executable, "-c", REMAT_MEMORY_SCRIPT, compiler], env=env,
+                            cwd=root,
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     peaks = json.loads(result.stdout.strip().splitlines()[-1])

@@ -98,7 +98,6 @@ from lambda_keras.layers.formulations.execution import (  # noqa: F401
     POOLED_MAPS_ENGINES,
     REMAT_MIN_BYTES,
     REMAT_PARTS,
-    REMATERIALIZED_ENGINES,
     SEPARATE_PRODUCTS_ENGINES,
     Plan,
     batch_parts,

@@ -54,7 +54,7 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # the AMD EPYC with AVX-512 only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
-# Engines whose training calls recompute query windows' window scores and their spread in the
+# Training calls recompute query windows' window scores and their spread in the
 # backward pass (`keras.remat`) instead of storing them, image by image in a loop (`ops.map`:
 # TensorFlow's while loop, JAX's `lax.map`, a Python loop on PyTorch;
 # `position_term.in_batch_parts`): the backward pass of one image then holds that image's maps,
@@ -68,8 +68,12 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
 # ms, 772 / 185 MiB; time ratios JAX 1.01 and PyTorch 0.90 at 56^2 (the parts alone: 0.86-1.03).
-# Not under TensorFlow's XLA, which merges the recomputation with the forward pass (56^2: 1.07x
-# the time, the same peak; benchmarks/README.md, optimisation 30). Only where one image's maps
+# Under TensorFlow's XLA the unrolled parts had saved nothing (XLA merged the recomputation with
+# the forward pass: 56^2 1.07x the time, the same peak); the loop does (2026-12-06, stored /
+# loop, time and allocator peak): 28^2 135 / 125 ms, 256 / 51 MiB; 56^2 708 / 755 ms, 1240 / 227
+# MiB (oneDNN off 662 / 699 ms, the same peaks); 112^2 2883 / 3319 ms, 4955 / 907 MiB; batch 32
+# at 28^2 557 / 581 ms, 1024 / 173 MiB; strided r 23 at 56^2 1.01x, 627 / 111 MiB; r 7 |u| 4 at
+# 28^2 / 56^2 0.89x / 0.99x, 274 / 73 and 1093 / 290 MiB. Only where one image's maps
 # take at least REMAT_MIN_BYTES (`position_term.query_windows_bytes`; r 23: from 28^2 unstrided,
 # 14.3 MiB, from 56^2 strided, 23 MiB; r 7 |u| 4 from 28^2, 9.4 MiB): smaller maps save little
 # and pay the parts' overhead (time recomputed / stored, oneDNN on / off: r 7 |u| 4 at 14^2, 1.8
@@ -92,7 +96,11 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # converter refuses (its WHILE stays float), so forward passes stay whole (NOTE: a serving
 # signature's forward pass without oneDNN, image by image, measured 0.71-0.83x the whole batch's
 # time at 28^2-112^2: a gain left for an export that traces its own graph).
-REMATERIALIZED_ENGINES = ("tf_onednn", "tf", "tf_malloc", "jax", "torch")
+# So every engine on a CPU recomputes. NOTE: not measured on GPUs and TPUs; there XLA (JAX, TF
+# jit_compile=True) keeps the maps, as it effectively did with the unrolled parts it scheduled
+# side by side (a loop of single images may leave an accelerator idle), while eager PyTorch and
+# TensorFlow graphs recompute, their loop running the images one after the other as the
+# unrolled parts did.
 REMAT_MIN_BYTES = 8 * 2**20
 # `estimate_bytes` (autotune's and the formulation suite's memory guards) counts a recomputed
 # batch's maps as those of one part in REMAT_PARTS: the loop holds one image's at a time on JAX
@@ -113,11 +121,11 @@ def window_blocks(runtime, training, strides=1, receptive_field=23):
 
 def rematerialized(runtime, training, formulation, image_map_bytes=None):
     """Whether a call recomputes its position term in the backward pass, image by image:
-    "query_windows" in training on REMATERIALIZED_ENGINES whose maps take at least
-    REMAT_MIN_BYTES per image (`image_map_bytes`, `position_term.query_windows_bytes`; None,
-    unknown: no)."""
+    "query_windows" in training whose maps take at least REMAT_MIN_BYTES per image
+    (`image_map_bytes`, `position_term.query_windows_bytes`; None, unknown: no), on a CPU or
+    without XLA (see REMAT_MIN_BYTES)."""
     return (formulation == "query_windows" and phase_of(training) == "train"
-            and runtime.engine in REMATERIALIZED_ENGINES
+            and (runtime.device == "cpu" or not runtime.xla)
             and image_map_bytes is not None and image_map_bytes >= REMAT_MIN_BYTES)
 
 
