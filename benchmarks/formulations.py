@@ -100,8 +100,9 @@ QUADRATIC = ("queries_first", "lambdas_first")
 # 8 GiB: query windows at 112^2 run forward (~3.3 GiB estimated, 3.1-4.2 GiB measured peak with
 # TensorFlow's allocator) and forward + backward in half-scope blocks (~7 GiB estimated, 9.4-10.5
 # GiB process peak); in 2-scope blocks (~11 GiB estimated stored) only where training recomputes
-# them image by image (~1.4 GiB estimated: one part in REMAT_PARTS). The tables recorded before the
-# recomputation (up to 2026-12-05) counted the whole batch there and skipped those cells.
+# them image by image (~1.4 GiB estimated: one image's in 8, `RECOMPUTED_BATCH_DIVISOR`). The
+# tables recorded before the recomputation (up to 2026-12-05) counted the whole batch there and
+# skipped those cells.
 MEMORY_LIMIT_BYTES = 8 * 1024 ** 3
 PHASES = ("fwd", "train")
 TABLES = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations")  # <cpu kind>.json
@@ -111,7 +112,8 @@ PLOT = os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations_ver
 def estimate_bytes(formulation, size, batch, shape, phase, runtime):
     """`formulations.estimate_bytes` of a suite cell (LAYER and `shape` on a size x size map)
     whose calls run the `formulations.plan` of `runtime` (a `Runtime`): query windows' blocks,
-    and, where training recomputes them image by image, one part's maps (REMAT_PARTS)."""
+    and, where training recomputes them image by image, those of a few images
+    (`autotuning.RECOMPUTED_BATCH_DIVISOR`)."""
     from lambda_keras.layers import formulations
 
     layer = dict(num_heads=LAYER["num_heads"], intra_depth=shape["intra_depth"],
@@ -122,7 +124,7 @@ def estimate_bytes(formulation, size, batch, shape, phase, runtime):
     return formulations.estimate_bytes(
         formulation, size, size, batch, key_dim=LAYER["key_dim"], **layer,
         receptive_field=receptive_field, strides=strides, blocks=plan.blocks, phase=phase,
-        recomputed_parts=plan.batch_parts if plan.rematerialize else 1)
+        recomputed=plan.rematerialize)
 
 
 # ---------------------------------------------------------------------------- worker side

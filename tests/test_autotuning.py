@@ -168,8 +168,8 @@ def test_memory_guard_skips_the_formulations_over_the_limit(store):
 
 def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
     """Training recomputes large query windows image by image (28^2, r 23;
-    `Plan.rematerialize`), so a step holds a few images' maps: the guard counts one part's in
-    REMAT_PARTS, and query windows are measured under a limit that their whole batch's maps
+    `Plan.rematerialize`), so a step holds a few images' maps: the guard counts one image's in
+    RECOMPUTED_BATCH_DIVISOR, and query windows are measured under a limit that their whole batch's maps
     pass, while the n x m formulations, which store theirs, are skipped."""
     keras.utils.set_random_seed(0)
     layer = make_layer(num_heads=4, key_dim=16, receptive_field=23)
@@ -177,8 +177,8 @@ def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
     sizes = dict(num_heads=4, key_dim=16, intra_depth=1, receptive_field=23)
     whole = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes)
     part = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes,
-                                     recomputed_parts=formulations.REMAT_PARTS)
-    assert part == whole // formulations.REMAT_PARTS  # one image of 8
+                                     recomputed=True)
+    assert part == whole // 8 and autotuning.RECOMPUTED_BATCH_DIVISOR == 8  # one image of 8
     runtime = formulations.current_runtime()
     assert formulations.plan("query_windows", runtime, True, 1, 23, rows=28, cols=28,
                              num_heads=4).rematerialize

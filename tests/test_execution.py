@@ -56,9 +56,9 @@ def test_batch_parts_only_where_measured():
     """The position term in independent parts of the batch (formulations.batch_parts) only
     where it was measured faster: forward, TensorFlow without oneDNN (pooled or malloc) on the
     CPU without AVX-512 and pooled on the CPUs with it, query windows of unstrided layers with
-    r > 11; and in training wherever query windows are recomputed in the backward pass
-    (the images in a loop, which the memory guards count as REMAT_PARTS parts: every engine on
-    a CPU, any layer; on GPUs and TPUs, not measured, not under XLA)."""
+    r > 11; never in training. Training recomputes large query windows image by image in a loop
+    instead (`rematerialized`: every engine on a CPU, any layer; on GPUs and TPUs, not measured,
+    not under XLA), and its plan then has no unrolled parts."""
     for cpu in ("intel-avx512", "amd-avx512"):
         assert formulations.batch_parts(dataclasses.replace(MALLOC_AVX2, cpu=cpu), False,
                                         "query_windows") == 1
@@ -82,20 +82,14 @@ def test_batch_parts_only_where_measured():
                     *accelerators):
         recomputed = runtime.device == "cpu" or not runtime.xla
         for layer in (dict(), dict(strides=2), dict(receptive_field=7)):
-            assert formulations.batch_parts(runtime, True, "query_windows", **layer,
-                                            image_map_bytes=large) == (
-                formulations.REMAT_PARTS if recomputed else 1), (runtime, layer)
-            for maps in (small, None):  # small maps, or of an unknown size: the whole batch
-                assert formulations.batch_parts(runtime, True, "query_windows", **layer,
-                                                image_map_bytes=maps) == 1, (runtime, layer)
+            assert formulations.batch_parts(runtime, True, "query_windows", **layer) == 1
         assert formulations.rematerialized(runtime, True, "query_windows", large) == recomputed
         for maps in (small, None):
             assert not formulations.rematerialized(runtime, True, "query_windows", maps)
         assert not formulations.rematerialized(runtime, False, "query_windows", large)
         for formulation in ("queries_first", "row_windows", "conv", "lambdas_first"):
             assert not formulations.rematerialized(runtime, True, formulation, large)
-            assert formulations.batch_parts(runtime, True, formulation,
-                                            image_map_bytes=large) == 1
+            assert formulations.batch_parts(runtime, True, formulation) == 1
 
 
 def test_recomputation_where_one_images_maps_are_large():
@@ -121,7 +115,7 @@ def test_recomputation_where_one_images_maps_are_large():
         assert not recomputed(runtime, 112, training=False)
         assert not recomputed(runtime, None)
         large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
-        assert large.batch_parts == formulations.REMAT_PARTS
+        assert large.batch_parts == 1  # the images in a loop, not in unrolled parts
         assert not formulations.plan("query_windows", runtime, False, rows=56,
                                      cols=56).rematerialize  # an inference graph: no loop
     for device in ("gpu", "tpu"):

@@ -341,8 +341,12 @@ def test_batch_parts_equal_the_whole_batch(formulation):
         def function(q, values):
             with tf.GradientTape() as tape:
                 tape.watch([q, values])
-                out = formulations.in_batch_parts(position, parts, q, values,
-                                                  shared=(kernel, embeddings), rematerialize=loop)
+                if loop:
+                    out = formulations.recomputed_image_by_image(position, q, values,
+                                                                 shared=(kernel, embeddings))
+                else:
+                    out = formulations.in_batch_parts(position, parts, q, values,
+                                                      shared=(kernel, embeddings))
                 loss = tf.reduce_sum(tf.sin(out))
             return [out] + tape.gradient(loss, [q, values])
 
@@ -368,9 +372,9 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     where `formulations.rematerialized` says): the outputs and the gradients of the input and
     of every weight (the kernel's too: TensorFlow's recompute_grad differentiates only the
     recomputed function's arguments, so a captured kernel would get none) equal those of the
-    maps stored, unstrided and strided; only a batch cut into parts is recomputed, image by
-    image in a loop, also a dynamic batch (traced without its size, as `fit` on a dataset
-    without `drop_remainder`) and under XLA (`jit_compile=True`)."""
+    maps stored (in unrolled parts or whole), unstrided and strided; image by image in a loop,
+    also a dynamic batch (traced without its size, as `fit` on a dataset without
+    `drop_remainder`) and under XLA (`jit_compile=True`)."""
     import tensorflow as tf
 
     wrapped = []
@@ -378,9 +382,9 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts, dynamic, jit in ((False, 3, False, False), (True, 3, False, False),
-                                            (True, 1, False, False), (True, 3, True, False),
-                                            (False, 3, True, False), (True, 3, False, True)):
+    for recomputed, parts, dynamic, jit in ((False, 3, False, False), (False, 1, False, False),
+                                            (True, 1, False, False), (True, 1, True, False),
+                                            (False, 3, True, False), (True, 1, False, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
                    rematerialize=recomputed)
         keras.utils.set_random_seed(4)
@@ -392,7 +396,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
         step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature,
                            jit_compile=jit)
         results.append([t.numpy() for t in step(x)])
-        assert bool(wrapped) == (recomputed and parts > 1), (recomputed, parts, dynamic, jit)
+        assert bool(wrapped) == recomputed, (recomputed, parts, dynamic, jit)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
@@ -450,8 +454,8 @@ x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype
 peaks = {}
 dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
 for name, parts, recomputed, spec in (
-        ("whole", 1, False, x), ("parts", 8, False, x), ("recomputed", 8, True, x),
-        ("dynamic", 8, True, dynamic)):
+        ("whole", 1, False, x), ("parts", 8, False, x), ("recomputed", 1, True, x),
+        ("dynamic", 1, True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
         execution.plan(*a, **k), batch_parts=parts, rematerialize=recomputed)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,

@@ -374,12 +374,17 @@ class LambdaLayer(keras.layers.Layer):
             if formulation == "query_windows":
                 # The pool folded into the window scores: formed only at the pooled positions.
                 pool = (self.pool_size, self.strides) if plan.pool == "scores" else (1, 1)
-                return formulations.in_batch_parts(
-                    lambda q, values, table: formulations.query_windows(
+
+                def windows(q, values, table):
+                    return formulations.query_windows(
                         q, values, table, rows, cols, *pool, **plan.blocks,
-                        separate_products=plan.separate_products),
-                    plan.batch_parts, q, values, shared=(table,),
-                    rematerialize=plan.rematerialize)  # [b, n', h, v]
+                        separate_products=plan.separate_products)  # [b, n', h, v]
+
+                if plan.rematerialize:
+                    return formulations.recomputed_image_by_image(windows, q, values,
+                                                                  shared=(table,))
+                return formulations.in_batch_parts(windows, plan.batch_parts, q, values,
+                                                   shared=(table,))
             if formulation == "row_windows":
                 lambdas = formulations.row_windows(values, table, rows, cols)  # [b, n, k, v]
             else:

@@ -45,6 +45,14 @@ DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
 # A formulation whose first timed call is this many times the best is not repeated (here and in
 # the formulation benchmark, benchmarks/formulations.py).
 HOPELESS = 10.0
+# `estimate_bytes` counts the maps of a batch recomputed image by image in a loop
+# (`Plan.rematerialize`) as those of batch / RECOMPUTED_BATCH_DIVISOR images (rounded up): the
+# loop holds one image's at a time on JAX and PyTorch, a few on TensorFlow (its while loop runs up
+# to 10 images side by side). The steps' peaks measured (execution.REMAT_MIN_BYTES), the layer's
+# other tensors included, are of that count's size: TensorFlow's XLA at 28^2, r 23 (14.3 MiB of
+# maps per image, 3 copies counted in training), batch 8 51 MiB (counted: 43), batch 32 173 MiB
+# (counted: 172), against 256 / 1024 MiB with the maps stored.
+RECOMPUTED_BATCH_DIVISOR = 8
 
 
 # ------------------------------------------------------------------------------- the store
@@ -180,20 +188,21 @@ def candidates(layer):
 
 def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_depth,
                    receptive_field, strides=1, pool_size=3, blocks=None, phase="train",
-                   recomputed_parts=1):
+                   recomputed=False):
     """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
     3 forward + backward; for query_windows, of its window scores and their spread over a
     block's context rows (`query_windows_bytes`, with `blocks`: `window_blocks`; None: 1 column
     and the default scopes per block). A batch cut into parts (`batch_parts`) counts whole: its
-    parts run side by side; but where each part is recomputed in the backward pass
-    (`Plan.rematerialize`; `recomputed_parts` parts), one part's maps (a part's step holds them:
+    parts run side by side; but where the images are recomputed in a loop (`recomputed`:
+    `Plan.rematerialize`), those of batch / RECOMPUTED_BATCH_DIVISOR images (the loop holds them:
     at 56^2, batch 8, d 256, r 23, 244 MiB estimated; the step's measured peaks, the layer's
     other tensors included, 315-616 MiB recomputed, 1.7-1.8 GiB stored). The other
     formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
     if formulation == "query_windows":
-        return copies * -(-batch // recomputed_parts) * query_windows_bytes(
+        held = -(-batch // RECOMPUTED_BATCH_DIVISOR) if recomputed else batch
+        return copies * held * query_windows_bytes(
             rows, cols, receptive_field, h, u, pool_size if strides == 2 else 1, strides,
             **(blocks or {}))
     per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(formulation, 0)
@@ -376,7 +385,7 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
                 key_dim=layer.key_dim, intra_depth=layer.intra_depth,
                 receptive_field=layer.receptive_field, strides=layer.strides,
                 pool_size=layer.pool_size, blocks=plan.blocks, phase=phase,
-                recomputed_parts=plan.batch_parts if plan.rematerialize else 1)
+                recomputed=plan.rematerialize)
             if estimate > memory_limit_bytes:
                 results[formulation] = {"skipped": f"estimated {estimate / 2 ** 30:.1f} GiB > "
                                                    f"{memory_limit_bytes / 2 ** 30:.1f} GiB"}

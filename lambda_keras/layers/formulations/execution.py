@@ -54,16 +54,16 @@ BROADCAST_EMBEDDINGS_ENGINES = ("tf", "tf_malloc")
 # the AMD EPYC with AVX-512 only).
 SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 
-# Training calls recompute query windows' window scores and their spread in the
-# backward pass (`keras.remat`) instead of storing them, image by image in a loop (`ops.map`:
-# TensorFlow's while loop, JAX's `lax.map`, a Python loop on PyTorch;
-# `position_term.in_batch_parts`): the backward pass of one image then holds that image's maps,
-# not the batch's, whatever the batch (also one whose size is unknown while tracing: TensorFlow's
-# graphs of `fit` on a dataset without `drop_remainder`). A whole batch recomputed saves nothing
-# in one layer's step and costs the recomputation (TF without oneDNN 1.15x at 28^2, 1.41x at
-# 56^2). Whole layer, forward + backward, batch 8, d 256, |k| 16, |h| 4, r 23, the Xeon, one
-# process per cell with both traced, interleaved (medians of 5-7 rounds, 2026-12-05, a quiet
-# host), time and TensorFlow allocator peak, stored / recomputed in 8 parts:
+# Training calls recompute query windows' window scores and their spread in the backward pass
+# (`keras.remat`) instead of storing them, image by image in a loop
+# (`position_term.recomputed_image_by_image`, `ops.map`: TensorFlow's while loop, JAX's
+# `lax.map`, a Python loop on PyTorch): the backward pass of one image then holds that image's
+# maps, not the batch's, whatever the batch (also one whose size is unknown while tracing:
+# TensorFlow's graphs of `fit` on a dataset without `drop_remainder`). A whole batch recomputed
+# saves nothing in one layer's step and costs the recomputation (TF without oneDNN 1.15x at 28^2,
+# 1.41x at 56^2). Whole layer, forward + backward, batch 8, d 256, |k| 16, |h| 4, r 23, the
+# Xeon, one process per cell with both traced, interleaved (medians of 5-7 rounds, 2026-12-05, a
+# quiet host), time and TensorFlow allocator peak, stored / recomputed in 8 parts:
 # oneDNN 28^2 133 / 108 ms, 292 / 83 MiB; 56^2 763 / 787 ms, 1819 / 315 MiB; 112^2 3126 / 3494 ms,
 # 6789 / 2140 MiB; without oneDNN (pooled allocator) 28^2 172 / 153 ms, 245 / 85 MiB; 56^2 982 /
 # 1013 ms, 1238 / 470 MiB; strided r 23 with oneDNN 28^2 65 / 71 ms, 103 / 52 MiB; 56^2 347 / 353
@@ -102,11 +102,6 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # TensorFlow graphs recompute, their loop running the images one after the other as the
 # unrolled parts did.
 REMAT_MIN_BYTES = 8 * 2**20
-# `estimate_bytes` (autotune's and the formulation suite's memory guards) counts a recomputed
-# batch's maps as those of one part in REMAT_PARTS: the loop holds one image's at a time on JAX
-# and PyTorch, up to a few on TensorFlow (its while loop runs up to 10 images side by side; the
-# peaks measured above stay below that count).
-REMAT_PARTS = 8
 
 
 def window_blocks(runtime, training, strides=1, receptive_field=23):
@@ -129,15 +124,11 @@ def rematerialized(runtime, training, formulation, image_map_bytes=None):
             and image_map_bytes is not None and image_map_bytes >= REMAT_MIN_BYTES)
 
 
-def batch_parts(runtime, training, formulation, strides=1, receptive_field=23,
-                image_map_bytes=None):
-    """Into how many independent parts the position term of a batch is cut
-    (`position_term.in_batch_parts`): where it is recomputed (`rematerialized`, with
-    `image_map_bytes`), its images in a loop, which the memory guards count as REMAT_PARTS
-    parts; else the rule's `batch_parts` for "query_windows" in unstrided layers with r > 11
-    (a static batch's unrolled parts), else 1 (see WITHOUT_AVX512_RULE)."""
-    if rematerialized(runtime, training, formulation, image_map_bytes):
-        return REMAT_PARTS
+def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
+    """Into how many independent parts the position term of a static batch is cut
+    (`position_term.in_batch_parts`): the rule's `batch_parts` for "query_windows" in unstrided
+    layers with r > 11, else 1 (see WITHOUT_AVX512_RULE). A call whose images are recomputed in a
+    loop (`rematerialized`) runs that loop instead (`Plan`)."""
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
     return rule_for(runtime, phase_of(training))["batch_parts"]
@@ -152,9 +143,11 @@ class Plan:
         window scores), "maps" (`queries_first_pooled`: on the q . E maps before they meet V;
         POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
-    batch_parts: independent parts of the batch (`batch_parts`).
+    batch_parts: independent parts of a static batch, run side by side (`batch_parts`); 1 where
+        the images run in a loop (`rematerialize`).
     rematerialize: the position term computed image by image in a loop, each image's recomputed
-        in the backward pass, not stored (`rematerialized`: large query windows in training).
+        in the backward pass, not stored (`rematerialized`: large query windows in training;
+        `position_term.recomputed_image_by_image`).
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -198,8 +191,8 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=
             pool = "maps"
     recomputed = rematerialized(runtime, training, formulation, image_map_bytes)
     return Plan(formulation, pool=pool, **blocks,
-                batch_parts=batch_parts(runtime, training, formulation, strides, receptive_field,
-                                        image_map_bytes),
+                batch_parts=1 if recomputed else batch_parts(runtime, training, formulation,
+                                                             strides, receptive_field),
                 rematerialize=recomputed,
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)

@@ -250,36 +250,36 @@ def conv(values, kernel, rows, cols):
     return ops.transpose(lambdas, (0, 2, 3, 1))  # [b, n, k, v]
 
 
-def in_batch_parts(function, parts, *tensors, shared=(), rematerialize=False):
+def in_batch_parts(function, parts, *tensors, shared=()):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`execution.batch_parts` says where that
-    pays); a batch of unknown size stays whole. `shared` tensors go whole to every part. With
-    `rematerialize` (and `parts` > 1), the images in a loop instead (`_image_by_image`, static
-    or dynamic batch), each recomputed in the backward pass instead of storing its
-    intermediates (`keras.remat`; every tensor it differentiates is an argument: TensorFlow's
-    `recompute_grad` gives captured tensors no gradient)."""
+    pays); a batch of unknown size stays whole. `shared` tensors go whole to every part."""
     batch = tensors[0].shape[0]
-    if batch is not None:
-        parts = min(parts, batch)
+    parts = 1 if batch is None else min(parts, batch)
     if parts <= 1:
-        return function(*tensors, *shared)
-    if rematerialize:
-        return _image_by_image(keras.remat(function), tensors, shared)
-    if batch is None:
         return function(*tensors, *shared)
     bounds = [batch * part // parts for part in range(parts + 1)]
     return ops.concatenate([function(*(t[start:end] for t in tensors), *shared)
                             for start, end in zip(bounds, bounds[1:])], axis=0)
 
 
-def _image_by_image(function, tensors, shared):
-    """function(*tensors, *shared) mapped over the images of a batch (`ops.map`: TensorFlow's
-    while loop, which runs up to 10 images side by side; JAX's `lax.map`; a Python loop on
-    PyTorch). Each image is a static batch of one, so the function keeps what static shapes give
-    (`batched_matmul`'s separate products) where the batch's size is unknown while tracing."""
+def recomputed_image_by_image(function, *tensors, shared=()):
+    """function(*tensors, *shared) of tensors [b, ...], mapped over the images of a batch (static
+    or dynamic) in a loop (`ops.map`: TensorFlow's while loop, which runs up to 10 images side by
+    side; JAX's `lax.map`; a Python loop on PyTorch), each image's intermediates recomputed in the
+    backward pass instead of stored (`keras.remat`; every tensor it differentiates is an argument:
+    TensorFlow's `recompute_grad` gives captured tensors no gradient). Each image is a static
+    batch of one, so the function keeps what static shapes give (`batched_matmul`'s separate
+    products) where the batch's size is unknown while tracing. A static batch of one image is
+    computed as it is (a whole batch recomputed saved nothing in the layer's step, and cost the
+    recomputation: execution.REMAT_MIN_BYTES)."""
+    if tensors[0].shape[0] == 1:
+        return function(*tensors, *shared)
+    recomputed = keras.remat(function)
+
     def one_image(images):  # each [...]
-        return function(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
+        return recomputed(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
 
     return ops.map(one_image, tuple(tensors))  # [b, ...]
 
