@@ -169,8 +169,8 @@ def test_memory_guard_skips_the_formulations_over_the_limit(store):
 def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
     """Training recomputes large query windows image by image (28^2, r 23;
     `Plan.rematerialize`), so a step holds a few images' maps: the guard counts one image's in
-    RECOMPUTED_BATCH_DIVISOR, and query windows are measured under a limit that their whole batch's maps
-    pass, while the n x m formulations, which store theirs, are skipped."""
+    RECOMPUTED_BATCH_DIVISOR, and query windows are measured under a limit that their whole
+    batch's maps pass, while the n x m formulations, which store theirs, are skipped."""
     keras.utils.set_random_seed(0)
     layer = make_layer(num_heads=4, key_dim=16, receptive_field=23)
     layer.build((None, 28, 28, 8))
