@@ -479,8 +479,8 @@ def test_recomputed_query_windows_in_parts_lower_training_memory(onednn, compile
     temporaries; so in a step traced without the batch's size. TensorFlow's allocator
     statistics, oneDNN off and on, and under XLA (`jit_compile=True`, which had merged the
     earlier unrolled parts' recomputation away: the same peak). The loop's peak varies from run
-    to run with when the allocator frees (oneDNN on, 2026-12-06: 34-88 MiB against 136-146 MiB
-    stored, 0.24-0.63x; with one inter-op thread just as much; the 8 unrolled parts stored
+    to run with when the allocator frees (oneDNN on, 2026-12-06: 34-87 MiB against 136-147 MiB
+    stored, 0.24-0.61x; with one inter-op thread just as much; the 8 unrolled parts stored
     86-101 MiB), so the bound is 0.75x the whole batch stored, not a ratio to the parts."""
     import json
     import os
