@@ -120,11 +120,10 @@ def estimate_bytes(formulation, size, batch, shape, phase, runtime):
                  pool_size=shape.get("pool_size", 3))
     strides, receptive_field = shape.get("strides", 1), shape["receptive_field"]
     plan = formulations.plan(formulation, runtime, phase == "train", strides, receptive_field,
-                             rows=size, cols=size, **layer)
+                             rows=size, cols=size, batch=batch, **layer)
     return formulations.estimate_bytes(
-        formulation, size, size, batch, key_dim=LAYER["key_dim"], **layer,
-        receptive_field=receptive_field, strides=strides, blocks=plan.blocks, phase=phase,
-        recomputed=plan.rematerialize)
+        plan, size, size, batch, key_dim=LAYER["key_dim"], **layer,
+        receptive_field=receptive_field, strides=strides, phase=phase)
 
 
 # ---------------------------------------------------------------------------- worker side

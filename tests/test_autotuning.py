@@ -161,9 +161,9 @@ def test_memory_guard_skips_the_formulations_over_the_limit(store):
     assert all("GiB" in results[f]["skipped"] for f in skipped)
     assert {f for f, r in results.items() if "ms" in r} == {"row_windows", "conv"}
     # The estimate of queries_first is its q . E maps: b n m h u float32, once forward.
-    assert autotuning.estimate_bytes("queries_first", MAP, MAP, 2, num_heads=2, key_dim=4,
-                                     intra_depth=1, receptive_field=5, phase="fwd") == \
-        2 * 64 * 64 * 2 * 4
+    assert autotuning.estimate_bytes(formulations.Plan("queries_first"), MAP, MAP, 2,
+                                     num_heads=2, key_dim=4, intra_depth=1, receptive_field=5,
+                                     phase="fwd") == 2 * 64 * 64 * 2 * 4
 
 
 def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
@@ -175,9 +175,9 @@ def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
     layer = make_layer(num_heads=4, key_dim=16, receptive_field=23)
     layer.build((None, 28, 28, 8))
     sizes = dict(num_heads=4, key_dim=16, intra_depth=1, receptive_field=23)
-    whole = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes)
-    part = autotuning.estimate_bytes("query_windows", 28, 28, 8, **sizes,
-                                     recomputed=True)
+    whole = autotuning.estimate_bytes(formulations.Plan("query_windows"), 28, 28, 8, **sizes)
+    part = autotuning.estimate_bytes(
+        formulations.Plan("query_windows", rematerialize=True), 28, 28, 8, **sizes)
     assert part == whole // 8 and autotuning.RECOMPUTED_BATCH_DIVISOR == 8  # one image of 8
     runtime = formulations.current_runtime()
     assert formulations.plan("query_windows", runtime, True, 1, 23, rows=28, cols=28,

@@ -117,7 +117,7 @@ def test_recomputation_where_one_images_maps_are_large():
         large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
         assert large.batch_parts == 1  # the images in a loop, not in unrolled parts
         assert not formulations.plan("query_windows", runtime, False, rows=56,
-                                     cols=56).rematerialize  # an inference graph: no loop
+                                     cols=56).rematerialize  # inference: nothing recomputed
     for device in ("gpu", "tpu"):
         assert not recomputed(dataclasses.replace(XLA, device=device), 112)
         assert not recomputed(dataclasses.replace(JAX, device=device), 112)
@@ -142,7 +142,7 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
         for training in (False, True):
             for formulation in formulations.FORMULATIONS:
                 for strides in (1, 2):
-                    plan = formulations.plan(formulation, runtime, training, strides)
+                    plan = formulations.plan(formulation, runtime, training, strides, batch=8)
                     expected_pool = "output" if strides == 2 else None
                     if strides == 2 and formulation == "query_windows":
                         expected_pool = "scores"
@@ -155,11 +155,45 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
                                                                         formulation, strides)
                     assert plan.rematerialize == formulations.rematerialized(
                         runtime, training, formulation)
+                    assert not plan.image_loop  # a static batch
                     assert plan.broadcast_embeddings == plan.separate_products == without_onednn
     # The one place the CPU changes batch parts, seen through the plan.
-    assert formulations.plan("query_windows", amd_tf, False).batch_parts == 4
+    assert formulations.plan("query_windows", amd_tf, False, batch=8).batch_parts == 4
     assert formulations.plan("query_windows", amd_tf, False).blocks == dict(block_columns=2,
                                                                             block_scopes=0.5)
+
+
+def test_a_batch_of_unknown_size_loops_where_a_static_one_is_cut():
+    """A forward pass whose batch's size is unknown while tracing (`batch` None: a serving
+    signature) runs its images in a loop (`Plan.image_loop`) exactly where a static batch is cut
+    into unrolled parts (TensorFlow without oneDNN, query windows of unstrided layers with
+    r > 11), and stays whole elsewhere; training's loop is its recomputation's. Traced for
+    LiteRT (`traced_without_loops`) nothing loops: the dynamic batch stays whole and training
+    stores its maps."""
+    amd_tf = dataclasses.replace(NO_ONEDNN, cpu="amd-avx512")
+    for runtime in (NO_ONEDNN, amd_tf, NO_ONEDNN_AVX2, MALLOC_AVX2):
+        static = formulations.plan("query_windows", runtime, False, batch=8)
+        dynamic = formulations.plan("query_windows", runtime, False, batch=None)
+        assert (static.batch_parts, static.image_loop) == (4, False), runtime
+        assert (dynamic.batch_parts, dynamic.image_loop) == (1, True), runtime
+        for layer in (dict(strides=2), dict(receptive_field=9)):
+            assert not formulations.plan("query_windows", runtime, False, batch=None,
+                                         **layer).image_loop
+        with formulations.traced_without_loops():
+            whole = formulations.plan("query_windows", runtime, False, batch=None)
+            assert not whole.image_loop  # in_batch_parts leaves a batch of unknown size whole
+            assert formulations.plan("query_windows", runtime, False, batch=8).batch_parts == 4
+        assert formulations.plan("query_windows", runtime, False).image_loop  # restored
+    for runtime in (ONEDNN, XLA, JAX, TORCH, NO_ONEDNN, MALLOC_AVX2):
+        for formulation in formulations.FORMULATIONS:
+            training = formulations.plan(formulation, runtime, True, rows=56, cols=56)
+            assert not training.image_loop and training.batch_parts == 1
+            assert training.rematerialize == (formulation == "query_windows")
+            with formulations.traced_without_loops():
+                assert not formulations.plan(formulation, runtime, True, rows=56,
+                                             cols=56).rematerialize
+            if runtime.engine not in ("tf", "tf_malloc"):
+                assert not formulations.plan(formulation, runtime, False).image_loop
 
 
 def test_the_formulation_suites_memory_guard_counts_what_the_plan_holds():

@@ -510,6 +510,42 @@ def test_tflite_converts_grouped_query_windows(tmp_path, monkeypatch):
                              dict(receptive_field=13, implementation="query_windows"))
 
 
+def test_exports_of_a_layer_whose_serving_graph_loops(tmp_path, monkeypatch):
+    """Where a lambda layer's forward pass of a batch of unknown size runs its images in a loop
+    (TensorFlow without oneDNN, query windows with r > 11: `formulations.Plan.image_loop`),
+    whatever this machine's oneDNN state: the SavedModel's serving signature keeps the loop and
+    serves the model's probabilities; the LiteRT export traces without it
+    (`traced_without_loops`): the int8 file has no WHILE (it would stay float, and the export
+    refuse to write the file) and agrees with the model."""
+    from lambda_keras.layers import formulations
+    from test_formulation_rule import NO_ONEDNN
+
+    monkeypatch.setattr(formulations, "current_runtime", lambda *args, **kwargs: NO_ONEDNN)
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((26, 26, 3))
+    x = keras.layers.Conv2D(16, 3, padding="same", activation="relu")(inputs)
+    x = LambdaLayer(key_dim=16, num_heads=4, receptive_field=13,
+                    implementation="query_windows")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    model = keras.Model(inputs, keras.layers.Dense(4, activation="softmax")(x))
+    pixels = np.random.default_rng(0).uniform(0, 255, (16, 26, 26, 3)).astype("float32")
+    images = _normalise(pixels)
+    expected = ops.convert_to_numpy(model(images[:4]))
+
+    served = tf.saved_model.load(export.saved_model(model, tmp_path / "served", warmup=False))
+    signature = served.signatures["serving_default"]
+    library = signature.graph.as_graph_def().library.function
+    assert any("While" in node.op for function in library for node in function.node_def)
+    probabilities = signature(images=tf.constant(pixels[:4]))["probabilities"].numpy()
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+    path = export.tflite(model, tmp_path / "m.tflite", quantization="int8",
+                         representative_data=images)
+    outputs, ops_used = tflite_run(path, images[:4])  # (the export checked its float ops)
+    assert "WHILE" not in ops_used, ops_used
+    assert np.abs(outputs - expected).max() <= 0.1
+
+
 def _check_tflite_conversion(tmp_path, formulation, size, kwargs):
     keras.utils.set_random_seed(0)
     inputs = keras.Input((size, size, 3))

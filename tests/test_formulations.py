@@ -305,9 +305,9 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 @pytest.mark.parametrize("formulation", ["query_windows", "queries_first"])
 def test_batch_parts_equal_the_whole_batch(formulation):
     """The position term of a static batch cut into parts (balanced, at most one per image)
-    gives the whole batch's output and gradients, in its order; so do its images in a loop,
-    each recomputed in the backward pass (`rematerialize`), the only cut of a dynamic batch
-    (unknown while tracing), which otherwise stays whole."""
+    gives the whole batch's output and gradients, in its order; so do its images in a loop
+    (`image_by_image`), also each recomputed in the backward pass (`rematerialize`): the only
+    cut of a dynamic batch (unknown while tracing), which parts leave whole."""
     import tensorflow as tf
 
     rng = np.random.default_rng(11)
@@ -335,15 +335,15 @@ def test_batch_parts_equal_the_whole_batch(formulation):
         for actual, expected in zip(with_gradients(parts), whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
-    def traced(batch, parts, loop=False):  # (the graph's operation types, its results)
+    def traced(batch, parts, loop=None):  # (the graph's operation types, its results)
         @tf.function(input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
                                       tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
         def function(q, values):
             with tf.GradientTape() as tape:
                 tape.watch([q, values])
-                if loop:
-                    out = formulations.recomputed_image_by_image(position, q, values,
-                                                                 shared=(kernel, embeddings))
+                if loop:  # image_by_image or recomputed_image_by_image
+                    out = getattr(formulations, loop)(position, q, values,
+                                                      shared=(kernel, embeddings))
                 else:
                     out = formulations.in_batch_parts(position, parts, q, values,
                                                       shared=(kernel, embeddings))
@@ -359,11 +359,42 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     one_part = traced(3, 1)[0]
     assert matmuls(one_part) >= 2 and matmuls(traced(3, 3)[0]) == 3 * matmuls(one_part)
     loops = {"While", "StatelessWhile"}
-    for batch, loop in ((None, False), (3, True), (None, True)):
+    cases = [(None, None)] + [(batch, loop) for batch in (3, None)
+                              for loop in ("image_by_image", "recomputed_image_by_image")]
+    for batch, loop in cases:
         types, results = traced(batch, 4, loop)
-        assert bool(loops & set(types)) == loop, sorted(set(types))  # None: whole
+        assert bool(loops & set(types)) == bool(loop), sorted(set(types))  # None: whole
         for actual, expected in zip(results, whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_a_serving_signature_loops_over_its_images_without_onednn(monkeypatch):
+    """TensorFlow without oneDNN cuts a static batch of query windows (r > 11) into parts in
+    forward passes; a serving signature, whose batch's size is unknown while tracing, runs its
+    images in a loop instead (`Plan.image_loop`). Every way gives the NumPy reference's output,
+    also the signature traced for LiteRT (`traced_without_loops`: the batch whole, no loop)."""
+    import contextlib
+
+    import tensorflow as tf
+    from test_formulation_rule import NO_ONEDNN
+
+    monkeypatch.setattr(formulations, "current_runtime", lambda *args, **kwargs: NO_ONEDNN)
+    layer = make_layer(receptive_field=13, implementation="query_windows")
+    x = random_input((3, 14, 14, 6))
+    layer.build(x.shape)
+    randomize_statistics(layer)
+    expected = reference_lambda_layer(layer, x, training=False)
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    for batch, context, looped in ((None, contextlib.nullcontext, True),
+                                   (3, contextlib.nullcontext, False),
+                                   (None, formulations.traced_without_loops, False)):
+        call = tf.function(lambda x: layer(x, training=False),
+                           input_signature=[tf.TensorSpec((batch, 14, 14, 6))])
+        with context():
+            graph = call.get_concrete_function().graph
+        types = {op.type for op in graph.get_operations()}
+        assert bool(types & {"While", "StatelessWhile"}) == looped, (batch, context)
+        assert np.max(np.abs(call(x).numpy() - expected)) <= 1e-5 * scale, (batch, context)
 
 
 @pytest.mark.parametrize("strides", [1, 2])

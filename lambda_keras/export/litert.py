@@ -27,6 +27,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import utils
+from lambda_keras.layers import formulations
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
 # Operators that quantization="int8" keeps in float32 by default (see `tflite`): XNNPACK has no
@@ -140,7 +141,10 @@ def _converter(model, quantization, samples, float_ops=()):
     # converter freezes the variables it finds on `trackable`: it must hold the tf.Variables the
     # function captures (as keras.export.ExportArchive does); given the Keras model itself, the
     # variables stay mutable READ_VARIABLE ops and the converted model computes garbage.
-    concrete = serve.get_concrete_function()
+    # Lambda layers trace no loop over the images (`formulations.traced_without_loops`): the int8
+    # converter keeps a WHILE in float.
+    with formulations.traced_without_loops():
+        concrete = serve.get_concrete_function()
     trackable = tf.Module()
     trackable.captured_variables = list(concrete.variables)
     converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], trackable)

@@ -283,7 +283,7 @@ class LambdaLayer(keras.layers.Layer):
         if self.position is not None:
             runtime = formulations.current_runtime()
             plan = self._plan(self._formulation(rows, cols, training, runtime), rows, cols,
-                              training, runtime)
+                              training, runtime, batch=q.shape[0])
             self._last_formulation = plan.formulation  # what this call traced (benchmarks read it)
             if self.position_bias:
                 out = out + self._position_bias_output(queries, lambda_dtype)  # [b, n', h, v]
@@ -340,12 +340,13 @@ class LambdaLayer(keras.layers.Layer):
             intra_depth=self.intra_depth, receptive_field=self.receptive_field,
             runtime=runtime, strides=self.strides)
 
-    def _plan(self, formulation, rows, cols, training, runtime):
+    def _plan(self, formulation, rows, cols, training, runtime, batch=None):
         """`formulations.plan` of a call computing `formulation` on a rows x cols map (ints, or
-        tensors/None when dynamic), in `runtime`: this layer's settings. `autotune`'s memory
-        guard asks it too, so that it estimates what the call will run."""
+        tensors/None when dynamic) of a batch of `batch` images (None: unknown), in `runtime`:
+        this layer's settings. `autotune`'s memory guard asks it too, so that it estimates what
+        the call will run."""
         return formulations.plan(formulation, runtime, training, self.strides,
-                                 self.receptive_field, rows=rows, cols=cols,
+                                 self.receptive_field, rows=rows, cols=cols, batch=batch,
                                  num_heads=self.num_heads, intra_depth=self.intra_depth,
                                  pool_size=self.pool_size)
 
@@ -380,9 +381,11 @@ class LambdaLayer(keras.layers.Layer):
                         q, values, table, rows, cols, *pool, **plan.blocks,
                         separate_products=plan.separate_products)  # [b, n', h, v]
 
-                if plan.rematerialize:
+                if plan.rematerialize:  # training: each image recomputed in the backward pass
                     return formulations.recomputed_image_by_image(windows, q, values,
                                                                   shared=(table,))
+                if plan.image_loop:  # a forward pass of a batch of unknown size
+                    return formulations.image_by_image(windows, q, values, shared=(table,))
                 return formulations.in_batch_parts(windows, plan.batch_parts, q, values,
                                                    shared=(table,))
             if formulation == "row_windows":

@@ -60,6 +60,7 @@ from lambda_keras.layers.formulations.position_term import (  # noqa: F401
     WINDOW_TILE_SCOPES,
     batched_matmul,
     conv,
+    image_by_image,
     in_batch_parts,
     lambdas_first,
     pool_taps,
@@ -103,6 +104,7 @@ from lambda_keras.layers.formulations.execution import (  # noqa: F401
     batch_parts,
     plan,
     rematerialized,
+    traced_without_loops,
     window_blocks,
 )
 

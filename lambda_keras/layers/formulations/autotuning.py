@@ -186,26 +186,25 @@ def candidates(layer):
                  if layer.position == "local" or f not in formulations.LOCAL_ONLY)
 
 
-def estimate_bytes(formulation, rows, cols, batch, *, num_heads, key_dim, intra_depth,
-                   receptive_field, strides=1, pool_size=3, blocks=None, phase="train",
-                   recomputed=False):
-    """Bytes of the n x m tensors a formulation stores on a rows x cols map: one copy forward,
-    3 forward + backward; for query_windows, of its window scores and their spread over a
-    block's context rows (`query_windows_bytes`, with `blocks`: `window_blocks`; None: 1 column
-    and the default scopes per block). A batch cut into parts (`batch_parts`) counts whole: its
-    parts run side by side; but where the images are recomputed in a loop (`recomputed`:
-    `Plan.rematerialize`), those of batch / RECOMPUTED_BATCH_DIVISOR images (the loop holds them:
-    at 56^2, batch 8, d 256, r 23, 244 MiB estimated; the step's measured peaks, the layer's
-    other tensors included, 315-616 MiB recomputed, 1.7-1.8 GiB stored). The other
-    formulations' tensors grow as n, not n x m."""
+def estimate_bytes(plan, rows, cols, batch, *, num_heads, key_dim, intra_depth,
+                   receptive_field, strides=1, pool_size=3, phase="train"):
+    """Bytes of the n x m tensors a call run as `plan` (a `formulations.Plan`) stores on a
+    rows x cols map: one copy forward, 3 forward + backward; for query_windows, of its window
+    scores and their spread over a block's context rows (`query_windows_bytes` of the plan's
+    blocks). A batch cut into parts (`Plan.batch_parts`) counts whole: its parts run side by
+    side, as do up to 10 images of a forward pass's loop (`Plan.image_loop`); but where the images are recomputed in a loop (`Plan.rematerialize`), those of batch /
+    RECOMPUTED_BATCH_DIVISOR images (the loop holds them: at 56^2, batch 8, d 256, r 23, 244 MiB
+    estimated; the step's measured peaks, the layer's other tensors included, 315-616 MiB
+    recomputed, 1.7-1.8 GiB stored). The other formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
-    if formulation == "query_windows":
-        held = -(-batch // RECOMPUTED_BATCH_DIVISOR) if recomputed else batch
+    if plan.formulation == "query_windows":
+        held = -(-batch // RECOMPUTED_BATCH_DIVISOR) if plan.rematerialize else batch
         return copies * held * query_windows_bytes(
             rows, cols, receptive_field, h, u, pool_size if strides == 2 else 1, strides,
-            **(blocks or {}))
-    per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(formulation, 0)
+            **plan.blocks)
+    per_pair = {"queries_first": batch * h * u, "lambdas_first": u * key_dim}.get(
+        plan.formulation, 0)
     positions = rows * cols
     return copies * positions * positions * per_pair * 4
 
@@ -379,13 +378,12 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
     with _quiet_retracing(keras.backend.backend()):
         for formulation in candidates(layer):
             plan = layer._plan(  # noqa: SLF001 (own package): what the call would run
-                formulation, rows, cols, phase == "train", runtime)
+                formulation, rows, cols, phase == "train", runtime, batch=batch_size)
             estimate = estimate_bytes(
-                formulation, rows, cols, batch_size, num_heads=layer.num_heads,
+                plan, rows, cols, batch_size, num_heads=layer.num_heads,
                 key_dim=layer.key_dim, intra_depth=layer.intra_depth,
                 receptive_field=layer.receptive_field, strides=layer.strides,
-                pool_size=layer.pool_size, blocks=plan.blocks, phase=phase,
-                recomputed=plan.rematerialize)
+                pool_size=layer.pool_size, phase=phase)
             if estimate > memory_limit_bytes:
                 results[formulation] = {"skipped": f"estimated {estimate / 2 ** 30:.1f} GiB > "
                                                    f"{memory_limit_bytes / 2 ** 30:.1f} GiB"}

@@ -4,6 +4,8 @@ training recomputes them in the backward pass, and the forms of the products tha
 (`Runtime.engine`, rule.ENGINES) runs fastest. The engine tables below say where each applies,
 with the measurements they came from."""
 
+import contextlib
+import contextvars
 import dataclasses
 
 from lambda_keras.layers.formulations.position_term import (QUERY_BLOCK_SCOPES,
@@ -92,16 +94,39 @@ SEPARATE_PRODUCTS_ENGINES = ("tf", "tf_malloc")
 # (302 / 1729; stored 1471), batch 32 0.73x (150 / 1149), 0.76x (601 / 6915); r 7 |u| 4 at
 # 28^2 / 56^2 0.84x / 1.05x, strided r 23 at 56^2 0.89x. PyTorch (eager), 2026-12-06, time and
 # the step's growth of peak RSS, batch 8 0.99x (74 / 93 MiB), 0.97x (379 / 420), batch 32 at
-# 28^2 0.97x (350 / 398). Training only: an inference graph with a loop is one the LiteRT int8
-# converter refuses (its WHILE stays float), so forward passes stay whole (NOTE: a serving
-# signature's forward pass without oneDNN, image by image, measured 0.71-0.83x the whole batch's
-# time at 28^2-112^2: a gain left for an export that traces its own graph).
+# 28^2 0.97x (350 / 398). Forward passes loop over the images only where the batch's size is
+# unknown while tracing and a static batch would be cut into parts (below).
 # So every engine on a CPU recomputes. NOTE: not measured on GPUs and TPUs; there XLA (JAX, TF
 # jit_compile=True) keeps the maps, as it effectively did with the unrolled parts it scheduled
 # side by side (a loop of single images may leave an accelerator idle), while eager PyTorch and
 # TensorFlow graphs recompute, their loop running the images one after the other as the
 # unrolled parts did.
 REMAT_MIN_BYTES = 8 * 2**20
+
+# A forward pass whose batch's size is unknown while tracing (a SavedModel's serving signature)
+# cannot be cut into the unrolled `batch_parts` of a static batch; where the rule cuts one
+# (TensorFlow without oneDNN), it runs image by image in a loop instead
+# (`position_term.image_by_image`; each image a static batch of one, with the separate products
+# that need one). The whole layer, r 23, d 256, batch 8, query windows, static parts / dynamic
+# batch whole / dynamic batch in the loop, traced in one process, interleaved medians of 5-7
+# rounds, `TF_ENABLE_ONEDNN_OPTS=0`, the Xeon, 2026-12-06, two runs: 45.5 / 61.5 / 46.7 and
+# 46.1 / 62.0 / 45.9 ms at 28^2, 232 / 371 / 245 and 214 / 351 / 217 at 56^2, 966 / 1512 / 1031
+# at 112^2 (one run): the loop 0.62-0.76x the whole batch, 0.99-1.07x the static parts. Not with
+# oneDNN (no parts there; the loop against the whole dynamic batch 0.91x at 28^2, 1.10x at
+# 56^2). Not while tracing for LiteRT (`traced_without_loops`): its int8 converter keeps a WHILE
+# operator in float ("the file would not be an integer model").
+_LOOPS = contextvars.ContextVar("lambda_keras_loops", default=True)
+
+
+@contextlib.contextmanager
+def traced_without_loops():
+    """Within it, lambda layers trace no loop over the images: a batch of unknown size is
+    computed whole, and training stores its maps (the LiteRT export traces its graph so)."""
+    token = _LOOPS.set(False)
+    try:
+        yield
+    finally:
+        _LOOPS.reset(token)
 
 
 def window_blocks(runtime, training, strides=1, receptive_field=23):
@@ -127,8 +152,8 @@ def rematerialized(runtime, training, formulation, image_map_bytes=None):
 def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
     """Into how many independent parts the position term of a static batch is cut
     (`position_term.in_batch_parts`): the rule's `batch_parts` for "query_windows" in unstrided
-    layers with r > 11, else 1 (see WITHOUT_AVX512_RULE). A call whose images are recomputed in a
-    loop (`rematerialized`) runs that loop instead (`Plan`)."""
+    layers with r > 11, else 1 (see WITHOUT_AVX512_RULE). A call whose images run in a loop
+    (`Plan.rematerialize`, `Plan.image_loop`: a batch of unknown size) runs that instead."""
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
     return rule_for(runtime, phase_of(training))["batch_parts"]
@@ -144,7 +169,10 @@ class Plan:
         POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of a static batch, run side by side (`batch_parts`); 1 where
-        the images run in a loop (`rematerialize`).
+        the images run in a loop (`image_loop`, `rematerialize`).
+    image_loop: a forward pass computed image by image in a loop (`position_term.image_by_image`):
+        a batch of unknown size that a static batch's `batch_parts` would cut (see
+        `traced_without_loops`).
     rematerialize: the position term computed image by image in a loop, each image's recomputed
         in the backward pass, not stored (`rematerialized`: large query windows in training;
         `position_term.recomputed_image_by_image`).
@@ -159,6 +187,7 @@ class Plan:
     block_columns: int = 1
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
+    image_loop: bool = False
     rematerialize: bool = False
     broadcast_embeddings: bool = False
     separate_products: bool = False
@@ -170,11 +199,12 @@ class Plan:
 
 
 def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=None, cols=None,
-         num_heads=4, intra_depth=1, pool_size=3):
+         batch=None, num_heads=4, intra_depth=1, pool_size=3):
     """The `Plan` of a layer's call that computes `formulation` in `runtime` (a `Runtime`), for
     the call's `training` and the layer's strides and r (what the rule says beyond the pick);
     `rows`, `cols` (ints of a static map, else None), `num_heads`, `intra_depth`, `pool_size`
-    size query windows' maps, which decide their recomputation in training."""
+    size query windows' maps, which decide their recomputation in training; `batch` (an int, or
+    None while the batch's size is unknown) decides between unrolled parts and a loop."""
     engine = runtime.engine
     blocks = window_blocks(runtime, training, strides, receptive_field)
     image_map_bytes = None
@@ -189,10 +219,12 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=
             pool = "scores"
         elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
             pool = "maps"
-    recomputed = rematerialized(runtime, training, formulation, image_map_bytes)
-    return Plan(formulation, pool=pool, **blocks,
-                batch_parts=1 if recomputed else batch_parts(runtime, training, formulation,
-                                                             strides, receptive_field),
-                rematerialize=recomputed,
+    loops = _LOOPS.get()
+    recomputed = loops and rematerialized(runtime, training, formulation, image_map_bytes)
+    parts = 1 if recomputed else batch_parts(runtime, training, formulation, strides,
+                                             receptive_field)
+    image_loop = loops and parts > 1 and batch is None
+    return Plan(formulation, pool=pool, **blocks, batch_parts=1 if image_loop else parts,
+                image_loop=image_loop, rematerialize=recomputed,
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)

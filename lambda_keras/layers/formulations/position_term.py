@@ -254,7 +254,8 @@ def in_batch_parts(function, parts, *tensors, shared=()):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`execution.batch_parts` says where that
-    pays); a batch of unknown size stays whole. `shared` tensors go whole to every part."""
+    pays); a batch of unknown size stays whole (`image_by_image` loops over it). `shared`
+    tensors go whole to every part."""
     batch = tensors[0].shape[0]
     parts = 1 if batch is None else min(parts, batch)
     if parts <= 1:
@@ -264,24 +265,30 @@ def in_batch_parts(function, parts, *tensors, shared=()):
                             for start, end in zip(bounds, bounds[1:])], axis=0)
 
 
-def recomputed_image_by_image(function, *tensors, shared=()):
+def image_by_image(function, *tensors, shared=()):
     """function(*tensors, *shared) of tensors [b, ...], mapped over the images of a batch (static
     or dynamic) in a loop (`ops.map`: TensorFlow's while loop, which runs up to 10 images side by
-    side; JAX's `lax.map`; a Python loop on PyTorch), each image's intermediates recomputed in the
-    backward pass instead of stored (`keras.remat`; every tensor it differentiates is an argument:
-    TensorFlow's `recompute_grad` gives captured tensors no gradient). Each image is a static
-    batch of one, so the function keeps what static shapes give (`batched_matmul`'s separate
-    products) where the batch's size is unknown while tracing. A static batch of one image is
-    computed as it is (a whole batch recomputed saved nothing in the layer's step, and cost the
-    recomputation: execution.REMAT_MIN_BYTES)."""
+    side; JAX's `lax.map`; a Python loop on PyTorch). Each image is a static batch of one, so the
+    function keeps what static shapes give (`batched_matmul`'s separate products) where the
+    batch's size is unknown while tracing. A static batch of one image is computed as it is."""
     if tensors[0].shape[0] == 1:
         return function(*tensors, *shared)
-    recomputed = keras.remat(function)
 
     def one_image(images):  # each [...]
-        return recomputed(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
+        return function(*(ops.expand_dims(t, 0) for t in images), *shared)[0]
 
     return ops.map(one_image, tuple(tensors))  # [b, ...]
+
+
+def recomputed_image_by_image(function, *tensors, shared=()):
+    """`image_by_image`, each image's intermediates recomputed in the backward pass instead of
+    stored (`keras.remat`; every tensor it differentiates is an argument: TensorFlow's
+    `recompute_grad` gives captured tensors no gradient). A static batch of one image is computed
+    as it is, not recomputed (a whole batch recomputed saved nothing in the layer's step, and cost
+    the recomputation: execution.REMAT_MIN_BYTES)."""
+    if tensors[0].shape[0] == 1:
+        return function(*tensors, *shared)
+    return image_by_image(keras.remat(function), *tensors, shared=shared)
 
 
 def pool_taps(size, pool_size, strides):
