@@ -335,18 +335,21 @@ def test_batch_parts_equal_the_whole_batch(formulation):
         for actual, expected in zip(with_gradients(parts), whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
-    def traced(batch, parts, loop=None):  # (the graph's operation types, its results)
+    def in_parts(parts):
+        return lambda *tensors, shared: formulations.in_batch_parts(position, parts, *tensors,
+                                                                    shared=shared)
+
+    def in_a_loop(name):  # image_by_image or recomputed_image_by_image
+        return lambda *tensors, shared: getattr(formulations, name)(position, *tensors,
+                                                                    shared=shared)
+
+    def traced(batch, cut):  # (the graph's operation types, its results)
         @tf.function(input_signature=[tf.TensorSpec((batch,) + tuple(q.shape[1:])),
                                       tf.TensorSpec((batch,) + tuple(values.shape[1:]))])
         def function(q, values):
             with tf.GradientTape() as tape:
                 tape.watch([q, values])
-                if loop:  # image_by_image or recomputed_image_by_image
-                    out = getattr(formulations, loop)(position, q, values,
-                                                      shared=(kernel, embeddings))
-                else:
-                    out = formulations.in_batch_parts(position, parts, q, values,
-                                                      shared=(kernel, embeddings))
+                out = cut(q, values, shared=(kernel, embeddings))
                 loss = tf.reduce_sum(tf.sin(out))
             return [out] + tape.gradient(loss, [q, values])
 
@@ -356,14 +359,15 @@ def test_batch_parts_equal_the_whole_batch(formulation):
     def matmuls(types):
         return sum(t in ("MatMul", "BatchMatMulV2") for t in types)
 
-    one_part = traced(3, 1)[0]
-    assert matmuls(one_part) >= 2 and matmuls(traced(3, 3)[0]) == 3 * matmuls(one_part)
+    one_part = traced(3, in_parts(1))[0]
+    assert matmuls(one_part) >= 2 and matmuls(traced(3, in_parts(3))[0]) == 3 * matmuls(one_part)
     loops = {"While", "StatelessWhile"}
-    cases = [(None, None)] + [(batch, loop) for batch in (3, None)
-                              for loop in ("image_by_image", "recomputed_image_by_image")]
-    for batch, loop in cases:
-        types, results = traced(batch, 4, loop)
-        assert bool(loops & set(types)) == bool(loop), sorted(set(types))  # None: whole
+    cases = [(None, in_parts(4), False)] + [
+        (batch, in_a_loop(name), True) for batch in (3, None)
+        for name in ("image_by_image", "recomputed_image_by_image")]
+    for batch, cut, looped in cases:
+        types, results = traced(batch, cut)
+        assert bool(loops & set(types)) == looped, sorted(set(types))  # in parts, None: whole
         for actual, expected in zip(results, whole):
             np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 

@@ -49,8 +49,8 @@ lambda layer of a model where it runs and stores the fastest; "auto" then uses t
 The package: `rule` (the measured rule tables for the `Runtime` a layer runs in, which
 lambda_keras/runtime.py describes and `current_runtime` detects, and `choose`), `execution`
 (`plan`: what one call does beyond the pick, i.e. where a strided layer pools, query windows'
-blocks and batch parts, whether training recomputes them in the backward pass, the engines' forms
-of the products),
+blocks and batch parts or a loop over the images, whether training recomputes them in the
+backward pass, the engines' forms of the products),
 `autotuning` (measured picks, stored per device) and `position_term` (the formulations' tensor
 code); everything is re-exported here.
 """
