@@ -192,7 +192,8 @@ def estimate_bytes(plan, rows, cols, batch, *, num_heads, key_dim, intra_depth,
     rows x cols map: one copy forward, 3 forward + backward; for query_windows, of its window
     scores and their spread over a block's context rows (`query_windows_bytes` of the plan's
     blocks). A batch cut into parts (`Plan.batch_parts`) counts whole: its parts run side by
-    side, as do up to 10 images of a forward pass's loop (`Plan.image_loop`); but where the images are recomputed in a loop (`Plan.rematerialize`), those of batch /
+    side, as do up to 10 images of a forward pass's loop (`Plan.image_loop`); but where the
+    images are recomputed in a loop (`Plan.rematerialize`), those of batch /
     RECOMPUTED_BATCH_DIVISOR images (the loop holds them: at 56^2, batch 8, d 256, r 23, 244 MiB
     estimated; the step's measured peaks, the layer's other tensors included, 315-616 MiB
     recomputed, 1.7-1.8 GiB stored). The other formulations' tensors grow as n, not n x m."""

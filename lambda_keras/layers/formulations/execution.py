@@ -1,8 +1,8 @@
 """How one call of a lambda layer computes the formulation the rule (rule.py) or `autotune` picked:
 its `Plan`, i.e. where a strided layer pools, query windows' blocks and batch parts or a loop
-over the images, whether training recomputes them in the backward pass, and the forms of the products that an engine
-(`Runtime.engine`, rule.ENGINES) runs fastest. The engine tables below say where each applies,
-with the measurements they came from."""
+over the images, whether training recomputes them in the backward pass, and the forms of the
+products that an engine (`Runtime.engine`, rule.ENGINES) runs fastest. The engine tables below
+say where each applies, with the measurements they came from."""
 
 import contextlib
 import contextvars

@@ -254,8 +254,8 @@ def in_batch_parts(function, parts, *tensors, shared=()):
     """function(*tensors, *shared) of tensors [b, ...], computed on up to `parts` balanced parts
     of a static batch (at most one part per image) and concatenated in order: independent ops,
     which TensorFlow's graph executor runs side by side (`execution.batch_parts` says where that
-    pays); a batch of unknown size stays whole (`image_by_image` loops over it). `shared`
-    tensors go whole to every part."""
+    pays); a batch of unknown size stays whole (where parts pay, the plan loops over its images
+    instead: `image_by_image`). `shared` tensors go whole to every part."""
     batch = tensors[0].shape[0]
     parts = 1 if batch is None else min(parts, batch)
     if parts <= 1:
