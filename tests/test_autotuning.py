@@ -167,8 +167,8 @@ def test_memory_guard_skips_the_formulations_over_the_limit(store):
 
 
 def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
-    """Training recomputes large query windows image by image (28^2, r 23;
-    `Plan.rematerialize`), so a step holds a few images' maps: the guard counts one image's in
+    """Training recomputes large query windows image by image (28^2, r 23; `Plan.image_loop`
+    "recomputed"), so a step holds a few images' maps: the guard counts one image's in
     RECOMPUTED_BATCH_DIVISOR, and query windows are measured under a limit that their whole
     batch's maps pass, while the n x m formulations, which store theirs, are skipped."""
     keras.utils.set_random_seed(0)
@@ -177,11 +177,11 @@ def test_memory_guard_counts_one_part_of_a_recomputed_batch(store):
     sizes = dict(num_heads=4, key_dim=16, intra_depth=1, receptive_field=23)
     whole = autotuning.estimate_bytes(formulations.Plan("query_windows"), 28, 28, 8, **sizes)
     part = autotuning.estimate_bytes(
-        formulations.Plan("query_windows", rematerialize=True), 28, 28, 8, **sizes)
+        formulations.Plan("query_windows", image_loop="recomputed"), 28, 28, 8, **sizes)
     assert part == whole // 8 and autotuning.RECOMPUTED_BATCH_DIVISOR == 8  # one image of 8
     runtime = formulations.current_runtime()
     assert formulations.plan("query_windows", runtime, True, 1, 23, rows=28, cols=28,
-                             num_heads=4).rematerialize
+                             num_heads=4).image_loop == "recomputed"
     results = autotuning.measure(layer, (28, 28), "train", runtime, batch_size=8, repeats=1,
                                  memory_limit_bytes=2 * part)
     assert {f for f, r in results.items() if "ms" in r} == {"query_windows", "row_windows",

@@ -167,13 +167,14 @@ def _recomputation_checks(check):
         def run(strides=strides):
             # what this backend's training calls do
             assert execution.plan("query_windows", formulations.current_runtime(), True,
-                                  rows=56, cols=56).rematerialize
+                                  rows=56, cols=56).image_loop == "recomputed"
             results, wrapped, remat = [], [], keras.remat
             keras.remat = lambda f: wrapped.append(f) or remat(f)  # counts what is recomputed
             try:
                 for recomputed in (False, True):
                     formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
-                        execution.plan(*a, **k), batch_parts=1 if r else 3, rematerialize=r)
+                        execution.plan(*a, **k), batch_parts=1 if r else 3,
+                        image_loop="recomputed" if r else None)
                     keras.utils.set_random_seed(4)
                     layer = LambdaLayer(
                         output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
@@ -212,7 +213,8 @@ def _jax_recomputation_memory():
     try:
         for recomputed in (False, True):
             formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
-                execution.plan(*a, **k), rematerialize=r, batch_parts=1)
+                execution.plan(*a, **k), image_loop="recomputed" if r else None,
+                batch_parts=1)
             layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                                 implementation="query_windows")
             layer.build(x.shape)
@@ -228,7 +230,7 @@ def _jax_recomputation_memory():
     finally:
         formulations.plan = execution.plan
     assert execution.plan("query_windows", formulations.current_runtime(), True, rows=28,
-                          cols=28).rematerialize  # what training calls do here
+                          cols=28).image_loop == "recomputed"  # what training calls do here
     assert temporaries[True] < 0.5 * temporaries[False], temporaries
     return f"temporaries {temporaries[True]:.0f} MiB recomputed vs {temporaries[False]:.0f} stored"
 

@@ -6,6 +6,8 @@ the engines' forms of the products, each only where the rule's tables measured i
 
 import dataclasses
 
+import pytest
+
 from lambda_keras.layers import formulations
 from test_formulation_rule import (ALL_ROWS, JAX, MALLOC_AVX2, NO_ONEDNN, NO_ONEDNN_AVX2, ONEDNN,
                                    TORCH, XLA)
@@ -93,8 +95,8 @@ def test_batch_parts_only_where_measured():
 
 
 def test_recomputation_where_one_images_maps_are_large():
-    """Training recomputes query windows (`plan(...).rematerialize`) where one image's maps
-    take at least REMAT_MIN_BYTES: the measured cells it helped or cost at most 1.15x
+    """Training recomputes query windows (`plan(...).image_loop` "recomputed") where one
+    image's maps take at least REMAT_MIN_BYTES: the measured cells it helped or cost at most 1.15x
     (unstrided r 23 from 28^2, strided from 56^2, r 7 |u| 4 from 28^2), not those where the
     parts' overhead cost 1.08-1.63x (14^2 maps, r 9 at 28^2, strided r 23 / r 7 |u| 4 at 28^2);
     on every engine of a CPU (XLA's too, since the images run in a loop), never under XLA on an
@@ -102,7 +104,7 @@ def test_recomputation_where_one_images_maps_are_large():
     def recomputed(runtime, size, training=True, **layer):
         return formulations.plan("query_windows", runtime, training, layer.pop("strides", 1),
                                  layer.pop("receptive_field", 23), rows=size, cols=size,
-                                 **layer).rematerialize
+                                 **layer).image_loop == "recomputed"
 
     for runtime in (ONEDNN, NO_ONEDNN, MALLOC_AVX2, XLA, JAX, TORCH):
         assert recomputed(runtime, 28) and recomputed(runtime, 56) and recomputed(runtime, 112)
@@ -116,8 +118,8 @@ def test_recomputation_where_one_images_maps_are_large():
         assert not recomputed(runtime, None)
         large = formulations.plan("query_windows", runtime, True, rows=56, cols=56)
         assert large.batch_parts == 1  # the images in a loop, not in unrolled parts
-        assert not formulations.plan("query_windows", runtime, False, rows=56,
-                                     cols=56).rematerialize  # inference: nothing recomputed
+        assert formulations.plan("query_windows", runtime, False, rows=56,
+                                 cols=56).image_loop != "recomputed"  # inference
     for device in ("gpu", "tpu"):
         assert not recomputed(dataclasses.replace(XLA, device=device), 112)
         assert not recomputed(dataclasses.replace(JAX, device=device), 112)
@@ -153,9 +155,8 @@ def test_plan_gathers_what_the_rule_says_for_a_call():
                     assert plan.blocks == formulations.window_blocks(runtime, training, strides)
                     assert plan.batch_parts == formulations.batch_parts(runtime, training,
                                                                         formulation, strides)
-                    assert plan.rematerialize == formulations.rematerialized(
-                        runtime, training, formulation)
-                    assert not plan.image_loop  # a static batch
+                    recomputed = formulations.rematerialized(runtime, training, formulation)
+                    assert plan.image_loop == ("recomputed" if recomputed else None)  # static
                     assert plan.broadcast_embeddings == plan.separate_products == without_onednn
     # The one place the CPU changes batch parts, seen through the plan.
     assert formulations.plan("query_windows", amd_tf, False, batch=8).batch_parts == 4
@@ -174,8 +175,8 @@ def test_a_batch_of_unknown_size_loops_where_a_static_one_is_cut():
     for runtime in (NO_ONEDNN, amd_tf, NO_ONEDNN_AVX2, MALLOC_AVX2):
         static = formulations.plan("query_windows", runtime, False, batch=8)
         dynamic = formulations.plan("query_windows", runtime, False, batch=None)
-        assert (static.batch_parts, static.image_loop) == (4, False), runtime
-        assert (dynamic.batch_parts, dynamic.image_loop) == (1, True), runtime
+        assert (static.batch_parts, static.image_loop) == (4, None), runtime
+        assert (dynamic.batch_parts, dynamic.image_loop) == (1, "forward"), runtime
         for layer in (dict(strides=2), dict(receptive_field=9)):
             assert not formulations.plan("query_windows", runtime, False, batch=None,
                                          **layer).image_loop
@@ -187,13 +188,27 @@ def test_a_batch_of_unknown_size_loops_where_a_static_one_is_cut():
     for runtime in (ONEDNN, XLA, JAX, TORCH, NO_ONEDNN, MALLOC_AVX2):
         for formulation in formulations.FORMULATIONS:
             training = formulations.plan(formulation, runtime, True, rows=56, cols=56)
-            assert not training.image_loop and training.batch_parts == 1
-            assert training.rematerialize == (formulation == "query_windows")
+            recomputed = formulation == "query_windows"
+            assert training.image_loop == ("recomputed" if recomputed else None), runtime
+            assert training.batch_parts == 1
             with formulations.traced_without_loops():
                 assert not formulations.plan(formulation, runtime, True, rows=56,
-                                             cols=56).rematerialize
+                                             cols=56).image_loop
             if runtime.engine not in ("tf", "tf_malloc"):
                 assert not formulations.plan(formulation, runtime, False).image_loop
+
+
+def test_a_plan_names_one_way_through_the_batch():
+    """A plan's images run whole, in batch parts or in one of IMAGE_LOOPS, never two of them:
+    a plan that says otherwise (a test's forced plan, say) is refused, naming its fields."""
+    assert formulations.IMAGE_LOOPS == ("forward", "recomputed")
+    for image_loop in formulations.IMAGE_LOOPS:
+        assert formulations.Plan("query_windows", image_loop=image_loop).batch_parts == 1
+        with pytest.raises(ValueError, match=f"image_loop='{image_loop}', batch_parts=4"):
+            formulations.Plan("query_windows", batch_parts=4, image_loop=image_loop)
+    with pytest.raises(ValueError, match=r"`image_loop` must be None or one of .*"
+                                         r"Received: image_loop=True"):
+        formulations.Plan("query_windows", image_loop=True)  # the former boolean
 
 
 def test_the_formulation_suites_memory_guard_counts_what_the_plan_holds():

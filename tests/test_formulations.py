@@ -306,8 +306,9 @@ def test_strided_queries_first_pools_the_maps_and_equals_pooling_the_output(monk
 def test_batch_parts_equal_the_whole_batch(formulation):
     """The position term of a static batch cut into parts (balanced, at most one per image)
     gives the whole batch's output and gradients, in its order; so do its images in a loop
-    (`image_by_image`), also each recomputed in the backward pass (`rematerialize`): the only
-    cut of a dynamic batch (unknown while tracing), which parts leave whole."""
+    (`image_by_image`), also each recomputed in the backward pass
+    (`recomputed_image_by_image`): the only cut of a dynamic batch (unknown while tracing), which
+    parts leave whole."""
     import tensorflow as tf
 
     rng = np.random.default_rng(11)
@@ -421,7 +422,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
                                             (True, 1, False, False), (True, 1, True, False),
                                             (False, 3, True, False), (True, 1, False, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
-                   rematerialize=recomputed)
+                   image_loop="recomputed" if recomputed else None)
         keras.utils.set_random_seed(4)
         layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
                             intra_depth=2, strides=strides, implementation="query_windows",
@@ -474,7 +475,7 @@ def _loss_and_gradients(layer, x):
 
 # One training step of a query-windows layer at 28^2 (batch 8, r 23, d 32) in TensorFlow graph
 # mode (argv: "graph", or "xla" for jit_compile=True), planned as `plan` gives it but for
-# `rematerialize`: the whole batch with its maps stored (the layer before recomputation), the
+# `image_loop`: the whole batch with its maps stored (the layer before recomputation), the
 # images recomputed in a loop (the plan of training calls), and the loop of a step traced without
 # the batch's size; prints the allocator's peak of each step (MiB).
 REMAT_MEMORY_SCRIPT = """
@@ -491,7 +492,8 @@ dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknow
 for name, recomputed, spec in (("whole", False, x), ("recomputed", True, x),
                                ("dynamic", True, dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
-        execution.plan(*a, **k), batch_parts=1, rematerialize=recomputed)
+        execution.plan(*a, **k), batch_parts=1,
+        image_loop="recomputed" if recomputed else None)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
     step = autotuning.tensorflow_steps(layer, JIT)[1].get_concrete_function(spec)

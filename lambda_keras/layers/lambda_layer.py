@@ -381,10 +381,10 @@ class LambdaLayer(keras.layers.Layer):
                         q, values, table, rows, cols, *pool, **plan.blocks,
                         separate_products=plan.separate_products)  # [b, n', h, v]
 
-                if plan.rematerialize:  # training: each image recomputed in the backward pass
+                if plan.image_loop == "recomputed":  # each image's maps in the backward pass
                     return formulations.recomputed_image_by_image(windows, q, values,
                                                                   shared=(table,))
-                if plan.image_loop:  # a forward pass of a batch of unknown size
+                if plan.image_loop == "forward":  # a forward pass of a batch of unknown size
                     return formulations.image_by_image(windows, q, values, shared=(table,))
                 return formulations.in_batch_parts(windows, plan.batch_parts, q, values,
                                                    shared=(table,))

@@ -97,6 +97,7 @@ from lambda_keras.layers.formulations.rule import (  # noqa: F401
 )
 from lambda_keras.layers.formulations.execution import (  # noqa: F401
     BROADCAST_EMBEDDINGS_ENGINES,
+    IMAGE_LOOPS,
     POOLED_MAPS_ENGINES,
     REMAT_MIN_BYTES,
     SEPARATE_PRODUCTS_ENGINES,

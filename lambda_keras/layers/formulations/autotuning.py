@@ -46,12 +46,12 @@ DEFAULT_MEMORY_LIMIT_BYTES = 4 * 1024 ** 3
 # the formulation benchmark, benchmarks/formulations.py).
 HOPELESS = 10.0
 # `estimate_bytes` counts the maps of a batch recomputed image by image in a loop
-# (`Plan.rematerialize`) as those of batch / RECOMPUTED_BATCH_DIVISOR images (rounded up): the
-# loop holds one image's at a time on JAX and PyTorch, a few on TensorFlow (its while loop runs up
-# to 10 images side by side). The steps' peaks measured (execution.REMAT_MIN_BYTES), the layer's
-# other tensors included, are of that count's size: TensorFlow's XLA at 28^2, r 23 (14.3 MiB of
-# maps per image, 3 copies counted in training), batch 8 51 MiB (counted: 43), batch 32 173 MiB
-# (counted: 172), against 256 / 1024 MiB with the maps stored.
+# (`Plan.image_loop` "recomputed") as those of batch / RECOMPUTED_BATCH_DIVISOR images (rounded
+# up): the loop holds one image's at a time on JAX and PyTorch, a few on TensorFlow (its while
+# loop runs up to 10 images side by side). The steps' peaks measured (execution.REMAT_MIN_BYTES),
+# the layer's other tensors included, are of that count's size: TensorFlow's XLA at 28^2, r 23
+# (14.3 MiB of maps per image, 3 copies counted in training), batch 8 51 MiB (counted: 43), batch
+# 32 173 MiB (counted: 172), against 256 / 1024 MiB with the maps stored.
 RECOMPUTED_BATCH_DIVISOR = 8
 
 
@@ -192,15 +192,17 @@ def estimate_bytes(plan, rows, cols, batch, *, num_heads, key_dim, intra_depth,
     rows x cols map: one copy forward, 3 forward + backward; for query_windows, of its window
     scores and their spread over a block's context rows (`query_windows_bytes` of the plan's
     blocks). A batch cut into parts (`Plan.batch_parts`) counts whole: its parts run side by
-    side, as do up to 10 images of a forward pass's loop (`Plan.image_loop`); but where the
-    images are recomputed in a loop (`Plan.rematerialize`), those of batch /
+    side, as do up to 10 images of a forward pass's loop (`Plan.image_loop` "forward"); but
+    where the images are recomputed in a loop ("recomputed"), those of batch /
     RECOMPUTED_BATCH_DIVISOR images (the loop holds them: at 56^2, batch 8, d 256, r 23, 244 MiB
     estimated; the step's measured peaks, the layer's other tensors included, 315-616 MiB
     recomputed, 1.7-1.8 GiB stored). The other formulations' tensors grow as n, not n x m."""
     copies = 1 if phase == "fwd" else 3
     h, u = num_heads, intra_depth
     if plan.formulation == "query_windows":
-        held = -(-batch // RECOMPUTED_BATCH_DIVISOR) if plan.rematerialize else batch
+        held = batch
+        if plan.image_loop == "recomputed":
+            held = -(-batch // RECOMPUTED_BATCH_DIVISOR)
         return copies * held * query_windows_bytes(
             rows, cols, receptive_field, h, u, pool_size if strides == 2 else 1, strides,
             **plan.blocks)

@@ -116,6 +116,9 @@ REMAT_MIN_BYTES = 8 * 2**20
 # 56^2). Not while tracing for LiteRT (`traced_without_loops`): its int8 converter keeps a WHILE
 # operator in float ("the file would not be an integer model").
 _LOOPS = contextvars.ContextVar("lambda_keras_loops", default=True)
+# What a `Plan.image_loop` does with each image's maps: "forward", a forward pass (above);
+# "recomputed", training that recomputes them in the backward pass (REMAT_MIN_BYTES).
+IMAGE_LOOPS = ("forward", "recomputed")
 
 
 @contextlib.contextmanager
@@ -153,7 +156,7 @@ def batch_parts(runtime, training, formulation, strides=1, receptive_field=23):
     """Into how many independent parts the position term of a static batch is cut
     (`position_term.in_batch_parts`): the rule's `batch_parts` for "query_windows" in unstrided
     layers with r > 11, else 1 (see WITHOUT_AVX512_RULE). A call whose images run in a loop
-    (`Plan.rematerialize`, `Plan.image_loop`: a batch of unknown size) runs that instead."""
+    (`Plan.image_loop`) runs that instead."""
     if strides != 1 or receptive_field <= 11 or formulation != "query_windows":
         return 1
     return rule_for(runtime, phase_of(training))["batch_parts"]
@@ -169,13 +172,13 @@ class Plan:
         POOLED_MAPS_ENGINES) or "output" (after the position term); None in unstrided layers.
     block_columns, block_scopes: query windows' blocks (`window_blocks`).
     batch_parts: independent parts of a static batch, run side by side (`batch_parts`); 1 where
-        the images run in a loop (`image_loop`, `rematerialize`).
-    image_loop: a forward pass computed image by image in a loop (`position_term.image_by_image`):
-        a batch of unknown size that a static batch's `batch_parts` would cut (see
-        `traced_without_loops`).
-    rematerialize: the position term computed image by image in a loop, each image's recomputed
-        in the backward pass, not stored (`rematerialized`: large query windows in training;
-        `position_term.recomputed_image_by_image`).
+        the images run in a loop (`image_loop`).
+    image_loop: None (the batch whole or in its parts), or query windows computed image by image
+        in a loop (one of IMAGE_LOOPS): "forward", a forward pass of a batch of unknown size
+        that a static batch's `batch_parts` would cut (`position_term.image_by_image`); or
+        "recomputed", each image's maps recomputed in the backward pass, not stored
+        (`rematerialized`: large query windows in training;
+        `position_term.recomputed_image_by_image`). `traced_without_loops` turns both off.
     broadcast_embeddings: q . E first with E broadcast over the batch
         (BROADCAST_EMBEDDINGS_ENGINES).
     separate_products: the products of q . E first and query windows as separate 2-D matmuls
@@ -187,10 +190,17 @@ class Plan:
     block_columns: int = 1
     block_scopes: float = QUERY_BLOCK_SCOPES
     batch_parts: int = 1
-    image_loop: bool = False
-    rematerialize: bool = False
+    image_loop: str | None = None
     broadcast_embeddings: bool = False
     separate_products: bool = False
+
+    def __post_init__(self):
+        if self.image_loop not in (None, *IMAGE_LOOPS):
+            raise ValueError(f"`image_loop` must be None or one of {IMAGE_LOOPS}. Received: "
+                             f"image_loop={self.image_loop!r}")
+        if self.image_loop and self.batch_parts != 1:
+            raise ValueError("A plan whose images run in a loop has no batch parts. Received: "
+                             f"image_loop={self.image_loop!r}, batch_parts={self.batch_parts}")
 
     @property
     def blocks(self):
@@ -219,12 +229,14 @@ def plan(formulation, runtime, training, strides=1, receptive_field=23, *, rows=
             pool = "scores"
         elif formulation == "queries_first" and engine in POOLED_MAPS_ENGINES:
             pool = "maps"
-    loops = _LOOPS.get()
-    recomputed = loops and rematerialized(runtime, training, formulation, image_map_bytes)
-    parts = 1 if recomputed else batch_parts(runtime, training, formulation, strides,
-                                             receptive_field)
-    image_loop = loops and parts > 1 and batch is None
+    parts = batch_parts(runtime, training, formulation, strides, receptive_field)
+    image_loop = None
+    if _LOOPS.get():
+        if rematerialized(runtime, training, formulation, image_map_bytes):
+            image_loop = "recomputed"
+        elif parts > 1 and batch is None:
+            image_loop = "forward"
     return Plan(formulation, pool=pool, **blocks, batch_parts=1 if image_loop else parts,
-                image_loop=image_loop, rematerialize=recomputed,
+                image_loop=image_loop,
                 broadcast_embeddings=engine in BROADCAST_EMBEDDINGS_ENGINES,
                 separate_products=engine in SEPARATE_PRODUCTS_ENGINES)
