@@ -1,0 +1,123 @@
+"""README.md's Python examples run as printed, and give what the text around them says.
+
+Each ```python block runs in a fresh namespace, in a temporary directory, with `keras` and
+`lambda_keras` imported (as the first examples do), the names the README leaves to the reader
+(`x`, `mask`, `images`, ...) bound to small random arrays and, for the export example, `model`
+bound to a small classifier. Offline, ImageNet weights cannot be
+downloaded: the two examples that load them run with `weights=None` (the only edit made to a
+block; the download, its cache and the weights' exactness are tested with local files in
+tests/test_weights_download.py and tests/test_weights.py). A block no check below claims fails the
+test, so a new example cannot go untested.
+"""
+
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+
+import lambda_keras
+from lambda_keras.layers import formulations
+
+README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+OFFLINE_EDITS = (('weights="imagenet"', "weights=None"),
+                 ("LambdaResNet50TS()", "LambdaResNet50TS(weights=None)"))
+
+
+def _blocks():
+    with open(README, encoding="utf-8") as f:
+        return re.findall(r"^```python\n(.*?)^```$", f.read(), re.S | re.M)
+
+
+def _inputs():
+    rng = np.random.default_rng(0)
+    return dict(
+        x=rng.standard_normal((2, 32, 256)).astype("float32"),
+        mask=np.arange(32)[None, :] < np.array([[32], [20]]),  # the second sequence padded
+        c=rng.standard_normal((2, 12, 256)).astype("float32"),
+        c_mask=np.ones((2, 12), bool),
+        images_0_255=rng.uniform(0, 255, (2, 256, 256, 3)).astype("float32"),
+        images=rng.uniform(0, 255, (2, 64, 64, 3)).astype("float32"),
+        class_names=[f"class {i}" for i in range(10)],
+        calibration_images=rng.uniform(0, 255, (8, 64, 64, 3)).astype("float32"),
+    )
+
+
+def _api_in_five_lines(ns, tmp_path):
+    assert isinstance(ns["model"], keras.Model) and ns["model"].output_shape == (None, 1000)
+    assert isinstance(ns["layer"], lambda_keras.LambdaLayer)
+    version = tmp_path / "runs" / "serving" / "lambda_resnet" / "1"
+    assert (version / "saved_model.pb").is_file()
+
+
+def _layer(ns, tmp_path):
+    assert ns["model"].output_shape == (None, 14, 14, 256)
+    assert ns["layer"].num_heads == 4 and ns["layer"].receptive_field == 23
+
+
+def _autotune(ns, tmp_path):
+    picks = ns["report"]["picks"]
+    phases = {key.rsplit(" ", 1)[1] for key in picks}
+    assert phases == {"fwd", "train"}, picks.keys()
+    for pick in picks.values():
+        assert pick["formulation"] in formulations.FORMULATIONS
+        assert set(pick["results"]) <= set(formulations.FORMULATIONS)
+
+
+def _sequences(ns, tmp_path):
+    assert tuple(ns["y"].shape) == (2, 32, 256)
+
+
+def _family(ns, tmp_path):
+    features = ns["backbone"].output
+    assert sorted(features) == ["c2", "c3", "c4", "c5"]
+    sizes = {name: tuple(tensor.shape[1:3]) for name, tensor in features.items()}
+    assert sizes == {"c2": (256, 256), "c3": (128, 128), "c4": (64, 64), "c5": (32, 32)}
+    assert ns["model"].input_shape == (None, 224, 224, 3)
+
+
+def _pretrained(ns, tmp_path):
+    probs = np.asarray(ns["probs"])
+    assert probs.shape == (2, 1000) and np.allclose(probs.sum(axis=1), 1.0, atol=1e-4)
+
+
+def _export(ns, tmp_path):
+    assert (tmp_path / "runs" / "demo" / "export" / "saved_model" / "1").is_dir()
+    probabilities = np.asarray(ns["probabilities"])
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=2e-2)  # int8 output
+
+
+# What each example must give, found by a line it contains.
+CHECKS = {
+    "layer = lambda_keras.LambdaLayer(key_dim=16, num_heads=4)": _api_in_five_lines,
+    "keras.Sequential([inputs, layer": _layer,
+    "lambda_keras.autotune(model": _autotune,
+    "SequenceLambdaLayer(256, position=\"global\")": _sequences,
+    "lambda_keras.LambdaResNet101(include_top=False, features=True": _family,
+    "lambda_keras.decode_predictions(probs": _pretrained,
+    "export.LiteRTRunner(": _export,
+}
+
+
+def test_every_example_is_checked():
+    blocks = _blocks()
+    assert len(blocks) == len(CHECKS), "a README example without a check in CHECKS (or a gone one)"
+    for marker in CHECKS:
+        assert sum(marker in block for block in blocks) == 1, marker
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("marker", list(CHECKS))
+def test_readme_example_runs_as_printed(marker, tmp_path, monkeypatch, capsys):
+    (source,) = [block for block in _blocks() if marker in block]
+    for printed, offline in OFFLINE_EDITS:
+        source = source.replace(printed, offline)
+    monkeypatch.chdir(tmp_path)
+    namespace = dict(_inputs(), keras=keras, lambda_keras=lambda_keras)  # imported earlier
+    if "export.LiteRTRunner(" in source:
+        namespace["model"] = lambda_keras.LambdaResNet26T(weights=None, input_shape=(64, 64, 3),
+                                                          classes=10)
+    exec(compile(source, f"README.md example ({marker})", "exec"), namespace)
+    CHECKS[marker](namespace, tmp_path)
