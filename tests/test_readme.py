@@ -1,4 +1,5 @@
-"""README.md's Python examples run as printed, and give what the text around them says.
+"""The Python examples of README.md and export/README.md run as printed, and give what the
+text around them says.
 
 Each ```python block runs in a fresh namespace, in a temporary directory, with `keras` and
 `lambda_keras` imported (as the first examples do), the names the README leaves to the reader
@@ -20,14 +21,18 @@ import pytest
 import lambda_keras
 from lambda_keras.layers import formulations
 
-README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+READMES = ("README.md", os.path.join("export", "README.md"))
 OFFLINE_EDITS = (('weights="imagenet"', "weights=None"),
                  ("LambdaResNet50TS()", "LambdaResNet50TS(weights=None)"))
 
 
 def _blocks():
-    with open(README, encoding="utf-8") as f:
-        return re.findall(r"^```python\n(.*?)^```$", f.read(), re.S | re.M)
+    blocks = []
+    for readme in READMES:
+        with open(os.path.join(ROOT, readme), encoding="utf-8") as f:
+            blocks += re.findall(r"^```python\n(.*?)^```$", f.read(), re.S | re.M)
+    return blocks
 
 
 def _inputs():
@@ -89,6 +94,13 @@ def _export(ns, tmp_path):
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=2e-2)  # int8 output
 
 
+def _serving_kit(ns, tmp_path):
+    version = tmp_path / "runs" / "demo" / "export" / "saved_model" / "1"
+    assert (version / "saved_model.pb").is_file()
+    labels = (version / "assets" / "labels.txt").read_text(encoding="utf-8")
+    assert labels.split() == [str(i) for i in range(10)]
+
+
 # What each example must give, found by a line it contains.
 CHECKS = {
     "layer = lambda_keras.LambdaLayer(key_dim=16, num_heads=4)": _api_in_five_lines,
@@ -98,6 +110,7 @@ CHECKS = {
     "lambda_keras.LambdaResNet101(include_top=False, features=True": _family,
     "lambda_keras.decode_predictions(probs": _pretrained,
     "export.LiteRTRunner(": _export,
+    "weights.replace_input_size(weights.DEFAULT_PREPROCESSING, 64)": _serving_kit,
 }
 
 
