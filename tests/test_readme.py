@@ -4,11 +4,11 @@ text around them says.
 Each ```python block runs in a fresh namespace, in a temporary directory, with `keras` and
 `lambda_keras` imported (as the first examples do), the names the README leaves to the reader
 (`x`, `mask`, `images`, ...) bound to small random arrays and, for the export example, `model`
-bound to a small classifier. Offline, ImageNet weights cannot be
-downloaded: the two examples that load them run with `weights=None` (the only edit made to a
-block; the download, its cache and the weights' exactness are tested with local files in
-tests/test_weights_download.py and tests/test_weights.py). A block no check below claims fails the
-test, so a new example cannot go untested.
+bound to a small classifier. Offline, ImageNet weights cannot be downloaded: the two examples
+that load them run with `weights=None` (the only edit made to a block; the download, its cache
+and the weights' exactness are tested with local files in tests/test_weights_download.py and
+tests/test_weights.py). A block no check below claims fails the test, so a new example cannot go
+untested.
 """
 
 import os
@@ -119,11 +119,13 @@ def test_every_example_is_checked():
     assert len(blocks) == len(CHECKS), "a README example without a check in CHECKS (or a gone one)"
     for marker in CHECKS:
         assert sum(marker in block for block in blocks) == 1, marker
+    for printed, _ in OFFLINE_EDITS:  # each edit still meets an example
+        assert any(printed in block for block in blocks), printed
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("marker", list(CHECKS))
-def test_readme_example_runs_as_printed(marker, tmp_path, monkeypatch, capsys):
+def test_readme_example_runs_as_printed(marker, tmp_path, monkeypatch):
     (source,) = [block for block in _blocks() if marker in block]
     for printed, offline in OFFLINE_EDITS:
         source = source.replace(printed, offline)
