@@ -2,16 +2,16 @@
 tests/test_export_signatures.py)."""
 
 import importlib.util
-from pathlib import Path
+import os
 
 import numpy as np
 import keras
 import tensorflow as tf
 
+from benchmarks.common import REPO_ROOT
 from lambda_keras import export, weights
 from lambda_keras.layers import LambdaLayer
 
-ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
 PREPROCESSING = weights.replace_input_size(weights.DEFAULT_PREPROCESSING, (SIZE, SIZE))
 SERVING_TIMEOUT_S = 600
@@ -26,7 +26,8 @@ def png(image):
 
 
 def load_client(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "export" / f"{name}.py")
+    path = os.path.join(REPO_ROOT, "export", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

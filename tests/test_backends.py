@@ -171,10 +171,10 @@ def _recomputation_checks(check):
             results, wrapped, remat = [], [], keras.remat
             keras.remat = lambda f: wrapped.append(f) or remat(f)  # counts what is recomputed
             try:
-                for recomputed in (False, True):
-                    formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
-                        execution.plan(*a, **k), batch_parts=1 if r else 3,
-                        image_loop="recomputed" if r else None)
+                for image_loop, parts in ((None, 3), ("recomputed", 1)):
+                    formulations.plan = lambda *a, loop=image_loop, n=parts, **k: (
+                        dataclasses.replace(execution.plan(*a, **k), batch_parts=n,
+                                            image_loop=loop))
                     keras.utils.set_random_seed(4)
                     layer = LambdaLayer(
                         output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
@@ -183,7 +183,7 @@ def _recomputation_checks(check):
                         position_initializer=keras.initializers.RandomNormal(stddev=0.5))
                     layer.build(x.shape)
                     results.append(_gradients(layer, x))
-                    assert bool(wrapped) == recomputed, (recomputed, len(wrapped))
+                    assert bool(wrapped) == bool(image_loop), (image_loop, len(wrapped))
             finally:
                 formulations.plan, keras.remat = execution.plan, remat
             stored, recomputed = results
@@ -211,10 +211,9 @@ def _jax_recomputation_memory():
     x = jnp.zeros((8, 28, 28, 32), "float32")
     temporaries = {}
     try:
-        for recomputed in (False, True):
-            formulations.plan = lambda *a, r=recomputed, **k: dataclasses.replace(
-                execution.plan(*a, **k), image_loop="recomputed" if r else None,
-                batch_parts=1)
+        for image_loop in (None, "recomputed"):
+            formulations.plan = lambda *a, loop=image_loop, **k: dataclasses.replace(
+                execution.plan(*a, **k), image_loop=loop, batch_parts=1)
             layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                                 implementation="query_windows")
             layer.build(x.shape)
@@ -226,13 +225,14 @@ def _jax_recomputation_memory():
                 return jnp.mean(jnp.square(y))
 
             compiled = jax.jit(jax.grad(loss)).lower(trainable).compile()
-            temporaries[recomputed] = compiled.memory_analysis().temp_size_in_bytes / 2**20
+            temporaries[image_loop] = compiled.memory_analysis().temp_size_in_bytes / 2**20
     finally:
         formulations.plan = execution.plan
     assert execution.plan("query_windows", formulations.current_runtime(), True, rows=28,
                           cols=28).image_loop == "recomputed"  # what training calls do here
-    assert temporaries[True] < 0.5 * temporaries[False], temporaries
-    return f"temporaries {temporaries[True]:.0f} MiB recomputed vs {temporaries[False]:.0f} stored"
+    recomputed, stored = temporaries["recomputed"], temporaries[None]
+    assert recomputed < 0.5 * stored, temporaries
+    return f"temporaries {recomputed:.0f} MiB recomputed vs {stored:.0f} stored"
 
 
 MIXED_PRECISION_RTOL = {"mixed_float16": 1e-2, "mixed_bfloat16": 5e-2}

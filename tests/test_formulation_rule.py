@@ -22,14 +22,14 @@ import os
 import keras
 import pytest
 
-from benchmarks import formulation_tables
+from benchmarks import common, formulation_tables
 from benchmarks import formulations as bench_formulations
 from lambda_keras import runtime as runtime_module
 from lambda_keras.layers import LambdaLayer, formulations
 from reference import PAPER
 
-RESULTS = sorted(glob.glob(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))), "benchmarks", "results", "formulations", "*.json")))  # one per kind of machine
+RESULTS = sorted(glob.glob(os.path.join(common.REPO_ROOT, "benchmarks", "results", "formulations",
+                                        "*.json")))  # one per kind of machine
 MACHINES = {os.path.splitext(os.path.basename(path))[0]: path for path in RESULTS}
 GPUS = ("nvidia-h200",)  # tables of a GPU machine: JAX and PyTorch (no TensorFlow there)
 # Cells where the rule's pick is more than 1.2x the fastest, each with the most it may be. None

@@ -20,6 +20,7 @@ import numpy as np
 import keras
 import pytest
 
+from benchmarks.common import REPO_ROOT
 from lambda_keras.layers import LambdaLayer, formulations
 from lambda_keras.layers.formulations import position_term
 from reference import (PAPER, force_plan, make_layer, random_input, randomize_statistics,
@@ -418,11 +419,13 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
     monkeypatch.setattr(keras, "remat", lambda f: wrapped.append(f) or remat(f))
     x = tf.constant(np.random.default_rng(9).standard_normal((3, 22, 9, 8)).astype("float32"))
     results = []
-    for recomputed, parts, dynamic, jit in ((False, 3, False, False), (False, 1, False, False),
-                                            (True, 1, False, False), (True, 1, True, False),
-                                            (False, 3, True, False), (True, 1, False, True)):
+    for image_loop, parts, dynamic, jit in ((None, 3, False, False), (None, 1, False, False),
+                                            ("recomputed", 1, False, False),
+                                            ("recomputed", 1, True, False),
+                                            (None, 3, True, False),
+                                            ("recomputed", 1, False, True)):
         force_plan(monkeypatch, block_columns=2, block_scopes=0.5, batch_parts=parts,
-                   image_loop="recomputed" if recomputed else None)
+                   image_loop=image_loop)
         keras.utils.set_random_seed(4)
         layer = LambdaLayer(output_dim=16, key_dim=4, num_heads=2, receptive_field=3,
                             intra_depth=2, strides=strides, implementation="query_windows",
@@ -432,7 +435,7 @@ def test_recomputed_query_windows_give_the_stored_gradients(strides, monkeypatch
         step = tf.function(lambda x: _loss_and_gradients(layer, x), input_signature=signature,
                            jit_compile=jit)
         results.append([t.numpy() for t in step(x)])
-        assert bool(wrapped) == recomputed, (recomputed, parts, dynamic, jit)
+        assert bool(wrapped) == bool(image_loop), (image_loop, parts, dynamic, jit)
         wrapped.clear()
     stored = results[0]  # a weight without a gradient (None) would have failed in .numpy()
     for recomputed in results[1:]:
@@ -489,11 +492,10 @@ JIT = sys.argv[1] == "xla"
 x = tf.constant(np.random.default_rng(0).standard_normal((8, 28, 28, 32)).astype("float32"))
 peaks = {}
 dynamic = tf.TensorSpec((None,) + tuple(x.shape[1:]))  # the batch's size unknown while tracing
-for name, recomputed, spec in (("whole", False, x), ("recomputed", True, x),
-                               ("dynamic", True, dynamic)):
+for name, image_loop, spec in (("whole", None, x), ("recomputed", "recomputed", x),
+                               ("dynamic", "recomputed", dynamic)):
     formulations.plan = lambda *a, **k: dataclasses.replace(
-        execution.plan(*a, **k), batch_parts=1,
-        image_loop="recomputed" if recomputed else None)
+        execution.plan(*a, **k), batch_parts=1, image_loop=image_loop)
     layer = LambdaLayer(output_dim=32, key_dim=16, num_heads=4, receptive_field=23,
                         implementation="query_windows")
     step = autotuning.tensorflow_steps(layer, JIT)[1].get_concrete_function(spec)
@@ -525,10 +527,8 @@ def test_recomputed_query_windows_lower_training_memory(onednn, compiler):
 
     env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=onednn, TF_CPU_ALLOCATOR_USE_BFC="true",
                TF_CPP_MIN_LOG_LEVEL="3", KERAS_BACKEND="tensorflow")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", REMAT_MEMORY_SCRIPT, compiler], env=env,
-                            cwd=root,
-                            capture_output=True, text=True, timeout=600)
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     peaks = json.loads(result.stdout.strip().splitlines()[-1])
     assert peaks["recomputed"] < 0.75 * peaks["whole"], peaks

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import zipfile
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO_ROOT as ROOT
 
 
 def test_wheel_holds_every_module_and_the_assets(tmp_path):

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
+from benchmarks.common import REPO_ROOT
 from lambda_keras import runtime
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # Builds LambdaResNet-26T, loads or saves its weights, prints its logits on fixed images, what
 # TensorFlow reports about oneDNN and the formulation each lambda layer traced; argv: weights path,

@@ -6,7 +6,6 @@ independent of the layer's einsums, cumulative sums and window slicing.
 """
 
 import os
-import pathlib
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import keras
 import pytest
 import tensorflow as tf
 
+from benchmarks.common import REPO_ROOT
 from lambda_keras import SequenceLambdaLayer
 from tests import sequence_cases
 from tests.helpers import (
@@ -384,7 +384,8 @@ def test_causal_content_term_and_its_gradients_match_a_quadratic_form(scale):
     from lambda_keras.layers import sequence_terms
 
     rng = np.random.default_rng(0)
-    b, n, k, v, u, h = 2, 2 * sequence_terms.CAUSAL_BLOCK + 5, 4, 3, 2, 2  # 3 blocks, the last short
+    # 3 blocks, the last short
+    b, n, k, v, u, h = 2, 2 * sequence_terms.CAUSAL_BLOCK + 5, 4, 3, 2, 2
     q, keys, values, weights = (tf.constant(rng.standard_normal(shape), tf.float32) for shape in
                                 ((b, n, h, k), (b, n, k, u), (b, n, v, u), (b, n, h, v)))
     keys = keys * scale
@@ -536,12 +537,11 @@ def test_backends_match_tensorflow(backend, tmp_path):
 
     The backend runs `tests/sequence_cases.py` in a subprocess (a Keras backend is per process;
     that module imports neither TensorFlow nor PyTorch itself)."""
-    root = pathlib.Path(__file__).resolve().parents[1]
-    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": str(root),
+    env = {**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": REPO_ROOT,
            "CUDA_VISIBLE_DEVICES": ""}
     out = tmp_path / f"{backend}.npz"
     process = subprocess.run([sys.executable, "-m", "tests.sequence_cases", str(out)], env=env,
-                             cwd=root, capture_output=True, text=True, timeout=300)
+                             cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
     assert process.returncode == 0, process.stderr[-3000:]
     assert process.stdout.split()[-1] == backend  # the subprocess ran on that backend
     results = np.load(out)
