@@ -392,11 +392,11 @@ Args:
         dense layer). Defaults to `True`.
     weights: {weights_doc} Defaults to `{default_weights!r}`.
     input_tensor: optional Keras tensor (output of `keras.Input()`) to use as the image input.
-    input_shape: optional `(height, width, channels)`, channels last, each side at least 32 or
-        `None`. Defaults to `({size}, {size}, 3)` with `include_top=True`{dynamic}.
+    input_shape: optional `(height, width, channels)`, channels last, {input_shape_doc}
     pooling: with `include_top=False`: `None` (the 4D c5 map), `"avg"` or `"max"` (2D output).
     classes: number of classes of the classifier. Defaults to 1000.
-    classifier_activation: activation of the classifier (`"softmax"`, `None` for logits, ...).
+    classifier_activation: activation of the classifier (`"softmax"`, `None` for logits, ...);
+        with pretrained weights only `"softmax"` or `None`.
     name: name of the model. Defaults to `"{arch}"`.
     **overrides: `features=True` (with `include_top=False`: a dict of the c2..c5 maps) and
         architecture overrides: `layout` (e.g. `"CCLL"`, `(0, 0, 6, 3)` or
@@ -430,7 +430,7 @@ def _document(builder):
             f"weights.{top1}")
         weights_doc = ("`None` (random initialization) or the path to a Keras `.weights.h5` "
                        "file\n        (the paper published no weights).")
-        dynamic, timm_reference = " (`(None, None, 3)` otherwise)", ""
+        timm_reference = ""
     else:
         p = PRESETS[preset]
         source = ", timm-compatible"
@@ -442,13 +442,19 @@ def _document(builder):
         weights_doc = (f"`None` (random initialization), `\"imagenet\"` (the preset\n        "
                        f"`{preset}`), a preset name, or the path to a timm `.safetensors` or "
                        "Keras\n        `.weights.h5` file.")
-        static = arch.lambda_spec.position in ("relative", "global")
-        dynamic = "" if static else " (`(None, None, 3)` otherwise)"
         timm_reference = "\n- timm, `timm/models/byoanet.py` (architecture and weights)"
+    size = f"`({arch.image_size}, {arch.image_size}, 3)`"
+    if arch.lambda_spec.position in ("relative", "global"):  # embeddings made for one map size
+        input_shape_doc = (f"each side at least\n        32 (its {arch.lambda_spec.position} "
+                           f"positions need a static size). Defaults to {size}.")
+    else:
+        input_shape_doc = (f"each side at least\n        32 or `None`. Defaults to {size} "
+                           "with\n        `include_top=True`, else `(None, None, 3)` (a static "
+                           'size with a\n        `position="relative"` or `"global"` override).')
     builder.__doc__ = _DOC.format(
         title=arch.builder, source=source, description=description, timm_reference=timm_reference,
         dropout="dropout, " if arch.drop_rate else "", weights_doc=weights_doc,
-        default_weights="imagenet" if preset else None, size=arch.image_size, dynamic=dynamic,
+        default_weights="imagenet" if preset else None, input_shape_doc=input_shape_doc,
         arch=arch.name, builder=arch.builder)
     return builder
 

@@ -153,6 +153,18 @@ def describe():
             "pooled_allocator_active": pooled_allocator_active()}
 
 
+def require_tensorflow_backend(what):
+    """ValueError unless Keras runs on its TensorFlow backend: `what` (a name for the message,
+    e.g. "`lambda_keras.export.saved_model`") uses TensorFlow beyond `keras.ops` (tf.data,
+    tf.distribute, SavedModel, the LiteRT converter). Called before anything is written."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != "tensorflow":
+        raise ValueError(f"{what} needs Keras' TensorFlow backend (README, \"Backends\"): set "
+                         f"KERAS_BACKEND=tensorflow. Received: KERAS_BACKEND={backend!r}")
+
+
 def backend_version(backend):
     """The version of the package behind a Keras backend ("tensorflow", "jax", "torch")."""
     import importlib

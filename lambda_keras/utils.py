@@ -131,6 +131,17 @@ def caller_stacklevel():
 
 
 # ---------------------------------------------------------------------------- atomic files
+def check_not_under_a_file(name, path):
+    """ValueError if an existing part of `path` (str) above it is a file, not a directory: the
+    directories to create there could not be (was the OS's NotADirectoryError)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"`{name}` lies under {parent!r}, an existing file, not a directory. "
+                         f"Received: {name}={path!r}")
+
+
 def temp_path(path):
     """A sibling of `path` for writing before `os.replace`.
 

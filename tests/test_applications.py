@@ -63,6 +63,14 @@ def test_builders_are_named_documented_functions(name):
     # The signature's default weights are what the name means everywhere (the CLI too).
     default = inspect.signature(fn).parameters["weights"].default
     assert default == lambda_keras.resolve_model(name).default_weights
+    # The default input shapes the docstring states are the builder's (without a top too).
+    arch = next(a for a in lambda_keras.architectures.ARCHITECTURES.values() if a.builder == name)
+    doc = " ".join(fn.__doc__.split())
+    top, headless = (lambda_keras.models._input_shape(None, arch, include_top, None)
+                     for include_top in (True, False))
+    assert f"Defaults to `{top}`" in doc
+    assert ("else `(None, None, 3)`" in doc) == (headless == (None, None, 3)), headless
+    assert ("at least 32 or `None`" in doc) == (headless == (None, None, 3))
 
 
 # Public functions beside the builders: (module, name, whether the Example runs offline).

@@ -16,6 +16,7 @@ import statistics
 import time
 
 import keras
+import numpy as np
 import pytest
 
 from lambda_keras import benchmark, cli, runtime
@@ -156,6 +157,20 @@ def check_compare():
         assert record["cudnn_tf32"] is torch.backends.cudnn.allow_tf32
     assert all(key in record for key in state[backend]), record
     assert "| train |" in benchmark.format_report(result)
+    # A model of several outputs (a backbone's feature maps, as `features=True` builds): its
+    # steps sum every output (the forward step's value against NumPy's sum of the outputs),
+    # and both phases are timed (was a TypeError inside the traced step on TensorFlow).
+    backbone = keras.Model(inputs, {"c3": features, "c4": LambdaLayer(
+        key_dim=4, num_heads=2, receptive_field=3, strides=2)(features)}, name="backbone")
+    x = np.random.default_rng(0).standard_normal((2, 12, 12, 8)).astype("float32")
+    outputs = backbone(x, training=False)
+    expected = sum(float(np.sum(keras.ops.convert_to_numpy(outputs[key]).astype("float64")))
+                   for key in ("c3", "c4"))
+    steps, _ = autotuning.STEPS[backend](backbone, x, record["jit_compile"])
+    assert steps["fwd"]() == pytest.approx(expected, rel=1e-4, abs=1e-3)
+    several = benchmark.compare(backbone, batch_size=2, phases=("fwd", "train"), rounds=1,
+                                calls=1)
+    assert all(several["results"][phase]["model"]["ms"] > 0 for phase in ("fwd", "train"))
     return (f"{backend}: fwd {result['results']['fwd']['ratio']['median']:.2f}x, "
             f"train {result['results']['train']['ratio']['median']:.2f}x the conv baseline")
 

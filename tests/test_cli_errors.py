@@ -10,6 +10,7 @@ tests/cli_helpers.py."""
 
 import os
 
+import keras
 import numpy as np
 import pytest
 from PIL import Image
@@ -90,6 +91,20 @@ def test_predict_on_a_non_image_file(tiny_model_path, tmp_path, capsys):
     text.write_text("not an image\n")
     line = one_error_line(capsys, ["predict", str(text), "--model", tiny_model_path], text)
     assert "not a readable image" in line
+
+
+def test_predict_refuses_a_model_that_takes_no_rgb_images(tmp_path, capsys):
+    """Images are decoded to RGB: a model of another input depth is named with its shapes (was
+    Keras' input-spec error from inside `predict`)."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path / "eight.keras"
+    keras.Sequential([keras.Input((SIZE, SIZE, 8)), keras.layers.GlobalAveragePooling2D(),
+                      keras.layers.Dense(2, activation="softmax")]).save(path)
+    image = tmp_path / "image.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    line = one_error_line(capsys, ["predict", str(image), "--model", str(path)], "`--model`")
+    assert line.endswith("must take one batch of RGB images [batch, height, width, 3]. "
+                         f"Received: input shapes [(None, {SIZE}, {SIZE}, 8)]"), line
 
 
 def test_predict_reads_every_image_before_printing_any(tiny_model_path, tmp_path, capsys):

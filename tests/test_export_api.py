@@ -254,6 +254,22 @@ def test_tflite_refuses_an_empty_path_before_converting(tiny_model, tmp_path, mo
     assert list(tmp_path.iterdir()) == []
 
 
+def test_exports_under_a_file_are_refused_before_writing(tiny_model, tmp_path, monkeypatch):
+    """A path whose existing part is a file (a typo of a directory) cannot be created: refused
+    naming the argument and the file, before converting (were the OS's NotADirectoryError from
+    its makedirs, the SavedModel after tracing the model)."""
+    monkeypatch.setattr(litert, "_convert", _no_conversion)
+    blocker = tmp_path / "model.keras"
+    blocker.write_bytes(b"keep me")
+    for call, name, path in ((export.saved_model, "export_dir", blocker / "serving"),
+                             (export.tflite, "path", blocker / "deeper" / "m.tflite")):
+        with pytest.raises(ValueError, match=re.escape(
+                f"`{name}` lies under {str(blocker)!r}, an existing file, not a directory. "
+                f"Received: {name}={str(path)!r}")):
+            call(tiny_model, path)
+    assert blocker.read_bytes() == b"keep me" and sorted(tmp_path.iterdir()) == [blocker]
+
+
 def _no_conversion(*args, **kwargs):
     raise AssertionError("the converter must not run on refused arguments")
 
@@ -477,6 +493,10 @@ def test_litert_runner_batches_and_integer_io(tiny_model, tmp_path):
                                              rf"for this model. Received: inputs shape "
                                              rf"{re.escape(str(wrong.shape))}"):
             runner(wrong)
+    # An empty batch (was LiteRT's RuntimeError from its RESHAPE kernel).
+    with pytest.raises(ValueError, match=re.escape(
+            "`inputs` must hold at least one example. Received: inputs shape (0, 32, 32, 3)")):
+        runner(images[:0])
     np.testing.assert_allclose(runner(images), expected, atol=1e-5)
 
     # A file with int8 input/output tensors (converted here directly): the runner (de)quantizes.

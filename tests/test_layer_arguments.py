@@ -129,6 +129,11 @@ BUILD_ERRORS = {
         dict(position="global", feature_size=(ROWS, 8)), (ROWS, COLS, CHANNELS),
         "feature_size=(6, 8); the input's spatial size differs. "
         "Received: input_shape=(None, 6, 7, 6)"),
+    # Was an empty output ((None, 0, 3, d)), where Keras' AveragePooling2D refuses the size.
+    "pool_size-2-on-a-row": (
+        dict(strides=2, pool_size=2), (1, COLS, CHANNELS),
+        "`strides=2` with `pool_size=2` (no padding) needs maps of at least 2 x 2 positions: "
+        "its output would have none. Received: input_shape=(None, 1, 7, 6)"),
 }
 
 
@@ -137,6 +142,18 @@ def test_bad_input_shape_raises_at_build(case):
     kwargs, shape, message = BUILD_ERRORS[case]
     with pytest.raises(ValueError, match=re.escape(message)):
         make_layer(**kwargs)(keras.Input(shape))
+
+
+def test_pool_of_two_refuses_a_map_it_would_empty_as_keras_does():
+    """The same shapes Keras' own 2x2/2 pool refuses (its expectation), in compute_output_shape
+    too; the padded 3x3/2 pool takes them."""
+    for shape in ((BATCH, 1, 1, CHANNELS), (BATCH, COLS, 1, CHANNELS)):
+        with pytest.raises(ValueError, match="would be zero or negative"):
+            keras.layers.AveragePooling2D(2).compute_output_shape(shape)
+        with pytest.raises(ValueError, match=re.escape("needs maps of at least 2 x 2")):
+            LambdaLayer(strides=2, pool_size=2).compute_output_shape(shape)
+        assert LambdaLayer(strides=2).compute_output_shape(shape)[1:3] == tuple(
+            (s + 1) // 2 for s in shape[1:3])
 
 
 def test_input_without_channels_is_refused_at_build():
@@ -181,12 +198,16 @@ def test_built_layer_rejects_another_channel_count():
 
 @pytest.mark.parametrize("implementation", formulations.STATIC_ONLY)
 def test_static_formulations_reject_dynamic_size(implementation):
+    """The sizes unknown while tracing named as None (were graph tensors' reprs)."""
     layer = make_layer(position="local", receptive_field=3, implementation=implementation)
-    traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
-    with pytest.raises(ValueError, match=re.escape(
-            f'`implementation="{implementation}"` needs a static spatial size (use "conv" or '
-            '"auto" for inputs of any size). Received: input spatial size')):
-        traced(random_input())
+    for signature, received in (((None, None, None), (None, None)),
+                                ((None, ROWS, None), (ROWS, None))):
+        traced = tf.function(layer, input_signature=[tf.TensorSpec((*signature, CHANNELS))])
+        with pytest.raises(ValueError, match=re.escape(
+                f'`implementation="{implementation}"` needs a spatial size known while tracing '
+                '(use "conv" or "auto" for inputs of any size, e.g. a SavedModel signature of any '
+                f"image size). Received: input spatial size {received}")):
+            traced(random_input())
 
 
 def test_legacy_einsum_implementation_loads_as_auto():

@@ -10,6 +10,7 @@ mixed precision), round trips (config, `.keras`) and shapes; tests/test_layer_ar
 checks every argument's and input's error message.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -388,8 +389,16 @@ def test_local_mode_runs_with_dynamic_spatial_size(implementation, stride):
 @pytest.mark.parametrize("position", ["relative", "global"])
 def test_static_size_modes_run_under_a_dynamic_signature(position):
     """With `feature_size`, "relative"/"global" layers trace with unknown spatial dims (e.g. a
-    SavedModel signature) and give the static-shape output."""
+    SavedModel signature) and give the static-shape output; another size is refused when the
+    graph runs, naming feature_size: also one of as many positions (ROWS x COLS read as COLS x
+    ROWS was silently reshaped to the embeddings' size), and one of more (which failed in an
+    einsum of the position term)."""
     layer = make_layer(position=position, feature_size=(ROWS, COLS))
     x = random_input()
     traced = tf.function(layer, input_signature=[tf.TensorSpec((None, None, None, CHANNELS))])
     assert_close(traced(x).numpy(), keras.ops.convert_to_numpy(layer(x)), 1e-5)
+    for rows, cols in ((COLS, ROWS), (ROWS + 1, COLS)):
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"`position={position}` embeddings are made for feature_size=({ROWS}, {COLS}). "
+                f"Received: input spatial size] [{rows} {cols}]")):
+            traced(random_input((BATCH, rows, cols, CHANNELS)))

@@ -52,9 +52,9 @@ print(json.dumps({**runtime.describe(), "formulations": traced}))
 """
 
 
-def _python(code, *args, onednn=None, allocator=None, timeout=600):
+def _python(code, *args, onednn=None, allocator=None, backend="tensorflow", timeout=600):
     env = {k: v for k, v in os.environ.items() if k not in (runtime.ENV, runtime.ALLOCATOR_ENV)}
-    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT, KERAS_BACKEND="tensorflow")
+    env.update(TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=REPO_ROOT, KERAS_BACKEND=backend)
     if onednn is not None:
         env[runtime.ENV] = onednn
     if allocator is not None:
@@ -63,6 +63,49 @@ def _python(code, *args, onednn=None, allocator=None, timeout=600):
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.strip().splitlines()
+
+
+# Calls each API that needs TensorFlow beyond keras.ops on another backend; prints, per call, its
+# error and every file it left in the (empty) output directory. argv: the output directory.
+TENSORFLOW_ONLY_SCRIPT = """
+import json, os, sys
+import keras
+import lambda_keras
+from lambda_keras import export, training
+
+out = sys.argv[1]
+model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.GlobalAveragePooling2D(),
+                          keras.layers.Dense(2, activation="softmax")])
+calls = {
+    "export.saved_model": lambda: export.saved_model(model, os.path.join(out, "serving")),
+    "export.tflite": lambda: export.tflite(model, os.path.join(out, "model.tflite")),
+    "training.train": lambda: training.train("lambda_resnet26t", "digits", "scratch",
+                                             output_dir=os.path.join(out, "run"), weights=None),
+    "training.evaluate": lambda: training.evaluate("lambda_resnet26t", "digits", weights=None),
+}
+errors = {}
+for name, call in calls.items():
+    try:
+        call()
+        errors[name] = None
+    except Exception as error:
+        errors[name] = f"{type(error).__name__}: {error}"
+print(json.dumps({"backend": keras.backend.backend(), "errors": errors,
+                  "written": sorted(os.listdir(out))}))
+"""
+
+
+def test_tensorflow_only_apis_refuse_another_backend_before_writing(tmp_path):
+    """Export and training use TensorFlow beyond keras.ops (README "Backends": "TensorFlow
+    only"); on JAX each refuses at once, naming KERAS_BACKEND, and writes nothing (was: an
+    export failed inside TensorFlow with "Cannot iterate over a shape with unknown rank", JAX's
+    train after its first epoch, leaving files, and PyTorch's trained unsupported)."""
+    result = json.loads(_python(TENSORFLOW_ONLY_SCRIPT, str(tmp_path), backend="jax")[-1])
+    assert result["backend"] == "jax" and result["written"] == []
+    for name, error in result["errors"].items():
+        assert error == (f"ValueError: `lambda_keras.{name}` needs Keras' TensorFlow backend "
+                         '(README, "Backends"): set KERAS_BACKEND=tensorflow. '
+                         "Received: KERAS_BACKEND='jax'"), name
 
 
 def test_cpu_flags_are_read_from_the_cpu():

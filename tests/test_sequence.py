@@ -336,6 +336,27 @@ def test_given_lengths_run_on_inputs_of_unknown_length(position, causal):
                 f'`position="{position}"` embeddings are made for (sequence_length, '
                 "context_length)=(9, 9). Received: (8, 8)")):
             call(_data(n=8))
+    for n in (8, 10):  # unknown while tracing: refused when the graph runs (was an einsum error)
+        with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+                f"`position={position}` embeddings are made for (sequence_length, "
+                f"context_length)=(9, 9). Received: input length] [{n}]")):
+            traced(_data(n=n))
+
+
+@pytest.mark.parametrize("position", ["relative", "global"])
+def test_a_separate_context_of_unknown_length_is_checked_when_the_graph_runs(position):
+    """The embeddings fix the context's length too: under a dynamic signature a context of
+    another length is refused when the graph runs, naming context_length."""
+    layer = SequenceLambdaLayer(12, key_dim=4, num_heads=2, position=position,
+                                sequence_length=9, context_length=5)
+    signature = [tf.TensorSpec((None, None, 6), "float32")] * 2
+    traced = tf.function(lambda x, c: layer(x, context=c), input_signature=signature)
+    x, context = _data(), _data(n=5, seed=1)
+    assert_close(traced(x, context), layer(x, context=context), 1e-6)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=re.escape(
+            f"`position={position}` embeddings are made for (sequence_length, "
+            "context_length)=(9, 5). Received: context length] [7]")):
+        traced(x, _data(n=7))
 
 
 @pytest.mark.parametrize("position", ["local", None])

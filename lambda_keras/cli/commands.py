@@ -24,12 +24,14 @@ def _cmd_predict(args):
     import numpy as np
 
     from lambda_keras import data
+    from lambda_keras.export import serving
 
     name, weights_arg = resolve_model_arg(args.model, args.weights)
     if weights_arg is None and not name.endswith(".keras"):
         print(f"note: {args.model} has no pretrained weights here: these are the predictions of "
               "a randomly initialised model (pass --weights FILE)", file=sys.stderr)
     model = load_model(args.model, args.weights, args.image_size)
+    serving.check_classifier(model, "--model")  # what the images and labels below feed
     preprocessing = model_preprocessing(args.model, model, args.image_size)
     labels = class_names(args.labels, model.output_shape[-1])
     top = min(5, len(labels)) if args.top is None else args.top

@@ -26,7 +26,7 @@ import numpy as np
 import keras
 import tensorflow as tf
 
-from lambda_keras import utils
+from lambda_keras import runtime, utils
 from lambda_keras.layers import formulations
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -326,7 +326,7 @@ def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwr
 
     Raises:
         TypeError: `path` is not a str or os.PathLike.
-        ValueError: `path` is empty or a directory.
+        ValueError: `path` is empty, a directory or under a file.
         FileExistsError: `path` exists and `overwrite` is False.
     """
     if not isinstance(path, (str, os.PathLike)):
@@ -337,6 +337,7 @@ def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwr
             f"`{path_arg}` must be a non-empty file path. Received: {path_arg}={path!r}")
     if os.path.isdir(path):
         raise ValueError(f"{path!r} is a directory, not a file; choose another `{path_arg}`.")
+    utils.check_not_under_a_file(path_arg, path)
     if not overwrite and os.path.exists(path):
         raise FileExistsError(f"{path!r} exists; pass {overwrite_arg} to replace it or choose "
                               f"another `{path_arg}`.")
@@ -374,11 +375,12 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=N
     Raises:
         TypeError: `model` is not a keras.Model, `path` not a file path, `overwrite` not a bool,
             `float_ops` not a sequence of str, or `representative_data` not numeric images.
-        ValueError: an unknown `quantization`; `representative_data` missing for "int8" or given
-            (like `float_ops`) with another quantization; calibration data that is empty,
-            non-finite or not the model's input shape; an unknown operator in `float_ops`;
-            `path` empty or a directory; a model with several inputs for "int8"; or an "int8" result
-            with float operators besides `float_ops` or unbounded calibration ranges.
+        ValueError: Keras on another backend than TensorFlow; an unknown `quantization`;
+            `representative_data` missing for "int8" or given (like `float_ops`) with another
+            quantization; calibration data that is empty, non-finite or not the model's input
+            shape; an unknown operator in `float_ops`; `path` empty, a directory or under a
+            file; a model with several inputs for "int8"; or an "int8" result with float
+            operators besides `float_ops` or unbounded calibration ranges.
         FileExistsError: `path` exists and `overwrite` is False.
 
     Example:
@@ -389,6 +391,7 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=N
     probabilities = export.LiteRTRunner("model_int8.tflite")(images)
     ```
     """
+    runtime.require_tensorflow_backend("`lambda_keras.export.tflite`")
     if not isinstance(model, keras.Model):
         raise TypeError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
     utils.check_choice("quantization", quantization, QUANTIZATIONS)
@@ -455,7 +458,8 @@ class LiteRTRunner:
         TypeError: `model` is neither a path nor bytes.
         FileNotFoundError: `model` is a path to no file.
         ValueError: `model` is empty, not a readable LiteRT flatbuffer (LiteRT's message is the
-            cause) or a model with several inputs.
+            cause) or a model with several inputs; in a call, `inputs` of another shape than
+            the model's or an empty batch.
 
     Example:
 
@@ -520,6 +524,9 @@ class LiteRTRunner:
             wanted = ", ".join("batch" if i == 0 else ("any" if d == -1 else str(d))
                                for i, d in enumerate(expected))
             raise ValueError(f"`inputs` must have shape [{wanted}] for this model. "
+                             f"Received: inputs shape {inputs.shape}")
+        if not inputs.shape[0]:  # LiteRT's RESHAPE kernels fail on an empty batch
+            raise ValueError("`inputs` must hold at least one example. "
                              f"Received: inputs shape {inputs.shape}")
         if inputs.shape != self._shape:
             self.interpreter.resize_tensor_input(self._input["index"], list(inputs.shape))

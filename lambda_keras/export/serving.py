@@ -43,7 +43,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import data, models
-from lambda_keras import utils
+from lambda_keras import runtime, utils
 from lambda_keras import weights
 from lambda_keras.data.transforms import check_preprocessing
 from lambda_keras.export import images as image_ops
@@ -58,17 +58,19 @@ _STAGING_NAME = re.compile(r"^\.(?:tmp|old)-\d+-(?P<host>.+)-(?P<pid>\d+)-[A-Za-
 
 
 # ---------------------------------------------------------------------------- model inspection
-def _check_classifier(model):
-    """(static input size (H, W) or None, number of classes, whether the output is logits)."""
+def check_classifier(model, arg="model"):
+    """(static input size (H, W) or None, number of classes, whether the output is logits) of a
+    classifier of RGB images, what the served signatures (and the CLI's `predict`) feed;
+    messages name `arg`."""
     if not isinstance(model, keras.Model):
-        raise TypeError(f"`model` must be a keras.Model. Received: model={type(model).__name__}")
+        raise TypeError(f"`{arg}` must be a keras.Model. Received: {arg}={type(model).__name__}")
     if len(model.inputs) != 1 or len(model.inputs[0].shape) != 4 or model.inputs[0].shape[-1] != 3:
         raise ValueError(
-            "`model` must take one batch of RGB images [batch, height, width, 3]. Received: "
+            f"`{arg}` must take one batch of RGB images [batch, height, width, 3]. Received: "
             f"input shapes {[tuple(t.shape) for t in model.inputs]}")
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise ValueError(
-            "`model` must be a classifier with one output [batch, classes] (include_top=True). "
+            f"`{arg}` must be a classifier with one output [batch, classes] (include_top=True). "
             f"Received: output shapes {[tuple(t.shape) for t in model.outputs]}")
     height, width = model.inputs[0].shape[1:3]
     size = None if height is None or width is None else (int(height), int(width))
@@ -273,6 +275,7 @@ def _check_export_dir(export_dir):
         raise ValueError(
             "`export_dir` must be a directory (the TF Serving model base path, which holds one "
             f"directory per version). Received: export_dir={export_dir!r}, an existing file")
+    utils.check_not_under_a_file("export_dir", export_dir)
     return export_dir
 
 
@@ -397,11 +400,12 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
         TypeError: `model` is not a keras.Model, `export_dir` not a path, `preprocessing` not a
             Preprocessing, `version` or `top_k` not an int, `warmup` or `overwrite` not a bool,
             `labels` neither a sequence nor a path.
-        ValueError: `model` is not a classifier of RGB images (one [batch, H, W, 3] input, one
-            [batch, classes] softmax or logits output); `preprocessing` has another input size
-            than a static model, an unknown interpolation or a crop_pct outside (0, 1]; `labels`
-            is not one string per class, has empty names or line breaks or names an unreadable
-            file; `top_k` < 1; `version` < 0; `export_dir` is empty or an existing file.
+        ValueError: Keras on another backend than TensorFlow; `model` is not a classifier of
+            RGB images (one [batch, H, W, 3] input, one [batch, classes] softmax or logits
+            output); `preprocessing` has another input size than a static model, an unknown
+            interpolation or a crop_pct outside (0, 1]; `labels` is not one string per class,
+            has empty names or line breaks or names an unreadable file; `top_k` < 1; `version`
+            < 0; `export_dir` is empty, an existing file or under one.
         FileExistsError: the version directory is not empty and `overwrite` is False, or is a
             file.
         ImportError: `warmup` is True and tensorflow-serving-api is not installed.
@@ -416,7 +420,8 @@ def saved_model(model, export_dir, version=None, preprocessing=None, labels=None
     # `saved_model_cli show --dir models/lambda_resnet/1 --all`
     ```
     """
-    model_size, num_classes, logits = _check_classifier(model)
+    runtime.require_tensorflow_backend("`lambda_keras.export.saved_model`")
+    model_size, num_classes, logits = check_classifier(model)
     preprocessing = _resolve_preprocessing(preprocessing, model_size)
     labels = resolve_labels(labels, num_classes)
     top_k = min(utils.check_int("top_k", top_k), num_classes)

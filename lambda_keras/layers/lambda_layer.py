@@ -72,6 +72,7 @@ from lambda_keras.layers.shared import (
     content_output,
     init_shared_config,
     project,
+    with_size_check,
 )
 from lambda_keras.layers.formulations import (  # noqa: F401 (re-exported, public since 0.1)
     IMPLEMENTATIONS,
@@ -192,6 +193,7 @@ class LambdaLayer(keras.layers.Layer):
                 "The channel axis of the input must be at least 1. "
                 f"Received: input_shape={input_shape}"
             )
+        self._check_pool_input(input_shape)
         # Later calls with another channel count fail in Keras' check, naming the axis.
         self.input_spec = keras.layers.InputSpec(ndim=4, axes={-1: channels})
         check_heads_divide(self.output_dim, self.num_heads, input_depth=channels)
@@ -253,7 +255,10 @@ class LambdaLayer(keras.layers.Layer):
         height, width = inputs.shape[1], inputs.shape[2]
         self._check_call_size(height, width)
         if self._embedding_size is not None:
-            # "relative"/"global": the embeddings fix the size, also under a dynamic signature.
+            # "relative"/"global": the embeddings fix the size, also under a dynamic signature
+            # (checked when the graph runs).
+            inputs = with_size_check(inputs, (1, 2), self._embedding_size,
+                                     f"{self._size_message()} Received: input spatial size")
             height, width = self._embedding_size
         h, v = self.num_heads, self.value_dim
         dynamic = ops.shape(inputs)
@@ -314,10 +319,12 @@ class LambdaLayer(keras.layers.Layer):
         if self._embedding_size is None or None in (height, width):
             return
         if (height, width) != tuple(self._embedding_size):
-            raise ValueError(
-                f'`position="{self.position}"` embeddings are made for feature_size='
-                f"{tuple(self._embedding_size)}. Received: input spatial size {(height, width)}"
-            )
+            raise ValueError(f"{self._size_message()} Received: input spatial size "
+                             f"{(height, width)}")
+
+    def _size_message(self):
+        return (f'`position="{self.position}"` embeddings are made for feature_size='
+                f"{tuple(self._embedding_size)}.")
 
     def _formulation(self, rows, cols, training=None, runtime=None):
         """The formulation of the position term for a rows x cols map (ints, or tensors/None
@@ -326,10 +333,11 @@ class LambdaLayer(keras.layers.Layer):
         static = isinstance(rows, int) and isinstance(cols, int)
         if self.implementation != "auto":
             if not static and self.implementation in formulations.STATIC_ONLY:
+                known = tuple(s if isinstance(s, int) else None for s in (rows, cols))
                 raise ValueError(
-                    f'`implementation="{self.implementation}"` needs a static spatial size '
-                    '(use "conv" or "auto" for inputs of any size). '
-                    f"Received: input spatial size {(rows, cols)}"
+                    f'`implementation="{self.implementation}"` needs a spatial size known while '
+                    'tracing (use "conv" or "auto" for inputs of any size, e.g. a SavedModel '
+                    f"signature of any image size). Received: input spatial size {known}"
                 )
             return self.implementation
         runtime = runtime or formulations.current_runtime()
@@ -402,8 +410,19 @@ class LambdaLayer(keras.layers.Layer):
         return ops.expand_dims(ops.einsum("bnhk,k->bnh", q, bias), -1)  # [b, n, h, 1]
 
     # --------------------------------------------------------------- config
+    def _check_pool_input(self, input_shape):
+        """The 2x2/2 pool (`pool_size=2`, no padding) leaves no position of a map 1 pixel high
+        or wide; refused as Keras' AveragePooling2D refuses it (the 3x3/2 pool pads)."""
+        if self.strides == 2 and self.pool_size == 2 and any(
+                size is not None and size < 2 for size in input_shape[1:3]):
+            raise ValueError(
+                "`strides=2` with `pool_size=2` (no padding) needs maps of at least 2 x 2 "
+                "positions: its output would have none. "
+                f"Received: input_shape={tuple(input_shape)}")
+
     def compute_output_shape(self, input_shape):
         input_shape = _image_shape(input_shape)
+        self._check_pool_input(input_shape)
         batch, rows, cols, channels = input_shape
         if self.strides == 2:
             shrink = (lambda s: (s + 1) // 2) if self.pool_size == 3 else (lambda s: s // 2)

@@ -69,6 +69,7 @@ from lambda_keras.layers.shared import (
     content_output,
     init_shared_config,
     project,
+    with_size_check,
 )
 
 SEQUENCE_POSITION_MODES = ("local", "relative", "global", None)
@@ -275,15 +276,20 @@ class SequenceLambdaLayer(keras.layers.Layer):
             )
         n_static, m_static = inputs.shape[1], context.shape[1]
         self._check_lengths(n_static, m_static)
-        # An unknown length (a trace of `Input((None, d))`) is checked when the graph runs: the
-        # embeddings fix the lengths (`_position_output`).
-        if self._lengths is not None and any(
-                length is not None and length != made
-                for length, made in zip((n_static, m_static), self._lengths)):
-            raise ValueError(
-                f'`position="{self.position}"` embeddings are made for (sequence_length, '
-                f"context_length)={self._lengths}. Received: {(n_static, m_static)}"
-            )
+        if self._lengths is not None:
+            message = (f'`position="{self.position}"` embeddings are made for (sequence_length, '
+                       f"context_length)={self._lengths}.")
+            if any(length is not None and length != made
+                   for length, made in zip((n_static, m_static), self._lengths)):
+                raise ValueError(f"{message} Received: {(n_static, m_static)}")
+            # An unknown length (a trace of `Input((None, d))`): checked when the graph runs.
+            inputs = with_size_check(inputs, (1,), self._lengths[:1],
+                                     f"{message} Received: input length")
+            if separate:
+                context = with_size_check(context, (1,), self._lengths[1:],
+                                          f"{message} Received: context length")
+            else:
+                context = inputs
         mask, context_mask = _as_mask("mask", mask), _as_mask("context_mask", context_mask)
         if not separate:
             context_mask = mask if context_mask is None else context_mask

@@ -4,7 +4,9 @@
   and the initializers (`check_heads_divide`, the size bounds MAX_DIM / MAX_RECEPTIVE_FIELD);
 - `build_projections`, `project`: W_Q, W_K, W_V without bias and the query/value norms (batch
   norm, the paper's; layer norm for causal sequences), giving q, key logits and values;
-- `content_output`: the content lambda, shared by every query, applied to every query.
+- `content_output`: the content lambda, shared by every query, applied to every query;
+- `with_size_check`: the sizes the "relative"/"global" embeddings are made for, checked when a
+  TensorFlow graph runs where they are unknown while tracing.
 """
 
 import keras
@@ -176,3 +178,24 @@ def _optional_initializer(name, initializer):
             f"config dict, an Initializer or a callable). Received: {name}={initializer!r}"
         ) from error
 
+
+def with_size_check(tensor, axes, expected, message):
+    """`tensor`, checked to have the sizes `expected` (ints) along `axes` when it runs, where they
+    are unknown while tracing: a TensorFlow graph of a dynamic signature (a model on
+    `Input((None, None, d))` served or traced by `tf.function`). Without the check the embeddings'
+    sizes would silently reshape another input's positions (a 2 x 8 map read as 4 x 4) or fail in
+    an einsum far from the cause. JAX traces and PyTorch runs with known sizes, which the layers
+    check in Python. The graph raises InvalidArgumentError with `message` (which ends by naming
+    what it received) and the sizes received.
+    """
+    if keras.backend.backend() != "tensorflow" or None not in [tensor.shape[a] for a in axes]:
+        return tensor
+    import tensorflow as tf
+
+    shape = tf.shape(tensor)
+    received = tf.stack([shape[a] for a in axes])
+    check = tf.debugging.Assert(
+        tf.reduce_all(tf.equal(received, tf.constant(expected, received.dtype))),
+        [message.replace('"', "").replace("'", ""), received])  # (TensorFlow escapes quotes)
+    with tf.control_dependencies([check]):
+        return tf.identity(tensor)

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 
 from lambda_keras import data as data_lib
-from lambda_keras import utils
+from lambda_keras import runtime, utils
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
 from lambda_keras.training.model_setup import DEFAULT_WEIGHTS, TOP_K
@@ -57,11 +57,11 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     Raises:
         TypeError: `model` is neither a keras.Model, a str/path nor a callable; `strategy` is
             not a tf.distribute.Strategy; `image_size` is not an int.
-        ValueError: `image_size` < 1, a `verbose` other than "auto", 0, 1, 2, an unknown model
-            name, a missing `.keras` file, `weights` given for a keras.Model or `.keras` file, a
-            fixed-size model and another `image_size`, a model with another number of outputs
-            than the dataset's classes, or a bad argument of `make_dataset` (spec, split, batch
-            size).
+        ValueError: Keras on another backend than TensorFlow; `image_size` < 1, a `verbose`
+            other than "auto", 0, 1, 2, an unknown model name, a missing `.keras` file,
+            `weights` given for a keras.Model or `.keras` file, a fixed-size model and another
+            `image_size`, a model with another number of outputs than the dataset's classes, or
+            a bad argument of `make_dataset` (spec, split, batch size).
 
     Example:
 
@@ -71,6 +71,7 @@ def evaluate(model, data_spec="digits", *, split="validation", batch_size=64, im
     print(f"top-1 {metrics['top1']:.3f} on {metrics['num_examples']} images")
     ```
     """
+    runtime.require_tensorflow_backend("`lambda_keras.training.evaluate`")
     image_size = utils.check_int("image_size", image_size, optional=True)  # 0: no default
     utils.check_choice("verbose", verbose, VERBOSITIES)
     data_lib.check_spec(data_spec, data_dir=data_dir, arg="data_spec")  # named as evaluate's own

@@ -22,7 +22,7 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import data as data_lib
-from lambda_keras import presets, utils
+from lambda_keras import presets, runtime, utils
 from lambda_keras.data.sources import parse_spec
 from lambda_keras.training import keras_patches
 from lambda_keras.training import model_setup
@@ -251,11 +251,11 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
         (every `recipe.backup_every` steps and every epoch end) to the same final weights.
 
     Raises:
-        ValueError / TypeError: a bad argument (e.g. `overwrite`, `deterministic` or
-            `verify_images` not a bool, `callbacks` not a list of Callbacks, a `verbose` other
-            than "auto", 0, 1, 2), a backup in `output_dir` that does not belong to this run (the
-            message names the file to delete), or a finished run there without
-            `overwrite=True`; nothing is written or deleted then.
+        ValueError / TypeError: Keras on another backend than TensorFlow; a bad argument (e.g.
+            `overwrite`, `deterministic` or `verify_images` not a bool, `callbacks` not a list
+            of Callbacks, a `verbose` other than "auto", 0, 1, 2), a backup in `output_dir`
+            that does not belong to this run (the message names the file to delete), or a
+            finished run there without `overwrite=True`; nothing is written or deleted then.
         training.NonFiniteError: the loss or a BN statistic became non-finite; the last good
             checkpoint and backup are kept.
 
@@ -268,6 +268,7 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
     """
     # 1. The plain arguments (before anything is set, deleted or written), the recipe, and where
     # it runs.
+    runtime.require_tensorflow_backend("`lambda_keras.training.train`")
     for name, flag in (("overwrite", overwrite), ("deterministic", deterministic),
                        ("verify_images", verify_images)):
         utils.check_bool(name, flag)  # "no" would be true

@@ -30,6 +30,7 @@ import time
 import warnings
 
 import numpy as np
+import keras
 
 from lambda_keras import utils
 from lambda_keras.runtime import backend_version, current_runtime, device_name
@@ -214,7 +215,8 @@ def estimate_bytes(plan, rows, cols, batch, *, num_heads, key_dim, intra_depth,
 
 def tensorflow_steps(model, jit_compile):
     """(forward, forward + backward) tf.functions of a Keras layer or model, each returning a
-    float32 scalar: the sum of the outputs, and mean(y^2) plus the sum of its gradients with
+    float32 scalar: the sum of the outputs, and the mean of y^2 (summed over the outputs of a
+    model with several, e.g. a backbone's feature maps) plus the sum of its gradients with
     respect to the input and every trainable weight. Sums and loss are taken in float32, as
     Keras' losses are under a mixed-precision policy (the outputs are then bfloat16 or float16
     and the gradients of the float32 weights float32)."""
@@ -225,13 +227,14 @@ def tensorflow_steps(model, jit_compile):
 
     @tf.function(jit_compile=jit_compile)
     def forward(x):
-        return total(model(x, training=False))
+        return tf.add_n([total(y) for y in keras.tree.flatten(model(x, training=False))])
 
     @tf.function(jit_compile=jit_compile)
     def forward_backward(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.reduce_mean(tf.square(tf.cast(model(x, training=True), "float32")))
+            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(y, "float32")))
+                             for y in keras.tree.flatten(model(x, training=True))])
         grads = tape.gradient(loss, [x] + model.trainable_variables)
         return loss + tf.add_n([total(g) for g in grads])
 
@@ -259,12 +262,13 @@ def _steps_jax(layer, x, jit_compile):  # noqa: ARG001 (JAX always compiles)
     x = jnp.asarray(x)
 
     def forward(trainable, non_trainable, inputs):
-        y, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
-        return jnp.sum(y.astype("float32"))
+        outputs, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
+        return sum(jnp.sum(y.astype("float32")) for y in keras.tree.flatten(outputs))
 
     def loss(trainable, inputs, non_trainable):  # in float32, as in tensorflow_steps
-        y, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
-        return jnp.mean(jnp.square(y.astype("float32"))), updated
+        outputs, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
+        return sum(jnp.mean(jnp.square(y.astype("float32")))
+                   for y in keras.tree.flatten(outputs)), updated
 
     def forward_backward(trainable, non_trainable, inputs):
         (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
@@ -289,13 +293,15 @@ def _steps_torch(layer, x, jit_compile):  # noqa: ARG001 (eager)
 
     def forward():
         with torch.no_grad():
-            return float(layer(x, training=False).float().sum())
+            return float(sum(y.float().sum()
+                             for y in keras.tree.flatten(layer(x, training=False))))
 
     def forward_backward():
         inputs = x.clone().requires_grad_(True)
         for variable in layer.trainable_variables:
             variable.value.grad = None
-        loss = layer(inputs, training=True).float().square().mean()  # as tensorflow_steps
+        loss = sum(y.float().square().mean()  # as tensorflow_steps
+                   for y in keras.tree.flatten(layer(inputs, training=True)))
         loss.backward()
         return float(loss.detach())
 
@@ -371,8 +377,6 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
     Returns:
         {formulation: {"ms": median milliseconds} or {"skipped": reason}}.
     """
-    import keras
-
     rows, cols = map_size
     channels = layer.query_kernel.shape[0]
     x = np.random.default_rng(0).standard_normal((batch_size, rows, cols, channels))
@@ -388,8 +392,8 @@ def measure(layer, map_size, phase, runtime, *, batch_size=8, jit_compile=False,
                 receptive_field=layer.receptive_field, strides=layer.strides,
                 pool_size=layer.pool_size, phase=phase)
             if estimate > memory_limit_bytes:
-                results[formulation] = {"skipped": f"estimated {estimate / 2 ** 30:.1f} GiB > "
-                                                   f"{memory_limit_bytes / 2 ** 30:.1f} GiB"}
+                results[formulation] = {"skipped": f"estimated {estimate:,} bytes > "
+                                                   f"memory_limit_bytes={memory_limit_bytes:,}"}
                 continue
             clone = type(layer).from_config({**layer.get_config(), "implementation": formulation})
             clone.build((None, rows, cols, channels))
@@ -481,8 +485,6 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
     >>> sorted(report)
     ['device', 'dynamic', 'picks']
     """
-    import keras
-
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"`model` must be a built Keras model or layer (a model name: build it "
                         f"first, e.g. `lambda_keras.get_model(name, weights=None)`). Received: "
