@@ -70,7 +70,6 @@ def _python(code, *args, onednn=None, allocator=None, backend="tensorflow", time
 TENSORFLOW_ONLY_SCRIPT = """
 import json, os, sys
 import keras
-import lambda_keras
 from lambda_keras import export, training
 
 out = sys.argv[1]

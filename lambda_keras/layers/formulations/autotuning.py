@@ -31,6 +31,7 @@ import warnings
 
 import numpy as np
 import keras
+from keras import ops
 
 from lambda_keras import utils
 from lambda_keras.runtime import backend_version, current_runtime, device_name
@@ -213,6 +214,18 @@ def estimate_bytes(plan, rows, cols, batch, *, num_heads, key_dim, intra_depth,
     return copies * positions * positions * per_pair * 4
 
 
+def _summed(tensors):
+    """The sum of every entry of `tensors` (a tensor, or a structure of them: a model's several
+    outputs, e.g. a backbone's maps; gradients), in float32."""
+    return sum(ops.sum(ops.cast(t, "float32")) for t in keras.tree.flatten(tensors))
+
+
+def _loss(outputs):
+    """mean(y^2) of each output, summed, in float32 (as Keras' losses are under a mixed-precision
+    policy, where the outputs are bfloat16 or float16)."""
+    return sum(ops.mean(ops.square(ops.cast(y, "float32"))) for y in keras.tree.flatten(outputs))
+
+
 def tensorflow_steps(model, jit_compile):
     """(forward, forward + backward) tf.functions of a Keras layer or model, each returning a
     float32 scalar: the sum of the outputs, and the mean of y^2 (summed over the outputs of a
@@ -222,21 +235,16 @@ def tensorflow_steps(model, jit_compile):
     and the gradients of the float32 weights float32)."""
     import tensorflow as tf
 
-    def total(tensor):
-        return tf.reduce_sum(tf.cast(tensor, "float32"))
-
     @tf.function(jit_compile=jit_compile)
     def forward(x):
-        return tf.add_n([total(y) for y in keras.tree.flatten(model(x, training=False))])
+        return _summed(model(x, training=False))
 
     @tf.function(jit_compile=jit_compile)
     def forward_backward(x):
         with tf.GradientTape() as tape:
             tape.watch(x)
-            loss = tf.add_n([tf.reduce_mean(tf.square(tf.cast(y, "float32")))
-                             for y in keras.tree.flatten(model(x, training=True))])
-        grads = tape.gradient(loss, [x] + model.trainable_variables)
-        return loss + tf.add_n([total(g) for g in grads])
+            loss = _loss(model(x, training=True))
+        return loss + _summed(tape.gradient(loss, [x] + model.trainable_variables))
 
     return forward, forward_backward
 
@@ -263,17 +271,16 @@ def _steps_jax(layer, x, jit_compile):  # noqa: ARG001 (JAX always compiles)
 
     def forward(trainable, non_trainable, inputs):
         outputs, _ = layer.stateless_call(trainable, non_trainable, inputs, training=False)
-        return sum(jnp.sum(y.astype("float32")) for y in keras.tree.flatten(outputs))
+        return _summed(outputs)
 
-    def loss(trainable, inputs, non_trainable):  # in float32, as in tensorflow_steps
+    def loss(trainable, inputs, non_trainable):  # as in tensorflow_steps
         outputs, updated = layer.stateless_call(trainable, non_trainable, inputs, training=True)
-        return sum(jnp.mean(jnp.square(y.astype("float32")))
-                   for y in keras.tree.flatten(outputs)), updated
+        return _loss(outputs), updated
 
     def forward_backward(trainable, non_trainable, inputs):
         (value, _), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
             trainable, inputs, non_trainable)
-        return value + sum(jnp.sum(g) for g in jax.tree_util.tree_leaves(grads))
+        return value + _summed(grads)
 
     forward, forward_backward = jax.jit(forward), jax.jit(forward_backward)
 
@@ -293,15 +300,13 @@ def _steps_torch(layer, x, jit_compile):  # noqa: ARG001 (eager)
 
     def forward():
         with torch.no_grad():
-            return float(sum(y.float().sum()
-                             for y in keras.tree.flatten(layer(x, training=False))))
+            return float(_summed(layer(x, training=False)))
 
     def forward_backward():
         inputs = x.clone().requires_grad_(True)
         for variable in layer.trainable_variables:
             variable.value.grad = None
-        loss = sum(y.float().square().mean()  # as tensorflow_steps
-                   for y in keras.tree.flatten(layer(inputs, training=True)))
+        loss = _loss(layer(inputs, training=True))  # as tensorflow_steps
         loss.backward()
         return float(loss.detach())
 
