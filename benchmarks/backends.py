@@ -64,7 +64,7 @@ def expand(results):
     return model_suite.expand(results)
 
 
-def main(argv=None):
+def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backends",
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--backends", default=",".join(BACKENDS),
@@ -74,12 +74,18 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=runtime.usable_cores())
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--out", required=True, help="the JSON record to write")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    backends = tuple(b.strip() for b in args.backends.split(",") if b.strip())
-    if not backends or set(backends) - set(BACKENDS):
+    args = parser.parse_args(argv)
+    text, args.backends = args.backends, tuple(b.strip() for b in args.backends.split(",")
+                                               if b.strip())
+    if not args.backends or set(args.backends) - set(BACKENDS):
         parser.error(f"`--backends` must name backends out of {tuple(BACKENDS)}. "
-                     f"Received: --backends={args.backends!r}")
-    settings = dict(FULL, batch=args.batch, image_size=args.image_size, backends=backends)
+                     f"Received: --backends={text!r}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    settings = dict(FULL, batch=args.batch, image_size=args.image_size, backends=args.backends)
     results = expand(common.run_groups(plan(settings, None), args.threads, args.timeout_s, None,
                                        isolate=False))
     suite = {"suite": "backends", "quick": False, "settings": settings, "results": results,

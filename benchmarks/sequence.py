@@ -91,14 +91,26 @@ def run(lengths):
     return results
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="256,512,1024,2048,4096")
-    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"))
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.sequence",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", default="256,512,1024,2048,4096",
+                        help="comma-separated sequence lengths (default: %(default)s)")
+    parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
+                        help="results directory; writes sequence.json there")
     args = parser.parse_args(argv)
-    lengths = [int(n) for n in args.lengths.split(",")]
+    try:
+        args.lengths = [int(n) for n in args.lengths.split(",")]
+    except ValueError:
+        parser.error(f"`--lengths` must be comma-separated integers. Received: "
+                     f"--lengths={args.lengths!r}")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
     start = time.perf_counter()
-    results = run(lengths)
+    results = run(args.lengths)
     results["wall_s"] = round(time.perf_counter() - start, 1)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

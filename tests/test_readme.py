@@ -11,8 +11,10 @@ tests/test_weights.py). A block no check below claims fails the test, so a new e
 untested.
 """
 
+import importlib
 import os
 import re
+import shlex
 
 import keras
 import numpy as np
@@ -136,3 +138,60 @@ def test_readme_example_runs_as_printed(marker, tmp_path, monkeypatch):
                                                           classes=10)
     exec(compile(source, f"README example ({marker})", "exec"), namespace)
     CHECKS[marker](namespace, tmp_path)
+
+
+# ------------------------------------------------------------------- the printed commands
+def _commands(program):
+    """Every `program ...` command the READMEs print, as argv lists: the lines of their bash
+    blocks (continuation lines joined, comments dropped) and the inline code spans that give
+    flags (`lambda-keras train --recipe help`; a bare `lambda-keras bench` names the command; a
+    synopsis with [optional] parts is no command)."""
+    commands = []
+    for readme in READMES + (os.path.join("benchmarks", "README.md"),):
+        with open(os.path.join(REPO_ROOT, readme), encoding="utf-8") as f:
+            text = f.read()
+        lines = [line for block in re.findall(r"^```bash\n(.*?)^```$", text, re.S | re.M)
+                 for line in block.replace("\\\n", " ").splitlines()]
+        lines += [span for span in re.findall(r"`([^`\n]+)`", text) if " --" in span]
+        commands += [shlex.split(line, comments=True) for line in lines
+                     if line.startswith(program + " ") and " [" not in line]
+    return commands
+
+
+def _lambda_keras_commands():
+    return [argv[1:] for argv in _commands("lambda-keras")]
+
+
+def test_printed_commands_are_found():
+    """The command lists below are not empty by accident (a README's format changed)."""
+    subcommands = {argv[0] for argv in _lambda_keras_commands()}
+    assert {"train", "export", "predict", "bench", "autotune", "convert"} <= subcommands
+    assert sum(argv[0] == "train" for argv in _lambda_keras_commands()) >= 4
+    modules = {argv[2] for argv in _commands("python -m")}
+    assert {"benchmarks.backends", "benchmarks.paired", "benchmarks.formulations"} <= modules
+
+
+@pytest.mark.parametrize("argv", _lambda_keras_commands(), ids=" ".join)
+def test_printed_lambda_keras_command_parses(argv, capsys):
+    """Each printed `lambda-keras` command is one its parser takes (`--help` and `--recipe help`
+    print and exit 0), and a printed `train` command's recipe, with its `--set` overrides and
+    flags, passes the recipe's own checks (the TPU example's steps_per_execution=32 once met the
+    paper recipe's backup_every=1000: not a multiple)."""
+    from lambda_keras import cli
+
+    try:
+        args = cli.build_parser().parse_args(argv)
+    except SystemExit as stop:
+        assert stop.code == 0 and ("--help" in argv or "help" in argv), capsys.readouterr().err
+        return
+    if args.command == "train":
+        overrides = cli.recipe_overrides(args)
+        assert set(overrides) >= {field.partition("=")[0] for field in args.set or []}
+
+
+@pytest.mark.parametrize("argv", [argv for argv in _commands("python -m")
+                                  if argv[2].startswith("benchmarks.")], ids=" ".join)
+def test_printed_benchmark_command_parses(argv):
+    """Each printed `python -m benchmarks.<suite> ...` command is one its parser takes."""
+    module = importlib.import_module(argv[2])
+    module.parse_args(argv[3:])

@@ -45,14 +45,14 @@ from lambda_keras import runtime
 from lambda_keras.cli.arguments import (
     INT_FLAGS, NO_WEIGHTS, QUIET_LOG_LEVEL, at_image_size, check_int_flags, check_output_folder,
     class_names, image_size_floor, load_model, model_preprocessing, parse_phases,
-    quiet_tensorflow, read_image, resolve_model_arg, resolve_tpu, timed_model)
+    quiet_tensorflow, read_image, recipe_overrides, resolve_model_arg, resolve_tpu, timed_model)
 from lambda_keras.cli.commands import build_parser
 
 __all__ = ["EXPECTED_ERRORS", "INT_FLAGS", "NO_WEIGHTS", "QUIET_LOG_LEVEL", "at_image_size",
-           "build_parser", "check_int_flags", "check_output_folder", "class_names",
-           "error_line", "image_size_floor", "load_model", "main", "model_preprocessing",
-           "parse_phases", "quiet_tensorflow", "read_image", "resolve_model_arg", "resolve_tpu",
-           "timed_model"]
+           "build_parser", "check_int_flags", "check_output_folder", "class_names", "error_line",
+           "image_size_floor", "load_model", "main", "model_preprocessing", "parse_phases",
+           "quiet_tensorflow", "read_image", "recipe_overrides", "resolve_model_arg",
+           "resolve_tpu", "timed_model"]
 
 
 def main(argv=None):

@@ -117,6 +117,25 @@ def check_int_flags(args):
         utils.check_int("--image-size", args.image_size, low=image_size_floor(args))
 
 
+def recipe_overrides(args):
+    """`train`'s recipe fields set on the command line, `--set FIELD=VALUE` and the `--epochs` /
+    `--batch-size` / `--image-size` flags (which must agree with a `--set` of the same field), as
+    `training.train`'s keyword arguments; `--recipe` with them is resolved and checked here,
+    before anything is built."""
+    from lambda_keras import training
+
+    overrides = training.parse_recipe_overrides(args.set or [])
+    for field in ("epochs", "batch_size", "image_size"):  # their flags and --set both set them
+        flag = getattr(args, field)
+        if flag is not None and field in overrides and overrides[field] != flag:
+            raise ValueError(f"--{field.replace('_', '-')} {flag} and --set {field}="
+                             f"{overrides[field]} disagree; give one")
+        if flag is not None:
+            overrides[field] = flag
+    training.get_recipe(args.recipe, **overrides)  # its fields' checks, e.g. backup_every
+    return overrides
+
+
 @contextlib.contextmanager
 def flags_named(**flags):
     """Re-raises the errors of the library calls inside that name a Python argument a flag gave

@@ -10,8 +10,8 @@ import sys
 from lambda_keras import utils
 from lambda_keras.cli.arguments import (
     at_image_size, check_output_folder, class_names, flags_named, load_model,
-    model_preprocessing, parse_phases, quiet_tensorflow, read_image, resolve_model_arg,
-    resolve_tpu, timed_model)
+    model_preprocessing, parse_phases, quiet_tensorflow, read_image, recipe_overrides,
+    resolve_model_arg, resolve_tpu, timed_model)
 
 PREDICT_BATCH = 32  # images per model call of `predict`
 # Defaults of export's int8 calibration flags (None in the parser: a flag given is told apart).
@@ -175,14 +175,7 @@ def _cmd_train(args):
     from lambda_keras import data, training
 
     model, weights = resolve_model_arg(args.model, args.weights)
-    overrides = training.parse_recipe_overrides(args.set or [])
-    for field in ("epochs", "batch_size", "image_size"):  # their flags and --set both set them
-        flag = getattr(args, field)
-        if flag is not None and field in overrides and overrides[field] != flag:
-            raise ValueError(f"--{field.replace('_', '-')} {flag} and --set {field}="
-                             f"{overrides[field]} disagree; give one")
-        if flag is not None:
-            overrides[field] = flag
+    overrides = recipe_overrides(args)
     validation = None if args.validation_data == "none" else args.validation_data
     # train's own checks, early, naming the flags: the output folder, the data, the TPU.
     check_output_folder(args)

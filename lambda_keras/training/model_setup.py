@@ -73,9 +73,22 @@ def preprocessing_for(model, weights, image_size):
 
 
 def build_model(model, *, image_size, classes, weights=None, recipe=None):
-    """A builder name ("lambda_resnet50" or "LambdaResNet50"), a `.keras` file, or a callable
-    `f(input_shape=, classes=, [weights=], [drop_rate=], [drop_path_rate=])` -> keras.Model.
-    Call it inside the strategy's scope and dtype policy."""
+    """The model a run trains, built inside the caller's strategy scope and dtype policy.
+
+    Args:
+        model: a builder name ("lambda_resnet50" or "LambdaResNet50"), a `.keras` file (loaded
+            as saved: `image_size`, `classes`, `weights` and `recipe` do not apply), or a
+            callable `f(input_shape=, classes=, [weights=], [drop_rate=], [drop_path_rate=])`
+            returning a keras.Model.
+        image_size: the input's height and width (square RGB images).
+        classes: the classifier's outputs.
+        weights: what the builder loads (None: random; a callable gets it only when given).
+        recipe: a `Recipe` whose `drop_rate` / `drop_path_rate`, where not None, replace the
+            architecture's.
+
+    Returns:
+        The keras.Model.
+    """
     if is_model_file(model):
         model = os.fspath(model)
         if not os.path.exists(model):

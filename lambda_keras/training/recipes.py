@@ -70,7 +70,10 @@ class Recipe:
     freeze_backbone_epochs: int = 0  # first train only the classifier for this many epochs
     sync_batch_norm: bool = False  # batch statistics over all replicas
     steps_per_execution: int = 1  # steps per compiled call (e.g. 32 on TPU)
-    backup_every: int = 200  # steps between backups (also at every epoch end)
+    # Steps between backups (also at every epoch end); a multiple of steps_per_execution. NOTE:
+    # the paper gives no cadence (backups are this package's): powers of two, so that any
+    # power-of-two steps_per_execution up to it (32 on a TPU, say) divides it.
+    backup_every: int = 256
 
     def __post_init__(self):
         for name, check in _FIELD_CHECKS.items():
@@ -149,7 +152,7 @@ RESNET_RS_ROWS = {
 _RESNET_RS = dict(
     epochs=350, batch_size=4096, optimizer="sgd", base_learning_rate=0.1, momentum=0.9,
     nesterov=True, weight_decay=4e-5, warmup_epochs=5, label_smoothing=0.1, ema_momentum=0.9999,
-    augment="randaugment", randaugment_layers=2, backup_every=1000)
+    augment="randaugment", randaugment_layers=2, backup_every=1024)
 
 
 def _resnet_rs_row(depth, size):
@@ -177,7 +180,7 @@ RECIPES = {r.name: r for r in (
                     "batch 4096, SGD Nesterov 0.9, LR 1.6, 5 warm-up epochs then cosine, L2 1e-4, "
                     "label smoothing 0.1, crop + flip only",
         epochs=90, batch_size=4096, optimizer="sgd", base_learning_rate=0.1, weight_decay=1e-4,
-        warmup_epochs=5, image_size=224, depth=50, backup_every=1000),
+        warmup_epochs=5, image_size=224, depth=50, backup_every=1024),
     Recipe(
         name="finetune",
         description="transfer learning from pretrained weights: AdamW, LR 5e-4 per 256, one "
