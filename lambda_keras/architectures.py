@@ -1,22 +1,30 @@
 """LambdaResNet architectures as data: the paper's family 50..420 and timm-compatible variants.
 
-Paper (PAPER.md section 3): LambdaResNets are ResNet-RS backbones (ResNet-D stem, average-pool
-shortcut, squeeze-excitation 0.25, dropout and stochastic depth growing with depth, zero-initialised
-last BN gamma) with lambda layers in every c5 block and in a few c4 blocks: "a single lambda layer
-in c4 for LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for
-LambdaResNet-152/200/270/350 and 8 lambda layers for LambdaResNet-420".
-NOTE: the paper does not say which c4 blocks hold the lambdas; they are spread evenly through c4
-(`spread_evenly`), which for the paper's counts never picks c4's strided first block. Every c5
+Paper (PAPER.md section 3): LambdaResNets are ResNet-RS backbones [C: Figure 4]; the backbone's
+details as recalled from the paper's appendix (UNCONFIRMED) and as ResNet-RS defines them: ResNet-D
+stem, average-pool shortcut, squeeze-excitation 0.25, dropout and stochastic depth growing with
+depth, zero-initialised last BN gamma. Lambda layers in a few c4 blocks [C, the paper's sentence
+as quoted in lucidrains/lambda-networks issue 9]: "a single lambda layer in c4 for
+LambdaResNet50, 3 lambda layers for LambdaResNet101, 6 lambda layers for
+LambdaResNet-152/200/270/350 and 8 lambda layers for LambdaResNet-420"; and in every c5 block
+(our inference from that sentence and the hybrid study, PAPER.md 3.3).
+NOTE: which c4 blocks hold the lambdas is not in what we could read of the paper; they are spread
+evenly through c4 (`spread_evenly`), which for the paper's counts never picks c4's strided first
+block. A recollection (PAPER.md 3.3, UNCONFIRMED) puts them every 10 blocks (350: 10, 20, ..., 60;
+420: 10, 20, ..., 80); the even spread gives 10, 21, ..., 62 and 10, 19, ..., 77 there. Every c5
 block is a lambda block, the strided first one included: the paper's strided lambda blocks
 downsample with an average pool after the lambda layer (PAPER.md 3.1), and timm's lambda_resnet26t
 has a lambda layer in its strided first c5 block too.
-NOTE: dropout / stochastic-depth rates follow ResNet-RS as recalled (0.25/0.0 up to 152, 0.25/0.1
-for 200 and 270, 0.4/0.1 for 350 and 420); image sizes are the paper's Figure 4 points (152 @ 256,
-270 @ 256, 350 and 420 @ 320) and 224 for 50/101/200 (the ablation size) — both UNCONFIRMED.
+NOTE: dropout / stochastic-depth rates are the ResNet-RS configs' for each depth (0.25/0.0 up to
+152, 0.25/0.1 for 200 and 270, 0.4/0.1 for 350 and 420: their 320 px rows), read in
+tensorflow/tpu's configs (training/recipes.py's RESNET_RS_ROWS); that the paper trained with them
+is recalled, UNCONFIRMED. Image sizes: the paper's Figure 4 points (152 @ 256, 270 @ 256, 350 and
+420 @ 320, read off the plot) and 224 for 50/101/200 (the ablation size, UNCONFIRMED).
 
 NOTE: squeeze-excitation in lambda blocks (`se_in_lambda_blocks`, default False). Known: ResNet-RS
-has SE 0.25 in every block. Recalled, not read: a sentence of the paper's appendix saying the lambda
-blocks have no SE, and 51M parameters for LambdaResNet-152 in the paper's pseudo-label table.
+has SE 0.25 in every block. Recalled by the team, not read and not in PAPER.md: a sentence of the
+paper's appendix saying the lambda blocks have no SE. Recalled (PAPER.md 3.5, UNCONFIRMED): 51M
+parameters for LambdaResNet-152 in the paper's pseudo-label table.
 Measured (trainable, 1000 classes): LambdaResNet-152 with SE everywhere 76.62M, SE in conv blocks
 only (the default) 67.17M, no SE at all (se_ratio=0) 50.25M. The default follows the recalled
 sentence; the recalled 51M fits only the model without any SE, so one recollection may be wrong.

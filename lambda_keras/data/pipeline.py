@@ -137,7 +137,8 @@ def make_dataset(
             (that + RandAugment) or None (the evaluation transform, still shuffled).
         crop_scale: (min, max) area fraction of the random resized crop; (0.08, 1.0) is
             ImageNet's, a larger minimum suits small images (digits).
-        randaugment_layers, randaugment_magnitude: RandAugment's N and M (paper: 2 and 10-15).
+        randaugment_layers, randaugment_magnitude: RandAugment's N and M (the ResNet-RS
+            configs: 2 and 10-15; the paper's use of them recalled, UNCONFIRMED).
         mixup_alpha: MixUp Beta parameter (0 disables; timm uses 0.8).
         cutmix_alpha: CutMix strength in [0, 1] (0 disables). MixUp/CutMix apply when training.
         one_hot: float32 one-hot labels instead of int32 indices; default True iff MixUp or CutMix

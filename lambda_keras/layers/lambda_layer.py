@@ -8,24 +8,24 @@ applies them to every query, so content and position interactions cost linear me
     lambda^p_n = sum_{m,u} E[n,m,k,u] V[m,v,u]                     (k, v)   one per query position
     y_n^h      = (lambda^c + lambda^p_n)^T q_n^h                   (v,)     heads concatenated -> d
 
-Implemented (paper section in brackets):
-- multi-query heads |h| with |v| = output_dim / |h| and keys/values shared by the heads [3.2];
-- intra-depth |u| >= 1: keys, values and embeddings gain a u axis summed in the lambdas [4.3, B.4];
+Implemented (in brackets: the section of the team's digest of the paper, PAPER.md, and its tag):
+- multi-query heads |h| with |v| = output_dim / |h| and keys/values shared by the heads [1.2, C/C3];
+- intra-depth |u| >= 1: keys, values and embeddings gain a u axis summed in the lambdas [1.3, C3];
 - position lambdas, `position=`:
   "local"    the lambda convolution: E[n, m] = w[m - n + r // 2] on an r x r local scope with
-             zero padding ("same"); any input size [4.3] ("conv", its former name, is still
+             zero padding ("same"); any input size [1.5, C3] ("conv", its former name, is still
              accepted: it warns, and saved configs that hold it load as "local");
   "relative" relative embeddings over the whole map: E[n, m] = R[m - n + (H-1, W-1)], a learned
-             (2H-1) x (2W-1) table; translation-equivariant; static size [3.2];
+             (2H-1) x (2W-1) table; translation-equivariant; static size [1.1, C3];
   "global"   one free embedding per (n, m) pair; static size;
-  None       content lambda only [Table 9 ablation];
+  None       content lambda only (an ablation of the paper's [2.3, UNCONFIRMED]);
 - batch norm on queries and values, softmax over context positions for the keys, projections
-  without bias [C3, section 4.2 and Figure 3];
+  without bias [1.6, C3: timm and lucidrains do so; the paper's own statement UNCONFIRMED];
 - strides 2 by average pooling after the layer: 3x3/2 as the paper says, or 2x2/2 as timm does
   (the same function, formed at the pooled positions: the pool is linear in the queries, so the
   content term takes the pooled queries, and where q . E is formed first the pool is applied to
   its maps, or folded into the window scores, before they meet V);
-- the paper's initialisation as recalled from its Appendix C (UNCONFIRMED in detail, PAPER.md
+- the paper's initialisation as recalled from its appendix (UNCONFIRMED in detail, PAPER.md
   1.6): W_Q ~ N(0, (|k| d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1); every initializer can be
   overridden.
 

@@ -46,7 +46,7 @@ def build_projections(layer, depth, context_depth):
     """Create the projections and batch norms of a lambda layer on `layer`.
 
     W_Q [depth, h*k], W_K [context_depth, k*u], W_V [context_depth, v*u] (no bias), in this
-    order, with the paper's initialisation as recalled (Appendix C; PAPER.md 1.6, UNCONFIRMED
+    order, with the paper's initialisation as recalled (its appendix; PAPER.md 1.6, UNCONFIRMED
     in detail): W_Q ~ N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2) unless
     `layer.<query|key|value>_initializer` overrides it; batch norms `query_norm` (h*k channels)
     and `value_norm` (v*u channels), layer norms where `layer.normalization` is "layer".

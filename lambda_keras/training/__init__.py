@@ -4,7 +4,7 @@ One concern per module:
 
 | module | what it holds |
 |---|---|
-| `recipes.py` | `Recipe` rows (`RECIPES`: the paper's ResNet-RS rows per (depth, size), its 90-epoch ablation recipe, finetune, scratch), `get_recipe`, `describe_recipes`, `parse_recipe_overrides` |
+| `recipes.py` | `Recipe` rows (`RECIPES`: the ResNet-RS rows per (depth, size), the paper's as recalled; its 90-epoch ablation recipe, recalled; finetune, scratch), `get_recipe`, `describe_recipes`, `parse_recipe_overrides` |
 | `optimizer.py` | learning-rate schedule; `MomentumL2`, the ResNet-RS update (coupled L2 through Nesterov momentum); `make_optimizer` |
 | `strategy.py` | `resolve_strategy` (TPU, multi-worker, mirrored, default), precision and XLA for it |
 | `keras_patches.py` | Keras 3 `fit` workarounds under tf.distribute, per model instance |

@@ -1,7 +1,8 @@
 """Training recipes as data: one frozen `Recipe` row per setting, `get_recipe`, the table listing.
 
 Rows (`RECIPES`):
-- `paper-<depth>-<size>`: the ResNet-RS recipe the paper trains its LambdaResNets with, one row per
+- `paper-<depth>-<size>`: the ResNet-RS recipe the paper trains its LambdaResNets with (recalled,
+  UNCONFIRMED; below), one row per
   (depth, image size) of tensorflow/tpu's `models/official/resnet/resnet_rs/configs/*.yaml`
   (read in that code): 350 epochs at batch 4096, SGD with Nesterov momentum 0.9, LR 0.1 per 256,
   L2 weight decay 4e-5 through the momentum, label smoothing 0.1, EMA 0.9999, RandAugment 2 layers
@@ -11,7 +12,9 @@ Rows (`RECIPES`):
   usual value), dropout / stochastic depth / image size from the architecture (architectures.py).
 - `paper-ablation-90`: the shorter recipe of the paper's ResNet-50 ablation tables (PAPER.md
   section 4, recalled, UNCONFIRMED): 90 epochs, batch 4096, SGD Nesterov 0.9, LR 0.1 per 256 with 5
-  warm-up epochs then cosine, L2 weight decay 1e-4, label smoothing 0.1, no EMA, no RandAugment.
+  warm-up epochs then cosine, L2 weight decay 1e-4, label smoothing 0.1. NOTE: PAPER.md gives no
+  augmentation or EMA for the ablations; no EMA and no RandAugment (crop + flip) are this
+  package's choice, the plainest reading of "the standard recipe".
 - `finetune`, `scratch`: this project's transfer-learning and small-data recipes (AdamW).
 
 How each number is known: the ResNet-RS rows are read from the reference configs (they are what the
@@ -159,7 +162,8 @@ def _resnet_rs_row(depth, size):
     magnitude, dropout, drop_path = RESNET_RS_ROWS[(depth, size)]
     return Recipe(
         name=f"paper-{depth}-{size}",
-        description=f"ResNet-RS config resnetrs{depth}_i{size}.yaml (read): "
+        description=f"ResNet-RS config resnetrs{depth}_i{size}.yaml (read; that the paper "
+                    "trained with it: recalled, UNCONFIRMED): "
                     f"RandAugment 2 x {magnitude}, dropout {dropout}, stochastic depth "
                     f"{drop_path}, {size} px; 350 epochs, batch 4096, SGD Nesterov 0.9, LR 1.6, "
                     "L2 4e-5, EMA 0.9999",
@@ -170,7 +174,8 @@ def _resnet_rs_row(depth, size):
 RECIPES = {r.name: r for r in (
     Recipe(
         name="paper-imagenet",
-        description="the ResNet-RS recipe without a (depth, size) row: RandAugment 2 x 15; "
+        description="the ResNet-RS recipe (read; the paper's use of it recalled, UNCONFIRMED) "
+                    "without a (depth, size) row: RandAugment 2 x 15; "
                     "dropout, stochastic depth and image size from the architecture",
         randaugment_magnitude=15, **_RESNET_RS),
     *(_resnet_rs_row(depth, size) for depth, size in RESNET_RS_ROWS),
@@ -178,7 +183,7 @@ RECIPES = {r.name: r for r in (
         name="paper-ablation-90",
         description="the paper's ResNet-50 ablation recipe (recalled, UNCONFIRMED): 90 epochs, "
                     "batch 4096, SGD Nesterov 0.9, LR 1.6, 5 warm-up epochs then cosine, L2 1e-4, "
-                    "label smoothing 0.1, crop + flip only",
+                    "label smoothing 0.1; crop + flip only (this package's choice)",
         epochs=90, batch_size=4096, optimizer="sgd", base_learning_rate=0.1, weight_decay=1e-4,
         warmup_epochs=5, image_size=224, depth=50, backup_every=1024),
     Recipe(
