@@ -8,7 +8,7 @@ file, eager execution) and works for a single layer as well as a whole `keras.Mo
 - `assert_all_weights_get_gradients`: every trainable variable gets a finite, non-zero gradient;
 - `assert_xla_matches_eager`: `tf.function(jit_compile=True)` outputs and gradients equal eager;
 - `assert_mixed_precision_dtypes`: every sublayer follows the policy and keeps float32 variables;
-- `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Exp").
+- `graph_op_dtypes`: the dtypes of one op type in a traced TensorFlow graph (e.g. "Softmax").
 
 And shared fixtures: `tiny_lambda_net` (a few thousand weights around a real LambdaLayer),
 `weights_by_path` and `max_relative_diff` (training and weight tests), `TINY` (the train()
@@ -173,7 +173,7 @@ def assert_mixed_precision_dtypes(layer_or_model, policy):
 
 
 def graph_op_dtypes(fn, x, op_type):
-    """dtypes of every `op_type` op (e.g. "Exp") in the TF graph of fn traced on x."""
+    """dtypes of every `op_type` op (e.g. "Softmax") in the TF graph of fn traced on x."""
     graph = tf.function(fn).get_concrete_function(tf.TensorSpec(x.shape, x.dtype)).graph
     return [op.get_attr("T").name for op in graph.get_operations() if op.type == op_type]
 

@@ -229,9 +229,9 @@ def test_mixed_float16_training_stays_finite(tmp_path):
     x[0, 0, 0] = 0.0  # keys = 8 * x per position: 24 (exp overflows float16) and 0
     y = keras.ops.convert_to_numpy(layer(x))
     assert y.dtype == np.float16 and np.isfinite(y).all()
-    # Finite alone would not show it (the softmax subtracts the max, in float16 too): the
-    # traced graph's one exp (the keys' softmax, written out) runs in float32.
-    assert graph_op_dtypes(lambda t: layer(t, training=True), x, "Exp") == ["float32"]
+    # Finite alone would not show it (ops.softmax subtracts the max, in float16 too): the
+    # traced graph's one Softmax runs in float32.
+    assert graph_op_dtypes(lambda t: layer(t, training=True), x, "Softmax") == ["float32"]
 
     result = training.train(tiny_lambda_net, "digits", "scratch", output_dir=tmp_path, epochs=1,
                             steps_per_epoch=6, mixed_precision="mixed_float16", **TINY)

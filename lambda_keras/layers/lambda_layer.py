@@ -72,7 +72,6 @@ from lambda_keras.layers.shared import (
     content_output,
     init_shared_config,
     project,
-    softmax_over_positions,
     with_size_check,
 )
 from lambda_keras.layers.formulations import (  # noqa: F401 (re-exported, public since 0.1)
@@ -273,7 +272,11 @@ class LambdaLayer(keras.layers.Layer):
         x = ops.reshape(inputs, (batch, -1, inputs.shape[-1]))  # [b, n, d]
         # q [b, n, h, k], keys [b, m, k, u], values [b, m, v, u]
         q, keys, values = project(self, x, x, lambda_dtype, training)
-        keys = softmax_over_positions(keys)  # over m, in float32
+        # Softmax over m, in float32. Over a single position (a 1 x 1 map) Keras warns that a
+        # size-1 softmax "is likely not what you intended"; there it is exp(k - max k) / sum =
+        # exp(k - k): softmax's value (1) and gradient (0), and the key kernel stays connected
+        # (ones_like would make Keras' optimizer warn that it has no gradient).
+        keys = ops.softmax(keys, axis=1) if keys.shape[1] != 1 else ops.exp(keys - keys)
         keys = ops.cast(keys, lambda_dtype)  # [b, m, k, u]
         out_rows, out_cols = rows, cols
         queries = q  # the queries at the output positions

@@ -6,8 +6,6 @@ over the self context and the dense n x m embeddings of the other position modes
 import numpy as np
 from keras import ops
 
-from lambda_keras.layers.shared import softmax_over_positions
-
 
 def masked_softmax(keys, cmask):
     """Softmax over m (axis 1) of keys [b, m, k, u] in float32, padded positions excluded.
@@ -16,7 +14,7 @@ def masked_softmax(keys, cmask):
     """
     keys = ops.cast(keys, "float32")  # [b, m, k, u]
     if cmask is None:
-        return softmax_over_positions(keys)  # [b, m, k, u]
+        return ops.softmax(keys, axis=1)  # [b, m, k, u]
     cmask = cmask[:, :, None, None]  # [b, m, 1, 1]
     shifted = keys - ops.max(ops.where(cmask > 0, keys, -1e30), axis=1, keepdims=True)
     weights = ops.exp(ops.minimum(shifted, 0.0)) * cmask  # [b, m, k, u]

@@ -4,7 +4,6 @@
   and the initializers (`check_heads_divide`, the size bounds MAX_DIM / MAX_RECEPTIVE_FIELD);
 - `build_projections`, `project`: W_Q, W_K, W_V without bias and the query/value norms (batch
   norm, the paper's; layer norm for causal sequences), giving q, key logits and values;
-- `softmax_over_positions`: the keys' softmax over the context positions (axis 1);
 - `content_output`: the content lambda, shared by every query, applied to every query;
 - `with_size_check`: the sizes the "relative"/"global" embeddings are made for, checked when a
   TensorFlow graph runs where they are unknown while tracing.
@@ -112,36 +111,12 @@ def _normalise(norm, x, training, mask):
     return norm(x)
 
 
-def softmax_over_positions(keys):
-    """Softmax of key logits [b, m, ...] over the positions m (axis 1), written out.
-
-    NOTE: `ops.softmax(keys, axis=1)` gives the same numbers, but TensorFlow's softmax takes the
-    last axis only: it transposes m there and back, which without oneDNN cost more than the
-    softmax (r 23 layer's keys, batch 8, |k| 16, the Xeon, 2026-12-06: 0.25 / 0.62 / 2.6 ms at
-    14^2 / 28^2 / 56^2 against 0.09 / 0.31 / 0.79 ms written out; with oneDNN 0.19 / 0.22 / 0.61
-    against 0.09 / 0.31 / 0.80). Over one position (a 1 x 1 map) it is exp(0) / 1: softmax's value
-    (1) and gradient (0), the key kernel still connected, and no Keras warning about a size-1
-    softmax. The max is a constant of the gradient (it cancels in the quotient).
-    """
-    shifted = keys - ops.stop_gradient(ops.max(keys, axis=1, keepdims=True))  # [b, m, ...]
-    weights = ops.exp(shifted)
-    return weights / ops.sum(weights, axis=1, keepdims=True)  # [b, m, ...]
-
-
 def content_output(q, keys, values):
     """Content term: the lambda shared by every query, applied to every query.
 
     q [b, n, h, k], normalised keys [b, m, k, u], values [b, m, v, u]. Returns [b, n, h, v].
     """
-    if keys.shape[-1] == 1:
-        # NOTE: |u| = 1 (the paper's default) without the u axis: TensorFlow's einsum transposes
-        # both operands for a contracted size-1 axis (the content term at batch 8, |k| 16, |v| 64,
-        # the Xeon, 2026-12-06: 1.4-1.6x faster without it at 14^2-56^2 without oneDNN, 1.1-1.6x
-        # with; JAX and PyTorch compute the same either way).
-        keys, values = ops.squeeze(keys, -1), ops.squeeze(values, -1)  # [b, m, k], [b, m, v]
-        content = ops.einsum("bmk,bmv->bkv", keys, values)  # [b, k, v]
-    else:
-        content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
+    content = ops.einsum("bmku,bmvu->bkv", keys, values)  # [b, k, v]
     return ops.einsum("bnhk,bkv->bnhv", q, content)  # [b, n, h, v]
 
 
