@@ -29,12 +29,18 @@ OFFLINE_EDITS = (('weights="imagenet"', "weights=None"),
                  ("LambdaResNet50TS()", "LambdaResNet50TS(weights=None)"))
 
 
+def _read(readme):
+    with open(os.path.join(REPO_ROOT, readme), encoding="utf-8") as f:
+        return f.read()
+
+
+def _fenced(text, language):
+    """The bodies of a Markdown text's ```<language> blocks."""
+    return re.findall(rf"^```{language}\n(.*?)^```$", text, re.S | re.M)
+
+
 def _blocks():
-    blocks = []
-    for readme in READMES:
-        with open(os.path.join(REPO_ROOT, readme), encoding="utf-8") as f:
-            blocks += re.findall(r"^```python\n(.*?)^```$", f.read(), re.S | re.M)
-    return blocks
+    return [block for readme in READMES for block in _fenced(_read(readme), "python")]
 
 
 def _inputs():
@@ -148,9 +154,8 @@ def _commands(program):
     synopsis with [optional] parts is no command)."""
     commands = []
     for readme in READMES + (os.path.join("benchmarks", "README.md"),):
-        with open(os.path.join(REPO_ROOT, readme), encoding="utf-8") as f:
-            text = f.read()
-        lines = [line for block in re.findall(r"^```bash\n(.*?)^```$", text, re.S | re.M)
+        text = _read(readme)
+        lines = [line for block in _fenced(text, "bash")
                  for line in block.replace("\\\n", " ").splitlines()]
         lines += [span for span in re.findall(r"`([^`\n]+)`", text) if " --" in span]
         commands += [shlex.split(line, comments=True) for line in lines
