@@ -67,20 +67,15 @@ def expand(results):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.backends",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--backends", default=",".join(BACKENDS),
+    parser.add_argument("--backends", type=common.comma_list(BACKENDS),
+                        default=",".join(BACKENDS),
                         help=f"comma-separated, out of {','.join(BACKENDS)} (default: all)")
     parser.add_argument("--batch", type=int, default=FULL["batch"])
     parser.add_argument("--image-size", type=int, default=FULL["image_size"])
     parser.add_argument("--threads", type=int, default=runtime.usable_cores())
     parser.add_argument("--timeout-s", type=float, default=1800)
     parser.add_argument("--out", required=True, help="the JSON record to write")
-    args = parser.parse_args(argv)
-    text, args.backends = args.backends, tuple(b.strip() for b in args.backends.split(",")
-                                               if b.strip())
-    if not args.backends or set(args.backends) - set(BACKENDS):
-        parser.error(f"`--backends` must name backends out of {tuple(BACKENDS)}. "
-                     f"Received: --backends={text!r}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):

@@ -22,11 +22,14 @@ Peak memory, two methods (benchmarks/README.md discusses them):
   so that both frameworks are compared with the same ruler. It includes warm-up effects
   (graph tracing, XLA compilation) and allocator slack.
 
+Command lines: `comma_list` is the argparse type of every comma-separated flag of the suites.
+
 Every configuration runs in a worker process (`python -m benchmarks.worker`) started by
 `run_groups`, which watches its RSS and kills it when it passes the memory budget; the
 configuration is then recorded as skipped with the reason, and so are the larger ones after it.
 """
 
+import argparse
 import importlib.util
 import json
 import os
@@ -46,6 +49,40 @@ MIB = 1024 ** 2
 POLL_S = 0.2
 PRIME_BELOW_S = 0.5  # round-robin calls shorter than this get an untimed call right before
 PACKAGES = ("tensorflow", "keras", "torch", "timm", "ai-edge-litert", "numpy")
+
+
+# ------------------------------------------------------------------------- command lines
+def comma_list(choices=None, kind=str, length=None):
+    """An argparse `type`: a comma-separated flag ("tf,xla", "14,28") as a tuple of `kind` values,
+    each one of `choices` (when given), `length` of them (when given); anything else is refused
+    with a message that argparse prefixes with the flag's name.
+
+    Example:
+
+    ```python
+    parser.add_argument("--sizes", type=comma_list(kind=int), default="14,28")
+    parser.parse_args(["--sizes", "56,112"]).sizes  # (56, 112)
+    ```
+    """
+    what = f"{length} " if length else ""
+    what += "integers" if kind is int else "names"
+
+    def parse(text):
+        items = tuple(item.strip() for item in text.split(",") if item.strip())
+        try:
+            items = tuple(kind(item) for item in items)
+        except ValueError:
+            items = ()
+        if not items or (length and len(items) != length):
+            raise argparse.ArgumentTypeError(
+                f"expected {what}, comma-separated. Received: {text!r}")
+        unknown = [item for item in items if choices is not None and item not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {unknown}: choose from {list(choices)}. Received: {text!r}")
+        return items
+
+    return parse
 
 
 # ------------------------------------------------------------------------------- machine

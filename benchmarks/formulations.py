@@ -325,9 +325,10 @@ def _describe(cell):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny sizes: checks the code only")
-    parser.add_argument("--engines", default=",".join(ENGINES))
-    parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
-    parser.add_argument("--shapes", default=",".join(SHAPES),
+    parser.add_argument("--engines", type=common.comma_list(ENGINES), default=",".join(ENGINES))
+    parser.add_argument("--sizes", type=common.comma_list(kind=int), default=None,
+                        help="comma-separated map sizes")
+    parser.add_argument("--shapes", type=common.comma_list(SHAPES), default=",".join(SHAPES),
                         help="comma-separated shapes (default: all); the stored cells of the "
                              "other shapes are kept")
     parser.add_argument("--threads", type=int, default=None)
@@ -336,7 +337,7 @@ def parse_args(argv):
                              "rule rows of this kind of CPU (e.g. amd-avx512) instead of this "
                              "machine's; the table records it (use --out: it is not this CPU's "
                              "table)")
-    parser.add_argument("--rounds", default=None,
+    parser.add_argument("--rounds", type=common.comma_list(kind=int, length=2), default=None,
                         help="SLOW,OTHERS: round-robin calls per formulation after the probe, in "
                              "cells whose best probe is over budget_s and in the others "
                              f"(default {FULL['rounds'][0]},{FULL['rounds'][1]}; a GPU's calls "
@@ -358,14 +359,6 @@ def parse_args(argv):
     parser.add_argument("--settings", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--jsonl", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    unknown = sorted(set(args.engines.split(",")) - set(ENGINES))
-    if unknown:
-        parser.error(f"unknown engines {unknown}: choose from {list(ENGINES)}. "
-                     f"Received: --engines={args.engines!r}")
-    unknown = sorted(set(args.shapes.split(",")) - set(SHAPES))
-    if unknown:
-        parser.error(f"unknown shapes {unknown}: choose from {list(SHAPES)}. "
-                     f"Received: --shapes={args.shapes!r}")
     if args.rows:
         from lambda_keras.layers.formulations import rule
 
@@ -391,12 +384,12 @@ def main(argv=None):
 
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
-        settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+        settings["sizes"] = args.sizes
     if args.rounds:
-        settings["rounds"] = tuple(int(r) for r in args.rounds.split(","))
+        settings["rounds"] = args.rounds
     if args.rows:
         settings["rows"] = args.rows
-    shapes = args.shapes.split(",")
+    shapes = list(args.shapes)
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-formulations-") if args.quick else TABLES)
     os.makedirs(out_dir, exist_ok=True)
     from benchmarks import formulation_tables
@@ -413,7 +406,7 @@ def main(argv=None):
             print(formulation_tables.markdown_tables(json.load(f)))
         return 0
     if args.picks_only:
-        return _update_picks(path, args.engines.split(","), threads)
+        return _update_picks(path, args.engines, threads)
     # Engines run in one invocation or several: the cells of the engines run now replace theirs.
     data = dict(suite="formulations", quick=args.quick, settings=settings, layer=LAYER,
                 shapes=SHAPES, machine=common.machine_description(threads), engines={}, cells=[])
@@ -424,7 +417,7 @@ def main(argv=None):
         if all(previous["settings"][k] == settings[k] for k in same):
             data.update(engines=previous["engines"], cells=previous["cells"], settings=dict(
                 settings, sizes=sorted({*previous["settings"]["sizes"], *settings["sizes"]})))
-    for engine in args.engines.split(","):
+    for engine in args.engines:
         backend, env_update, jit_compile = ENGINES[engine]
         jsonl = os.path.join(out_dir, f".formulations-{engine}.jsonl")
         if os.path.exists(jsonl):

@@ -204,9 +204,12 @@ def run(engines, settings, phases, threads, log=print):
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--engines", default="tf_onednn,tf")
-    parser.add_argument("--sizes", default=None, help="comma-separated map sizes")
-    parser.add_argument("--phases", default="fwd", help="fwd, train or fwd,train")
+    parser.add_argument("--engines", type=common.comma_list(suite.ENGINES),
+                        default="tf_onednn,tf")
+    parser.add_argument("--sizes", type=common.comma_list(kind=int), default=None,
+                        help="comma-separated map sizes")
+    parser.add_argument("--phases", type=common.comma_list(suite.PHASES), default="fwd",
+                        help="fwd, train or fwd,train")
     parser.add_argument("--pairs", type=int, default=None, help="rounds per cell")
     parser.add_argument("--calls", type=int, default=None, help="timed calls per process")
     parser.add_argument("--threads", type=int, default=None)
@@ -220,14 +223,6 @@ def parse_args(argv):
     args = parser.parse_args(argv)
     if args.worker:
         return args
-    unknown = sorted(set(args.engines.split(",")) - set(suite.ENGINES))
-    if unknown:
-        parser.error(f"unknown engines {unknown}: choose from {list(suite.ENGINES)}. "
-                     f"Received: --engines={args.engines!r}")
-    unknown = sorted(set(args.phases.split(",")) - set(suite.PHASES))
-    if unknown:
-        parser.error(f"unknown phases {unknown}: choose from {list(suite.PHASES)}. "
-                     f"Received: --phases={args.phases!r}")
     for name in ("pairs", "calls"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1. Received: {getattr(args, name)}")
@@ -248,11 +243,11 @@ def main(argv=None):
         return 0
     settings = dict(QUICK if args.quick else FULL)
     if args.sizes:
-        settings["sizes"] = tuple(int(s) for s in args.sizes.split(","))
+        settings["sizes"] = args.sizes
     for name in ("pairs", "calls"):
         if getattr(args, name):
             settings[name] = getattr(args, name)
-    data = run(args.engines.split(","), settings, args.phases.split(","), threads)
+    data = run(args.engines, settings, args.phases, threads)
     out_dir = args.out or (tempfile.mkdtemp(prefix="bench-paired-") if args.quick else RESULTS)
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{data['cpu_kind']}.json")

@@ -40,7 +40,7 @@ def parse_args(argv):
                                      description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and repeats: checks that the code works (minutes)")
-    parser.add_argument("--only", default=",".join(SUITES),
+    parser.add_argument("--only", type=common.comma_list(SUITES), default=",".join(SUITES),
                         help=f"comma-separated suites out of {','.join(SUITES)} (default: all)")
     parser.add_argument("--out", default=None,
                         help="results directory (default: benchmarks/results; --quick: a temp dir)")
@@ -55,12 +55,7 @@ def parse_args(argv):
     parser.add_argument("--timeout-s", type=float, default=None,
                         help="limit per worker process (default: per suite, 900-3000 s)")
     args = parser.parse_args(argv)
-    suites = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(suites) - set(SUITES))
-    if unknown or not suites:
-        parser.error(f"`--only` must name suites out of {tuple(SUITES)}. "
-                     f"Received: --only={args.only!r}")
-    args.suites = [s for s in SUITES if s in suites]
+    args.suites = [s for s in SUITES if s in args.only]
     if args.threads is None:
         args.threads = runtime.usable_cores()
     if args.threads <= 0:

@@ -26,6 +26,7 @@ import time
 
 # The package import asks for TensorFlow's pooled allocator (runtime.prefer_pooled_allocator),
 # whose statistics give the peak memory; it imports no TensorFlow.
+from benchmarks import common
 from lambda_keras import runtime, utils
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -94,17 +95,12 @@ def run(lengths):
 def parse_args(argv):
     parser = argparse.ArgumentParser(prog="python -m benchmarks.sequence",
                                      description=__doc__.splitlines()[0])
-    parser.add_argument("--lengths", default="256,512,1024,2048,4096",
+    parser.add_argument("--lengths", type=common.comma_list(kind=int),
+                        default="256,512,1024,2048,4096",
                         help="comma-separated sequence lengths (default: %(default)s)")
     parser.add_argument("--out", default=str(pathlib.Path(__file__).parent / "results"),
                         help="results directory; writes sequence.json there")
-    args = parser.parse_args(argv)
-    try:
-        args.lengths = [int(n) for n in args.lengths.split(",")]
-    except ValueError:
-        parser.error(f"`--lengths` must be comma-separated integers. Received: "
-                     f"--lengths={args.lengths!r}")
-    return args
+    return parser.parse_args(argv)
 
 
 def main(argv=None):

@@ -19,6 +19,7 @@ from benchmarks import formulation_tables
 from benchmarks import formulations as formulations_suite
 from benchmarks import paired
 from benchmarks import layer as layer_suite
+from benchmarks import sequence as sequence_suite
 from lambda_keras import runtime, utils
 
 SUITES = ("layer", "peer", "model", "export", "backends")
@@ -193,9 +194,6 @@ def test_backends_command_runs_the_backends_asked_and_writes_the_suites_record(
     record = _load(str(out.parent), "backends.json")
     assert record["settings"]["backends"] == ["jax", "torch"] and record["machine"]["cpu_model"]
     assert "224 px, batch 32" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        backends_suite.main(["--backends", "tensorflow,tpu", "--out", str(out)])
-    assert "Received: --backends='tensorflow,tpu'" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -222,10 +220,35 @@ def test_fit_slope_recovers_power_laws():
     assert report.fit_slope([(16, 5.0)]) is None
 
 
-def test_unknown_suite_is_refused(capsys):
-    with pytest.raises(SystemExit):
-        run.parse_args(["--only", "layer,speed"])
-    assert "--only='layer,speed'" in capsys.readouterr().err
+# Every comma-separated flag of the suites, a value it takes and the parsed tuple, and values it
+# refuses (an unknown name, a non-integer, an empty list, a wrong count).
+COMMA_FLAGS = [
+    (run, "--only", "peer, layer", ("peer", "layer"), ("layer,speed", ",")),
+    (backends_suite, "--backends", "jax,torch", ("jax", "torch"), ("tensorflow,tpu",)),
+    (paired, "--engines", "tf,xla", ("tf", "xla"), ("tf,cuda",)),
+    (paired, "--phases", "fwd,train", ("fwd", "train"), ("backward",)),
+    (paired, "--sizes", "14,28", (14, 28), ("14,2x8", "")),
+    (formulations_suite, "--shapes", "r7u4", ("r7u4",), ("r5",)),
+    (formulations_suite, "--rounds", "3,5", (3, 5), ("3", "3,5,7")),
+    (formulations_suite, "--sizes", "56", (56,), ("56.5",)),
+    (sequence_suite, "--lengths", "256,512", (256, 512), ("256,long",)),
+]
+
+
+@pytest.mark.parametrize("module, flag, good, parsed, refused", COMMA_FLAGS,
+                         ids=[f"{m.__name__.split('.')[-1]}{f}" for m, f, *_ in COMMA_FLAGS])
+def test_comma_separated_flags_parse_to_tuples_and_refuse_bad_lists(
+        module, flag, good, parsed, refused, capsys):
+    """Each suite's comma-separated flag parses to a tuple of names or integers, and a bad list
+    exits with the flag's name and the value received (no traceback later in the run)."""
+    required = ["--out", "x.json"] if module is backends_suite else []
+    args = module.parse_args([flag, good, *required])
+    assert getattr(args, flag[2:]) == parsed
+    for value in refused:
+        with pytest.raises(SystemExit):
+            module.parse_args([flag, value, *required])
+        assert f"argument {flag}: " in (err := capsys.readouterr().err)
+        assert f"Received: {value!r}" in err
 
 
 def test_a_run_of_some_suites_keeps_the_other_suites_last_full_results(tmp_path):
@@ -443,13 +466,11 @@ def test_paired_quick_run_times_the_layer_and_timm_in_their_own_processes(tmp_pa
     assert cell["ratios"]["tf"]["ratios"] == pytest.approx(ratios)
 
 
-def test_paired_refuses_unknown_engines_and_phases(capsys):
-    for argv, named in ((["--engines", "tf,cuda"], "cuda"), (["--phases", "backward"],
-                                                              "backward"),
-                        (["--pairs", "0"], "--pairs")):
+def test_paired_refuses_fewer_than_one_pair_or_call(capsys):
+    for flag in ("--pairs", "--calls"):
         with pytest.raises(SystemExit):
-            paired.parse_args(argv)
-        assert named in capsys.readouterr().err
+            paired.parse_args([flag, "0"])
+        assert flag in capsys.readouterr().err
 
 
 @pytest.mark.slow
