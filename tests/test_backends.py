@@ -36,6 +36,9 @@ each against an independent expectation:
   (`DEVICE_TABLES_BYTES`, then converted per call); on JAX they stay NumPy arrays, which jit
   folds into constants.
 
+Apart, in a JAX process of its own that XLA gives two host devices (`python tests/test_backends.py
+jax-data-parallel DIR`): training under `keras.distribution.DataParallel` against one device.
+
 The subprocess needs no TensorFlow (`python tests/test_backends.py BACKEND DIR` with DIR holding
 TensorFlow's files): so it ran on a GPU machine (README "On a GPU"); there it sets float32
 products first (`float32_on_gpus`).
@@ -54,6 +57,7 @@ import pytest
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("jax", "torch")
 SIZE, CLASSES, BATCH = 64, 10, 2
+DATA_PARALLEL_DEVICES = 2  # host devices of the keras.distribution check (XLA_FLAGS)
 RELATIVE_TOLERANCE = 1e-4
 # The paper's 50-layer model with random weights and BN statistics: measured 0.8-5e-4 between
 # TensorFlow and JAX / PyTorch (JAX: the same before its pools moved into the layer), 2-4e-6 for
@@ -344,14 +348,17 @@ def _builder_check(name):
     return f"{model.count_params()} parameters"
 
 
-def _fit():
-    """A fit step of a small model with "local" and "relative" lambda layers."""
+def _small_model(seed=0):
+    """A small compiled model with "local" (a position bias) and "relative" strided lambda
+    layers and a batch norm between them, fed 8 x 8 x 6 maps, 3 logits, its first layer a
+    `_sharding_probe`; and its data: 16 maps and labels."""
     import keras
     from lambda_keras.layers import LambdaLayer
 
-    keras.utils.set_random_seed(0)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([
         keras.Input((8, 8, 6)),
+        _sharding_probe(),
         LambdaLayer(16, key_dim=4, num_heads=2, receptive_field=5, position_bias=True),
         keras.layers.BatchNormalization(),
         keras.layers.ReLU(),
@@ -359,8 +366,37 @@ def _fit():
         keras.layers.GlobalAveragePooling2D(),
         keras.layers.Dense(3),
     ])
-    x = np.random.default_rng(2).standard_normal((8, 8, 8, 6)).astype("float32")
-    y = np.arange(8) % 3
+    x = np.random.default_rng(2).standard_normal((16, 8, 8, 6)).astype("float32")
+    return model, x, np.arange(16) % 3
+
+
+def _sharding_probe():
+    """A layer that passes its input on; on JAX it records, per traced call, how that input is
+    split over the devices, (one device's shard shape, number of devices), in `.shards`."""
+    import keras
+
+    class ShardingProbe(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.shards = []
+
+        def call(self, x):
+            if keras.backend.backend() == "jax":
+                import jax
+
+                jax.debug.inspect_array_sharding(x, callback=lambda sharding: self.shards.append(
+                    (list(sharding.shard_shape(x.shape)), len(sharding.device_set))))
+            return x
+
+    return ShardingProbe()
+
+
+def _fit():
+    """A fit step of a small model with "local" and "relative" lambda layers."""
+    import keras
+
+    model, x, y = _small_model()
+    x, y = x[:8], y[:8]
     before = [to_numpy(w).copy() for w in model.weights]
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
@@ -524,6 +560,34 @@ def run_checks(backend, workdir):
     return results
 
 
+def run_data_parallel(workdir):
+    """On JAX with DATA_PARALLEL_DEVICES host devices (the parent's XLA_FLAGS): `_small_model`
+    trained for two epochs of batches of 8 (SGD) on one device, then the same from the same
+    weights under `keras.distribution.DataParallel` over every device; writes what the parent
+    compares to data_parallel.json."""
+    import jax
+    import keras
+
+    def train():
+        model, x, y = _small_model()
+        model.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        initial = [to_numpy(w).copy() for w in model.weights]
+        losses = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
+        replicas = [len(w.value.sharding.device_set) for w in model.weights]
+        return dict(losses=losses.history["loss"], shards=model.layers[0].shards,
+                    replicas=replicas), initial, [to_numpy(w) for w in model.weights]
+
+    one_device, initial, expected = train()
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    data_parallel, _, actual = train()
+    record = dict(devices=len(jax.devices()), one_device=one_device, data_parallel=data_parallel,
+                  weights_error=max(relative_error(a, e) for a, e in zip(actual, expected)),
+                  least_moved=min(relative_error(i, e) for i, e in zip(initial, expected)))
+    with open(os.path.join(workdir, "data_parallel.json"), "w", encoding="utf-8") as f:
+        json.dump(record, f)
+
+
 # -------------------------------------------------------------------- the tests (parent)
 @pytest.fixture(scope="module")
 def tf_reference(tmp_path_factory):
@@ -575,6 +639,36 @@ def test_backend(backend_results, group):
     assert not failed, f"{backend}: " + "\n".join(f"{n}: {d}" for n, d in failed.items())
 
 
+@pytest.mark.slow
+def test_jax_data_parallel_training_matches_one_device(tmp_path):
+    """keras.distribution on JAX (README "Backends": the route to multi-device training there),
+    on DATA_PARALLEL_DEVICES host devices that XLA makes of this CPU: under DataParallel each
+    device gets its share of every batch (the model's first layer sees batch shards) and a copy of
+    every weight, and two epochs give the one-device losses and weights (global-batch gradients
+    and batch-norm statistics), while every weight moves far more than the two runs differ."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "XLA_FLAGS": " ".join(filter(None, [
+               os.environ.get("XLA_FLAGS"),
+               f"--xla_force_host_platform_device_count={DATA_PARALLEL_DEVICES}"])),
+           "PYTHONPATH": os.pathsep.join([os.path.dirname(TESTS), TESTS]
+                                         + [p for p in [os.environ.get("PYTHONPATH")] if p])}
+    process = subprocess.run([sys.executable, __file__, "jax-data-parallel", str(tmp_path)],
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert process.returncode == 0, process.stderr[-4000:]
+    with open(tmp_path / "data_parallel.json", encoding="utf-8") as f:
+        record = json.load(f)
+    devices = record["devices"]
+    one, parallel = record["one_device"], record["data_parallel"]
+    assert devices == DATA_PARALLEL_DEVICES
+    assert one["shards"] and all(s == [[8, 8, 8, 6], 1] for s in one["shards"]), one["shards"]
+    assert parallel["shards"] and all(s == [[8 // devices, 8, 8, 6], devices]
+                                      for s in parallel["shards"]), parallel["shards"]
+    assert set(parallel["replicas"]) == {devices} and set(one["replicas"]) == {1}
+    np.testing.assert_allclose(parallel["losses"], one["losses"], rtol=1e-5)
+    # Every weight moved (relative to its trained scale) by far more than the two runs differ.
+    assert record["weights_error"] <= 1e-5 and record["least_moved"] >= 1e-3, record
+
+
 def test_reference_covers_every_mode_and_formulation():
     """The cases the backends run reach every formulation and every position mode."""
     sys.path.insert(0, TESTS)
@@ -586,7 +680,9 @@ def test_reference_covers_every_mode_and_formulation():
     assert {c["position"] for c in FORMULATION_CASES.values()} == set(POSITION_MODES)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1] == "jax-data-parallel":
+    run_data_parallel(sys.argv[2])
+elif __name__ == "__main__":
     # PyTorch (timm parity) before anything that may load TensorFlow: Keras' data adapters import
     # it when installed, and PyTorch imported after TensorFlow crashes the process.
     import torch  # noqa: F401
