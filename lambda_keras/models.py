@@ -340,8 +340,15 @@ def get_model(name, **kwargs):
         key uses the builder's default ("imagenet" for the timm variants, None for the paper
         family).
 
+    Raises:
+        TypeError: `name` is not a string, or a builder argument of the wrong type.
+        ValueError: an unknown model name (the message lists the valid ones), or a bad builder
+            argument or override, or weights that cannot be loaded (as `build_lambda_resnet`).
+
     Example:
     >>> model = get_model("lambda_resnet50", input_shape=(64, 64, 3), classes=10)
+    >>> model.name, model.output_shape
+    ('lambda_resnet50', (None, 10))
     """
     resolved = resolve_model(name)
     kwargs.setdefault("weights", resolved.default_weights)
@@ -369,7 +376,10 @@ def load_model(filepath, **kwargs):
             Keras archive.
 
     Example:
-    >>> model = lambda_keras.load_model("runs/digits/checkpoints/best.keras")
+
+    ```python
+    model = lambda_keras.load_model("runs/digits/checkpoints/best.keras")
+    ```
     """
     from lambda_keras import layers  # noqa: F401 (registers LambdaLayer, SequenceLambdaLayer)
 

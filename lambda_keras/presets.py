@@ -39,7 +39,21 @@ class Preprocessing:
 
     Models take float32 RGB images normalised as ((pixels / 255) - mean) / std.
     Evaluation: resize the shorter side to input_size / crop_pct with `interpolation`, then
-    center-crop input_size (timm's eval transform, `lambda_keras.data.eval_transform`).
+    center-crop input_size (timm's eval transform, `lambda_keras.data.eval_transform`). The
+    fields are checked where the preprocessing is applied (the transforms, `export`), not here.
+
+    Args:
+        input_size: (height, width) the model is evaluated at.
+        crop_pct: fraction of the resized image kept by the center crop, in (0, 1].
+        interpolation: resize method: "bilinear", "bicubic" or "nearest".
+        mean: per-channel (RGB) mean of pixels / 255.
+        std: per-channel (RGB) standard deviation of pixels / 255.
+
+    Example:
+
+    >>> prep = Preprocessing(input_size=(256, 256), crop_pct=0.94)  # ImageNet mean and std
+    >>> prep == lambda_keras.resolve_preprocessing("LambdaResNet26T")
+    True
     """
 
     input_size: tuple = (224, 224)  # (height, width) the model is evaluated at

@@ -147,6 +147,22 @@ def temp_path(path):
 
     It keeps the full suffix (Keras checks `.weights.h5`, `.keras`) and carries `TEMP_MARK` and the
     process id, so concurrent writers never share one and leftovers are recognisable.
+
+    Args:
+        path: the final file name (a str or os.PathLike).
+
+    Returns:
+        The temporary path, a str: "<stem><TEMP_MARK><pid>.<suffixes>" in the same directory.
+
+    Raises:
+        TypeError: `path` is not a str or os.PathLike.
+
+    Example:
+
+    >>> import os
+    >>> name = temp_path("out/model.weights.h5")
+    >>> name == f"out/model{TEMP_MARK}{os.getpid()}.weights.h5"
+    True
     """
     directory, name = os.path.split(os.fspath(path))
     stem, dot, rest = name.partition(".")
@@ -179,7 +195,8 @@ def atomic_write(path, write):
 
     `path` is never half-written: if `write` raises, the temporary file is removed and `path` keeps
     its previous content. The parent directory is created if missing (and removed again, with
-    any parent created for it, if `write` raises: `created_directory`).
+    any parent created for it, if `write` raises: `created_directory`). Exported as
+    `lambda_keras.training.atomic_save`.
 
     Args:
         path: the final file name.
@@ -188,6 +205,23 @@ def atomic_write(path, write):
 
     Returns:
         Whether `write` wrote a file (and `path` was replaced).
+
+    Raises:
+        Exception: whatever `write` raises, after the temporary file was removed.
+        TypeError: `path` is not a str or os.PathLike.
+        OSError: the parent directory cannot be created, or the file cannot be renamed onto
+            `path` (e.g. a directory).
+
+    Example:
+
+    >>> import os, shutil, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "out", "notes.txt")
+    >>> def write(temporary):
+    ...     with open(temporary, "w") as f:
+    ...         f.write("all or nothing")
+    >>> atomic_write(path, write), open(path).read()
+    (True, 'all or nothing')
+    >>> shutil.rmtree(os.path.dirname(os.path.dirname(path)))
     """
     path = os.fspath(path)
     temporary = temp_path(path)

@@ -22,8 +22,10 @@ sizes of the issue (48, 100, 200, 240 px: odd maps before the strided lambda blo
 own model fails) against a NumPy ceil-mode pool and against a static-size build.
 """
 
+import importlib
 import inspect
 import math
+import re
 
 import numpy as np
 import keras
@@ -73,34 +75,145 @@ def test_builders_are_named_documented_functions(name):
     assert ("at least 32 or `None`" in doc) == (headless == (None, None, 3))
 
 
-# Public functions beside the builders: (module, name, whether the Example runs offline).
-DOCUMENTED = (("models", "build_lambda_resnet", True), ("models", "resolve_architecture", True),
-              ("models", "load_model", False), ("presets", "resolve_preprocessing", True),
-              ("weights", "preprocess_input", True), ("weights", "decode_predictions", True),
-              ("weights", "convert_timm", False), ("weights", "download_preset", False))
+# Public functions and classes beside the builders, read off the package's own `__all__` lists.
+PUBLIC_MODULES = ("lambda_keras", "lambda_keras.data", "lambda_keras.export",
+                  "lambda_keras.training")
+BUILDERS = {a.builder for a in lambda_keras.architectures.ARCHITECTURES.values()}
+# Documented helpers outside the `__all__` lists, checked as the public names are.
+ALSO_DOCUMENTED = ("lambda_keras.models.resolve_architecture",
+                   "lambda_keras.weights.download_preset")
 
 
-@pytest.mark.parametrize("module, name, runs", DOCUMENTED)
-def test_public_functions_have_keras_style_docstrings(module, name, runs):
-    """A one-line summary, then Args, Returns, Raises and Example sections; the examples that
-    need no file or download run as doctests."""
+def public_api():
+    """{"module.name": function or class} of every function and class the public modules'
+    `__all__` lists hold (the builders aside: test_builders_are_named_documented_functions), then
+    ALSO_DOCUMENTED; an object exported under several names is listed under its first."""
+    found, seen = {}, set()
+    names = [(module, name) for module in PUBLIC_MODULES
+             for name in importlib.import_module(module).__all__ if name not in BUILDERS]
+    names += [tuple(qualified.rsplit(".", 1)) for qualified in ALSO_DOCUMENTED]
+    for module, name in names:
+        obj = getattr(importlib.import_module(module), name)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and id(obj) not in seen:
+            seen.add(id(obj))
+            found[f"{module}.{name}"] = obj
+    return found
+
+
+PUBLIC_API = public_api()
+# The public names whose examples run here as doctests: offline, in seconds, writing at most in a
+# temporary directory. The others show theirs in a ```python block (no ">>>": nothing to run).
+RUNS_OFFLINE = frozenset({
+    "lambda_keras.LambdaLayer", "lambda_keras.SequenceLambdaLayer",
+    "lambda_keras.build_lambda_resnet", "lambda_keras.get_model", "lambda_keras.resolve_model",
+    "lambda_keras.decode_predictions", "lambda_keras.preprocess_input",
+    "lambda_keras.resolve_preprocessing", "lambda_keras.models.resolve_architecture",
+    "lambda_keras.data.DatasetInfo", "lambda_keras.data.Preprocessing",
+    "lambda_keras.data.RandAugment", "lambda_keras.data.check_spec",
+    "lambda_keras.data.eval_transform", "lambda_keras.data.make_randaugment",
+    "lambda_keras.data.normalize", "lambda_keras.data.train_transform",
+    "lambda_keras.export.calibration_samples", "lambda_keras.export.remove_stale_staging",
+    "lambda_keras.export.warmup_requests",
+    "lambda_keras.training.MomentumL2", "lambda_keras.training.Recipe",
+    "lambda_keras.training.atomic_save", "lambda_keras.training.build_model",
+    "lambda_keras.training.describe_recipes", "lambda_keras.training.get_recipe",
+    "lambda_keras.training.is_tpu_strategy", "lambda_keras.training.learning_rate_schedule",
+    "lambda_keras.training.make_optimizer", "lambda_keras.training.paper_recipe",
+    "lambda_keras.training.parse_recipe_overrides", "lambda_keras.training.peak_learning_rate",
+    "lambda_keras.training.plot_history", "lambda_keras.training.resolve_jit_compile",
+    "lambda_keras.training.resolve_precision", "lambda_keras.training.temp_path",
+    "lambda_keras.training.training_data",
+})
+# No Raises section: nothing of their own to raise (a wrong type fails in Python or Keras).
+NO_RAISES = frozenset({
+    # Dataclasses that do not check their fields (the transforms check a Preprocessing where it
+    # is applied).
+    "lambda_keras.data.DatasetInfo", "lambda_keras.data.Preprocessing",
+    "lambda_keras.training.TrainResult",
+    "lambda_keras.training.NonFiniteError",  # an exception: raised, never raising
+    "lambda_keras.training.BatchImages",  # a callback that stores its arguments
+    "lambda_keras.training.describe_recipes",  # formats the registered recipes
+    "lambda_keras.training.is_tpu_strategy",  # reads the class names of any object
+    # Read fields of a Recipe, which checked them when it was made.
+    "lambda_keras.training.peak_learning_rate", "lambda_keras.training.learning_rate_schedule",
+    "lambda_keras.training.make_optimizer",
+})
+# No Returns section: functions that return None.
+NO_RETURNS = frozenset({"lambda_keras.data.check_spec", "lambda_keras.training.plot_history"})
+
+
+def signature_arguments(obj):
+    """The argument names the Args section of `obj` must list: its (constructor's) parameters in
+    order, `*args` / `**kwargs` with their stars; none for exceptions (raised, not made)."""
+    if inspect.isclass(obj) and issubclass(obj, BaseException):
+        return []
+    stars = {inspect.Parameter.VAR_POSITIONAL: "*", inspect.Parameter.VAR_KEYWORD: "**"}
+    return [stars.get(p.kind, "") + p.name for p in inspect.signature(obj).parameters.values()]
+
+
+def documented_arguments(doc):
+    """The names of the Args section's entries ("    name: ..." or "    a, b: ..."), in order."""
+    names = []
+    for line in doc.split("\nArgs:\n", 1)[1].splitlines():
+        if line.strip() and not line.startswith(" "):
+            break  # the next section
+        entry = re.match(r" {4}(\*{0,2}\w+(?:, \*{0,2}\w+)*):", line)
+        names += entry[1].split(", ") if entry else []
+    return names
+
+
+def test_public_api_is_listed():
+    # The list is derived, not picked: it holds every kind of public name.
+    assert {"lambda_keras.LambdaLayer", "lambda_keras.autotune", "lambda_keras.export.tflite",
+            "lambda_keras.data.make_dataset", "lambda_keras.training.train"} <= set(PUBLIC_API)
+    assert not BUILDERS & {name.rsplit(".", 1)[1] for name in PUBLIC_API}
+    for exemptions in (RUNS_OFFLINE, NO_RAISES, NO_RETURNS):
+        assert exemptions <= set(PUBLIC_API), exemptions - set(PUBLIC_API)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLIC_API))
+def test_public_api_has_keras_style_docstrings(name):
+    """A one-line summary; Args naming exactly the signature's parameters (a class's
+    constructor's); Call arguments and Returns for classes whose instances are called; Returns
+    for functions, Raises and an Example for all (exemptions above). The examples that run
+    offline run as doctests."""
     import doctest
-    import importlib
 
-    fn = getattr(importlib.import_module(f"lambda_keras.{module}"), name)
+    obj = PUBLIC_API[name]
     # inspect.getdoc: Python 3.13 strips docstrings' indentation when compiling, older ones don't.
-    doc = inspect.getdoc(fn)
-    summary, blank = doc.splitlines()[:2]
-    assert summary.endswith(".") and not blank.strip(), doc
-    for section in ("\nArgs:\n", "\nReturns:\n", "\nRaises:\n", "\nExample:\n"):
-        assert section in doc, section
-    if runs:
+    doc = inspect.getdoc(obj)
+    assert doc, name
+    summary, *rest = doc.splitlines()
+    assert summary.endswith(".") and not (rest and rest[0].strip()), doc
+    called = inspect.isclass(obj) and ("call" in vars(obj) or "__call__" in vars(obj))
+    arguments = signature_arguments(obj)
+    required = {"Args": bool(arguments), "Call arguments": called,
+                "Returns": called or (inspect.isfunction(obj) and name not in NO_RETURNS),
+                "Raises": name not in NO_RAISES, "Example": True}
+    for section, needed in required.items():
+        if needed:
+            assert f"\n{section}:\n" in doc, section
+    if arguments:
+        assert documented_arguments(doc) == arguments
+    else:
+        assert "\nArgs:\n" not in doc
+    if name in RUNS_OFFLINE:
         finder = doctest.DocTestFinder(recurse=False)
-        globs = {"np": np, "lambda_keras": lambda_keras, name: fn}
+        module_name, short = name.rsplit(".", 1)
+        module = importlib.import_module(module_name)
+        # As after `from <module> import *` (and np, tf, keras and the public modules).
+        exported = getattr(module, "__all__", [n for n in vars(module) if n[0] != "_"])
+        globs = {"np": np, "tf": importlib.import_module("tensorflow"), "keras": keras,
+                 "lambda_keras": lambda_keras,
+                 **{m.rsplit(".", 1)[1]: importlib.import_module(m) for m in PUBLIC_MODULES
+                    if "." in m},
+                 **{n: getattr(module, n) for n in exported}, obj.__name__: obj}
         # One DocTest per docstring (never an empty list); attempted: it has ">>>" examples.
-        (test,) = finder.find(fn, name, globs=globs)
+        (test,) = finder.find(obj, short, globs=globs)
         result = doctest.DocTestRunner(verbose=False).run(test)
         assert result.failed == 0 and result.attempted > 0, name
+    else:
+        assert ">>>" not in doc and "```python" in doc.split("\nExample:\n", 1)[1], doc
 
 
 @pytest.mark.parametrize(

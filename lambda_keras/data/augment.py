@@ -202,10 +202,18 @@ class RandAugment:
     Returns:
         float32 (H, W, 3) in 0..255 (integer-valued, as the reference's uint8 image).
 
+    Raises:
+        TypeError: `num_layers` or `seed` is not an int, `magnitude` or `translate_const` is
+            not a number, or `ops` is not iterable.
+        ValueError: `num_layers` < 1, `magnitude` outside [0, 30] (`RANDAUGMENT_MAX_MAGNITUDE`),
+            `ops` empty or naming an op not in `OPS`, `translate_const` < 0 or `seed` < 0.
+
     Example:
 
     >>> augment = RandAugment(num_layers=2, magnitude=15)
     >>> image = augment(tf.fill([224, 224, 3], 100.0), seed=[1, 2])
+    >>> image.shape, image.dtype
+    (TensorShape([224, 224, 3]), tf.float32)
     """
 
     takes_seed = True  # train_transform passes each example's stateless seed
@@ -276,8 +284,30 @@ class RandAugment:
 
 
 def make_randaugment(num_layers=2, magnitude=10, *, seed=None):
-    """`RandAugment` for 0..255 images: `num_layers` ops at magnitude M (tensorflow/tpu's scale:
-    M = 10 rotates by +-30 degrees; ResNet-RS uses 10 and 15)."""
+    """`RandAugment` of all 16 ops for 0..255 images: `num_layers` ops at magnitude M.
+
+    M is on tensorflow/tpu's scale: M = 10 rotates by +-30 degrees; ResNet-RS uses 10 and 15.
+
+    Args:
+        num_layers: N, the ops applied in turn to each image.
+        magnitude: M, the strength of every op, in [0, 30] (`RANDAUGMENT_MAX_MAGNITUDE`).
+        seed: int, the seed of calls without their own seed; None: not reproducible.
+
+    Returns:
+        A `RandAugment` drawing from all of `RANDAUGMENT_OPS`, called as
+        `augment(image, seed=None)`.
+
+    Raises:
+        TypeError: `num_layers` or `seed` is not an int, or `magnitude` is not a number.
+        ValueError: `num_layers` < 1, `magnitude` outside [0, 30], or `seed` < 0.
+
+    Example:
+
+    >>> augment = make_randaugment(2, 15)
+    >>> image = augment(np.full((64, 64, 3), 100.0, "float32"), seed=[1, 2])
+    >>> image.shape, image.dtype
+    (TensorShape([64, 64, 3]), tf.float32)
+    """
     return RandAugment(num_layers, magnitude, seed=seed)
 
 

@@ -25,7 +25,22 @@ _SOURCES = {"tfds": tfds_source, "folder": folder_source, "digits": digits_sourc
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """What `make_dataset` read."""
+    """What `make_dataset` read: the split, its classes and its size.
+
+    Args:
+        spec: the dataset spec as given.
+        split: the split actually read (e.g. "test" for a tfds dataset without "validation").
+        num_classes: the number of classes (the labels are 0 .. num_classes - 1).
+        class_names: a tuple of the class names, by class index.
+        num_examples: examples in the split (one pass, before batching).
+        steps_per_epoch: batches in one pass over the split.
+
+    Example:
+
+    >>> _, info = make_dataset("digits", "validation", image_size=32, batch_size=32)
+    >>> info.split, info.num_classes, info.num_examples, info.steps_per_epoch
+    ('validation', 10, 360, 12)
+    """
 
     spec: str  # the dataset spec as given
     split: str  # the split actually read (e.g. "test" for a tfds dataset without "validation")
@@ -36,8 +51,10 @@ class DatasetInfo:
 
 
 def check_spec(spec, *, data_dir=None, arg="spec"):
-    """Checks a dataset spec early, before anything is built: `make_dataset`'s checks of the
-    spec itself and of its source's presence (nothing is read).
+    """Checks a dataset spec early, before anything is built.
+
+    `make_dataset`'s checks of the spec itself and of its source's presence (nothing is read);
+    returns None when the spec passes.
 
     Args:
         spec: "tfds:NAME[:SPLIT]", "folder:PATH" or "digits".
@@ -48,6 +65,13 @@ def check_spec(spec, *, data_dir=None, arg="spec"):
         TypeError: `spec` is not a string.
         ValueError: an unknown scheme, a missing folder, or a tensorflow-datasets dataset that
             does not exist or is not prepared in `data_dir`.
+
+    Example:
+
+    >>> check_spec("digits")  # bundled with scikit-learn: always there
+    >>> check_spec("folder:/no/such/folder")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: `spec` names a folder that does not exist: /no/such/folder. Received: ...
     """
     scheme, argument = parse_spec(spec, arg)
     if scheme == "folder":

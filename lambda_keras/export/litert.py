@@ -76,15 +76,28 @@ def _check_calibration_batch(batch, input_shape, where):
 
 
 def calibration_samples(representative_data, input_shape):
-    """The checked calibration samples, a list of float32 [1, H, W, C] arrays.
+    """The checked int8 calibration samples of a model, one image each.
+
+    What `tflite(quantization="int8")` checks before converting: the converter silently writes
+    a mostly-float model from calibration data it cannot use.
 
     Args:
         representative_data: an array [samples, H, W, C] or a tf.data.Dataset of images or
             (images, labels), batched or not.
         input_shape: the model's input shape (batch first; None for dynamic dimensions).
+
+    Returns:
+        A list of float32 [1, H, W, C] arrays, one per image.
+
     Raises:
-        TypeError: not an array or a tf.data.Dataset.
+        TypeError: not an array or a tf.data.Dataset, not numeric, or a dataset of dicts.
         ValueError: empty, non-finite, or not the model's input shape/channels.
+
+    Example:
+
+    >>> samples = calibration_samples(np.zeros((4, 32, 32, 3)), (None, 32, 32, 3))
+    >>> len(samples), samples[0].shape, samples[0].dtype
+    (4, (1, 32, 32, 3), dtype('float32'))
     """
     if isinstance(representative_data, tf.data.Dataset):
         batches = []
@@ -236,7 +249,28 @@ def _op_name(schema, model, operator):
 
 
 def tflite_custom_ops(flatbuffer):
-    """Names of the non-builtin (custom, Flex/Select TF) operators in a .tflite flatbuffer."""
+    """Names of the non-builtin (custom, Flex/Select TF) operators in a .tflite flatbuffer.
+
+    `tflite` writes built-in operators only and checks its file with this.
+
+    Args:
+        flatbuffer: the bytes of a .tflite file.
+
+    Returns:
+        A list of the custom operators' names, one per operator code (empty: built-in only).
+
+    Raises:
+        TypeError: `flatbuffer` is not bytes-like (a path: read the file first).
+        struct.error: `flatbuffer` is too short for the offsets it holds (bytes that are not a
+            flatbuffer are not otherwise detected).
+
+    Example:
+
+    ```python
+    with open("model.tflite", "rb") as f:
+        assert export.tflite_custom_ops(f.read()) == []  # no Flex / Select TF operators
+    ```
+    """
     schema = _schema()
     model = schema.Model.GetRootAsModel(flatbuffer, 0)
     custom = []
@@ -252,8 +286,26 @@ def float_operators(flatbuffer):
     """The operators of an integer-quantized .tflite that compute on float tensors.
 
     The QUANTIZE ops of the float32 input and the DEQUANTIZE ops of the float32 outputs are the
-    interface of a full-integer model and are not listed. Returns a list of (operator index,
-    op name, output tensor name).
+    interface of a full-integer model and are not listed.
+
+    Args:
+        flatbuffer: the bytes of a .tflite file.
+
+    Returns:
+        A list of (operator index, op name, output tensor name) tuples, in graph order; empty
+        for a full-integer model.
+
+    Raises:
+        TypeError: `flatbuffer` is not bytes-like (a path: read the file first).
+        struct.error: `flatbuffer` is too short for the offsets it holds (bytes that are not a
+            flatbuffer are not otherwise detected).
+
+    Example:
+
+    ```python
+    with open("model_int8.tflite", "rb") as f:
+        export.float_operators(f.read())  # [(17, 'BATCH_MATMUL', '...'), ...] kept float
+    ```
     """
     schema = _schema()
     model = schema.Model.GetRootAsModel(flatbuffer, 0)

@@ -238,8 +238,28 @@ def _sample_image(height, width):
 
 
 def warmup_requests(image_size, model_name="model"):
-    """Serialized PredictionLog records exercising both signatures: a float batch, a JPEG, and a
-    JPEG + PNG batch. TF Serving replays them against the version it is loading."""
+    """Serialized PredictionLog records exercising both signatures of a `saved_model` export.
+
+    A float batch, a JPEG, and a JPEG + PNG batch: TF Serving replays them against the version
+    it is loading (`saved_model` writes them to `WARMUP_FILE`).
+
+    Args:
+        image_size: (height, width) of the images, ints (the model's input size).
+        model_name: the model name the requests address (`model_spec.name`).
+
+    Returns:
+        A list of 3 serialized `tensorflow_serving.apis.PredictionLog` records (bytes).
+
+    Raises:
+        ImportError: tensorflow-serving-api is not installed.
+        TypeError: `image_size` is not a (height, width) pair of ints.
+
+    Example:
+
+    >>> records = warmup_requests((32, 32))
+    >>> len(records), type(records[0])
+    (3, <class 'bytes'>)
+    """
     predict_pb2, prediction_log_pb2 = _serving_apis()
     image = _sample_image(*image_size)
     jpeg = tf.io.encode_jpeg(image, quality=90).numpy()
@@ -324,8 +344,28 @@ def remove_stale_staging(export_dir):
     """Removes the hidden staging directories that killed exports left in `export_dir`.
 
     A staging directory names its host and process; it is stale when that process no longer
-    runs on this host (one on another host sharing the directory is left alone). Returns the
-    removed names.
+    runs on this host (one on another host sharing the directory is left alone). `saved_model`
+    calls it before each export.
+
+    Args:
+        export_dir: the TF Serving model base path; a missing one holds nothing to remove.
+
+    Returns:
+        The sorted names of the directories removed.
+
+    Raises:
+        TypeError: `export_dir` is not a path (None, a list, ...).
+        OSError: `export_dir` cannot be listed (no permission).
+
+    Example:
+
+    >>> import os, socket, tempfile
+    >>> export_dir = tempfile.mkdtemp()
+    >>> stale = f".tmp-1-{socket.gethostname()}-99999999-x"  # pid 99999999: no such process
+    >>> os.mkdir(os.path.join(export_dir, stale))
+    >>> remove_stale_staging(export_dir) == [stale], os.listdir(export_dir)
+    (True, [])
+    >>> os.rmdir(export_dir)
     """
     if not os.path.isdir(export_dir):
         return []

@@ -114,6 +114,7 @@ class LambdaLayer(keras.layers.Layer):
         norm_momentum, norm_epsilon: batch-norm settings for queries and values.
         query_initializer, key_initializer, value_initializer, position_initializer: override the
             paper's initialisation.
+        **kwargs: base layer keyword arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
         inputs: images [batch, height, width, channels] (channels-last).

@@ -102,6 +102,7 @@ class SequenceLambdaLayer(keras.layers.Layer):
         query_initializer, key_initializer, value_initializer, position_initializer: override the
             paper's initialisation as recalled (UNCONFIRMED in detail, PAPER.md 1.6): W_Q ~
             N(0, (k d)^-1/2), W_K, W_V ~ N(0, d^-1/2), E ~ N(0, 1).
+        **kwargs: base layer keyword arguments (`name`, `dtype`, `trainable`, ...).
 
     Call arguments:
         inputs: queries' input X [batch, n, d].

@@ -34,9 +34,31 @@ STATE_FIELDS = {"epoch": int, "step": int, "phase": int, "seed": int, "weights":
 class ResumableBackup(keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` that resumes at the saved step, with atomic files (module docstring).
 
+    Saves `state.json` and a weights file every `save_freq` global steps and at every epoch
+    end; `saved_state`, `check` and `restore` resume a killed run from them (`train` calls
+    them), `delete` removes the folder once the run is done.
+
     Args:
         backup_dir: the folder of this worker's backup (created on the first save).
-        save_freq: global steps between backups; every epoch end is saved too.
+        save_freq: global steps between backups, an int; every epoch end is saved too.
+
+    Raises:
+        ValueError: `backup_dir` is empty or `save_freq` is not an int ("epoch" aside: Keras'
+            checks); when resuming (`saved_state`, `check`, `restore`, the resumed epoch's
+            metric totals), a backup that cannot belong to this run, naming the file and the
+            folder to delete.
+
+    Example:
+
+    ```python
+    backup = training.ResumableBackup("runs/x/backup", save_freq=256)
+    state, epoch = backup.saved_state(), 0  # state: None on the first run
+    if state is not None:
+        backup.check(state, epochs=10, phases=1, steps_per_epoch=100, model=model)
+        epoch, step = backup.restore(model, state)  # feed the data from that step on
+    model.fit(train_ds, epochs=10, initial_epoch=epoch, steps_per_epoch=100,
+              callbacks=[backup])
+    ```
     """
 
     STATE = STATE

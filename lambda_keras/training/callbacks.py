@@ -22,8 +22,33 @@ IMAGE_SUMMARY_MAX = 16  # images of the first training batch shown in TensorBoar
 
 
 class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
-    """`ModelCheckpoint` that writes to a temporary name and renames it into place; with an
-    EMA optimizer it saves the EMA weights (swapped in by `ema_swapper`, then swapped back)."""
+    """`ModelCheckpoint` that writes to a temporary name and renames it into place.
+
+    A killed run leaves the previous checkpoint or the new one, never half a file. With an EMA
+    optimizer it saves the EMA weights (swapped in by `ema_swapper`, then swapped back). `train`
+    writes `checkpoints/best.keras` and `checkpoints/last.keras` with it.
+
+    Args:
+        filepath: the file to write, as `keras.callbacks.ModelCheckpoint`'s: a `.keras` file
+            (`.weights.h5` with `save_weights_only=True`), possibly with `{epoch}`-style fields.
+        ema_swapper: None (the model's weights are saved) or a
+            `keras.callbacks.SwapEMAWeights(swap_on_epoch=False)` that is also in `fit`'s
+            callbacks (which give it the model).
+        **kwargs: the other arguments of `keras.callbacks.ModelCheckpoint` (`monitor`, `mode`,
+            `save_best_only`, `save_weights_only`, `save_freq`, `initial_value_threshold`, ...).
+
+    Raises:
+        ValueError: as `keras.callbacks.ModelCheckpoint`: a `filepath` not ending in `.keras`
+            (`.weights.h5` with `save_weights_only=True`) or an unknown `save_freq`.
+
+    Example:
+
+    ```python
+    best = training.AtomicModelCheckpoint("runs/x/best.keras", monitor="val_accuracy",
+                                          mode="max", save_best_only=True)
+    model.fit(train_ds, validation_data=val_ds, epochs=5, callbacks=[best])
+    ```
+    """
 
     def __init__(self, filepath, ema_swapper=None, **kwargs):
         super().__init__(filepath, **kwargs)
@@ -52,8 +77,28 @@ class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
 
 
 class TrainingLog(keras.callbacks.Callback):
-    """Per-epoch metrics and learning rate -> `history.json` and a PNG of the curves (both
-    rewritten atomically every epoch). `history` starts from an earlier run's epochs."""
+    """Per-epoch metrics and learning rate -> `history.json` and a PNG of the curves.
+
+    Both files are rewritten atomically at every epoch end (`plot_history` draws the PNG); the
+    learning rate is the optimizer's at that point.
+
+    Args:
+        json_path: the JSON file of the history: {"epoch": [1, 2, ...], metric: [value per
+            epoch, None where an epoch has none], ...}.
+        plot_path: the PNG file of the curves.
+        history: an earlier run's history to continue (a resumed run), or None.
+
+    Raises:
+        OSError: at an epoch end, `json_path` or `plot_path` cannot be written (a directory,
+            no permission).
+
+    Example:
+
+    ```python
+    log = training.TrainingLog("runs/x/history.json", "runs/x/history.png")
+    model.fit(train_ds, epochs=5, callbacks=[log])  # log.history: the same dict as the file
+    ```
+    """
 
     def __init__(self, json_path, plot_path, history=None):
         super().__init__()
@@ -75,7 +120,30 @@ class TrainingLog(keras.callbacks.Callback):
 
 
 def plot_history(history, path):
-    """Loss, accuracy and learning-rate curves of a `history.json` dict -> PNG."""
+    """Loss, accuracy and learning-rate curves of a `history.json` dict -> PNG.
+
+    Three panels (loss, top-1 accuracy, learning rate) against the epoch, the validation curves
+    dashed; a metric the history lacks (or holds only None for) leaves its panel empty.
+
+    Args:
+        history: a dict with an "epoch" list and per-epoch lists (None where an epoch has no
+            value) of "loss", "accuracy", "learning_rate" and their "val_" counterparts, as
+            `TrainingLog` writes.
+        path: the PNG file to write.
+
+    Raises:
+        KeyError: `history` has no "epoch" list.
+        OSError: `path` cannot be written.
+
+    Example:
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "history.png")
+    >>> plot_history({"epoch": [1, 2], "loss": [2.3, 1.9], "val_loss": [2.2, 2.0]}, path)
+    >>> open(path, "rb").read(4)[1:]
+    b'PNG'
+    >>> os.remove(path)
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -106,7 +174,22 @@ class BatchImages(keras.callbacks.Callback):
     """Writes a training batch, un-normalised, as a TensorBoard image summary.
 
     `images()` is called after the first step, once `fit` holds its data iterator: a new iterator
-    of the training data made earlier would reshuffle the stream `fit` sees."""
+    of the training data made earlier would reshuffle the stream `fit` sees. Up to
+    `IMAGE_SUMMARY_MAX` images are written once, at step 0, under `log_dir/images`.
+
+    Args:
+        log_dir: the TensorBoard log directory.
+        images: a function returning a batch of normalised images [batch, H, W, 3] (an array
+            or a tensor).
+        preprocessing: the `Preprocessing` whose mean and std normalised them (undone here).
+
+    Example:
+
+    ```python
+    images = training.BatchImages("runs/x/tensorboard", lambda: batch_images, preprocessing)
+    model.fit(train_ds, epochs=1, callbacks=[images])
+    ```
+    """
 
     def __init__(self, log_dir, images, preprocessing):
         super().__init__()
@@ -126,7 +209,21 @@ class BatchImages(keras.callbacks.Callback):
 
 
 class NonFiniteError(FloatingPointError):
-    """Training produced a non-finite loss or batch-norm statistic."""
+    """Training produced a non-finite loss or batch-norm statistic.
+
+    Raised by `StopOnNonFinite` (so by `train`) at the step where it happened, before anything
+    of that step is saved; the message names the epoch, the step and the ways out. A
+    `FloatingPointError`.
+
+    Example:
+
+    ```python
+    try:
+        training.train("lambda_resnet26t", "digits", output_dir="runs/digits")
+    except training.NonFiniteError as error:
+        print(error)  # lower the learning rate, then rerun: it resumes from the backup
+    ```
+    """
 
 
 class StopOnNonFinite(keras.callbacks.Callback):
@@ -137,6 +234,16 @@ class StopOnNonFinite(keras.callbacks.Callback):
     the step's `on_train_batch_end` (it runs before the checkpoint and backup callbacks), so
     `checkpoints/last.keras` and `backup/` keep the last good state. One NaN batch is enough to
     make BN moving statistics NaN for good (Keras BN averages them in), hence their check.
+
+    Raises:
+        NonFiniteError: in `fit`, after the first step whose loss or any BN moving statistic is
+            NaN or infinite; the message names the epoch, the step and the statistics.
+
+    Example:
+
+    ```python
+    model.fit(train_ds, epochs=5, callbacks=[training.StopOnNonFinite(), checkpoint])
+    ```
     """
 
     def __init__(self):

@@ -15,7 +15,28 @@ VERBOSITIES = ("auto", 0, 1, 2)  # what Keras' fit and evaluate take as `verbose
 
 
 def evaluate_dataset(model, dataset, verbose=0):
-    """Loss, top-1 and top-5 accuracy of a compiled `model` (train's metrics) on `dataset`."""
+    """Loss, top-1 and top-5 accuracy of a compiled `model` (train's metrics) on `dataset`.
+
+    Args:
+        model: a keras.Model compiled as `train` and `evaluate` compile it: metrics named
+            "accuracy" and "top5_accuracy".
+        dataset: batches of (images, one-hot labels), e.g. from `data.make_dataset`.
+        verbose: `keras.Model.evaluate`'s verbosity ("auto", 0, 1, 2).
+
+    Returns:
+        A dict {"loss", "top1", "top5"} of floats.
+
+    Raises:
+        ValueError: `model` is not compiled (Keras).
+        KeyError: `model` was compiled without the metric "accuracy" or "top5_accuracy".
+
+    Example:
+
+    ```python
+    result = training.train("lambda_resnet26t", "digits", output_dir="runs/digits")
+    training.evaluate_dataset(result.model, val_ds)  # {"loss": ..., "top1": ..., "top5": ...}
+    ```
+    """
     logs = model.evaluate(dataset, return_dict=True, verbose=verbose)
     return {"loss": float(np.mean(logs["loss"])), "top1": float(np.mean(logs["accuracy"])),
             f"top{TOP_K}": float(np.mean(logs[f"top{TOP_K}_accuracy"]))}

@@ -39,7 +39,38 @@ from lambda_keras.training.strategy import (
 
 @dataclasses.dataclass
 class TrainResult:
-    """What `train` made; paths are None where nothing was written (non-chief workers)."""
+    """What `train` made; paths are None where nothing was written (non-chief workers).
+
+    `summary()` gives it as JSON-ready data (what `train` writes to `result.json`).
+
+    Args:
+        model: the trained keras.Model (with the EMA weights when the recipe has an EMA).
+        history: per-epoch metrics, including the epochs of an interrupted earlier run (the
+            dict of `history.json`); None on non-chief workers.
+        metrics: final validation metrics {"loss", "top1", "top5"}; None without validation.
+        recipe: the `Recipe` the run trained with, overrides applied.
+        strategy: the class name of the distribution strategy.
+        precision: the dtype policy the model was built with.
+        jit_compile: whether the training steps were compiled with XLA.
+        output_dir: the run's folder.
+        best_checkpoint: path of `checkpoints/best.keras`.
+        last_checkpoint: path of `checkpoints/last.keras`.
+        history_json: path of `history.json`.
+        plot: path of `history.png`.
+        tensorboard_dir: the TensorBoard log folder.
+        seed: the seed of the model and the data order (drawn when `train` got None).
+        preprocessing: the `Preprocessing` (resize, crop and normalisation) the run trained and
+            validated with: what an evaluation or an export of the model must apply
+            (`export.saved_model(preprocessing=)`).
+
+    Example:
+
+    ```python
+    result = training.train("lambda_resnet26t", "digits", "scratch", output_dir="runs/digits")
+    print(result.metrics["top1"], result.best_checkpoint)
+    export.saved_model(result.model, "models/digits", preprocessing=result.preprocessing)
+    ```
+    """
 
     model: keras.Model
     history: dict  # per epoch, including epochs of an interrupted earlier run
@@ -89,9 +120,38 @@ def training_data(data_spec, recipe, *, image_size, preprocessing, seed,
 
     The training set repeats forever as one deterministic stream (for a given seed): the batch
     of global step g is element g, whichever run reads it, which is what resuming relies on.
-    `static_shapes` (TPU) also drops the last partial validation batch. `verify_images`:
-    decode every file of a 'folder:' spec before training (data.make_dataset).
-    NOTE: on a TPU the few validation examples of that partial batch are not evaluated.
+    NOTE: on a TPU the few validation examples of the last partial batch are not evaluated.
+
+    Args:
+        data_spec: the training data, a `data.make_dataset` spec.
+        recipe: a `Recipe`: its batch size (global) and its augmentation (`augment`,
+            RandAugment, MixUp, CutMix).
+        image_size: int or (height, width) of the images.
+        preprocessing: the `Preprocessing` of the images (interpolation, crop, mean and std).
+        seed: int seeding the data order and the augmentation; None: not reproducible.
+        validation_spec: "auto" (the "validation" split of `data_spec`), another spec, or None
+            / "none" (no validation).
+        static_shapes: drop the last partial validation batch too (TPU: static shapes).
+        data_dir: tensorflow-datasets data directory (tfds specs only).
+        verify_images: decode every file of a 'folder:' spec before training
+            (`data.make_dataset`); ignored for other specs.
+
+    Returns:
+        (training dataset, validation dataset or None, the training split's `DatasetInfo`).
+
+    Raises:
+        ValueError: the training data has fewer than 2 classes; the validation data would be
+            the training split or has other classes; `data.make_dataset`'s own (an unknown
+            spec or split, a missing folder, a batch larger than the split, ...).
+        TypeError: `data.make_dataset`'s own (an argument of the wrong type).
+
+    Example:
+
+    >>> train_ds, val_ds, info = training_data(
+    ...     "digits", get_recipe("scratch"), image_size=32,
+    ...     preprocessing=data.DEFAULT_PREPROCESSING, seed=0)
+    >>> info.num_classes, train_ds.element_spec[0].shape, val_ds.element_spec[1].shape
+    (10, TensorShape([64, 32, 32, 3]), TensorShape([None, 10]))
     """
     options = dict(image_size=image_size, batch_size=recipe.batch_size,
                    preprocessing=preprocessing, one_hot=True, data_dir=data_dir)
@@ -217,10 +277,16 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             keras.Model (created in that scope by the caller).
         data_spec: data.make_dataset spec: "digits", "tfds:NAME[:SPLIT]", "folder:PATH".
         recipe: a RECIPES name or a Recipe (`describe_recipes()` lists them); `epochs`,
-            `batch_size` (global), `image_size` and any `**recipe_overrides` replace its fields.
+            `batch_size`, `image_size` and any `**recipe_overrides` replace its fields.
         output_dir: checkpoints/{best,last}.keras with checkpoints/preprocessing.json (how the
             run prepared images; `presets.preprocessing_beside`), tensorboard/, history.json,
             history.png, result.json; backup/ (backup-workerN/ on other workers) while running.
+        epochs: the recipe's `epochs` (None: the recipe's own).
+        batch_size: the recipe's `batch_size`, the global batch over all replicas and workers
+            (divisible by the number of replicas); None: the recipe's own.
+        image_size: the recipe's `image_size`, the side of the square training images; None:
+            the recipe's own, else the model's input size, the weights' preset or the
+            architecture's.
         weights: "default" (the model name's own weights, as `get_model` and the CLI: a
             preset's, "imagenet" for a timm variant's builder or key, none for the paper family
             and for callables), None (random initialisation), "imagenet", a preset or a file. A
@@ -245,6 +311,8 @@ def train(model, data_spec="digits", recipe="finetune", *, output_dir, epochs=No
             True deletes them (and its TensorBoard logs) and trains anew.
         verbose: Keras' `fit` verbosity ("auto", 0, 1, 2).
         callbacks: a list of extra Keras callbacks (they run before train's own); None: none.
+        **recipe_overrides: other `Recipe` fields to replace (`get_recipe`), e.g.
+            `weight_decay=0.01`, `ema_momentum=None`.
 
     Returns:
         A TrainResult. Rerunning the same call after a kill continues from the last backup

@@ -88,6 +88,18 @@ def build_model(model, *, image_size, classes, weights=None, recipe=None):
 
     Returns:
         The keras.Model.
+
+    Raises:
+        ValueError: a `.keras` file that does not exist, or a string that is no builder name;
+            the builder's own errors (`build_lambda_resnet`: e.g. a bad `image_size` or
+            `classes`, `weights` that cannot be loaded); a `.keras` file that Keras cannot load.
+        TypeError: `model` is neither a string, a path nor a callable; the builder's own.
+
+    Example:
+
+    >>> model = build_model("lambda_resnet26t", image_size=64, classes=10)
+    >>> model.input_shape, model.output_shape
+    ((None, 64, 64, 3), (None, 10))
     """
     if is_model_file(model):
         model = os.fspath(model)

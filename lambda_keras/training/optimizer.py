@@ -37,14 +37,46 @@ WEIGHT_DECAY_EXCLUDE = ("gamma", "beta", "bias")
 
 
 def peak_learning_rate(recipe):
-    """The recipe's peak learning rate at its global batch size."""
+    """The recipe's peak learning rate at its global batch size.
+
+    Args:
+        recipe: a `Recipe`.
+
+    Returns:
+        `recipe.learning_rate` when set, else `base_learning_rate * batch_size / 256`
+        (`REFERENCE_BATCH`), a float.
+
+    Example:
+
+    >>> peak_learning_rate(get_recipe("paper-imagenet"))  # 0.1 per 256, batch 4096
+    1.6
+    """
     if recipe.learning_rate is not None:
         return recipe.learning_rate
     return recipe.base_learning_rate * recipe.batch_size / REFERENCE_BATCH
 
 
 def learning_rate_schedule(recipe, total_steps, warmup_steps):
-    """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 (or constant)."""
+    """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 (or constant).
+
+    The peak is `peak_learning_rate(recipe)`; `recipe.schedule` chooses the decay.
+
+    Args:
+        recipe: a `Recipe`.
+        total_steps: optimizer steps of the whole run, warm-up included.
+        warmup_steps: steps of the linear warm-up (0: none).
+
+    Returns:
+        The peak learning rate (a float) for a "constant" schedule without warm-up, else a
+        `keras.optimizers.schedules.CosineDecay` (with alpha 1, constant after the warm-up).
+
+    Example:
+
+    >>> schedule = learning_rate_schedule(get_recipe("finetune"), total_steps=100,
+    ...                                   warmup_steps=10)  # peak 5e-4 * 64 / 256
+    >>> [round(float(schedule(step)), 6) for step in (0, 5, 10, 100)]
+    [0.0, 6.3e-05, 0.000125, 0.0]
+    """
     peak = peak_learning_rate(recipe)
     if recipe.schedule == "constant" and not warmup_steps:
         return peak
@@ -83,11 +115,20 @@ class MomentumL2(keras.optimizers.SGD):
         l2: the L2 coefficient (`weight_decay` of ResNet-RS; 4e-5 there).
         l2_exclude: a list or tuple of variable names (the last path component) without decay;
             a single name is a one-element tuple (`("gamma",)`), not a str.
-        **kwargs: Keras optimizer arguments (`use_ema`, `ema_momentum`, `name`, ...).
+        name: the optimizer's name.
+        **kwargs: Keras optimizer arguments (`use_ema`, `ema_momentum`, ...).
+
+    Raises:
+        TypeError: `l2_exclude` is not a list or tuple of str, or `momentum` or `l2` is not a
+            number (None).
+        ValueError: `momentum` is outside [0, 1] (Keras' SGD), `momentum` or `l2` is a string
+            that is not a number, or Keras' own checks of `learning_rate` and `**kwargs` fail.
 
     Example:
 
     >>> opt = MomentumL2(learning_rate=0.1, momentum=0.9, l2=4e-5)
+    >>> opt.l2, opt.nesterov, opt.l2_exclude
+    (4e-05, True, ('gamma', 'beta'))
     """
 
     def __init__(self, learning_rate=0.01, momentum=0.9, nesterov=True, l2=0.0,
@@ -140,6 +181,24 @@ def make_optimizer(recipe, total_steps, warmup_steps=0, use_ema=True):
     "sgd": `MomentumL2` (coupled L2 `recipe.weight_decay` on non-BN weights, through Nesterov
     momentum, as ResNet-RS). "adamw": Keras' AdamW with decoupled decay, BN gamma/beta and biases
     excluded.
+
+    Args:
+        recipe: a `Recipe` (its optimizer, momentum, Nesterov flag, weight decay, schedule and
+            EMA momentum).
+        total_steps: optimizer steps of the whole run (`learning_rate_schedule`).
+        warmup_steps: steps of the linear warm-up (0: none).
+        use_ema: keep an exponential moving average of the weights when the recipe has an
+            `ema_momentum` (False: never).
+
+    Returns:
+        A `MomentumL2` ("sgd") or a `keras.optimizers.AdamW` ("adamw"), not yet built.
+
+    Example:
+
+    >>> optimizer = make_optimizer(get_recipe("paper-imagenet"), total_steps=1000,
+    ...                            warmup_steps=50)
+    >>> type(optimizer).__name__, optimizer.l2, optimizer.use_ema
+    ('MomentumL2', 4e-05, True)
     """
     common = dict(
         learning_rate=learning_rate_schedule(recipe, total_steps, warmup_steps),

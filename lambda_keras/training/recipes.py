@@ -41,7 +41,62 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """A training recipe. Every field can be overridden: `get_recipe(name, field=value)`."""
+    """A training recipe. Every field can be overridden: `get_recipe(name, field=value)`.
+
+    Frozen; every field is checked when the recipe is made (`dataclasses.replace` included).
+
+    Args:
+        name: the recipe's name (a key of `RECIPES` for the registered ones).
+        description: one line on what the recipe is and where its numbers come from.
+        epochs: epochs of the run, >= 1.
+        batch_size: global batch, over all replicas and workers, >= 1.
+        optimizer: "sgd" (momentum, Nesterov: `MomentumL2`) or "adamw".
+        base_learning_rate: peak learning rate for a global batch of 256, scaled linearly
+            (`peak_learning_rate`); > 0.
+        learning_rate: peak learning rate as given, not scaled (overrides the above); None.
+        momentum: SGD momentum / AdamW beta_1, in [0, 1).
+        nesterov: Nesterov momentum (SGD).
+        weight_decay: in [0, 1). SGD: coupled L2, loss + wd * sum(w^2) / 2 over non-BN weights,
+            through the momentum (ResNet-RS); AdamW: decoupled, w -= lr * wd * w (BN and
+            biases excluded).
+        schedule: "cosine" (to zero at the end) or "constant", after the warm-up.
+        warmup_epochs: epochs of linear warm-up from zero, >= 0.
+        label_smoothing: in [0, 1).
+        ema_momentum: momentum of an exponential moving average of the weights, in (0, 1);
+            None: off.
+        augment: training augmentation (`data.AUGMENTS`): "imagenet", "randaugment" or None.
+        randaugment_layers: RandAugment's N, >= 1.
+        randaugment_magnitude: RandAugment's M on tensorflow/tpu's scale (ops scale with
+            M / 10), in [0, 30].
+        mixup_alpha: MixUp's Beta parameter, >= 0 (0: off).
+        cutmix_alpha: CutMix strength in [0, 1] (0: off).
+        drop_rate: classifier dropout in [0, 1); None: the architecture's.
+        drop_path_rate: stochastic depth in [0, 1); None: the architecture's.
+        image_size: training image side, >= 32; None: the weights' or the architecture's.
+        depth: the ResNet depth a paper row is for (listing only); None.
+        precision: one of `PRECISIONS`; "auto": mixed_bfloat16 on TPU, float32 elsewhere.
+        freeze_batch_norm: BN in inference mode with frozen statistics.
+        freeze_backbone_epochs: first train only the classifier for this many epochs (fewer
+            than `epochs`).
+        sync_batch_norm: batch statistics over all replicas.
+        steps_per_execution: steps per compiled call (e.g. 32 on TPU), >= 1.
+        backup_every: steps between backups (also at every epoch end); a multiple of
+            `steps_per_execution`.
+
+    Raises:
+        TypeError: a field of the wrong type (a float `epochs`, a str `nesterov`, a bool
+            number), named with its value.
+        ValueError: a field out of range or not one of its choices, a `freeze_backbone_epochs`
+            not below `epochs`, or a `backup_every` that is not a multiple of
+            `steps_per_execution`.
+
+    Example:
+
+    >>> recipe = Recipe(name="short", description="3 epochs of AdamW", epochs=3,
+    ...                 batch_size=32, optimizer="adamw", base_learning_rate=1e-3)
+    >>> recipe.schedule, recipe.label_smoothing, recipe.backup_every
+    ('cosine', 0.1, 256)
+    """
 
     name: str
     description: str
@@ -241,7 +296,24 @@ def get_recipe(name="finetune", **overrides):
 
 
 def paper_recipe(depth, image_size):
-    """The ResNet-RS row for (depth, image_size), e.g. `paper_recipe(152, 256)`."""
+    """The ResNet-RS row for (depth, image_size), e.g. `paper_recipe(152, 256)`.
+
+    Args:
+        depth: the LambdaResNet depth (50, 101, 152, 200, 270, 350 or 420).
+        image_size: the training image side of a row for that depth (`RESNET_RS_ROWS`).
+
+    Returns:
+        The registered `Recipe` "paper-<depth>-<image_size>".
+
+    Raises:
+        ValueError: no ResNet-RS row for (depth, image_size); the message lists the rows.
+
+    Example:
+
+    >>> recipe = paper_recipe(152, 256)
+    >>> recipe.name, recipe.randaugment_magnitude, recipe.drop_rate, recipe.epochs
+    ('paper-152-256', 15, 0.25, 350)
+    """
     if (depth, image_size) not in RESNET_RS_ROWS:
         rows = ", ".join(f"({d}, {s})" for d, s in RESNET_RS_ROWS)
         raise ValueError(f"No ResNet-RS row for (depth, image_size); rows: {rows}. "
@@ -250,7 +322,18 @@ def paper_recipe(depth, image_size):
 
 
 def describe_recipes():
-    """The recipe table as text (what `lambda-keras train --recipe help` prints)."""
+    """The recipe table as text (what `lambda-keras train --recipe help` prints).
+
+    Returns:
+        A str: one row per recipe of `RECIPES` (epochs, batch, optimizer, peak learning rate,
+        decay, RandAugment, dropout, drop path, size, EMA), then the recipes' descriptions.
+
+    Example:
+
+    >>> table = describe_recipes()
+    >>> next(row for row in table.splitlines() if row.startswith("finetune")).split()[:5]
+    ['finetune', '10', '64', 'adamw', '0.000125']
+    """
     header = ("recipe", "epochs", "batch", "optimizer", "peak LR", "decay", "RandAug", "dropout",
               "drop path", "size", "EMA")
 
@@ -279,8 +362,25 @@ def describe_recipes():
 
 
 def parse_recipe_overrides(pairs):
-    """Command-line "field=value" strings -> {field: value}. Values are Python literals (3, 0.1,
-    True, None, 'x'); "none", "true", "false" in any case, and other bare words, also work."""
+    """Command-line "field=value" strings -> {field: value}, the overrides of `get_recipe`.
+
+    Values are Python literals (3, 0.1, True, None, 'x'); "none", "true", "false" in any case,
+    and other bare words (strings), also work. The fields are checked by `get_recipe`.
+
+    Args:
+        pairs: an iterable of "field=value" strings (the command line's `--set`).
+
+    Returns:
+        A dict {field: value}; a later pair for the same field wins.
+
+    Raises:
+        ValueError: a string without "=" or with an empty field name.
+
+    Example:
+
+    >>> parse_recipe_overrides(["epochs=3", "nesterov=false", "precision=mixed_bfloat16"])
+    {'epochs': 3, 'nesterov': False, 'precision': 'mixed_bfloat16'}
+    """
     overrides = {}
     for pair in pairs:
         field, sep, text = pair.partition("=")

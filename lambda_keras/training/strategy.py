@@ -60,6 +60,10 @@ def _tpu_strategy(resolver, connect, what):
 def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None, tpu_arg="tpu"):
     """The `tf.distribute.Strategy` for this machine or cluster.
 
+    Order: TPU (`tpu` or `cluster_resolver`) -> `MultiWorkerMirroredStrategy` when TF_CONFIG has
+    several workers -> `MirroredStrategy` over `devices` or over several GPUs -> the default
+    strategy.
+
     Args:
         tpu: None (no TPU), "local" (the TPUs of a TPU VM), "auto" (use a TPU when
             `TPUClusterResolver` finds one, else go on) or a TPU name / "grpc://host:port".
@@ -67,13 +71,23 @@ def resolve_strategy(tpu=None, *, devices=None, cluster_resolver=None, tpu_arg="
         cluster_resolver: a ready TPU cluster resolver (used instead of building one).
         tpu_arg: how the messages name `tpu` (the command line passes "--tpu").
 
-    Order: TPU (`tpu` or `cluster_resolver`) -> `MultiWorkerMirroredStrategy` when TF_CONFIG has
-    several workers -> `MirroredStrategy` over `devices` or over several GPUs -> the default
-    strategy.
+    Returns:
+        A `tf.distribute.TPUStrategy`, `MultiWorkerMirroredStrategy` or `MirroredStrategy`, or
+        `tf.distribute.get_strategy()` (the default strategy, one device).
 
     Raises:
-        ValueError: the TPU of `tpu` cannot be resolved (an unknown name: the Cloud TPU API or
-            the metadata server did not answer) or initialised (no TPU there).
+        TypeError: `tpu` is neither None nor a string.
+        ValueError: `tpu` is empty; the TPU of `tpu` (other than "auto") or `cluster_resolver`
+            cannot be resolved (an unknown name: the Cloud TPU API or the metadata server did
+            not answer) or initialised (no TPU there); TF_CONFIG is not valid JSON.
+
+    Example:
+
+    ```python
+    strategy = training.resolve_strategy(tpu="local")  # on a TPU VM; no argument elsewhere
+    with strategy.scope():
+        model = lambda_keras.LambdaResNet50(weights=None)
+    ```
     """
     if tpu is not None and not isinstance(tpu, str):
         raise TypeError(f"`{tpu_arg}` must be None, 'local', 'auto' or a TPU name/address "
@@ -121,6 +135,19 @@ def check_strategy(strategy):
 
 
 def is_tpu_strategy(strategy):
+    """Whether `strategy` is a TPU strategy (a class of its MRO is named "TPUStrategy...").
+
+    Args:
+        strategy: a `tf.distribute.Strategy` (any object is answered).
+
+    Returns:
+        A bool: True for `tf.distribute.TPUStrategy` and its variants (V1, V2, subclasses).
+
+    Example:
+
+    >>> is_tpu_strategy(tf.distribute.get_strategy())
+    False
+    """
     return any(cls.__name__.startswith("TPUStrategy") for cls in type(strategy).__mro__)
 
 
@@ -149,7 +176,24 @@ def worker_index(strategy):
 
 
 def resolve_precision(precision, strategy):
-    """Keras dtype policy name: "auto" -> mixed_bfloat16 on TPU, float32 elsewhere."""
+    """Keras dtype policy name: "auto" -> mixed_bfloat16 on TPU, float32 elsewhere.
+
+    Args:
+        precision: one of `PRECISIONS`: "auto", "float32", "mixed_float16" or "mixed_bfloat16".
+        strategy: the `tf.distribute.Strategy` the run uses ("auto" asks whether it is a TPU's).
+
+    Returns:
+        The policy name, a str; `precision` itself unless it is "auto".
+
+    Raises:
+        ValueError: `precision` is not one of `PRECISIONS` (named as `mixed_precision`, the
+            argument of `train`).
+
+    Example:
+
+    >>> resolve_precision("auto", tf.distribute.get_strategy())
+    'float32'
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"`mixed_precision` must be one of {PRECISIONS}. "
                          f"Received: mixed_precision={precision!r}")
@@ -167,6 +211,24 @@ def resolve_jit_compile(jit_compile, strategy):
       batch 32: 541 ms per training step and 26 s to the first step without XLA, 888 ms and
       63 s with it (the lambda convolution compiles poorly on CPU, PERF_NOTES.md);
     - several GPUs / workers: False, as Keras' own "auto" (XLA and tf.distribute collectives).
+
+    Args:
+        jit_compile: True, False or "auto" (not 1 / 0).
+        strategy: the `tf.distribute.Strategy` the model is compiled under.
+
+    Returns:
+        A bool.
+
+    Raises:
+        ValueError: `jit_compile` is not True, False or "auto".
+
+    Example:
+
+    >>> strategy = tf.distribute.get_strategy()  # the default strategy: one device
+    >>> resolve_jit_compile(False, strategy)
+    False
+    >>> resolve_jit_compile("auto", strategy) == bool(tf.config.list_logical_devices("GPU"))
+    True
     """
     utils.check_choice("jit_compile", jit_compile, (True, False, "auto"))  # not 1/0
     if jit_compile != "auto":

@@ -126,7 +126,10 @@ def download_preset(name, cache_dir=None, timeout=None, verify=None):
             placed at its cache path).
 
     Example:
-    >>> path = download_preset("lambda_resnet26t.c1_in1k")  # downloads once, then cached
+
+    ```python
+    path = download_preset("lambda_resnet26t.c1_in1k")  # downloads once, then cached
+    ```
     """
     if not isinstance(name, (str, Preset)):
         raise TypeError(f"`name` must be a preset name or a Preset. Received: name={name!r}")

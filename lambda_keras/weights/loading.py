@@ -154,8 +154,11 @@ def convert_timm(src, dst, arch_name=None, *, arch_arg="arch_name"):
             tensors do not fit the model. Nothing is written then.
 
     Example:
-    >>> convert_timm("model.safetensors", "lambda_resnet26t.weights.h5")
-    'lambda_resnet26t.weights.h5'
+
+    ```python
+    convert_timm("model.safetensors", "lambda_resnet26t.weights.h5")
+    # -> 'lambda_resnet26t.weights.h5'
+    ```
     """
     src, dst = _path("src", src), _path("dst", dst)
     if not dst.endswith(KERAS_WEIGHTS_SUFFIX):

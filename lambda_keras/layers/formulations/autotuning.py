@@ -460,8 +460,9 @@ def lambda_layers(model):
 
 def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=5,
              memory_limit_bytes=DEFAULT_MEMORY_LIMIT_BYTES):
-    """Measures the formulations of every lambda layer of `model` here and stores the fastest,
-    in `cache_path()`: the file `LAMBDA_KERAS_AUTOTUNE_CACHE` names (default
+    """Measures the formulations of every lambda layer of `model` here and stores the fastest.
+
+    The picks go to `cache_path()`: the file `LAMBDA_KERAS_AUTOTUNE_CACHE` names (default
     `lambda_keras/autotune.json` under `KERAS_HOME`), the one the layers read. One that cannot
     be written (a directory, a read-only folder) is refused before anything is measured.
 
@@ -483,12 +484,24 @@ def autotune(model, *, batch_size=8, phases=PHASES, jit_compile="auto", repeats=
         dynamic map size (not tuned)}; entry: {"formulation", "results" (per formulation:
         "ms" or "skipped"), "batch_size", "layers" (names), "measured" (UTC date)}.
 
+    Raises:
+        TypeError: `model` is not a Keras layer or model (a model name: build it first), or
+            `batch_size`, `repeats` or `memory_limit_bytes` is not an int.
+        ValueError: `phases` is not a non-empty tuple of "fwd" / "train"; `batch_size`,
+            `repeats` or `memory_limit_bytes` is below 1; a `jit_compile` other than "auto",
+            True or False, or one the backend does not run (False on JAX, True on PyTorch); a
+            backend other than TensorFlow, JAX or PyTorch; a lambda layer of `model` is not
+            built; the cache file cannot be written (before anything is measured).
+        RuntimeError: no formulation of a layer could run: each was over
+            `memory_limit_bytes` or failed (e.g. out of memory).
+
     Example:
 
-    >>> model = lambda_keras.LambdaResNet26T(weights=None, input_shape=(64, 64, 3))
-    >>> report = lambda_keras.autotune(model, batch_size=2, repeats=2)  # "auto" uses them now
-    >>> sorted(report)
-    ['device', 'dynamic', 'picks']
+    ```python
+    model = lambda_keras.LambdaResNet26T(weights=None, input_shape=(64, 64, 3))
+    report = lambda_keras.autotune(model, batch_size=2, repeats=2)  # "auto" uses them now
+    sorted(report)  # ['device', 'dynamic', 'picks']
+    ```
     """
     if not isinstance(model, keras.layers.Layer):
         raise TypeError(f"`model` must be a built Keras model or layer (a model name: build it "
