@@ -1,5 +1,5 @@
-"""Benchmark entry point: `python -m benchmarks.run [--quick] [--only layer,peer,model,export,backends]
-[--out DIR] [--onednn default|0|1]`.
+"""Benchmark entry point: `python -m benchmarks.run [--quick]
+[--only layer,peer,model,export,backends] [--out DIR] [--onednn default|0|1]`.
 
 Runs the selected suites (layer, peer, model, export, backends; all by default) in worker
 processes, then writes to DIR (default benchmarks/results, or a temporary directory with --quick):
