@@ -36,8 +36,7 @@ each against an independent expectation:
   (`DEVICE_TABLES_BYTES`, then converted per call); on JAX they stay NumPy arrays, which jit
   folds into constants.
 
-Apart, in a JAX process of its own that XLA gives two host devices (`python tests/test_backends.py
-jax-data-parallel DIR`): training under `keras.distribution.DataParallel` against one device.
+JAX's `keras.distribution` (several devices): tests/test_backends_distribution.py.
 
 The subprocess needs no TensorFlow (`python tests/test_backends.py BACKEND DIR` with DIR holding
 TensorFlow's files): so it ran on a GPU machine (README "On a GPU"); there it sets float32
@@ -57,7 +56,6 @@ import pytest
 TESTS = os.path.dirname(os.path.abspath(__file__))
 BACKENDS = ("jax", "torch")
 SIZE, CLASSES, BATCH = 64, 10, 2
-DATA_PARALLEL_DEVICES = 2  # host devices of the keras.distribution check (XLA_FLAGS)
 RELATIVE_TOLERANCE = 1e-4
 # The paper's 50-layer model with random weights and BN statistics: measured 0.8-5e-4 between
 # TensorFlow and JAX / PyTorch (JAX: the same before its pools moved into the layer), 2-4e-6 for
@@ -348,11 +346,11 @@ def _builder_check(name):
     return f"{model.count_params()} parameters"
 
 
-def _small_model(windows=False):
-    """A small model, its first layer a `_sharding_probe`, and its data (16 maps and labels):
-    "local" (a position bias) and "relative" strided lambda layers with a batch norm between
-    them on 8 x 8 x 6 maps; with `windows`, one lambda layer of query windows on 12 x 12 x 6 maps
-    (which a training call recomputes image by image where execution.REMAT_MIN_BYTES allows)."""
+def small_lambda_model(windows=False, first_layers=()):
+    """A small model and its data (16 maps and labels): `first_layers`, then "local" (a
+    position bias) and "relative" strided lambda layers with a batch norm between them on 8 x 8
+    x 6 maps; with `windows`, one lambda layer of query windows on 12 x 12 x 6 maps (which a
+    training call recomputes image by image where execution.REMAT_MIN_BYTES allows)."""
     import keras
     from lambda_keras.layers import LambdaLayer
 
@@ -364,38 +362,17 @@ def _small_model(windows=False):
                [LambdaLayer(16, key_dim=4, num_heads=2, receptive_field=5, position_bias=True),
                 keras.layers.BatchNormalization(), keras.layers.ReLU(),
                 LambdaLayer(16, key_dim=4, num_heads=2, position="relative", strides=2)])
-    model = keras.Sequential([keras.Input((size, size, 6)), _sharding_probe(), *lambdas,
+    model = keras.Sequential([keras.Input((size, size, 6)), *first_layers, *lambdas,
                               keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(3)])
     x = np.random.default_rng(2).standard_normal((16, size, size, 6)).astype("float32")
     return model, x, np.arange(16) % 3
-
-
-def _sharding_probe():
-    """A layer that passes its input on; on JAX it records, per traced call, how that input is
-    split over the devices, (one device's shard shape, number of devices), in `.shards`."""
-    import keras
-
-    class ShardingProbe(keras.layers.Layer):
-        def __init__(self):
-            super().__init__()
-            self.shards = []
-
-        def call(self, x):
-            if keras.backend.backend() == "jax":
-                import jax
-
-                jax.debug.inspect_array_sharding(x, callback=lambda sharding: self.shards.append(
-                    (list(sharding.shard_shape(x.shape)), len(sharding.device_set))))
-            return x
-
-    return ShardingProbe()
 
 
 def _fit():
     """A fit step of a small model with "local" and "relative" lambda layers."""
     import keras
 
-    model, x, y = _small_model()
+    model, x, y = small_lambda_model()
     x, y = x[:8], y[:8]
     before = [to_numpy(w).copy() for w in model.weights]
     model.compile(optimizer=keras.optimizers.Adam(1e-2),
@@ -560,51 +537,6 @@ def run_checks(backend, workdir):
     return results
 
 
-def run_data_parallel(workdir):
-    """On JAX with DATA_PARALLEL_DEVICES host devices (the parent's XLA_FLAGS), for each
-    `_small_model` (the windows one with every query-window map recomputed in the image loop):
-    two epochs of batches of 8 (SGD) on one device, then the same from the same weights under
-    `keras.distribution.DataParallel` over every device; writes what the parent compares to
-    data_parallel.json, {model: record}."""
-    import jax
-    import keras
-    from lambda_keras.layers.formulations import current_runtime, execution
-
-    def train(windows):
-        model, x, y = _small_model(windows)
-        model.compile(optimizer=keras.optimizers.SGD(0.1),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-        initial = [to_numpy(w).copy() for w in model.weights]
-        losses = model.fit(x, y, batch_size=8, epochs=2, shuffle=False, verbose=0)
-        lambda_layer, runtime, size = model.layers[1], current_runtime(), x.shape[1]
-        plan = lambda_layer._plan(lambda_layer._formulation(size, size, True, runtime), size,
-                                  size, True, runtime, batch=8)  # what its training calls ran
-        replicas = [len(w.value.sharding.device_set) for w in model.weights]
-        return dict(losses=losses.history["loss"], shards=model.layers[0].shards,
-                    replicas=replicas, image_loop=plan.image_loop, input_shape=x.shape[1:]), \
-            initial, [to_numpy(w) for w in model.weights]
-
-    runs = {}
-    remat_min_bytes = execution.REMAT_MIN_BYTES
-    for distribution in (None, keras.distribution.DataParallel(devices=jax.devices())):
-        keras.distribution.set_distribution(distribution)
-        for windows in (False, True):
-            execution.REMAT_MIN_BYTES = 0 if windows else remat_min_bytes
-            runs[windows, distribution is not None] = train(windows)
-    records = {}
-    for windows, name in ((False, "lambda_layers"), (True, "recomputed_windows")):
-        (one_device, initial, expected), (parallel, _, actual) = (
-            runs[windows, False], runs[windows, True])
-        records[name] = dict(
-            devices=len(jax.devices()), one_device=one_device, data_parallel=parallel,
-            # Per weight, relative to its trained scale: how far the two runs' weights differ,
-            # and how far one-device training moved it.
-            errors=[relative_error(a, e) for a, e in zip(actual, expected)],
-            moved=[relative_error(i, e) for i, e in zip(initial, expected)])
-    with open(os.path.join(workdir, "data_parallel.json"), "w", encoding="utf-8") as f:
-        json.dump(records, f)
-
-
 # -------------------------------------------------------------------- the tests (parent)
 @pytest.fixture(scope="module")
 def tf_reference(tmp_path_factory):
@@ -627,8 +559,8 @@ def tf_reference(tmp_path_factory):
     return workdir
 
 
-def _subprocess_env(backend, **extra):
-    """The environment of a subprocess of this file: `backend`, the repository and the tests
+def subprocess_env(backend, **extra):
+    """The environment of a subprocess of a test file: `backend`, the repository and the tests
     importable, TensorFlow's log quiet, and `extra` variables."""
     path = [os.path.dirname(TESTS), TESTS] + [p for p in [os.environ.get("PYTHONPATH")] if p]
     return {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
@@ -640,7 +572,7 @@ def backend_results(request, tf_reference):
     backend = request.param
     started = time.perf_counter()
     process = subprocess.run([sys.executable, __file__, backend, str(tf_reference)],
-                             env=_subprocess_env(backend), capture_output=True, text=True,
+                             env=subprocess_env(backend), capture_output=True, text=True,
                              timeout=900)
     path = tf_reference / f"{backend}.json"
     assert process.returncode == 0 and path.exists(), process.stderr[-4000:]
@@ -662,47 +594,6 @@ def test_backend(backend_results, group):
     assert not failed, f"{backend}: " + "\n".join(f"{n}: {d}" for n, d in failed.items())
 
 
-@pytest.fixture(scope="module")
-def data_parallel_records(tmp_path_factory):
-    """The records of `run_data_parallel`, run in a JAX process with DATA_PARALLEL_DEVICES host
-    devices."""
-    workdir = tmp_path_factory.mktemp("data_parallel")
-    env = _subprocess_env("jax", XLA_FLAGS=" ".join(filter(None, [
-        os.environ.get("XLA_FLAGS"),
-        f"--xla_force_host_platform_device_count={DATA_PARALLEL_DEVICES}"])))
-    process = subprocess.run([sys.executable, __file__, "jax-data-parallel", str(workdir)],
-                             env=env, capture_output=True, text=True, timeout=600)
-    assert process.returncode == 0, process.stderr[-4000:]
-    with open(workdir / "data_parallel.json", encoding="utf-8") as f:
-        return json.load(f)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("model, image_loop", [("lambda_layers", None),
-                                               ("recomputed_windows", "recomputed")])
-def test_jax_data_parallel_training_matches_one_device(data_parallel_records, model, image_loop):
-    """keras.distribution on JAX (README "Backends": the route to multi-device training there),
-    on DATA_PARALLEL_DEVICES host devices that XLA makes of this CPU: under DataParallel each
-    device gets its share of every batch (the model's first layer sees batch shards) and a copy of
-    every weight, and two epochs give the one-device losses and weights (global-batch gradients
-    and batch-norm statistics), while every weight moves far more than the two runs differ. Also
-    where the layer's training maps are recomputed in a loop over the (sharded) batch's images."""
-    record = data_parallel_records[model]
-    devices = record["devices"]
-    one, parallel = record["one_device"], record["data_parallel"]
-    shape = one["input_shape"]
-    assert devices == DATA_PARALLEL_DEVICES
-    assert one["image_loop"] == parallel["image_loop"] == image_loop
-    assert one["shards"] and all(s == [[8, *shape], 1] for s in one["shards"]), one["shards"]
-    assert parallel["shards"] and all(s == [[8 // devices, *shape], devices]
-                                      for s in parallel["shards"]), parallel["shards"]
-    assert set(parallel["replicas"]) == {devices} and set(one["replicas"]) == {1}
-    np.testing.assert_allclose(parallel["losses"], one["losses"], rtol=1e-5)
-    # Each weight: the runs agree to float32 round-off, and far closer than training moved it.
-    for error, moved in zip(record["errors"], record["moved"]):
-        assert error <= min(1e-5, moved / 100), (error, moved)
-
-
 def test_reference_covers_every_mode_and_formulation():
     """The cases the backends run reach every formulation and every position mode."""
     sys.path.insert(0, TESTS)
@@ -714,9 +605,7 @@ def test_reference_covers_every_mode_and_formulation():
     assert {c["position"] for c in FORMULATION_CASES.values()} == set(POSITION_MODES)
 
 
-if __name__ == "__main__" and sys.argv[1] == "jax-data-parallel":
-    run_data_parallel(sys.argv[2])
-elif __name__ == "__main__":
+if __name__ == "__main__":
     # PyTorch (timm parity) before anything that may load TensorFlow: Keras' data adapters import
     # it when installed, and PyTorch imported after TensorFlow crashes the process.
     import torch  # noqa: F401
