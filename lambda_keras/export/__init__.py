@@ -8,19 +8,23 @@
 - `litert.py`: `tflite(model, path, quantization=...)` with built-in ops only, checked
   calibration data and full-integer int8 results; `LiteRTRunner`, the one LiteRT interpreter
   loop of the package.
+- `flatbuffers.py`: what a written .tflite holds (custom and float operators, quantization
+  scales) and the int8 checks `tflite` runs on it.
 
 Everything documented here is importable from `lambda_keras.export` as before the split.
 """
 
+from lambda_keras.export.flatbuffers import (
+    MAX_QUANTIZATION_SCALE,
+    float_operators,
+    tflite_custom_ops,
+)
 from lambda_keras.export.images import MAX_IMAGE_PIXELS, MAX_RESIZED_BYTES
 from lambda_keras.export.litert import (
-    MAX_QUANTIZATION_SCALE,
     QUANTIZATIONS,
     LiteRTRunner,
     calibration_samples,
-    float_operators,
     tflite,
-    tflite_custom_ops,
 )
 from lambda_keras.export.serving import (
     LABELS_FILE,

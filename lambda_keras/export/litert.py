@@ -1,4 +1,5 @@
-"""LiteRT (TFLite) flatbuffers: conversion, checks of the written file, and the one runner.
+"""LiteRT (TFLite) flatbuffers: conversion (the written file checked by flatbuffers.py) and the
+one runner.
 
 `tflite(model, path, quantization=...)` converts the model's inference call with the TFLite
 converter restricted to the built-in op set (no Select TF / Flex ops; the written file is checked
@@ -27,6 +28,12 @@ import keras
 import tensorflow as tf
 
 from lambda_keras import runtime, utils
+from lambda_keras.export.flatbuffers import (
+    check_integer,
+    check_quantization_scales,
+    litert_schema,
+    tflite_custom_ops,
+)
 from lambda_keras.layers import formulations
 
 QUANTIZATIONS = (None, "float16", "dynamic", "int8")
@@ -41,12 +48,6 @@ INT8_FLOAT_OPS = ("BATCH_MATMUL", "MUL")
 # error 0.43) against 100% (0.02) with "BATCH_MATMUL" kept float or with TF 2.21; 2.19 and 2.20
 # were not measured. `tflite` warns where such a file is asked for on those versions.
 INT8_BATCH_MATMUL_MIN_TF = (2, 21)
-# Float operators an int8 model may hold besides `float_ops`: the (de)quantization around them and
-# SHAPE (its int32 output is the same whatever the input type).
-_FLOAT_INTERFACE_OPS = ("QUANTIZE", "DEQUANTIZE", "SHAPE")
-# int8 tensors with a larger scale (a range of +-1e12) come from infinite calibration ranges.
-MAX_QUANTIZATION_SCALE = 1e10
-_INTEGER_TYPES = ("INT8", "UINT8", "INT16", "INT32", "INT64", "BOOL")
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -133,7 +134,7 @@ def _check_float_ops(float_ops):
     if not isinstance(float_ops, (list, tuple)) or not all(isinstance(op, str) for op in float_ops):
         raise TypeError("`float_ops` must be a sequence of TFLite operator names such as "
                         f"('BATCH_MATMUL',). Received: float_ops={float_ops!r}")
-    names = set(vars(_schema().BuiltinOperator))
+    names = set(vars(litert_schema().BuiltinOperator))
     unknown = [op for op in float_ops if op not in names]
     if unknown:
         raise ValueError(f"`float_ops` must name TFLite builtin operators. Received: unknown "
@@ -231,140 +232,6 @@ def _convert_loud(model, quantization, samples, float_ops):
             converter=converter, debug_dataset=lambda: ([sample] for sample in samples),
             debug_options=options)
         return debugger.get_nondebug_quantized_model()
-
-
-def _schema():
-    from ai_edge_litert import schema_py_generated as schema
-
-    return schema
-
-
-def _op_name(schema, model, operator):
-    code = model.OperatorCodes(operator.OpcodeIndex())
-    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-    if builtin == schema.BuiltinOperator.CUSTOM:
-        return (code.CustomCode() or b"?").decode()
-    names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(builtin, str(builtin))
-
-
-def tflite_custom_ops(flatbuffer):
-    """Names of the non-builtin (custom, Flex/Select TF) operators in a .tflite flatbuffer.
-
-    `tflite` writes built-in operators only and checks its file with this.
-
-    Args:
-        flatbuffer: the bytes of a .tflite file.
-
-    Returns:
-        A list of the custom operators' names, one per operator code (empty: built-in only).
-
-    Raises:
-        TypeError: `flatbuffer` is not bytes-like (a path: read the file first).
-        struct.error: `flatbuffer` is too short for the offsets it holds (bytes that are not a
-            flatbuffer are not otherwise detected).
-
-    Example:
-
-    ```python
-    with open("model.tflite", "rb") as f:
-        assert export.tflite_custom_ops(f.read()) == []  # no Flex / Select TF operators
-    ```
-    """
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    custom = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            custom.append((code.CustomCode() or b"?").decode())
-    return custom
-
-
-def float_operators(flatbuffer):
-    """The operators of an integer-quantized .tflite that compute on float tensors.
-
-    The QUANTIZE ops of the float32 input and the DEQUANTIZE ops of the float32 outputs are the
-    interface of a full-integer model and are not listed.
-
-    Args:
-        flatbuffer: the bytes of a .tflite file.
-
-    Returns:
-        A list of (operator index, op name, output tensor name) tuples, in graph order; empty
-        for a full-integer model.
-
-    Raises:
-        TypeError: `flatbuffer` is not bytes-like (a path: read the file first).
-        struct.error: `flatbuffer` is too short for the offsets it holds (bytes that are not a
-            flatbuffer are not otherwise detected).
-
-    Example:
-
-    ```python
-    with open("model_int8.tflite", "rb") as f:
-        export.float_operators(f.read())  # [(17, 'BATCH_MATMUL', '...'), ...] kept float
-    ```
-    """
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
-    found = []
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        interface = set(graph.InputsAsNumpy().tolist()) | set(graph.OutputsAsNumpy().tolist())
-        for o in range(graph.OperatorsLength()):
-            operator = graph.Operators(o)
-            name = _op_name(schema, model, operator)
-            tensors = [t for t in [*operator.InputsAsNumpy(), *operator.OutputsAsNumpy()] if t >= 0]
-            floats = [t for t in tensors
-                      if types.get(graph.Tensors(t).Type()) not in _INTEGER_TYPES]
-            if name in ("QUANTIZE", "DEQUANTIZE") and set(floats) <= interface:
-                continue
-            if floats:
-                outputs = operator.OutputsAsNumpy()
-                out_name = graph.Tensors(outputs[0]).Name().decode() if len(outputs) else "?"
-                found.append((o, name, out_name))
-    return found
-
-
-def _check_integer(flatbuffer, float_ops):
-    """Refuses an int8 model with float operators other than `float_ops` and their interface."""
-    allowed = set(float_ops) | (set(_FLOAT_INTERFACE_OPS) if float_ops else set())
-    floats = [item for item in float_operators(flatbuffer) if item[1] not in allowed]
-    if floats:
-        listed = ", ".join(f"{name} ({tensor!r})" for _, name, tensor in floats[:4])
-        kept = f" besides float_ops={tuple(float_ops)}" if float_ops else ""
-        raise ValueError(
-            f"The int8 conversion left {len(floats)} operators computing in float{kept}, e.g. "
-            f"{listed}: the file would not be an integer model (it was not written). Check "
-            "`representative_data` (normalised images like the model's inputs).")
-
-
-def _check_quantization_scales(flatbuffer):
-    """Refuses int8 models whose calibration produced unusable scales (e.g. from -inf values)."""
-    schema = _schema()
-    model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    unbounded = []  # (name, largest scale)
-    for s in range(model.SubgraphsLength()):
-        graph = model.Subgraphs(s)
-        for t in range(graph.TensorsLength()):
-            tensor = graph.Tensors(t)
-            params = tensor.Quantization()
-            if params is None or not params.ScaleLength():
-                continue
-            scales = params.ScaleAsNumpy()
-            if not np.all(np.isfinite(scales) & (scales < MAX_QUANTIZATION_SCALE)):
-                unbounded.append((tensor.Name().decode(), float(np.max(scales))))
-    if unbounded:
-        # Activations first: constants (biases) only inherit the scale of their input.
-        unbounded.sort(key=lambda item: item[0].startswith("arith.constant"))
-        names = ", ".join(f"{name!r} (scale {scale:.3g})" for name, scale in unbounded[:3])
-        raise ValueError(
-            f"int8 calibration gave {len(unbounded)} tensors an unbounded range, e.g. {names}: "
-            "an infinite value in the graph (such as -inf padding before a max pool) makes the "
-            "quantized model compute garbage. Remove the infinite constant from the model.")
 
 
 def check_tflite_path(path, overwrite, *, path_arg="path", overwrite_arg="overwrite=True"):
@@ -481,8 +348,8 @@ def tflite(model, path, quantization=None, representative_data=None, float_ops=N
     if custom:  # unreachable with the built-in op sets above; guards converter changes
         raise RuntimeError(f"The converted model uses non-builtin (Flex/custom) ops {custom}.")
     if quantization == "int8":
-        _check_quantization_scales(flatbuffer)
-        _check_integer(flatbuffer, float_ops)
+        check_quantization_scales(flatbuffer)
+        check_integer(flatbuffer, float_ops)
     utils.atomic_write_bytes(path, flatbuffer)
     return path
 
