@@ -23,13 +23,19 @@ def litert_schema():
     return schema
 
 
-def _op_name(schema, model, operator):
-    code = model.OperatorCodes(operator.OpcodeIndex())
-    builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-    if builtin == schema.BuiltinOperator.CUSTOM:
-        return (code.CustomCode() or b"?").decode()
+def _operator_codes(schema, model):
+    """(name, custom) of each operator code of `model`, by opcode index: a built-in operator's
+    name, or a custom (Flex / Select TF) operator's code with custom True."""
     names = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("_")}
-    return names.get(builtin, str(builtin))
+    codes = []
+    for i in range(model.OperatorCodesLength()):
+        code = model.OperatorCodes(i)
+        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+        if builtin == schema.BuiltinOperator.CUSTOM:
+            codes.append(((code.CustomCode() or b"?").decode(), True))
+        else:
+            codes.append((names.get(builtin, str(builtin)), False))
+    return codes
 
 
 def tflite_custom_ops(flatbuffer):
@@ -57,13 +63,7 @@ def tflite_custom_ops(flatbuffer):
     """
     schema = litert_schema()
     model = schema.Model.GetRootAsModel(flatbuffer, 0)
-    custom = []
-    for i in range(model.OperatorCodesLength()):
-        code = model.OperatorCodes(i)
-        builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-        if builtin == schema.BuiltinOperator.CUSTOM:
-            custom.append((code.CustomCode() or b"?").decode())
-    return custom
+    return [name for name, custom in _operator_codes(schema, model) if custom]
 
 
 def float_operators(flatbuffer):
@@ -94,13 +94,14 @@ def float_operators(flatbuffer):
     schema = litert_schema()
     model = schema.Model.GetRootAsModel(flatbuffer, 0)
     types = {v: k for k, v in vars(schema.TensorType).items() if not k.startswith("_")}
+    codes = _operator_codes(schema, model)
     found = []
     for s in range(model.SubgraphsLength()):
         graph = model.Subgraphs(s)
         interface = set(graph.InputsAsNumpy().tolist()) | set(graph.OutputsAsNumpy().tolist())
         for o in range(graph.OperatorsLength()):
             operator = graph.Operators(o)
-            name = _op_name(schema, model, operator)
+            name, _ = codes[operator.OpcodeIndex()]
             tensors = [t for t in [*operator.InputsAsNumpy(), *operator.OutputsAsNumpy()] if t >= 0]
             floats = [t for t in tensors
                       if types.get(graph.Tensors(t).Type()) not in _INTEGER_TYPES]
