@@ -461,7 +461,9 @@ def merge_run(data, engine, cells, shapes, record, run):
     The new cells replace the stored ones of that engine (and timm's, run by "torch" with r 23)
     at those shapes and sizes only. A run of every shape and of every size the table holds
     (`data["settings"]["sizes"]`) replaces the engine's record; a partial one updates it and
-    is kept under `runs` ("r23", or "r23@112" for some sizes).
+    is kept under `runs` ("r23", or "r23@112" for some sizes), where it replaces the stored runs
+    whose cells it re-measured all of (their shapes and sizes within its own), so the runs name
+    when each stored cell was timed.
     """
     sizes = run["sizes"]
     engines = {engine} | ({"timm"} if engine == "torch" and "r23" in shapes else set())
@@ -473,7 +475,11 @@ def merge_run(data, engine, cells, shapes, record, run):
     else:
         data["engines"][engine].update(record)
         key = ",".join(shapes) + ("" if every_size else "@" + ",".join(map(str, sizes)))
-        data["engines"][engine].setdefault("runs", {})[key] = run
+        runs = data["engines"][engine].setdefault("runs", {})
+        for stored in [k for k, r in runs.items() if set(k.partition("@")[0].split(","))
+                       <= set(shapes) and set(r["sizes"]) <= set(sizes)]:
+            del runs[stored]
+        runs[key] = run
 
 
 def _update_picks(path, engines, threads):

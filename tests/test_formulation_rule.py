@@ -154,7 +154,7 @@ def test_the_cpu_without_avx512_has_rows_of_its_own():
     assert choose((28, 28), False, avx2["torch"]) == "row_windows"
     assert choose((56, 56), False, avx2["torch"]) == "conv"
     # Without oneDNN: query windows for the unstrided 28^2 forward on both CPUs (without AVX-512
-    # only with 4 query columns per block); with malloc, query windows (2 columns per block) for
+    # only with 2-4 query columns per block); with malloc, query windows (2 columns per block) for
     # r 23 and the 7 x 7 convolution for r 7.
     assert choose((28, 28), False, NO_ONEDNN) == "query_windows"
     assert choose((28, 28), False, NO_ONEDNN_AVX2) == "query_windows"
@@ -436,6 +436,13 @@ def test_a_suite_run_of_some_sizes_replaces_only_their_cells():
         ("tf", "r7u4", 112, "old"), ("timm", "r23", 112, "old")]
     assert data["engines"]["tf"]["wall_s"] == 300.0
     assert data["engines"]["tf"]["runs"] == {"r23@112": run}
+    # A later run of every size re-measures the 112^2 run's cells: it replaces that run, not a
+    # run of other shapes nor one of r 23 beside another shape.
+    others = {"r9@14": dict(sizes=[14]), "r23,r7u4@14": dict(sizes=[14])}
+    data["engines"]["tf"]["runs"].update(others)
+    run = dict(sizes=full, wall_s=240.0, returncode=0)
+    bench_formulations.merge_run(data, "tf", [], ["r23"], dict(rule_engine="tf"), run)
+    assert data["engines"]["tf"]["runs"] == {"r23": run, **others}
     # The torch engine's r 23 run re-times timm too; a run of every shape and size replaces
     # the engine's record.
     run = dict(sizes=full, wall_s=500.0, returncode=0)

@@ -234,10 +234,18 @@ LOCAL_RULE = {
 #   0.74 / 0.91x, 112^2 0.83x. Not in training (56^2: 0.92x median, 1.02x min), nor with oneDNN
 #   (0.99x) or XLA (0.98x), nor for q . E first at 14^2 (0.85x once, then 1.04x, 0.97x, 0.97x)
 #   (benchmarks/README.md, optimisation 22).
+# - TensorFlow without oneDNN, forward: query windows group 2 query columns per block (4 before
+#   the separate products, optimisation 26; as on the EPYC with AVX-512, optimisation 27). Whole
+#   layer, r 23, batch 8, d 256, one process, every variant traced, 9 interleaved rounds (5 at
+#   112^2), medians of the paired ratios to 4 columns (2026-12-07): 2 columns 0.89 / 0.90 / 0.93
+#   at 28^2 / 56^2 / 112^2 (39.9 vs 43.7 ms at 28^2, 212 vs 234 ms at 56^2, 919 vs 984 ms at
+#   112^2); 1 column 0.86 at 28^2 but 1.13 at 56^2. With 2 columns: batch in 2 / 8 parts 0.99 /
+#   0.96 at 28^2, 1.00 / 0.97 at 56^2 against 4 parts; 1-scope blocks 1.01 / 1.02 (within the
+#   noise, kept).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
-    ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=4, windows=UP_TO_112,
+    ("tf", "fwd"): dict(LOCAL_RULE[("tf", "fwd")], block_columns=2, windows=UP_TO_112,
                         block_scopes=SMALL_BLOCKS, batch_parts=4, small_map_scopes=3),
     ("xla", "fwd"): dict(LOCAL_RULE[("xla", "fwd")], windows=UP_TO_112, block_columns=2,
                          block_scopes=SMALL_BLOCKS),
@@ -275,12 +283,12 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # - XLA: the rows of the EPYC without AVX-512 (query windows up to 112^2, 2 query columns per
 #   block, half-scope blocks): r 23 forward at 112^2 458 ms vs 1501 for row windows, r 7 |u| 4
 #   358 vs 582 ms for the convolution, training 1418 vs 2233 ms (the Xeon's rows: 1.3-2.8x).
-# - TensorFlow without oneDNN, forward: the same (4 query columns per block, half-scope blocks,
-#   query windows up to 112^2 in 4 batch parts): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
-#   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and
-#   row windows at 112^2, 1.17x query windows). Since the separate products, 2 query columns per
-#   block instead of 4 (fewer FLOPs in the scores GEMM; the products they save were the cheap ones
-#   now): r 23 query windows, both traced in one process, interleaved, medians of the paired
+# - TensorFlow without oneDNN, forward: the same (half-scope blocks, query windows up to 112^2
+#   in 4 batch parts; then 4 query columns per block): r 23 at 28^2 / 56^2 / 112^2 37 / 151 /
+#   670 ms against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms
+#   and row windows at 112^2, 1.17x query windows). Since the separate products, 2 query columns
+#   per block instead of 4 (fewer FLOPs in the scores GEMM; the products they save were the cheap
+#   ones now; measured here first, then on the EPYC without AVX-512): r 23 query windows, both traced in one process, interleaved, medians of the paired
 #   ratios 2 / 4 columns (7 and 5 rounds, two runs, 2026-12-03): 0.88 / 0.93 at 28^2, 0.87 / 0.83
 #   at 56^2, 0.88 at 112^2 (179-195 vs 205-225 ms at 56^2, 826 vs 919 ms at 112^2); 1 column:
 #   0.82 at 28^2 but 1.09 at 56^2; 2 columns in 2-scope blocks 0.82 / 0.94; 2 columns with the
@@ -315,8 +323,7 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # 1.44x query windows in one run, 0.66x / 1.05x in the next): the table holds the last run.
 AMD_AVX512_RULE = {
     **{key: WITHOUT_AVX512_RULE[key] for key in (("xla", "fwd"), ("xla", "train"),
-                                                 ("tf_onednn", "train"))},
-    ("tf", "fwd"): dict(WITHOUT_AVX512_RULE[("tf", "fwd")], block_columns=2),
+                                                 ("tf_onednn", "train"), ("tf", "fwd"))},
     ("tf", "train"): dict(WITHOUT_AVX512_RULE[("tf", "train")], windows=UP_TO_112),
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], window_scopes=16),
     ("tf_malloc", "fwd"): dict(LOCAL_RULE[("tf_malloc", "fwd")], windows=UP_TO_112),
