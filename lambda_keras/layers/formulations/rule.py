@@ -283,16 +283,17 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
 # - XLA: the rows of the EPYC without AVX-512 (query windows up to 112^2, 2 query columns per
 #   block, half-scope blocks): r 23 forward at 112^2 458 ms vs 1501 for row windows, r 7 |u| 4
 #   358 vs 582 ms for the convolution, training 1418 vs 2233 ms (the Xeon's rows: 1.3-2.8x).
-# - TensorFlow without oneDNN, forward: the same (half-scope blocks, query windows up to 112^2
-#   in 4 batch parts; then 4 query columns per block): r 23 at 28^2 / 56^2 / 112^2 37 / 151 /
-#   670 ms against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms
-#   and row windows at 112^2, 1.17x query windows). Since the separate products, 2 query columns
-#   per block instead of 4 (fewer FLOPs in the scores GEMM; the products they save were the cheap
-#   ones now; measured here first, then on the EPYC without AVX-512): r 23 query windows, both traced in one process, interleaved, medians of the paired
-#   ratios 2 / 4 columns (7 and 5 rounds, two runs, 2026-12-03): 0.88 / 0.93 at 28^2, 0.87 / 0.83
-#   at 56^2, 0.88 at 112^2 (179-195 vs 205-225 ms at 56^2, 826 vs 919 ms at 112^2); 1 column:
-#   0.82 at 28^2 but 1.09 at 56^2; 2 columns in 2-scope blocks 0.82 / 0.94; 2 columns with the
-#   whole batch 0.84 / 0.87 (`batch_parts` 1: no better than the 4 parts, kept).
+# - TensorFlow without oneDNN, forward: the same (half-scope blocks, query windows up to 112^2 in 4
+#   batch parts; then 4 query columns per block): r 23 at 28^2 / 56^2 / 112^2 37 / 151 / 670 ms
+#   against 51 / 265 / 1585 ms for row windows (the Xeon's row: query windows 65 / 248 ms and row
+#   windows at 112^2, 1.17x query windows). Since the separate products, 2 query columns per block
+#   instead of 4 (fewer FLOPs in the scores GEMM; the products they save were the cheap ones now;
+#   measured on this CPU first, then on the EPYC without AVX-512, above): r 23 query windows, both
+#   traced in one process, interleaved, medians of the paired ratios 2 / 4 columns (7 and 5 rounds,
+#   two runs, 2026-12-03): 0.88 / 0.93 at 28^2, 0.87 / 0.83 at 56^2, 0.88 at 112^2 (179-195 vs
+#   205-225 ms at 56^2, 826 vs 919 ms at 112^2); 1 column: 0.82 at 28^2 but 1.09 at 56^2; 2 columns
+#   in 2-scope blocks 0.82 / 0.94; 2 columns with the whole batch 0.84 / 0.87 (`batch_parts` 1: no
+#   better than the 4 parts, kept).
 # - TensorFlow training, oneDNN on and off: the same (query windows in half-scope blocks at 112^2
 #   for r 23, 2 query columns without oneDNN: 2129 / 2909 ms vs 5275 / 4068 for row windows, the
 #   Xeon's pick; with oneDNN r 7 |u| 4 keeps the convolution, 1334 vs 1355 ms). Without oneDNN,
