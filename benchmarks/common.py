@@ -190,10 +190,15 @@ def summarize(times, cpu_times=()):
     return stats
 
 
-def measure(fn, warmup=1, min_repeats=3, max_repeats=10, budget_s=5.0):
-    """Times `fn()` (which must block until its result exists); returns summarize(...)."""
-    for _ in range(warmup):
+def measure(fn, warmup=1, min_repeats=3, max_repeats=10, budget_s=5.0, warmup_s=0.0):
+    """Times `fn()` (which must block until its result exists); returns summarize(...).
+
+    Warm-up: `warmup` untimed calls, continued until `warmup_s` seconds have passed."""
+    start = time.perf_counter()
+    calls = 0
+    while calls < warmup or time.perf_counter() - start < warmup_s:
         fn()
+        calls += 1
     times, cpu_times = [], []
     start = time.perf_counter()
     while len(times) < max_repeats:

@@ -142,9 +142,11 @@ def _timm_timed(data):
 
 
 def plot_versus_timm(tables, path):
-    """`plots.formulations_versus_timm` of every table ({tag: data}) with the stored paired runs."""
+    """`plots.formulations_versus_timm` of every table ({tag: data}, tags are CPU kinds) with the
+    stored paired runs of each CPU kind's latest warm-up."""
     from benchmarks import paired, plots
 
+    runs = paired.latest_warmup_runs(paired.load_runs(paired.RESULTS))
     return plots.formulations_versus_timm(
         {tag: versus_timm(data) for tag, data in tables.items()},
-        paired.run_medians(paired.load_runs(paired.RESULTS)), path)
+        paired.run_medians(runs, group=lambda data: data["cpu_kind"]), path)

@@ -9,15 +9,16 @@ process, minutes to an hour before or after the other engines; a shared host's s
 to 2x in that time (benchmarks/README.md), which moves its "timm / auto" column as much. Here
 each (size, phase) runs `pairs` rounds; a round starts one process per engine and one for timm
 (TensorFlow and PyTorch cannot share one), their order rotated from round to round, each building
-its layer, warming it up twice and timing `calls` calls (median). A round's ratio is timm's median
-over the engine's; the result per cell is the median of the rounds' ratios, with their range.
+its layer, warming it up (two calls, continued for `warmup_s` seconds) and timing `calls` calls
+(median). A round's ratio is timm's median over the engine's; the result per cell is the median of
+the rounds' ratios, with their range.
 The lambda layer is `LambdaLayer(implementation="auto")` with the suite's r 23 shape (batch 8,
 d 256, |k| 16, |h| 4) and its engines (formulations.ENGINES: backend, oneDNN and allocator,
 XLA); its pick is recorded per round. Results: `<out>/<cpu kind>.json` (machine, CPU flags, each
 engine's oneDNN state as TensorFlow reported it) and a Markdown table on stdout.
 `--history runs` prints every stored run of the folder instead (one row per run and engine, then the
-median and range of the runs' medians per engine; `--history summary` the last rows only): the
-tables of README.md and benchmarks/README.md.
+median and range of the runs' medians per CPU kind, warm-up and engine; `--history summary` those
+rows of each CPU kind's latest warm-up only): the tables of README.md and benchmarks/README.md.
 """
 
 import argparse
@@ -36,10 +37,17 @@ from benchmarks import formulations as suite
 from lambda_keras import runtime, utils
 
 PEER = "timm"
-FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5)
-QUICK = dict(batch=2, width=32, sizes=(8,), pairs=2, calls=2)
+# NOTE: warmup_s. TensorFlow's graph executor settles after tens of calls, timm's layer after two
+# (PyTorch's first calls at a new shape create its oneDNN primitives): per-call times after
+# tracing at 14² (r 23, batch 8, d 256; the AMD EPYC without AVX-512, 2026-12-07, two processes
+# each, medians of calls 3-7 / 13-22 / 43-82 / 163-322): TensorFlow without oneDNN 5.2 / 4.6 /
+# 4.1 / 4.4 ms and 4.8 / 4.1 / 4.3 / 4.3 ms, with oneDNN 5.6 / 5.4 / 4.7 / 4.3 and 4.1 / 3.9 / 3.6 /
+# 3.6, timm 9.8 / 9.9 / 10.0 / 9.5 and 10.2 / 10.0 / 13.6 / 10.1. Runs before warmup_s (2 warm-up
+# calls, then `calls` timed) caught TensorFlow 10-20% above its steady state at 14².
+FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5, warmup_s=1.0)
+QUICK = dict(batch=2, width=32, sizes=(8,), pairs=2, calls=2, warmup_s=0.0)
 RESULTS = os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired")
-WARMUP = 2  # PyTorch's first calls at a new shape create its oneDNN primitives
+WARMUP = 2  # warm-up calls at least, each engine and timm
 
 
 # ---------------------------------------------------------------------------- worker side
@@ -65,7 +73,8 @@ def time_in_this_process(name, size, phase, settings, threads):
         steps, trace = autotuning.STEPS[backend](layer, x, jit_compile)
         step, pick = steps[phase], suite._auto_pick(layer, trace, phase)
     stats = common.measure(step, warmup=WARMUP, min_repeats=settings["calls"],
-                           max_repeats=settings["calls"], budget_s=0.0)
+                           max_repeats=settings["calls"], budget_s=0.0,
+                           warmup_s=settings.get("warmup_s", 0.0))
     return dict(median_s=stats["median_s"], calls=settings["calls"], auto=pick,
                 runtime=suite._runtime_description(backend))
 
@@ -110,14 +119,28 @@ def load_runs(folder):
     return sorted(runs, key=lambda data: data["started"])
 
 
-def run_medians(runs):
-    """The runs' medians grouped as {CPU kind: {(engine, phase): {size: [each run's median]}}},
+def run_group(data):
+    """The runs one summary row may pool: the CPU kind, and the warm-up where a run had one
+    beyond WARMUP calls ("amd-avx2", "amd-avx2, warm-up 1 s")."""
+    warmup_s = data["settings"].get("warmup_s", 0.0)
+    return data["cpu_kind"] + (f", warm-up {warmup_s:g} s" if warmup_s else "")
+
+
+def latest_warmup_runs(runs):
+    """`runs` (oldest first) less those of a CPU kind whose warm-up its latest run changed."""
+    latest = {data["cpu_kind"]: data["settings"].get("warmup_s", 0.0) for data in runs}
+    return [data for data in runs
+            if data["settings"].get("warmup_s", 0.0) == latest[data["cpu_kind"]]]
+
+
+def run_medians(runs, group=run_group):
+    """The runs' medians grouped as {group(run): {(engine, phase): {size: [each run's median]}}},
     in run order."""
     found = {}
     for data in runs:
         for cell in data["cells"]:
             for engine, ratio in cell["ratios"].items():
-                found.setdefault(data["cpu_kind"], {}).setdefault(
+                found.setdefault(group(data), {}).setdefault(
                     (engine, cell["phase"]), {}).setdefault(cell["size"], []).append(
                         ratio["median"])
     return found
@@ -125,25 +148,25 @@ def run_medians(runs):
 
 def history_table(runs, per_run=True):
     """| run | engine | phase | <size>² ... |: each run's "median (low-high)" per engine and phase
-    (`per_run`), then per CPU kind, engine and phase the median of the runs' medians with their
-    lowest and highest."""
+    (`per_run`), then per `run_group` (of every run with `per_run`, else of each CPU kind's latest
+    warm-up), engine and phase the median of the runs' medians with their lowest and highest."""
     sizes = sorted({cell["size"] for data in runs for cell in data["cells"]})
     lines = ["| run (CPU kind, started, rounds per cell) | engine | phase | "
              + " | ".join(f"{size}²" for size in sizes) + " |",
              "|---" * (3 + len(sizes)) + "|"]
     for data in runs if per_run else ():
-        run = f"{data['cpu_kind']}, {data['started']}, {data['settings']['pairs']}"
+        run = f"{run_group(data)}, {data['started']}, {data['settings']['pairs']}"
         for engine in data["engines"]:
             for phase in suite.PHASES:
                 row = [_ratio_text(_cell_ratio(data, size, phase, engine)) for size in sizes]
                 if any(value != "-" for value in row):
                     lines.append(f"| {run} | {engine} | {phase} | " + " | ".join(row) + " |")
-    for cpu_kind, by_key in run_medians(runs).items():
+    for group, by_key in run_medians(runs if per_run else latest_warmup_runs(runs)).items():
         for (engine, phase), by_size in by_key.items():
             row = [f"{statistics.median(by_size[size]):.1f}x ({min(by_size[size]):.1f}-"
                    f"{max(by_size[size]):.1f}), {_runs(len(by_size[size]))}" if size in by_size
                    else "-" for size in sizes]
-            lines.append(f"| **{cpu_kind}, all runs** | {engine} | {phase} | "
+            lines.append(f"| **{group}, all runs** | {engine} | {phase} | "
                          + " | ".join(row) + " |")
     return "\n".join(lines)
 

@@ -10,6 +10,7 @@ picks one are tested in tests/test_formulations.py and tests/test_formulation_ru
 import json
 import math
 import os
+import time
 
 import pytest
 
@@ -346,6 +347,27 @@ def test_tables_with_the_former_position_name_give_the_local_modes_picks():
 
 
 # ---------------------------------------------------------------- paired layer vs timm
+def test_measure_warms_up_for_its_calls_and_its_seconds():
+    """`common.measure`: `warmup` untimed calls at least, continued until `warmup_s` has passed;
+    then the timed calls only (the paired runs time TensorFlow once its executor has settled)."""
+    def timed_calls(**warmup):
+        stamps = []
+
+        def fn():
+            stamps.append(time.perf_counter())
+            time.sleep(0.002)
+
+        stats = common.measure(fn, min_repeats=3, max_repeats=3, budget_s=0.0, **warmup)
+        return stamps, stats["repeats"]
+
+    stamps, repeats = timed_calls(warmup=2)
+    assert (len(stamps), repeats) == (5, 3)
+    stamps, repeats = timed_calls(warmup=2, warmup_s=0.05)
+    assert repeats == 3 and len(stamps) >= 2 + 3
+    assert stamps[-3] - stamps[0] >= 0.05  # the first timed call starts after the warm-up
+    assert stamps[-4] - stamps[0] < 0.05  # and the warm-up stopped once it had lasted 0.05 s
+
+
 def test_paired_rounds_rotate_and_ratios_are_per_round():
     """Each round rotates the process order (timm first, then last, ...), and a cell's speed-up
     is the median of the rounds' timm / engine ratios, not a ratio of medians."""
@@ -383,27 +405,35 @@ def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
     """`--history`: one row per stored run and engine in the order the runs started (not the
     file names'), then per CPU kind, engine and phase the median of the runs' medians and their
     range over the runs that timed the size; other suites' files are ignored."""
-    def run(started, medians):
+    def run(started, medians, cpu_kind="amd-avx512", **settings):
         cells = [dict(size=size, phase="fwd", rounds=[],
                       ratios={"tf": dict(median=m, low=m - 0.5, high=m + 0.5, ratios=[m])})
                  for size, m in medians.items()]
-        return dict(suite="paired", cpu_kind="amd-avx512", started=started, engines=["tf"],
-                    settings=dict(pairs=3), cells=cells)
+        return dict(suite="paired", cpu_kind=cpu_kind, started=started, engines=["tf"],
+                    settings=dict(pairs=3, **settings), cells=cells)
 
     for name, data in (("b.json", run("2026-12-04 01:00", {14: 1.5, 28: 3.0})),
                        ("a.json", run("2026-12-04 02:00", {14: 2.5})),
                        ("c.json", run("2026-12-04 03:00", {14: 2.0})),
+                       ("e.json", run("2026-12-04 04:00", {14: 1.0}, "intel-avx512")),
+                       ("f.json", run("2026-12-04 05:00", {14: 2.4}, warmup_s=1.0)),
                        ("d.json", dict(suite="formulations", started="2026-12-04 00:00"))):
         utils.write_json(os.path.join(tmp_path, name), data)
     runs = paired.load_runs(tmp_path)
-    assert [data["started"][-5:] for data in runs] == ["01:00", "02:00", "03:00"]
+    assert [data["started"][-5:] for data in runs] == ["01:00", "02:00", "03:00", "04:00", "05:00"]
     assert paired.history_table(runs).splitlines()[2:] == [
         "| amd-avx512, 2026-12-04 01:00, 3 | tf | fwd | 1.5x (1.0-2.0) | 3.0x (2.5-3.5) |",
         "| amd-avx512, 2026-12-04 02:00, 3 | tf | fwd | 2.5x (2.0-3.0) | - |",
         "| amd-avx512, 2026-12-04 03:00, 3 | tf | fwd | 2.0x (1.5-2.5) | - |",
-        "| **amd-avx512, all runs** | tf | fwd | 2.0x (1.5-2.5), 3 runs | 3.0x (3.0-3.0), 1 run |"]
+        "| intel-avx512, 2026-12-04 04:00, 3 | tf | fwd | 1.0x (0.5-1.5) | - |",
+        "| amd-avx512, warm-up 1 s, 2026-12-04 05:00, 3 | tf | fwd | 2.4x (1.9-2.9) | - |",
+        "| **amd-avx512, all runs** | tf | fwd | 2.0x (1.5-2.5), 3 runs | 3.0x (3.0-3.0), 1 run |",
+        "| **intel-avx512, all runs** | tf | fwd | 1.0x (1.0-1.0), 1 run | - |",
+        "| **amd-avx512, warm-up 1 s, all runs** | tf | fwd | 2.4x (2.4-2.4), 1 run | - |"]
+    # The summary pools each CPU kind's runs of its latest warm-up only (the README's table).
     assert paired.history_table(runs, per_run=False).splitlines()[2:] == [
-        "| **amd-avx512, all runs** | tf | fwd | 2.0x (1.5-2.5), 3 runs | 3.0x (3.0-3.0), 1 run |"]
+        "| **intel-avx512, all runs** | tf | fwd | 1.0x (1.0-1.0), 1 run | - |",
+        "| **amd-avx512, warm-up 1 s, all runs** | tf | fwd | 2.4x (2.4-2.4), 1 run | - |"]
     committed = paired.load_runs(paired.RESULTS)  # the README's table: every file is a run
     assert len(committed) == len([n for n in os.listdir(paired.RESULTS) if n.endswith(".json")])
 
@@ -411,14 +441,22 @@ def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
 def test_versus_timm_plot_draws_every_table_and_the_paired_medians(tmp_path):
     """`--plot`: the paired runs' medians grouped per CPU kind, engine, phase and size (each run's
     median, in run order), and a PNG of the committed tables and runs."""
-    def run(kind, medians):
-        return dict(cpu_kind=kind, cells=[dict(size=size, phase="fwd", ratios={
-            "tf": dict(median=m, low=m, high=m)}) for size, m in medians.items()])
+    def run(kind, medians, warmup_s=0.0):
+        return dict(cpu_kind=kind, settings=dict(warmup_s=warmup_s), cells=[dict(
+            size=size, phase="fwd", ratios={"tf": dict(median=m, low=m, high=m)})
+            for size, m in medians.items()])
 
-    runs = [run("cpu-a", {14: 1.5, 28: 3.0}), run("cpu-a", {14: 2.5}), run("cpu-b", {14: 2.0})]
+    runs = [run("cpu-a", {14: 1.5, 28: 3.0}), run("cpu-a", {14: 2.5}), run("cpu-b", {14: 2.0}),
+            run("cpu-b", {14: 3.0}, warmup_s=1.0)]
     assert paired.run_medians(runs) == {
         "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}},
-        "cpu-b": {("tf", "fwd"): {14: [2.0]}}}
+        "cpu-b": {("tf", "fwd"): {14: [2.0]}},
+        "cpu-b, warm-up 1 s": {("tf", "fwd"): {14: [3.0]}}}
+    # The plot's points: each CPU kind's latest warm-up, keyed by the kind (its table's tag).
+    assert paired.run_medians(paired.latest_warmup_runs(runs),
+                              group=lambda data: data["cpu_kind"]) == {
+        "cpu-a": {("tf", "fwd"): {14: [1.5, 2.5], 28: [3.0]}},
+        "cpu-b": {("tf", "fwd"): {14: [3.0]}}}
     path = formulation_tables.plot_versus_timm(
         formulation_tables.load_tables(formulations_suite.TABLES), str(tmp_path / "versus.png"))
     with open(path, "rb") as f:
