@@ -145,6 +145,12 @@ def test_the_cpu_without_avx512_has_rows_of_its_own():
     assert choose((56, 56), True, JAX) == "row_windows"
     assert choose((56, 56), True, avx2["jax"], receptive_field=7, intra_depth=4) == "conv"
     assert choose((112, 112), True, MALLOC_AVX2) == "row_windows"
+    # With malloc, training up to 56^2: query windows for any r (r 23 at 28^2 / 56^2: 180 / 1649
+    # vs 303 / 1808 ms for row windows; r 7 |u| 4 at 14^2-56^2: 1.38-1.55x faster), then the
+    # convolution for r 7 at 112^2 (5482 vs 7025 ms).
+    assert [choose((size, size), True, MALLOC_AVX2) for size in (28, 56)] == ["query_windows"] * 2
+    assert [choose((size, size), True, MALLOC_AVX2, receptive_field=7, intra_depth=4)
+            for size in (14, 28, 56, 112)] == ["query_windows"] * 3 + ["conv"]
     assert [choose((112, 112), True, avx2[name], receptive_field=7, intra_depth=4)
             for name in ("onednn", "tf")] == ["conv", "conv"]
     # XLA training beyond 56^2: query windows for r 7 too (2.29 vs 3.36 s for the convolution

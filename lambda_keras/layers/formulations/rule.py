@@ -242,6 +242,13 @@ LOCAL_RULE = {
 #   112^2); 1 column 0.86 at 28^2 but 1.13 at 56^2. With 2 columns: batch in 2 / 8 parts 0.99 /
 #   0.96 at 28^2, 1.00 / 0.97 at 56^2 against 4 parts; 1-scope blocks 1.01 / 1.02 (within the
 #   noise, kept).
+# - TensorFlow's malloc allocator in training: query windows up to 56^2 for any r, measured once
+#   they recomputed each image's maps in the backward pass (optimisations 30-31; the table's
+#   earlier cells: 419 vs 401 ms for row windows at 28^2). The suite's malloc cells re-run on 2026-12-07, forward + backward, ms: r 23 query
+#   windows 180 / 1649 at 28^2 / 56^2 against 303 / 1808 for row windows (the row's pick, 1.68x /
+#   1.10x), at 112^2 10267 against 10098; r 7 |u| 4 37 / 226 / 1056 at 14^2 / 28^2 / 56^2 against
+#   57 / 317 / 1452 for the rows' row windows and convolution (1.55x / 1.40x / 1.38x), at 112^2
+#   7025 against 5482 for the convolution (kept).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
@@ -268,7 +275,8 @@ WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_malloc", "fwd"): _rule(1, 2, 1, SMALL_R_CONV_FROM_20, ROW_WINDOWS_BEYOND_112,
                                 QUERY_WINDOWS, windows=UP_TO_56, window_scopes=6,
                                 block_columns=2, block_scopes=SMALL_BLOCKS, batch_parts=4),
-    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2),
+    ("tf_malloc", "train"): dict(LOCAL_RULE[("tf_malloc", "train")], block_columns=2,
+                                 windows=UP_TO_56),
 }
 
 
