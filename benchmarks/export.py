@@ -1,6 +1,8 @@
 """Export suite: SavedModel and LiteRT latency per image, file size, per-op LiteRT profile.
 
-The model is LambdaResNet-50 (paper layout, random weights) at `image_size`, exported with
+The model is LambdaResNet-50 (paper layout, random weights; --quick: LambdaResNet26T, the same
+code with half the layers to convert: tests/test_export.py converts LambdaResNet-50 to every
+format already) at `image_size`, exported with
 lambda_keras.export: `saved_model(...)` (served signature `serving_default`, raw 0..255 pixels,
 normalisation in-graph) and `tflite(..., quantization=None | "float16" | "dynamic" | "int8")`
 (int8 calibrated on `calibration_images` random normalised images; float32 input/output), the
@@ -27,10 +29,12 @@ import numpy as np
 
 from benchmarks import common
 
-FULL = dict(image_size=224, classes=1000, calibration_images=8, profile_repeats=7,
+FULL = dict(model="lambda_resnet50", image_size=224, classes=1000, calibration_images=8,
+            profile_repeats=7,
             profiled=["tflite_float32", "tflite_int8", "tflite_int8_full_integer"],
             timing=dict(warmup=2, min_repeats=5, max_repeats=30, budget_s=3.0))
-QUICK = dict(image_size=64, classes=10, calibration_images=2, profile_repeats=2,
+QUICK = dict(model="lambda_resnet26t", image_size=64, classes=10, calibration_images=2,
+             profile_repeats=2,
              profiled=["tflite_int8"],  # the smoke run exercises the profiler once
              timing=dict(warmup=1, min_repeats=2, max_repeats=3, budget_s=0.1))
 # (format key, quantization, float_ops or None for the default)
@@ -44,8 +48,7 @@ TFLITE_FORMATS = (
 
 
 def plan(settings, memory_budget_bytes):
-    return [[dict(suite="export", id="export/lambda_resnet50", model="lambda_resnet50",
-                  **settings)]]
+    return [[dict(suite="export", id=f"export/{settings['model']}", **settings)]]
 
 
 def _size_bytes(path):
@@ -91,8 +94,8 @@ def run_job(job, threads, isolated):
     import keras
 
     keras.utils.set_random_seed(0)
-    model = lambda_keras.LambdaResNet50(weights=None, input_shape=(size, size, 3),
-                                        classes=job["classes"])
+    model = lambda_keras.get_model(job["model"], weights=None, input_shape=(size, size, 3),
+                                   classes=job["classes"])
     rng = np.random.default_rng(0)
     pixels = rng.uniform(0, 255, (1, size, size, 3)).astype("float32")
     image = lambda_keras.preprocess_input(pixels)  # [1, H, W, 3], ImageNet mean and std

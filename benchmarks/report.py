@@ -10,6 +10,7 @@ two qualify, as in --quick).
 import math
 
 from benchmarks import common, layer
+from lambda_keras.architectures import ARCHITECTURES
 
 SLOPE_MIN_POSITIONS = 28 * 28
 LINEAR_SLOPE_MAX = 1.2  # "linear in positions": fitted exponent at most this
@@ -345,7 +346,9 @@ def export_table(export_suite):
                      "speedup_vs_tflite_float32": _ratio(fp32, latency["median_s"]),
                      "max_abs_diff": entry.get("max_abs_diff"),
                      "top1_agrees": entry.get("top1_agrees")})
-    return {"image_size": job["image_size"], "rows": rows}
+    # The builder's name (results before the model was a setting were LambdaResNet-50's).
+    model = ARCHITECTURES[job.get("model", "lambda_resnet50")].builder
+    return {"model": model, "image_size": job["image_size"], "rows": rows}
 
 
 # --------------------------------------------------------------------------- markdown
@@ -459,7 +462,7 @@ def _model_markdown(table):
 
 
 def _export_markdown(table):
-    out = ["", f"**Export** (LambdaResNet-50, {table.get('image_size')} px, batch 1):", "",
+    out = ["", f"**Export** ({table.get('model')}, {table.get('image_size')} px, batch 1):", "",
            "| format | latency ms (median [min-max]) | size MB | speedup vs TFLite fp32 | "
            "max abs diff vs Keras | top-1 agrees |", "|---|---|---|---|---|---|"]
     for row in table["rows"]:
