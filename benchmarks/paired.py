@@ -43,7 +43,7 @@ PEER = "timm"
 # each, medians of calls 3-7 / 13-22 / 43-82 / 163-322): TensorFlow without oneDNN 5.2 / 4.6 /
 # 4.1 / 4.4 ms and 4.8 / 4.1 / 4.3 / 4.3 ms, with oneDNN 5.6 / 5.4 / 4.7 / 4.3 and 4.1 / 3.9 / 3.6 /
 # 3.6, timm 9.8 / 9.9 / 10.0 / 9.5 and 10.2 / 10.0 / 13.6 / 10.1. Runs before warmup_s (2 warm-up
-# calls, then `calls` timed) caught TensorFlow 10-20% above its steady state at 14².
+# calls, then `calls` timed) caught TensorFlow 12-32% above its steady state at 14².
 FULL = dict(batch=8, width=256, sizes=(14, 28, 56, 112), pairs=3, calls=5, warmup_s=1.0)
 QUICK = dict(batch=2, width=32, sizes=(8,), pairs=2, calls=2, warmup_s=0.0)
 RESULTS = os.path.join(common.REPO_ROOT, "benchmarks", "results", "paired")

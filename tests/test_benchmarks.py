@@ -403,8 +403,8 @@ def test_committed_paired_results_follow_from_their_rounds():
 
 def test_paired_history_lists_every_run_oldest_first_and_their_median(tmp_path):
     """`--history`: one row per stored run and engine in the order the runs started (not the
-    file names'), then per CPU kind, engine and phase the median of the runs' medians and their
-    range over the runs that timed the size; other suites' files are ignored."""
+    file names'), then per CPU kind and warm-up, engine and phase the median of the runs' medians
+    and their range over the runs that timed the size; other suites' files are ignored."""
     def run(started, medians, cpu_kind="amd-avx512", **settings):
         cells = [dict(size=size, phase="fwd", rounds=[],
                       ratios={"tf": dict(median=m, low=m - 0.5, high=m + 0.5, ratios=[m])})

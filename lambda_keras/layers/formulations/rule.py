@@ -244,11 +244,12 @@ LOCAL_RULE = {
 #   noise, kept).
 # - TensorFlow's malloc allocator in training: query windows up to 56^2 for any r, measured once
 #   they recomputed each image's maps in the backward pass (optimisations 30-31; the table's
-#   earlier cells: 419 vs 401 ms for row windows at 28^2). The suite's malloc cells re-run on 2026-12-07, forward + backward, ms: r 23 query
-#   windows 180 / 1649 at 28^2 / 56^2 against 303 / 1808 for row windows (the row's pick, 1.68x /
-#   1.10x), at 112^2 10267 against 10098; r 7 |u| 4 37 / 226 / 1056 at 14^2 / 28^2 / 56^2 against
-#   57 / 317 / 1452 for the rows' row windows and convolution (1.55x / 1.40x / 1.38x), at 112^2
-#   7025 against 5482 for the convolution (kept).
+#   earlier cells: 419 vs 401 ms for row windows at 28^2). The suite's malloc cells re-run on
+#   2026-12-07, forward + backward, ms: r 23 query windows 180 / 1649 at 28^2 / 56^2 against
+#   303 / 1808 for row windows (the row's pick, 1.68x / 1.10x), at 112^2 10267 against 10098;
+#   r 7 |u| 4 37 / 226 / 1056 at 14^2 / 28^2 / 56^2 against 57 / 317 / 1452 for the row's row
+#   windows and convolution (1.55x / 1.40x / 1.38x), at 112^2 7025 against 5482 for the
+#   convolution (kept).
 WITHOUT_AVX512_RULE = {  # LOCAL_RULE's rows that differ on this CPU (see above)
     ("tf_onednn", "fwd"): dict(LOCAL_RULE[("tf_onednn", "fwd")], windows=UP_TO_112,
                                block_scopes=SMALL_BLOCKS),
